@@ -1,0 +1,216 @@
+"""Typed settings: one object, built once at start and passed explicitly.
+
+Environment variables use the prefix ``KUBEFINOPS_`` (``KUBEFINOPS_KAFKA_BOOTSTRAP_SERVERS``…).
+Secrets are ``SecretStr`` and may instead come from a mounted file (``…_FILE`` settings), the
+way Kubernetes Secrets such as ``infra-kafka-user-passwords`` are mounted.  Nothing here reads
+``os.environ`` at import time: :func:`load_settings` is called by the CLI.
+
+A misconfiguration raises :class:`engine.errors.ConfigError` with one line that names the
+setting and never the secret's value.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.errors import ConfigError
+
+_SVC = "kubefinops.svc.cluster.local"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+    SSL = "SSL"
+
+
+class SaslMechanism(StrEnum):
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    PLAIN = "PLAIN"
+
+
+class GitMode(StrEnum):
+    DIRECT = "direct"
+    BRANCH = "branch"
+
+
+def _check_url(value: str, *, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"must be a URL with scheme {'/'.join(schemes)} and a host")
+    try:
+        _ = parts.port
+    except ValueError as exc:  # e.g. "http://host:notaport"
+        raise ValueError("has an invalid port") from exc
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Every knob of a worker, with defaults naming the in-cluster services of the seed."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUBEFINOPS_",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- identity / runtime -------------------------------------------------------------------
+    app_id: str = "kubefinops"
+    data_dir: Path = Path("/var/lib/kubefinops")
+    log_level: str = "info"
+    web_host: str = "0.0.0.0"  # noqa: S104 - a pod serves its probes on all interfaces
+    web_port: Annotated[int, Field(ge=0, le=65535)] = 6066
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+
+    # --- Kafka ---------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = f"infra-kafka.{_SVC}:9092"
+    kafka_security_protocol: SecurityProtocol | None = None  # None: SASL_PLAINTEXT iff a user is set
+    kafka_sasl_mechanism: SaslMechanism = SaslMechanism.SCRAM_SHA_256
+    kafka_username: str | None = "user1"
+    kafka_password: SecretStr | None = None
+    kafka_password_file: Path | None = None
+    topic_partitions: PositiveInt = 8
+    topic_replication: PositiveInt = 1
+    topic_prefix: str = "kubefinops"
+    broker_session_timeout: PositiveFloat = 30.0
+    consumer_auto_offset_reset: str = "earliest"
+
+    # --- MongoDB -------------------------------------------------------------------------------
+    mongodb_uri: SecretStr = SecretStr(f"mongodb://infra-mongodb.{_SVC}:27017")
+    mongodb_database: str = "kubefinops"
+    history_retention_days: PositiveInt = 90
+
+    # --- S3 / MinIO ----------------------------------------------------------------------------
+    s3_endpoint_url: str = f"http://infra-minio.{_SVC}:9000"
+    s3_bucket: str = "kubefinops-reports"
+    s3_region: str = "us-east-1"
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secret_key_file: Path | None = None
+
+    # --- Prometheus ----------------------------------------------------------------------------
+    prometheus_url: str = f"http://infra-monitoring-kube-prom-prometheus.{_SVC}:9090"
+    prometheus_timeout_seconds: PositiveFloat = 30.0
+    prometheus_step_seconds: PositiveInt = 60
+    prometheus_chunk_seconds: PositiveInt = 6 * 3600
+    scrape_lag_seconds: Annotated[int, Field(ge=0)] = 120
+    collect_interval_seconds: PositiveFloat = 3600.0
+    history_days: PositiveInt = 14
+    usage_window_seconds: PositiveInt = 86400
+
+    # --- Git / GitOps --------------------------------------------------------------------------
+    git_remote_url: str | None = None
+    git_branch: str = "main"
+    git_mode: GitMode = GitMode.DIRECT
+    git_workdir: Path = Path("/var/lib/kubefinops/gitops")
+    gitops_overlay_path: str = "smarthealth-gitops/overlays/production"
+    git_username: str = "kubefinops-bot"
+    git_token: SecretStr | None = None
+    git_token_file: Path | None = None
+    git_author_name: str = "KubeFinOps Autopilot"
+    git_author_email: str = "kubefinops-bot@users.noreply.local"
+
+    # --- money ---------------------------------------------------------------------------------
+    # OpenCost defaults: $0.031611 per core-hour, $0.004237 per GB-hour.
+    price_cpu_core_hour: Annotated[float, Field(ge=0)] = 0.031611
+    price_memory_gib_hour: Annotated[float, Field(ge=0)] = 0.004237
+    currency: str = "USD"
+
+    @field_validator("prometheus_url", "s3_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_url(value, schemes=("http", "https"))
+
+    @field_validator("git_remote_url")
+    @classmethod
+    def _git_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if urlsplit(value).username or urlsplit(value).password:
+            raise ValueError("must not embed credentials; set KUBEFINOPS_GIT_TOKEN instead")
+        return _check_url(value, schemes=("http", "https", "file"))
+
+    @field_validator("mongodb_uri")
+    @classmethod
+    def _mongo_uri(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{server.strip()!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        for field, file_field in (
+            ("kafka_password", "kafka_password_file"),
+            ("api_token", "api_token_file"),
+            ("s3_secret_key", "s3_secret_key_file"),
+            ("git_token", "git_token_file"),
+        ):
+            path: Path | None = getattr(self, file_field)
+            if getattr(self, field) is None and path is not None:
+                try:
+                    secret = path.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ValueError(f"{file_field}: cannot read {path} ({exc.strerror})") from None
+                object.__setattr__(self, field, SecretStr(secret))
+        if self.effective_security_protocol.startswith("SASL") and self.kafka_password is None:
+            raise ValueError(
+                "kafka_password: required when SASL is on "
+                "(set KUBEFINOPS_KAFKA_PASSWORD or KUBEFINOPS_KAFKA_PASSWORD_FILE)"
+            )
+        return self
+
+    # --- derived ---------------------------------------------------------------------------------
+    @property
+    def effective_security_protocol(self) -> SecurityProtocol:
+        if self.kafka_security_protocol is not None:
+            return self.kafka_security_protocol
+        return SecurityProtocol.SASL_PLAINTEXT if self.kafka_username else SecurityProtocol.PLAINTEXT
+
+    def topic(self, name: str) -> str:
+        """Full topic name, e.g. ``topic("metrics") == "kubefinops.metrics"``."""
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def history_seconds(self) -> int:
+        return self.history_days * 86400
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "settings"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    if ":" in msg.split(" ")[0]:  # model-level messages already name their setting
+        return f"invalid setting {msg}"
+    env = f"KUBEFINOPS_{loc.upper()}" if loc != "settings" else loc
+    return f"invalid setting {loc} ({env}): {msg}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment plus explicit overrides; one clear line on error."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
