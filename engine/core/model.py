@@ -70,6 +70,29 @@ class MetricsBatch(Wire):
         return end
 
 
+class UsageSummary(Wire):
+    """History-wide usage of one container and resource, merged over all live windows.
+
+    ``count == 0`` means no data; estimators treat that as "not enough data", not an error.
+    """
+
+    p50: float = 0.0
+    p90: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+    mean: float = 0.0
+    count: int = 0
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+    @property
+    def span_seconds(self) -> float:
+        if self.first_ts is None or self.last_ts is None:
+            return 0.0
+        return max(0.0, self.last_ts - self.first_ts)
+
+
 class ResourcePair(Wire):
     cpu: NonNegFloat | None = None  # cores
     memory: NonNegFloat | None = None  # bytes
