@@ -1,0 +1,242 @@
+"""Windowed per-container usage state: idempotent ingest, expiry, summaries, codec, size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.core.model import MetricsBatch
+from engine.core.sketch import exact_quantile
+from engine.core.usage import ContainerUsage, IngestResult, WindowedUsage
+
+DAY = 86_400
+T0 = 1_750_032_000.0  # a UTC midnight
+
+
+def _batch(start: float, end: float, samples: dict[str, list[tuple[float, float]]]) -> MetricsBatch:
+    return MetricsBatch(
+        namespace="ns", kind="Deployment", workload="api", container="app",
+        start=start, end=end, samples=samples,
+    )  # fmt: skip
+
+
+def _series(n: int, seed: int = 0, step: float = 60.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ts = T0 + step * np.arange(1, n + 1)
+    diurnal = 1 + 0.5 * np.sin(ts / DAY * 2 * np.pi)
+    cpu = rng.lognormal(np.log(0.05), 0.7, n) * diurnal
+    cpu[rng.random(n) < 0.05] = 0.0
+    mem = 4e8 * diurnal * rng.normal(1.0, 0.03, n)
+    return ts, cpu, mem
+
+
+def _chunks(ts: np.ndarray, cpu: np.ndarray, mem: np.ndarray, size: int) -> list[MetricsBatch]:
+    out = []
+    for i in range(0, ts.size, size):
+        sl = slice(i, i + size)
+        start = ts[i] - 60.0
+        out.append(
+            _batch(
+                start,
+                float(ts[sl][-1]),
+                {
+                    "cpu": list(zip(ts[sl].tolist(), cpu[sl].tolist(), strict=True)),
+                    "memory": list(zip(ts[sl].tolist(), mem[sl].tolist(), strict=True)),
+                },
+            )
+        )
+    return out
+
+
+def _state_after(batches: list[MetricsBatch]) -> ContainerUsage:
+    cu = ContainerUsage()
+    for b in batches:
+        cu.ingest(b)
+    return cu
+
+
+def test_same_batch_twice_equals_once() -> None:
+    ts, cpu, mem = _series(500)
+    (b,) = _chunks(ts, cpu, mem, 500)
+    cu = ContainerUsage()
+    first = cu.ingest(b)
+    once = cu.to_dict()
+    again = cu.ingest(b)
+    assert first == IngestResult(accepted=1000, duplicates=0, rejected=[])
+    assert again == IngestResult(accepted=0, duplicates=1000, rejected=[])
+    assert cu.to_dict() == once
+
+
+def test_overlapping_batch_only_adds_samples_after_the_high_water_mark() -> None:
+    ts, cpu, mem = _series(300)
+    a = _chunks(ts[:200], cpu[:200], mem[:200], 200)[0]
+    overlap = _chunks(ts[100:], cpu[100:], mem[100:], 200)[0]  # samples 100..299
+    cu = ContainerUsage()
+    cu.ingest(a)
+    res = cu.ingest(overlap)
+    assert res.accepted == 2 * 100 and res.duplicates == 2 * 100
+    assert cu.high_water == ts[-1]
+    reference = _state_after(_chunks(ts, cpu, mem, 200))
+    for r in ("cpu", "memory"):
+        got, want = cu.summary(r), reference.summary(r)
+        assert got.count == want.count == 300
+        assert (got.p95, got.p99, got.max) == (want.p95, want.p99, want.max)
+        assert got.mean == pytest.approx(want.mean, rel=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    size=st.integers(7, 400),
+    replays=st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_redelivery_anywhere_changes_nothing(seed: int, size: int, replays: list[int]) -> None:
+    ts, cpu, mem = _series(1500, seed)
+    batches = _chunks(ts, cpu, mem, size)
+    stream: list[MetricsBatch] = []
+    for i, b in enumerate(batches):
+        stream.append(b)
+        stream.extend(batches[r % (i + 1)] for r in replays if r % 3 == i % 3)
+    clean, noisy = _state_after(batches), _state_after(stream)
+    for r in ("cpu", "memory"):
+        want, got = clean.resources[r], noisy.resources[r]
+        assert want.windows.keys() == got.windows.keys()
+        for k in want.windows:
+            assert want.windows[k].sketch == got.windows[k].sketch
+            assert want.windows[k].count == got.windows[k].count
+        assert clean.summary(r) == noisy.summary(r)
+
+
+def test_samples_outside_the_chunk_and_bad_values_are_rejected() -> None:
+    cu = ContainerUsage()
+    res = cu.ingest(
+        _batch(
+            T0,
+            T0 + 600,
+            {
+                "cpu": [(T0, 1.0), (T0 + 60, 0.5), (T0 + 601, 1.0), (T0 + 120, float("nan"))],
+                "memory": [(T0 + 60, -5.0), (T0 + 60, 1e9)],
+                "gpu": [(T0 + 60, 1.0)],
+            },
+        )
+    )
+    assert res.accepted == 2
+    assert dict(res.rejected) == {"outside-chunk": 2, "invalid-value": 2, "unknown-resource": 1}
+    assert res.rejected_count == 5
+    assert cu.summary("cpu").count == 1 and cu.summary("memory").max == 1e9
+    assert cu.summary("gpu").count == 0
+
+
+def test_summary_matches_exact_percentiles_of_the_retained_samples() -> None:
+    ts, cpu, mem = _series(5 * 1440, seed=4)
+    cu = _state_after(_chunks(ts, cpu, mem, 1000))
+    for r, values in (("cpu", cpu), ("memory", mem)):
+        s = cu.summary(r)
+        assert s.count == values.size
+        assert s.max == values.max() and s.mean == pytest.approx(values.mean(), rel=1e-9)
+        assert (s.first_ts, s.last_ts) == (ts[0], ts[-1])
+        for q, got in ((0.5, s.p50), (0.9, s.p90), (0.95, s.p95), (0.99, s.p99)):
+            exact = exact_quantile(values, q)
+            assert abs(got - exact) <= 0.01 * exact
+
+
+def test_windows_older_than_history_are_dropped() -> None:
+    ts, cpu, mem = _series(20 * 1440, seed=5)
+    cu = _state_after(_chunks(ts, cpu, mem, 1440))
+    newest = float(ts[-1])
+    for r in ("cpu", "memory"):
+        wins = cu.resources[r].windows
+        assert len(wins) <= 15
+        assert min(wins) + DAY > newest - 14 * DAY
+        s = cu.summary(r)
+        kept = ts >= min(wins)
+        assert s.count == int(kept.sum()) < ts.size
+        assert s.first_ts == ts[kept][0]
+    assert cu.expire(newest + 30 * DAY) > 0 and cu.is_empty
+    assert cu.summary("cpu").count == 0
+
+
+def test_a_backfill_longer_than_history_reports_the_expired_part() -> None:
+    ts, cpu, mem = _series(3 * 1440, seed=6)
+    (b,) = _chunks(ts, cpu, mem, ts.size)
+    cu = ContainerUsage()
+    res = cu.ingest(b, history_seconds=DAY)
+    rejected = dict(res.rejected)["older-than-history"]
+    assert rejected > 0 and res.accepted + rejected == 2 * ts.size
+    assert len(cu.resources["cpu"].windows) <= 2
+
+
+def test_changing_the_window_length_keeps_every_sample() -> None:
+    ts, cpu, mem = _series(2 * 1440, seed=7)
+    batches = _chunks(ts, cpu, mem, 360)
+    cu = ContainerUsage(window_seconds=3600)
+    for b in batches[:4]:
+        cu.ingest(b, window_seconds=3600)
+    assert len(cu.resources["cpu"].windows) > 2
+    for b in batches[4:]:
+        cu.ingest(b, window_seconds=DAY)
+    assert all(s % DAY == 0 for s in cu.resources["cpu"].windows)
+    got, want = cu.summary("cpu"), _state_after(batches).summary("cpu")
+    assert got.model_dump(exclude={"mean"}) == want.model_dump(exclude={"mean"})
+    assert got.mean == pytest.approx(want.mean, rel=1e-12)
+
+
+def test_json_round_trip_is_equal() -> None:
+    ts, cpu, mem = _series(3 * 1440 + 17, seed=8)
+    cu = _state_after(_chunks(ts, cpu, mem, 500))
+    text = json.dumps(cu.to_dict())
+    back = ContainerUsage.from_dict(json.loads(text))
+    assert back == cu
+    assert back.to_dict() == cu.to_dict()
+    assert back.summary("cpu") == cu.summary("cpu")
+    # the restored state keeps deduplicating
+    assert back.ingest(_chunks(ts, cpu, mem, 500)[-1]).accepted == 0
+    empty = ContainerUsage()
+    assert ContainerUsage.from_dict(json.loads(json.dumps(empty.to_dict()))) == empty
+    with pytest.raises(ValueError):
+        ContainerUsage.from_dict({"v": 99})
+    broken = cu.to_dict()
+    broken["cpu"]["sum"] = broken["cpu"]["sum"][:-1]
+    with pytest.raises(ValueError):
+        ContainerUsage.from_dict(broken)
+
+
+def test_fourteen_days_of_one_minute_samples_fit_in_4_kib_per_resource() -> None:
+    ts, cpu, mem = _series(14 * 1440, seed=9)
+    cu = _state_after(_chunks(ts, cpu, mem, 1000))
+    for r in ("cpu", "memory"):
+        size = len(json.dumps(cu.resources[r].to_dict(), separators=(",", ":")))
+        assert size <= 4096, (r, size)
+
+
+def test_empty_state_summarizes_to_no_data() -> None:
+    wu = WindowedUsage()
+    assert wu.summary().count == 0 and wu.merged() is None
+    cu = ContainerUsage()
+    res = cu.ingest(_batch(T0, T0 + 60, {}))
+    assert res == IngestResult() and cu.high_water == T0 + 60
+
+
+def test_encoding_follows_every_change_of_the_current_window() -> None:
+    ts, cpu, mem = _series(600, seed=10)
+    batches = _chunks(ts, cpu, mem, 100)
+    cu = ContainerUsage()
+    for b in batches:
+        cu.ingest(b)
+        encoded = json.loads(json.dumps(cu.to_dict()))  # reuses cached closed windows
+        assert ContainerUsage.from_dict(encoded) == cu
+    assert ContainerUsage.from_dict(cu.to_dict()).summary("cpu").count == 600
+
+
+def test_wrong_types_in_an_unvalidated_batch_do_not_crash_ingest() -> None:
+    b = MetricsBatch.model_construct(
+        namespace="ns", kind="Deployment", workload="api", container="app", start=T0,
+        end=T0 + 120, samples={"cpu": [(T0 + 60, 0.5)], "memory": "oops", "gpu": 7},  # type: ignore[dict-item]
+    )  # fmt: skip
+    res = ContainerUsage().ingest(b)
+    assert res.accepted == 1
+    assert dict(res.rejected) == {"wrong-type": 1, "unknown-resource": 1}
