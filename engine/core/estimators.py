@@ -1,0 +1,446 @@
+"""Rightsizing estimators: small pure steps composed per container (VPA estimator-chain spirit).
+
+Every step takes plain numbers and returns an :class:`Estimate` (value + the reasons that shaped
+it), so a recommendation can always say *why*: ``"cpu request = p95 0.231 cores + 15% headroom =
+266m"``.  Units: CPU in cores, memory in bytes, time in Unix seconds.  "Not enough data" is a
+:class:`Confidence.NONE` value, never an exception.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from engine.core.model import Confidence, ContainerRecommendation, ContainerSpec, UsageSummary
+
+MIB = 1024.0 * 1024.0
+GIB = 1024.0 * MIB
+_MEM_SUFFIX = {
+    "Ki": 1024.0,
+    "Mi": MIB,
+    "Gi": GIB,
+    "Ti": 1024.0 * GIB,
+    "k": 1e3,
+    "K": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+}
+_DURATION_SUFFIX = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+# --- units: Kubernetes quantities and durations --------------------------------------------------
+
+
+def _number(raw: str, what: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"not a valid {what}: {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a valid {what}: {raw!r}")
+    return value
+
+
+def parse_cpu(value: object) -> object:
+    """``"250m"`` -> 0.25 cores; numbers are cores."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("m"):
+            return _number(text[:-1], "cpu quantity") / 1000.0
+        return _number(text, "cpu quantity")
+    return value
+
+
+def parse_memory(value: object) -> object:
+    """``"512Mi"`` -> bytes; numbers are bytes."""
+    if isinstance(value, str):
+        text = value.strip()
+        for suffix in sorted(_MEM_SUFFIX, key=len, reverse=True):
+            if text.endswith(suffix):
+                return _number(text[: -len(suffix)], "memory quantity") * _MEM_SUFFIX[suffix]
+        return _number(text, "memory quantity")
+    return value
+
+
+def parse_duration(value: object) -> object:
+    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"1w"`` -> seconds; numbers are seconds."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text and text[-1] in _DURATION_SUFFIX:
+            return _number(text[:-1], "duration") * _DURATION_SUFFIX[text[-1]]
+        return _number(text, "duration")
+    return value
+
+
+CpuQuantity = Annotated[float, BeforeValidator(parse_cpu), Field(ge=0)]
+MemoryQuantity = Annotated[float, BeforeValidator(parse_memory), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+def ceil_cpu(cores: float) -> float:
+    """Round UP to whole millicores (tolerating float noise: 0.2660000001 -> 266m)."""
+    return math.ceil(round(cores * 1000.0, 6)) / 1000.0
+
+
+def ceil_memory(n_bytes: float) -> float:
+    """Round UP to whole MiB."""
+    return math.ceil(round(n_bytes / MIB, 6)) * MIB
+
+
+def fmt_cpu(cores: float) -> str:
+    return f"{round(cores * 1000.0, 3):g}m"
+
+
+def fmt_memory(n_bytes: float) -> str:
+    return f"{round(n_bytes / MIB, 1):g}Mi"
+
+
+def fmt_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f}d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 60:.0f}m"
+
+
+_QUANTILES: tuple[tuple[float, str], ...] = (
+    (50.0, "p50"),
+    (90.0, "p90"),
+    (95.0, "p95"),
+    (99.0, "p99"),
+    (100.0, "max"),
+)
+
+
+class EstimatorParams(BaseModel):
+    """Knobs of the estimator chain; defaults follow KRR "simple" and the VPA recommender."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_percentile: float = Field(95.0, ge=50, le=100)
+    cpu_headroom: float = Field(0.15, ge=0, le=5)
+    cpu_limit_strategy: Literal["none", "ratio", "percentile"] = "none"
+    cpu_limit_ratio: float = Field(2.0, ge=1, le=100)
+    cpu_limit_percentile: float = Field(99.0, ge=50, le=100)
+    cpu_limit_headroom: float = Field(0.15, ge=0, le=5)
+    memory_percentile: float = Field(100.0, ge=50, le=100)  # 100 = observed max
+    memory_buffer: float = Field(0.15, ge=0, le=5)
+    cpu_floor: CpuQuantity = 0.010
+    memory_floor: MemoryQuantity = 100 * MIB
+    cpu_cap: CpuQuantity | None = None
+    memory_cap: MemoryQuantity | None = None
+    max_step: float | None = Field(2.0, ge=1)  # at most x2 up or /2 down per change; None = off
+    min_samples: int = Field(100, ge=1)
+    min_history: Duration = 3 * 3600.0
+    oom_lookback: Duration = 7 * 86400.0
+    medium_history: Duration = 86400.0
+    high_history: Duration = 7 * 86400.0
+
+    @field_validator("cpu_cap", "memory_cap")
+    @classmethod
+    def _cap_not_below_floor(cls, cap: float | None, info: ValidationInfo) -> float | None:
+        floor_name = "cpu_floor" if info.field_name == "cpu_cap" else "memory_floor"
+        floor = info.data.get(floor_name)
+        if cap is not None and floor is not None and cap < floor:
+            fmt = fmt_cpu if floor_name == "cpu_floor" else fmt_memory
+            raise ValueError(f"must be >= {floor_name} ({fmt(cap)} < {fmt(floor)})")
+        return cap
+
+    @field_validator("high_history")
+    @classmethod
+    def _high_after_medium(cls, high: float, info: ValidationInfo) -> float:
+        medium = info.data.get("medium_history")
+        if medium is not None and high < medium:
+            raise ValueError("must be >= medium_history")
+        return high
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float | None
+    reasons: tuple[str, ...] = ()
+
+    def then(self, value: float | None, reason: str | None = None) -> Estimate:
+        return Estimate(value, (*self.reasons, reason) if reason else self.reasons)
+
+
+# --- reading the usage summary -------------------------------------------------------------------
+
+
+def quantile(summary: UsageSummary, percentile: float) -> tuple[float, str]:
+    """The value at ``percentile`` (50..100), interpolated between the summary's quantiles."""
+    points = [(p, float(getattr(summary, name)), name) for p, name in _QUANTILES]
+    for p, value, name in points:
+        if math.isclose(percentile, p):
+            return value, name
+    for (lo_p, lo_v, lo_n), (hi_p, hi_v, hi_n) in itertools.pairwise(points):
+        if lo_p < percentile < hi_p:
+            weight = (percentile - lo_p) / (hi_p - lo_p)
+            return lo_v + weight * (hi_v - lo_v), f"p{percentile:g} (between {lo_n} and {hi_n})"
+    raise ValueError(f"percentile {percentile} outside 50..100")
+
+
+def confidence(
+    summaries: dict[str, UsageSummary], params: EstimatorParams
+) -> tuple[Confidence, str]:
+    """NONE below ``min_samples``/``min_history`` on any resource; else LOW/MEDIUM/HIGH by span."""
+    if not summaries:
+        return Confidence.NONE, "not enough data: no usage samples"
+    short: list[str] = []
+    spans: list[float] = []
+    for resource in sorted(summaries):
+        s = summaries[resource]
+        spans.append(s.span_seconds)
+        if s.count < params.min_samples or s.span_seconds < params.min_history:
+            short.append(f"{resource} {s.count} samples over {fmt_duration(s.span_seconds)}")
+    if short:
+        need = f"need >= {params.min_samples} samples over >= {fmt_duration(params.min_history)}"
+        return Confidence.NONE, f"not enough data: {', '.join(short)} ({need})"
+    span = min(spans)
+    if span >= params.high_history:
+        level = Confidence.HIGH
+    elif span >= params.medium_history:
+        level = Confidence.MEDIUM
+    else:
+        level = Confidence.LOW
+    return level, f"confidence {level.value}: {fmt_duration(span)} of history"
+
+
+# --- CPU -----------------------------------------------------------------------------------------
+
+
+def cpu_request_base(summary: UsageSummary, params: EstimatorParams) -> Estimate:
+    value, label = quantile(summary, params.cpu_percentile)
+    target = value * (1 + params.cpu_headroom)
+    return Estimate(
+        target,
+        (
+            f"cpu request = {label} {value:.3f} cores + {params.cpu_headroom:.0%} headroom"
+            f" = {fmt_cpu(ceil_cpu(target))}",
+        ),
+    )
+
+
+def cpu_limit(
+    request: float, summary: UsageSummary, current: ContainerSpec, params: EstimatorParams
+) -> Estimate:
+    if params.cpu_limit_strategy == "none":
+        had = current.limits.cpu
+        if had is None or had >= request:
+            return Estimate(
+                None,
+                (
+                    "cpu limit: not managed (strategy none, like KRR: no CFS"
+                    " throttling from a limit we set)",
+                ),
+            )
+        ratio = had / current.requests.cpu if current.requests.cpu else 1.0
+        value = ceil_cpu(request * max(ratio, 1.0))
+        return Estimate(
+            value,
+            (
+                f"cpu limit: current {fmt_cpu(had)} is below the new request;"
+                f" raised to {fmt_cpu(value)} keeping the limit/request ratio",
+            ),
+        )
+    if params.cpu_limit_strategy == "ratio":
+        value = ceil_cpu(request * params.cpu_limit_ratio)
+        return Estimate(
+            value, (f"cpu limit = {params.cpu_limit_ratio:g} x request = {fmt_cpu(value)}",)
+        )
+    base, label = quantile(summary, params.cpu_limit_percentile)
+    value = ceil_cpu(base * (1 + params.cpu_limit_headroom))
+    est = Estimate(
+        value,
+        (
+            f"cpu limit = {label} {base:.3f} cores + "
+            f"{params.cpu_limit_headroom:.0%} headroom = {fmt_cpu(value)}",
+        ),
+    )
+    if params.cpu_cap is not None and value > params.cpu_cap:
+        value = max(request, math.floor(params.cpu_cap * 1000 + 1e-6) / 1000)
+        est = est.then(value, f"cpu limit capped at {fmt_cpu(value)}")
+    if value < request:
+        est = est.then(request, "cpu limit raised to the request")
+    return est
+
+
+def throttling_note(summary: UsageSummary, current: ContainerSpec) -> str | None:
+    limit = current.limits.cpu
+    if limit and summary.count and summary.p99 >= 0.95 * limit:
+        return (
+            f"cpu p99 {summary.p99:.3f} cores is at the current limit {fmt_cpu(limit)}:"
+            " usage is throttled, true demand may be higher"
+        )
+    return None
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+def memory_base(summary: UsageSummary, params: EstimatorParams) -> Estimate:
+    value, label = quantile(summary, params.memory_percentile)
+    target = value * (1 + params.memory_buffer)
+    return Estimate(
+        target,
+        (
+            f"memory request = limit = {label} {fmt_memory(value)} + {params.memory_buffer:.0%}"
+            f" buffer = {fmt_memory(ceil_memory(target))}",
+        ),
+    )
+
+
+def current_memory(current: ContainerSpec) -> float | None:
+    values = [v for v in (current.requests.memory, current.limits.memory) if v]
+    return max(values) if values else None
+
+
+def oom_bump(
+    est: Estimate, current: ContainerSpec, now: float, params: EstimatorParams
+) -> Estimate:
+    """A recent OOMKill never lets memory go down and lifts it to max(x1.2, +100Mi) (VPA)."""
+    at = current.last_oom_at
+    if at is None or now - at > params.oom_lookback or est.value is None:
+        return est
+    oom_limit = current.oom_limit_bytes or current_memory(current)
+    floor = current_memory(current) or 0.0
+    if oom_limit:
+        floor = max(floor, oom_limit * 1.2, oom_limit + 100 * MIB)
+    if est.value >= floor:
+        return est.then(est.value, f"OOMKilled at {fmt_time(at)}: memory not lowered")
+    return est.then(
+        floor,
+        f"OOMKilled at {fmt_time(at)} with limit "
+        f"{fmt_memory(oom_limit or 0)}: memory raised to {fmt_memory(floor)}",
+    )
+
+
+def jvm_guard(est: Estimate, current: ContainerSpec) -> Estimate:
+    req = current.requests.memory
+    if not current.is_jvm or not req or est.value is None or est.value >= req:
+        return est
+    return est.then(
+        req,
+        f"JVM: memory kept at the current request {fmt_memory(req)} (the heap is sized from it)",
+    )
+
+
+# --- shared steps --------------------------------------------------------------------------------
+
+
+def max_step(est: Estimate, current: float | None, factor: float | None, unit: str) -> Estimate:
+    """At most ``factor`` x up or 1/``factor`` down relative to the current value."""
+    if est.value is None or factor is None or not current:
+        return est
+    fmt = fmt_cpu if unit == "cpu" else fmt_memory
+    if est.value > current * factor:
+        return est.then(
+            current * factor, f"max step: {unit} capped at {factor:g}x current {fmt(current)}"
+        )
+    if est.value < current / factor:
+        return est.then(
+            current / factor,
+            f"max step: {unit} lowered at most to 1/{factor:g} of current {fmt(current)}",
+        )
+    return est
+
+
+def not_below_peak(est: Estimate, summary: UsageSummary) -> Estimate:
+    """Memory below the observed peak is an OOM waiting to happen; the max step never forces it."""
+    if est.value is None or est.value >= summary.max:
+        return est
+    return est.then(summary.max, f"memory kept at the observed peak {fmt_memory(summary.max)}")
+
+
+def bounds(est: Estimate, floor: float, cap: float | None, unit: str) -> Estimate:
+    """Round up to sane units, then apply the floor and the cap (both visible in the reasons)."""
+    if est.value is None:
+        return est
+    cpu = unit == "cpu"
+    value = ceil_cpu(est.value) if cpu else ceil_memory(est.value)
+    fmt = fmt_cpu if cpu else fmt_memory
+    out = est.then(value)
+    if value < floor:
+        value = ceil_cpu(floor) if cpu else ceil_memory(floor)
+        out = out.then(value, f"floor {fmt(floor)} applied")
+    if cap is not None and value > cap:
+        value = math.floor(cap * 1000 + 1e-6) / 1000 if cpu else math.floor(cap / MIB) * MIB
+        out = out.then(value, f"cap {fmt(cap)} applied")
+    return out
+
+
+# --- the chain -----------------------------------------------------------------------------------
+
+
+def usage_view(summary: UsageSummary) -> dict[str, float]:
+    return {
+        "p50": summary.p50,
+        "p90": summary.p90,
+        "p95": summary.p95,
+        "p99": summary.p99,
+        "max": summary.max,
+        "count": float(summary.count),
+        "span_s": summary.span_seconds,
+    }
+
+
+def estimate_container(
+    current: ContainerSpec,
+    usage: dict[str, UsageSummary],
+    params: EstimatorParams,
+    *,
+    now: float,
+) -> ContainerRecommendation:
+    """Compose the steps for one container; NONE confidence yields no targets, only reasons."""
+    view = {r: usage_view(s) for r, s in sorted(usage.items())}
+    level, why = confidence({r: usage.get(r, UsageSummary()) for r in ("cpu", "memory")}, params)
+    if level is Confidence.NONE:
+        return ContainerRecommendation(
+            name=current.name, current=current, usage=view, confidence=level, reasons=[why]
+        )
+    cpu_s, mem_s = usage["cpu"], usage["memory"]
+
+    cpu = cpu_request_base(cpu_s, params)
+    cpu = max_step(cpu, current.requests.cpu, params.max_step, "cpu")
+    cpu = bounds(cpu, params.cpu_floor, params.cpu_cap, "cpu")
+    assert cpu.value is not None
+    limit = cpu_limit(cpu.value, cpu_s, current, params)
+
+    mem = memory_base(mem_s, params)
+    mem = max_step(mem, current_memory(current), params.max_step, "memory")
+    mem = not_below_peak(mem, mem_s)
+    mem = oom_bump(mem, current, now, params)
+    mem = jvm_guard(mem, current)
+    mem = bounds(mem, params.memory_floor, params.memory_cap, "memory")
+    if params.memory_cap is not None and mem_s.max > params.memory_cap:
+        mem = mem.then(
+            mem.value,
+            f"cap {fmt_memory(params.memory_cap)} is below the observed"
+            f" peak {fmt_memory(mem_s.max)}: OOM risk",
+        )
+
+    reasons = [why, *cpu.reasons, *limit.reasons, *mem.reasons]
+    note = throttling_note(cpu_s, current)
+    if note:
+        reasons.append(note)
+    return ContainerRecommendation(
+        name=current.name,
+        current=current,
+        usage=view,
+        confidence=level,
+        cpu_request=cpu.value,
+        cpu_limit=limit.value,
+        memory_request=mem.value,
+        memory_limit=mem.value,
+        reasons=reasons,
+    )

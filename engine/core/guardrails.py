@@ -1,0 +1,261 @@
+"""The guardrails gate: a recommendation becomes apply / hold / skip, naming the deciding rule.
+
+Rules are checked in this order (docs/policies.md); the first that decides wins:
+
+1. ``excluded``        - annotation ``kubefinops.io/exclude: "true"``, or the policy's excluded
+                         namespaces / labels / workload names -> skip
+2. ``observe``         - mode observe -> skip
+3. ``not-enough-data`` - no container has targets (confidence NONE) -> skip
+4. ``hpa-conflict``    - an HPA scales on cpu/memory (no metrics = cpu, the Kubernetes default):
+                         rule ``skip`` -> skip; ``memory-only`` -> drop the CPU change (skip if the
+                         HPA also scales on memory); ``allow`` -> go on
+5. ``oom``             - a recent OOMKill: memory never goes down (targets lifted; not a verdict)
+6. ``already-applied`` - ``last_applied_id`` is this recommendation's id, or the id the
+                         apply decision for it would get -> skip
+7. ``min-change``      - no target moves by at least ``min_change`` (default 10%) -> hold
+8. ``cooldown``        - the last applied change is younger than ``cooldown`` (default 24 h) -> hold
+9. ``schedule``        - outside every allowed apply window -> hold
+10. ``recommend-only`` - mode recommend -> hold
+11. ``autopilot``      - apply
+
+Targets set to ``None`` mean "leave unchanged".
+"""
+
+from __future__ import annotations
+
+from engine.core.cost import DEFAULT_PRICES, Prices, savings
+from engine.core.estimators import current_memory, fmt_duration, fmt_memory, fmt_time
+from engine.core.model import (
+    Action,
+    Confidence,
+    ContainerRecommendation,
+    Decision,
+    Mode,
+    Recommendation,
+    WorkloadSpec,
+)
+from engine.core.policy import Policy, exclusion
+from engine.core.recommend import content_id
+from engine.settings import Settings
+
+Verdict = tuple[Action, str, str]  # action, guardrail, reason
+
+
+def has_targets(c: ContainerRecommendation) -> bool:
+    return c.confidence is not Confidence.NONE and any(
+        v is not None for v in (c.cpu_request, c.cpu_limit, c.memory_request, c.memory_limit)
+    )
+
+
+def hpa_resources(spec: WorkloadSpec) -> set[str]:
+    """Resources the HPA scales on; an HPA without metrics scales on CPU (Kubernetes default)."""
+    if spec.hpa is None:
+        return set()
+    metrics = set(spec.hpa.metrics) or {"cpu"}
+    return metrics & {"cpu", "memory"}
+
+
+def drop_cpu(c: ContainerRecommendation, why: str) -> ContainerRecommendation:
+    if c.cpu_request is None and c.cpu_limit is None:
+        return c
+    return c.model_copy(
+        update={"cpu_request": None, "cpu_limit": None, "reasons": [*c.reasons, why]}
+    )
+
+
+def protect_memory(
+    c: ContainerRecommendation, lookback: float, now: float
+) -> ContainerRecommendation:
+    """Never decrease memory of a container OOMKilled within ``lookback``."""
+    at = c.current.last_oom_at
+    floor = current_memory(c.current)
+    if at is None or now - at > lookback or floor is None or c.memory_request is None:
+        return c
+    if c.memory_request >= floor and (c.memory_limit is None or c.memory_limit >= floor):
+        return c
+    why = f"oom guardrail: OOMKilled at {fmt_time(at)}, memory kept at {fmt_memory(floor)}"
+    return c.model_copy(
+        update={
+            "memory_request": max(c.memory_request, floor),
+            "memory_limit": max(c.memory_limit or floor, floor),
+            "reasons": [*c.reasons, why],
+        }
+    )
+
+
+def relative_changes(c: ContainerRecommendation) -> list[tuple[str, float]]:
+    """(resource, |target - current| / current) for every target set; no current = infinite."""
+    pairs = (
+        ("cpu request", c.cpu_request, c.current.requests.cpu),
+        ("cpu limit", c.cpu_limit, c.current.limits.cpu),
+        ("memory request", c.memory_request, c.current.requests.memory),
+        ("memory limit", c.memory_limit, c.current.limits.memory),
+    )
+    out = []
+    for label, target, current in pairs:
+        if target is None:
+            continue
+        change = abs(target - current) / current if current else float("inf")
+        out.append((f"{label} of {c.name}", change))
+    return out
+
+
+def _min_change(containers: list[ContainerRecommendation], threshold: float) -> Verdict | None:
+    changes = [rc for c in containers if has_targets(c) for rc in relative_changes(c)]
+    if not changes:
+        return Action.HOLD, "min-change", "no target differs from the current spec"
+    label, biggest = max(changes, key=lambda item: item[1])
+    if biggest <= 0:
+        return Action.HOLD, "min-change", "no target differs from the current spec"
+    if biggest < threshold:
+        return (
+            Action.HOLD,
+            "min-change",
+            f"largest change {biggest:.1%} ({label}) is below the {threshold:.0%} minimum",
+        )
+    return None
+
+
+def _hpa(
+    containers: list[ContainerRecommendation], spec: WorkloadSpec, policy: Policy
+) -> tuple[list[ContainerRecommendation], Verdict | None]:
+    scaled = hpa_resources(spec)
+    rule = policy.guardrails.hpa
+    if not scaled or rule == "allow":
+        return containers, None
+    hpa = spec.hpa.name if spec.hpa else "?"
+    on = "/".join(sorted(scaled))
+    if rule == "skip" or "memory" in scaled:
+        return containers, (
+            Action.SKIP,
+            "hpa-conflict",
+            f"HPA {hpa} scales on {on} (hpa rule {rule})",
+        )
+    why = f"HPA {hpa} scales on cpu: cpu change dropped, memory kept (hpa rule memory-only)"
+    kept = [drop_cpu(c, why) for c in containers]
+    if not any(has_targets(c) for c in kept):
+        return kept, (Action.SKIP, "hpa-conflict", f"HPA {hpa} scales on cpu: nothing left")
+    return kept, None
+
+
+def _gate(
+    rec: Recommendation,
+    spec: WorkloadSpec,
+    policy: Policy,
+    *,
+    last_applied_at: float | None,
+    last_applied_id: str | None,
+    now: float,
+) -> tuple[list[ContainerRecommendation], Verdict]:
+    containers = list(rec.containers)
+    why = exclusion(spec, policy)
+    if why:
+        return containers, (Action.SKIP, "excluded", why)
+    if policy.mode is Mode.OBSERVE:
+        return containers, (Action.SKIP, "observe", f"policy {policy.id} is in observe mode")
+    if not any(has_targets(c) for c in containers):
+        reasons = "; ".join(c.reasons[0] for c in containers if c.reasons) or "no containers"
+        return containers, (Action.SKIP, "not-enough-data", reasons)
+    containers, verdict = _hpa(containers, spec, policy)
+    if verdict:
+        return containers, verdict
+    if policy.guardrails.oom == "protect":
+        lookback = policy.estimator.oom_lookback
+        containers = [protect_memory(c, lookback, now) for c in containers]
+    if last_applied_id is not None and last_applied_id in (
+        rec.id,
+        decision_id(rec.id, Action.APPLY, "autopilot", policy, containers),
+    ):
+        return containers, (Action.SKIP, "already-applied", f"{rec.id} is the last change applied")
+    verdict = _min_change(containers, policy.guardrails.min_change)
+    if verdict:
+        return containers, verdict
+    cooldown = policy.guardrails.cooldown
+    if last_applied_at is not None and now - last_applied_at < cooldown:
+        return containers, (
+            Action.HOLD,
+            "cooldown",
+            f"last change applied {fmt_duration(now - last_applied_at)} ago;"
+            f" cooldown is {fmt_duration(cooldown)}",
+        )
+    if policy.schedule is not None and not policy.schedule.is_open(now):
+        return containers, (Action.HOLD, "schedule", "outside the policy's apply windows")
+    if policy.mode is Mode.RECOMMEND:
+        return containers, (
+            Action.HOLD,
+            "recommend-only",
+            f"policy {policy.id} is in recommend mode",
+        )
+    return containers, (Action.APPLY, "autopilot", f"policy {policy.id} is in autopilot mode")
+
+
+def _targets(c: ContainerRecommendation) -> list[object]:
+    return [c.name, c.cpu_request, c.cpu_limit, c.memory_request, c.memory_limit]
+
+
+def decision_id(
+    rec_id: str,
+    action: Action,
+    guardrail: str,
+    policy: Policy,
+    containers: list[ContainerRecommendation],
+) -> str:
+    """Same recommendation, verdict, policy version and targets => same id (idempotent)."""
+    return content_id(
+        "dec",
+        [
+            rec_id,
+            action.value,
+            guardrail,
+            policy.id,
+            policy.version,
+            policy.mode.value,
+            [_targets(c) for c in containers],
+        ],
+    )
+
+
+def decide(
+    rec: Recommendation,
+    spec: WorkloadSpec,
+    policy: Policy,
+    *,
+    last_applied_at: float | None,
+    last_applied_id: str | None,
+    now: float,
+    prices: Prices | None = None,
+    settings: Settings | None = None,
+) -> Decision:
+    """Apply, hold or skip ``rec`` under ``policy``; deterministic id for the same outcome.
+
+    Savings are recomputed (with ``prices``, else ``settings``' prices, else OpenCost defaults)
+    only when a guardrail changed the targets, e.g. the HPA rule dropped the CPU change.
+    """
+    if prices is None:
+        prices = Prices.from_settings(settings) if settings is not None else DEFAULT_PRICES
+    containers, (action, guardrail, reason) = _gate(
+        rec,
+        spec,
+        policy,
+        last_applied_at=last_applied_at,
+        last_applied_id=last_applied_id,
+        now=now,
+    )
+    changed = containers != list(rec.containers)
+    return Decision(
+        id=decision_id(rec.id, action, guardrail, policy, containers),
+        recommendation_id=rec.id,
+        workload_id=rec.workload_id,
+        namespace=rec.namespace,
+        kind=rec.kind,
+        name=rec.name,
+        action=action,
+        guardrail=guardrail,
+        reason=reason,
+        mode=policy.mode,
+        policy_id=policy.id,
+        policy_version=policy.version,
+        containers=containers,
+        savings=savings(containers, rec.replicas, prices) if changed else rec.savings,
+        decided_at=now,
+    )
