@@ -1,0 +1,276 @@
+"""MongoDB (PyMongo's native async API): policies with versions, recommendation/decision history.
+
+Motor is deprecated in favour of :class:`pymongo.AsyncMongoClient`, which this uses.  Sessions
+are ``async with client.start_session()`` (not awaited).  No multi-document transactions: the
+Bitnami chart runs a standalone ``mongod`` where they are unavailable, so ordering is kept by a
+unique ``(policy_id, version)`` index on the history instead (two concurrent writers of the same
+version: one gets :class:`PolicyConflict`).
+
+Collections (database ``settings.mongodb_database``):
+
+* ``policies`` — current document per policy, ``_id == id`` (unique ``id`` index); soft-deleted
+  policies keep their row with ``deleted: true`` so versions continue if re-created.
+* ``policy_history`` — every version ever written, with ``op`` (put/delete), ``by`` and ``at``.
+* ``recommendations`` / ``decisions`` / ``executions`` — records keyed by their ``id``
+  (re-delivery overwrites, never duplicates), indexed on ``(workload_id, at)``, expired by a TTL
+  index on ``stored_at`` after ``settings.history_retention_days``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+
+from engine.errors import (
+    AuthenticationFailed,
+    DependencyUnavailable,
+    InvalidPolicy,
+    PermanentError,
+)
+from engine.settings import Settings
+
+Doc = dict[str, Any]
+Validator = Callable[[Doc], Any]
+RECORD_KINDS = ("recommendations", "decisions", "executions")
+_TIME_FIELD = {"recommendations": "generated_at", "decisions": "decided_at",
+               "executions": "executed_at"}
+_META = ("version", "updated_by", "updated_at")
+
+
+class PolicyConflict(PermanentError):
+    """Another writer stored the same policy version first; re-read and try again."""
+
+
+@contextmanager
+def mongo_errors(what: str) -> Iterator[None]:
+    """Map driver errors to the project's tree; messages name the operation, never the URI."""
+    try:
+        yield
+    except (DuplicateKeyError, PermanentError):
+        raise
+    except ConnectionFailure as exc:
+        raise DependencyUnavailable(f"MongoDB unavailable during {what}: "
+                                    f"{type(exc).__name__}") from None
+    except OperationFailure as exc:
+        if exc.code in (13, 18):  # Unauthorized, AuthenticationFailed
+            raise AuthenticationFailed(f"MongoDB refused {what} (code {exc.code})") from None
+        raise DependencyUnavailable(f"MongoDB failed {what} (code {exc.code})") from None
+    except PyMongoError as exc:
+        raise DependencyUnavailable(f"MongoDB failed {what}: {type(exc).__name__}") from None
+
+
+def mongo_client(settings: Settings, *, timeout_ms: int = 5000) -> AsyncMongoClient[Doc]:
+    """A client that fails fast (``timeout_ms``) when the server is away.
+
+    Creating it does not connect (PyMongo connects lazily), so a worker starts while MongoDB is
+    down and the first operation raises :class:`DependencyUnavailable` instead.
+    """
+    return AsyncMongoClient(
+        settings.mongodb_uri.get_secret_value(),
+        serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+        tz_aware=True, appname=settings.app_id,
+    )
+
+
+def connect(settings: Settings, *, timeout_ms: int = 5000) -> AsyncDatabase[Doc]:
+    """The project database (``settings.mongodb_database``); ``db.client`` owns the pool."""
+    return mongo_client(settings, timeout_ms=timeout_ms)[settings.mongodb_database]
+
+
+def _strip(doc: Doc | None) -> Doc | None:
+    return None if doc is None else {k: v for k, v in doc.items() if k != "_id"}
+
+
+class PolicyStore:
+    """Versioned policy documents; every write is validated first, then recorded in history."""
+
+    def __init__(self, db: AsyncDatabase[Doc], validate: Validator, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = db.client
+        self.policies = db["policies"]
+        self.history_coll = db["policy_history"]
+        self.validate = validate
+        self.clock = clock
+        self._indexed = False  # writes create the indexes first (idempotent), once per process
+
+    async def ensure_indexes(self) -> None:
+        with mongo_errors("policy index creation"):
+            await self.policies.create_index([("id", ASCENDING)], unique=True, name="id_unique")
+            await self.history_coll.create_index(
+                [("policy_id", ASCENDING), ("version", ASCENDING)], unique=True,
+                name="policy_version_unique")
+        self._indexed = True
+
+    async def _next_version(self, policy_id: str, session: Any) -> tuple[Doc | None, int]:
+        current = await self.policies.find_one({"_id": policy_id}, session=session)
+        last = await self.history_coll.find_one({"policy_id": policy_id},
+                                                sort=[("version", DESCENDING)], session=session)
+        base = max(int(current["version"]) if current else 0, int(last["version"]) if last else 0)
+        return current, base + 1
+
+    async def put(self, doc: Doc, by: str) -> Doc:
+        """Validate and store a new version; returns the stored document (with its metadata)."""
+        if not isinstance(doc, dict):
+            raise InvalidPolicy("policy", "must be a JSON object")
+        policy_id = doc.get("id")
+        if not isinstance(policy_id, str) or not policy_id:
+            raise InvalidPolicy("id", "required, a non-empty string")
+        if not self._indexed:
+            await self.ensure_indexes()
+        with mongo_errors("policy write"):
+            async with self.client.start_session(causal_consistency=True) as session:
+                _, version = await self._next_version(policy_id, session)
+                now = self.clock()
+                stored = {k: v for k, v in doc.items() if k not in (*_META, "_id")}
+                stored.update(version=version, updated_by=by, updated_at=now)
+                self.validate(stored)  # raises InvalidPolicy before anything is written
+                await self._record(policy_id, version, "put", stored, by, now, session)
+                await self._replace(policy_id, version, stored, False, session)
+                return stored
+
+    async def delete(self, policy_id: str, by: str) -> bool:
+        """Soft delete: the row is marked deleted and the deletion recorded; False if absent."""
+        if not self._indexed:
+            await self.ensure_indexes()
+        with mongo_errors("policy delete"):
+            async with self.client.start_session(causal_consistency=True) as session:
+                current, version = await self._next_version(policy_id, session)
+                if current is None or current.get("deleted"):
+                    return False
+                now = self.clock()
+                doc = {**current["doc"], "version": version, "updated_by": by, "updated_at": now}
+                await self._record(policy_id, version, "delete", doc, by, now, session)
+                await self._replace(policy_id, version, doc, True, session)
+                return True
+
+    async def _record(self, policy_id: str, version: int, op: str, doc: Doc, by: str, now: float,
+                      session: Any) -> None:
+        try:
+            await self.history_coll.insert_one(
+                {"policy_id": policy_id, "version": version, "op": op, "doc": doc, "by": by,
+                 "at": datetime.fromtimestamp(now, UTC)}, session=session)
+        except DuplicateKeyError:
+            raise PolicyConflict(f"policy {policy_id!r} version {version} was written "
+                                 "concurrently; re-read and retry") from None
+
+    async def _replace(self, policy_id: str, version: int, doc: Doc, deleted: bool,
+                       session: Any) -> None:
+        try:
+            await self.policies.replace_one(
+                {"_id": policy_id, "version": {"$lt": version}},
+                {"id": policy_id, "version": version, "deleted": deleted, "doc": doc,
+                 "updated_at": datetime.fromtimestamp(float(doc["updated_at"]), UTC)},
+                upsert=True, session=session)
+        except DuplicateKeyError:
+            raise PolicyConflict(f"policy {policy_id!r} has a newer version") from None
+
+    async def get(self, policy_id: str) -> Doc | None:
+        with mongo_errors("policy read"):
+            row = await self.policies.find_one({"_id": policy_id, "deleted": False})
+        return None if row is None else dict(row["doc"])
+
+    async def list(self) -> builtins.list[Doc]:
+        with mongo_errors("policy list"):
+            rows = await self.policies.find({"deleted": False}).sort("_id", ASCENDING).to_list()
+        return [dict(r["doc"]) for r in rows]
+
+    async def history(self, policy_id: str) -> builtins.list[Doc]:
+        """Every version, oldest first: ``{version, op, doc, by, at}``."""
+        with mongo_errors("policy history"):
+            rows = await self.history_coll.find({"policy_id": policy_id}).sort(
+                "version", ASCENDING).to_list()
+        return [r for r in (_strip(r) for r in rows) if r is not None]
+
+
+class RecordStore:
+    """Recommendations, decisions and executions, idempotent by ``id``, expired by TTL."""
+
+    def __init__(self, db: AsyncDatabase[Doc], *, retention_days: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.retention_seconds = retention_days * 86400
+        self.clock = clock
+        self._indexed = False
+
+    async def ensure_indexes(self) -> None:
+        with mongo_errors("record index creation"):
+            for kind in RECORD_KINDS:
+                coll = self.db[kind]
+                await coll.create_index([("workload_id", ASCENDING), ("at", DESCENDING)],
+                                        name="workload_time")
+                try:
+                    await coll.create_index([("stored_at", ASCENDING)], name="ttl",
+                                            expireAfterSeconds=self.retention_seconds)
+                except OperationFailure as exc:
+                    if exc.code not in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict
+                        raise
+                    # history_retention_days changed since the index was made: update it
+                    await self.db.command("collMod", kind, index={
+                        "name": "ttl", "expireAfterSeconds": self.retention_seconds})
+            await self.db["decisions"].create_index(
+                [("action", ASCENDING), ("workload_id", ASCENDING), ("at", DESCENDING)],
+                name="action_workload_time")
+        self._indexed = True
+
+    async def save(self, kind: str, record: BaseModel | Doc) -> None:
+        """Upsert by ``id``: a re-delivered record replaces itself instead of duplicating."""
+        if kind not in RECORD_KINDS:
+            raise ValueError(f"unknown record kind {kind!r}")
+        doc = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
+        if not doc.get("id"):
+            raise PermanentError(f"{kind} record has no id")
+        at = float(doc.get(_TIME_FIELD[kind]) or self.clock())
+        row = {**doc, "_id": doc["id"], "at": at,
+               "stored_at": datetime.fromtimestamp(self.clock(), UTC)}
+        if not self._indexed:
+            await self.ensure_indexes()
+        with mongo_errors(f"{kind} write"):
+            await self.db[kind].replace_one({"_id": doc["id"]}, row, upsert=True)
+
+    async def save_recommendation(self, record: BaseModel | Doc) -> None:
+        await self.save("recommendations", record)
+
+    async def save_decision(self, record: BaseModel | Doc) -> None:
+        await self.save("decisions", record)
+
+    async def save_execution(self, record: BaseModel | Doc) -> None:
+        await self.save("executions", record)
+
+    async def recent(self, kind: str, workload_id: str, limit: int = 20) -> list[Doc]:
+        with mongo_errors(f"{kind} read"):
+            rows = await self.db[kind].find({"workload_id": workload_id}).sort(
+                "at", DESCENDING).limit(limit).to_list()
+        return [r for r in (_strip(r) for r in rows) if r is not None]
+
+    async def last_applied(self, workload_id: str) -> Doc | None:
+        """The newest ``apply`` decision of a workload (cooldown / idempotency after restart)."""
+        with mongo_errors("decisions read"):
+            row = await self.db["decisions"].find_one(
+                {"workload_id": workload_id, "action": "apply"}, sort=[("at", DESCENDING)])
+        return _strip(row)
+
+    async def last_applied_all(self) -> dict[str, Doc]:
+        """Newest ``apply`` decision per workload, for warming the control-loop state."""
+        pipeline: list[Doc] = [
+            {"$match": {"action": "apply"}},
+            {"$sort": {"at": -1}},
+            {"$group": {"_id": "$workload_id", "doc": {"$first": "$$ROOT"}}},
+        ]
+        with mongo_errors("decisions aggregate"):
+            cursor = await self.db["decisions"].aggregate(pipeline)
+            rows = await cursor.to_list()
+        out: dict[str, Doc] = {}
+        for row in rows:
+            doc = _strip(row["doc"])
+            if doc is not None:
+                out[str(row["_id"])] = doc
+        return out

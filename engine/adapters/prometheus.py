@@ -1,0 +1,239 @@
+"""Prometheus over HTTP (aiohttp): the collector's I/O half.
+
+:class:`PrometheusClient` sends ``query``/``query_range`` as POST forms (long selectors do not hit
+URL limits), retries connection errors, timeouts, 5xx/429 and malformed bodies with exponential
+backoff and jitter, then raises :class:`DependencyUnavailable`; a 4xx (bad query) is a
+:class:`PermanentError` at once.  :class:`Collector` turns one chunk into
+:class:`MetricsBatch` records and one instant into :class:`WorkloadSpec` records using the pure
+functions of :mod:`engine.core.collect`; the watermarks live with the caller (a Faust table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from engine.core.collect import (
+    OWNER_METRICS,
+    MalformedResponse,
+    Owners,
+    Series,
+    build_batches,
+    build_specs,
+    count_samples,
+    cpu_expr,
+    first_eval_time,
+    memory_expr,
+    owner_expr,
+    parse_result,
+    plan_chunks,
+    spec_expr,
+)
+from engine.core.model import MetricsBatch, WorkloadSpec
+from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
+from engine.metrics import PROMETHEUS_QUERIES, PROMETHEUS_SAMPLES_READ
+from engine.settings import Settings
+
+LOOKBACK_SECONDS = 300  # Prometheus' default lookback delta
+
+
+class BadQuery(PermanentError):
+    """Prometheus rejected the query itself (HTTP 400/422): retrying cannot help."""
+
+
+class _Transient(Exception):
+    """Internal: one attempt failed in a way worth retrying."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, safe for logs and exception messages."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class PrometheusClient:
+    """A small async client for the Prometheus HTTP API; use as ``async with``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        attempts: int = 4,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 8.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.base_url = settings.prometheus_url.rstrip("/")
+        self.timeout = settings.prometheus_timeout_seconds
+        self.attempts = attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._session = session
+        self._own_session = session is None
+        self._where = redact_url(self.base_url)
+
+    async def __aenter__(self) -> PrometheusClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._own_session = True
+        return self._session
+
+    async def query_range(self, expr: str, start: float, end: float, step: int) -> list[Series]:
+        form = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(step),
+                "timeout": f"{self.timeout:g}s"}
+        return await self._call("/api/v1/query_range", form, "matrix")
+
+    async def query(self, expr: str, at: float) -> list[Series]:
+        form = {"query": expr, "time": f"{at:.3f}", "timeout": f"{self.timeout:g}s"}
+        return await self._call("/api/v1/query", form, "vector")
+
+    async def _call(self, path: str, form: dict[str, str], expect: str) -> list[Series]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
+            retry=retry_if_exception_type(_Transient),
+            reraise=False,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(path, form, expect)
+        except RetryError as exc:
+            cause = exc.last_attempt.exception()
+            PROMETHEUS_QUERIES.labels(outcome="unavailable").inc()
+            raise DependencyUnavailable(
+                f"Prometheus at {self._where} unavailable after {self.attempts} attempts: {cause}"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, path: str, form: dict[str, str], expect: str) -> list[Series]:
+        try:
+            async with self._client().post(self.base_url + path, data=form) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            PROMETHEUS_QUERIES.labels(outcome="retry").inc()
+            raise _Transient(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        if status >= 500 or status == 429:
+            PROMETHEUS_QUERIES.labels(outcome="retry").inc()
+            raise _Transient(f"HTTP {status}")
+        if status in (401, 403):
+            PROMETHEUS_QUERIES.labels(outcome="error").inc()
+            raise AuthenticationFailed(
+                f"Prometheus at {self._where} refused access (HTTP {status})")
+        try:
+            doc: Any = json.loads(body)
+        except ValueError:
+            PROMETHEUS_QUERIES.labels(outcome="retry").inc()
+            raise _Transient(f"HTTP {status} with a body that is not JSON") from None
+        if status >= 400:
+            PROMETHEUS_QUERIES.labels(outcome="error").inc()
+            err = doc.get("error", "") if isinstance(doc, dict) else ""
+            raise BadQuery(f"Prometheus rejected query (HTTP {status}): {str(err)[:300]}")
+        try:
+            result = parse_result(doc, expect)
+        except MalformedResponse as exc:
+            PROMETHEUS_QUERIES.labels(outcome="retry").inc()
+            raise _Transient(f"malformed response: {exc}") from None
+        PROMETHEUS_QUERIES.labels(outcome="ok").inc()
+        return result
+
+
+class Collector:
+    """Chunks into metrics batches and instants into workload specs (no state of its own)."""
+
+    def __init__(self, client: PrometheusClient, settings: Settings | None = None, *,
+                 step: int | None = None, rate_window: int | None = None) -> None:
+        self.client = client
+        if step is None:
+            if settings is None:
+                raise TypeError("Collector needs settings or step")
+            step = settings.prometheus_step_seconds
+        self.step = step
+        # At least two scrapes of a 30 s cAdvisor interval fit in the window.
+        self.rate_window = rate_window or max(2 * step, 60)
+        self.samples_read = 0
+
+    async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
+        """Every workload container's samples in ``(start, end]``; same chunk, same batches."""
+        first = first_eval_time(start, self.step)
+        if first > end:
+            return []
+        window = int(end - start) + LOOKBACK_SECONDS
+        cpu, memory, *owners = await asyncio.gather(
+            self.client.query_range(cpu_expr(self.rate_window), first, end, self.step),
+            self.client.query_range(memory_expr(self.step), first, end, self.step),
+            *(self.client.query(owner_expr(m, window), end) for m in OWNER_METRICS),
+        )
+        batches = build_batches(cpu, memory, Owners.build(*owners), start, end)
+        read = sum(len(s.values) for s in (*cpu, *memory))
+        self.samples_read += read
+        PROMETHEUS_SAMPLES_READ.inc(read)
+        return batches
+
+    async def collect_specs(self, at: float) -> list[WorkloadSpec]:
+        return build_specs(await self.client.query(spec_expr(), at), at)
+
+
+@dataclass(frozen=True)
+class History:
+    batches: list[MetricsBatch]
+    specs: list[WorkloadSpec]
+    samples_read: int
+    start: float
+    end: float
+
+
+async def fetch_history(
+    settings: Settings, *, now: float | None = None, client: PrometheusClient | None = None
+) -> History:
+    """One-shot read of the whole history window (``recommend --once``, no Kafka, no watermark)."""
+    now = time.time() if now is None else now
+    chunks = plan_chunks(None, now, scrape_lag=settings.scrape_lag_seconds,
+                         history=settings.history_seconds,
+                         chunk=settings.prometheus_chunk_seconds,
+                         step=settings.prometheus_step_seconds)
+    owned = client is None
+    client = client or PrometheusClient(settings)
+    try:
+        collector = Collector(client, settings)
+        batches: list[MetricsBatch] = []
+        for start, end in chunks:
+            batches.extend(await collector.collect_chunk(start, end))
+        at = chunks[-1][1] if chunks else now
+        specs = await collector.collect_specs(at)
+    finally:
+        if owned:
+            await client.close()
+    return History(batches, specs, count_samples(batches),
+                   chunks[0][0] if chunks else now, chunks[-1][1] if chunks else now)

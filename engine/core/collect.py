@@ -1,0 +1,414 @@
+"""The collector's pure half: what to ask Prometheus, and what its answers mean.
+
+* :func:`plan_chunks` — the incremental plan: a first run backfills ``history`` in chunks, later
+  runs ask only ``(watermark, now - scrape_lag]``.  Chunk ends are multiples of ``step`` (and
+  chunk boundaries multiples of ``chunk``), so re-collecting a chunk gives the same batch.
+* :func:`parse_result` — a decoded ``/api/v1/query[_range]`` body into :class:`Series`;
+  anything malformed raises :class:`MalformedResponse` (never ``KeyError``).
+* :class:`Owners` — pod -> ReplicaSet -> Deployment, Job -> CronJob, StatefulSet, DaemonSet,
+  bare pod.
+* :func:`build_batches` — one :class:`MetricsBatch` per workload container per chunk, holding
+  every pod's samples under ``samples["cpu"]`` (cores) and ``samples["memory"]`` (bytes).
+* :func:`build_specs` — one :class:`WorkloadSpec` per workload from kube-state-metrics series.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from engine.core.model import (
+    ContainerSpec,
+    HpaSpec,
+    MetricsBatch,
+    ResourcePair,
+    WorkloadSpec,
+)
+from engine.errors import PermanentError
+
+MAX_POINTS_PER_SERIES = 11_000  # Prometheus refuses range queries with more points per series
+SKIPPED_CONTAINERS = frozenset({"", "POD"})
+_JVM = re.compile(
+    r"java|jdk|jre|jvm|temurin|corretto|zulu|graalvm|tomcat|jetty|wildfly|"
+    r"spring|kafka|elasticsearch|opensearch|zookeeper|cassandra|keycloak",
+    re.I,
+)
+
+
+# kube-state-metrics sanitises label/annotation names ("kubefinops.io/exclude" arrives as
+# annotation_kubefinops_io_exclude); the ones the autopilot itself reads are mapped back.
+KNOWN_KEYS = {"kubefinops_io_exclude": "kubefinops.io/exclude"}
+
+
+class MalformedResponse(PermanentError):
+    """Prometheus answered something that is not the documented JSON shape."""
+
+
+# --- the plan -----------------------------------------------------------------------------------
+def _floor(value: float, unit: int) -> float:
+    return float(math.floor(value / unit) * unit)
+
+
+def plan_chunks(
+    watermark: float | None,
+    now: float,
+    *,
+    scrape_lag: float,
+    history: float,
+    chunk: int,
+    step: int,
+) -> list[tuple[float, float]]:
+    """Chunks ``(start, end]`` still to collect; ``[]`` when up to date.
+
+    The caller advances the watermark to a chunk's ``end`` only after that chunk was obtained,
+    so a failure leaves the rest of the plan to the next cycle.  A watermark older than
+    ``history`` is clamped: nothing older than the history window is ever asked for.
+    """
+    if step <= 0 or chunk <= 0 or history <= 0:
+        raise ValueError("step, chunk and history must be positive")
+    chunk = max(step, min(chunk, step * MAX_POINTS_PER_SERIES) // step * step)
+    horizon = _floor(now - scrape_lag, step)
+    oldest = _floor(horizon - history, step)
+    start = oldest if watermark is None else max(float(watermark), oldest)
+    chunks: list[tuple[float, float]] = []
+    while start < horizon:
+        end = min(horizon, _floor(start, chunk) + chunk)
+        chunks.append((start, end))
+        start = end
+    return chunks
+
+
+def first_eval_time(start: float, step: int) -> float:
+    """First step-aligned evaluation time strictly after ``start`` (chunks are left-open)."""
+    return _floor(start, step) + step
+
+
+def advance(watermarks: Mapping[str, float], name: str, end: float) -> dict[str, float]:
+    """A copy of ``watermarks`` with ``name`` moved forward to ``end`` (never backwards)."""
+    out = dict(watermarks)
+    out[name] = max(end, out.get(name, end))
+    return out
+
+
+def cpu_expr(rate_window: int) -> str:
+    return (
+        "sum by (namespace, pod, container) (rate(container_cpu_usage_seconds_total"
+        f'{{container!="",container!="POD"}}[{rate_window}s]))'
+    )
+
+
+def memory_expr(step: int) -> str:
+    """Max working set per step window, so the max over a chunk is the max of the raw samples."""
+    return (
+        "max by (namespace, pod, container) (max_over_time(container_memory_working_set_bytes"
+        f'{{container!="",container!="POD"}}[{step}s]))'
+    )
+
+
+OWNER_METRICS = ("kube_pod_owner", "kube_replicaset_owner", "kube_job_owner")
+SPEC_METRICS = (
+    *OWNER_METRICS,
+    "kube_pod_container_resource_requests",
+    "kube_pod_container_resource_limits",
+    "kube_pod_container_info",
+    "kube_pod_container_status_restarts_total",
+    "kube_pod_container_status_last_terminated_reason",
+    "kube_pod_container_status_last_terminated_timestamp",
+    "kube_deployment_spec_replicas",
+    "kube_statefulset_replicas",
+    "kube_daemonset_status_desired_number_scheduled",
+    *(f"kube_{k}_{what}" for k in ("deployment", "statefulset", "daemonset")
+      for what in ("labels", "annotations")),
+    "kube_horizontalpodautoscaler_info",
+    "kube_horizontalpodautoscaler_spec_target_metric",
+    "kube_horizontalpodautoscaler_spec_min_replicas",
+    "kube_horizontalpodautoscaler_spec_max_replicas",
+)
+
+
+def spec_expr() -> str:
+    """One instant selector for every kube-state-metrics series a spec needs."""
+    return '{__name__=~"' + "|".join(SPEC_METRICS) + '"}'
+
+
+def owner_expr(metric: str, window: int) -> str:
+    """Owners of every pod seen during a chunk, including pods gone by its end."""
+    return f"last_over_time({metric}[{window}s])"
+
+
+# --- parsing ------------------------------------------------------------------------------------
+class Series(NamedTuple):
+    labels: dict[str, str]
+    values: list[tuple[float, float]]
+
+
+def _value(pair: Any, where: str) -> tuple[float, float] | None:
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        raise MalformedResponse(f'{where}: a sample must be [timestamp, "value"]')
+    try:
+        ts, val = float(pair[0]), float(pair[1])
+    except (TypeError, ValueError, OverflowError):
+        raise MalformedResponse(f"{where}: sample {pair!r:.60} is not numeric") from None
+    return (ts, val) if math.isfinite(val) and math.isfinite(ts) else None
+
+
+def parse_result(doc: Any, expect: str) -> list[Series]:
+    """Series of a decoded query body whose ``resultType`` must be ``expect``.
+
+    Non-finite values (NaN, ±Inf: e.g. a rate over a single sample) are dropped.
+    """
+    if not isinstance(doc, dict):
+        raise MalformedResponse("response is not a JSON object")
+    if doc.get("status") != "success":
+        raise MalformedResponse(f"status is {doc.get('status')!r:.40}: {doc.get('error')!r:.200}")
+    data = doc.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("result"), list):
+        raise MalformedResponse("data.result missing or not a list")
+    if data.get("resultType") != expect:
+        raise MalformedResponse(
+            f"data.resultType is {data.get('resultType')!r:.40}, expected {expect!r}"
+        )
+    out: list[Series] = []
+    for i, item in enumerate(data["result"]):
+        where = f"data.result[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
+            raise MalformedResponse(f"{where}.metric missing or not an object")
+        labels = item["metric"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise MalformedResponse(f"{where}.metric has non-string labels")
+        if expect == "matrix":
+            raw = item.get("values")
+            if not isinstance(raw, list):
+                raise MalformedResponse(f"{where}.values missing or not a list")
+        else:
+            raw = [item.get("value")]
+        values = [v for v in (_value(p, where) for p in raw) if v is not None]
+        out.append(Series(dict(labels), values))
+    return out
+
+
+# --- owners -------------------------------------------------------------------------------------
+@dataclass
+class Owners:
+    """Controller owners from ``kube_pod_owner``, ``kube_replicaset_owner``, ``kube_job_owner``."""
+
+    pods: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    replicasets: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        pod_owner: Iterable[Series],
+        rs_owner: Iterable[Series] = (),
+        job_owner: Iterable[Series] = (),
+    ) -> Owners:
+        owners = cls()
+        for target, series, key_label in (
+            (owners.pods, pod_owner, "pod"),
+            (owners.replicasets, rs_owner, "replicaset"),
+            (owners.jobs, job_owner, "job_name"),
+        ):
+            for s in series:
+                lab = s.labels
+                kind, name = lab.get("owner_kind", ""), lab.get("owner_name", "")
+                key = (lab.get("namespace", ""), lab.get(key_label, ""))
+                if not all(key) or kind in ("", "<none>") or not name:
+                    continue
+                if lab.get("owner_is_controller", "true") == "true" or key not in target:
+                    target[key] = (kind, name)
+        return owners
+
+    def resolve(self, namespace: str, pod: str) -> tuple[str, str]:
+        """(kind, name) of the top-level workload of a pod; a bare pod is its own workload."""
+        kind, name = self.pods.get((namespace, pod), ("Pod", pod))
+        if kind == "ReplicaSet":
+            return self.replicasets.get((namespace, name), (kind, name))
+        if kind == "Job":
+            return self.jobs.get((namespace, name), (kind, name))
+        return kind, name
+
+
+# --- batches ------------------------------------------------------------------------------------
+def build_batches(
+    cpu: Iterable[Series], memory: Iterable[Series], owners: Owners, start: float, end: float
+) -> list[MetricsBatch]:
+    """One batch per workload container for chunk ``(start, end]``, sorted by container id."""
+    grouped: dict[tuple[str, str, str, str], dict[str, list[tuple[float, float]]]] = {}
+    for resource, series_list in (("cpu", cpu), ("memory", memory)):
+        for s in series_list:
+            ns, pod, container = (s.labels.get(k, "") for k in ("namespace", "pod", "container"))
+            if not ns or not pod or container in SKIPPED_CONTAINERS:
+                continue
+            kind, name = owners.resolve(ns, pod)
+            bucket = grouped.setdefault((ns, kind, name, container), {"cpu": [], "memory": []})
+            bucket[resource].extend((t, v) for t, v in s.values if start < t <= end)
+    return [
+        MetricsBatch(
+            namespace=ns,
+            kind=kind,
+            workload=name,
+            container=container,
+            start=start,
+            end=end,
+            samples={r: sorted(v) for r, v in samples.items()},
+        )
+        for (ns, kind, name, container), samples in sorted(grouped.items())
+    ]
+
+
+def count_samples(batches: Iterable[MetricsBatch]) -> int:
+    return sum(len(v) for b in batches for v in b.samples.values())
+
+
+# --- specs --------------------------------------------------------------------------------------
+@dataclass
+class _Container:
+    requests: dict[str, float] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0
+    last_oom_at: float | None = None
+    oom_limit: float | None = None
+    is_jvm: bool = False
+
+
+_UNITS = {"cpu": "core", "memory": "byte"}
+
+
+def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
+    """Workload specs from one instant snapshot of :func:`spec_expr` (``__name__`` kept)."""
+    by_name: dict[str, list[Series]] = defaultdict(list)
+    for s in series:
+        by_name[s.labels.get("__name__", "")].append(s)
+    owners = Owners.build(
+        by_name["kube_pod_owner"], by_name["kube_replicaset_owner"], by_name["kube_job_owner"]
+    )
+
+    def val(s: Series) -> float:
+        return s.values[-1][1] if s.values else 0.0
+
+    pod_res: dict[tuple[str, str, str], dict[str, dict[str, float]]] = defaultdict(
+        lambda: {"requests": {}, "limits": {}}
+    )
+    for kind in ("requests", "limits"):
+        for s in by_name[f"kube_pod_container_resource_{kind}"]:
+            lab, res = s.labels, s.labels.get("resource", "")
+            if _UNITS.get(res) == lab.get("unit", _UNITS.get(res)):
+                key = (lab.get("namespace", ""), lab.get("pod", ""), lab.get("container", ""))
+                pod_res[key][kind][res] = val(s)
+
+    pods_of: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    containers: dict[tuple[str, str, str], dict[str, _Container]] = defaultdict(dict)
+
+    def slot(ns: str, pod: str, container: str) -> _Container | None:
+        if not ns or not pod or container in SKIPPED_CONTAINERS:
+            return None
+        kind, name = owners.resolve(ns, pod)
+        pods_of[(ns, kind, name)].add(pod)
+        return containers[(ns, kind, name)].setdefault(container, _Container())
+
+    for (ns, pod, container), both in sorted(pod_res.items()):
+        if (c := slot(ns, pod, container)) is not None:
+            for kind in ("requests", "limits"):
+                target = c.requests if kind == "requests" else c.limits
+                for r, v in both[kind].items():
+                    target[r] = max(v, target.get(r, v))
+
+    def each(metric: str) -> Iterable[tuple[Series, str, str, _Container]]:
+        for s in by_name[metric]:
+            ns, pod, cont = (s.labels.get(k, "") for k in ("namespace", "pod", "container"))
+            if (c := slot(ns, pod, cont)) is not None:
+                yield s, ns, pod, c
+
+    for s, _, _, c in each("kube_pod_container_info"):
+        c.is_jvm = c.is_jvm or bool(_JVM.search(s.labels.get("image", "")))
+    for s, _, _, c in each("kube_pod_container_status_restarts_total"):
+        c.restarts += int(val(s))
+    oom_ts = {
+        (s.labels.get("namespace"), s.labels.get("pod"), s.labels.get("container")): val(s)
+        for s in by_name["kube_pod_container_status_last_terminated_timestamp"]
+    }
+    for s, ns, pod, c in each("kube_pod_container_status_last_terminated_reason"):
+        cont = s.labels.get("container", "")
+        if s.labels.get("reason") != "OOMKilled" or val(s) != 1:
+            continue
+        when = oom_ts.get((ns, pod, cont)) or at  # no timestamp metric: "by now" (conservative)
+        if c.last_oom_at is None or when >= c.last_oom_at:
+            c.last_oom_at = when
+            c.oom_limit = pod_res.get((ns, pod, cont), {}).get("limits", {}).get("memory")
+
+    replicas: dict[tuple[str, str, str], int] = {}
+    labels: dict[tuple[str, str, str], dict[str, str]] = {}
+    annotations: dict[tuple[str, str, str], dict[str, str]] = {}
+    for kind, metric in (
+        ("Deployment", "kube_deployment_spec_replicas"),
+        ("StatefulSet", "kube_statefulset_replicas"),
+        ("DaemonSet", "kube_daemonset_status_desired_number_scheduled"),
+    ):
+        for s in by_name[metric]:
+            replicas[(s.labels.get("namespace", ""), kind, s.labels.get(kind.lower(), ""))] = int(
+                val(s)
+            )
+        for dest, prefix in ((labels, "label_"), (annotations, "annotation_")):
+            for s in by_name[f"kube_{kind.lower()}_{prefix[:-1]}s"]:
+                key = (s.labels.get("namespace", ""), kind, s.labels.get(kind.lower(), ""))
+                dest[key] = {KNOWN_KEYS.get(k[len(prefix):], k[len(prefix):]): v
+                               for k, v in s.labels.items() if k.startswith(prefix)}
+    hpas = _hpas(by_name)
+
+    out = []
+    for key in sorted(containers):
+        ns, kind, name = key
+        out.append(
+            WorkloadSpec(
+                namespace=ns,
+                kind=kind,
+                name=name,
+                replicas=max(0, replicas.get(key, len(pods_of[key]))),
+                containers=[
+                    ContainerSpec(
+                        name=cname,
+                        requests=ResourcePair(**c.requests),
+                        limits=ResourcePair(**c.limits),
+                        last_oom_at=c.last_oom_at,
+                        oom_limit_bytes=c.oom_limit,
+                        restarts=c.restarts,
+                        is_jvm=c.is_jvm or bool(_JVM.search(cname)),
+                    )
+                    for cname, c in sorted(containers[key].items())
+                ],
+                hpa=hpas.get(key),
+                labels=labels.get(key, {}),
+                annotations=annotations.get(key, {}),
+                observed_at=at,
+            )
+        )
+    return out
+
+
+def _hpas(by_name: Mapping[str, list[Series]]) -> dict[tuple[str, str, str], HpaSpec]:
+    def per_hpa(metric: str) -> dict[tuple[str, str], list[Series]]:
+        out: dict[tuple[str, str], list[Series]] = defaultdict(list)
+        for s in by_name.get(metric, []):
+            lab = s.labels
+            out[(lab.get("namespace", ""), lab.get("horizontalpodautoscaler", ""))].append(s)
+        return out
+
+    targets = per_hpa("kube_horizontalpodautoscaler_spec_target_metric")
+    mins = per_hpa("kube_horizontalpodautoscaler_spec_min_replicas")
+    maxs = per_hpa("kube_horizontalpodautoscaler_spec_max_replicas")
+    hpas: dict[tuple[str, str, str], HpaSpec] = {}
+    for key, infos in per_hpa("kube_horizontalpodautoscaler_info").items():
+        lab = infos[0].labels
+        metrics = sorted({s.labels.get("metric_name", "") for s in targets.get(key, [])} - {""})
+        lo = int(mins[key][0].values[-1][1]) if mins.get(key) and mins[key][0].values else 1
+        hi = int(maxs[key][0].values[-1][1]) if maxs.get(key) and maxs[key][0].values else lo
+        target = (key[0], lab.get("scaletargetref_kind", ""), lab.get("scaletargetref_name", ""))
+        hpas[target] = HpaSpec(
+            name=key[1], min_replicas=lo, max_replicas=max(lo, hi), metrics=metrics
+        )
+    return hpas

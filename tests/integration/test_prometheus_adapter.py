@@ -1,0 +1,335 @@
+"""The Prometheus adapter against a real Prometheus over a backfilled synthetic cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from engine.adapters.prometheus import BadQuery, Collector, PrometheusClient, fetch_history
+from engine.core.collect import advance, count_samples, cpu_expr, plan_chunks
+from engine.core.model import MetricsBatch
+from engine.errors import DependencyUnavailable
+from engine.settings import Settings, load_settings
+from tests.harness.proc import free_port
+from tests.harness.prometheus import CLUSTER, MIB, PromInfo, instant, start_prometheus
+
+pytestmark = pytest.mark.integration
+
+STEP = 60
+DAY = 86400
+H = 3600
+
+
+def _settings(url: str, **extra: Any) -> Settings:
+    return load_settings(prometheus_url=url, kafka_username=None, prometheus_step_seconds=STEP,
+                         prometheus_chunk_seconds=6 * H, scrape_lag_seconds=120,
+                         prometheus_timeout_seconds=10, **extra)
+
+
+def _client(url: str, attempts: int = 3) -> PrometheusClient:
+    return PrometheusClient(_settings(url), attempts=attempts, backoff_initial=0.01,
+                            backoff_max=0.05)
+
+
+def _merge(batches: list[MetricsBatch]) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    for b in batches:
+        slot = out.setdefault(b.container_id, {"cpu": [], "memory": []})
+        for resource, samples in b.samples.items():
+            slot[resource].extend(v for _, v in samples)
+    return out
+
+
+@pytest.fixture(scope="module")
+async def two_days(prometheus: PromInfo) -> tuple[list[MetricsBatch], float, int]:
+    """The last two days of the dataset collected chunk by chunk, as the collector agent would."""
+    now = prometheus.end_ts + 120  # the scrape lag puts the horizon exactly on the data's end
+    chunks = plan_chunks(None, now, scrape_lag=120, history=2 * DAY, chunk=6 * H, step=STEP)
+    assert chunks[-1][1] == prometheus.end_ts
+    async with _client(prometheus.url) as client:
+        collector = Collector(client, step=STEP)
+        batches = [b for s, e in chunks for b in await collector.collect_chunk(s, e)]
+        return batches, float(prometheus.end_ts), collector.samples_read
+
+
+async def test_p95_cpu_and_max_memory_agree_with_promql(
+    prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
+) -> None:
+    batches, end, _ = two_days
+    merged = _merge(batches)
+    expected_ids = {f"{w.namespace}/{w.kind}/{w.name}/{c[0]}"
+                    for w in CLUSTER for c in w.containers}
+    assert set(merged) == expected_ids  # no "POD", no "" container, sidecar included
+    # pooled over pods: the same per-pod points evaluated by a Prometheus subquery
+    sub = instant(prometheus.url, f"({cpu_expr(2 * STEP)})[2d:{STEP}s]", end)
+    p95_q = instant(prometheus.url, f"quantile_over_time(0.95, ({cpu_expr(2 * STEP)})[2d:{STEP}s])",
+                    end)
+    mem_q = instant(prometheus.url, 'max by (namespace, pod, container) (max_over_time('
+                    'container_memory_working_set_bytes{container!="",container!="POD"}[2d]))', end)
+    owner = prometheus.truth.pod_owner
+    pooled: dict[str, list[float]] = {}
+    pod_p95: dict[str, list[float]] = {}
+    pod_max: dict[str, float] = {}
+
+    def cid(metric: Any) -> str:
+        kind, name = owner[(metric["namespace"], metric["pod"])]
+        return f"{metric['namespace']}/{kind}/{name}/{metric['container']}"
+
+    for s in sub:
+        pooled.setdefault(cid(s["metric"]), []).extend(float(v) for _, v in s["values"])
+    for s in p95_q:
+        pod_p95.setdefault(cid(s["metric"]), []).append(float(s["value"][1]))
+    for s in mem_q:
+        pod_max[cid(s["metric"])] = max(pod_max.get(cid(s["metric"]), 0.0), float(s["value"][1]))
+    assert set(pooled) == set(pod_p95) == set(pod_max) == expected_ids
+    for container, usage in merged.items():
+        ours = float(np.percentile(usage["cpu"], 95))
+        assert ours == pytest.approx(float(np.percentile(pooled[container], 95)), rel=0.02)
+        # pooled P95 lies between the per-pod P95s PromQL computes
+        assert min(pod_p95[container]) * 0.98 <= ours <= max(pod_p95[container]) * 1.02
+        assert max(usage["memory"]) == pytest.approx(pod_max[container], rel=0.02)
+        ns, kind, name, cont = container.split("/")
+        truth_max = prometheus.truth.memory_max(ns, kind, name, cont, end - 2 * DAY, end)
+        assert max(usage["memory"]) == truth_max  # exact: max_over_time per step tiles the window
+
+
+async def test_cpu_mean_matches_ground_truth_counters(
+    prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
+) -> None:
+    """Mean of the collected rates == counter increase / time, from the generator's own numbers."""
+    batches, end, _ = two_days
+    merged = _merge(batches)
+    truth = prometheus.truth
+    per_container: dict[str, list[float]] = {}
+    for (ns, pod, cont), points in truth.cpu_counter.items():
+        kind, name = truth.pod_owner[(ns, pod)]
+        window = [v for t, v in points if end - 2 * DAY <= t <= end]
+        per_container.setdefault(f"{ns}/{kind}/{name}/{cont}", []).append(
+            (window[-1] - window[0]) / (2 * DAY))
+    oom_ns, oom_pod, oom_cont = truth.oom_pod
+    oom_kind, oom_name = truth.pod_owner[(oom_ns, oom_pod)]
+    skip = f"{oom_ns}/{oom_kind}/{oom_name}/{oom_cont}"  # its counter reset: delta is not usage
+    assert set(per_container) == set(merged)
+    for container, means in per_container.items():
+        cpu = merged[container]["cpu"]
+        assert len(cpu) == len(means) * 2 * DAY // STEP
+        if container != skip:
+            assert float(np.mean(cpu)) == pytest.approx(float(np.mean(means)), rel=0.02)
+
+
+async def test_recollecting_a_window_gives_identical_batches(
+    prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
+) -> None:
+    batches, end, _ = two_days
+    start = end - 6 * H
+    async with _client(prometheus.url) as client:
+        again = await Collector(client, step=STEP).collect_chunk(start, end)
+    assert again == [b for b in batches if b.start == start and b.end == end]
+    assert again and all(b.samples["cpu"] and b.samples["memory"] for b in again)
+
+
+async def test_specs_reflect_the_cluster(prometheus: PromInfo) -> None:
+    async with _client(prometheus.url) as client:
+        specs = {s.workload_id: s for s in await Collector(client, step=STEP).collect_specs(
+            float(prometheus.end_ts))}
+    assert set(specs) == {f"{w.namespace}/{w.kind}/{w.name}" for w in CLUSTER}
+    for w in CLUSTER:
+        spec = specs[f"{w.namespace}/{w.kind}/{w.name}"]
+        assert spec.replicas == w.pods
+        assert [c.name for c in spec.containers] == sorted(c[0] for c in w.containers)
+        assert spec.labels == {k.replace("-", "_"): v for k, v in w.labels.items()}
+        assert spec.annotations == w.annotations
+        hpa_metrics = spec.hpa.metrics if spec.hpa else None
+        assert hpa_metrics == ([w.hpa_metric] if w.hpa_metric else None)
+        for c in w.containers:
+            got = next(x for x in spec.containers if x.name == c[0])
+            assert got.requests.cpu == c[4] and got.limits.memory == c[5] * MIB
+    billing = specs["smarthealth/Deployment/billing"].containers[0]
+    assert billing.last_oom_at == prometheus.truth.oom_at
+    assert billing.oom_limit_bytes == 1536 * MIB and billing.restarts == 1 and billing.is_jvm
+    assert specs["payments/StatefulSet/ledger"].containers[0].is_jvm
+    assert specs["smarthealth/Deployment/patient-api"].containers[0].last_oom_at is None
+
+
+async def test_hourly_cycle_reads_a_fraction_of_a_full_requery(
+    prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
+) -> None:
+    _, end, _ = two_days
+    settings = _settings(prometheus.url, history_days=2)
+    full = await fetch_history(settings, now=end + 120,
+                               client=_client(prometheus.url))
+    wm = end - H
+    async with _client(prometheus.url) as client:
+        collector = Collector(client, step=STEP)
+        for s, e in plan_chunks(wm, end + 120, scrape_lag=120, history=2 * DAY, chunk=6 * H,
+                                step=STEP):
+            await collector.collect_chunk(s, e)
+    per_day = full.samples_read / 2
+    print(f"\nsamples read: hourly incremental cycle {collector.samples_read}, "
+          f"full 2-day re-query {full.samples_read}, 14-day re-query ~{int(per_day * 14)} "
+          f"(x{per_day * 14 / collector.samples_read:.0f})")
+    assert count_samples(full.batches) == full.samples_read
+    assert collector.samples_read * 40 < full.samples_read
+    assert len(full.specs) == len(CLUSTER)
+
+
+async def test_bad_query_is_permanent(prometheus: PromInfo) -> None:
+    async with _client(prometheus.url) as client:
+        with pytest.raises(BadQuery, match="rejected"):
+            await client.query("sum(", float(prometheus.end_ts))
+
+
+async def test_unreachable_prometheus_raises_dependency_unavailable_without_secrets() -> None:
+    url = f"http://bot:s3cr3t@127.0.0.1:{free_port()}"
+    plan = plan_chunks(None, 10 * DAY, scrape_lag=120, history=DAY, chunk=6 * H, step=STEP)
+    watermarks: dict[str, float] = {}
+    async with PrometheusClient(_settings(url), attempts=3, backoff_initial=0.01,
+                                backoff_max=0.02) as client:
+        with pytest.raises(DependencyUnavailable, match="after 3 attempts") as info:
+            for s, e in plan:
+                await Collector(client, step=STEP).collect_chunk(s, e)
+                watermarks = advance(watermarks, "usage", e)
+    assert "s3cr3t" not in str(info.value) and "bot" not in str(info.value)
+    assert watermarks == {}
+    assert plan_chunks(None, 10 * DAY, scrape_lag=120, history=DAY, chunk=6 * H, step=STEP) == plan
+
+
+async def test_prometheus_stopping_mid_plan_keeps_the_watermark_at_the_last_good_chunk(
+    prometheus: PromInfo, tmp_path: Any
+) -> None:
+    tsdb = tmp_path / "tsdb"
+    shutil.copytree(prometheus.blocks_dir, tsdb, ignore=shutil.ignore_patterns("done"))
+    server, url = start_prometheus(tsdb, tmp_path)
+    now = prometheus.end_ts + 120
+    plan = plan_chunks(prometheus.end_ts - DAY, now, scrape_lag=120, history=2 * DAY,
+                       chunk=6 * H, step=STEP)
+    watermarks: dict[str, float] = {"usage": prometheus.end_ts - DAY}
+    try:
+        async with _client(url) as client:
+            collector = Collector(client, step=STEP)
+            with pytest.raises(DependencyUnavailable):
+                for i, (s, e) in enumerate(plan):
+                    if i == 2:
+                        server.stop()
+                    assert await collector.collect_chunk(s, e)
+                    watermarks = advance(watermarks, "usage", e)
+    finally:
+        server.stop()
+    assert watermarks["usage"] == plan[1][1]
+    assert plan_chunks(watermarks["usage"], now, scrape_lag=120, history=2 * DAY, chunk=6 * H,
+                       step=STEP) == plan[2:]
+
+
+# --- a tiny misbehaving server -------------------------------------------------------------
+@pytest.fixture
+async def flaky() -> AsyncIterator[tuple[str, list[str], dict[str, Any]]]:
+    """Serves queued (status, body) answers; records each request's query."""
+    script: dict[str, Any] = {"answers": []}
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        form = await request.post()
+        seen.append(str(form.get("query")))
+        status, body = script["answers"].pop(0) if script["answers"] else (200, "garbage")
+        if status == "slow":
+            await asyncio.sleep(2)
+            status = 200
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/query", handle)
+    app.router.add_post("/api/v1/query_range", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}", seen, script
+    finally:
+        await runner.cleanup()
+
+
+GOOD = ('{"status":"success","data":{"resultType":"vector",'
+        '"result":[{"metric":{"a":"b"},"value":[1,"2"]}]}}')
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["<html>502 Bad Gateway</html>", '{"status":"success","data":{"resultType":"vector"}}',
+     '{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1]}]}}',
+     '[1, 2, 3]'],
+)
+async def test_malformed_json_is_retried_then_unavailable(
+    flaky: tuple[str, list[str], dict[str, Any]], garbage: str
+) -> None:
+    url, seen, script = flaky
+    script["answers"] = [(200, garbage)] * 3
+    async with _client(url, attempts=3) as client:
+        with pytest.raises(DependencyUnavailable, match="after 3 attempts"):
+            await client.query("up", 1.0)
+    assert len(seen) == 3
+
+
+async def test_transient_errors_then_success(flaky: tuple[str, list[str], dict[str, Any]]) -> None:
+    url, seen, script = flaky
+    script["answers"] = [(503, "overloaded"), (200, "{not json"), (200, GOOD)]
+    async with _client(url, attempts=4) as client:
+        [series] = await client.query("up", 1.0)
+    assert series.labels == {"a": "b"} and series.values == [(1.0, 2.0)]
+    assert len(seen) == 3
+
+
+async def test_client_error_is_not_retried(flaky: tuple[str, list[str], dict[str, Any]]) -> None:
+    url, seen, script = flaky
+    script["answers"] = [(400, '{"status":"error","error":"parse error at char 5"}')]
+    async with _client(url, attempts=4) as client:
+        with pytest.raises(BadQuery, match="parse error"):
+            await client.query("sum(", 1.0)
+    assert len(seen) == 1
+
+
+async def test_slow_answers_time_out_and_are_retried(
+    flaky: tuple[str, list[str], dict[str, Any]]
+) -> None:
+    url, seen, script = flaky
+    script["answers"] = [("slow", GOOD), (200, GOOD)]
+    settings = load_settings(prometheus_url=url, kafka_username=None,
+                             prometheus_timeout_seconds=0.3)
+    async with PrometheusClient(settings, attempts=3, backoff_initial=0.01,
+                                backoff_max=0.02) as client:
+        [series] = await client.query("up", 1.0)
+    assert series.values == [(1.0, 2.0)] and len(seen) == 2
+
+
+async def test_usage_state_fed_by_the_collector_agrees_with_promql(
+    prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
+) -> None:
+    """End to end with the aggregator's state (engine/core/usage.py): sketch P95 and exact max."""
+    usage_mod = pytest.importorskip("engine.core.usage")
+    batches, end, _ = two_days
+    states: dict[str, Any] = {}
+    for b in batches:
+        states.setdefault(b.container_id, usage_mod.ContainerUsage()).ingest(b)
+    p95 = {}
+    for s in instant(prometheus.url, f"({cpu_expr(2 * STEP)})[2d:{STEP}s]", end):
+        kind, name = prometheus.truth.pod_owner[(s["metric"]["namespace"], s["metric"]["pod"])]
+        cid = f"{s['metric']['namespace']}/{kind}/{name}/{s['metric']['container']}"
+        p95.setdefault(cid, []).extend(float(v) for _, v in s["values"])
+    merged = _merge(batches)
+    for cid, state in states.items():
+        cpu = state.summary("cpu")
+        # 2.x subqueries are left-closed: one extra point per pod at ``end - 2d``
+        assert 0 <= len(p95[cid]) - cpu.count <= 3
+        assert cpu.p95 == pytest.approx(float(np.percentile(p95[cid], 95)), rel=0.02)
+        assert state.summary("memory").max == max(merged[cid]["memory"])
+        before = state.summary("cpu")
+        for b in (b for b in batches if b.container_id == cid):  # re-delivery changes nothing
+            assert state.ingest(b).duplicates == count_samples([b])
+        assert state.summary("cpu") == before

@@ -1,0 +1,340 @@
+"""The collector's pure half: the incremental plan, parsing, owners, batches and specs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.core.collect import (
+    MalformedResponse,
+    Owners,
+    Series,
+    advance,
+    build_batches,
+    build_specs,
+    first_eval_time,
+    parse_result,
+    plan_chunks,
+)
+from engine.errors import PermanentError
+
+H = 3600
+DAY = 86400
+NOW = 1_800_000_123.0
+KW = {"scrape_lag": 120, "history": 14 * DAY, "chunk": 6 * H, "step": 60}
+
+
+def _horizon(now: float = NOW, lag: int = 120, step: int = 60) -> float:
+    return math.floor((now - lag) / step) * step
+
+
+# --- plan -----------------------------------------------------------------------------------
+def test_first_run_backfills_history_in_aligned_contiguous_chunks() -> None:
+    chunks = plan_chunks(None, NOW, **KW)
+    assert chunks[-1][1] == _horizon()
+    assert chunks[0][0] == _horizon() - 14 * DAY
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
+    assert all(0 < e - s <= 6 * H for s, e in chunks)
+    assert all(e % 60 == 0 for _, e in chunks)
+    assert all(e % (6 * H) == 0 for _, e in chunks[:-1])  # boundaries stable across runs
+    assert 56 <= len(chunks) <= 58
+
+
+def test_later_cycle_asks_only_since_watermark() -> None:
+    wm = _horizon() - H
+    chunks = plan_chunks(wm, NOW, **KW)
+    assert chunks[0][0] == wm and chunks[-1][1] == _horizon()
+    assert sum(e - s for s, e in chunks) == H
+
+
+def test_up_to_date_or_future_watermark_plans_nothing() -> None:
+    assert plan_chunks(_horizon(), NOW, **KW) == []
+    assert plan_chunks(_horizon() + 999, NOW, **KW) == []
+
+
+def test_scrape_lag_keeps_the_freshest_minutes_for_later() -> None:
+    chunks = plan_chunks(None, NOW, **{**KW, "scrape_lag": 600})
+    assert chunks[-1][1] <= NOW - 600
+
+
+def test_stale_watermark_is_clamped_to_history() -> None:
+    chunks = plan_chunks(NOW - 60 * DAY, NOW, **KW)
+    assert chunks[0][0] == _horizon() - 14 * DAY
+
+
+def test_chunk_never_exceeds_prometheus_point_limit() -> None:
+    chunks = plan_chunks(None, NOW, **{**KW, "chunk": 30 * DAY, "step": 15})
+    assert all((e - s) / 15 <= 11_000 for s, e in chunks)
+
+
+def test_a_failed_chunk_leaves_the_rest_for_the_next_cycle() -> None:
+    plan = plan_chunks(None, NOW, **KW)
+    watermarks: dict[str, float] = {}
+    for i, (_, end) in enumerate(plan):
+        if i == 5:  # Prometheus went away while collecting chunk 5
+            break
+        watermarks = advance(watermarks, "usage", end)
+    replan = plan_chunks(watermarks["usage"], NOW, **KW)
+    assert replan == plan[5:]
+    later = plan_chunks(watermarks["usage"], NOW + H, **KW)
+    assert later[0][0] == plan[4][1] and later[-1][1] == _horizon(NOW + H)
+
+
+def test_watermark_never_moves_backwards() -> None:
+    assert advance({"usage": 200.0}, "usage", 100.0) == {"usage": 200.0}
+    assert advance({}, "usage", 100.0) == {"usage": 100.0}
+
+
+def test_bad_plan_arguments_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        plan_chunks(None, NOW, **{**KW, "step": 0})
+
+
+@given(
+    wm=st.one_of(st.none(), st.floats(NOW - 20 * DAY, NOW)),
+    now_shift=st.integers(0, 3 * DAY),
+    step=st.sampled_from([15, 30, 60, 300]),
+    chunk=st.sampled_from([H, 2 * H, 6 * H, 7 * H + 13]),
+)
+def test_plan_tiles_the_window_without_gaps_or_overlap(
+    wm: float | None, now_shift: int, step: int, chunk: int
+) -> None:
+    now = NOW + now_shift
+    chunks = plan_chunks(wm, now, scrape_lag=120, history=14 * DAY, chunk=chunk, step=step)
+    horizon = _horizon(now, 120, step)
+    for (_, e1), (s2, _) in itertools.pairwise(chunks):
+        assert e1 == s2
+    for s, e in chunks:
+        assert s < e and e % step == 0 and e <= now - 120
+    if chunks:
+        assert chunks[-1][1] == horizon
+        assert chunks[0][0] >= horizon - 14 * DAY - step
+
+
+def test_first_eval_time_is_strictly_after_start_and_aligned() -> None:
+    assert first_eval_time(600.0, 60) == 660.0
+    assert first_eval_time(601.5, 60) == 660.0
+
+
+# --- parsing --------------------------------------------------------------------------------
+def _matrix(*series: tuple[dict[str, str], list[Any]]) -> dict[str, Any]:
+    return {"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": m, "values": v} for m, v in series]}}
+
+
+def test_parse_matrix_and_drop_non_finite() -> None:
+    doc = _matrix(({"pod": "a"}, [[60, "0.5"], [120, "NaN"], [180, "+Inf"], [240, "1e-3"]]))
+    [s] = parse_result(doc, "matrix")
+    assert s.labels == {"pod": "a"}
+    assert s.values == [(60.0, 0.5), (240.0, 0.001)]
+
+
+def test_parse_vector() -> None:
+    doc = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"__name__": "x"}, "value": [1.5, "3"]}]}}
+    assert parse_result(doc, "vector") == [Series({"__name__": "x"}, [(1.5, 3.0)])]
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        ([1, 2], "not a JSON object"),
+        ({"status": "error", "error": "boom"}, "boom"),
+        ({"status": "success"}, "data.result"),
+        ({"status": "success", "data": {"resultType": "vector", "result": []}}, "resultType"),
+        ({"status": "success", "data": {"resultType": "matrix", "result": [{"values": []}]}},
+         "metric"),
+        (_matrix(({"pod": 1}, [])), "non-string"),  # type: ignore[dict-item]
+        ({"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {}}]}},
+         "values"),
+        (_matrix(({}, [[1, "x"]])), "not numeric"),
+        (_matrix(({}, [[1]])), "[timestamp"),
+    ],
+)
+def test_malformed_bodies_raise_a_permanent_error_naming_the_part(doc: Any, fragment: str) -> None:
+    with pytest.raises(MalformedResponse, match=None) as info:
+        parse_result(doc, "matrix")
+    assert isinstance(info.value, PermanentError)
+    assert fragment in str(info.value)
+
+
+# --- owners ---------------------------------------------------------------------------------
+def _s(value: float = 1.0, **labels: str) -> Series:
+    return Series(dict(labels), [(0.0, value)])
+
+
+OWNERS = Owners.build(
+    [
+        _s(namespace="ns", pod="web-abc-1", owner_kind="ReplicaSet", owner_name="web-abc"),
+        _s(namespace="ns", pod="web-abc-2", owner_kind="ReplicaSet", owner_name="web-abc"),
+        _s(namespace="ns", pod="orphan-rs-1", owner_kind="ReplicaSet", owner_name="orphan-rs"),
+        _s(namespace="ns", pod="db-0", owner_kind="StatefulSet", owner_name="db"),
+        _s(namespace="ns", pod="agent-x", owner_kind="DaemonSet", owner_name="agent"),
+        _s(namespace="ns", pod="nightly-28-q", owner_kind="Job", owner_name="nightly-28"),
+        _s(namespace="ns", pod="once-q", owner_kind="Job", owner_name="once"),
+        _s(namespace="ns", pod="bare", owner_kind="<none>", owner_name="<none>"),
+        _s(namespace="ns", pod="db-0", owner_kind="Node", owner_name="n1",
+           owner_is_controller="false"),
+    ],
+    [_s(namespace="ns", replicaset="web-abc", owner_kind="Deployment", owner_name="web")],
+    [_s(namespace="ns", job_name="nightly-28", owner_kind="CronJob", owner_name="nightly")],
+)
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        ("web-abc-1", ("Deployment", "web")),
+        ("orphan-rs-1", ("ReplicaSet", "orphan-rs")),
+        ("db-0", ("StatefulSet", "db")),
+        ("agent-x", ("DaemonSet", "agent")),
+        ("nightly-28-q", ("CronJob", "nightly")),
+        ("once-q", ("Job", "once")),
+        ("bare", ("Pod", "bare")),
+        ("unknown", ("Pod", "unknown")),
+    ],
+)
+def test_owner_resolution(pod: str, expected: tuple[str, str]) -> None:
+    assert OWNERS.resolve("ns", pod) == expected
+
+
+# --- batches --------------------------------------------------------------------------------
+def _usage(pod: str, container: str, values: list[tuple[float, float]]) -> Series:
+    return Series({"namespace": "ns", "pod": pod, "container": container}, values)
+
+
+def test_batches_hold_every_pods_samples_per_container_and_skip_pause() -> None:
+    cpu = [
+        _usage("web-abc-1", "app", [(60, 0.1), (120, 0.2), (999, 9.0)]),
+        _usage("web-abc-2", "app", [(60, 0.3)]),
+        _usage("web-abc-1", "POD", [(60, 5.0)]),
+        _usage("web-abc-1", "", [(60, 5.0)]),
+        _usage("db-0", "pg", [(60, 1.0), (0, 7.0)]),
+    ]
+    mem = [_usage("web-abc-1", "app", [(60, 100.0)]), _usage("web-abc-2", "app", [(120, 300.0)])]
+    batches = build_batches(cpu, mem, OWNERS, 0.0, 120.0)
+    by_id = {b.container_id: b for b in batches}
+    assert set(by_id) == {"ns/Deployment/web/app", "ns/StatefulSet/db/pg"}
+    web = by_id["ns/Deployment/web/app"]
+    assert web.samples == {"cpu": [(60, 0.1), (60, 0.3), (120, 0.2)],
+                           "memory": [(60, 100.0), (120, 300.0)]}
+    assert (web.start, web.end) == (0.0, 120.0)
+    assert by_id["ns/StatefulSet/db/pg"].samples["cpu"] == [(60, 1.0)]  # (start, end] only
+
+
+def test_batches_do_not_depend_on_series_order() -> None:
+    cpu = [_usage("web-abc-1", "app", [(60, 0.1)]), _usage("web-abc-2", "app", [(60, 0.3)]),
+           _usage("db-0", "pg", [(60, 1.0)])]
+    a = build_batches(cpu, [], OWNERS, 0.0, 120.0)
+    b = build_batches(list(reversed(cpu)), [], OWNERS, 0.0, 120.0)
+    assert a == b
+
+
+# --- specs ----------------------------------------------------------------------------------
+def _k(name: str, value: float = 1.0, **labels: str) -> Series:
+    return _s(value, __name__=name, namespace="ns", **labels)
+
+
+def test_specs_from_kube_state_metrics() -> None:
+    mib = 1024.0**2
+    series = [
+        _k("kube_pod_owner", pod="web-abc-1", owner_kind="ReplicaSet", owner_name="web-abc"),
+        _k("kube_pod_owner", pod="web-abc-2", owner_kind="ReplicaSet", owner_name="web-abc"),
+        _k("kube_replicaset_owner", replicaset="web-abc", owner_kind="Deployment",
+           owner_name="web"),
+        _k("kube_pod_owner", pod="bare", owner_kind="<none>", owner_name="<none>"),
+        _k("kube_pod_container_resource_requests", 0.25, pod="web-abc-1", container="app",
+           resource="cpu", unit="core"),
+        _k("kube_pod_container_resource_requests", 0.5, pod="web-abc-2", container="app",
+           resource="cpu", unit="core"),
+        _k("kube_pod_container_resource_requests", 7.0, pod="web-abc-2", container="app",
+           resource="cpu", unit="millicore"),  # unknown unit: ignored
+        _k("kube_pod_container_resource_limits", 512 * mib, pod="web-abc-1", container="app",
+           resource="memory", unit="byte"),
+        _k("kube_pod_container_resource_limits", 256 * mib, pod="web-abc-2", container="app",
+           resource="memory", unit="byte"),
+        _k("kube_pod_container_resource_requests", 0.1, pod="web-abc-1", container="POD",
+           resource="cpu", unit="core"),
+        _k("kube_pod_container_info", pod="web-abc-1", container="app", image="eclipse-temurin:21"),
+        _k("kube_pod_container_info", pod="web-abc-1", container="envoy", image="envoy:1.30"),
+        _k("kube_pod_container_status_restarts_total", 2, pod="web-abc-1", container="app"),
+        _k("kube_pod_container_status_restarts_total", 3, pod="web-abc-2", container="app"),
+        _k("kube_pod_container_status_last_terminated_reason", pod="web-abc-2", container="app",
+           reason="OOMKilled"),
+        _k("kube_pod_container_status_last_terminated_reason", pod="web-abc-1", container="app",
+           reason="Completed"),
+        _k("kube_pod_container_status_last_terminated_timestamp", 1234.0, pod="web-abc-2",
+           container="app"),
+        _k("kube_deployment_spec_replicas", 4, deployment="web"),
+        _k("kube_deployment_labels", deployment="web", label_app="web", label_team="x"),
+        _k("kube_deployment_annotations", deployment="web",
+           annotation_kubefinops_io_exclude="true", annotation_owner="team-x"),
+        _k("kube_horizontalpodautoscaler_info", horizontalpodautoscaler="web",
+           scaletargetref_kind="Deployment", scaletargetref_name="web"),
+        _k("kube_horizontalpodautoscaler_spec_target_metric", 70, horizontalpodautoscaler="web",
+           metric_name="cpu"),
+        _k("kube_horizontalpodautoscaler_spec_min_replicas", 2, horizontalpodautoscaler="web"),
+        _k("kube_horizontalpodautoscaler_spec_max_replicas", 9, horizontalpodautoscaler="web"),
+        _k("kube_pod_container_resource_requests", 0.05, pod="bare", container="c",
+           resource="cpu", unit="core"),
+    ]
+    specs = {s.workload_id: s for s in build_specs(series, at=5000.0)}
+    assert set(specs) == {"ns/Deployment/web", "ns/Pod/bare"}
+    web = specs["ns/Deployment/web"]
+    assert web.replicas == 4 and web.observed_at == 5000.0
+    assert web.labels == {"app": "web", "team": "x"}
+    assert web.annotations == {"kubefinops.io/exclude": "true", "owner": "team-x"}
+    assert web.hpa is not None and web.hpa.metrics == ["cpu"]
+    assert (web.hpa.min_replicas, web.hpa.max_replicas) == (2, 9)
+    app, envoy = web.containers
+    assert app.name == "app" and envoy.name == "envoy"
+    assert app.requests.cpu == 0.5 and app.limits.memory == 512 * mib  # max across pods
+    assert app.restarts == 5 and app.is_jvm and not envoy.is_jvm
+    assert app.last_oom_at == 1234.0 and app.oom_limit_bytes == 256 * mib  # the OOMed pod's limit
+    assert envoy.last_oom_at is None and envoy.requests.cpu is None
+    bare = specs["ns/Pod/bare"]
+    assert bare.replicas == 1 and bare.hpa is None and bare.containers[0].requests.cpu == 0.05
+
+
+def test_oom_without_timestamp_metric_is_dated_at_observation() -> None:
+    series = [
+        _k("kube_pod_owner", pod="db-0", owner_kind="StatefulSet", owner_name="db"),
+        _k("kube_pod_container_status_last_terminated_reason", pod="db-0", container="pg",
+           reason="OOMKilled"),
+    ]
+    [spec] = build_specs(series, at=777.0)
+    assert spec.containers[0].last_oom_at == 777.0
+    assert spec.containers[0].oom_limit_bytes is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["status", "data", "resultType", "result", "metric",
+                                       "values", "value", "error", "pod"]), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(doc=_json, expect=st.sampled_from(["matrix", "vector"]))
+def test_parser_never_raises_anything_but_malformed_response(doc: Any, expect: str) -> None:
+    try:
+        series = parse_result(doc, expect)
+    except MalformedResponse:
+        return
+    assert all(isinstance(s.labels, dict) and isinstance(s.values, list) for s in series)
+
+
+@given(doc=_json)
+def test_parser_survives_a_well_formed_envelope_with_garbage_inside(doc: Any) -> None:
+    envelope = {"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {"pod": "a"}, "values": doc}]}}
+    try:
+        parse_result(envelope, "matrix")
+    except MalformedResponse as exc:
+        assert "data.result[0]" in str(exc)
