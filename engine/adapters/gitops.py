@@ -1,0 +1,415 @@
+"""The Git executor: apply decisions as one commit per cycle to the GitOps repo Argo CD tracks.
+
+:meth:`GitOpsWriter.apply_cycle` (blocking git in a worker thread, one cycle at a time):
+clone/fetch into ``settings.git_workdir``; skip a cycle whose ``Kubefinops-Cycle`` trailer is
+already on the remote, push a local commit of it that a crash left unpushed; write only the bot's
+patch files (``overlay/kubefinops/``); render with ``kubectl kustomize`` and validate strictly
+before committing (invalid -> ``failed``, no commit); commit once with trailers; push, and on a
+rejected push fetch + rebase + retry with backoff, holding (never overwriting) a workload whose
+bot file a human edited meanwhile.  See docs/gitops.md.
+
+The token reaches git only through the environment of the git child process, read by a
+``GIT_ASKPASS`` script that holds no secret: never in ``.git/config``, the remote URL, logs or
+exception messages (:func:`redact`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import git
+import kubernetes_validate
+
+from engine.core import patches
+from engine.core.model import Decision, Execution
+from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
+from engine.metrics import GIT_PUSHES
+from engine.settings import GitMode, Settings
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "KUBEFINOPS_GIT_ASKPASS_TOKEN"  # noqa: S105 - a variable name, not a secret
+USER_ENV = "KUBEFINOPS_GIT_ASKPASS_USER"
+_ASKPASS = f"""#!/bin/sh
+case "$1" in
+  Username*) printf '%s\\n' "${USER_ENV}" ;;
+  *) printf '%s\\n' "${TOKEN_ENV}" ;;
+esac
+"""
+CYCLE_TRAILER = "Kubefinops-Cycle"
+_NETWORK = {"clone", "fetch", "push", "ls-remote", "pull"}
+_AUTH_FAILED = re.compile(
+    r"authentication failed|returned error: 40[13]|could not read (username|password)")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+@dataclass
+class ApplyResult:
+    execution: Execution
+    held: dict[str, str] = field(default_factory=dict)  # workload id -> why it was held
+
+
+class _Rejected(Exception):
+    pass
+
+
+class _Conflict(Exception):
+    def __init__(self, files: list[str]) -> None:
+        super().__init__(", ".join(files))
+        self.files = files
+
+
+class GitOpsWriter:
+    """Single logical writer of the GitOps repo (the agent runs one per cluster)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        kubernetes_version: str = "1.31.0",
+        max_push_attempts: int = 4,
+        backoff_seconds: float = 0.25,
+    ) -> None:
+        if not settings.git_remote_url:
+            raise PermanentError("git_remote_url is not set (KUBEFINOPS_GIT_REMOTE_URL)")
+        self.settings = settings
+        self.url: str = settings.git_remote_url
+        self.workdir = Path(settings.git_workdir)
+        self.kubernetes_version = kubernetes_version
+        self.max_push_attempts = max_push_attempts
+        self.backoff_seconds = backoff_seconds
+        self._lock = threading.Lock()
+        self._askpass_dir: Path | None = None
+
+    # --- public ------------------------------------------------------------------------------
+    async def apply_cycle(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
+        return (await self.apply_cycle_result(cycle_id, decisions)).execution
+
+    async def apply_cycle_result(self, cycle_id: str, decisions: Sequence[Decision]) -> ApplyResult:
+        return await asyncio.to_thread(self._locked, cycle_id, list(decisions), True)
+
+    def commit_only(self, cycle_id: str, decisions: Sequence[Decision]) -> ApplyResult:
+        """Steps 1-5 without the push (blocking): what a crash right after the commit leaves."""
+        return self._locked(cycle_id, list(decisions), False)
+
+    # --- plumbing ------------------------------------------------------------------------------
+    @property
+    def _token(self) -> str | None:
+        """Read at every git call: a rotated token file (mounted Secret) is picked up."""
+        path = self.settings.git_token_file
+        if path is not None:
+            with contextlib.suppress(OSError):
+                return Path(path).read_text(encoding="utf-8").strip()
+        token = self.settings.git_token
+        return token.get_secret_value() if token is not None else None
+
+    def _env(self) -> dict[str, str]:
+        if self._askpass_dir is None or not self._askpass_dir.exists():
+            self._askpass_dir = Path(tempfile.mkdtemp(prefix="kubefinops-askpass-"))
+            weakref.finalize(self, shutil.rmtree, str(self._askpass_dir), True)
+            script = self._askpass_dir / "askpass.sh"
+            script.write_text(_ASKPASS, encoding="utf-8")
+            script.chmod(stat.S_IRWXU)
+        s = self.settings
+        return {
+            "GIT_ASKPASS": str(self._askpass_dir / "askpass.sh"),
+            "GIT_TERMINAL_PROMPT": "0",
+            USER_ENV: s.git_username,
+            TOKEN_ENV: self._token or "",
+            "GIT_CONFIG_COUNT": "1",  # no credential helper may store the token
+            "GIT_CONFIG_KEY_0": "credential.helper",
+            "GIT_CONFIG_VALUE_0": "",
+            "GIT_AUTHOR_NAME": s.git_author_name,
+            "GIT_AUTHOR_EMAIL": s.git_author_email,
+            "GIT_COMMITTER_NAME": s.git_author_name,
+            "GIT_COMMITTER_EMAIL": s.git_author_email,
+        }
+
+    def _run(self, repo: git.Repo, *args: str) -> str:
+        try:
+            with repo.git.custom_environment(**self._env()):
+                out: str = repo.git.execute(["git", *args])
+                return out
+        except git.GitCommandError as exc:
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: git.GitCommandError) -> Exception:
+        argv = [str(a) for a in exc.command]
+        text = redact(f"{' '.join(argv)}: {exc.stderr or exc.stdout}".strip(), self._token)
+        lowered = text.lower()
+        network = any(a in _NETWORK for a in argv[1:3])
+        if network and _AUTH_FAILED.search(lowered):
+            return AuthenticationFailed(f"git remote refused the credentials: {text}")
+        if network and ("[rejected]" in lowered or "updates were rejected" in lowered
+                        or "non-fast-forward" in lowered or "fetch first" in lowered):
+            return _Rejected(text)
+        if network:
+            return DependencyUnavailable(f"git remote unreachable or failing: {text}")
+        return DependencyUnavailable(f"git failed: {text}")
+
+    def _locked(self, cycle_id: str, decisions: list[Decision], push: bool) -> ApplyResult:
+        with self._lock:
+            return self._apply(cycle_id, decisions, push)
+
+    def _branch(self, cycle_id: str) -> str:
+        if self.settings.git_mode == GitMode.BRANCH:
+            return f"kubefinops/{re.sub(r'[^A-Za-z0-9._-]+', '-', cycle_id).strip('-.')}"
+        return self.settings.git_branch
+
+    def _open(self) -> git.Repo:
+        if (self.workdir / ".git").is_dir():
+            repo = git.Repo(self.workdir)
+            git_dir = Path(repo.git_dir)
+            if (git_dir / "rebase-merge").exists() or (git_dir / "rebase-apply").exists():
+                with contextlib.suppress(DependencyUnavailable):  # a crash mid-rebase
+                    self._run(repo, "rebase", "--abort")
+            if repo.remotes.origin.url != self.url:
+                self._run(repo, "remote", "set-url", "origin", self.url)
+        else:
+            if self.workdir.exists():
+                shutil.rmtree(self.workdir)
+            self.workdir.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                git.Git().execute(["git", "clone", "--quiet", "--no-checkout", self.url,
+                                   str(self.workdir)], env={**os.environ, **self._env()})
+            except git.GitCommandError as exc:
+                raise self._translate(exc) from None
+            repo = git.Repo(self.workdir)
+        self._run(repo, "fetch", "--quiet", "--prune", "origin")
+        return repo
+
+    def _remote_has(self, repo: git.Repo, ref: str) -> bool:
+        return bool(self._run(repo, "branch", "-r", "--list", ref.removeprefix("refs/remotes/")))
+
+    def _find_cycle(self, repo: git.Repo, rev_range: str, cycle_id: str) -> str | None:
+        out = self._run(repo, "log", "--format=%H", "--fixed-strings",
+                        f"--grep={CYCLE_TRAILER}: {cycle_id}", rev_range)
+        for sha in out.split():
+            trailers = patches.parse_trailers(str(repo.commit(sha).message))
+            if cycle_id in trailers.get(CYCLE_TRAILER, []):
+                return sha
+        return None
+
+    # --- the cycle ------------------------------------------------------------------------------
+    def _apply(self, cycle_id: str, decisions: list[Decision], push: bool) -> ApplyResult:
+        branch = self._branch(cycle_id)
+        todo = patches.apply_decisions(decisions)
+        if not todo:
+            return self._result(cycle_id, [], "noop", None, branch, "no apply decisions")
+        repo = self._open()
+        base = f"origin/{self.settings.git_branch}"
+        upstream = f"origin/{branch}" if self._remote_has(repo, f"origin/{branch}") else base
+        done = self._find_cycle(repo, upstream, cycle_id) or (
+            self._find_cycle(repo, base, cycle_id) if upstream != base else None)
+        if done:
+            return self._result(cycle_id, todo, "noop", done, branch, "cycle already on the remote")
+        local = f"refs/heads/{branch}"
+        pending = None
+        if local in (h.path for h in repo.heads):
+            pending = self._find_cycle(repo, f"{upstream}..{local}", cycle_id)
+        held: dict[str, str] = {}
+        if pending:  # committed by an earlier attempt that died before its push: push that
+            self._run(repo, "checkout", "--quiet", "--force", branch)
+            self._run(repo, "clean", "-fdq")
+            ids = patches.parse_trailers(str(repo.commit(pending).message)).get(
+                "Kubefinops-Decision", [])
+            todo = [d for d in todo if d.id in ids] or todo
+        else:
+            sha, todo, detail = self._commit(repo, cycle_id, branch, upstream, todo, held)
+            if sha is None:
+                return self._result(cycle_id, todo, detail[0], None, branch, detail[1], held)
+        if not push:
+            sha = repo.head.commit.hexsha
+            return self._result(cycle_id, todo, "committed", sha, branch, "not pushed", held)
+        return self._push(repo, cycle_id, branch, upstream, todo, held)
+
+    def _commit(self, repo: git.Repo, cycle_id: str, branch: str, upstream: str,
+                todo: list[Decision], held: dict[str, str]
+                ) -> tuple[str | None, list[Decision], tuple[str, str]]:
+        self._run(repo, "checkout", "--quiet", "--force", "-B", branch, upstream)
+        self._run(repo, "clean", "-fdq")
+        overlay = self.workdir / self.settings.gitops_overlay_path
+        todo = write_patches(overlay, todo, held)
+        if not todo:
+            return None, todo, ("held", "; ".join(f"{k}: {v}" for k, v in sorted(held.items())))
+        if not self._run(repo, "status", "--porcelain", "--", str(overlay / patches.BOT_DIR)):
+            return None, todo, ("noop", "the remote already has these values")
+        problem = validate_overlay(overlay, todo, self.kubernetes_version)
+        if problem:
+            self._run(repo, "checkout", "--quiet", "--force", branch)
+            self._run(repo, "clean", "-fdq")
+            why = f"rendered overlay is invalid, nothing committed: {problem}"
+            return None, todo, ("failed", why)
+        self._run(repo, "add", "--all", "--", str(overlay / patches.BOT_DIR))
+        message = patches.commit_message(cycle_id, todo)
+        self._run(repo, "commit", "--quiet", "--no-verify", "--cleanup=verbatim", "-m", message)
+        return repo.head.commit.hexsha, todo, ("committed", "")
+
+    def _push(self, repo: git.Repo, cycle_id: str, branch: str, upstream: str,
+              todo: list[Decision], held: dict[str, str]) -> ApplyResult:
+        for attempt in range(1, self.max_push_attempts + 1):
+            try:
+                self._run(repo, "push", "--quiet", "origin",
+                          f"HEAD:refs/heads/{branch}")
+                GIT_PUSHES.labels(outcome="pushed").inc()
+                sha = repo.head.commit.hexsha
+                detail = "; ".join(f"held {k}: {v}" for k, v in sorted(held.items()))
+                return self._result(cycle_id, todo, "pushed", sha, branch, detail, held)
+            except _Rejected:
+                GIT_PUSHES.labels(outcome="rejected").inc()
+                log.info("push of cycle %s rejected (attempt %d); rebasing", cycle_id, attempt)
+                time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
+                self._run(repo, "fetch", "--quiet", "origin")
+                if self._remote_has(repo, f"origin/{branch}"):
+                    upstream = f"origin/{branch}"
+                try:
+                    self._rebase(repo, upstream)
+                    overlay = self.workdir / self.settings.gitops_overlay_path
+                    problem = validate_overlay(overlay, todo, self.kubernetes_version)
+                    if problem:  # the human change and ours do not fit together: drop ours
+                        self._run(repo, "checkout", "--quiet", "--force", "-B", branch, upstream)
+                        why = f"invalid after rebasing on the remote, nothing pushed: {problem}"
+                        return self._result(cycle_id, todo, "failed", None, branch, why, held)
+                except _Conflict as conflict:
+                    todo = self._hold_conflicts(conflict.files, todo, held)
+                    new_sha, todo, (outcome, why) = self._commit(repo, cycle_id, branch, upstream,
+                                                                 todo, held)
+                    if new_sha is None:
+                        return self._result(cycle_id, todo, outcome, None, branch, why, held)
+            except Exception:
+                GIT_PUSHES.labels(outcome="error").inc()
+                raise
+        raise DependencyUnavailable(
+            f"push of cycle {cycle_id} rejected {self.max_push_attempts} times; "
+            "the commit stays local and is pushed on the next attempt")
+
+    def _rebase(self, repo: git.Repo, upstream: str) -> None:
+        try:
+            self._run(repo, "rebase", "--quiet", upstream)
+        except DependencyUnavailable:
+            files = self._run(repo, "diff", "--name-only", "--diff-filter=U").split()
+            with contextlib.suppress(DependencyUnavailable):
+                self._run(repo, "rebase", "--abort")
+            raise _Conflict(files) from None
+
+    def _hold_conflicts(self, files: list[str], todo: list[Decision],
+                        held: dict[str, str]) -> list[Decision]:
+        names = {Path(f).name for f in files}
+        keep = []
+        for decision in todo:
+            fname = patches.patch_filename(decision.kind, decision.name)
+            if fname in names:
+                held[decision.workload_id] = (
+                    f"a human changed bot-owned {patches.BOT_DIR}/{fname} concurrently "
+                    "(not overwritten: review it, the next cycle retries)")
+            else:
+                keep.append(decision)
+        return keep
+
+    def _result(self, cycle_id: str, todo: list[Decision], outcome: str, sha: str | None,
+                branch: str, detail: str, held: dict[str, str] | None = None) -> ApplyResult:
+        execution = Execution(
+            id=f"exec-{cycle_id}",
+            cycle=cycle_id,
+            workload_ids=[d.workload_id for d in todo],
+            decision_ids=[d.id for d in todo],
+            outcome=outcome,
+            commit_sha=sha,
+            branch=branch,
+            detail=redact(detail, self._token),
+            executed_at=time.time(),
+        )
+        return ApplyResult(execution, dict(held or {}))
+
+
+def kubectl_kustomize(overlay: Path) -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise PermanentError("kubectl is not installed: cannot render the overlay")
+    proc = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True,
+                          check=False, timeout=120)
+    if proc.returncode != 0:
+        raise PermanentError(f"kubectl kustomize failed: {proc.stderr.strip()[:2000]}")
+    return proc.stdout
+
+
+def _documents(text: str) -> list[dict[str, Any]]:
+    return [d for d in patches.parse_yaml_all(text) if isinstance(d, dict)]
+
+
+def write_patches(overlay: Path, todo: list[Decision], held: dict[str, str]) -> list[Decision]:
+    """Write the bot's files for the decisions whose workload and containers the overlay has."""
+    try:
+        docs = _documents(kubectl_kustomize(overlay))
+    except PermanentError as exc:
+        for d in todo:
+            held[d.workload_id] = f"the overlay does not render before any change: {exc}"
+        return []
+    present = patches.workload_containers(docs)
+    keep: list[Decision] = []
+    for decision in todo:
+        missing = patches.missing_target(present, decision)
+        if missing:
+            held[decision.workload_id] = missing
+        else:
+            keep.append(decision)
+    bot_dir = overlay / patches.BOT_DIR
+    bot_dir.mkdir(parents=True, exist_ok=True)
+    for decision in keep:
+        target = bot_dir / patches.patch_filename(decision.kind, decision.name)
+        existing = None
+        if target.exists():
+            parsed = patches.parse_yaml(target.read_text(encoding="utf-8"))
+            existing = parsed if isinstance(parsed, dict) else None
+        _atomic_write(target, patches.render_yaml(patches.build_patch(decision, existing)))
+    files = [p.name for p in bot_dir.glob("*.yaml")]
+    _atomic_write(bot_dir / patches.KUSTOMIZATION, patches.component_kustomization(files))
+    return keep
+
+
+def validate_overlay(overlay: Path, todo: list[Decision], version: str) -> str | None:
+    """None when the overlay renders, passes strict schema validation and shows the decisions."""
+    try:
+        docs = _documents(kubectl_kustomize(overlay))
+    except PermanentError as exc:
+        return str(exc)
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            return f"{name}: {exc.message} at {'.'.join(map(str, exc.path))}"
+        except kubernetes_validate.SchemaNotFoundError:
+            continue  # CRDs have no bundled schema
+    problem = patches.check_rendered(docs, todo)
+    kustomization = (overlay / patches.KUSTOMIZATION).read_text(encoding="utf-8")
+    if problem and patches.BOT_DIR not in kustomization:
+        problem += f" (the overlay does not include the '{patches.BOT_DIR}' component)"
+    return problem
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,252 @@
+"""Cycle reports to S3/MinIO, with a durable local outbox so an S3 outage delays, never loses.
+
+Plain S3 (endpoint URL + path-style addressing), so MinIO in production and any S3 in tests work.
+Each report is four objects (``reports/YYYY/MM/DD/<cycle>/report.json|.md|.html|audit.json``)
+with content types and metadata (cycle id, commit sha).  Writes retry with exponential backoff;
+when S3 stays down the rendered objects go to ``<data_dir>/report-outbox/`` (one JSON file per
+report, written atomically) and :meth:`ReportWriter.flush` delivers them later, oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from engine.core.model import CycleSummary
+from engine.core.report import (
+    CycleReport,
+    ReportObject,
+    documents,
+    held_from_detail,
+    report_prefix,
+    safe_cycle,
+)
+from engine.errors import AuthenticationFailed, DependencyUnavailable
+from engine.metrics import REPORTS_PENDING, REPORTS_WRITTEN
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A report that could not be delivered yet (what one outbox file holds)."""
+
+    prefix: str
+    metadata: dict[str, str]
+    objects: list[ReportObject]
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "prefix": self.prefix,
+            "metadata": self.metadata,
+            "objects": [{"key": o.key, "content_type": o.content_type,
+                         "body": o.body.decode("utf-8")} for o in self.objects],
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Pending:
+        raw = json.loads(text)
+        objects = [ReportObject(o["key"], o["body"].encode("utf-8"), o["content_type"])
+                   for o in raw["objects"]]
+        return cls(raw["prefix"], dict(raw["metadata"]), objects)
+
+
+class ReportWriter:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        attempts: int = 4,
+        backoff_seconds: float = 0.2,
+        timeout_seconds: float = 5.0,
+        park_on_failure: bool = True,
+    ) -> None:
+        # park_on_failure=False: raise DependencyUnavailable instead of parking in the local
+        # outbox. The reporter agent uses that mode: its input topic is the durable queue (a
+        # record is not acknowledged until its report is written), which survives the pod,
+        # while the outbox directory only survives as long as the pod's volume.
+        self.park_on_failure = park_on_failure
+        self.settings = settings
+        self.bucket = settings.s3_bucket
+        self.outbox = Path(settings.data_dir) / "report-outbox"
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        access = settings.s3_access_key
+        secret = settings.s3_secret_key
+        self._session = aioboto3.Session(
+            aws_access_key_id=access.get_secret_value() if access else None,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            region_name=settings.s3_region,
+        )
+        self._config = AioConfig(
+            s3={"addressing_style": "path"},
+            retries={"total_max_attempts": 1},  # tenacity does the retrying
+            connect_timeout=timeout_seconds,
+            read_timeout=timeout_seconds,
+        )
+        self._bucket_ready = False
+        self._lock = asyncio.Lock()
+        REPORTS_PENDING.set(len(self.pending()))
+
+    # --- public ------------------------------------------------------------------------------
+    async def write(self, report: CycleReport) -> list[str]:
+        """Deliver a cycle report; on a persistent failure park it in the outbox.
+
+        Returns the object keys (where the report is, or will be once S3 is back).
+        """
+        ex = report.execution
+        pending = Pending(
+            prefix=report_prefix(report),
+            metadata={"cycle-id": safe_cycle(report.cycle_id),
+                      "commit-sha": (ex.commit_sha if ex and ex.commit_sha else "none")},
+            objects=documents(report),
+        )
+        async with self._lock:
+            if self.pending():
+                await self._flush_locked()
+            try:
+                await self._deliver(pending)
+                REPORTS_WRITTEN.labels(outcome="written").inc(len(pending.objects))
+            except (DependencyUnavailable, AuthenticationFailed) as exc:
+                if not self.park_on_failure:
+                    raise
+                log.warning("report %s parked in the outbox: %s", pending.prefix, exc)
+                self._park(pending)
+                REPORTS_WRITTEN.labels(outcome="queued").inc(len(pending.objects))
+        return [o.key for o in pending.objects]
+
+    async def write_cycle(self, summary: CycleSummary, generated_at: float | None = None
+                          ) -> list[str]:
+        """Report a cycle as the executor summarised it (``kubefinops.cycles``).
+
+        Dated by the execution time, so a re-delivered summary overwrites the same keys.
+        """
+        when = summary.execution.executed_at or generated_at or 0.0
+        report = CycleReport(cycle_id=summary.cycle, generated_at=when,
+                             decisions=summary.decisions, execution=summary.execution,
+                             held=held_from_detail(summary.execution.detail),
+                             policies=summary.policies)
+        return await self.write(report)
+
+    async def flush(self) -> int:
+        """Deliver parked reports, oldest first; stop at the first failure. Returns delivered."""
+        async with self._lock:
+            return await self._flush_locked()
+
+    def pending(self) -> list[Path]:
+        if not self.outbox.is_dir():
+            return []
+        return sorted(self.outbox.glob("*.json"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    # --- internals ---------------------------------------------------------------------------
+    async def _flush_locked(self) -> int:
+        delivered = 0
+        for path in self.pending():
+            try:
+                pending = Pending.from_json(path.read_text(encoding="utf-8"))
+            except (ValueError, KeyError) as exc:
+                log.error("unreadable outbox file %s kept aside: %s", path.name, exc)
+                path.rename(path.with_suffix(".corrupt"))
+                continue
+            try:
+                await self._deliver(pending)
+            except (DependencyUnavailable, AuthenticationFailed) as exc:
+                log.info("outbox flush stopped, S3 still failing: %s", exc)
+                break
+            path.unlink()
+            delivered += 1
+            REPORTS_WRITTEN.labels(outcome="flushed").inc(len(pending.objects))
+        REPORTS_PENDING.set(len(self.pending()))
+        return delivered
+
+    def _park(self, pending: Pending) -> None:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(pending.prefix.encode()).hexdigest()[:16]
+        target = self.outbox / f"{name}.json"
+        tmp = self.outbox / f".{name}.tmp"
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(pending.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            fd = os.open(self.outbox, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        REPORTS_PENDING.set(len(self.pending()))
+
+    async def _deliver(self, pending: Pending) -> None:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.backoff_seconds, max=5),
+            retry=retry_if_exception_type(DependencyUnavailable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._put_all(pending)
+
+    async def _put_all(self, pending: Pending) -> None:
+        try:
+            async with self._session.client(
+                "s3", endpoint_url=self.settings.s3_endpoint_url, config=self._config
+            ) as s3:
+                await self._ensure_bucket(s3)
+                for obj in pending.objects:
+                    await s3.put_object(
+                        Bucket=self.bucket, Key=obj.key, Body=obj.body,
+                        ContentType=obj.content_type, Metadata=pending.metadata,
+                    )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                self._bucket_ready = False  # S3 lost its state (e.g. restarted): create again
+            raise _translate(exc) from None
+        except (TimeoutError, BotoCoreError, OSError) as exc:
+            raise DependencyUnavailable(f"S3 unreachable: {type(exc).__name__}: {exc}") from None
+
+    async def _ensure_bucket(self, s3: Any) -> None:
+        if self._bucket_ready:
+            return
+        try:
+            await s3.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in {"404", "NoSuchBucket", "NotFound"}:
+                raise
+            kwargs: dict[str, Any] = {"Bucket": self.bucket}
+            if self.settings.s3_region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {
+                    "LocationConstraint": self.settings.s3_region}
+            try:
+                await s3.create_bucket(**kwargs)
+            except ClientError as create_exc:
+                code = str(create_exc.response.get("Error", {}).get("Code", ""))
+                if code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                    raise
+        self._bucket_ready = True
+
+
+def _translate(exc: ClientError) -> Exception:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in _AUTH_CODES or status in (401, 403):
+        return AuthenticationFailed(f"S3 refused the credentials ({code or status})")
+    return DependencyUnavailable(f"S3 error {code or status}: {error.get('Message', '')}")

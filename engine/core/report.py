@@ -1,0 +1,343 @@
+"""The cycle report (pure): JSON for machines, Markdown and HTML for people, an audit snapshot.
+
+One report per cycle says what changed and why, what it saves, what got more expensive (risks
+removed at a price), and which workloads were held or skipped by which guardrail.  Everything is
+derived from the report's own data (no clock, no randomness), so rendering twice gives the same
+bytes.  Object keys are deterministic: ``reports/YYYY/MM/DD/<cycle>/report.json`` and siblings,
+dated by the report's ``generated_at`` (UTC).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.core.model import Action, Decision, Execution
+from engine.core.patches import Change, container_changes, parse_quantity
+
+_APPLIED = ("pushed", "committed")
+
+
+class CycleReport(BaseModel):
+    """Everything one cycle did, as handed over by the executor to the report writer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cycle_id: str
+    generated_at: float
+    decisions: list[Decision]
+    execution: Execution | None = None
+    held: dict[str, str] = {}  # workload id -> why the executor held it (e.g. human edit)
+    inputs: dict[str, Any] = {}  # summary of the inputs: workloads seen, samples, window...
+    policies: dict[str, int] = {}  # policy id -> version in force
+
+
+_HELD = re.compile(r"held (\S+): (.*?)(?=; held |$)")
+
+
+def held_from_detail(detail: str) -> dict[str, str]:
+    """Per-workload hold reasons from an Execution's ``detail`` (``held <id>: <why>; ...``)."""
+    return {m.group(1): m.group(2) for m in _HELD.finditer(detail)}
+
+
+@dataclass(frozen=True)
+class ReportObject:
+    key: str
+    body: bytes
+    content_type: str
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def safe_cycle(cycle_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", cycle_id).strip("-.") or "cycle"
+
+
+def report_prefix(report: CycleReport) -> str:
+    day = datetime.fromtimestamp(report.generated_at, UTC).strftime("%Y/%m/%d")
+    return f"reports/{day}/{safe_cycle(report.cycle_id)}"
+
+
+def report_keys(report: CycleReport) -> dict[str, str]:
+    prefix = report_prefix(report)
+    names = ("report.json", "report.md", "report.html", "audit.json")
+    return {name: f"{prefix}/{name}" for name in names}
+
+
+def _is_increase(change: Change) -> bool:
+    if change.old is None:
+        return False
+    return parse_quantity(change.new) > parse_quantity(change.old)
+
+
+def summarize(report: CycleReport) -> dict[str, Any]:
+    """The machine-readable report (also the model the Markdown and HTML views render)."""
+    ex = report.execution
+    applied_ids = set(ex.workload_ids) if ex is not None and ex.outcome in _APPLIED else set()
+    changed: list[dict[str, Any]] = []
+    not_applied: list[dict[str, Any]] = []
+    increases: list[dict[str, Any]] = []
+    savings = increase = delta = 0.0
+    for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id)):
+        reasons = sorted({r for c in d.containers for r in c.reasons})
+        if d.action == Action.APPLY and d.workload_id in applied_ids:
+            changes = container_changes(d)
+            entry = {
+                "workload": d.workload_id,
+                "decision": d.id,
+                "reason": d.reason,
+                "reasons": reasons,
+                "changes": [c.describe() for c in changes],
+                "monthly_delta": round(d.savings.monthly_delta, 2),
+            }
+            changed.append(entry)
+            savings += d.savings.monthly_savings
+            increase += d.savings.monthly_increase
+            delta += d.savings.monthly_delta
+            ups = [c.describe() for c in changes if _is_increase(c)]
+            if ups or d.savings.monthly_increase > 0:
+                increases.append(
+                    {
+                        "workload": d.workload_id,
+                        "changes": ups,
+                        "reason": d.reason,
+                        "monthly_increase": round(d.savings.monthly_increase, 2),
+                    }
+                )
+            continue
+        if d.action == Action.APPLY:
+            held = {**(held_from_detail(ex.detail) if ex else {}), **report.held}
+            why = held.get(d.workload_id) or (
+                f"not applied: execution {ex.outcome}" + (f" ({ex.detail})" if ex.detail else "")
+                if ex is not None
+                else "not applied: no execution"
+            )
+            not_applied.append(
+                {
+                    "workload": d.workload_id,
+                    "decision": d.id,
+                    "action": "held",
+                    "guardrail": "executor",
+                    "reason": why,
+                }
+            )
+        else:
+            not_applied.append(
+                {
+                    "workload": d.workload_id,
+                    "decision": d.id,
+                    "action": d.action.value,
+                    "guardrail": d.guardrail,
+                    "reason": d.reason,
+                }
+            )
+    return {
+        "cycle": report.cycle_id,
+        "generated_at": _iso(report.generated_at),
+        "currency": next((d.savings.currency for d in report.decisions), "USD"),
+        "totals": {
+            "decisions": len(report.decisions),
+            "changed": len(changed),
+            "not_applied": len(not_applied),
+            "monthly_savings": round(savings, 2),
+            "monthly_increase": round(increase, 2),
+            "monthly_delta": round(delta, 2),
+        },
+        "execution": None
+        if ex is None
+        else {
+            "outcome": ex.outcome,
+            "commit_sha": ex.commit_sha,
+            "branch": ex.branch,
+            "detail": ex.detail,
+        },
+        "changed": changed,
+        "increases": increases,
+        "not_applied": not_applied,
+    }
+
+
+def render_json(report: CycleReport) -> str:
+    return json.dumps(summarize(report), indent=2, sort_keys=True) + "\n"
+
+
+def audit_snapshot(report: CycleReport) -> str:
+    """Everything needed to reconstruct why the cycle did what it did."""
+    policies = sorted(
+        {f"{d.policy_id}@{d.policy_version}" for d in report.decisions if d.policy_id is not None}
+        | {f"{k}@{v}" for k, v in report.policies.items()}
+    )
+    ex = report.execution
+    doc = {
+        "cycle": report.cycle_id,
+        "generated_at": _iso(report.generated_at),
+        "policy_versions": policies,
+        "inputs": report.inputs,
+        "decisions": [
+            d.model_dump(mode="json")
+            for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id))
+        ],
+        "held": dict(sorted(report.held.items())),
+        "execution": None if ex is None else ex.model_dump(mode="json"),
+        "commit_sha": None if ex is None else ex.commit_sha,
+    }
+    return json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _md(text: object) -> str:
+    """Escape a value for a Markdown table cell."""
+    return re.sub(r"([\\`*_{}\[\]<>|])", r"\\\1", " ".join(str(text).split()))
+
+
+def _money(value: float, currency: str) -> str:
+    return f"{value:,.2f} {currency}"
+
+
+def render_markdown(report: CycleReport) -> str:
+    s = summarize(report)
+    t, cur = s["totals"], s["currency"]
+    ex = s["execution"] or {}
+    lines = [
+        f"# KubeFinOps cycle report {_md(s['cycle'])}",
+        "",
+        f"Generated {s['generated_at']} · {t['changed']} changed · {t['not_applied']} "
+        f"held or skipped · commit `{ex.get('commit_sha') or 'none'}` "
+        f"({_md(ex.get('outcome', 'no execution'))})",
+        "",
+        "## Savings",
+        "",
+        f"- Monthly savings: **{_money(t['monthly_savings'], cur)}**",
+        f"- Monthly increase (risks removed): {_money(t['monthly_increase'], cur)}",
+        f"- Net monthly delta: {_money(t['monthly_delta'], cur)}",
+        "",
+        "## What changed and why",
+        "",
+    ]
+    if s["changed"]:
+        lines += ["| workload | changes | why | monthly delta |", "|---|---|---|---|"]
+        for c in s["changed"]:
+            why = "; ".join([c["reason"], *c["reasons"]])
+            lines.append(
+                f"| {_md(c['workload'])} | {_md('; '.join(c['changes']))} | "
+                f"{_md(why)} | {_money(c['monthly_delta'], cur)} |"
+            )
+    else:
+        lines.append("Nothing changed this cycle.")
+    lines += ["", "## Risks (increases)", ""]
+    if s["increases"]:
+        for r in s["increases"]:
+            lines.append(
+                f"- {_md(r['workload'])}: {_md('; '.join(r['changes']) or 'cost up')} "
+                f"(+{_money(r['monthly_increase'], cur)}): {_md(r['reason'])}"
+            )
+    else:
+        lines.append("No increases.")
+    lines += ["", "## Held and skipped", ""]
+    if s["not_applied"]:
+        lines += ["| workload | action | guardrail | reason |", "|---|---|---|---|"]
+        for h in s["not_applied"]:
+            lines.append(
+                f"| {_md(h['workload'])} | {_md(h['action'])} | "
+                f"{_md(h['guardrail'])} | {_md(h['reason'])} |"
+            )
+    else:
+        lines.append("Nothing held or skipped.")
+    return "\n".join(lines) + "\n"
+
+
+def _h(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_h(x)}</th>" for x in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(report: CycleReport) -> str:
+    s = summarize(report)
+    t, cur = s["totals"], s["currency"]
+    ex = s["execution"] or {}
+    changed = _table(
+        ["workload", "changes", "why", "monthly delta"],
+        [
+            [
+                c["workload"],
+                "; ".join(c["changes"]),
+                "; ".join([c["reason"], *c["reasons"]]),
+                _money(c["monthly_delta"], cur),
+            ]
+            for c in s["changed"]
+        ],
+    )
+    risks = _table(
+        ["workload", "increases", "monthly increase", "why"],
+        [
+            [
+                r["workload"],
+                "; ".join(r["changes"]) or "cost up",
+                _money(r["monthly_increase"], cur),
+                r["reason"],
+            ]
+            for r in s["increases"]
+        ],
+    )
+    held = _table(
+        ["workload", "action", "guardrail", "reason"],
+        [[h["workload"], h["action"], h["guardrail"], h["reason"]] for h in s["not_applied"]],
+    )
+    title = f"KubeFinOps cycle report {s['cycle']}"
+    commit = _h(ex.get("commit_sha") or "none")
+    saved = _h(_money(t["monthly_savings"], cur))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{_h(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #1f2933; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
+th, td {{ border: 1px solid #cbd2d9; padding: 0.3rem 0.6rem; text-align: left; }}
+th {{ background: #f0f4f8; }}
+.savings {{ font-size: 1.3rem; }}
+</style>
+</head>
+<body>
+<h1 id="title">{_h(title)}</h1>
+<p>Generated {_h(s["generated_at"])} · commit <code id="commit">{commit}</code>
+({_h(ex.get("outcome", "no execution"))})</p>
+<h2>Savings</h2>
+<p class="savings">Monthly savings: <strong id="monthly-savings">{saved}</strong></p>
+<p>Monthly increase (risks removed): {_h(_money(t["monthly_increase"], cur))} ·
+net monthly delta: {_h(_money(t["monthly_delta"], cur))}</p>
+<h2>What changed and why ({t["changed"]})</h2>
+<div id="changed">{changed}</div>
+<h2>Risks (increases)</h2>
+<div id="increases">{risks}</div>
+<h2>Held and skipped ({t["not_applied"]})</h2>
+<div id="held">{held}</div>
+</body>
+</html>
+"""
+
+
+def documents(report: CycleReport) -> list[ReportObject]:
+    """The four objects of a cycle report, in a fixed order."""
+    keys = report_keys(report)
+    return [
+        ReportObject(keys["report.json"], render_json(report).encode(), "application/json"),
+        ReportObject(
+            keys["report.md"], render_markdown(report).encode(), "text/markdown; charset=utf-8"
+        ),
+        ReportObject(keys["report.html"], render_html(report).encode(), "text/html; charset=utf-8"),
+        ReportObject(keys["audit.json"], audit_snapshot(report).encode(), "application/json"),
+    ]
