@@ -70,14 +70,17 @@ class Settings(BaseSettings):
     app_id: str = "kubefinops"
     data_dir: Path = Path("/var/lib/kubefinops")
     log_level: str = "info"
-    web_host: str = "0.0.0.0"  # noqa: S104 - a pod serves its probes on all interfaces
+    web_host: str = "0.0.0.0"
     web_port: Annotated[int, Field(ge=0, le=65535)] = 6066
+    web_canonical_url: str | None = None  # how peers reach this worker (routing of /api/usage)
     api_token: SecretStr | None = None
     api_token_file: Path | None = None
 
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_bootstrap_servers: str = f"infra-kafka.{_SVC}:9092"
-    kafka_security_protocol: SecurityProtocol | None = None  # None: SASL_PLAINTEXT iff a user is set
+    kafka_security_protocol: SecurityProtocol | None = (
+        None  # None: SASL_PLAINTEXT iff a user is set
+    )
     kafka_sasl_mechanism: SaslMechanism = SaslMechanism.SCRAM_SHA_256
     kafka_username: str | None = "user1"
     kafka_password: SecretStr | None = None
@@ -122,6 +125,7 @@ class Settings(BaseSettings):
     git_token_file: Path | None = None
     git_author_name: str = "KubeFinOps Autopilot"
     git_author_email: str = "kubefinops-bot@users.noreply.local"
+    apply_batch_seconds: PositiveFloat = 10.0  # decisions arriving within this form one cycle
 
     # --- money ---------------------------------------------------------------------------------
     # OpenCost defaults: $0.031611 per core-hour, $0.004237 per GB-hour.
@@ -141,7 +145,9 @@ class Settings(BaseSettings):
             return None
         if urlsplit(value).username or urlsplit(value).password:
             raise ValueError("must not embed credentials; set KUBEFINOPS_GIT_TOKEN instead")
-        return _check_url(value, schemes=("http", "https", "file"))
+        if value.startswith("file:///"):  # a local repository (the demo, tests)
+            return value
+        return _check_url(value, schemes=("http", "https"))
 
     @field_validator("mongodb_uri")
     @classmethod
@@ -187,7 +193,9 @@ class Settings(BaseSettings):
     def effective_security_protocol(self) -> SecurityProtocol:
         if self.kafka_security_protocol is not None:
             return self.kafka_security_protocol
-        return SecurityProtocol.SASL_PLAINTEXT if self.kafka_username else SecurityProtocol.PLAINTEXT
+        return (
+            SecurityProtocol.SASL_PLAINTEXT if self.kafka_username else SecurityProtocol.PLAINTEXT
+        )
 
     def topic(self, name: str) -> str:
         """Full topic name, e.g. ``topic("metrics") == "kubefinops.metrics"``."""

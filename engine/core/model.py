@@ -52,6 +52,7 @@ class MetricsBatch(Wire):
     end: float
     samples: dict[str, list[tuple[float, float]]]
     source: str = "prometheus"
+    type: Literal["usage"] = "usage"
 
     @property
     def container_id(self) -> str:
@@ -131,6 +132,16 @@ class WorkloadSpec(Wire):
         return workload_id(self.namespace, self.kind, self.name)
 
 
+class CycleEnd(Wire):
+    """In-band marker on ``kubefinops.metrics``: every batch of this workload for the cycle has
+    been sent before it.  Because it travels on the same partition as the batches, the aggregator
+    sees it after them and can recommend from complete state (no cross-topic race)."""
+
+    type: Literal["cycle-end"] = "cycle-end"
+    cycle: str = Field(min_length=1)
+    spec: WorkloadSpec
+
+
 class Confidence(StrEnum):
     NONE = "none"  # not enough data: no recommendation
     LOW = "low"
@@ -147,7 +158,9 @@ class ContainerRecommendation(Wire):
     memory_limit: float | None = None
     confidence: Confidence = Confidence.NONE
     reasons: list[str] = []
-    usage: dict[str, dict[str, float]] = {}  # resource -> {"p50","p90","p95","p99","max","count","span_s"}
+    usage: dict[
+        str, dict[str, float]
+    ] = {}  # resource -> {"p50","p90","p95","p99","max","count","span_s"}
 
 
 class Savings(Wire):
@@ -169,6 +182,7 @@ class Recommendation(Wire):
     containers: list[ContainerRecommendation]
     savings: Savings
     generated_at: float
+    cycle: str = ""
 
 
 class Action(StrEnum):
@@ -199,6 +213,7 @@ class Decision(Wire):
     containers: list[ContainerRecommendation] = []
     savings: Savings = Savings()
     decided_at: float
+    cycle: str = ""
 
 
 class Execution(Wire):
@@ -212,6 +227,16 @@ class Execution(Wire):
     report_key: str | None = None
     detail: str = ""
     executed_at: float
+
+
+class CycleSummary(Wire):
+    """Internal record on ``kubefinops.cycles``: every decision the executor handled in one
+    cycle and what happened to them, for the reporter."""
+
+    cycle: str
+    decisions: list[Decision]
+    execution: Execution
+    policies: dict[str, int] = {}  # policy id -> version in force
 
 
 class DeadLetter(Wire):

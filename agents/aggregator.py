@@ -1,0 +1,101 @@
+"""Aggregator: metrics batches -> windowed usage sketches in the ``usage`` table.
+
+One message = one container's samples for one collection chunk.  The agent validates the samples
+(bad ones are dead-lettered with a reason and counted, the good ones kept), merges them into the
+container's windowed state idempotently (the chunk end is a per-key high-water mark, so a batch
+re-delivered after a rebalance changes nothing) and writes the value back so the changelog holds
+the complete state.  A ``cycle-end`` marker, which the collector sends after a workload's batches
+on the same partition, triggers the recommendation for that workload from complete state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from agents import recommender
+from agents.runtime import Runtime, park
+from engine.core.model import CycleEnd, MetricsBatch, parse
+from engine.core.samples import validate_batch
+from engine.core.usage import ContainerUsage
+from engine.errors import InvalidRecord
+from engine.metrics import RECORDS_PROCESSED, SAMPLES_DUPLICATE, SAMPLES_INGESTED
+
+log = logging.getLogger("kubefinops.aggregator")
+AGENT = "aggregator"
+
+
+class UsageCache:
+    """Decoded ``ContainerUsage`` objects, reused while the table holds the very dict we wrote.
+
+    Decoding the sketches for every message would dominate the cost; identity of the stored dict
+    tells whether the table value changed under us (changelog recovery after a rebalance).
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[dict[str, Any], ContainerUsage]] = {}
+
+    def load(self, key: str, stored: dict[str, Any] | None) -> ContainerUsage:
+        cached = self._items.get(key)
+        if cached is not None and stored is cached[0]:
+            return cached[1]
+        usage = ContainerUsage.from_dict(stored) if stored else ContainerUsage()
+        return usage
+
+    def remember(self, key: str, stored: dict[str, Any], usage: ContainerUsage) -> None:
+        self._items[key] = (stored, usage)
+
+
+def _kind_of(raw: bytes | None) -> str:
+    try:
+        head = json.loads(raw or b"")
+    except ValueError:
+        return "invalid"
+    return str(head.get("type", "usage")) if isinstance(head, dict) else "invalid"
+
+
+async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes | None) -> None:
+    topic = rt.settings.topic("metrics")
+    try:
+        if _kind_of(raw) == "cycle-end":
+            marker = parse(CycleEnd, raw)
+            await recommender.on_cycle_end(rt, marker)
+            return
+        batch = parse(MetricsBatch, raw)
+    except InvalidRecord as exc:
+        await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=AGENT)
+        return
+    checked = validate_batch(batch, now=time.time())
+    clean = checked.batch
+    for reason, count in checked.reasons:
+        await park(
+            rt, topic=topic, key=key, raw=raw, reason=f"{reason} ({count} samples)", agent=AGENT
+        )
+    cid = clean.container_id
+    usage = cache.load(cid, rt.tables.usage.get(cid))
+    result = usage.ingest(
+        clean,
+        arrays=checked.arrays,
+        history_seconds=rt.settings.history_seconds,
+        window_seconds=rt.settings.usage_window_seconds,
+    )
+    if result.duplicates:
+        SAMPLES_DUPLICATE.inc(result.duplicates)
+    if result.accepted:
+        for resource, samples in clean.samples.items():
+            SAMPLES_INGESTED.labels(resource).inc(len(samples))
+        stored = usage.to_dict()
+        rt.tables.usage[cid] = stored
+        cache.remember(cid, stored, usage)
+    RECORDS_PROCESSED.labels(AGENT).inc()
+
+
+def register(rt: Runtime) -> None:
+    cache = UsageCache()
+
+    @rt.app.agent(rt.topics.metrics, name="kubefinops.agents.aggregator")
+    async def aggregate(stream: Any) -> None:
+        async for event in stream.events():
+            await ingest(rt, cache, event.key, event.value)

@@ -1,0 +1,99 @@
+"""Collector: Prometheus -> ``kubefinops.metrics`` batches and ``kubefinops.workloads`` specs.
+
+A leader-only timer drops a tick on the one-partition ``collector-ticks`` topic every
+``collect_interval_seconds``; the agent consuming it is therefore a single collector for the whole
+cluster.  It reads incrementally: the ``watermarks`` table (changelog-backed) holds the end of the
+last chunk that was fully published, each cycle asks only for ``(watermark, now - scrape_lag]``
+in bounded chunks (the first one backfills ``history_days``), and the watermark advances chunk by
+chunk only after the chunk's batches were sent — a restart resumes without a gap, and a chunk sent
+twice is dropped by the aggregator's per-key high-water mark.  After the usage, each workload's
+spec goes to ``kubefinops.workloads`` and a cycle-end marker follows its batches on the metrics
+partition so its recommendation is computed from complete state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from agents.runtime import Runtime
+from engine.core.collect import plan_chunks
+from engine.core.model import CycleEnd
+from engine.errors import RetryableError
+from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES
+
+log = logging.getLogger("kubefinops.collector")
+AGENT = "collector"
+USAGE_WATERMARK = "usage"
+
+
+async def run_cycle(rt: Runtime, now: float) -> int:
+    """One collection cycle. Returns the number of batches published."""
+    collector = rt.service("collector")
+    if collector is None:
+        return 0
+    s = rt.settings
+    sent = 0
+    chunks = plan_chunks(
+        rt.tables.watermarks.get(USAGE_WATERMARK),
+        now,
+        scrape_lag=s.scrape_lag_seconds,
+        history=s.history_seconds,
+        chunk=s.prometheus_chunk_seconds,
+        step=s.prometheus_step_seconds,
+    )
+    for i, (start, end) in enumerate(chunks, 1):
+        batches = await collector.collect_chunk(start, end)
+        futures = [
+            await rt.topics.metrics.send(
+                key=b.workload_id.encode(), value=b.model_dump_json().encode()
+            )
+            for b in batches
+        ]
+        for fut in futures:
+            await fut  # the chunk counts as published only once Kafka acknowledged it
+        rt.tables.watermarks[USAGE_WATERMARK] = end
+        sent += len(batches)
+        if len(chunks) > 1:
+            log.info("backfill %d/%d chunks (%s batches)", i, len(chunks), len(batches))
+    specs = await collector.collect_specs(now)
+    cycle = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    for spec in specs:
+        key = spec.workload_id.encode()
+        await rt.topics.workloads.send(key=key, value=spec.model_dump_json().encode())
+        marker = CycleEnd(cycle=cycle, spec=spec)
+        await rt.topics.metrics.send(key=key, value=marker.model_dump_json().encode())
+    return sent
+
+
+def register(rt: Runtime) -> None:
+    @rt.app.timer(interval=rt.settings.collect_interval_seconds, on_leader=True)
+    async def tick() -> None:
+        await rt.topics.ticks.send(key=b"tick", value=json.dumps({"at": time.time()}).encode())
+
+    @rt.app.task
+    async def first_tick() -> None:
+        # Collect right after start instead of one interval later: wait for the first
+        # assignment, then the leader drops the first tick.
+        for _ in range(600):
+            if not rt.app.rebalancing and rt.app.consumer.assignment():
+                break
+            await asyncio.sleep(0.2)
+        if rt.app.is_leader():
+            await tick()
+
+    @rt.app.agent(rt.topics.ticks, name="kubefinops.agents.collector")
+    async def collect(stream: Any) -> None:
+        async for _ in stream:
+            started = time.monotonic()
+            try:
+                batches = await run_cycle(rt, time.time())
+                log.info("collected %d batches in %.1fs", batches, time.monotonic() - started)
+            except RetryableError as exc:
+                # Watermark stays where the last published chunk ended: nothing skipped.
+                CYCLE_FAILURES.labels(AGENT, "prometheus").inc()
+                log.warning("collection cycle skipped: %s", exc)
+            CYCLE_DURATION.labels(AGENT).observe(time.monotonic() - started)

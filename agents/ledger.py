@@ -1,0 +1,41 @@
+"""Ledger: executions -> ``last-action`` table (what was applied, when), for cooldown and
+idempotency in the gate.  Co-partitioned with recommendations (keyed by workload id)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.runtime import Runtime, park
+from engine.core.model import Execution, parse
+from engine.errors import InvalidRecord
+from engine.metrics import RECORDS_PROCESSED
+
+AGENT = "ledger"
+APPLIED = {"pushed", "committed"}
+
+
+def register(rt: Runtime) -> None:
+    @rt.app.agent(rt.topics.executions, name="kubefinops.agents.ledger")
+    async def ledger(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                execution = parse(Execution, event.value)
+            except InvalidRecord as exc:
+                await park(
+                    rt,
+                    topic=rt.settings.topic("executions"),
+                    key=event.key,
+                    raw=event.value,
+                    reason=str(exc),
+                    agent=AGENT,
+                )
+                continue
+            if execution.outcome in APPLIED:
+                for wid, did in zip(execution.workload_ids, execution.decision_ids, strict=False):
+                    rt.tables.last_action[wid] = {
+                        "applied_at": execution.executed_at,
+                        "decision_id": did,
+                        "commit_sha": execution.commit_sha,
+                        "cycle": execution.cycle,
+                    }
+            RECORDS_PROCESSED.labels(AGENT).inc()

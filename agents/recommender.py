@@ -1,0 +1,77 @@
+"""Recommender: on a workload's cycle-end marker, turn its usage state into a recommendation.
+
+Runs inside the aggregator's stream (same partition as the usage state), so the state it reads
+includes every batch the collector sent for the cycle.  Also records the spec in the
+``workloads`` table for the gate and the web API.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from agents.policies import policy_for
+from agents.runtime import Runtime
+from engine.core.model import (
+    RESOURCES,
+    CycleEnd,
+    Recommendation,
+    UsageSummary,
+    container_id,
+)
+from engine.core.recommend import recommend
+from engine.core.usage import ContainerUsage
+from engine.metrics import (
+    MONTHLY_COST_CURRENT,
+    MONTHLY_COST_RECOMMENDED,
+    RECORDS_PROCESSED,
+    REQUEST_CURRENT,
+    REQUEST_RECOMMENDED,
+    USAGE_P95,
+)
+
+log = logging.getLogger("kubefinops.recommender")
+AGENT = "recommender"
+
+
+def usage_of(
+    rt: Runtime, namespace: str, kind: str, name: str, containers: list[str]
+) -> dict[str, dict[str, UsageSummary]]:
+    out: dict[str, dict[str, UsageSummary]] = {}
+    for cname in containers:
+        stored = rt.tables.usage.get(container_id(namespace, kind, name, cname))
+        usage = ContainerUsage.from_dict(stored) if stored else ContainerUsage()
+        out[cname] = {res: usage.summary(res) for res in RESOURCES}
+    return out
+
+
+def export_gauges(rec: Recommendation) -> None:
+    w = (rec.namespace, rec.kind, rec.name)
+    MONTHLY_COST_CURRENT.labels(*w).set(rec.savings.current_monthly)
+    MONTHLY_COST_RECOMMENDED.labels(*w).set(rec.savings.recommended_monthly)
+    for c in rec.containers:
+        labels = (*w, c.name)
+        for res, cur, new in (
+            ("cpu", c.current.requests.cpu, c.cpu_request),
+            ("memory", c.current.requests.memory, c.memory_request),
+        ):
+            if cur is not None:
+                REQUEST_CURRENT.labels(*labels, res).set(cur)
+            if new is not None:
+                REQUEST_RECOMMENDED.labels(*labels, res).set(new)
+            p95 = c.usage.get(res, {}).get("p95")
+            if p95 is not None:
+                USAGE_P95.labels(*labels, res).set(p95)
+
+
+async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> None:
+    spec = marker.spec
+    rt.tables.workloads[spec.workload_id] = spec.model_dump(mode="json")
+    usage = usage_of(rt, spec.namespace, spec.kind, spec.name, [c.name for c in spec.containers])
+    rec = recommend(spec, usage, policy_for(rt, spec), now=time.time(), settings=rt.settings)
+    rec = rec.model_copy(update={"cycle": marker.cycle})
+    export_gauges(rec)
+    await rt.topics.recommendations.send(
+        key=spec.workload_id.encode(), value=rec.model_dump_json().encode()
+    )
+    RECORDS_PROCESSED.labels(AGENT).inc()

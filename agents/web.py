@@ -1,0 +1,216 @@
+"""The web endpoint: probes, the autopilot's own metrics, the usage read API and the policy API.
+
+* ``GET /health`` — liveness: the event loop answers.
+* ``GET /ready`` — readiness: connected to the broker, partitions assigned, tables recovered.
+* ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`.
+* ``GET /api/usage/{namespace}/{kind}/{name}`` — percentiles, max, count and span per container and
+  resource; routed to the worker that owns the workload's partition.
+* ``GET|PUT|DELETE /api/policies[/{id}]`` — bearer-token guarded; invalid documents get 400 with
+  the field and the reason and are not stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from faust.exceptions import SameNode
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from yarl import URL
+
+from agents import policies as policy_mod
+from agents.runtime import Runtime
+from engine.core.model import RESOURCES, WorkloadSpec, workload_id
+from engine.core.usage import ContainerUsage
+from engine.errors import DependencyUnavailable, InvalidPolicy
+from engine.metrics import REGISTRY
+
+log = logging.getLogger("kubefinops.web")
+
+
+def _summary_json(usage: ContainerUsage) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for res in RESOURCES:
+        s = usage.summary(res)
+        out[res] = {
+            "p50": s.p50,
+            "p90": s.p90,
+            "p95": s.p95,
+            "p99": s.p99,
+            "max": s.max,
+            "mean": s.mean,
+            "count": s.count,
+            "first_ts": s.first_ts,
+            "last_ts": s.last_ts,
+            "span_seconds": s.span_seconds,
+        }
+    return out
+
+
+def ready_state(rt: Runtime) -> tuple[bool, dict[str, Any]]:
+    app = rt.app
+    assigned = list(app.consumer.assignment()) if app.consumer is not None else []
+    recovering = bool(getattr(app, "in_recovery", False))
+    state = {
+        "rebalancing": bool(app.rebalancing),
+        "assigned_partitions": len(assigned),
+        "recovering": recovering,
+    }
+    return bool(assigned) and not app.rebalancing and not recovering, state
+
+
+def owner_of(rt: Runtime, wid: str) -> URL | None:
+    """The peer that owns the workload's partition, or None when it is this worker (or unknown).
+
+    ``kubefinops.metrics`` partition p and the ``usage`` changelog partition p live on the same
+    worker (co-partitioning), so the assignor's table metadata tells who holds the state.
+    """
+    app = rt.app
+    try:
+        tp = app.producer.key_partition(rt.settings.topic("metrics"), wid.encode())
+        hosts = app.router.table_metadata("usage")
+    except Exception:  # no metadata yet (starting, rebalancing): answer from local state
+        return None
+    me = str(app.conf.canonical_url).rstrip("/")
+    for host, topics in hosts.items():
+        if any(tp.partition in parts for parts in topics.values()):
+            return None if str(host).rstrip("/") == me else URL(str(host))
+    return None
+
+
+def register(rt: Runtime) -> None:
+    app = rt.app
+
+    def authorized(request: Request) -> bool:
+        token = rt.settings.api_token
+        if token is None:
+            return False
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.get_secret_value().encode()
+        )
+
+    def deny(view: View) -> Response:
+        if rt.settings.api_token is None:
+            return view.json({"error": "policy API disabled: set KUBEFINOPS_API_TOKEN"}, status=503)
+        return view.json(
+            {"error": "missing or wrong bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "time": time.time()})
+
+    @app.page("/ready")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            ok, state = ready_state(rt)
+            return self.json({"ready": ok, **state}, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/api/usage/{namespace}/{kind}/{name}")
+    class Usage(View):
+        async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
+            wid = workload_id(namespace, kind, name)
+            owner = owner_of(rt, wid)
+            if owner is not None:
+                router: Any = app.router
+                with contextlib.suppress(SameNode):
+                    response: Response = await router._route_req(owner, self.web, request)
+                    return response
+            spec_doc = rt.tables.workloads.get(wid)
+            prefix = wid + "/"
+            containers: dict[str, Any] = {}
+            for key, stored in list(rt.tables.usage.items()):
+                if isinstance(key, str) and key.startswith(prefix) and stored:
+                    containers[key[len(prefix) :]] = _summary_json(ContainerUsage.from_dict(stored))
+            if not containers and spec_doc is None:
+                return self.json({"error": f"no usage recorded for {wid}"}, status=404)
+            spec = (
+                WorkloadSpec.model_validate(spec_doc).model_dump(mode="json") if spec_doc else None
+            )
+            return self.json({"workload": wid, "containers": containers, "spec": spec})
+
+    @app.page("/api/policies")
+    class PolicyList(View):
+        async def get(self, request: Request) -> Response:
+            if not authorized(request):
+                return deny(self)
+            docs = [p.model_dump(mode="json") for p in policy_mod.current_policies(rt)]
+            return self.json({"policies": sorted(docs, key=lambda d: d["id"])})
+
+    @app.page("/api/policies/{policy_id}")
+    class PolicyItem(View):
+        async def get(self, request: Request, policy_id: str) -> Response:
+            if not authorized(request):
+                return deny(self)
+            store = rt.service("policies")
+            try:
+                doc = await store.get(policy_id) if store else rt.tables.policies.get(policy_id)
+            except DependencyUnavailable as exc:
+                return self.json({"error": str(exc)}, status=503)
+            if doc is None:
+                return self.json({"error": f"policy {policy_id!r} not found"}, status=404)
+            return self.json(doc)
+
+        async def put(self, request: Request, policy_id: str) -> Response:
+            if not authorized(request):
+                return deny(self)
+            store = rt.service("policies")
+            if store is None:
+                return self.json({"error": "no policy store configured"}, status=503)
+            try:
+                body = json.loads(await request.text())
+            except ValueError as exc:
+                return self.json(
+                    {"error": "invalid policy", "field": "body", "reason": f"not JSON: {exc}"},
+                    status=400,
+                )
+            if not isinstance(body, dict):
+                return self.json(
+                    {"error": "invalid policy", "field": "body", "reason": "must be a JSON object"},
+                    status=400,
+                )
+            body["id"] = policy_id
+            who = request.headers.get("X-Kubefinops-User", "api")
+            try:
+                stored = await store.put(body, by=who)
+            except InvalidPolicy as exc:
+                return self.json(
+                    {"error": "invalid policy", "field": exc.field, "reason": exc.reason},
+                    status=400,
+                )
+            except DependencyUnavailable as exc:
+                return self.json({"error": str(exc)}, status=503)
+            await policy_mod.publish(rt, policy_id, stored)
+            return self.json(stored)
+
+        async def delete(self, request: Request, policy_id: str) -> Response:
+            if not authorized(request):
+                return deny(self)
+            store = rt.service("policies")
+            if store is None:
+                return self.json({"error": "no policy store configured"}, status=503)
+            try:
+                existed = await store.delete(
+                    policy_id, by=request.headers.get("X-Kubefinops-User", "api")
+                )
+            except DependencyUnavailable as exc:
+                return self.json({"error": str(exc)}, status=503)
+            if not existed:
+                return self.json({"error": f"policy {policy_id!r} not found"}, status=404)
+            await policy_mod.publish(rt, policy_id, None)
+            return self.json({"deleted": policy_id})

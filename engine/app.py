@@ -1,0 +1,116 @@
+"""The Faust app, built from settings, with every topic of the architecture declared explicitly.
+
+Topics carry JSON bytes (``raw`` serializers): agents validate them with the wire schema in
+:mod:`engine.core.model` so that a malformed record is parked on the dead-letter topic with a
+reason instead of crashing a stream inside Faust's deserializer.
+
+Partitioning: every workload-level topic is keyed by the **workload id** (``ns/Kind/name``) and has
+``topic_partitions`` partitions, so the usage state, the workload specs, the recommendations and the
+last-action ledger of one workload live on the same partition number and Faust's assignor places
+them on the same worker (co-partitioning).  ``kubefinops.metrics`` is therefore keyed by workload
+id too (the container travels in the value) — the architecture page keyed it by container, which
+would have split a workload's containers across workers and broken the co-partitioned read.
+
+Single-writer work (the collector, the Git executor, the reporter) consumes one-partition topics, so
+exactly one worker owns it at a time and hand-over on rebalance is Kafka's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import faust
+from faust.types.auth import SASLMechanism
+
+from engine.settings import SecurityProtocol, Settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    metrics: faust.TopicT
+    workloads: faust.TopicT
+    policies: faust.TopicT
+    recommendations: faust.TopicT
+    decisions: faust.TopicT
+    executions: faust.TopicT
+    deadletter: faust.TopicT
+    ticks: faust.TopicT  # internal: collector cycle trigger, one partition
+    cycles: faust.TopicT  # internal: one record per executed cycle, for the reporter
+
+    def all(self) -> list[faust.TopicT]:
+        return [getattr(self, name) for name in self.__dataclass_fields__]
+
+
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
+    protocol = settings.effective_security_protocol
+    if protocol not in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
+        return None
+    assert settings.kafka_password is not None  # enforced by Settings validation
+    return faust.SASLCredentials(
+        username=settings.kafka_username or "",
+        password=settings.kafka_password.get_secret_value(),
+        mechanism=SASLMechanism(settings.kafka_sasl_mechanism.value),
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
+        store="memory://",  # state is rebuilt from the compacted changelogs on start
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        topic_disable_leader=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
+        broker_request_timeout=max(40.0, settings.broker_session_timeout + 10),
+        consumer_auto_offset_reset=settings.consumer_auto_offset_reset,
+        producer_acks=-1,
+        table_standby_replicas=0,
+        stream_wait_empty=False,
+        logging_config=None,
+    )
+    return app
+
+
+def declare_topics(app: faust.App, settings: Settings) -> Topics:
+    n = settings.topic_partitions
+    week = timedelta(days=7)
+
+    def topic(name: str, partitions: int, *, compacted: bool = False) -> faust.TopicT:
+        return app.topic(
+            settings.topic(name),
+            partitions=partitions,
+            replicas=settings.topic_replication,
+            compacting=compacted or None,
+            deleting=None if compacted else True,
+            retention=None if compacted else week,
+            internal=True,  # lets Faust create it with our partition count at start
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    return Topics(
+        metrics=topic("metrics", n),
+        workloads=topic("workloads", n, compacted=True),
+        policies=topic("policies", 1, compacted=True),
+        recommendations=topic("recommendations", n),
+        decisions=topic("decisions", 1),
+        executions=topic("executions", n),
+        deadletter=topic("deadletter", 1),
+        ticks=topic("collector-ticks", 1),
+        cycles=topic("cycles", 1),
+    )

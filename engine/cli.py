@@ -1,0 +1,139 @@
+"""The one console entry point: ``kubefinops worker | demo | recommend``.
+
+Errors an operator can fix (a setting, a refused password, an unreachable broker) end the process
+with one line on stderr and a distinct exit code — never a traceback, never a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from engine.errors import AuthenticationFailed, ConfigError, DependencyUnavailable
+from engine.logs import setup_logging
+from engine.settings import Settings, load_settings
+
+EXIT_CONFIG = 2
+EXIT_AUTH = 3
+EXIT_UNAVAILABLE = 4
+
+cli = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
+)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"kubefinops: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+
+
+def preflight_or_exit(settings: Settings, attempts: int = 3) -> None:
+    from engine.adapters.kafka import preflight
+
+    delay = 2.0
+    for attempt in range(1, attempts + 1):
+        try:
+            asyncio.run(preflight(settings))
+            return
+        except AuthenticationFailed as exc:
+            fail(str(exc), EXIT_AUTH)
+        except DependencyUnavailable as exc:
+            if attempt == attempts:
+                fail(str(exc), EXIT_UNAVAILABLE)
+            logging.getLogger("kubefinops").warning("%s; retrying in %.0fs", exc, delay)
+            import time
+
+            time.sleep(delay)
+            delay *= 2
+
+
+@cli.command()
+def worker(
+    web_port: Annotated[int | None, typer.Option(help="Web endpoint port")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Faust data directory")] = None,
+) -> None:
+    """Run a Faust worker (what a pod runs): every agent, tables, the web endpoint."""
+    settings = settings_or_exit(web_port=web_port, data_dir=data_dir)
+    redactor = setup_logging(settings)
+    preflight_or_exit(settings)
+    from agents import build_runtime
+
+    rt = build_runtime(settings)
+    make_worker(rt.app, settings, redactor).execute_from_commandline()
+
+
+def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
+    """A Faust worker whose log handlers (Faust installs its own) all redact secrets."""
+    import faust
+
+    class Worker(faust.Worker):
+        def _setup_logging(self) -> None:
+            super()._setup_logging()
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(redactor)
+
+    # redirect_stdouts=False: the demo prints its tables to the terminal, not into the log.
+    return Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+
+
+@cli.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="Stop after this long; 0 = until Ctrl-C")] = 0.0,
+    workdir: Annotated[Path | None, typer.Option(help="Where the demo keeps its files")] = None,
+) -> None:
+    """Run the whole loop on an embedded broker (Tansu) with sample data: no services needed."""
+    from engine.demo import run_demo
+
+    sys.exit(run_demo(seconds=seconds, workdir=workdir))
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+    csv = "csv"
+
+
+@cli.command()
+def recommend(
+    once: Annotated[bool, typer.Option("--once", help="One-shot run without Kafka")] = True,
+    prometheus_url: Annotated[str | None, typer.Option(help="Prometheus base URL")] = None,
+    namespace: Annotated[list[str] | None, typer.Option(help="Only these namespaces")] = None,
+    history_days: Annotated[int | None, typer.Option(help="Days of history to read")] = None,
+    output: Annotated[Output, typer.Option(help="table, json, yaml or csv")] = Output.table,
+) -> None:
+    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka."""
+    from engine.oneshot import run_once
+
+    settings = settings_or_exit(
+        prometheus_url=prometheus_url,
+        history_days=history_days,
+        kafka_security_protocol="PLAINTEXT",
+    )
+    setup_logging(settings, stream=sys.stderr)
+    try:
+        text = asyncio.run(run_once(settings, namespaces=namespace or [], output=output.value))
+    except DependencyUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    typer.echo(text, nl=False)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

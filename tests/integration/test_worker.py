@@ -1,0 +1,227 @@
+"""The foundation, end to end: real ``kubefinops worker`` processes on Apache Kafka with SCRAM.
+
+* a worker authenticates with SCRAM-SHA-256, consumes usage batches from ``<prefix>.metrics`` and
+  produces a recommendation to ``<prefix>.recommendations``; kcat reads it as JSON;
+* a malformed record is parked on the dead-letter topic with a reason and the agent keeps going;
+* a wrong password ends the worker within 30 s with one line that does not contain the password;
+* a second worker joins: partitions are split and no record is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.core.model import (
+    ContainerSpec,
+    CycleEnd,
+    MetricsBatch,
+    ResourcePair,
+    WorkloadSpec,
+)
+from tests.harness.kafka import KafkaInfo
+from tests.integration.workers import Deployment, consume_all, http_json, kcat_read, produce
+
+pytestmark = pytest.mark.integration
+
+MiB = 2**20
+
+
+def workload(name: str, replicas: int = 2) -> WorkloadSpec:
+    return WorkloadSpec(
+        namespace="shop",
+        kind="Deployment",
+        name=name,
+        replicas=replicas,
+        containers=[
+            ContainerSpec(
+                name="app",
+                requests=ResourcePair(cpu=2.0, memory=2048 * MiB),
+                limits=ResourcePair(memory=2048 * MiB),
+            )
+        ],
+        observed_at=time.time(),
+    )
+
+
+def batches(
+    spec: WorkloadSpec, rng: np.random.Generator, *, hours: int = 8, pods: int = 2
+) -> tuple[list[MetricsBatch], np.ndarray, np.ndarray]:
+    """Hourly chunks of minute samples; returns the batches and every cpu/memory value sent."""
+    end = math.floor(time.time() / 60) * 60 - 120
+    start = end - hours * 3600
+    out, cpu_all, mem_all = [], [], []
+    for h in range(hours):
+        t0, t1 = start + h * 3600, start + (h + 1) * 3600
+        ts = np.arange(t0 + 60, t1 + 1, 60, dtype=float)
+        cpu_s, mem_s = [], []
+        for _ in range(pods):
+            cpu = rng.lognormal(mean=math.log(0.2), sigma=0.5, size=ts.size)
+            mem = rng.uniform(300, 400, size=ts.size) * MiB
+            cpu_all.append(cpu)
+            mem_all.append(mem)
+            cpu_s += list(zip(ts.tolist(), cpu.tolist(), strict=True))
+            mem_s += list(zip(ts.tolist(), mem.tolist(), strict=True))
+        out.append(
+            MetricsBatch(
+                namespace=spec.namespace,
+                kind=spec.kind,
+                workload=spec.name,
+                container="app",
+                start=t0,
+                end=t1,
+                samples={"cpu": cpu_s, "memory": mem_s},
+            )
+        )
+    return out, np.concatenate(cpu_all), np.concatenate(mem_all)
+
+
+def encode(items: list[MetricsBatch | CycleEnd]) -> list[tuple[bytes, bytes]]:
+    out = []
+    for item in items:
+        wid = item.workload_id if isinstance(item, MetricsBatch) else item.spec.workload_id
+        out.append((wid.encode(), item.model_dump_json().encode()))
+    return out
+
+
+@pytest.fixture
+def deployment(kafka: KafkaInfo, mongo, tmp_path: Path):
+    dep = Deployment(
+        kafka=kafka,
+        workdir=tmp_path,
+        extra_env={
+            "KUBEFINOPS_MONGODB_URI": mongo.uri,
+            "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",  # no collection in these tests
+            "KUBEFINOPS_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+        },
+    )
+    yield dep
+    dep.stop_all()
+
+
+def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka: KafkaInfo):
+    server, port = deployment.start_worker("w1")
+    deployment.wait_ready(port, server=server)
+
+    spec = workload("checkout")
+    sent, cpu, mem = batches(spec, np.random.default_rng(1))
+    garbage = [
+        (b"shop/Deployment/checkout", b"{not json"),
+        (
+            b"shop/Deployment/checkout",
+            json.dumps(
+                {
+                    "namespace": "shop",
+                    "kind": "Deployment",
+                    "workload": "checkout",
+                    "container": "app",
+                    "start": 0,
+                    "end": 1,
+                    "samples": {"cpu": [[0.5, float("nan")]], "gpu": [[0.5, 1.0]]},
+                }
+            ).encode(),
+        ),
+    ]
+    asyncio.run(
+        produce(
+            kafka,
+            deployment.topic("metrics"),
+            garbage + encode([*sent, CycleEnd(cycle="c1", spec=spec)]),
+        )
+    )
+
+    recs = kcat_read(kafka, deployment.topic("recommendations"), 1, timeout=90)
+    rec = recs[0]
+    assert rec["workload_id"] == "shop/Deployment/checkout"
+    app = rec["containers"][0]
+    exact_p95 = float(np.percentile(cpu, 95, method="inverted_cdf"))
+    # P95 + 15% headroom, rounded up to millicores; the sketch is exact to 1%.
+    assert exact_p95 * 1.15 * 0.99 <= app["cpu_request"] <= exact_p95 * 1.15 * 1.01 + 0.001
+    assert app["memory_request"] >= float(mem.max())  # never below the observed peak
+    assert app["usage"]["cpu"]["count"] == cpu.size
+
+    letters = asyncio.run(consume_all(kafka, deployment.topic("deadletter"), expect=3, timeout=30))
+    reasons = [json.loads(v)["reason"] for _, v in letters]
+    assert any("MetricsBatch" in r or "JSON" in r.upper() for r in reasons), reasons
+    assert len(letters) >= 2
+    assert server.alive(), "a malformed record must not crash the agent"
+
+    status, usage = http_json(f"http://127.0.0.1:{port}/api/usage/shop/Deployment/checkout")
+    assert status == 200
+    assert usage["containers"]["app"]["cpu"]["count"] == cpu.size
+    status, metrics = http_json(f"http://127.0.0.1:{port}/metrics")
+    assert "kubefinops_dead_letters_total" in metrics
+
+
+def test_wrong_password_exits_with_one_line(kafka: KafkaInfo, tmp_path: Path):
+    wrong = "definitely-Wrong-pa55word"
+    dep = Deployment(kafka=kafka, workdir=tmp_path, extra_env={"KUBEFINOPS_KAFKA_PASSWORD": wrong})
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "worker"],
+        env={**__import__("os").environ, **dep.env(0, "bad")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0
+    assert elapsed < 30
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "authentication failed" in lines[0]
+    assert wrong not in proc.stderr + proc.stdout
+
+
+def test_second_worker_splits_partitions_and_loses_nothing(
+    deployment: Deployment, kafka: KafkaInfo
+):
+    s1, p1 = deployment.start_worker("w1")
+    deployment.wait_ready(p1, server=s1)
+    rng = np.random.default_rng(2)
+    specs = [workload(f"svc-{i}") for i in range(12)]
+    first = [b for s in specs[:6] for b in batches(s, rng, hours=4)[0]]
+    asyncio.run(produce(kafka, deployment.topic("metrics"), encode(first)))
+
+    s2, p2 = deployment.start_worker("w2")
+    deployment.wait_ready(p2, server=s2)
+    second = [b for s in specs[6:] for b in batches(s, rng, hours=4)[0]]
+    asyncio.run(produce(kafka, deployment.topic("metrics"), encode(second)))
+
+    def states() -> list[dict]:
+        return [http_json(f"http://127.0.0.1:{p}/ready")[1] for p in (p1, p2)]
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        st = states()
+        if all(s.get("ready") and s["assigned_partitions"] > 0 for s in st):
+            break
+        time.sleep(1)
+    assert all(s["assigned_partitions"] > 0 for s in st), st
+
+    expected = 4 * 60 * 2  # 4 hourly chunks x 60 samples x 2 pods
+    deadline = time.monotonic() + 90
+    missing: list[str] = []
+    while time.monotonic() < deadline:
+        missing = []
+        for spec in specs:
+            status, body = http_json(f"http://127.0.0.1:{p1}/api/usage/shop/Deployment/{spec.name}")
+            count = (
+                body.get("containers", {}).get("app", {}).get("cpu", {}).get("count")
+                if status == 200
+                else None
+            )
+            if count != expected:
+                missing.append(f"{spec.name}={count}")
+        if not missing:
+            break
+        time.sleep(2)
+    assert not missing, missing

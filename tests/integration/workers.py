@@ -1,0 +1,175 @@
+"""Run real ``kubefinops worker`` processes against the session's real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tests.harness.kafka import KafkaInfo, kcat_args
+from tests.harness.proc import Server, free_port, wait_until
+
+
+@dataclass
+class Deployment:
+    """One isolated installation: its own topic prefix and app id on the shared broker."""
+
+    kafka: KafkaInfo
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    prefix: str = field(default_factory=lambda: f"kfo{uuid.uuid4().hex[:8]}")
+    partitions: int = 4
+    workers: list[tuple[Server, int]] = field(default_factory=list)
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    def env(self, port: int, name: str) -> dict[str, str]:
+        return {
+            "KUBEFINOPS_APP_ID": self.prefix,
+            "KUBEFINOPS_TOPIC_PREFIX": self.prefix,
+            "KUBEFINOPS_TOPIC_PARTITIONS": str(self.partitions),
+            "KUBEFINOPS_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "KUBEFINOPS_KAFKA_USERNAME": self.kafka.username,
+            "KUBEFINOPS_KAFKA_PASSWORD": self.kafka.password,
+            "KUBEFINOPS_DATA_DIR": str(self.workdir / name),
+            "KUBEFINOPS_WEB_HOST": "127.0.0.1",
+            "KUBEFINOPS_WEB_PORT": str(port),
+            "KUBEFINOPS_WEB_CANONICAL_URL": f"http://127.0.0.1:{port}",
+            "KUBEFINOPS_BROKER_SESSION_TIMEOUT": "10",
+            "KUBEFINOPS_COLLECT_INTERVAL_SECONDS": "3600",
+            "KUBEFINOPS_APPLY_BATCH_SECONDS": "3",
+            "KUBEFINOPS_LOG_LEVEL": "info",
+            **self.extra_env,
+        }
+
+    def start_worker(self, name: str = "w1") -> tuple[Server, int]:
+        port = free_port()
+        server = Server(
+            name=name,
+            argv=[sys.executable, "-m", "engine.cli", "worker"],
+            log=self.workdir / f"{name}.log",
+            env=self.env(port, name),
+        ).start()
+        self.workers.append((server, port))
+        return server, port
+
+    def wait_ready(self, port: int, timeout: float = 90.0, server: Server | None = None) -> dict:
+        state: dict[str, Any] = {}
+
+        def ready() -> bool:
+            if server is not None and not server.alive():
+                raise RuntimeError(f"worker exited: {server.log.read_text()[-3000:]}")
+            state.update(http_json(f"http://127.0.0.1:{port}/ready")[1])
+            return bool(state.get("ready"))
+
+        wait_until(ready, timeout, f"worker on :{port}", server.log if server else None)
+        return state
+
+    def stop_all(self) -> None:
+        for server, _ in self.workers:
+            server.stop(timeout=20)
+
+
+def http_json(
+    url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async def go() -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method,
+                url,
+                json=body,
+                headers=headers or {},
+                timeout=aiohttp.ClientTimeout(total=20),
+            ) as resp,
+        ):
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
+
+    return asyncio.run(go())
+
+
+async def produce(
+    info: KafkaInfo, topic: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> None:
+    producer = AIOKafkaProducer(**info.client_kwargs(), acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def consume_all(
+    info: KafkaInfo, topic: str, *, expect: int, timeout: float = 60.0
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Read from the beginning until ``expect`` records arrived or the timeout passed."""
+    consumer = AIOKafkaConsumer(
+        **info.client_kwargs(),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, bytes | None]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(out) < expect:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await asyncio.sleep(0.5)
+                await consumer._client.force_metadata_update()
+                continue
+            if not consumer.assignment():
+                consumer.assign([TopicPartition(topic, p) for p in parts])
+                await consumer.seek_to_beginning()
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend((r.key, r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def kcat_read(
+    info: KafkaInfo, topic: str, count: int, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """Read ``count`` JSON values with kcat (a librdkafka client), SASL/SCRAM included."""
+    proc = subprocess.run(
+        [
+            "kcat",
+            *kcat_args(info),
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-c",
+            str(count),
+            "-e",
+            "-q",
+            "-f",
+            "%s\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
