@@ -20,7 +20,7 @@ from typing import Any
 
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 from yarl import URL
 
 from agents import policies as policy_mod
@@ -31,6 +31,7 @@ from engine.errors import DependencyUnavailable, InvalidPolicy
 from engine.metrics import REGISTRY
 
 log = logging.getLogger("kubefinops.web")
+EXPOSITION = "text/plain; version=0.0.4"
 
 
 def _summary_json(usage: ContainerUsage) -> dict[str, Any]:
@@ -119,7 +120,8 @@ def register(rt: Runtime) -> None:
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+            # aiohttp adds "; charset=utf-8" itself and refuses it in content_type.
+            return self.text(generate_latest(REGISTRY).decode(), content_type=EXPOSITION)
 
     @app.page("/api/usage/{namespace}/{kind}/{name}")
     class Usage(View):

@@ -84,19 +84,47 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def declare_topics(app: faust.App, settings: Settings) -> Topics:
-    n = settings.topic_partitions
-    week = timedelta(days=7)
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str  # short name: the full topic is f"{settings.topic_prefix}.{name}"
+    partitions: int
+    compacted: bool
 
-    def topic(name: str, partitions: int, *, compacted: bool = False) -> faust.TopicT:
+
+RETENTION = timedelta(days=7)
+
+
+def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
+    """Every topic of the architecture, with its partition count: one list for Faust and for the
+    pre-flight that creates them (Faust itself only creates the topics an agent consumes)."""
+    n = settings.topic_partitions
+    specs = [
+        TopicSpec("metrics", n, False),
+        TopicSpec("workloads", n, True),
+        TopicSpec("policies", 1, True),
+        TopicSpec("recommendations", n, False),
+        TopicSpec("decisions", 1, False),
+        TopicSpec("executions", n, False),
+        TopicSpec("deadletter", 1, False),
+        TopicSpec("collector-ticks", 1, False),
+        TopicSpec("cycles", 1, False),
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+def declare_topics(app: faust.App, settings: Settings) -> Topics:
+    specs = topic_specs(settings)
+
+    def topic(name: str) -> faust.TopicT:
+        spec = specs[name]
         return app.topic(
             settings.topic(name),
-            partitions=partitions,
+            partitions=spec.partitions,
             replicas=settings.topic_replication,
-            compacting=compacted or None,
-            deleting=None if compacted else True,
-            retention=None if compacted else week,
-            internal=True,  # lets Faust create it with our partition count at start
+            compacting=spec.compacted or None,
+            deleting=None if spec.compacted else True,
+            retention=None if spec.compacted else RETENTION,
+            internal=True,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
@@ -104,13 +132,13 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         )
 
     return Topics(
-        metrics=topic("metrics", n),
-        workloads=topic("workloads", n, compacted=True),
-        policies=topic("policies", 1, compacted=True),
-        recommendations=topic("recommendations", n),
-        decisions=topic("decisions", 1),
-        executions=topic("executions", n),
-        deadletter=topic("deadletter", 1),
-        ticks=topic("collector-ticks", 1),
-        cycles=topic("cycles", 1),
+        metrics=topic("metrics"),
+        workloads=topic("workloads"),
+        policies=topic("policies"),
+        recommendations=topic("recommendations"),
+        decisions=topic("decisions"),
+        executions=topic("executions"),
+        deadletter=topic("deadletter"),
+        ticks=topic("collector-ticks"),
+        cycles=topic("cycles"),
     )

@@ -41,12 +41,15 @@ def settings_or_exit(**overrides: object) -> Settings:
 
 
 def preflight_or_exit(settings: Settings, attempts: int = 3) -> None:
-    from engine.adapters.kafka import preflight
+    from engine.adapters.kafka import ensure_topics, preflight
 
     delay = 2.0
     for attempt in range(1, attempts + 1):
         try:
             asyncio.run(preflight(settings))
+            created = asyncio.run(ensure_topics(settings))
+            if created:
+                logging.getLogger("kubefinops").info("created topics: %s", ", ".join(created))
             return
         except AuthenticationFailed as exc:
             fail(str(exc), EXIT_AUTH)

@@ -253,13 +253,14 @@ def run_demo(seconds: float = 0.0, workdir: Path | None = None) -> int:
         settings = demo_settings(workdir, f"127.0.0.1:{port}", seed_git_remote(workdir))
         redactor = setup_logging(settings)
         from agents import build_runtime
-        from engine.cli import make_worker
+        from engine.cli import make_worker, preflight_or_exit
 
         services: dict[str, Any] = {"reports": LocalReports(workdir / "reports", print_cycle)}
         if settings.git_remote_url:
             from engine.adapters.gitops import GitOpsWriter
 
             services["gitops"] = GitOpsWriter(settings)
+        preflight_or_exit(settings)  # creates the topics with their partition counts
         rt = build_runtime(settings, services=services)
         install_feeder(rt, time.time())
         if seconds > 0:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError
 
+from engine.app import RETENTION, topic_specs
 from engine.errors import AuthenticationFailed, DependencyUnavailable
 from engine.settings import SecurityProtocol, Settings
 
@@ -39,29 +41,66 @@ def _redact(text: str, settings: Settings) -> str:
 
 
 async def preflight(settings: Settings, timeout: float = 25.0) -> None:
-    client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=int(timeout * 1000))
+    """Connect to each bootstrap server with the worker's credentials until one accepts.
+
+    A raw connection (not a client's bootstrap, which folds every failure into "unable to
+    bootstrap") tells a refused SASL handshake apart from an unreachable broker.
+    """
     where = settings.kafka_bootstrap_servers
+    kwargs = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
+    last: Exception | None = None
+    for server in where.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, int(port), request_timeout_ms=int(timeout * 1000), **kwargs),
+                timeout,
+            )
+        except SaslAuthenticationFailed:
+            raise AuthenticationFailed(
+                f"Kafka at {where} refused user {settings.kafka_username!r} "
+                f"({settings.kafka_sasl_mechanism.value}): authentication failed"
+            ) from None
+        except (TimeoutError, OSError, KafkaError) as exc:
+            last = exc
+            continue
+        conn.close()
+        return
+    text = _redact(f"{type(last).__name__}: {last}", settings) if last else "no servers"
+    raise DependencyUnavailable(f"Kafka at {where} unreachable: {text}")
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every topic of :func:`engine.app.topic_specs` that does not exist yet.
+
+    Brokers run with ``auto.create.topics.enable=false`` in production: a produce-only topic
+    such as the dead-letter one would otherwise never exist.  Returns the names created.
+    """
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout)
-    except TimeoutError:
-        raise DependencyUnavailable(
-            f"Kafka at {where} did not answer within {timeout:.0f}s"
-        ) from None
-    except KafkaConnectionError as exc:
-        text = _redact(str(exc), settings)
-        if "auth" in text.lower() or "sasl" in text.lower():
-            raise AuthenticationFailed(
-                f"Kafka at {where} refused user {settings.kafka_username!r} "
-                f"({settings.kafka_sasl_mechanism.value}): authentication failed"
-            ) from None
-        raise DependencyUnavailable(f"Kafka at {where} unreachable: {text}") from None
+        existing = set(await admin.list_topics())
+        wanted = []
+        for spec in topic_specs(settings).values():
+            name = settings.topic(spec.name)
+            if name in existing:
+                continue
+            config = (
+                {"cleanup.policy": "compact"}
+                if spec.compacted
+                else {"cleanup.policy": "delete",
+                      "retention.ms": str(int(RETENTION.total_seconds() * 1000))}
+            )
+            wanted.append(NewTopic(name, spec.partitions, settings.topic_replication, None, config))
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:  # a peer worker created them meanwhile
+                pass
+        return [t.name for t in wanted]
     except KafkaError as exc:
-        text = _redact(str(exc), settings)
-        if "auth" in type(exc).__name__.lower() or "authentication" in text.lower():
-            raise AuthenticationFailed(
-                f"Kafka at {where} refused user {settings.kafka_username!r} "
-                f"({settings.kafka_sasl_mechanism.value}): authentication failed"
-            ) from None
-        raise DependencyUnavailable(f"Kafka at {where}: {type(exc).__name__}: {text}") from None
+        raise DependencyUnavailable(
+            f"cannot create topics: {type(exc).__name__}: {_redact(str(exc), settings)}"
+        ) from None
     finally:
-        await client.close()
+        await admin.close()

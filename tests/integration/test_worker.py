@@ -44,8 +44,8 @@ def workload(name: str, replicas: int = 2) -> WorkloadSpec:
         containers=[
             ContainerSpec(
                 name="app",
-                requests=ResourcePair(cpu=2.0, memory=2048 * MiB),
-                limits=ResourcePair(memory=2048 * MiB),
+                requests=ResourcePair(cpu=0.6, memory=512 * MiB),
+                limits=ResourcePair(memory=512 * MiB),
             )
         ],
         observed_at=time.time(),

@@ -150,26 +150,33 @@ async def consume_all(
 def kcat_read(
     info: KafkaInfo, topic: str, count: int, timeout: float = 30.0
 ) -> list[dict[str, Any]]:
-    """Read ``count`` JSON values with kcat (a librdkafka client), SASL/SCRAM included."""
-    proc = subprocess.run(
-        [
-            "kcat",
-            *kcat_args(info),
-            "-C",
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-c",
-            str(count),
-            "-e",
-            "-q",
-            "-f",
-            "%s\n",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=True,
-    )
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    """Read ``count`` JSON values with kcat (a librdkafka client), SASL/SCRAM included.
+
+    ``-e`` makes kcat stop at the end of the topic, so poll until enough records are there.
+    """
+    deadline = time.monotonic() + timeout
+    values: list[dict[str, Any]] = []
+    while True:
+        proc = subprocess.run(
+            [
+                "kcat",
+                *kcat_args(info),
+                "-C",
+                "-t",
+                topic,
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%s\n",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        values = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        if len(values) >= count or time.monotonic() > deadline:
+            return values
+        time.sleep(1.0)
