@@ -69,10 +69,16 @@ async def run_cycle(rt: Runtime, now: float) -> int:
     return sent
 
 
+async def request_cycle(rt: Runtime, by: str) -> None:
+    """Ask the (single) collector for a cycle now: the timer, the start-up hook and the API."""
+    value = json.dumps({"at": time.time(), "by": by}).encode()
+    await rt.topics.ticks.send(key=b"tick", value=value)
+
+
 def register(rt: Runtime) -> None:
     @rt.app.timer(interval=rt.settings.collect_interval_seconds, on_leader=True)
     async def tick() -> None:
-        await rt.topics.ticks.send(key=b"tick", value=json.dumps({"at": time.time()}).encode())
+        await request_cycle(rt, "timer")
 
     @rt.app.task
     async def first_tick() -> None:
@@ -82,8 +88,8 @@ def register(rt: Runtime) -> None:
             if not rt.app.rebalancing and rt.app.consumer.assignment():
                 break
             await asyncio.sleep(0.2)
-        if rt.app.is_leader():
-            await tick()
+        if rt.settings.collect_on_start and rt.app.is_leader():
+            await request_cycle(rt, "start")
 
     @rt.app.agent(rt.topics.ticks, name="kubefinops.agents.collector")
     async def collect(stream: Any) -> None:

@@ -23,6 +23,7 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 from yarl import URL
 
+from agents import collector
 from agents import policies as policy_mod
 from agents.runtime import Runtime
 from engine.core.model import RESOURCES, WorkloadSpec, workload_id
@@ -145,6 +146,15 @@ def register(rt: Runtime) -> None:
                 WorkloadSpec.model_validate(spec_doc).model_dump(mode="json") if spec_doc else None
             )
             return self.json({"workload": wid, "containers": containers, "spec": spec})
+
+    @app.page("/api/cycles")
+    class Cycles(View):
+        async def post(self, request: Request) -> Response:
+            """Run a collection cycle now (the collector is single, wherever it runs)."""
+            if not authorized(request):
+                return deny(self)
+            await collector.request_cycle(rt, request.headers.get("X-Kubefinops-User", "api"))
+            return self.json({"requested": True}, status=202)
 
     @app.page("/api/policies")
     class PolicyList(View):

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     prometheus_chunk_seconds: PositiveInt = 6 * 3600
     scrape_lag_seconds: Annotated[int, Field(ge=0)] = 120
     collect_interval_seconds: PositiveFloat = 3600.0
+    collect_on_start: bool = True  # run a collection right after the first assignment
     history_days: PositiveInt = 14
     usage_window_seconds: PositiveInt = 86400
 

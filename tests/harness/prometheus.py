@@ -132,11 +132,12 @@ def _pod_names(rng: random.Random, wl: WorkloadDef) -> tuple[list[str], str | No
     return [f"{wl.name}-{suffix(5)}" for _ in range(wl.pods)], None
 
 
-def generate(start: int, end: int, seed: int = 42, out: TextIO | None = None) -> Truth:
+def generate(start: int, end: int, seed: int = 42, out: TextIO | None = None,
+             workloads: tuple[WorkloadDef, ...] = CLUSTER) -> Truth:
     """The ground truth for ``[start, end]``, deterministic per seed; with ``out``, also
     streams the OpenMetrics text there (hundreds of MB: never held in memory)."""
     rng = random.Random(seed)
-    truth = Truth()
+    truth = Truth(workloads=workloads)
     ts_cad = range(start, end + 1, SCRAPE)
     ts_ksm = range(start, end + 1, KSM_SCRAPE)
     truth.oom_at = float(start + (end - start) // 2 // SCRAPE * SCRAPE)
@@ -148,7 +149,7 @@ def generate(start: int, end: int, seed: int = 42, out: TextIO | None = None) ->
     def const(name: str, value: float, **labels: str) -> None:
         series(name, _labels(**labels), [(t, value) for t in ts_ksm])
 
-    for wl in CLUSTER:
+    for wl in workloads:
         pods, rs = _pod_names(rng, wl)
         ns = wl.namespace
         kind_key = wl.kind.lower()

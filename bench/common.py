@@ -1,0 +1,289 @@
+"""Shared helpers of the pipeline benchmarks (not tests): servers, batches, worker observation.
+
+Everything binds to 127.0.0.1; every process started here is stopped by PID (``Stack.close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.harness.kafka import KafkaInfo, fetch_libs, start_kafka  # noqa: E402
+from tests.harness.mongo import start_secantus  # noqa: E402
+from tests.harness.proc import Server  # noqa: E402
+from tests.integration.workers import Deployment  # noqa: E402
+
+MINUTE = 60
+DAY = 86_400
+_INGESTED = re.compile(r"^kubefinops_samples_ingested_total\{[^}]*\}\s+([0-9.e+]+)$", re.M)
+
+
+@dataclass
+class Stack:
+    """A private Kafka (SASL_PLAINTEXT + SCRAM-SHA-256) and SecantusDB, in a temp dir."""
+
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kfo-bench-")))
+    kafka: KafkaInfo | None = None
+    servers: list[Server] = field(default_factory=list)
+    mongo_uri: str = ""
+    deployments: list[Deployment] = field(default_factory=list)
+
+    def start(self) -> Stack:
+        started = time.monotonic()
+        info, server = start_kafka(self.workdir / "kafka", fetch_libs())
+        self.kafka = info
+        self.servers.append(server)
+        (self.workdir / "mongo").mkdir(parents=True, exist_ok=True)
+        mongo, port = start_secantus(str(self.workdir / "mongo"), str(self.workdir))
+        self.servers.append(mongo)
+        self.mongo_uri = f"mongodb://127.0.0.1:{port}/"
+        print(f"# kafka {info.bootstrap} (SCRAM-SHA-256) + secantusdb up in "
+              f"{time.monotonic() - started:.1f}s; workdir {self.workdir}")
+        return self
+
+    def deployment(self, partitions: int = 4, **env: str) -> Deployment:
+        assert self.kafka is not None
+        dep = Deployment(
+            kafka=self.kafka,
+            workdir=self.workdir / f"dep{len(self.deployments)}",
+            partitions=partitions,
+            extra_env={
+                "KUBEFINOPS_MONGODB_URI": self.mongo_uri,
+                "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",  # no collection here
+                "KUBEFINOPS_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+                "KUBEFINOPS_LOG_LEVEL": "warning",
+                **env,
+            },
+        )
+        self.deployments.append(dep)
+        return dep
+
+    def close(self) -> None:
+        for dep in self.deployments:
+            dep.stop_all()
+        for server in reversed(self.servers):
+            server.stop(timeout=20)
+
+
+def get_text(url: str, timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return str(resp.read().decode())
+
+
+def ingested(port: int) -> float:
+    """Sum of ``kubefinops_samples_ingested_total`` over resources on a worker's /metrics."""
+    text = get_text(f"http://127.0.0.1:{port}/metrics")
+    return sum(float(v) for v in _INGESTED.findall(text))
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (bytes) of a process."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+def worker_pid(server: Server) -> int:
+    """The Python worker itself: ``Server`` starts it directly (no shell), so its own PID."""
+    return server.pid
+
+
+@dataclass
+class Progress:
+    first_at: float | None = None  # monotonic time the counter first moved
+    done_at: float | None = None
+    last: float = 0.0
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+
+def wait_ingested(port: int, expect: float, timeout: float, pid: int | None = None,
+                  poll: float = 0.1) -> tuple[Progress, int]:
+    """Poll /metrics until ``expect`` samples were ingested; also track peak RSS."""
+    prog, peak = Progress(), 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = ingested(port)
+        except OSError:
+            value = prog.last
+        now = time.monotonic()
+        if pid is not None:
+            peak = max(peak, proc_status(pid).get("VmHWM", 0))
+        if value > 0 and prog.first_at is None:
+            prog.first_at = now
+        prog.last = value
+        prog.samples.append((now, value))
+        if value >= expect:
+            prog.done_at = now
+            return prog, peak
+        time.sleep(poll)
+    return prog, peak
+
+
+# ---- batches following the collector contract: one per container per chunk ----------------
+
+
+def container_names(n: int, per_workload: int = 2) -> list[tuple[str, str, str]]:
+    """(namespace, workload, container) for ``n`` containers, ``per_workload`` per workload."""
+    out = []
+    for i in range(n):
+        w = i // per_workload
+        out.append((f"ns{w % 20}", f"svc-{w}", ("app", "sidecar", "proxy")[i % per_workload]))
+    return out
+
+
+def chunk_plan(chunks: int, chunk_seconds: int, now: float | None = None) -> list[tuple[int, int]]:
+    """``chunks`` consecutive ``(start, end]`` chunks ending 2 minutes before now."""
+    now = time.time() if now is None else now
+    end = int(math.floor((now - 120) / MINUTE) * MINUTE)
+    start = end - chunks * chunk_seconds
+    return [(start + k * chunk_seconds, start + (k + 1) * chunk_seconds) for k in range(chunks)]
+
+
+def encode_batch(rng: np.random.Generator, ns: str, wl: str, cont: str, start: int, end: int,
+                 pods: int = 1) -> tuple[bytes, bytes, int]:
+    """A MetricsBatch (wire JSON) with 1-minute samples of ``pods`` pods in ``(start, end]``.
+
+    Built as a plain dict (the wire format of ``engine.core.model.MetricsBatch``) because pydantic
+    serialisation of millions of samples would dominate the benchmark's set-up time.
+    """
+    ts = np.arange(start + MINUTE, end + 1, MINUTE, dtype=float)
+    n = ts.size * pods
+    cpu = np.round(rng.lognormal(math.log(0.2), 0.6, n), 5)
+    mem = np.round(rng.uniform(2e8, 6e8, n))
+    tl = np.tile(ts, pods).tolist()
+    doc = {
+        "namespace": ns, "kind": "Deployment", "workload": wl, "container": cont,
+        "start": float(start), "end": float(end),
+        "samples": {"cpu": [list(p) for p in zip(tl, cpu.tolist(), strict=True)],
+                    "memory": [list(p) for p in zip(tl, mem.tolist(), strict=True)]},
+        "source": "prometheus", "type": "usage",
+    }
+    key = f"{ns}/Deployment/{wl}".encode()
+    return key, json.dumps(doc, separators=(",", ":")).encode(), 2 * n
+
+
+def build_messages(containers: int, chunks: int, chunk_seconds: int, pods: int = 1,
+                   seed: int = 7) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Messages in time order, one list per chunk (every container's chunk k, then k+1).
+
+    A generator so a large backfill is never held in memory at once."""
+    rng = np.random.default_rng(seed)
+    names = container_names(containers)
+    for start, end in chunk_plan(chunks, chunk_seconds):
+        yield [encode_batch(rng, ns, wl, cont, start, end, pods)[:2] for ns, wl, cont in names]
+
+
+def samples_per_message(chunk_seconds: int, pods: int = 1) -> int:
+    return 2 * pods * (chunk_seconds // MINUTE)
+
+
+def iter_chunked(msgs: list[tuple[bytes, bytes]], size: int) -> Iterator[list[tuple[bytes, bytes]]]:
+    for i in range(0, len(msgs), size):
+        yield msgs[i : i + size]
+
+
+async def produce_fast(info: KafkaInfo, topic: str,
+                       parts: Iterator[list[tuple[bytes, bytes]]]) -> tuple[int, float]:
+    """Send everything with pipelined ``send`` (acks=all, no compression): (messages, seconds).
+
+    Includes the time to build the messages (the generator runs inside the timed loop)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**info.client_kwargs(), acks="all", linger_ms=5,
+                                max_batch_size=1 << 20, max_request_size=8 << 20)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        n = 0
+        for whole in parts:
+            for part in iter_chunked(whole, 500):
+                futures = [await producer.send(topic, value=v, key=k) for k, v in part]
+                await asyncio.gather(*futures)
+                n += len(part)
+        return n, time.monotonic() - started
+    finally:
+        await producer.stop()
+
+
+async def consume_count(info: KafkaInfo, topic: str, expect: int,
+                        timeout: float = 120.0) -> tuple[int, float, dict[bytes, bytes]]:
+    """Trivial consumer from the beginning: (records, seconds, latest value per key)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**info.client_kwargs(), auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None,
+                                fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
+    await consumer.start()
+    latest: dict[bytes, bytes] = {}
+    n = 0
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in parts])
+        await consumer.seek_to_beginning()
+        started = time.monotonic()
+        deadline = started + timeout
+        while n < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                n += len(records)
+                for r in records:
+                    if r.key is not None and r.value is not None:
+                        latest[r.key] = r.value
+        return n, time.monotonic() - started, latest
+    finally:
+        await consumer.stop()
+
+
+def end_offsets(info: KafkaInfo, topic: str) -> int:
+    async def go() -> int:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(**info.client_kwargs(), group_id=None)
+        await consumer.start()
+        try:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = await consumer.end_offsets(tps)
+            return int(sum(ends.values()))
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+def state_bytes(latest: dict[bytes, bytes]) -> dict[str, Any]:
+    """Bytes per container-resource from the usage changelog's latest values."""
+    per_res: dict[str, list[int]] = {"cpu": [], "memory": []}
+    whole: list[int] = []
+    for raw in latest.values():
+        doc = json.loads(raw)
+        whole.append(len(raw))
+        for r in per_res:
+            if isinstance(doc, dict) and r in doc:
+                per_res[r].append(len(json.dumps(doc[r], separators=(",", ":"))))
+    return {"keys": len(whole), "value_bytes": np.array(whole), **{
+        r: np.array(v) for r, v in per_res.items()}}

@@ -1,0 +1,195 @@
+"""``kubefinops recommend --once`` as a real subprocess against a real, backfilled Prometheus.
+
+The expected numbers come from the harness's ground truth (raw counter and working-set samples),
+not from the engine: CPU rates are recomputed from the counters the way PromQL's ``rate`` does
+over the collector's window, pooled over the pods of each container, and the P95 x 1.15 target
+is rounded up to millicores after the default policy's step and floor rules.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from ruamel.yaml import YAML
+
+from engine.core.collect import plan_chunks
+from engine.core.estimators import ceil_cpu
+from engine.core.policy import DEFAULT_POLICY
+from engine.core.render import CSV_COLUMNS
+from engine.settings import Settings, load_settings
+from tests.harness.proc import free_port
+from tests.harness.prometheus import CLUSTER, PromInfo
+
+pytestmark = pytest.mark.integration
+
+HISTORY_DAYS = 3
+ROOT = Path(__file__).resolve().parents[2]
+ALL_CONTAINERS = {
+    f"{w.namespace}/{w.kind}/{w.name}/{c[0]}" for w in CLUSTER for c in w.containers
+}
+
+
+def run_cli(url: str, *args: str, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "engine.cli", "recommend", "--once", "--prometheus-url", url,
+           "--history-days", str(HISTORY_DAYS), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def settings(url: str) -> Settings:
+    return load_settings(prometheus_url=url, history_days=HISTORY_DAYS,
+                         kafka_security_protocol="PLAINTEXT")
+
+
+def window(s: Settings, now: float) -> tuple[float, float]:
+    """The ``(start, end]`` the one-shot run read, recomputed from its ``generated_at``."""
+    chunks = plan_chunks(None, now, scrape_lag=s.scrape_lag_seconds, history=s.history_seconds,
+                         chunk=s.prometheus_chunk_seconds, step=s.prometheus_step_seconds)
+    return chunks[0][0], chunks[-1][1]
+
+
+def truth_rates(prom: PromInfo, start: float, end: float, step: int, rate_window: int
+                ) -> dict[str, list[float]]:
+    """Per container id, every pod's ``rate(counter[rate_window])`` at the step-aligned times
+    in ``(start, end]`` whose window lies fully inside the data (2.x: closed on both ends)."""
+    truth = prom.truth
+    out: dict[str, list[float]] = defaultdict(list)
+    for (ns, pod, cont), points in truth.cpu_counter.items():
+        kind, name = truth.pod_owner[(ns, pod)]
+        times = np.array([t for t, _ in points], dtype=np.float64)
+        values = np.array([v for _, v in points], dtype=np.float64)
+        # increase with counter resets, like PromQL: a drop adds the value after the reset
+        deltas = np.diff(values)
+        deltas = np.where(deltas < 0, values[1:], deltas)
+        cumulative = np.concatenate(([0.0], np.cumsum(deltas)))
+        by_time = dict(zip(times.tolist(), cumulative.tolist(), strict=True))
+        first_t = start - start % step + step
+        for t in np.arange(first_t, end + 1, step):
+            lo = float(t - rate_window)
+            if lo < prom.start_ts or t > prom.end_ts:
+                continue
+            out[f"{ns}/{kind}/{name}/{cont}"].append(
+                (by_time[float(t)] - by_time[lo]) / rate_window)
+    return out
+
+
+def expected_cpu(p95: float, current: float | None) -> float:
+    """The default policy's chain for CPU: P95 x (1 + headroom), max step, millicores, floor."""
+    params = DEFAULT_POLICY.estimator
+    target = p95 * (1 + params.cpu_headroom)
+    if current and params.max_step:
+        target = min(max(target, current / params.max_step), current * params.max_step)
+    return max(ceil_cpu(target), params.cpu_floor)
+
+
+@pytest.fixture(scope="module")
+def full_run(prometheus: PromInfo) -> tuple[list[dict[str, Any]], str]:
+    done = run_cli(prometheus.url, "--output", "json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout), done.stderr
+
+
+def containers(recs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f"{r['workload_id']}/{c['name']}": c for r in recs for c in r["containers"]}
+
+
+def test_json_covers_every_workload_with_savings(
+    full_run: tuple[list[dict[str, Any]], str],
+) -> None:
+    recs, stderr = full_run
+    assert set(containers(recs)) == ALL_CONTAINERS
+    assert "chunk" in stderr  # progress went to stderr, stdout parsed as pure JSON
+    for rec in recs:
+        s = rec["savings"]
+        assert s["monthly_delta"] == pytest.approx(
+            s["recommended_monthly"] - s["current_monthly"], abs=1e-5)
+        assert s["monthly_savings"] >= 0 and s["monthly_increase"] >= 0
+
+
+def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
+    prometheus: PromInfo, full_run: tuple[list[dict[str, Any]], str],
+) -> None:
+    recs, _ = full_run
+    s = settings(prometheus.url)
+    start, end = window(s, recs[0]["generated_at"])
+    rates = truth_rates(prometheus, start, end, s.prometheus_step_seconds,
+                        max(2 * s.prometheus_step_seconds, 60))
+    unbound = 0
+    for cid, c in containers(recs).items():
+        assert c["confidence"] != "none", (cid, c["reasons"])
+        p95 = float(np.percentile(rates[cid], 95))
+        current = c["current"]["requests"]["cpu"]
+        want = expected_cpu(p95, current)
+        assert abs(c["cpu_request"] - want) <= 0.01 * want + 0.001, (cid, c["cpu_request"], want)
+        assert c["usage"]["cpu"]["p95"] == pytest.approx(p95, rel=0.015), cid
+        if not any("max step: cpu" in r for r in c["reasons"]):
+            unbound += 1
+    assert unbound >= 3  # the P95 rule itself, not only the step rule, was checked
+
+
+def test_memory_never_below_the_observed_peak(
+    prometheus: PromInfo, full_run: tuple[list[dict[str, Any]], str],
+) -> None:
+    recs, _ = full_run
+    start, end = window(settings(prometheus.url), recs[0]["generated_at"])
+    for cid, c in containers(recs).items():
+        ns, kind, name, cont = cid.split("/")
+        peak = prometheus.truth.memory_max(ns, kind, name, cont, start, end)
+        assert peak > 0
+        assert c["memory_request"] >= peak, cid
+        assert c["memory_limit"] >= c["memory_request"]
+        assert c["usage"]["memory"]["max"] >= peak
+
+
+def test_namespace_filter_and_yaml(prometheus: PromInfo) -> None:
+    done = run_cli(prometheus.url, "--namespace", "payments", "--namespace", "kube-system",
+                   "--output", "yaml")
+    assert done.returncode == 0, done.stderr[-2000:]
+    recs = YAML(typ="safe", pure=True).load(done.stdout)
+    assert {r["namespace"] for r in recs} == {"payments", "kube-system"}
+    assert set(containers(recs)) == {
+        c for c in ALL_CONTAINERS if c.split("/")[0] in ("payments", "kube-system")}
+
+
+def test_csv_has_a_header_and_one_row_per_container(prometheus: PromInfo) -> None:
+    done = run_cli(prometheus.url, "--output", "csv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = list(csv.reader(io.StringIO(done.stdout)))
+    assert tuple(table[0]) == CSV_COLUMNS
+    body = [dict(zip(CSV_COLUMNS, row, strict=True)) for row in table[1:]]
+    assert len(body) == len(ALL_CONTAINERS)
+    assert {f"{r['namespace']}/{r['kind']}/{r['workload']}/{r['container']}"
+            for r in body} == ALL_CONTAINERS
+    assert all(float(r["recommended_cpu_request"]) > 0 for r in body)
+
+
+def test_table_shows_the_totals(prometheus: PromInfo) -> None:
+    done = run_cli(prometheus.url, "--namespace", "smarthealth")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:2] == ["WORKLOAD", "CONTAINER"]
+    assert sum(1 for line in lines if line.startswith("smarthealth/")) == 5
+    assert any(line.startswith("Total monthly savings:") for line in lines)
+    assert any(line.startswith("Total monthly increases:") for line in lines)
+
+
+def test_closed_port_exits_4_with_one_line() -> None:
+    done = run_cli(f"http://127.0.0.1:{free_port()}", "--output", "json",
+                   env={"KUBEFINOPS_LOG_LEVEL": "warning"})
+    assert done.returncode == 4
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("kubefinops: Prometheus at http://127.0.0.1:")
+    assert "Traceback" not in done.stderr
