@@ -15,10 +15,11 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from engine.errors import AuthenticationFailed, ConfigError, DependencyUnavailable
+from engine.errors import AuthenticationFailed, ConfigError, DependencyUnavailable, PermanentError
 from engine.logs import setup_logging
 from engine.settings import Settings, load_settings
 
+EXIT_PERMANENT = 1
 EXIT_CONFIG = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
@@ -131,6 +132,10 @@ def recommend(
         text = asyncio.run(run_once(settings, namespaces=namespace or [], output=output.value))
     except DependencyUnavailable as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
+    except AuthenticationFailed as exc:
+        fail(str(exc), EXIT_AUTH)
+    except PermanentError as exc:  # e.g. a query Prometheus refuses
+        fail(str(exc), EXIT_PERMANENT)
     typer.echo(text, nl=False)
 
 

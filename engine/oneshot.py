@@ -26,8 +26,9 @@ from engine.adapters.prometheus import (
 )
 from engine.core.collect import plan_chunks
 from engine.core.cost import Prices
+from engine.core.guardrails import hpa_resources
 from engine.core.model import RESOURCES, MetricsBatch, Recommendation, UsageSummary, WorkloadSpec
-from engine.core.policy import policy_for
+from engine.core.policy import exclusion, policy_for
 from engine.core.recommend import recommend
 from engine.core.render import render
 from engine.core.samples import validate_batch
@@ -85,17 +86,47 @@ class Fold:
         return out
 
 
+def workload_notes(spec: WorkloadSpec) -> list[str]:
+    """What the autopilot's gate would do differently from the raw targets (KRR skips HPAs)."""
+    policy = policy_for([], spec)
+    notes = []
+    excluded = exclusion(spec, policy)
+    if excluded:
+        notes.append(f"excluded ({excluded}): the autopilot would not change it")
+    scaled, rule = hpa_resources(spec), policy.guardrails.hpa
+    if scaled and spec.hpa is not None and rule != "allow":
+        on = " and ".join(sorted(scaled))
+        effect = ("it would change memory only" if rule == "memory-only" and scaled == {"cpu"}
+                  else "it would not change this workload")
+        notes.append(f"HPA {spec.hpa.name} scales on {on}: {effect} (hpa rule {rule})")
+    return notes
+
+
+def with_notes(rec: Recommendation, notes: list[str]) -> Recommendation:
+    """The notes appended to every container's reasons (the id does not depend on reasons)."""
+    if not notes:
+        return rec
+    containers = [c.model_copy(update={"reasons": [*c.reasons, *notes]}) for c in rec.containers]
+    return rec.model_copy(update={"containers": containers})
+
+
 def recommend_all(
     specs: Sequence[WorkloadSpec], fold: Fold, settings: Settings, *, now: float
-) -> list[Recommendation]:
-    """One recommendation per wanted workload, with the default policy and configured prices."""
+) -> tuple[list[Recommendation], dict[str, list[str]]]:
+    """One recommendation per wanted workload (default policy, configured prices) and the
+    gate's notes per workload id."""
     prices = Prices.from_settings(settings)
-    recs = [
-        recommend(spec, fold.summaries(spec), policy_for([], spec), now=now, prices=prices)
-        for spec in specs
-        if fold.wanted(spec.namespace)
-    ]
-    return sorted(recs, key=lambda r: r.workload_id)
+    recs: list[Recommendation] = []
+    notes: dict[str, list[str]] = {}
+    for spec in specs:
+        if not fold.wanted(spec.namespace):
+            continue
+        rec = recommend(spec, fold.summaries(spec), policy_for([], spec), now=now, prices=prices)
+        found = workload_notes(spec)
+        if found:
+            notes[spec.workload_id] = found
+        recs.append(with_notes(rec, found))
+    return sorted(recs, key=lambda r: r.workload_id), notes
 
 
 async def collect(
@@ -164,7 +195,7 @@ async def run_once(
     finally:
         if owned:
             await client.close()
-    recs = recommend_all(specs, fold, settings, now=now)
+    recs, notes = recommend_all(specs, fold, settings, now=now)
     known = {f"{s.workload_id}/{c.name}" for s in specs for c in s.containers}
     orphans = sorted(set(fold.usage) - known)
     if orphans:
@@ -174,4 +205,4 @@ async def run_once(
         log.warning("samples dropped: %s",
                     ", ".join(f"{k}={v}" for k, v in sorted(fold.rejected.items())))
     log.info("%d workload(s), %d sample(s) read", len(recs), fold.samples)
-    return render(recs, output, Prices.from_settings(settings))
+    return render(recs, output, Prices.from_settings(settings), notes=notes)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ruamel.yaml import YAML
@@ -184,7 +184,12 @@ def footer_lines(t: Totals) -> list[str]:
     ]
 
 
-def render_table(recs: Sequence[Recommendation], prices: Prices = DEFAULT_PRICES) -> str:
+def render_table(
+    recs: Sequence[Recommendation],
+    prices: Prices = DEFAULT_PRICES,
+    notes: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """The table, the totals, then ``notes`` (workload id -> lines) for listed workloads."""
     cells = [table_cells(r) for r in rows(recs, prices)]
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(TABLE_HEADERS)]
     numeric = {2, 3, 4, 5, 7}
@@ -202,6 +207,11 @@ def render_table(recs: Sequence[Recommendation], prices: Prices = DEFAULT_PRICES
         out.append("(no workloads found)")
     out.append("")
     out.extend(footer_lines(totals(recs, prices)))
+    listed = {r.workload_id for r in recs}
+    noted = [(wid, n) for wid, ns in sorted((notes or {}).items()) if wid in listed for n in ns]
+    if noted:
+        out.extend(["", "Notes:"])
+        out.extend(f"  {wid}: {n}" for wid, n in noted)
     return "\n".join(out) + "\n"
 
 
@@ -253,11 +263,17 @@ def render_csv(recs: Sequence[Recommendation], prices: Prices = DEFAULT_PRICES) 
 
 
 def render(
-    recs: Sequence[Recommendation], output: str, prices: Prices = DEFAULT_PRICES
+    recs: Sequence[Recommendation],
+    output: str,
+    prices: Prices = DEFAULT_PRICES,
+    notes: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """Dispatch on ``output`` (one of :data:`FORMATS`); ``ValueError`` for anything else."""
+    """Dispatch on ``output`` (one of :data:`FORMATS`); ``ValueError`` for anything else.
+
+    ``notes`` only show in the table: json/yaml carry them in the containers' reasons.
+    """
     if output == "table":
-        return render_table(recs, prices)
+        return render_table(recs, prices, notes)
     if output == "json":
         return render_json(recs)
     if output == "yaml":

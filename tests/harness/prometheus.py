@@ -33,7 +33,7 @@ import pytest
 
 from tests.harness.proc import Server, free_port, wait_until
 
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 SCRAPE = 30  # cAdvisor samples every 30 s
 KSM_SCRAPE = 120  # kube-state-metrics: slow-moving, every 2 min (< 5 min lookback)
 DAYS = 3
@@ -225,15 +225,17 @@ def generate(start: int, end: int, seed: int = 42, out: TextIO | None = None,
                         mem = mem_base * MIB * 0.5
                     else:
                         counter += rate * SCRAPE
+                    # a mean-reverting walk around the base (a leak before the OOM), plus rare
+                    # transient spikes: a working set that neither drifts off nor compounds
                     mem = max(mem_base * MIB * 0.3,
-                              mem + rng.gauss(0, mem_base * MIB * 0.01)
+                              mem + 0.02 * (mem_base * MIB - mem)
+                              + rng.gauss(0, mem_base * MIB * 0.01)
                               + (mem_base * MIB * 0.002 if oomed and t < truth.oom_at else 0.0))
-                    if rng.random() < 0.002:
-                        mem *= 1.3
+                    seen = mem * 1.3 if rng.random() < 0.002 else mem
                     cpu_points.append((t, round(counter, 4)))
-                    mem_points.append((t, float(int(mem))))
+                    mem_points.append((t, float(int(seen))))
                     pod_cpu_total[i] += counter
-                    pod_mem_total[i] += mem
+                    pod_mem_total[i] += seen
                 truth.cpu_counter[key] = cpu_points
                 truth.memory[key] = mem_points
                 cad = {"namespace": ns, "pod": pod, "container": c_name, "image": image,

@@ -152,6 +152,21 @@ def test_memory_never_below_the_observed_peak(
         assert c["usage"]["memory"]["max"] >= peak
 
 
+def test_gate_notes_travel_with_the_recommendation(
+    full_run: tuple[list[dict[str, Any]], str],
+) -> None:
+    recs, _ = full_run
+    by_id = containers(recs)
+    notifier = by_id["smarthealth/Deployment/notifier/notifier"]["reasons"]
+    assert any(r.startswith("excluded (annotation kubefinops.io/exclude") for r in notifier)
+    api = by_id["smarthealth/Deployment/patient-api/app"]["reasons"]
+    assert any("scales on cpu: it would change memory only" in r for r in api)
+    gateway = by_id["payments/Deployment/gateway/gateway"]["reasons"]
+    assert any("scales on memory: it would not change this workload" in r for r in gateway)
+    ledger = by_id["payments/StatefulSet/ledger/ledger"]["reasons"]
+    assert not any("autopilot" in r or "HPA" in r for r in ledger)
+
+
 def test_namespace_filter_and_yaml(prometheus: PromInfo) -> None:
     done = run_cli(prometheus.url, "--namespace", "payments", "--namespace", "kube-system",
                    "--output", "yaml")
@@ -182,6 +197,8 @@ def test_table_shows_the_totals(prometheus: PromInfo) -> None:
     assert sum(1 for line in lines if line.startswith("smarthealth/")) == 5
     assert any(line.startswith("Total monthly savings:") for line in lines)
     assert any(line.startswith("Total monthly increases:") for line in lines)
+    assert "Notes:" in lines
+    assert any(line.startswith("  smarthealth/Deployment/notifier: excluded") for line in lines)
 
 
 def test_closed_port_exits_4_with_one_line() -> None:

@@ -153,3 +153,14 @@ def test_render_dispatch(recs: list[Recommendation]) -> None:
     assert render(recs, "csv", PRICES) == render_csv(recs, PRICES)
     with pytest.raises(ValueError, match="unknown output format"):
         render(recs, "xml")
+
+
+def test_table_notes_only_for_listed_workloads(recs: list[Recommendation]) -> None:
+    notes = {"zeta/Deployment/api": ["HPA api-hpa scales on cpu: it would change memory only"],
+             "other/Deployment/gone": ["not listed"]}
+    lines = render_table(recs, PRICES, notes).splitlines()
+    at = lines.index("Notes:")
+    assert lines[at + 1:] == [
+        "  zeta/Deployment/api: HPA api-hpa scales on cpu: it would change memory only"]
+    assert "Notes:" not in render_table(recs, PRICES)
+    assert render(recs, "json", PRICES, notes) == render_json(recs)  # json keeps reasons only
