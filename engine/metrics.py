@@ -96,3 +96,19 @@ DECISIONS = Counter(
     f"{_NS}_decisions_total", "Decisions by outcome and the guardrail that decided.",
     ["action", "guardrail"], registry=REGISTRY,
 )
+
+
+def init_series(agents: tuple[str, ...]) -> None:
+    """Create the known label combinations at zero, so dashboards show 0 instead of "no data"
+    before the first failure (a rate over a series that does not exist yet is empty)."""
+    for outcome in ("ok", "rejected", "error"):
+        GIT_PUSHES.labels(outcome=outcome)
+    for outcome in ("written", "queued", "flushed", "retry", "failed"):
+        REPORTS_WRITTEN.labels(outcome=outcome)
+    for agent, dependency in (("collector", "prometheus"), ("executor", "git"),
+                              ("reporter", "s3")):
+        CYCLE_FAILURES.labels(agent=agent, dependency=dependency)
+    for agent in agents:
+        RECORDS_PROCESSED.labels(agent=agent)
+    for resource in ("cpu", "memory"):
+        SAMPLES_INGESTED.labels(resource=resource)

@@ -272,7 +272,7 @@ class GitOpsWriter:
             try:
                 self._run(repo, "push", "--quiet", "origin",
                           f"HEAD:refs/heads/{branch}")
-                GIT_PUSHES.labels(outcome="pushed").inc()
+                GIT_PUSHES.labels(outcome="ok").inc()
                 sha = repo.head.commit.hexsha
                 detail = "; ".join(f"held {k}: {v}" for k, v in sorted(held.items()))
                 return self._result(cycle_id, todo, "pushed", sha, branch, detail, held)

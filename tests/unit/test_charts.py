@@ -23,6 +23,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
+from engine.app import topic_specs
 from engine.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -367,17 +368,18 @@ def test_infra_and_app_charts_agree(app_chart: helm.Chart, infra_chart: helm.Cha
     assert kafka["sasl"]["client"]["users"] == [cfg["kafka_username"]]
     assert kafka["provisioning"]["numPartitions"] == cfg["topic_partitions"]
     settings = Settings(kafka_password=SecretStr("x"))
-    topics = {t["name"] for t in kafka["provisioning"]["topics"]}
-    wanted = [
-        "metrics",
-        "workloads",
-        "policies",
-        "recommendations",
-        "decisions",
-        "executions",
-        "deadletter",
-    ]
-    assert topics == {settings.topic(n) for n in wanted}
+    provisioned = {
+        t["name"]: (
+            t.get("partitions", kafka["provisioning"]["numPartitions"]),
+            t.get("config", {}).get("cleanup.policy") == "compact",
+        )
+        for t in kafka["provisioning"]["topics"]
+    }
+    wanted = {
+        settings.topic(spec.name): (spec.partitions, spec.compacted)
+        for spec in topic_specs(settings).values()
+    }
+    assert provisioned == wanted
     sidecar = infra["monitoring"]["grafana"]["sidecar"]["dashboards"]
     assert (sidecar["label"], sidecar["labelValue"]) == (
         app["dashboard"]["label"],
