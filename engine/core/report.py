@@ -78,6 +78,17 @@ def _is_increase(change: Change) -> bool:
     return parse_quantity(change.new) > parse_quantity(change.old)
 
 
+def labelled_reasons(decision: Decision) -> list[str]:
+    """Reasons of every container, de-duplicated: one shared by all containers stands alone, one
+    specific to a container is prefixed with its name (``envoy: cpu request = …``)."""
+    containers = decision.containers
+    shared = set.intersection(*(set(c.reasons) for c in containers)) if containers else set()
+    specific = {f"{c.name}: {r}" for c in containers for r in c.reasons if r not in shared}
+    if len(containers) == 1:
+        return sorted(shared)
+    return sorted(shared) + sorted(specific)
+
+
 def summarize(report: CycleReport) -> dict[str, Any]:
     """The machine-readable report (also the model the Markdown and HTML views render)."""
     ex = report.execution
@@ -87,7 +98,7 @@ def summarize(report: CycleReport) -> dict[str, Any]:
     increases: list[dict[str, Any]] = []
     savings = increase = delta = 0.0
     for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id)):
-        reasons = sorted({r for c in d.containers for r in c.reasons})
+        reasons = labelled_reasons(d)
         if d.action == Action.APPLY and d.workload_id in applied_ids:
             changes = container_changes(d)
             entry = {

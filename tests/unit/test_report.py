@@ -149,3 +149,22 @@ def test_held_from_detail_parses_executor_detail() -> None:
         "smarthealth/StatefulSet/db": "workload x is not in the overlay",
     }
     assert rp.held_from_detail("cycle already on the remote") == {}
+
+
+def test_reasons_name_their_container_unless_shared() -> None:
+    from engine.core.model import Action, ContainerRecommendation, ContainerSpec, Decision, Mode
+    from engine.core.report import labelled_reasons
+
+    def cont(name: str, *reasons: str) -> ContainerRecommendation:
+        return ContainerRecommendation(name=name, current=ContainerSpec(name=name),
+                                       reasons=["policy p is in autopilot mode", *reasons])
+
+    base = {"id": "d", "recommendation_id": "r", "workload_id": "ns/Deployment/a",
+            "namespace": "ns", "kind": "Deployment", "name": "a", "action": Action.APPLY,
+            "guardrail": "autopilot", "reason": "ok", "mode": Mode.AUTOPILOT, "decided_at": 0.0}
+    two = Decision(**base, containers=[cont("app", "cpu request = 188m"),
+                                       cont("envoy", "cpu request = 5m")])
+    assert labelled_reasons(two) == ["policy p is in autopilot mode", "app: cpu request = 188m",
+                                     "envoy: cpu request = 5m"]
+    one = Decision(**base, containers=[cont("app", "cpu request = 188m")])
+    assert labelled_reasons(one) == ["cpu request = 188m", "policy p is in autopilot mode"]

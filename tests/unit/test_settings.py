@@ -1,0 +1,121 @@
+"""Settings: defaults name the seed's services; a misconfiguration is one line that names the
+setting and never shows a secret; secrets can come from mounted files."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from engine.errors import ConfigError
+from engine.logs import RedactSecrets, secret_values, setup_logging
+from engine.settings import SecurityProtocol, load_settings
+
+
+def test_defaults_point_at_the_seed_services() -> None:
+    s = load_settings(kafka_password="pw-123456")
+    assert s.kafka_bootstrap_servers == "infra-kafka.kubefinops.svc.cluster.local:9092"
+    assert s.prometheus_url.startswith("http://infra-monitoring-kube-prom-prometheus.")
+    assert s.effective_security_protocol is SecurityProtocol.SASL_PLAINTEXT
+    assert s.kafka_sasl_mechanism.value == "SCRAM-SHA-256"
+    assert s.topic("metrics") == "kubefinops.metrics"
+
+
+def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBEFINOPS_KAFKA_PASSWORD", "from-env-secret")
+    monkeypatch.setenv("KUBEFINOPS_TOPIC_PARTITIONS", "12")
+    s = load_settings()
+    assert s.topic_partitions == 12
+    assert s.kafka_password == SecretStr("from-env-secret")
+
+
+def test_missing_password_with_sasl_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBEFINOPS_KAFKA_PASSWORD", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "kafka_password" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_plaintext_needs_no_password() -> None:
+    s = load_settings(kafka_security_protocol="PLAINTEXT", kafka_username=None)
+    assert s.effective_security_protocol is SecurityProtocol.PLAINTEXT
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"prometheus_url": "not a url"}, "prometheus_url"),
+        ({"prometheus_url": "http://host:notaport"}, "prometheus_url"),
+        ({"s3_endpoint_url": "ftp://minio"}, "s3_endpoint_url"),
+        ({"kafka_bootstrap_servers": "kafka-without-port"}, "kafka_bootstrap_servers"),
+        ({"topic_partitions": 0}, "topic_partitions"),
+        ({"git_mode": "yolo"}, "git_mode"),
+    ],
+)
+def test_malformed_values_name_the_setting(overrides: dict, setting: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(kafka_password="pw-123456", **overrides)
+    message = str(err.value)
+    assert setting in message and f"KUBEFINOPS_{setting.upper()}" in message
+    assert "\n" not in message
+
+
+def test_secrets_never_appear_in_errors() -> None:
+    secret = "s3cr3t-Value-xyz"
+    with pytest.raises(ConfigError) as err:
+        load_settings(kafka_password=secret, mongodb_uri=f"postgres://u:{secret}@db")
+    assert secret not in str(err.value)
+    assert "mongodb_uri" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(kafka_password=secret, git_remote_url=f"https://bot:{secret}@git.example")
+    assert secret not in str(err.value)
+
+
+def test_secret_files_are_read(tmp_path: Path) -> None:
+    (tmp_path / "kafka").write_text("from-a-file\n")
+    (tmp_path / "token").write_text("pat-123\n")
+    s = load_settings(kafka_password_file=tmp_path / "kafka", git_token_file=tmp_path / "token")
+    assert s.kafka_password == SecretStr("from-a-file")
+    assert s.git_token == SecretStr("pat-123")
+    with pytest.raises(ConfigError, match="kafka_password_file: cannot read"):
+        load_settings(kafka_password_file=tmp_path / "missing")
+
+
+def test_log_records_are_redacted() -> None:
+    s = load_settings(kafka_password="kafka-pass-1", git_token="ghp_tokenvalue",
+                      mongodb_uri="mongodb://bot:mongo-pass-2@db:27017")
+    assert {"kafka-pass-1", "ghp_tokenvalue", "mongo-pass-2"} <= set(secret_values(s))
+    out = io.StringIO()
+    setup_logging(s, stream=out)
+    log = logging.getLogger("test.redaction")
+    log.warning("connecting with %s and %s", "kafka-pass-1", "mongodb://bot:mongo-pass-2@db")
+    try:
+        raise RuntimeError("push failed for https://x:ghp_tokenvalue@git")
+    except RuntimeError:
+        log.exception("boom")
+    text = out.getvalue()
+    assert "kafka-pass-1" not in text and "mongo-pass-2" not in text
+    assert "ghp_tokenvalue" not in text
+    assert text.count("****") >= 3
+
+
+def test_short_values_are_not_treated_as_secrets() -> None:
+    assert RedactSecrets(["ab"]).redact("ab cd") == "ab cd"
+
+
+def test_cli_reports_a_bad_setting_in_one_line() -> None:
+    env = {"PATH": "/usr/bin:/bin", "KUBEFINOPS_PROMETHEUS_URL": "nonsense",
+           "KUBEFINOPS_KAFKA_PASSWORD": "hidden-password-1"}
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "worker"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "KUBEFINOPS_PROMETHEUS_URL" in lines[0]
+    assert "hidden-password-1" not in proc.stderr + proc.stdout
