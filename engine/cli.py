@@ -97,11 +97,14 @@ def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
 def demo(
     seconds: Annotated[float, typer.Option(help="Stop after this long; 0 = until Ctrl-C")] = 0.0,
     workdir: Annotated[Path | None, typer.Option(help="Where the demo keeps its files")] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Stop after the first reported cycle")
+    ] = False,
 ) -> None:
     """Run the whole loop on an embedded broker (Tansu) with sample data: no services needed."""
     from engine.demo import run_demo
 
-    sys.exit(run_demo(seconds=seconds, workdir=workdir))
+    sys.exit(run_demo(seconds=seconds, workdir=workdir, once=once))
 
 
 class Output(StrEnum):

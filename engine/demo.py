@@ -243,7 +243,7 @@ def install_feeder(rt: Any, specs_at: float) -> None:
         )
 
 
-def run_demo(seconds: float = 0.0, workdir: Path | None = None) -> int:
+def run_demo(seconds: float = 0.0, workdir: Path | None = None, once: bool = False) -> int:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kubefinops-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -255,7 +255,12 @@ def run_demo(seconds: float = 0.0, workdir: Path | None = None) -> int:
         from agents import build_runtime
         from engine.cli import make_worker, preflight_or_exit
 
-        services: dict[str, Any] = {"reports": LocalReports(workdir / "reports", print_cycle)}
+        def on_report(summary: CycleSummary, keys: list[str]) -> None:
+            print_cycle(summary, keys)
+            if once:
+                os.kill(os.getpid(), signal.SIGTERM)  # the worker shuts down as on Ctrl-C
+
+        services: dict[str, Any] = {"reports": LocalReports(workdir / "reports", on_report)}
         if settings.git_remote_url:
             from engine.adapters.gitops import GitOpsWriter
 

@@ -132,6 +132,12 @@ def container_changes(decision: Decision) -> list[Change]:
 _Resources = dict[str, dict[str, dict[str, str]]]
 
 
+def visible_changes(decision: Decision) -> list[Change]:
+    """The changes worth telling a person: a field the patch pins at its current value (memory
+    request = limit, when only the limit moves) is written but not listed as "128Mi -> 128Mi"."""
+    return [c for c in container_changes(decision) if c.old != c.new]
+
+
 def _existing_resources(existing: Mapping[str, Any] | None, kind: str) -> _Resources:
     """Container name -> {"requests": {...}, "limits": {...}} from a previously written patch."""
     out: _Resources = {}
@@ -250,7 +256,7 @@ def commit_message(cycle_id: str, decisions: Sequence[Decision]) -> str:
     currency = decisions[0].savings.currency if decisions else "USD"
     for decision in decisions:
         delta += decision.savings.monthly_delta
-        changes = "; ".join(c.describe() for c in container_changes(decision))
+        changes = "; ".join(c.describe() for c in visible_changes(decision))
         body.append(f"- {decision.workload_id}: {changes} ({_one_line(decision.reason)})")
         trailers.append(f"Kubefinops-Workload: {decision.workload_id} {changes}")
     trailers.append(f"Kubefinops-Monthly-Delta: {_money(delta, currency)}")

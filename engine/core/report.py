@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from engine.core.model import Action, Decision, Execution
-from engine.core.patches import Change, container_changes, parse_quantity
+from engine.core.patches import Change, parse_quantity, visible_changes
 
 _APPLIED = ("pushed", "committed")
 
@@ -100,7 +100,7 @@ def summarize(report: CycleReport) -> dict[str, Any]:
     for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id)):
         reasons = labelled_reasons(d)
         if d.action == Action.APPLY and d.workload_id in applied_ids:
-            changes = container_changes(d)
+            changes = visible_changes(d)
             entry = {
                 "workload": d.workload_id,
                 "decision": d.id,
