@@ -31,7 +31,7 @@ def build_services(settings: Settings) -> dict[str, Any]:
 
 
 def build_runtime(settings: Settings, services: dict[str, Any] | None = None) -> Runtime:
-    from agents import aggregator, collector, executor, gate, ledger, policies, reporter, web
+    from agents import aggregator, collector, executor, gate, lag, ledger, policies, reporter, web
     from engine.app import create_app, declare_topics
     from engine.metrics import init_series
     from tables import declare_tables
@@ -46,7 +46,7 @@ def build_runtime(settings: Settings, services: dict[str, Any] | None = None) ->
         tables=declare_tables(app, settings),
         services=build_services(settings) if services is None else services,
     )
-    modules = (policies, collector, aggregator, gate, executor, ledger, reporter, web)
+    modules = (policies, collector, aggregator, gate, executor, ledger, reporter, lag, web)
     for module in modules:
         module.register(rt)
     init_series(tuple(getattr(m, "AGENT", "") for m in modules if hasattr(m, "AGENT")))

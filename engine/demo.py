@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,14 @@ def install_feeder(rt: Any, specs_at: float) -> None:
         )
 
 
+def stop_self(grace: float = 30.0) -> None:
+    """Stop like Ctrl-C; if the worker has not exited after ``grace`` seconds, exit anyway."""
+    watchdog = threading.Timer(grace, lambda: os._exit(1))
+    watchdog.daemon = True
+    watchdog.start()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_demo(seconds: float = 0.0, workdir: Path | None = None, once: bool = False) -> int:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kubefinops-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +267,7 @@ def run_demo(seconds: float = 0.0, workdir: Path | None = None, once: bool = Fal
         def on_report(summary: CycleSummary, keys: list[str]) -> None:
             print_cycle(summary, keys)
             if once:
-                os.kill(os.getpid(), signal.SIGTERM)  # the worker shuts down as on Ctrl-C
+                stop_self()
 
         services: dict[str, Any] = {"reports": LocalReports(workdir / "reports", on_report)}
         if settings.git_remote_url:
@@ -273,7 +282,7 @@ def run_demo(seconds: float = 0.0, workdir: Path | None = None, once: bool = Fal
             @rt.app.task
             async def stop_later() -> None:
                 await asyncio.sleep(seconds)
-                os.kill(os.getpid(), signal.SIGTERM)
+                stop_self()
 
         worker = make_worker(rt.app, settings, redactor)
         with contextlib.suppress(SystemExit):

@@ -112,3 +112,5 @@ def init_series(agents: tuple[str, ...]) -> None:
         RECORDS_PROCESSED.labels(agent=agent)
     for resource in ("cpu", "memory"):
         SAMPLES_INGESTED.labels(resource=resource)
+    for outcome in ("ok", "retry", "error", "unavailable"):
+        PROMETHEUS_QUERIES.labels(outcome=outcome)

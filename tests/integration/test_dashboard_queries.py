@@ -1,125 +1,170 @@
-"""Every query of the "FinOps Overview" dashboard returns data from a real Prometheus.
+"""Every "FinOps Overview" dashboard query returns data from a real Prometheus scraping a RUNNING
+``kubefinops worker`` (a subprocess on the session Kafka with SASL/SCRAM, MongoDB policies, the
+Git remote over HTTP and S3), driven through one realistic cycle for three SmartHealth workloads
+of smarthealth-gitops: usage batches and one malformed record go to ``<prefix>.metrics``, an
+autopilot policy is PUT through the REST API, then the cycle-end markers follow; the test waits
+for the bot's commit on the remote and the cycle report in S3. Its collector runs every 5 s
+against a second, empty Prometheus (a cluster with nothing else to collect): its queries succeed
+and its cycles are timed, without adding workloads of its own to the fed ones.
 
-A real ``prometheus`` (Debian 2.42) scrapes the worker's metrics endpoint every second, the way
-the chart's ServiceMonitor does (``honorLabels: true``, target labels namespace/pod/container),
-and holds three hours of kube-state-metrics / cAdvisor history backfilled with
-``promtool tsdb create-blocks-from openmetrics``. Each panel target (Grafana variables replaced)
-is sent to ``/api/v1/query`` and must return at least one finite sample.
+A real ``prometheus`` (Debian 2.42) scrapes the worker's ``/metrics`` every second, the way the
+chart's ServiceMonitor does (``honorLabels: true``, target labels namespace/pod/container), and
+holds three hours of kube-state-metrics / cAdvisor history backfilled with
+``promtool tsdb create-blocks-from openmetrics``. Prometheus scrapes the worker before the cycle
+starts, so increases of the cycle's counters are real. Each panel target (Grafana variables
+replaced) is sent to ``/api/v1/query`` and must return at least one finite sample.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from prometheus_client import start_http_server
 
-from engine import metrics
-from engine.core.model import Action
+from engine.core.model import ContainerSpec, CycleEnd, MetricsBatch, ResourcePair, WorkloadSpec
+from tests.harness.git_http import GitRemote
+from tests.harness.kafka import KafkaInfo
 from tests.harness.proc import Server, free_port, wait_until
+from tests.harness.prometheus import start_prometheus
+from tests.harness.s3 import S3Info, unique_bucket
+from tests.integration.workers import Deployment, consume_all, http_json, produce
 from tests.unit.test_dashboard import dashboard_queries
 
 pytestmark = pytest.mark.integration
 
+TOKEN = "dashboard-api-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MiB = 2**20
 WORKLOAD_NS = "smarthealth"
-# (workload, container, cpu request, cpu rec, cpu p95, mem request, mem rec, mem p95)
+# SmartHealth workloads as in smarthealth-gitops/base: (kind, name, replicas, container,
+# cpu request, memory request, cpu limit, memory limit, typical cores, typical MiB).
 WORKLOADS = [
-    ("patient-api", "api", 1.0, 0.4, 0.31, 2 * 2**30, 1.2 * 2**30, 0.9 * 2**30),
-    ("billing-worker", "worker", 0.5, 0.6, 0.52, 1 * 2**30, 0.7 * 2**30, 0.55 * 2**30),
+    ("Deployment", "billing", 2, "app", 0.75, 768 * MiB, 1.5, 768 * MiB, 0.08, 180),
+    ("Deployment", "frontend", 2, "nginx", 0.2, 128 * MiB, 0.5, 256 * MiB, 0.01, 30),
+    ("StatefulSet", "patients-db", 1, "postgres", 1.0, 2048 * MiB, None, 2048 * MiB, 0.3, 900),
 ]
+USAGE_HOURS = 8
 # cAdvisor / kube-state-metrics pods: (pod, container, cores, bytes, req cpu, req mem)
 PODS = [
-    ("patient-api-7c9d8-x2k4p", "api", 0.30, 0.85 * 2**30, 1.0, 2 * 2**30),
-    ("patient-api-7c9d8-q8w1z", "api", 0.28, 0.80 * 2**30, 1.0, 2 * 2**30),
-    ("billing-worker-5b6f-m3n7c", "worker", 0.45, 0.50 * 2**30, 0.5, 1 * 2**30),
+    ("billing-7c9d8f6b5-x2k4p", "app", 0.08, 180 * MiB, 0.75, 768 * MiB),
+    ("billing-7c9d8f6b5-q8w1z", "app", 0.09, 190 * MiB, 0.75, 768 * MiB),
+    ("frontend-5b6f4d7c9-m3n7c", "nginx", 0.01, 30 * MiB, 0.2, 128 * MiB),
+    ("patients-db-0", "postgres", 0.30, 900 * MiB, 1.0, 2048 * MiB),
 ]
 HISTORY_SECONDS = 3 * 3600
 STEP_SECONDS = 30
 
 
-def _record_state() -> None:
-    """Values an autopilot cycle would have set (through the objects in engine.metrics)."""
-    for name, container, cpu, cpu_rec, cpu_p95, mem, mem_rec, mem_p95 in WORKLOADS:
-        labels = {"namespace": WORKLOAD_NS, "kind": "Deployment", "workload": name}
-        for resource, cur, rec, p95 in (
-            ("cpu", cpu, cpu_rec, cpu_p95),
-            ("memory", mem, mem_rec, mem_p95),
-        ):
-            full = {**labels, "container": container, "resource": resource}
-            metrics.REQUEST_CURRENT.labels(**full).set(cur)
-            metrics.REQUEST_RECOMMENDED.labels(**full).set(rec)
-            metrics.USAGE_P95.labels(**full).set(p95)
-        hours = 730
-        metrics.MONTHLY_COST_CURRENT.labels(**labels).set(
-            hours * (cpu * 0.031611 + mem / 2**30 * 0.004237)
-        )
-        metrics.MONTHLY_COST_RECOMMENDED.labels(**labels).set(
-            hours * (cpu_rec * 0.031611 + mem_rec / 2**30 * 0.004237)
-        )
-    metrics.REPORTS_PENDING.set(1)
+def _spec(kind: str, name: str, replicas: int, container: str, *res: float | None) -> WorkloadSpec:
+    cpu, mem, cpu_limit, mem_limit = res
+    box = ContainerSpec(name=container, requests=ResourcePair(cpu=cpu, memory=mem),
+                        limits=ResourcePair(cpu=cpu_limit, memory=mem_limit))
+    return WorkloadSpec(namespace=WORKLOAD_NS, kind=kind, name=name, replicas=replicas,
+                        containers=[box], labels={"app": name}, observed_at=time.time())
 
 
-def _tick(n: int) -> None:
-    """Steady activity so that every rate()/increase() over the scrape window is non-zero."""
-    metrics.RECORDS_PROCESSED.labels(agent="aggregate").inc(50)
-    metrics.RECORDS_PROCESSED.labels(agent="decide").inc(2)
-    metrics.SAMPLES_INGESTED.labels(resource="cpu").inc(600)
-    metrics.SAMPLES_INGESTED.labels(resource="memory").inc(600)
-    metrics.SAMPLES_DUPLICATE.inc(3)
-    metrics.DEAD_LETTERS.labels(agent="aggregate", reason="invalid_record").inc()
-    metrics.CYCLE_DURATION.labels(agent="collect").observe(0.8 + (n % 5) * 0.3)
-    metrics.CYCLE_DURATION.labels(agent="report").observe(0.2)
-    metrics.CYCLE_FAILURES.labels(agent="collect", dependency="prometheus").inc()
-    metrics.PROMETHEUS_QUERIES.labels(outcome="ok").inc(4)
-    metrics.PROMETHEUS_SAMPLES_READ.inc(2400)
-    metrics.GIT_PUSHES.labels(outcome="ok").inc()
-    metrics.GIT_PUSHES.labels(outcome="failed").inc()
-    metrics.REPORTS_WRITTEN.labels(outcome="ok").inc()
-    metrics.SAVINGS_REALISED.inc(4.25)
-    for action, guardrail in (
-        (Action.APPLY, "none"),
-        (Action.HOLD, "cooldown"),
-        (Action.SKIP, "hpa"),
-    ):
-        metrics.DECISIONS.labels(action=action.value, guardrail=guardrail).inc()
-    for partition in range(2):
-        metrics.CONSUMER_LAG.labels(topic="kubefinops.metrics", partition=str(partition)).set(
-            10 * (n % 7) + partition
-        )
+def _usage(rng: np.random.Generator) -> tuple[list[MetricsBatch], list[CycleEnd]]:
+    """Hourly chunks of minute samples per pod for every workload, and its cycle-end marker."""
+    end = math.floor(time.time() / 60) * 60 - 120
+    start = end - USAGE_HOURS * 3600
+    batches, markers = [], []
+    for kind, name, replicas, container, cpu, mem, cpu_lim, mem_lim, cores, mib in WORKLOADS:
+        for h in range(USAGE_HOURS):
+            t0, t1 = start + h * 3600, start + (h + 1) * 3600
+            ts = np.arange(t0 + 60, t1 + 1, 60, dtype=float).tolist()
+            cpu_s: list[tuple[float, float]] = []
+            mem_s: list[tuple[float, float]] = []
+            for _ in range(replicas):
+                used = rng.lognormal(math.log(cores), 0.4, size=len(ts)).tolist()
+                rss = (rng.uniform(0.9, 1.1, size=len(ts)) * mib * MiB).tolist()
+                cpu_s += list(zip(ts, used, strict=True))
+                mem_s += list(zip(ts, rss, strict=True))
+            samples = {"cpu": cpu_s, "memory": mem_s}
+            batches.append(MetricsBatch(namespace=WORKLOAD_NS, kind=kind, workload=name,
+                                        container=container, start=t0, end=t1, samples=samples))
+        spec = _spec(kind, name, replicas, container, cpu, mem, cpu_lim, mem_lim)
+        markers.append(CycleEnd(cycle="dashboard-c1", spec=spec))
+    return batches, markers
+
+
+def _records(items: list[MetricsBatch] | list[CycleEnd]) -> list[tuple[bytes, bytes]]:
+    out = []
+    for item in items:
+        wid = item.workload_id if isinstance(item, MetricsBatch) else item.spec.workload_id
+        out.append((wid.encode(), item.model_dump_json().encode()))
+    return out
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, log: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+@dataclass
+class Worker:
+    dep: Deployment
+    server: Server
+    port: int
+    remote: GitRemote
+    bucket: str
 
 
 @pytest.fixture(scope="module")
-def worker_metrics_endpoint() -> Iterator[str]:
-    """host:port serving engine.metrics.REGISTRY; values recorded through the metric objects."""
-    _record_state()
-    _tick(0)
-    port = free_port()
-    server, _thread = start_http_server(port, addr="127.0.0.1", registry=metrics.REGISTRY)
-    stop = threading.Event()
-
-    def ticker() -> None:
-        n = 1
-        while not stop.wait(0.25):
-            _tick(n)
-            n += 1
-
-    worker = threading.Thread(target=ticker, daemon=True)
-    worker.start()
+def worker(kafka: KafkaInfo, mongo: Any, git_remote: GitRemote, s3: S3Info,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A real ``kubefinops worker``; its collector reads an empty Prometheus every 5 s."""
+    work = tmp_path_factory.mktemp("dashboard-worker")
+    remote = git_remote.fresh("dashboard")
+    bucket = unique_bucket("dashboard")
+    (work / "collector-tsdb").mkdir()
+    collector_prometheus, collector_url = start_prometheus(work / "collector-tsdb", work)
+    dep = Deployment(kafka=kafka, workdir=work, extra_env={
+        "KUBEFINOPS_PROMETHEUS_URL": collector_url,
+        "KUBEFINOPS_COLLECT_INTERVAL_SECONDS": "5",
+        "KUBEFINOPS_SCRAPE_LAG_SECONDS": "0",
+        "KUBEFINOPS_HISTORY_DAYS": "1",
+        "KUBEFINOPS_MONGODB_URI": mongo.uri,
+        "KUBEFINOPS_MONGODB_DATABASE": f"dashboard{int(time.time() * 1000)}",
+        "KUBEFINOPS_API_TOKEN": TOKEN,
+        "KUBEFINOPS_GIT_REMOTE_URL": remote.url,
+        "KUBEFINOPS_GIT_USERNAME": remote.username,
+        "KUBEFINOPS_GIT_TOKEN": remote.token,
+        "KUBEFINOPS_GIT_WORKDIR": str(work / "clone"),
+        "KUBEFINOPS_S3_ENDPOINT_URL": s3.endpoint_url,
+        "KUBEFINOPS_S3_ACCESS_KEY": s3.access_key,
+        "KUBEFINOPS_S3_SECRET_KEY": s3.secret_key,
+        "KUBEFINOPS_S3_BUCKET": bucket,
+    })
     try:
-        yield f"127.0.0.1:{port}"
+        server, port = dep.start_worker("w1")
+        dep.wait_ready(port, server=server)
+        yield Worker(dep, server, port, remote, bucket)
     finally:
-        stop.set()
-        worker.join(5)
-        server.shutdown()
-        server.server_close()
+        dep.stop_all()
+        collector_prometheus.stop()
+
+
+@pytest.fixture(scope="module")
+def worker_metrics_endpoint(worker: Worker) -> str:
+    """host:port of the running worker's ``/metrics``."""
+    return f"127.0.0.1:{worker.port}"
 
 
 def _openmetrics_history(end: int) -> str:
@@ -142,25 +187,16 @@ def _openmetrics_history(end: int) -> str:
     for pod, container, _, _, req_cpu, req_mem in PODS:
         base = f'namespace="{WORKLOAD_NS}",pod="{pod}",container="{container}",node="k3s-1"'
         for resource, unit, value in (("cpu", "core", req_cpu), ("memory", "byte", req_mem)):
-            for t in times:
-                lines.append(
-                    f'kube_pod_container_resource_requests{{{base},resource="{resource}",unit="{unit}"}}'
-                    f" {value} {t}"
-                )
+            series = f'{{{base},resource="{resource}",unit="{unit}"}}'
+            lines += [f"kube_pod_container_resource_requests{series} {value} {t}" for t in times]
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
 
 
-def _get(base: str, path: str, **params: str) -> dict[str, Any]:
-    url = f"{base}{path}?{urllib.parse.urlencode(params)}"
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        data = json.loads(resp.read())
-    assert isinstance(data, dict)
-    return data
-
-
 def query(base: str, expr: str) -> list[dict[str, Any]]:
-    data = _get(base, "/api/v1/query", query=expr, time=f"{time.time():.3f}")
+    params = urllib.parse.urlencode({"query": expr, "time": f"{time.time():.3f}"})
+    with urllib.request.urlopen(f"{base}/api/v1/query?{params}", timeout=10) as resp:
+        data = json.loads(resp.read())
     assert data["status"] == "success", data
     result = data["data"]["result"]
     assert isinstance(result, list)
@@ -181,21 +217,10 @@ def prometheus(
     tsdb.mkdir()
     history = work / "cluster.om"
     history.write_text(_openmetrics_history(int(time.time()) - 60))
-    subprocess.run(
-        [
-            "promtool",
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            "--max-block-duration=24h",
-            str(history),
-            str(tsdb),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    argv = ["promtool", "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=24h"]
+    subprocess.run([*argv, str(history), str(tsdb)], check=True, capture_output=True, timeout=120)
     config = work / "prometheus.yml"
+    port = free_port()
     # Target labels as a ServiceMonitor would attach them; honor_labels keeps the metrics' own.
     config.write_text(
         "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
@@ -206,38 +231,20 @@ def prometheus(
         f"      - targets: ['{worker_metrics_endpoint}']\n"
         "        labels: {namespace: kubefinops, pod: kubefinops-5d8c7-abcde, container: worker}\n"
     )
-    port = free_port()
     server = Server(
         name="prometheus",
-        argv=[
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tsdb}",
-            "--storage.tsdb.retention.time=30d",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
+        argv=["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
+              "--storage.tsdb.retention.time=30d", f"--web.listen-address=127.0.0.1:{port}"],
         log=work / "prometheus.log",
     ).start()
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _ready(base), 30, "prometheus", server.log)
-        wait_until(
-            lambda: (
-                bool(
-                    finite(
-                        query(
-                            base,
-                            "histogram_quantile(0.95, sum by (le) "
-                            "(rate(kubefinops_cycle_duration_seconds_bucket[5m])))",
-                        )
-                    )
-                )
-                and bool(query(base, "container_memory_working_set_bytes"))
-            ),
-            60,
-            "worker scrapes and backfilled history",
-            server.log,
-        )
+        # The worker is scraped (its counters at their start values) before the cycle runs.
+        exprs = ('up{job="kubefinops"} == 1', "kubefinops_savings_realised_monthly_total",
+                 "container_memory_working_set_bytes")
+        wait_until(lambda: all(query(base, e) for e in exprs), 60,
+                   "first scrape of the worker and backfilled history", server.log)
         yield base
     finally:
         server.stop()
@@ -248,36 +255,126 @@ def _ready(base: str) -> bool:
         return resp.status == 200
 
 
-QUERIES = dashboard_queries()
+def s3_keys(s3: S3Info, bucket: str) -> list[str]:
+    client = s3.boto3_client()
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+    except client.exceptions.NoSuchBucket:
+        return []
 
 
-@pytest.mark.parametrize(("where", "expr"), QUERIES, ids=[w for w, _ in QUERIES])
-def test_dashboard_query_returns_data(prometheus: str, where: str, expr: str) -> None:
+@dataclass
+class Cycle:
+    recommendations: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    seeded: int  # commits on the remote before the cycle
+    commits: list[str]
+    reports: list[str]
+
+
+@pytest.fixture(scope="module")
+def cycle(prometheus: str, worker: Worker, kafka: KafkaInfo, s3: S3Info) -> Cycle:
+    """One autopilot cycle through the running worker, seen by Prometheus afterwards."""
+    dep, log = worker.dep, worker.server.log
+    base = f"http://127.0.0.1:{worker.port}"
+    seeded = worker.remote.log()
+    batches, markers = _usage(np.random.default_rng(7))
+    malformed = [(b"smarthealth/Deployment/billing", b"{not json")]
+    asyncio.run(produce(kafka, dep.topic("metrics"), malformed + _records(batches)))
+
+    policy = {"name": "smarthealth autopilot", "priority": 5, "mode": "autopilot",
+              "selectors": {"namespaces": [WORKLOAD_NS]}}
+    status, body = http_json(f"{base}/api/policies/smarthealth-autopilot", "PUT", policy, AUTH)
+    assert status == 200, body
+
+    def listed() -> list[str]:
+        return [p["id"] for p in http_json(f"{base}/api/policies", headers=AUTH)[1]["policies"]]
+
+    wait_for(lambda: listed() == ["smarthealth-autopilot"], 30, "the policy listed", log)
+    asyncio.run(produce(kafka, dep.topic("metrics"), _records(markers)))
+
+    commits = wait_for(lambda: (c := worker.remote.log()) != seeded and c, 90,
+                       "the bot's commit on the remote", log)
+    reports = wait_for(lambda: [k for k in s3_keys(s3, worker.bucket)
+                                if k.endswith("report.json")], 60, "the report in S3", log)
+    recs, decisions = ([json.loads(v) for _, v in asyncio.run(consume_all(
+        kafka, dep.topic(t), expect=len(WORKLOADS), timeout=30)) if v]
+        for t in ("recommendations", "decisions"))
+    assert {r["workload_id"] for r in recs} == {f"{WORKLOAD_NS}/{k}/{n}" for k, n, *_ in WORKLOADS}
+    assert any(d["action"] == "apply" for d in decisions), decisions
+    changed = worker.remote.changed_files()
+    assert changed and all("overlays/production/kubefinops/" in f for f in changed), changed
+    # Prometheus has scraped the results of the whole cycle.
+    for expr in (
+        'kubefinops_git_pushes_total{outcome="ok"} > 0',
+        'kubefinops_reports_written_total{outcome="written"} > 0',
+        "kubefinops_savings_realised_monthly_total > 0",
+        "kubefinops_dead_letters_total",
+        'kubefinops_cycle_duration_seconds_count{agent="executor"}',
+        'kubefinops_prometheus_queries_total{outcome="ok"} > 0',
+        "histogram_quantile(0.95, sum by (le) "
+        '(rate(kubefinops_cycle_duration_seconds_bucket{agent="collector"}[5m])))',
+    ):
+        wait_for(lambda e=expr: finite(query(prometheus, e)), 30, f"Prometheus: {expr}", log)
+    return Cycle(recs, decisions, len(seeded), commits, reports)
+
+
+def _params() -> list[Any]:
+    return [pytest.param(where, expr, id=where) for where, expr in dashboard_queries()]
+
+
+@pytest.mark.parametrize(("where", "expr"), _params())
+def test_dashboard_query_returns_data(prometheus: str, cycle: Cycle, where: str, expr: str) -> None:
     result = query(prometheus, expr)
     assert result, f"{where}: no series for {expr}"
     assert finite(result), f"{where}: only NaN/Inf for {expr}: {result}"
 
 
-def test_workload_labels_survive_the_scrape(prometheus: str) -> None:
+def test_workload_labels_survive_the_scrape(prometheus: str, cycle: Cycle) -> None:
     """honorLabels: the workload's namespace/container win over the scrape target's labels."""
     series = query(prometheus, 'kubefinops_request_current{resource="cpu"}')
     assert {s["metric"]["namespace"] for s in series} == {WORKLOAD_NS}
-    assert {s["metric"]["container"] for s in series} == {c for _, c, *_ in WORKLOADS}
+    assert {s["metric"]["container"] for s in series} == {w[3] for w in WORKLOADS}
 
 
-def test_money_panels_match_the_recorded_values(prometheus: str) -> None:
+def test_money_panels_match_the_recommendations(prometheus: str, cycle: Cycle) -> None:
+    """The cost panels add up the costs of the recommendations the worker published."""
     queries = dict(dashboard_queries())
     (current,) = [q for w, q in queries.items() if "Monthly cost at current requests" in w]
     (pending,) = [q for w, q in queries.items() if "Pending savings" in w]
-    expected_current = sum(
-        730 * (cpu * 0.031611 + mem / 2**30 * 0.004237) for _, _, cpu, _, _, mem, _, _ in WORKLOADS
-    )
-    expected_rec = sum(
-        730 * (rec * 0.031611 + mrec / 2**30 * 0.004237)
-        for _, _, _, rec, _, _, mrec, _ in WORKLOADS
-    )
+    latest = {r["workload_id"]: r["savings"] for r in cycle.recommendations}
+    expected_current = sum(s["current_monthly"] for s in latest.values())
+    expected_rec = sum(s["recommended_monthly"] for s in latest.values())
+    assert expected_current > expected_rec > 0
     assert finite(query(prometheus, current)) == [pytest.approx(expected_current)]
     assert finite(query(prometheus, pending)) == [pytest.approx(expected_current - expected_rec)]
+
+
+def test_realised_savings_match_the_pushed_decisions(
+    prometheus: str, cycle: Cycle, worker: Worker
+) -> None:
+    """The savings counter adds up the applied decisions; one push per bot commit."""
+    applied = [d for d in cycle.decisions if d["action"] == "apply"]
+    expected = sum(max(0.0, -d["savings"]["monthly_delta"]) for d in applied)
+    assert expected > 0
+    (value,) = finite(query(prometheus, "kubefinops_savings_realised_monthly_total"))
+    assert value == pytest.approx(expected)
+    pushes = query(prometheus, "kubefinops_git_pushes_total")
+    bot_commits = len(worker.remote.log()) - cycle.seeded
+    assert bot_commits >= 1
+    by_outcome = {s["metric"]["outcome"]: float(s["value"][1]) for s in pushes}
+    assert by_outcome == {"ok": float(bot_commits), "rejected": 0.0, "error": 0.0}
+
+
+def test_failure_panels_show_zero_and_the_dead_letter(prometheus: str, cycle: Cycle) -> None:
+    """Failure counters exist at 0 (the cycle had no failure); the malformed record is counted."""
+    failures = query(prometheus, "kubefinops_cycle_failures_total")
+    expected = {("collector", "prometheus"), ("executor", "git"), ("reporter", "s3")}
+    assert {(s["metric"]["agent"], s["metric"]["dependency"]) for s in failures} >= expected
+    assert finite(failures) == [0.0] * len(failures)
+    dead = query(prometheus, "kubefinops_dead_letters_total")
+    assert sum(finite(dead)) == 1.0, dead
 
 
 def test_cluster_history_is_queryable(prometheus: str) -> None:
