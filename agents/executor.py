@@ -17,9 +17,9 @@ import logging
 import time
 from typing import Any
 
-from agents.runtime import Runtime, park
-from engine.core.model import Action, CycleSummary, Decision, Execution, parse
-from engine.errors import InvalidRecord, PermanentError, RetryableError
+from agents.runtime import Runtime, parse_or_park
+from engine.core.model import Action, CycleSummary, Decision, Execution
+from engine.errors import PermanentError, RetryableError
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES, RECORDS_PROCESSED, SAVINGS_REALISED
 
 log = logging.getLogger("kubefinops.executor")
@@ -104,17 +104,11 @@ def register(rt: Runtime) -> None:
         async for batch in stream.take(1000, within=rt.settings.apply_batch_seconds):
             decisions: list[Decision] = []
             for raw in batch:
-                try:
-                    decisions.append(parse(Decision, raw))
-                except InvalidRecord as exc:
-                    await park(
-                        rt,
-                        topic=rt.settings.topic("decisions"),
-                        key=None,
-                        raw=raw,
-                        reason=str(exc),
-                        agent=AGENT,
-                    )
+                decision = await parse_or_park(
+                    rt, Decision, raw, key=None, agent=AGENT, topic=rt.settings.topic("decisions")
+                )
+                if decision is not None:
+                    decisions.append(decision)
             if not decisions:
                 continue
             execution = await execute(rt, decisions)

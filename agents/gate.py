@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 from agents.policies import policy_for
-from agents.runtime import Runtime, park
+from agents.runtime import Runtime, park, parse_or_park
 from engine.core.guardrails import decide
-from engine.core.model import Decision, Recommendation, WorkloadSpec, parse
-from engine.errors import InvalidRecord, KubeFinOpsError
+from engine.core.model import Decision, Recommendation, WorkloadSpec
+from engine.errors import KubeFinOpsError
 from engine.metrics import DECISIONS, RECORDS_PROCESSED
 
 log = logging.getLogger("kubefinops.gate")
@@ -35,17 +35,10 @@ async def archive(rt: Runtime, rec: Recommendation, decision: Decision) -> None:
 
 
 async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> Decision | None:
-    try:
-        rec = parse(Recommendation, raw)
-    except InvalidRecord as exc:
-        await park(
-            rt,
-            topic=rt.settings.topic("recommendations"),
-            key=key,
-            raw=raw,
-            reason=str(exc),
-            agent=AGENT,
-        )
+    rec = await parse_or_park(
+        rt, Recommendation, raw, key=key, agent=AGENT, topic=rt.settings.topic("recommendations")
+    )
+    if rec is None:
         return None
     stored = rt.tables.workloads.get(rec.workload_id)
     if stored is None:

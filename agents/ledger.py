@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.runtime import Runtime, park
-from engine.core.model import Execution, parse
-from engine.errors import InvalidRecord
+from agents.runtime import Runtime, parse_or_park
+from engine.core.model import Execution
 from engine.metrics import RECORDS_PROCESSED
 
 AGENT = "ledger"
@@ -18,17 +17,15 @@ def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.executions, name="kubefinops.agents.ledger")
     async def ledger(stream: Any) -> None:
         async for event in stream.events():
-            try:
-                execution = parse(Execution, event.value)
-            except InvalidRecord as exc:
-                await park(
-                    rt,
-                    topic=rt.settings.topic("executions"),
-                    key=event.key,
-                    raw=event.value,
-                    reason=str(exc),
-                    agent=AGENT,
-                )
+            execution = await parse_or_park(
+                rt,
+                Execution,
+                event.value,
+                key=event.key,
+                agent=AGENT,
+                topic=rt.settings.topic("executions"),
+            )
+            if execution is None:
                 continue
             if execution.outcome in APPLIED:
                 for wid, did in zip(execution.workload_ids, execution.decision_ids, strict=False):

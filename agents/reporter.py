@@ -13,9 +13,9 @@ import logging
 import time
 from typing import Any
 
-from agents.runtime import Runtime, park
-from engine.core.model import CycleSummary, parse
-from engine.errors import InvalidRecord, PermanentError, RetryableError
+from agents.runtime import Runtime, park, parse_or_park
+from engine.core.model import CycleSummary
+from engine.errors import PermanentError, RetryableError
 from engine.metrics import CYCLE_FAILURES, RECORDS_PROCESSED, REPORTS_PENDING, REPORTS_WRITTEN
 
 log = logging.getLogger("kubefinops.reporter")
@@ -49,17 +49,15 @@ def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.cycles, name="kubefinops.agents.reporter")
     async def reporter(stream: Any) -> None:
         async for event in stream.events():
-            try:
-                summary = parse(CycleSummary, event.value)
-            except InvalidRecord as exc:
-                await park(
-                    rt,
-                    topic=rt.settings.topic("cycles"),
-                    key=event.key,
-                    raw=event.value,
-                    reason=str(exc),
-                    agent=AGENT,
-                )
+            summary = await parse_or_park(
+                rt,
+                CycleSummary,
+                event.value,
+                key=event.key,
+                agent=AGENT,
+                topic=rt.settings.topic("cycles"),
+            )
+            if summary is None:
                 continue
             try:
                 keys = await deliver(rt, summary)

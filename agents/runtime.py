@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 
 from engine.app import Topics
-from engine.core.model import DeadLetter
+from engine.core.model import DeadLetter, Wire, parse
+from engine.errors import InvalidRecord
 from engine.metrics import DEAD_LETTERS
 from engine.settings import Settings
 from tables import Tables
@@ -18,6 +19,7 @@ from tables import Tables
 log = logging.getLogger("kubefinops.agents")
 
 MAX_PARKED_BYTES = 256 * 1024
+M = TypeVar("M", bound=Wire)
 
 
 @dataclass
@@ -61,3 +63,14 @@ async def park(
     await rt.topics.deadletter.send(
         key=key_text.encode() if key_text else None, value=letter.model_dump_json().encode()
     )
+
+
+async def parse_or_park(
+    rt: Runtime, model: type[M], raw: bytes | None, *, topic: str, key: bytes | None, agent: str
+) -> M | None:
+    """The record as ``model``, or None once it is parked on the dead-letter topic with why."""
+    try:
+        return parse(model, raw)
+    except InvalidRecord as exc:
+        await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=agent)
+        return None
