@@ -35,10 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.adapters.prometheus import Collector, PrometheusClient  # noqa: E402
-from engine.core.collect import cpu_expr, first_eval_time, memory_expr, plan_chunks  # noqa: E402
-from engine.settings import load_settings  # noqa: E402
-from tests.harness.prometheus import build_cluster_tsdb, start_prometheus  # noqa: E402
+from engine.adapters.prometheus import Collector, PrometheusClient
+from engine.core.collect import cpu_expr, first_eval_time, memory_expr, plan_chunks
+from engine.settings import load_settings
+from tests.harness.prometheus import build_cluster_tsdb, start_prometheus
 
 STEP = 60
 CHUNK = 6 * 3600
@@ -53,10 +53,10 @@ def raw_samples_touched(url: str, chunks: list[tuple[float, float]], rate_window
     for start, end in chunks:
         first = first_eval_time(start, STEP)
         for expr in (cpu_expr(rate_window), memory_expr(STEP)):
-            form = urllib.parse.urlencode({"query": expr, "start": first, "end": end,
-                                           "step": STEP, "stats": "all"}).encode()
-            with urllib.request.urlopen(f"{url}/api/v1/query_range", data=form,
-                                        timeout=60) as resp:
+            form = urllib.parse.urlencode(
+                {"query": expr, "start": first, "end": end, "step": STEP, "stats": "all"}
+            ).encode()
+            with urllib.request.urlopen(f"{url}/api/v1/query_range", data=form, timeout=60) as resp:
                 doc = json.loads(resp.read())
             stats = doc.get("data", {}).get("stats", {}).get("samples", {})
             total += int(stats.get("totalQueryableSamples", 0))
@@ -91,14 +91,18 @@ def main() -> None:
     try:
         days = (t1 - t0) / DAY
         containers = len(truth.memory)
-        print(f"# prometheus {url}, TSDB {days:g} days of 30 s cAdvisor samples, "
-              f"{containers} pod-containers ({time.monotonic() - started:.1f}s to set up)")
+        print(
+            f"# prometheus {url}, TSDB {days:g} days of 30 s cAdvisor samples, "
+            f"{containers} pod-containers ({time.monotonic() - started:.1f}s to set up)"
+        )
         now = t1 + 120  # the horizon (now - scrape lag) is the end of the data
-        incremental = plan_chunks(t1 - HOUR, now, scrape_lag=120, history=FULL_DAYS * DAY,
-                                  chunk=CHUNK, step=STEP)
+        incremental = plan_chunks(
+            t1 - HOUR, now, scrape_lag=120, history=FULL_DAYS * DAY, chunk=CHUNK, step=STEP
+        )
         # full re-query of what exists (the first evaluation needs a rate window of data)
-        full = plan_chunks(None, now, scrape_lag=120, history=t1 - t0 - HOUR, chunk=CHUNK,
-                           step=STEP)
+        full = plan_chunks(
+            None, now, scrape_lag=120, history=t1 - t0 - HOUR, chunk=CHUNK, step=STEP
+        )
         rate_window = max(2 * STEP, 60)
         results = {}
         for name, chunks in (("incremental", incremental), ("full", full)):
@@ -110,21 +114,30 @@ def main() -> None:
             raw = raw_samples_touched(url, chunks, rate_window)
             span = (chunks[-1][1] - chunks[0][0]) / HOUR if chunks else 0
             results[name] = (*best, raw, span)
-            print(f"{name:12s} {len(chunks):3d} chunk(s), {span:6.1f} h: samples read "
-                  f"{best[0]:10,}  raw TSDB samples touched {raw:12,}  batches {best[1]:6,}  "
-                  f"wall {best[2] * 1000:8.1f} ms (best of {args.repeat})")
+            print(
+                f"{name:12s} {len(chunks):3d} chunk(s), {span:6.1f} h: samples read "
+                f"{best[0]:10,}  raw TSDB samples touched {raw:12,}  batches {best[1]:6,}  "
+                f"wall {best[2] * 1000:8.1f} ms (best of {args.repeat})"
+            )
         inc, fl = results["incremental"], results["full"]
-        print(f"ratio full/incremental over the measured {fl[4]:.0f} h: samples read "
-              f"{fl[0] / inc[0]:.0f}x, raw samples {fl[3] / inc[3]:.0f}x, wall {fl[2] / inc[2]:.0f}x")
+        print(
+            f"ratio full/incremental over the measured {fl[4]:.0f} h: samples read "
+            f"{fl[0] / inc[0]:.0f}x, raw samples {fl[3] / inc[3]:.0f}x, "
+            f"wall {fl[2] / inc[2]:.0f}x"
+        )
         k = FULL_DAYS * 24 / fl[4]
-        print(f"EXTRAPOLATED to a {FULL_DAYS}-day re-query (linear, x{k:.2f} the measured window): "
-              f"samples read ~{fl[0] * k:,.0f} = {fl[0] * k / inc[0]:.0f}x one hourly cycle, "
-              f"raw ~{fl[3] * k:,.0f} = {fl[3] * k / inc[3]:.0f}x, wall ~{fl[2] * k:.2f}s = "
-              f"{fl[2] * k / inc[2]:.0f}x")
+        print(
+            f"EXTRAPOLATED to a {FULL_DAYS}-day re-query (linear, x{k:.2f} the measured window): "
+            f"samples read ~{fl[0] * k:,.0f} = {fl[0] * k / inc[0]:.0f}x one hourly cycle, "
+            f"raw ~{fl[3] * k:,.0f} = {fl[3] * k / inc[3]:.0f}x, wall ~{fl[2] * k:.2f}s = "
+            f"{fl[2] * k / inc[2]:.0f}x"
+        )
         per_c = inc[0] / containers
-        print(f"per pod-container and hour: {per_c:.0f} samples read (2 resources x 60 steps); "
-              f"at 2,000 containers an hourly cycle reads ~{per_c * 2000:,.0f}, a 14-day "
-              f"re-query ~{per_c * 2000 * FULL_DAYS * 24:,.0f}")
+        print(
+            f"per pod-container and hour: {per_c:.0f} samples read (2 resources x 60 steps); "
+            f"at 2,000 containers an hourly cycle reads ~{per_c * 2000:,.0f}, a 14-day "
+            f"re-query ~{per_c * 2000 * FULL_DAYS * 24:,.0f}"
+        )
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

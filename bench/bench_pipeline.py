@@ -1,6 +1,6 @@
 """Benchmark of the aggregation pipeline through real Kafka and a real worker (not a test).
 
-    python bench/bench_pipeline.py [--containers 1000 --chunks 6] [--backfill-containers 200]
+    python bench/bench_pipeline.py [--containers 1000 --chunks 6] [--backfill-containers 100,300]
                                    [--backfill-days 14] [--skip-backfill] [--skip-throughput]
 
 Starts a private Apache Kafka (KRaft, SASL_PLAINTEXT + SCRAM-SHA-256, like production) and
@@ -15,8 +15,9 @@ SecantusDB on loopback, then, with its own topic prefix / app id per part:
    (pydantic parse + validate_batch + ContainerUsage.ingest + to_dict + json, no Kafka).
    After the run: bytes per container-resource, from the ``<prefix>-usage-changelog`` values.
 2. **Backfill.**  Time and peak RSS (VmHWM of the worker process) to ingest ``days`` of 1-minute
-   samples for ``backfill-containers`` containers in the collector's 6-hour chunks, and a
-   linear extrapolation to 14 days x 2,000 containers (printed as such).
+   samples for each of ``backfill-containers`` container counts (a fresh worker each) in the
+   collector's 6-hour chunks, and an extrapolation to 14 days x 2,000 containers: time linear in
+   samples, peak RSS fitted as fixed + per-container (printed as such).
 
 Figures are printed, never asserted.  Producing happens before the worker starts, so the worker's
 rate is not shared with the producer's CPU on a 2-core machine.
@@ -26,17 +27,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
+import pstats
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     Stack,
     build_messages,
     consume_count,
@@ -47,45 +51,97 @@ from bench.common import (  # noqa: E402
     state_bytes,
     wait_ingested,
 )
-from engine.core.model import MetricsBatch  # noqa: E402
-from engine.core.samples import validate_batch  # noqa: E402
-from engine.core.usage import ContainerUsage  # noqa: E402
-from tests.harness.kafka import create_topics  # noqa: E402
-from tests.integration.workers import Deployment  # noqa: E402
+from engine.core.model import MetricsBatch
+from engine.core.samples import validate_batch
+from engine.core.usage import ContainerUsage
+from tests.harness.kafka import create_topics
+from tests.harness.proc import Server, free_port
+from tests.integration.workers import Deployment
 
 PARTITIONS = 4
 BACKFILL_CHUNK = 6 * 3600  # settings.prometheus_chunk_seconds default
 FULL_CONTAINERS, FULL_DAYS = 2000, 14
 
 
-def pure_ingest(containers: int, chunks: int, chunk_seconds: int) -> float:
-    """samples/s of what the agent does per message, in-process, on the same kind of messages."""
+def pure_ingest(containers: int, chunks: int, chunk_seconds: int) -> tuple[float, float]:
+    """samples/s of the agent's per-message work, in-process, on the same kind of messages.
+
+    Returns (core path, agent path): the core path is pydantic parse + validate_batch +
+    ContainerUsage.ingest + to_dict + json.dumps (the changelog value); the agent path adds what
+    ``agents/aggregator.py`` also does per message today: ``_kind_of`` (a full ``json.loads`` of
+    the message only to read its ``type``) and the ``UsageCache`` identity lookup.
+    """
     msgs = [m for part in build_messages(containers, chunks, chunk_seconds, seed=11) for m in part]
     total = len(msgs) * samples_per_message(chunk_seconds)
-    states: dict[str, ContainerUsage] = {}
     now = time.time()
-    started = time.perf_counter()
-    for _, raw in msgs:
-        batch = MetricsBatch.model_validate_json(raw)
-        checked = validate_batch(batch, now=now)
-        cid = checked.batch.container_id
-        usage = states.setdefault(cid, ContainerUsage())
-        usage.ingest(checked.batch, arrays=checked.arrays)
-        json.dumps(usage.to_dict())
-    return total / (time.perf_counter() - started)
+
+    def once(agent_path: bool) -> float:
+        states: dict[str, ContainerUsage] = {}
+        stored: dict[str, tuple[dict[str, Any], ContainerUsage]] = {}
+        started = time.perf_counter()
+        for _, raw in msgs:
+            if agent_path:
+                head = json.loads(raw)  # copy of aggregator._kind_of
+                assert head.get("type", "usage") == "usage"
+            batch = MetricsBatch.model_validate_json(raw)
+            checked = validate_batch(batch, now=now)
+            cid = checked.batch.container_id
+            if agent_path:
+                hit = stored.get(cid)
+                usage = hit[1] if hit is not None else ContainerUsage()
+            else:
+                usage = states.setdefault(cid, ContainerUsage())
+            usage.ingest(checked.batch, arrays=checked.arrays)
+            value = usage.to_dict()
+            json.dumps(value)
+            if agent_path:
+                stored[cid] = (value, usage)
+        return total / (time.perf_counter() - started)
+
+    return once(False), once(True)
 
 
 def precreate(stack: Stack, dep: Deployment) -> str:
     assert stack.kafka is not None
     topic = dep.topic("metrics")
-    create_topics(stack.kafka, [topic], partitions=dep.partitions,
-                  config={"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)})
+    create_topics(
+        stack.kafka,
+        [topic],
+        partitions=dep.partitions,
+        config={"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)},
+    )
     return topic
 
 
-def run_worker(dep: Deployment, expect: int, timeout: float) -> dict[str, float]:
+def start_profiled(dep: Deployment, out: Path) -> tuple[Server, int]:
+    """``Deployment.start_worker`` under cProfile (the stats are dumped when it exits)."""
+    port = free_port()
+    server = Server(
+        name="w1",
+        argv=[sys.executable, "-m", "cProfile", "-o", str(out), "-m", "engine.cli", "worker"],
+        log=dep.workdir / "w1.log",
+        env=dep.env(port, "w1"),
+    ).start()
+    dep.workers.append((server, port))
+    return server, port
+
+
+def print_profile(path: Path, top: int = 30) -> None:
+    if not path.exists():
+        print(f"  (no profile written at {path})")
+        return
+    buf = io.StringIO()
+    stats = pstats.Stats(str(path), stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    print(buf.getvalue())
+
+
+def run_worker(
+    dep: Deployment, expect: int, timeout: float, profile: Path | None = None
+) -> dict[str, float]:
     t_start = time.monotonic()
-    server, port = dep.start_worker("w1")
+    server, port = start_profiled(dep, profile) if profile else dep.start_worker("w1")
     dep.wait_ready(port, server=server, timeout=120)
     t_ready = time.monotonic()
     rss_ready = proc_status(server.pid).get("VmRSS", 0)
@@ -105,125 +161,235 @@ def run_worker(dep: Deployment, expect: int, timeout: float) -> dict[str, float]
         out["start_to_done"] = prog.done_at - t_start
     if prog.done_at is None:
         log = Path(server.log).read_text(errors="replace")[-1500:]
-        print(f"!! worker did not ingest everything in {timeout:.0f}s "
-              f"({prog.last:,.0f}/{expect:,}); log tail:\n{log}")
+        print(
+            f"!! worker did not ingest everything in {timeout:.0f}s "
+            f"({prog.last:,.0f}/{expect:,}); log tail:\n{log}"
+        )
     return out
 
 
-def part_throughput(stack: Stack, containers: int, chunks: int, timeout: float) -> None:
+def part_throughput(
+    stack: Stack,
+    containers: int,
+    chunks: int,
+    timeout: float,
+    profile: bool = False,
+    env: dict[str, str] | None = None,
+) -> None:
     assert stack.kafka is not None
     chunk_seconds = 500 * 60  # 500 one-minute samples per resource: 1000 per message
     n_msgs = containers * chunks
     per_msg = samples_per_message(chunk_seconds)
     total = n_msgs * per_msg
-    print(f"\n== 1. throughput: {n_msgs:,} messages x {per_msg} samples = {total:,} samples, "
-          f"{containers} containers x {chunks} chunks, {PARTITIONS} partitions")
+    print(
+        f"\n== 1. throughput: {n_msgs:,} messages x {per_msg} samples = {total:,} samples, "
+        f"{containers} containers x {chunks} chunks, {PARTITIONS} partitions"
+    )
 
-    pure = pure_ingest(min(containers, 100), min(chunks, 3), chunk_seconds)
-    print(f"pure ingest (parse+validate+ingest+to_dict+json, no Kafka) {pure:12,.0f} samples/s")
+    pure, agent_path = pure_ingest(min(containers, 100), min(chunks, 3), chunk_seconds)
+    print(f"pure core (parse+validate+ingest+to_dict+json, no Kafka) {pure:12,.0f} samples/s")
+    print(
+        f"pure agent path (+ _kind_of json.loads + cache, no Kafka) {agent_path:12,.0f} samples/s"
+    )
 
-    dep = stack.deployment(partitions=PARTITIONS)
+    dep = stack.deployment(partitions=PARTITIONS, **(env or {}))
     topic = precreate(stack, dep)
-    sent, took = asyncio.run(produce_fast(stack.kafka, topic,
-                                          build_messages(containers, chunks, chunk_seconds)))
-    print(f"producer (build JSON + aiokafka send, acks=all)  {sent / took:12,.0f} msg/s "
-          f"({sent * per_msg / took:,.0f} samples/s, {took:.1f}s)")
+    sent, took = asyncio.run(
+        produce_fast(stack.kafka, topic, build_messages(containers, chunks, chunk_seconds))
+    )
+    print(
+        f"producer (build JSON + aiokafka send, acks=all)  {sent / took:12,.0f} msg/s "
+        f"({sent * per_msg / took:,.0f} samples/s, {took:.1f}s)"
+    )
 
     n, secs, _ = asyncio.run(consume_count(stack.kafka, topic, n_msgs))
-    print(f"baseline: plain aiokafka consumer, same topic    {n / secs:12,.0f} msg/s "
-          f"({n * per_msg / secs:,.0f} samples/s, {n:,} records in {secs:.2f}s)")
+    print(
+        f"baseline: plain aiokafka consumer, same topic    {n / secs:12,.0f} msg/s "
+        f"({n * per_msg / secs:,.0f} samples/s, {n:,} records in {secs:.2f}s)"
+    )
 
-    r = run_worker(dep, total, timeout)
+    prof = dep.workdir / "worker.prof" if profile else None
+    r = run_worker(dep, total, timeout, prof)
     if "steady_seconds" in r:
         rate = total / r["steady_seconds"]
-        print(f"worker (1 process): first->last sample ingested  {n_msgs / r['steady_seconds']:12,.0f}"
-              f" msg/s = {rate:,.0f} samples/s  (target 500,000; {r['steady_seconds']:.1f}s)")
-        print(f"  worker ready->all ingested {r['ready_to_done']:.1f}s "
-              f"({total / r['ready_to_done']:,.0f} samples/s); process start->ready "
-              f"{r['start_to_ready']:.1f}s")
-        print(f"  ratios: worker/plain-consumer {rate / (n * per_msg / secs):.3f}, "
-              f"worker/pure-ingest {rate / pure:.2f}, worker/target {rate / 500_000:.2f}")
+        steady = r["steady_seconds"]
+        print(
+            f"worker (1 process): first->last sample ingested  {n_msgs / steady:12,.0f}"
+            f" msg/s = {rate:,.0f} samples/s  (target 500,000; {r['steady_seconds']:.1f}s)"
+        )
+        print(
+            f"  worker ready->all ingested {r['ready_to_done']:.1f}s "
+            f"({total / r['ready_to_done']:,.0f} samples/s); process start->ready "
+            f"{r['start_to_ready']:.1f}s"
+        )
+        print(
+            f"  ratios: worker/plain-consumer {rate / (n * per_msg / secs):.3f}, "
+            f"worker/pure-core {rate / pure:.2f}, "
+            f"worker/pure-agent-path {rate / agent_path:.2f}, "
+            f"worker/target {rate / 500_000:.2f}"
+        )
     changelog = f"{dep.prefix}-usage-changelog"
     expect = end_offsets(stack.kafka, changelog)
     _, _, latest = asyncio.run(consume_count(stack.kafka, changelog, expect, timeout=60))
     sizes = state_bytes(latest)
-    print(f"  changelog {changelog}: {expect:,} records for {sizes['keys']} containers "
-          f"({expect / max(n_msgs, 1):.2f} per input message)")
+    print(
+        f"  changelog {changelog}: {expect:,} records for {sizes['keys']} containers "
+        f"({expect / max(n_msgs, 1):.2f} per input message)"
+    )
     print_sizes(sizes, f"{chunks * chunk_seconds / 86_400:.1f} days")
     dep.stop_all()
+    if prof is not None:
+        print("  cProfile of the worker process (whole life: start-up, ingest, shutdown):")
+        print_profile(prof)
 
 
-def print_sizes(sizes: dict, span: str) -> None:
+def print_sizes(sizes: dict[str, Any], span: str) -> None:
     for r in ("cpu", "memory"):
         arr = sizes[r]
         if arr.size:
-            print(f"  state bytes per container-resource ({r}, {span} of history): median "
-                  f"{np.median(arr):.0f}, max {arr.max()} (budget 4096)")
+            print(
+                f"  state bytes per container-resource ({r}, {span} of history): median "
+                f"{np.median(arr):.0f}, max {arr.max()} (budget 4096)"
+            )
     if sizes["value_bytes"].size:
         vb = sizes["value_bytes"]
-        print(f"  whole changelog value per container: median {np.median(vb):.0f} B "
-              f"(/2 resources = {np.median(vb) / 2:.0f} B)")
+        print(
+            f"  whole changelog value per container: median {np.median(vb):.0f} B "
+            f"(/2 resources = {np.median(vb) / 2:.0f} B)"
+        )
 
 
-def part_backfill(stack: Stack, containers: int, days: int, timeout: float) -> None:
+def backfill_once(
+    stack: Stack, containers: int, days: int, timeout: float, env: dict[str, str] | None
+) -> dict[str, float] | None:
     assert stack.kafka is not None
     chunks = days * 86_400 // BACKFILL_CHUNK
     per_msg = samples_per_message(BACKFILL_CHUNK)
     n_msgs = containers * chunks
     total = n_msgs * per_msg
-    print(f"\n== 2. backfill: {containers} containers x {days} days of 1-minute samples in 6h "
-          f"chunks = {n_msgs:,} messages, {total:,} samples ({total // 2:,} per resource)")
-    dep = stack.deployment(partitions=PARTITIONS)
+    print(
+        f"-- {containers} containers x {days} days of 1-minute samples in 6h chunks = "
+        f"{n_msgs:,} messages, {total:,} samples ({total // 2:,} per resource)"
+    )
+    dep = stack.deployment(partitions=PARTITIONS, **(env or {}))
     topic = precreate(stack, dep)
-    sent, took = asyncio.run(produce_fast(stack.kafka, topic,
-                                          build_messages(containers, chunks, BACKFILL_CHUNK)))
+    sent, took = asyncio.run(
+        produce_fast(stack.kafka, topic, build_messages(containers, chunks, BACKFILL_CHUNK))
+    )
     print(f"  pre-produced in {took:.1f}s ({sent / took:,.0f} msg/s)")
     r = run_worker(dep, total, timeout)
     if "ready_to_done" not in r:
         dep.stop_all()
-        return
+        return None
     mib = 2**20
     secs = r["ready_to_done"]
-    print(f"  MEASURED: ready->all ingested {secs:.1f}s = {total / secs:,.0f} samples/s "
-          f"(first->last {r['steady_seconds']:.1f}s); process start->ready {r['start_to_ready']:.1f}s")
-    print(f"  MEASURED: worker RSS at ready {r['rss_ready'] / mib:.0f} MiB, at end "
-          f"{r['rss_end'] / mib:.0f} MiB, peak (VmHWM) {r['hwm'] / mib:.0f} MiB")
-    scale = (FULL_CONTAINERS * FULL_DAYS) / (containers * days)
-    cscale = FULL_CONTAINERS / containers
-    if scale != 1:
-        growth = max(r["hwm"] - r["rss_ready"], 0)
-        print(f"  EXTRAPOLATED (linear, x{scale:g} samples, x{cscale:g} containers) to "
-              f"{FULL_CONTAINERS} containers x {FULL_DAYS} days = "
-              f"{FULL_CONTAINERS * FULL_DAYS * 1440 * 2:,} samples:")
-        print(f"    time ~{secs * scale / 60:.1f} min; peak RSS ~"
-              f"{(r['rss_ready'] + growth * cscale) / mib:,.0f} MiB "
-              f"(RSS at ready + growth x{cscale:g}; state is bounded per container, so memory "
-              f"scales with containers, not days)")
+    print(
+        f"  MEASURED: ready->all ingested {secs:.1f}s = {total / secs:,.0f} samples/s "
+        f"(first->last {r['steady_seconds']:.1f}s); "
+        f"process start->ready {r['start_to_ready']:.1f}s"
+    )
+    print(
+        f"  MEASURED: worker RSS at ready {r['rss_ready'] / mib:.0f} MiB, at end "
+        f"{r['rss_end'] / mib:.0f} MiB, peak (VmHWM) {r['hwm'] / mib:.0f} MiB"
+    )
     changelog = f"{dep.prefix}-usage-changelog"
     expect = end_offsets(stack.kafka, changelog)
     _, _, latest = asyncio.run(consume_count(stack.kafka, changelog, expect, timeout=120))
     print_sizes(state_bytes(latest), f"{days} days")
     dep.stop_all()
+    return {**r, "containers": containers, "days": days, "samples": total}
+
+
+def part_backfill(
+    stack: Stack,
+    sizes: list[int],
+    days: int,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Backfill at one or more container counts; extrapolate to 2,000 x 14 days.
+
+    Time is extrapolated linearly in samples from the largest run.  Peak RSS is fitted as
+    ``a + b * containers`` through the two largest runs (state is bounded per container, so
+    memory grows with containers, not days; the fixed part includes Faust's fetch buffers);
+    with a single run the whole growth over the RSS at ready is scaled instead (an upper bound).
+    """
+    print(f"\n== 2. backfill at {sizes} containers x {days} days")
+    runs = [r for c in sizes if (r := backfill_once(stack, c, days, timeout, env)) is not None]
+    if not runs:
+        return
+    full = FULL_CONTAINERS * FULL_DAYS * 1440 * 2
+    big = max(runs, key=lambda r: r["samples"])
+    mib = 2**20
+    if big["containers"] == FULL_CONTAINERS and big["days"] == FULL_DAYS:
+        print("  (full size measured: nothing extrapolated)")
+        return
+    print(f"  EXTRAPOLATED to {FULL_CONTAINERS} containers x {FULL_DAYS} days = {full:,} samples:")
+    rate = big["samples"] / big["ready_to_done"]
+    print(
+        f"    time ~{full / rate / 60:.1f} min (linear in samples from the "
+        f"{big['containers']}-container run, {rate:,.0f} samples/s)"
+    )
+    if len(runs) >= 2:
+        a, b = sorted(runs, key=lambda r: r["containers"])[-2:]
+        slope = (b["hwm"] - a["hwm"]) / (b["containers"] - a["containers"])
+        fixed = b["hwm"] - slope * b["containers"]
+        print(
+            f"    peak RSS ~{(fixed + slope * FULL_CONTAINERS) / mib:,.0f} MiB (fit through "
+            f"{a['containers']} and {b['containers']} containers: {fixed / mib:.0f} MiB fixed + "
+            f"{slope / 1024:.1f} KiB per container)"
+        )
+    else:
+        growth = max(big["hwm"] - big["rss_ready"], 0)
+        cscale = FULL_CONTAINERS / big["containers"]
+        print(
+            f"    peak RSS <~{(big['rss_ready'] + growth * cscale) / mib:,.0f} MiB (RSS at ready "
+            f"+ growth x{cscale:g}; an upper bound: the growth includes fixed fetch buffers)"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--containers", type=int, default=1000)
     ap.add_argument("--chunks", type=int, default=6)
-    ap.add_argument("--backfill-containers", type=int, default=200)
+    ap.add_argument(
+        "--backfill-containers",
+        default="100,300",
+        help="comma-separated container counts, one worker run each (two give a memory fit)",
+    )
     ap.add_argument("--backfill-days", type=int, default=14)
     ap.add_argument("--timeout", type=float, default=300.0, help="per worker wait, seconds")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-backfill", action="store_true")
+    ap.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the workers (e.g. Faust's "
+        "CONSUMER_MAX_FETCH_SIZE=16777216); repeatable",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the throughput worker under cProfile and print where time goes "
+        "(slows it down; its rate is then not the benchmark figure)",
+    )
     args = ap.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
-          f"python {sys.version.split()[0]}")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
+        f"python {sys.version.split()[0]}"
+    )
     stack = Stack().start()
     try:
+        env = dict(item.split("=", 1) for item in args.worker_env)
+        if env:
+            print(f"# extra worker environment: {env}")
         if not args.skip_throughput:
-            part_throughput(stack, args.containers, args.chunks, args.timeout)
+            part_throughput(stack, args.containers, args.chunks, args.timeout, args.profile, env)
         if not args.skip_backfill:
-            part_backfill(stack, args.backfill_containers, args.backfill_days, args.timeout)
+            sizes = [int(c) for c in args.backfill_containers.split(",")]
+            part_backfill(stack, sizes, args.backfill_days, args.timeout, env)
     finally:
         stack.close()
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -46,15 +48,27 @@ class Stack:
 
     def start(self) -> Stack:
         started = time.monotonic()
-        info, server = start_kafka(self.workdir / "kafka", fetch_libs())
+        libs = fetch_libs()
+        for attempt in range(3):
+            try:
+                # tests.harness.kafka draws a random cluster id that can start with "-", which
+                # StorageTool's argparse then reads as an option: retry in a fresh directory.
+                info, server = start_kafka(self.workdir / f"kafka{attempt}", libs)
+                break
+            except RuntimeError as exc:
+                if "format failed" not in str(exc) or attempt == 2:
+                    raise
+                print(f"# kafka storage format failed (attempt {attempt + 1}); retrying")
         self.kafka = info
         self.servers.append(server)
         (self.workdir / "mongo").mkdir(parents=True, exist_ok=True)
         mongo, port = start_secantus(str(self.workdir / "mongo"), str(self.workdir))
         self.servers.append(mongo)
         self.mongo_uri = f"mongodb://127.0.0.1:{port}/"
-        print(f"# kafka {info.bootstrap} (SCRAM-SHA-256) + secantusdb up in "
-              f"{time.monotonic() - started:.1f}s; workdir {self.workdir}")
+        print(
+            f"# kafka {info.bootstrap} (SCRAM-SHA-256) + secantusdb up in "
+            f"{time.monotonic() - started:.1f}s; workdir {self.workdir}"
+        )
         return self
 
     def deployment(self, partitions: int = 4, **env: str) -> Deployment:
@@ -79,6 +93,8 @@ class Stack:
             dep.stop_all()
         for server in reversed(self.servers):
             server.stop(timeout=20)
+        if not os.environ.get("KFO_BENCH_KEEP"):  # Kafka logs of a run are hundreds of MB
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def get_text(url: str, timeout: float = 10.0) -> str:
@@ -115,8 +131,9 @@ class Progress:
     samples: list[tuple[float, float]] = field(default_factory=list)
 
 
-def wait_ingested(port: int, expect: float, timeout: float, pid: int | None = None,
-                  poll: float = 0.1) -> tuple[Progress, int]:
+def wait_ingested(
+    port: int, expect: float, timeout: float, pid: int | None = None, poll: float = 0.1
+) -> tuple[Progress, int]:
     """Poll /metrics until ``expect`` samples were ingested; also track peak RSS."""
     prog, peak = Progress(), 0
     deadline = time.monotonic() + timeout
@@ -159,8 +176,9 @@ def chunk_plan(chunks: int, chunk_seconds: int, now: float | None = None) -> lis
     return [(start + k * chunk_seconds, start + (k + 1) * chunk_seconds) for k in range(chunks)]
 
 
-def encode_batch(rng: np.random.Generator, ns: str, wl: str, cont: str, start: int, end: int,
-                 pods: int = 1) -> tuple[bytes, bytes, int]:
+def encode_batch(
+    rng: np.random.Generator, ns: str, wl: str, cont: str, start: int, end: int, pods: int = 1
+) -> tuple[bytes, bytes, int]:
     """A MetricsBatch (wire JSON) with 1-minute samples of ``pods`` pods in ``(start, end]``.
 
     Built as a plain dict (the wire format of ``engine.core.model.MetricsBatch``) because pydantic
@@ -172,18 +190,26 @@ def encode_batch(rng: np.random.Generator, ns: str, wl: str, cont: str, start: i
     mem = np.round(rng.uniform(2e8, 6e8, n))
     tl = np.tile(ts, pods).tolist()
     doc = {
-        "namespace": ns, "kind": "Deployment", "workload": wl, "container": cont,
-        "start": float(start), "end": float(end),
-        "samples": {"cpu": [list(p) for p in zip(tl, cpu.tolist(), strict=True)],
-                    "memory": [list(p) for p in zip(tl, mem.tolist(), strict=True)]},
-        "source": "prometheus", "type": "usage",
+        "namespace": ns,
+        "kind": "Deployment",
+        "workload": wl,
+        "container": cont,
+        "start": float(start),
+        "end": float(end),
+        "samples": {
+            "cpu": [list(p) for p in zip(tl, cpu.tolist(), strict=True)],
+            "memory": [list(p) for p in zip(tl, mem.tolist(), strict=True)],
+        },
+        "source": "prometheus",
+        "type": "usage",
     }
     key = f"{ns}/Deployment/{wl}".encode()
     return key, json.dumps(doc, separators=(",", ":")).encode(), 2 * n
 
 
-def build_messages(containers: int, chunks: int, chunk_seconds: int, pods: int = 1,
-                   seed: int = 7) -> Iterator[list[tuple[bytes, bytes]]]:
+def build_messages(
+    containers: int, chunks: int, chunk_seconds: int, pods: int = 1, seed: int = 7
+) -> Iterator[list[tuple[bytes, bytes]]]:
     """Messages in time order, one list per chunk (every container's chunk k, then k+1).
 
     A generator so a large backfill is never held in memory at once."""
@@ -202,15 +228,21 @@ def iter_chunked(msgs: list[tuple[bytes, bytes]], size: int) -> Iterator[list[tu
         yield msgs[i : i + size]
 
 
-async def produce_fast(info: KafkaInfo, topic: str,
-                       parts: Iterator[list[tuple[bytes, bytes]]]) -> tuple[int, float]:
+async def produce_fast(
+    info: KafkaInfo, topic: str, parts: Iterator[list[tuple[bytes, bytes]]]
+) -> tuple[int, float]:
     """Send everything with pipelined ``send`` (acks=all, no compression): (messages, seconds).
 
     Includes the time to build the messages (the generator runs inside the timed loop)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(**info.client_kwargs(), acks="all", linger_ms=5,
-                                max_batch_size=1 << 20, max_request_size=8 << 20)
+    producer = AIOKafkaProducer(
+        **info.client_kwargs(),
+        acks="all",
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        max_request_size=8 << 20,
+    )
     await producer.start()
     try:
         started = time.monotonic()
@@ -225,14 +257,20 @@ async def produce_fast(info: KafkaInfo, topic: str,
         await producer.stop()
 
 
-async def consume_count(info: KafkaInfo, topic: str, expect: int,
-                        timeout: float = 120.0) -> tuple[int, float, dict[bytes, bytes]]:
+async def consume_count(
+    info: KafkaInfo, topic: str, expect: int, timeout: float = 120.0
+) -> tuple[int, float, dict[bytes, bytes]]:
     """Trivial consumer from the beginning: (records, seconds, latest value per key)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(**info.client_kwargs(), auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None,
-                                fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
+    consumer = AIOKafkaConsumer(
+        **info.client_kwargs(),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
     await consumer.start()
     latest: dict[bytes, bytes] = {}
     n = 0
@@ -285,5 +323,8 @@ def state_bytes(latest: dict[bytes, bytes]) -> dict[str, Any]:
         for r in per_res:
             if isinstance(doc, dict) and r in doc:
                 per_res[r].append(len(json.dumps(doc[r], separators=(",", ":"))))
-    return {"keys": len(whole), "value_bytes": np.array(whole), **{
-        r: np.array(v) for r, v in per_res.items()}}
+    return {
+        "keys": len(whole),
+        "value_bytes": np.array(whole),
+        **{r: np.array(v) for r, v in per_res.items()},
+    }
