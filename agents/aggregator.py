@@ -10,14 +10,13 @@ on the same partition, triggers the recommendation for that workload from comple
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
 from agents import recommender
 from agents.runtime import Runtime, park
-from engine.core.model import CycleEnd, MetricsBatch, parse
+from engine.core.model import CycleEnd, parse_metrics_record
 from engine.core.samples import validate_batch
 from engine.core.usage import ContainerUsage
 from engine.errors import InvalidRecord
@@ -48,25 +47,17 @@ class UsageCache:
         self._items[key] = (stored, usage)
 
 
-def _kind_of(raw: bytes | None) -> str:
-    try:
-        head = json.loads(raw or b"")
-    except ValueError:
-        return "invalid"
-    return str(head.get("type", "usage")) if isinstance(head, dict) else "invalid"
-
-
 async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes | None) -> None:
     topic = rt.settings.topic("metrics")
     try:
-        if _kind_of(raw) == "cycle-end":
-            marker = parse(CycleEnd, raw)
-            await recommender.on_cycle_end(rt, marker)
-            return
-        batch = parse(MetricsBatch, raw)
+        record = parse_metrics_record(raw)
     except InvalidRecord as exc:
         await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=AGENT)
         return
+    if isinstance(record, CycleEnd):
+        await recommender.on_cycle_end(rt, record)
+        return
+    batch = record
     checked = validate_batch(batch, now=time.time())
     clean = checked.batch
     for reason, count in checked.reasons:

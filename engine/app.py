@@ -76,6 +76,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
         broker_request_timeout=max(40.0, settings.broker_session_timeout + 10),
         consumer_auto_offset_reset=settings.consumer_auto_offset_reset,
+        consumer_max_fetch_size=settings.kafka_max_fetch_bytes,
         producer_acks=-1,
         table_standby_replicas=0,
         stream_wait_empty=False,

@@ -261,7 +261,8 @@ def start_kafka(workdir: Path, libs: Path, timeout: float = 60.0) -> tuple[Kafka
         fmt = subprocess.run(
             [
                 *java, "kafka.tools.StorageTool", "format", "--standalone",
-                "-t", cluster_id, "-c", str(props),
+                # "-t ID" breaks when a random id starts with "-"
+                f"--cluster-id={cluster_id}", "-c", str(props),
                 "--add-scram", f"{MECHANISM}=[name={USERNAME},password={password}]",
             ],
             stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False,
