@@ -96,6 +96,7 @@ class Settings(BaseSettings):
 
     # --- MongoDB -------------------------------------------------------------------------------
     mongodb_uri: SecretStr = SecretStr(f"mongodb://infra-mongodb.{_SVC}:27017")
+    mongodb_uri_file: Path | None = None  # the URI carries the password: mount it as a Secret
     mongodb_database: str = "kubefinops"
     history_retention_days: PositiveInt = 90
 
@@ -104,6 +105,7 @@ class Settings(BaseSettings):
     s3_bucket: str = "kubefinops-reports"
     s3_region: str = "us-east-1"
     s3_access_key: SecretStr | None = None
+    s3_access_key_file: Path | None = None
     s3_secret_key: SecretStr | None = None
     s3_secret_key_file: Path | None = None
 
@@ -172,18 +174,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
+        # A *_FILE setting, when given, wins over the plain one: it is how a Kubernetes Secret is
+        # mounted, and a rotated Secret must not be shadowed by a stale variable or a default.
         for field, file_field in (
             ("kafka_password", "kafka_password_file"),
             ("api_token", "api_token_file"),
+            ("s3_access_key", "s3_access_key_file"),
             ("s3_secret_key", "s3_secret_key_file"),
             ("git_token", "git_token_file"),
+            ("mongodb_uri", "mongodb_uri_file"),
         ):
             path: Path | None = getattr(self, file_field)
-            if getattr(self, field) is None and path is not None:
+            if path is not None:
                 try:
                     secret = path.read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     raise ValueError(f"{file_field}: cannot read {path} ({exc.strerror})") from None
+                if field == "mongodb_uri":
+                    self._mongo_uri(SecretStr(secret))
                 object.__setattr__(self, field, SecretStr(secret))
         if self.effective_security_protocol.startswith("SASL") and self.kafka_password is None:
             raise ValueError(

@@ -540,8 +540,8 @@ WRONG = {
     "unknown config key": ({"config": {"kafka_bootstrap": "x:1"}}, "kafka_bootstrap"),
     "port out of range": ({"service": {"port": 70000}}, "port"),
     "bad log level": ({"config": {"log_level": "loud"}}, "log_level"),
-    "mongodb uri from a file": (
-        {"secrets": {"mongodbUri": {"secretName": "m", "key": "uri", "mode": "file"}}},
+    "secret mode not file/env": (
+        {"secrets": {"mongodbUri": {"secretName": "m", "key": "uri", "mode": "inline"}}},
         "mode",
     ),
     "root filesystem writable": (

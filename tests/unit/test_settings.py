@@ -85,6 +85,14 @@ def test_secret_files_are_read(tmp_path: Path) -> None:
     assert s.git_token == SecretStr("pat-123")
     with pytest.raises(ConfigError, match="kafka_password_file: cannot read"):
         load_settings(kafka_password_file=tmp_path / "missing")
+    (tmp_path / "uri").write_text("mongodb://bot:pw@db:27017/kubefinops\n")
+    s = load_settings(kafka_password="x-1234", mongodb_uri_file=tmp_path / "uri",
+                      git_token="stale-env-token", git_token_file=tmp_path / "token")
+    assert s.mongodb_uri.get_secret_value() == "mongodb://bot:pw@db:27017/kubefinops"
+    assert s.git_token == SecretStr("pat-123"), "a mounted file wins over a stale variable"
+    (tmp_path / "bad-uri").write_text("postgres://nope\n")
+    with pytest.raises(ConfigError, match="mongodb"):
+        load_settings(kafka_password="x-1234", mongodb_uri_file=tmp_path / "bad-uri")
 
 
 def test_log_records_are_redacted() -> None:

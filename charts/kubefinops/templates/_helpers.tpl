@@ -70,9 +70,4 @@ apiToken: api_token
 {{- if and .Values.persistence.enabled (eq .Values.persistence.accessMode "ReadWriteOnce") (gt (int64 .Values.replicaCount) 1) -}}
 {{- fail "persistence.enabled with accessMode ReadWriteOnce needs replicaCount 1 (use the emptyDir default: table state is rebuilt from the Kafka changelogs)" -}}
 {{- end -}}
-{{- range $name, $ref := .Values.secrets -}}
-{{- if and (kindIs "map" $ref) $ref.secretName (eq $ref.mode "file") (has $name (list "mongodbUri" "s3AccessKey")) -}}
-{{- fail (printf "secrets.%s.mode must be \"env\": engine/settings.py has no *_FILE variant for it" $name) -}}
-{{- end -}}
-{{- end -}}
 {{- end -}}
