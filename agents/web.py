@@ -136,9 +136,18 @@ def register(rt: Runtime) -> None:
                     return response
             spec_doc = rt.tables.workloads.get(wid)
             prefix = wid + "/"
+            if spec_doc:  # the spec names the containers: direct lookups
+                keys = [prefix + c["name"] for c in spec_doc.get("containers", [])]
+            else:  # usage before the first cycle-end: scan this worker's keys
+                keys = [
+                    k
+                    for k in list(rt.tables.usage.keys())
+                    if isinstance(k, str) and k.startswith(prefix)
+                ]
             containers: dict[str, Any] = {}
-            for key, stored in list(rt.tables.usage.items()):
-                if isinstance(key, str) and key.startswith(prefix) and stored:
+            for key in keys:
+                stored = rt.tables.usage.get(key)
+                if stored:
                     containers[key[len(prefix) :]] = _summary_json(ContainerUsage.from_dict(stored))
             if not containers and spec_doc is None:
                 return self.json({"error": f"no usage recorded for {wid}"}, status=404)
