@@ -142,6 +142,18 @@ def test_closed_loop(kafka, mongo, s3_outage: S3Info, git_remote: GitRemote,
                     millis = math.ceil(round(c["cpu_request"] * 1000, 6))
                     assert f"cpu: {millis}m" in patch, (wid, patch)
 
+        # History in MongoDB: every recommendation and decision, with a TTL index.
+        from pymongo import MongoClient
+
+        with MongoClient(mongo.uri) as client:
+            db = client[dep_db]
+            stored = wait_for(lambda: db["decisions"].count_documents({}) >= len(decisions)
+                              and db["decisions"].count_documents({}), 30, "decision history")
+            assert stored >= len(decisions)
+            assert db["recommendations"].count_documents({}) >= len(decisions)
+            ttl = [i for i in db["decisions"].list_indexes() if "expireAfterSeconds" in i]
+            assert ttl, "decisions need a retention TTL index"
+
         report_keys = wait_for(lambda: [k for k in s3_objects(s3_outage, bucket)
                                         if k.endswith("report.json")], 60, "the first report")
         assert len(report_keys) == 1
