@@ -157,31 +157,45 @@ class LocalReports:
 
 
 def print_cycle(summary: CycleSummary, keys: list[str]) -> None:
+    """One row per container: what was decided, by which guardrail, old -> new, money."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=f"cycle {summary.cycle}: {summary.execution.outcome} "
-        f"{summary.execution.commit_sha or ''}"
-    )
-    for col in ("workload", "decision", "guardrail", "cpu request", "memory request", "$/month"):
-        table.add_column(col)
+    ex = summary.execution
+    table = Table(title=f"cycle {summary.cycle}: {ex.outcome} {ex.commit_sha or ''}".strip())
+    for col in (
+        "workload",
+        "container",
+        "decision",
+        "guardrail",
+        "cpu request",
+        "memory request",
+        "memory limit",
+        "$/month",
+    ):
+        table.add_column(col, no_wrap=True)
     for d in sorted(summary.decisions, key=lambda d: d.workload_id):
-        cpu = ", ".join(
-            f"{c.name}: {_fmt(c.current.requests.cpu, 'cpu')}->{_fmt(c.cpu_request, 'cpu')}"
-            for c in d.containers
-        )
-        mem = ", ".join(
-            f"{c.name}: {_fmt(c.current.requests.memory, 'mem')}->{_fmt(c.memory_request, 'mem')}"
-            for c in d.containers
-        )
-        table.add_row(
-            d.workload_id, d.action.value, d.guardrail, cpu, mem, f"{d.savings.monthly_delta:+.2f}"
-        )
-    console = Console()
+        for i, c in enumerate(d.containers):
+            cur = c.current.requests
+            table.add_row(
+                f"{d.kind}/{d.name}" if i == 0 else "",
+                c.name,
+                d.action.value if i == 0 else "",
+                d.guardrail if i == 0 else "",
+                f"{_fmt(cur.cpu, 'cpu')} -> {_fmt(c.cpu_request or cur.cpu, 'cpu')}",
+                f"{_fmt(cur.memory, 'mem')} -> {_fmt(c.memory_request or cur.memory, 'mem')}",
+                f"{_fmt(c.current.limits.memory, 'mem')} -> "
+                f"{_fmt(c.memory_limit or c.current.limits.memory, 'mem')}",
+                f"{d.savings.monthly_delta:+.2f}" if i == 0 else "",
+            )
+    console = Console(width=max(Console().width, 140))
     console.print(table)
+    console.print(
+        f"  net monthly delta {sum(d.savings.monthly_delta for d in summary.decisions):+.2f}"
+        f" {summary.decisions[0].savings.currency if summary.decisions else ''}"
+    )
     for key in keys:
-        console.print(f"  report: {key}")
+        console.print(f"  report: {key}", soft_wrap=True)
 
 
 def _fmt(value: float | None, kind: str) -> str:
