@@ -18,33 +18,12 @@ from agents import recommender
 from agents.runtime import Runtime, park
 from engine.core.model import CycleEnd, parse_metrics_record
 from engine.core.samples import validate_batch
-from engine.core.usage import ContainerUsage
 from engine.errors import InvalidRecord
 from engine.metrics import RECORDS_PROCESSED, SAMPLES_DUPLICATE, SAMPLES_INGESTED
+from tables.usage_cache import UsageCache
 
 log = logging.getLogger("kubefinops.aggregator")
 AGENT = "aggregator"
-
-
-class UsageCache:
-    """Decoded ``ContainerUsage`` objects, reused while the table holds the very dict we wrote.
-
-    Decoding the sketches for every message would dominate the cost; identity of the stored dict
-    tells whether the table value changed under us (changelog recovery after a rebalance).
-    """
-
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[dict[str, Any], ContainerUsage]] = {}
-
-    def load(self, key: str, stored: dict[str, Any] | None) -> ContainerUsage:
-        cached = self._items.get(key)
-        if cached is not None and stored is cached[0]:
-            return cached[1]
-        usage = ContainerUsage.from_dict(stored) if stored else ContainerUsage()
-        return usage
-
-    def remember(self, key: str, stored: dict[str, Any], usage: ContainerUsage) -> None:
-        self._items[key] = (stored, usage)
 
 
 async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes | None) -> None:
@@ -55,7 +34,7 @@ async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes |
         await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=AGENT)
         return
     if isinstance(record, CycleEnd):
-        await recommender.on_cycle_end(rt, record)
+        await recommender.on_cycle_end(rt, record, cache)
         return
     batch = record
     checked = validate_batch(batch, now=time.time())
@@ -75,8 +54,8 @@ async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes |
     if result.duplicates:
         SAMPLES_DUPLICATE.inc(result.duplicates)
     if result.accepted:
-        for resource, samples in clean.samples.items():
-            SAMPLES_INGESTED.labels(resource).inc(len(samples))
+        for resource, accepted in result.accepted_by_resource.items():
+            SAMPLES_INGESTED.labels(resource).inc(accepted)
         stored = usage.to_dict()
         rt.tables.usage[cid] = stored
         cache.remember(cid, stored, usage)

@@ -17,10 +17,10 @@ from engine.core.model import (
     CycleEnd,
     Recommendation,
     UsageSummary,
+    WorkloadSpec,
     container_id,
 )
 from engine.core.recommend import recommend
-from engine.core.usage import ContainerUsage
 from engine.metrics import (
     MONTHLY_COST_CURRENT,
     MONTHLY_COST_RECOMMENDED,
@@ -29,19 +29,21 @@ from engine.metrics import (
     REQUEST_RECOMMENDED,
     USAGE_P95,
 )
+from tables.usage_cache import UsageCache
 
 log = logging.getLogger("kubefinops.recommender")
 AGENT = "recommender"
 
 
 def usage_of(
-    rt: Runtime, namespace: str, kind: str, name: str, containers: list[str]
+    rt: Runtime, cache: UsageCache, spec: WorkloadSpec
 ) -> dict[str, dict[str, UsageSummary]]:
+    """Summaries of the spec's containers, from the aggregator's decoded state when current."""
     out: dict[str, dict[str, UsageSummary]] = {}
-    for cname in containers:
-        stored = rt.tables.usage.get(container_id(namespace, kind, name, cname))
-        usage = ContainerUsage.from_dict(stored) if stored else ContainerUsage()
-        out[cname] = {res: usage.summary(res) for res in RESOURCES}
+    for c in spec.containers:
+        cid = container_id(spec.namespace, spec.kind, spec.name, c.name)
+        usage = cache.load(cid, rt.tables.usage.get(cid))
+        out[c.name] = {res: usage.summary(res) for res in RESOURCES}
     return out
 
 
@@ -64,10 +66,10 @@ def export_gauges(rec: Recommendation) -> None:
                 USAGE_P95.labels(*labels, res).set(p95)
 
 
-async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> None:
+async def on_cycle_end(rt: Runtime, marker: CycleEnd, cache: UsageCache) -> None:
     spec = marker.spec
     rt.tables.workloads[spec.workload_id] = spec.model_dump(mode="json")
-    usage = usage_of(rt, spec.namespace, spec.kind, spec.name, [c.name for c in spec.containers])
+    usage = usage_of(rt, cache, spec)
     rec = recommend(spec, usage, policy_for(rt, spec), now=time.time(), settings=rt.settings)
     rec = rec.model_copy(update={"cycle": marker.cycle})
     export_gauges(rec)

@@ -39,18 +39,7 @@ def _summary_json(usage: ContainerUsage) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for res in RESOURCES:
         s = usage.summary(res)
-        out[res] = {
-            "p50": s.p50,
-            "p90": s.p90,
-            "p95": s.p95,
-            "p99": s.p99,
-            "max": s.max,
-            "mean": s.mean,
-            "count": s.count,
-            "first_ts": s.first_ts,
-            "last_ts": s.last_ts,
-            "span_seconds": s.span_seconds,
-        }
+        out[res] = {**s.model_dump(), "span_seconds": s.span_seconds}
     return out
 
 

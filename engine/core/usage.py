@@ -53,6 +53,7 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[tuple[str, int]] = field(default_factory=list)
+    accepted_by_resource: dict[str, int] = field(default_factory=dict)
 
     @property
     def rejected_count(self) -> int:
@@ -299,6 +300,7 @@ class ContainerUsage:
             return IngestResult(duplicates=total)
         accepted = duplicates = 0
         rejected: dict[str, int] = {}
+        by_resource: dict[str, int] = {}
 
         def reject(reason: str, n: int) -> None:
             if n:
@@ -329,14 +331,15 @@ class ContainerUsage:
             wu.rewindow(window_seconds)
             expired = wu.add(ts, values, history_seconds=history_seconds)
             reject("older-than-history", expired)
-            accepted += int(ts.size) - expired
+            by_resource[resource] = int(ts.size) - expired
+            accepted += by_resource[resource]
         self.high_water = batch.end if hw is None else max(hw, batch.end)
         # Keep every resource on the same horizon, even one that got no samples this time.
         newest = max((w.newest_ts or -math.inf) for w in self.resources.values())
         if math.isfinite(newest):
             for wu in self.resources.values():
                 wu.expire(newest, history_seconds)
-        return IngestResult(accepted, duplicates, sorted(rejected.items()))
+        return IngestResult(accepted, duplicates, sorted(rejected.items()), by_resource)
 
     def summary(self, resource: str) -> UsageSummary:
         wu = self.resources.get(resource)

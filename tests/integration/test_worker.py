@@ -220,7 +220,7 @@ def test_second_worker_splits_partitions_and_loses_nothing(
                 else None
             )
             if count != expected:
-                missing.append(f"{spec.name}={count}")
+                missing.append(f"{spec.name}={count} (HTTP {status}: {str(body)[:160]})")
         if not missing:
             break
         time.sleep(2)

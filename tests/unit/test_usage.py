@@ -59,6 +59,17 @@ def _state_after(batches: list[MetricsBatch]) -> ContainerUsage:
     return cu
 
 
+def test_overlapping_batch_counts_only_new_samples_per_resource() -> None:
+    ts, cpu, mem = _series(500)
+    (b,) = _chunks(ts, cpu, mem, 500)
+    cu = ContainerUsage()
+    cu.ingest(b.model_copy(update={"end": float(ts[299])}))
+    result = cu.ingest(b)  # the first 300 samples per resource were already ingested
+    assert result.duplicates == 600
+    assert result.accepted_by_resource == {"cpu": 200, "memory": 200}
+    assert result.accepted == 400
+
+
 def test_same_batch_twice_equals_once() -> None:
     ts, cpu, mem = _series(500)
     (b,) = _chunks(ts, cpu, mem, 500)
@@ -66,7 +77,9 @@ def test_same_batch_twice_equals_once() -> None:
     first = cu.ingest(b)
     once = cu.to_dict()
     again = cu.ingest(b)
-    assert first == IngestResult(accepted=1000, duplicates=0, rejected=[])
+    assert first == IngestResult(
+        accepted=1000, duplicates=0, rejected=[], accepted_by_resource={"cpu": 500, "memory": 500}
+    )
     assert again == IngestResult(accepted=0, duplicates=1000, rejected=[])
     assert cu.to_dict() == once
 
