@@ -24,7 +24,9 @@ DEAD_LETTERS = Counter(
     registry=REGISTRY,
 )
 SAMPLES_INGESTED = Counter(
-    f"{_NS}_samples_ingested_total", "Usage samples merged into table state.", ["resource"],
+    f"{_NS}_samples_ingested_total",
+    "Usage samples merged into table state.",
+    ["resource"],
     registry=REGISTRY,
 )
 SAMPLES_DUPLICATE = Counter(
@@ -40,20 +42,27 @@ CYCLE_DURATION = Histogram(
     registry=REGISTRY,
 )
 CYCLE_FAILURES = Counter(
-    f"{_NS}_cycle_failures_total", "Cycles skipped after retries failed.", ["agent", "dependency"],
+    f"{_NS}_cycle_failures_total",
+    "Cycles skipped after retries failed.",
+    ["agent", "dependency"],
     registry=REGISTRY,
 )
 PROMETHEUS_SAMPLES_READ = Counter(
-    f"{_NS}_prometheus_samples_read_total", "Samples read from Prometheus by the collector.",
+    f"{_NS}_prometheus_samples_read_total",
+    "Samples read from Prometheus by the collector.",
     registry=REGISTRY,
 )
 PROMETHEUS_QUERIES = Counter(
-    f"{_NS}_prometheus_queries_total", "Range/instant queries sent to Prometheus.", ["outcome"],
+    f"{_NS}_prometheus_queries_total",
+    "Range/instant queries sent to Prometheus.",
+    ["outcome"],
     registry=REGISTRY,
 )
 CONSUMER_LAG = Gauge(
-    f"{_NS}_consumer_lag_messages", "Messages behind the end of a topic partition.",
-    ["topic", "partition"], registry=REGISTRY,
+    f"{_NS}_consumer_lag_messages",
+    "Messages behind the end of a topic partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
 )
 GIT_PUSHES = Counter(
     f"{_NS}_git_pushes_total", "Pushes to the GitOps remote.", ["outcome"], registry=REGISTRY
@@ -68,24 +77,34 @@ REPORTS_PENDING = Gauge(
 # --- the money and the decisions ---------------------------------------------------------------
 _W = ["namespace", "kind", "workload", "container"]
 REQUEST_CURRENT = Gauge(
-    f"{_NS}_request_current", "Current request per container (cores or bytes).", [*_W, "resource"],
+    f"{_NS}_request_current",
+    "Current request per container (cores or bytes).",
+    [*_W, "resource"],
     registry=REGISTRY,
 )
 REQUEST_RECOMMENDED = Gauge(
-    f"{_NS}_request_recommended", "Recommended request per container (cores or bytes).",
-    [*_W, "resource"], registry=REGISTRY,
+    f"{_NS}_request_recommended",
+    "Recommended request per container (cores or bytes).",
+    [*_W, "resource"],
+    registry=REGISTRY,
 )
 USAGE_P95 = Gauge(
-    f"{_NS}_usage_p95", "History-wide P95 usage per container (cores or bytes).",
-    [*_W, "resource"], registry=REGISTRY,
+    f"{_NS}_usage_p95",
+    "History-wide P95 usage per container (cores or bytes).",
+    [*_W, "resource"],
+    registry=REGISTRY,
 )
 MONTHLY_COST_CURRENT = Gauge(
-    f"{_NS}_monthly_cost_current", "Monthly cost of current requests per workload.",
-    ["namespace", "kind", "workload"], registry=REGISTRY,
+    f"{_NS}_monthly_cost_current",
+    "Monthly cost of current requests per workload.",
+    ["namespace", "kind", "workload"],
+    registry=REGISTRY,
 )
 MONTHLY_COST_RECOMMENDED = Gauge(
-    f"{_NS}_monthly_cost_recommended", "Monthly cost at the recommended requests per workload.",
-    ["namespace", "kind", "workload"], registry=REGISTRY,
+    f"{_NS}_monthly_cost_recommended",
+    "Monthly cost at the recommended requests per workload.",
+    ["namespace", "kind", "workload"],
+    registry=REGISTRY,
 )
 SAVINGS_REALISED = Counter(
     f"{_NS}_savings_realised_monthly_total",
@@ -93,8 +112,10 @@ SAVINGS_REALISED = Counter(
     registry=REGISTRY,
 )
 DECISIONS = Counter(
-    f"{_NS}_decisions_total", "Decisions by outcome and the guardrail that decided.",
-    ["action", "guardrail"], registry=REGISTRY,
+    f"{_NS}_decisions_total",
+    "Decisions by outcome and the guardrail that decided.",
+    ["action", "guardrail"],
+    registry=REGISTRY,
 )
 
 
@@ -105,8 +126,7 @@ def init_series(agents: tuple[str, ...]) -> None:
         GIT_PUSHES.labels(outcome=outcome)
     for outcome in ("written", "queued", "flushed", "retry", "failed"):
         REPORTS_WRITTEN.labels(outcome=outcome)
-    for agent, dependency in (("collector", "prometheus"), ("executor", "git"),
-                              ("reporter", "s3")):
+    for agent, dependency in (("collector", "prometheus"), ("executor", "git"), ("reporter", "s3")):
         CYCLE_FAILURES.labels(agent=agent, dependency=dependency)
     for agent in agents:
         RECORDS_PROCESSED.labels(agent=agent)

@@ -96,8 +96,11 @@ def workload_notes(spec: WorkloadSpec) -> list[str]:
     scaled, rule = hpa_resources(spec), policy.guardrails.hpa
     if scaled and spec.hpa is not None and rule != "allow":
         on = " and ".join(sorted(scaled))
-        effect = ("it would change memory only" if rule == "memory-only" and scaled == {"cpu"}
-                  else "it would not change this workload")
+        effect = (
+            "it would change memory only"
+            if rule == "memory-only" and scaled == {"cpu"}
+            else "it would not change this workload"
+        )
         notes.append(f"HPA {spec.hpa.name} scales on {on}: {effect} (hpa rule {rule})")
     return notes
 
@@ -154,15 +157,23 @@ async def collect(
     )
     for i, (start, end) in enumerate(chunks, 1):
         fold.add(await collector.collect_chunk(start, end), now)
-        log.info("chunk %d/%d: %d containers, %d samples so far",
-                 i, len(chunks), len(fold.usage), fold.samples)
+        log.info(
+            "chunk %d/%d: %d containers, %d samples so far",
+            i,
+            len(chunks),
+            len(fold.usage),
+            fold.samples,
+        )
     at = chunks[-1][1] if chunks else now
     newest = fold.newest_ts
     if newest is not None and newest < at - LOOKBACK_SECONDS:
         # A Prometheus whose data stops before the window does (a snapshot, a dead scrape):
         # read the specs when the workloads were last seen, not at an empty instant.
-        log.warning("newest sample is %.0f s before the window end: reading specs at %s",
-                    at - newest, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest)))
+        log.warning(
+            "newest sample is %.0f s before the window end: reading specs at %s",
+            at - newest,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest)),
+        )
         at = newest
     return await collector.collect_specs(at)
 
@@ -199,10 +210,14 @@ async def run_once(
     known = {f"{s.workload_id}/{c.name}" for s in specs for c in s.containers}
     orphans = sorted(set(fold.usage) - known)
     if orphans:
-        log.info("%d container(s) with usage but no current spec skipped (e.g. %s)",
-                 len(orphans), orphans[0])
+        log.info(
+            "%d container(s) with usage but no current spec skipped (e.g. %s)",
+            len(orphans),
+            orphans[0],
+        )
     if fold.rejected:
-        log.warning("samples dropped: %s",
-                    ", ".join(f"{k}={v}" for k, v in sorted(fold.rejected.items())))
+        log.warning(
+            "samples dropped: %s", ", ".join(f"{k}={v}" for k, v in sorted(fold.rejected.items()))
+        )
     log.info("%d workload(s), %d sample(s) read", len(recs), fold.samples)
     return render(recs, output, Prices.from_settings(settings), notes=notes)

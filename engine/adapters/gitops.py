@@ -54,7 +54,8 @@ esac
 CYCLE_TRAILER = "Kubefinops-Cycle"
 _NETWORK = {"clone", "fetch", "push", "ls-remote", "pull"}
 _AUTH_FAILED = re.compile(
-    r"authentication failed|returned error: 40[13]|could not read (username|password)")
+    r"authentication failed|returned error: 40[13]|could not read (username|password)"
+)
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -161,8 +162,12 @@ class GitOpsWriter:
         network = any(a in _NETWORK for a in argv[1:3])
         if network and _AUTH_FAILED.search(lowered):
             return AuthenticationFailed(f"git remote refused the credentials: {text}")
-        if network and ("[rejected]" in lowered or "updates were rejected" in lowered
-                        or "non-fast-forward" in lowered or "fetch first" in lowered):
+        if network and (
+            "[rejected]" in lowered
+            or "updates were rejected" in lowered
+            or "non-fast-forward" in lowered
+            or "fetch first" in lowered
+        ):
             return _Rejected(text)
         if network:
             return DependencyUnavailable(f"git remote unreachable or failing: {text}")
@@ -191,8 +196,10 @@ class GitOpsWriter:
                 shutil.rmtree(self.workdir)
             self.workdir.parent.mkdir(parents=True, exist_ok=True)
             try:
-                git.Git().execute(["git", "clone", "--quiet", "--no-checkout", self.url,
-                                   str(self.workdir)], env={**os.environ, **self._env()})
+                git.Git().execute(
+                    ["git", "clone", "--quiet", "--no-checkout", self.url, str(self.workdir)],
+                    env={**os.environ, **self._env()},
+                )
             except git.GitCommandError as exc:
                 raise self._translate(exc) from None
             repo = git.Repo(self.workdir)
@@ -203,8 +210,14 @@ class GitOpsWriter:
         return bool(self._run(repo, "branch", "-r", "--list", ref.removeprefix("refs/remotes/")))
 
     def _find_cycle(self, repo: git.Repo, rev_range: str, cycle_id: str) -> str | None:
-        out = self._run(repo, "log", "--format=%H", "--fixed-strings",
-                        f"--grep={CYCLE_TRAILER}: {cycle_id}", rev_range)
+        out = self._run(
+            repo,
+            "log",
+            "--format=%H",
+            "--fixed-strings",
+            f"--grep={CYCLE_TRAILER}: {cycle_id}",
+            rev_range,
+        )
         for sha in out.split():
             trailers = patches.parse_trailers(str(repo.commit(sha).message))
             if cycle_id in trailers.get(CYCLE_TRAILER, []):
@@ -221,7 +234,8 @@ class GitOpsWriter:
         base = f"origin/{self.settings.git_branch}"
         upstream = f"origin/{branch}" if self._remote_has(repo, f"origin/{branch}") else base
         done = self._find_cycle(repo, upstream, cycle_id) or (
-            self._find_cycle(repo, base, cycle_id) if upstream != base else None)
+            self._find_cycle(repo, base, cycle_id) if upstream != base else None
+        )
         if done:
             return self._result(cycle_id, todo, "noop", done, branch, "cycle already on the remote")
         local = f"refs/heads/{branch}"
@@ -233,7 +247,8 @@ class GitOpsWriter:
             self._run(repo, "checkout", "--quiet", "--force", branch)
             self._run(repo, "clean", "-fdq")
             ids = patches.parse_trailers(str(repo.commit(pending).message)).get(
-                "Kubefinops-Decision", [])
+                "Kubefinops-Decision", []
+            )
             todo = [d for d in todo if d.id in ids] or todo
         else:
             sha, todo, detail = self._commit(repo, cycle_id, branch, upstream, todo, held)
@@ -244,9 +259,15 @@ class GitOpsWriter:
             return self._result(cycle_id, todo, "committed", sha, branch, "not pushed", held)
         return self._push(repo, cycle_id, branch, upstream, todo, held)
 
-    def _commit(self, repo: git.Repo, cycle_id: str, branch: str, upstream: str,
-                todo: list[Decision], held: dict[str, str]
-                ) -> tuple[str | None, list[Decision], tuple[str, str]]:
+    def _commit(
+        self,
+        repo: git.Repo,
+        cycle_id: str,
+        branch: str,
+        upstream: str,
+        todo: list[Decision],
+        held: dict[str, str],
+    ) -> tuple[str | None, list[Decision], tuple[str, str]]:
         self._run(repo, "checkout", "--quiet", "--force", "-B", branch, upstream)
         self._run(repo, "clean", "-fdq")
         overlay = self.workdir / self.settings.gitops_overlay_path
@@ -266,12 +287,18 @@ class GitOpsWriter:
         self._run(repo, "commit", "--quiet", "--no-verify", "--cleanup=verbatim", "-m", message)
         return repo.head.commit.hexsha, todo, ("committed", "")
 
-    def _push(self, repo: git.Repo, cycle_id: str, branch: str, upstream: str,
-              todo: list[Decision], held: dict[str, str]) -> ApplyResult:
+    def _push(
+        self,
+        repo: git.Repo,
+        cycle_id: str,
+        branch: str,
+        upstream: str,
+        todo: list[Decision],
+        held: dict[str, str],
+    ) -> ApplyResult:
         for attempt in range(1, self.max_push_attempts + 1):
             try:
-                self._run(repo, "push", "--quiet", "origin",
-                          f"HEAD:refs/heads/{branch}")
+                self._run(repo, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}")
                 GIT_PUSHES.labels(outcome="ok").inc()
                 sha = repo.head.commit.hexsha
                 detail = "; ".join(f"held {k}: {v}" for k, v in sorted(held.items()))
@@ -293,8 +320,9 @@ class GitOpsWriter:
                         return self._result(cycle_id, todo, "failed", None, branch, why, held)
                 except _Conflict as conflict:
                     todo = self._hold_conflicts(conflict.files, todo, held)
-                    new_sha, todo, (outcome, why) = self._commit(repo, cycle_id, branch, upstream,
-                                                                 todo, held)
+                    new_sha, todo, (outcome, why) = self._commit(
+                        repo, cycle_id, branch, upstream, todo, held
+                    )
                     if new_sha is None:
                         return self._result(cycle_id, todo, outcome, None, branch, why, held)
             except Exception:
@@ -302,7 +330,8 @@ class GitOpsWriter:
                 raise
         raise DependencyUnavailable(
             f"push of cycle {cycle_id} rejected {self.max_push_attempts} times; "
-            "the commit stays local and is pushed on the next attempt")
+            "the commit stays local and is pushed on the next attempt"
+        )
 
     def _rebase(self, repo: git.Repo, upstream: str) -> None:
         try:
@@ -313,8 +342,9 @@ class GitOpsWriter:
                 self._run(repo, "rebase", "--abort")
             raise _Conflict(files) from None
 
-    def _hold_conflicts(self, files: list[str], todo: list[Decision],
-                        held: dict[str, str]) -> list[Decision]:
+    def _hold_conflicts(
+        self, files: list[str], todo: list[Decision], held: dict[str, str]
+    ) -> list[Decision]:
         names = {Path(f).name for f in files}
         keep = []
         for decision in todo:
@@ -322,13 +352,22 @@ class GitOpsWriter:
             if fname in names:
                 held[decision.workload_id] = (
                     f"a human changed bot-owned {patches.BOT_DIR}/{fname} concurrently "
-                    "(not overwritten: review it, the next cycle retries)")
+                    "(not overwritten: review it, the next cycle retries)"
+                )
             else:
                 keep.append(decision)
         return keep
 
-    def _result(self, cycle_id: str, todo: list[Decision], outcome: str, sha: str | None,
-                branch: str, detail: str, held: dict[str, str] | None = None) -> ApplyResult:
+    def _result(
+        self,
+        cycle_id: str,
+        todo: list[Decision],
+        outcome: str,
+        sha: str | None,
+        branch: str,
+        detail: str,
+        held: dict[str, str] | None = None,
+    ) -> ApplyResult:
         execution = Execution(
             id=f"exec-{cycle_id}",
             cycle=cycle_id,
@@ -347,8 +386,13 @@ def kubectl_kustomize(overlay: Path) -> str:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         raise PermanentError("kubectl is not installed: cannot render the overlay")
-    proc = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True,
-                          check=False, timeout=120)
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     if proc.returncode != 0:
         raise PermanentError(f"kubectl kustomize failed: {proc.stderr.strip()[:2000]}")
     return proc.stdout

@@ -88,8 +88,10 @@ async def ensure_topics(settings: Settings) -> list[str]:
             config = (
                 {"cleanup.policy": "compact"}
                 if spec.compacted
-                else {"cleanup.policy": "delete",
-                      "retention.ms": str(int(RETENTION.total_seconds() * 1000))}
+                else {
+                    "cleanup.policy": "delete",
+                    "retention.ms": str(int(RETENTION.total_seconds() * 1000)),
+                }
             )
             wanted.append(NewTopic(name, spec.partitions, settings.topic_replication, None, config))
         if wanted:

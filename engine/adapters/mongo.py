@@ -41,8 +41,11 @@ from engine.settings import Settings
 Doc = dict[str, Any]
 Validator = Callable[[Doc], Any]
 RECORD_KINDS = ("recommendations", "decisions", "executions")
-_TIME_FIELD = {"recommendations": "generated_at", "decisions": "decided_at",
-               "executions": "executed_at"}
+_TIME_FIELD = {
+    "recommendations": "generated_at",
+    "decisions": "decided_at",
+    "executions": "executed_at",
+}
 _META = ("version", "updated_by", "updated_at")
 
 
@@ -58,8 +61,9 @@ def mongo_errors(what: str) -> Iterator[None]:
     except (DuplicateKeyError, PermanentError):
         raise
     except ConnectionFailure as exc:
-        raise DependencyUnavailable(f"MongoDB unavailable during {what}: "
-                                    f"{type(exc).__name__}") from None
+        raise DependencyUnavailable(
+            f"MongoDB unavailable during {what}: {type(exc).__name__}"
+        ) from None
     except OperationFailure as exc:
         if exc.code in (13, 18):  # Unauthorized, AuthenticationFailed
             raise AuthenticationFailed(f"MongoDB refused {what} (code {exc.code})") from None
@@ -76,8 +80,10 @@ def mongo_client(settings: Settings, *, timeout_ms: int = 5000) -> AsyncMongoCli
     """
     return AsyncMongoClient(
         settings.mongodb_uri.get_secret_value(),
-        serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-        tz_aware=True, appname=settings.app_id,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        tz_aware=True,
+        appname=settings.app_id,
     )
 
 
@@ -93,8 +99,9 @@ def _strip(doc: Doc | None) -> Doc | None:
 class PolicyStore:
     """Versioned policy documents; every write is validated first, then recorded in history."""
 
-    def __init__(self, db: AsyncDatabase[Doc], validate: Validator, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Doc], validate: Validator, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.client = db.client
         self.policies = db["policies"]
         self.history_coll = db["policy_history"]
@@ -106,14 +113,17 @@ class PolicyStore:
         with mongo_errors("policy index creation"):
             await self.policies.create_index([("id", ASCENDING)], unique=True, name="id_unique")
             await self.history_coll.create_index(
-                [("policy_id", ASCENDING), ("version", ASCENDING)], unique=True,
-                name="policy_version_unique")
+                [("policy_id", ASCENDING), ("version", ASCENDING)],
+                unique=True,
+                name="policy_version_unique",
+            )
         self._indexed = True
 
     async def _next_version(self, policy_id: str, session: Any) -> tuple[Doc | None, int]:
         current = await self.policies.find_one({"_id": policy_id}, session=session)
-        last = await self.history_coll.find_one({"policy_id": policy_id},
-                                                sort=[("version", DESCENDING)], session=session)
+        last = await self.history_coll.find_one(
+            {"policy_id": policy_id}, sort=[("version", DESCENDING)], session=session
+        )
         base = max(int(current["version"]) if current else 0, int(last["version"]) if last else 0)
         return current, base + 1
 
@@ -152,24 +162,43 @@ class PolicyStore:
                 await self._replace(policy_id, version, doc, True, session)
                 return True
 
-    async def _record(self, policy_id: str, version: int, op: str, doc: Doc, by: str, now: float,
-                      session: Any) -> None:
+    async def _record(
+        self, policy_id: str, version: int, op: str, doc: Doc, by: str, now: float, session: Any
+    ) -> None:
         try:
             await self.history_coll.insert_one(
-                {"policy_id": policy_id, "version": version, "op": op, "doc": doc, "by": by,
-                 "at": datetime.fromtimestamp(now, UTC)}, session=session)
+                {
+                    "policy_id": policy_id,
+                    "version": version,
+                    "op": op,
+                    "doc": doc,
+                    "by": by,
+                    "at": datetime.fromtimestamp(now, UTC),
+                },
+                session=session,
+            )
         except DuplicateKeyError:
-            raise PolicyConflict(f"policy {policy_id!r} version {version} was written "
-                                 "concurrently; re-read and retry") from None
+            raise PolicyConflict(
+                f"policy {policy_id!r} version {version} was written "
+                "concurrently; re-read and retry"
+            ) from None
 
-    async def _replace(self, policy_id: str, version: int, doc: Doc, deleted: bool,
-                       session: Any) -> None:
+    async def _replace(
+        self, policy_id: str, version: int, doc: Doc, deleted: bool, session: Any
+    ) -> None:
         try:
             await self.policies.replace_one(
                 {"_id": policy_id, "version": {"$lt": version}},
-                {"id": policy_id, "version": version, "deleted": deleted, "doc": doc,
-                 "updated_at": datetime.fromtimestamp(float(doc["updated_at"]), UTC)},
-                upsert=True, session=session)
+                {
+                    "id": policy_id,
+                    "version": version,
+                    "deleted": deleted,
+                    "doc": doc,
+                    "updated_at": datetime.fromtimestamp(float(doc["updated_at"]), UTC),
+                },
+                upsert=True,
+                session=session,
+            )
         except DuplicateKeyError:
             raise PolicyConflict(f"policy {policy_id!r} has a newer version") from None
 
@@ -186,16 +215,20 @@ class PolicyStore:
     async def history(self, policy_id: str) -> builtins.list[Doc]:
         """Every version, oldest first: ``{version, op, doc, by, at}``."""
         with mongo_errors("policy history"):
-            rows = await self.history_coll.find({"policy_id": policy_id}).sort(
-                "version", ASCENDING).to_list()
+            rows = (
+                await self.history_coll.find({"policy_id": policy_id})
+                .sort("version", ASCENDING)
+                .to_list()
+            )
         return [r for r in (_strip(r) for r in rows) if r is not None]
 
 
 class RecordStore:
     """Recommendations, decisions and executions, idempotent by ``id``, expired by TTL."""
 
-    def __init__(self, db: AsyncDatabase[Doc], *, retention_days: int,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Doc], *, retention_days: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.db = db
         self.retention_seconds = retention_days * 86400
         self.clock = clock
@@ -205,20 +238,28 @@ class RecordStore:
         with mongo_errors("record index creation"):
             for kind in RECORD_KINDS:
                 coll = self.db[kind]
-                await coll.create_index([("workload_id", ASCENDING), ("at", DESCENDING)],
-                                        name="workload_time")
+                await coll.create_index(
+                    [("workload_id", ASCENDING), ("at", DESCENDING)], name="workload_time"
+                )
                 try:
-                    await coll.create_index([("stored_at", ASCENDING)], name="ttl",
-                                            expireAfterSeconds=self.retention_seconds)
+                    await coll.create_index(
+                        [("stored_at", ASCENDING)],
+                        name="ttl",
+                        expireAfterSeconds=self.retention_seconds,
+                    )
                 except OperationFailure as exc:
                     if exc.code not in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict
                         raise
                     # history_retention_days changed since the index was made: update it
-                    await self.db.command("collMod", kind, index={
-                        "name": "ttl", "expireAfterSeconds": self.retention_seconds})
+                    await self.db.command(
+                        "collMod",
+                        kind,
+                        index={"name": "ttl", "expireAfterSeconds": self.retention_seconds},
+                    )
             await self.db["decisions"].create_index(
                 [("action", ASCENDING), ("workload_id", ASCENDING), ("at", DESCENDING)],
-                name="action_workload_time")
+                name="action_workload_time",
+            )
         self._indexed = True
 
     async def save(self, kind: str, record: BaseModel | Doc) -> None:
@@ -229,8 +270,12 @@ class RecordStore:
         if not doc.get("id"):
             raise PermanentError(f"{kind} record has no id")
         at = float(doc.get(_TIME_FIELD[kind]) or self.clock())
-        row = {**doc, "_id": doc["id"], "at": at,
-               "stored_at": datetime.fromtimestamp(self.clock(), UTC)}
+        row = {
+            **doc,
+            "_id": doc["id"],
+            "at": at,
+            "stored_at": datetime.fromtimestamp(self.clock(), UTC),
+        }
         if not self._indexed:
             await self.ensure_indexes()
         with mongo_errors(f"{kind} write"):
@@ -247,15 +292,21 @@ class RecordStore:
 
     async def recent(self, kind: str, workload_id: str, limit: int = 20) -> list[Doc]:
         with mongo_errors(f"{kind} read"):
-            rows = await self.db[kind].find({"workload_id": workload_id}).sort(
-                "at", DESCENDING).limit(limit).to_list()
+            rows = (
+                await self.db[kind]
+                .find({"workload_id": workload_id})
+                .sort("at", DESCENDING)
+                .limit(limit)
+                .to_list()
+            )
         return [r for r in (_strip(r) for r in rows) if r is not None]
 
     async def last_applied(self, workload_id: str) -> Doc | None:
         """The newest ``apply`` decision of a workload (cooldown / idempotency after restart)."""
         with mongo_errors("decisions read"):
             row = await self.db["decisions"].find_one(
-                {"workload_id": workload_id, "action": "apply"}, sort=[("at", DESCENDING)])
+                {"workload_id": workload_id, "action": "apply"}, sort=[("at", DESCENDING)]
+            )
         return _strip(row)
 
     async def last_applied_all(self) -> dict[str, Doc]:

@@ -92,8 +92,12 @@ class PrometheusClient:
     async def __aenter__(self) -> PrometheusClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -103,14 +107,18 @@ class PrometheusClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
             self._own_session = True
         return self._session
 
     async def query_range(self, expr: str, start: float, end: float, step: int) -> list[Series]:
-        form = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(step),
-                "timeout": f"{self.timeout:g}s"}
+        form = {
+            "query": expr,
+            "start": f"{start:.3f}",
+            "end": f"{end:.3f}",
+            "step": str(step),
+            "timeout": f"{self.timeout:g}s",
+        }
         return await self._call("/api/v1/query_range", form, "matrix")
 
     async def query(self, expr: str, at: float) -> list[Series]:
@@ -150,7 +158,8 @@ class PrometheusClient:
         if status in (401, 403):
             PROMETHEUS_QUERIES.labels(outcome="error").inc()
             raise AuthenticationFailed(
-                f"Prometheus at {self._where} refused access (HTTP {status})")
+                f"Prometheus at {self._where} refused access (HTTP {status})"
+            )
         try:
             doc: Any = json.loads(body)
         except ValueError:
@@ -172,8 +181,14 @@ class PrometheusClient:
 class Collector:
     """Chunks into metrics batches and instants into workload specs (no state of its own)."""
 
-    def __init__(self, client: PrometheusClient, settings: Settings | None = None, *,
-                 step: int | None = None, rate_window: int | None = None) -> None:
+    def __init__(
+        self,
+        client: PrometheusClient,
+        settings: Settings | None = None,
+        *,
+        step: int | None = None,
+        rate_window: int | None = None,
+    ) -> None:
         self.client = client
         if step is None:
             if settings is None:
@@ -219,10 +234,14 @@ async def fetch_history(
 ) -> History:
     """One-shot read of the whole history window (``recommend --once``, no Kafka, no watermark)."""
     now = time.time() if now is None else now
-    chunks = plan_chunks(None, now, scrape_lag=settings.scrape_lag_seconds,
-                         history=settings.history_seconds,
-                         chunk=settings.prometheus_chunk_seconds,
-                         step=settings.prometheus_step_seconds)
+    chunks = plan_chunks(
+        None,
+        now,
+        scrape_lag=settings.scrape_lag_seconds,
+        history=settings.history_seconds,
+        chunk=settings.prometheus_chunk_seconds,
+        step=settings.prometheus_step_seconds,
+    )
     owned = client is None
     client = client or PrometheusClient(settings)
     try:
@@ -235,5 +254,10 @@ async def fetch_history(
     finally:
         if owned:
             await client.close()
-    return History(batches, specs, count_samples(batches),
-                   chunks[0][0] if chunks else now, chunks[-1][1] if chunks else now)
+    return History(
+        batches,
+        specs,
+        count_samples(batches),
+        chunks[0][0] if chunks else now,
+        chunks[-1][1] if chunks else now,
+    )

@@ -51,18 +51,25 @@ class Pending:
     objects: list[ReportObject]
 
     def to_json(self) -> str:
-        return json.dumps({
-            "prefix": self.prefix,
-            "metadata": self.metadata,
-            "objects": [{"key": o.key, "content_type": o.content_type,
-                         "body": o.body.decode("utf-8")} for o in self.objects],
-        }, sort_keys=True)
+        return json.dumps(
+            {
+                "prefix": self.prefix,
+                "metadata": self.metadata,
+                "objects": [
+                    {"key": o.key, "content_type": o.content_type, "body": o.body.decode("utf-8")}
+                    for o in self.objects
+                ],
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Pending:
         raw = json.loads(text)
-        objects = [ReportObject(o["key"], o["body"].encode("utf-8"), o["content_type"])
-                   for o in raw["objects"]]
+        objects = [
+            ReportObject(o["key"], o["body"].encode("utf-8"), o["content_type"])
+            for o in raw["objects"]
+        ]
         return cls(raw["prefix"], dict(raw["metadata"]), objects)
 
 
@@ -112,8 +119,10 @@ class ReportWriter:
         ex = report.execution
         pending = Pending(
             prefix=report_prefix(report),
-            metadata={"cycle-id": safe_cycle(report.cycle_id),
-                      "commit-sha": (ex.commit_sha if ex and ex.commit_sha else "none")},
+            metadata={
+                "cycle-id": safe_cycle(report.cycle_id),
+                "commit-sha": (ex.commit_sha if ex and ex.commit_sha else "none"),
+            },
             objects=documents(report),
         )
         async with self._lock:
@@ -130,17 +139,22 @@ class ReportWriter:
                 REPORTS_WRITTEN.labels(outcome="queued").inc(len(pending.objects))
         return [o.key for o in pending.objects]
 
-    async def write_cycle(self, summary: CycleSummary, generated_at: float | None = None
-                          ) -> list[str]:
+    async def write_cycle(
+        self, summary: CycleSummary, generated_at: float | None = None
+    ) -> list[str]:
         """Report a cycle as the executor summarised it (``kubefinops.cycles``).
 
         Dated by the execution time, so a re-delivered summary overwrites the same keys.
         """
         when = summary.execution.executed_at or generated_at or 0.0
-        report = CycleReport(cycle_id=summary.cycle, generated_at=when,
-                             decisions=summary.decisions, execution=summary.execution,
-                             held=held_from_detail(summary.execution.detail),
-                             policies=summary.policies)
+        report = CycleReport(
+            cycle_id=summary.cycle,
+            generated_at=when,
+            decisions=summary.decisions,
+            execution=summary.execution,
+            held=held_from_detail(summary.execution.detail),
+            policies=summary.policies,
+        )
         return await self.write(report)
 
     async def flush(self) -> int:
@@ -211,8 +225,11 @@ class ReportWriter:
                 await self._ensure_bucket(s3)
                 for obj in pending.objects:
                     await s3.put_object(
-                        Bucket=self.bucket, Key=obj.key, Body=obj.body,
-                        ContentType=obj.content_type, Metadata=pending.metadata,
+                        Bucket=self.bucket,
+                        Key=obj.key,
+                        Body=obj.body,
+                        ContentType=obj.content_type,
+                        Metadata=pending.metadata,
                     )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
@@ -233,7 +250,8 @@ class ReportWriter:
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
             if self.settings.s3_region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {
-                    "LocationConstraint": self.settings.s3_region}
+                    "LocationConstraint": self.settings.s3_region
+                }
             try:
                 await s3.create_bucket(**kwargs)
             except ClientError as create_exc:

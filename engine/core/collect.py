@@ -121,8 +121,11 @@ SPEC_METRICS = (
     "kube_deployment_spec_replicas",
     "kube_statefulset_replicas",
     "kube_daemonset_status_desired_number_scheduled",
-    *(f"kube_{k}_{what}" for k in ("deployment", "statefulset", "daemonset")
-      for what in ("labels", "annotations")),
+    *(
+        f"kube_{k}_{what}"
+        for k in ("deployment", "statefulset", "daemonset")
+        for what in ("labels", "annotations")
+    ),
     "kube_horizontalpodautoscaler_info",
     "kube_horizontalpodautoscaler_spec_target_metric",
     "kube_horizontalpodautoscaler_spec_min_replicas",
@@ -356,8 +359,11 @@ def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
         for dest, prefix in ((labels, "label_"), (annotations, "annotation_")):
             for s in by_name[f"kube_{kind.lower()}_{prefix[:-1]}s"]:
                 key = (s.labels.get("namespace", ""), kind, s.labels.get(kind.lower(), ""))
-                dest[key] = {KNOWN_KEYS.get(k[len(prefix):], k[len(prefix):]): v
-                               for k, v in s.labels.items() if k.startswith(prefix)}
+                dest[key] = {
+                    KNOWN_KEYS.get(k[len(prefix) :], k[len(prefix) :]): v
+                    for k, v in s.labels.items()
+                    if k.startswith(prefix)
+                }
     hpas = _hpas(by_name)
 
     out = []

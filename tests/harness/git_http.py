@@ -163,8 +163,14 @@ class GitRemote:
         if bare.exists():
             shutil.rmtree(bare)
         seed_bare_repo(bare)
-        return GitRemote(f"{self.base_url}/{name}.git", self.username, self.token, bare,
-                         self.server, self.base_url)
+        return GitRemote(
+            f"{self.base_url}/{name}.git",
+            self.username,
+            self.token,
+            bare,
+            self.server,
+            self.base_url,
+        )
 
     def log(self, ref: str = "main", fmt: str = "%H") -> list[str]:
         out = _git("log", f"--format={fmt}%x00", ref, cwd=self.bare_path)
@@ -187,8 +193,17 @@ def git_remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitRemote]:
     token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
     server = Server(
         "git-http",
-        [sys.executable, "-m", "tests.harness.git_http", "--root", str(repos),
-         "--port", str(port), "--user", "kubefinops-bot"],
+        [
+            sys.executable,
+            "-m",
+            "tests.harness.git_http",
+            "--root",
+            str(repos),
+            "--port",
+            str(port),
+            "--user",
+            "kubefinops-bot",
+        ],
         log=root / "git-http.log",
         env={TOKEN_ENV: token},
         cwd=REPO_ROOT,
@@ -196,8 +211,14 @@ def git_remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitRemote]:
     try:
         wait_until(lambda: port_open(port), 15, "git http server", server.log)
         base = f"http://127.0.0.1:{port}"
-        yield GitRemote(f"{base}/smarthealth.git", "kubefinops-bot", token,
-                        repos / "smarthealth.git", server, base)
+        yield GitRemote(
+            f"{base}/smarthealth.git",
+            "kubefinops-bot",
+            token,
+            repos / "smarthealth.git",
+            server,
+            base,
+        )
     finally:
         server.stop()
 

@@ -54,32 +54,76 @@ class WorkloadDef:
 
 
 CLUSTER: tuple[WorkloadDef, ...] = (
-    WorkloadDef("smarthealth", "Deployment", "patient-api", 3,
-                (("app", "ghcr.io/smarthealth/patient-api:1.4", 0.25, 300, 0.5, 512),
-                 ("istio-proxy", "docker.io/istio/proxyv2:1.22", 0.03, 60, 0.1, 128)),
-                {"app": "patient-api", "team": "care"}, hpa_metric="cpu"),
-    WorkloadDef("smarthealth", "Deployment", "billing", 2,
-                (("billing", "eclipse-temurin:21-jre", 0.4, 900, 1.0, 1536),),
-                {"app": "billing", "team": "finance"}),
-    WorkloadDef("smarthealth", "StatefulSet", "records-db", 2,
-                (("postgres", "postgres:16", 0.6, 1800, 1.0, 4096),),
-                {"app": "records-db", "team": "data"}),
-    WorkloadDef("smarthealth", "Deployment", "notifier", 2,
-                (("notifier", "ghcr.io/smarthealth/notifier:0.9", 0.02, 80, 0.25, 256),),
-                {"app": "notifier", "team": "care"},
-                annotations={"kubefinops.io/exclude": "true"}),
-    WorkloadDef("payments", "Deployment", "gateway", 3,
-                (("gateway", "ghcr.io/acme/gateway:2.1", 0.15, 200, 0.5, 400),),
-                {"app": "gateway", "team": "payments"}, hpa_metric="memory"),
-    WorkloadDef("payments", "StatefulSet", "ledger", 2,
-                (("ledger", "openjdk:17", 0.3, 1100, 0.5, 2048),),
-                {"app": "ledger", "team": "payments"}),
-    WorkloadDef("kube-system", "DaemonSet", "node-exporter", 2,
-                (("node-exporter", "quay.io/prometheus/node-exporter:1.8", 0.01, 25, 0.1, 64),),
-                {"app": "node-exporter"}),
-    WorkloadDef("kube-system", "Deployment", "coredns", 2,
-                (("coredns", "registry.k8s.io/coredns:1.11", 0.005, 20, 0.1, 170),),
-                {"k8s-app": "kube-dns"}),
+    WorkloadDef(
+        "smarthealth",
+        "Deployment",
+        "patient-api",
+        3,
+        (
+            ("app", "ghcr.io/smarthealth/patient-api:1.4", 0.25, 300, 0.5, 512),
+            ("istio-proxy", "docker.io/istio/proxyv2:1.22", 0.03, 60, 0.1, 128),
+        ),
+        {"app": "patient-api", "team": "care"},
+        hpa_metric="cpu",
+    ),
+    WorkloadDef(
+        "smarthealth",
+        "Deployment",
+        "billing",
+        2,
+        (("billing", "eclipse-temurin:21-jre", 0.4, 900, 1.0, 1536),),
+        {"app": "billing", "team": "finance"},
+    ),
+    WorkloadDef(
+        "smarthealth",
+        "StatefulSet",
+        "records-db",
+        2,
+        (("postgres", "postgres:16", 0.6, 1800, 1.0, 4096),),
+        {"app": "records-db", "team": "data"},
+    ),
+    WorkloadDef(
+        "smarthealth",
+        "Deployment",
+        "notifier",
+        2,
+        (("notifier", "ghcr.io/smarthealth/notifier:0.9", 0.02, 80, 0.25, 256),),
+        {"app": "notifier", "team": "care"},
+        annotations={"kubefinops.io/exclude": "true"},
+    ),
+    WorkloadDef(
+        "payments",
+        "Deployment",
+        "gateway",
+        3,
+        (("gateway", "ghcr.io/acme/gateway:2.1", 0.15, 200, 0.5, 400),),
+        {"app": "gateway", "team": "payments"},
+        hpa_metric="memory",
+    ),
+    WorkloadDef(
+        "payments",
+        "StatefulSet",
+        "ledger",
+        2,
+        (("ledger", "openjdk:17", 0.3, 1100, 0.5, 2048),),
+        {"app": "ledger", "team": "payments"},
+    ),
+    WorkloadDef(
+        "kube-system",
+        "DaemonSet",
+        "node-exporter",
+        2,
+        (("node-exporter", "quay.io/prometheus/node-exporter:1.8", 0.01, 25, 0.1, 64),),
+        {"app": "node-exporter"},
+    ),
+    WorkloadDef(
+        "kube-system",
+        "Deployment",
+        "coredns",
+        2,
+        (("coredns", "registry.k8s.io/coredns:1.11", 0.005, 20, 0.1, 170),),
+        {"k8s-app": "kube-dns"},
+    ),
 )
 # billing's first pod was OOMKilled halfway through (its cpu counter resets too)
 OOM_POD = ("smarthealth", "billing")
@@ -97,8 +141,9 @@ class Truth:
     oom_at: float = 0.0
     oom_pod: tuple[str, str, str] = ("", "", "")
 
-    def memory_max(self, namespace: str, kind: str, name: str, container: str,
-                   start: float, end: float) -> float:
+    def memory_max(
+        self, namespace: str, kind: str, name: str, container: str, start: float, end: float
+    ) -> float:
         best = 0.0
         for (ns, pod, cont), values in self.memory.items():
             if ns == namespace and cont == container and self.pod_owner[(ns, pod)] == (kind, name):
@@ -132,8 +177,13 @@ def _pod_names(rng: random.Random, wl: WorkloadDef) -> tuple[list[str], str | No
     return [f"{wl.name}-{suffix(5)}" for _ in range(wl.pods)], None
 
 
-def generate(start: int, end: int, seed: int = 42, out: TextIO | None = None,
-             workloads: tuple[WorkloadDef, ...] = CLUSTER) -> Truth:
+def generate(
+    start: int,
+    end: int,
+    seed: int = 42,
+    out: TextIO | None = None,
+    workloads: tuple[WorkloadDef, ...] = CLUSTER,
+) -> Truth:
     """The ground truth for ``[start, end]``, deterministic per seed; with ``out``, also
     streams the OpenMetrics text there (hundreds of MB: never held in memory)."""
     rng = random.Random(seed)
@@ -156,63 +206,135 @@ def generate(start: int, end: int, seed: int = 42, out: TextIO | None = None,
         lbl = {f"label_{k.replace('-', '_')}": v for k, v in wl.labels.items()}
         const(f"kube_{kind_key}_labels", 1, namespace=ns, **{kind_key: wl.name}, **lbl)
         if wl.annotations:
-            ann = {"annotation_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v
-                   for k, v in wl.annotations.items()}
+            ann = {
+                "annotation_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v
+                for k, v in wl.annotations.items()
+            }
             const(f"kube_{kind_key}_annotations", 1, namespace=ns, **{kind_key: wl.name}, **ann)
         if wl.kind == "Deployment":
             const("kube_deployment_spec_replicas", wl.pods, namespace=ns, deployment=wl.name)
-            const("kube_replicaset_owner", 1, namespace=ns, replicaset=str(rs),
-                  owner_kind="Deployment", owner_name=wl.name, owner_is_controller="true")
+            const(
+                "kube_replicaset_owner",
+                1,
+                namespace=ns,
+                replicaset=str(rs),
+                owner_kind="Deployment",
+                owner_name=wl.name,
+                owner_is_controller="true",
+            )
         elif wl.kind == "StatefulSet":
             const("kube_statefulset_replicas", wl.pods, namespace=ns, statefulset=wl.name)
         else:
-            const("kube_daemonset_status_desired_number_scheduled", wl.pods, namespace=ns,
-                  daemonset=wl.name)
+            const(
+                "kube_daemonset_status_desired_number_scheduled",
+                wl.pods,
+                namespace=ns,
+                daemonset=wl.name,
+            )
         if wl.hpa_metric:
             hpa = f"{wl.name}-hpa"
-            const("kube_horizontalpodautoscaler_info", 1, namespace=ns, horizontalpodautoscaler=hpa,
-                  scaletargetref_api_version="apps/v1", scaletargetref_kind=wl.kind,
-                  scaletargetref_name=wl.name)
-            const("kube_horizontalpodautoscaler_spec_target_metric", 70, namespace=ns,
-                  horizontalpodautoscaler=hpa, metric_name=wl.hpa_metric,
-                  metric_target_type="utilization")
-            const("kube_horizontalpodautoscaler_spec_min_replicas", 2, namespace=ns,
-                  horizontalpodautoscaler=hpa)
-            const("kube_horizontalpodautoscaler_spec_max_replicas", 6, namespace=ns,
-                  horizontalpodautoscaler=hpa)
+            const(
+                "kube_horizontalpodautoscaler_info",
+                1,
+                namespace=ns,
+                horizontalpodautoscaler=hpa,
+                scaletargetref_api_version="apps/v1",
+                scaletargetref_kind=wl.kind,
+                scaletargetref_name=wl.name,
+            )
+            const(
+                "kube_horizontalpodautoscaler_spec_target_metric",
+                70,
+                namespace=ns,
+                horizontalpodautoscaler=hpa,
+                metric_name=wl.hpa_metric,
+                metric_target_type="utilization",
+            )
+            const(
+                "kube_horizontalpodautoscaler_spec_min_replicas",
+                2,
+                namespace=ns,
+                horizontalpodautoscaler=hpa,
+            )
+            const(
+                "kube_horizontalpodautoscaler_spec_max_replicas",
+                6,
+                namespace=ns,
+                horizontalpodautoscaler=hpa,
+            )
         for p_idx, pod in enumerate(pods):
-            owner_kind, owner_name = (("ReplicaSet", str(rs)) if wl.kind == "Deployment"
-                                      else (wl.kind, wl.name))
+            owner_kind, owner_name = (
+                ("ReplicaSet", str(rs)) if wl.kind == "Deployment" else (wl.kind, wl.name)
+            )
             truth.pod_owner[(ns, pod)] = (wl.kind, wl.name)
-            const("kube_pod_owner", 1, namespace=ns, pod=pod, owner_kind=owner_kind,
-                  owner_name=owner_name, owner_is_controller="true", uid=f"uid-{pod}")
+            const(
+                "kube_pod_owner",
+                1,
+                namespace=ns,
+                pod=pod,
+                owner_kind=owner_kind,
+                owner_name=owner_name,
+                owner_is_controller="true",
+                uid=f"uid-{pod}",
+            )
             node = f"node-{p_idx % 2}"
             pod_cpu_total = [0.0] * len(ts_cad)
             pod_mem_total = [0.0] * len(ts_cad)
             for c_name, image, cpu_base, mem_base, cpu_req, mem_lim in wl.containers:
                 key = (ns, pod, c_name)
                 oomed = (ns, wl.name) == OOM_POD and p_idx == 0 and c_name == wl.containers[0][0]
-                for res, unit, req, lim in (("cpu", "core", cpu_req, cpu_req * 2),
-                                            ("memory", "byte", mem_lim * MIB * 0.75,
-                                             mem_lim * MIB)):
-                    const("kube_pod_container_resource_requests", req, namespace=ns, pod=pod,
-                          container=c_name, node=node, resource=res, unit=unit)
-                    const("kube_pod_container_resource_limits", lim, namespace=ns, pod=pod,
-                          container=c_name, node=node, resource=res, unit=unit)
-                const("kube_pod_container_info", 1, namespace=ns, pod=pod, container=c_name,
-                      image=image, image_spec=image, container_id=f"containerd://{pod}{c_name}")
+                for res, unit, req, lim in (
+                    ("cpu", "core", cpu_req, cpu_req * 2),
+                    ("memory", "byte", mem_lim * MIB * 0.75, mem_lim * MIB),
+                ):
+                    const(
+                        "kube_pod_container_resource_requests",
+                        req,
+                        namespace=ns,
+                        pod=pod,
+                        container=c_name,
+                        node=node,
+                        resource=res,
+                        unit=unit,
+                    )
+                    const(
+                        "kube_pod_container_resource_limits",
+                        lim,
+                        namespace=ns,
+                        pod=pod,
+                        container=c_name,
+                        node=node,
+                        resource=res,
+                        unit=unit,
+                    )
+                const(
+                    "kube_pod_container_info",
+                    1,
+                    namespace=ns,
+                    pod=pod,
+                    container=c_name,
+                    image=image,
+                    image_spec=image,
+                    container_id=f"containerd://{pod}{c_name}",
+                )
                 if oomed:
                     truth.oom_pod = key
                     after = [(t, 1.0) for t in ts_ksm if t >= truth.oom_at]
-                    series("kube_pod_container_status_last_terminated_reason",
-                           _labels(namespace=ns, pod=pod, container=c_name, reason="OOMKilled"),
-                           after)
-                    series("kube_pod_container_status_last_terminated_timestamp",
-                           _labels(namespace=ns, pod=pod, container=c_name),
-                           [(t, truth.oom_at) for t, _ in after])
-                series("kube_pod_container_status_restarts_total",
-                       _labels(namespace=ns, pod=pod, container=c_name),
-                       [(t, 1.0 if oomed and t >= truth.oom_at else 0.0) for t in ts_ksm])
+                    series(
+                        "kube_pod_container_status_last_terminated_reason",
+                        _labels(namespace=ns, pod=pod, container=c_name, reason="OOMKilled"),
+                        after,
+                    )
+                    series(
+                        "kube_pod_container_status_last_terminated_timestamp",
+                        _labels(namespace=ns, pod=pod, container=c_name),
+                        [(t, truth.oom_at) for t, _ in after],
+                    )
+                series(
+                    "kube_pod_container_status_restarts_total",
+                    _labels(namespace=ns, pod=pod, container=c_name),
+                    [(t, 1.0 if oomed and t >= truth.oom_at else 0.0) for t in ts_ksm],
+                )
                 counter, cpu_points, mem_points = 0.0, [], []
                 phase = rng.uniform(0, 6.28)
                 mem = mem_base * MIB
@@ -227,10 +349,13 @@ def generate(start: int, end: int, seed: int = 42, out: TextIO | None = None,
                         counter += rate * SCRAPE
                     # a mean-reverting walk around the base (a leak before the OOM), plus rare
                     # transient spikes: a working set that neither drifts off nor compounds
-                    mem = max(mem_base * MIB * 0.3,
-                              mem + 0.02 * (mem_base * MIB - mem)
-                              + rng.gauss(0, mem_base * MIB * 0.01)
-                              + (mem_base * MIB * 0.002 if oomed and t < truth.oom_at else 0.0))
+                    mem = max(
+                        mem_base * MIB * 0.3,
+                        mem
+                        + 0.02 * (mem_base * MIB - mem)
+                        + rng.gauss(0, mem_base * MIB * 0.01)
+                        + (mem_base * MIB * 0.002 if oomed and t < truth.oom_at else 0.0),
+                    )
                     seen = mem * 1.3 if rng.random() < 0.002 else mem
                     cpu_points.append((t, round(counter, 4)))
                     mem_points.append((t, float(int(seen))))
@@ -238,20 +363,43 @@ def generate(start: int, end: int, seed: int = 42, out: TextIO | None = None,
                     pod_mem_total[i] += seen
                 truth.cpu_counter[key] = cpu_points
                 truth.memory[key] = mem_points
-                cad = {"namespace": ns, "pod": pod, "container": c_name, "image": image,
-                       "job": "kubelet", "metrics_path": "/metrics/cadvisor", "node": node}
+                cad = {
+                    "namespace": ns,
+                    "pod": pod,
+                    "container": c_name,
+                    "image": image,
+                    "job": "kubelet",
+                    "metrics_path": "/metrics/cadvisor",
+                    "node": node,
+                }
                 series("container_cpu_usage_seconds_total", _labels(**cad), cpu_points)
                 series("container_memory_working_set_bytes", _labels(**cad), mem_points)
             # pod-level cgroup (container="") and the pause container: a collector must skip both
             for cont, scale in (("", 1.0), ("POD", 0.0)):
-                cad = {"namespace": ns, "pod": pod, "container": cont, "job": "kubelet",
-                       "metrics_path": "/metrics/cadvisor", "node": node}
-                series("container_cpu_usage_seconds_total", _labels(**cad),
-                       [(t, round(v * scale + 0.001 * i, 4))
-                        for i, (t, v) in enumerate(zip(ts_cad, pod_cpu_total, strict=True))])
-                series("container_memory_working_set_bytes", _labels(**cad),
-                       [(t, float(int(v * scale + 1 * MIB)))
-                        for t, v in zip(ts_cad, pod_mem_total, strict=True)])
+                cad = {
+                    "namespace": ns,
+                    "pod": pod,
+                    "container": cont,
+                    "job": "kubelet",
+                    "metrics_path": "/metrics/cadvisor",
+                    "node": node,
+                }
+                series(
+                    "container_cpu_usage_seconds_total",
+                    _labels(**cad),
+                    [
+                        (t, round(v * scale + 0.001 * i, 4))
+                        for i, (t, v) in enumerate(zip(ts_cad, pod_cpu_total, strict=True))
+                    ],
+                )
+                series(
+                    "container_memory_working_set_bytes",
+                    _labels(**cad),
+                    [
+                        (t, float(int(v * scale + 1 * MIB)))
+                        for t, v in zip(ts_cad, pod_mem_total, strict=True)
+                    ],
+                )
     if out is not None:
         out.write("# EOF\n")
     return truth
@@ -278,9 +426,18 @@ def promtool_backfill(openmetrics: str | Path, tsdb_dir: Path) -> None:
         src = openmetrics
     try:
         done = subprocess.run(
-            ["promtool", "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=24h",
-             str(src), str(tsdb_dir)],
-            capture_output=True, timeout=600, check=False,
+            [
+                "promtool",
+                "tsdb",
+                "create-blocks-from",
+                "openmetrics",
+                "--max-block-duration=24h",
+                str(src),
+                str(tsdb_dir),
+            ],
+            capture_output=True,
+            timeout=600,
+            check=False,
         )
     finally:
         if isinstance(openmetrics, str):
@@ -330,9 +487,14 @@ def start_prometheus(tsdb_dir: Path, workdir: Path, port: int | None = None) -> 
     config.write_text("global:\n  scrape_interval: 30s\nscrape_configs: []\n")
     server = Server(
         "prometheus",
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb_dir}",
-         "--storage.tsdb.retention.time=30d", f"--web.listen-address=127.0.0.1:{port}",
-         "--web.enable-admin-api"],
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tsdb_dir}",
+            "--storage.tsdb.retention.time=30d",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-admin-api",
+        ],
         log=workdir / "prometheus.log",
     ).start()
     url = f"http://127.0.0.1:{port}"
@@ -364,8 +526,14 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromInfo]:
     shutil.copytree(blocks, tsdb, ignore=shutil.ignore_patterns("done"))
     server, url = start_prometheus(tsdb, work)
     try:
-        yield PromInfo(url=url, tsdb_dir=tsdb, truth=truth, start_ts=start, end_ts=end,
-                       server=server, blocks_dir=blocks)
+        yield PromInfo(
+            url=url,
+            tsdb_dir=tsdb,
+            truth=truth,
+            start_ts=start,
+            end_ts=end,
+            server=server,
+            blocks_dir=blocks,
+        )
     finally:
         server.stop()
-

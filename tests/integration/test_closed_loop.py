@@ -32,13 +32,30 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "closed-loop-api-token"
 # The SmartHealth workloads of smarthealth-gitops, with the container names of its manifests.
 SMARTHEALTH = (
-    WorkloadDef("smarthealth", "Deployment", "billing", 2,
-                (("app", "ghcr.io/smarthealth/billing:3.2", 0.08, 180, 0.75, 768),),
-                {"app": "billing"}),
-    WorkloadDef("smarthealth", "Deployment", "frontend", 2,
-                (("nginx", "nginx:1.27", 0.01, 30, 0.2, 256),), {"app": "frontend"}),
-    WorkloadDef("smarthealth", "StatefulSet", "patients-db", 1,
-                (("postgres", "postgres:16", 0.3, 900, 1.0, 2048),), {"app": "patients-db"}),
+    WorkloadDef(
+        "smarthealth",
+        "Deployment",
+        "billing",
+        2,
+        (("app", "ghcr.io/smarthealth/billing:3.2", 0.08, 180, 0.75, 768),),
+        {"app": "billing"},
+    ),
+    WorkloadDef(
+        "smarthealth",
+        "Deployment",
+        "frontend",
+        2,
+        (("nginx", "nginx:1.27", 0.01, 30, 0.2, 256),),
+        {"app": "frontend"},
+    ),
+    WorkloadDef(
+        "smarthealth",
+        "StatefulSet",
+        "patients-db",
+        1,
+        (("postgres", "postgres:16", 0.3, 900, 1.0, 2048),),
+        {"app": "patients-db"},
+    ),
 )
 
 
@@ -76,39 +93,52 @@ def wait_for(check, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_closed_loop(kafka, mongo, s3_outage: S3Info, git_remote: GitRemote,
-                     live_prometheus, tmp_path: Path):
+def test_closed_loop(
+    kafka, mongo, s3_outage: S3Info, git_remote: GitRemote, live_prometheus, tmp_path: Path
+):
     prom_url, _ = live_prometheus
     remote = git_remote.fresh("closed-loop")
     seeded = remote.log()
     bucket = "kubefinops-reports"
-    dep = Deployment(kafka=kafka, workdir=tmp_path, extra_env={
-        "KUBEFINOPS_PROMETHEUS_URL": prom_url,
-        "KUBEFINOPS_SCRAPE_LAG_SECONDS": "0",
-        "KUBEFINOPS_HISTORY_DAYS": "1",
-        "KUBEFINOPS_COLLECT_ON_START": "false",
-        "KUBEFINOPS_MONGODB_URI": mongo.uri,
-        "KUBEFINOPS_MONGODB_DATABASE": (dep_db := f"loop{int(time.time())}"),
-        "KUBEFINOPS_API_TOKEN": TOKEN,
-        "KUBEFINOPS_GIT_REMOTE_URL": remote.url,
-        "KUBEFINOPS_GIT_USERNAME": remote.username,
-        "KUBEFINOPS_GIT_TOKEN": remote.token,
-        "KUBEFINOPS_GIT_WORKDIR": str(tmp_path / "clone"),
-        "KUBEFINOPS_S3_ENDPOINT_URL": s3_outage.endpoint_url,
-        "KUBEFINOPS_S3_ACCESS_KEY": s3_outage.access_key,
-        "KUBEFINOPS_S3_SECRET_KEY": s3_outage.secret_key,
-        "KUBEFINOPS_S3_BUCKET": bucket,
-    })
+    dep = Deployment(
+        kafka=kafka,
+        workdir=tmp_path,
+        extra_env={
+            "KUBEFINOPS_PROMETHEUS_URL": prom_url,
+            "KUBEFINOPS_SCRAPE_LAG_SECONDS": "0",
+            "KUBEFINOPS_HISTORY_DAYS": "1",
+            "KUBEFINOPS_COLLECT_ON_START": "false",
+            "KUBEFINOPS_MONGODB_URI": mongo.uri,
+            "KUBEFINOPS_MONGODB_DATABASE": (dep_db := f"loop{int(time.time())}"),
+            "KUBEFINOPS_API_TOKEN": TOKEN,
+            "KUBEFINOPS_GIT_REMOTE_URL": remote.url,
+            "KUBEFINOPS_GIT_USERNAME": remote.username,
+            "KUBEFINOPS_GIT_TOKEN": remote.token,
+            "KUBEFINOPS_GIT_WORKDIR": str(tmp_path / "clone"),
+            "KUBEFINOPS_S3_ENDPOINT_URL": s3_outage.endpoint_url,
+            "KUBEFINOPS_S3_ACCESS_KEY": s3_outage.access_key,
+            "KUBEFINOPS_S3_SECRET_KEY": s3_outage.secret_key,
+            "KUBEFINOPS_S3_BUCKET": bucket,
+        },
+    )
     # The system of record first: the worker's start-up reconcile must publish this policy.
-    settings = load_settings(mongodb_uri=mongo.uri, mongodb_database=dep_db,
-                             kafka_security_protocol="PLAINTEXT")
+    settings = load_settings(
+        mongodb_uri=mongo.uri, mongodb_database=dep_db, kafka_security_protocol="PLAINTEXT"
+    )
     import asyncio
 
     async def put_policy() -> None:
         store = PolicyStore(connect(settings), validate=validate_policy)
-        await store.put({"id": "smarthealth-autopilot", "name": "autopilot",
-                         "selectors": {"namespaces": ["smarthealth"]}, "mode": "autopilot",
-                         "priority": 5}, by="test")
+        await store.put(
+            {
+                "id": "smarthealth-autopilot",
+                "name": "autopilot",
+                "selectors": {"namespaces": ["smarthealth"]},
+                "mode": "autopilot",
+                "priority": 5,
+            },
+            by="test",
+        )
 
     asyncio.run(put_policy())
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -117,26 +147,35 @@ def test_closed_loop(kafka, mongo, s3_outage: S3Info, git_remote: GitRemote,
         server, port = dep.start_worker("w1")
         dep.wait_ready(port, server=server)
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: http_json(f"{base}/api/policies", headers=auth)[1].get("policies"),
-                 60, "the reconciled policy in the global table")
+        wait_for(
+            lambda: http_json(f"{base}/api/policies", headers=auth)[1].get("policies"),
+            60,
+            "the reconciled policy in the global table",
+        )
 
         assert http_json(f"{base}/api/cycles", "POST")[0] == 401
         assert http_json(f"{base}/api/cycles", "POST", headers=auth)[0] == 202
 
-        commits = wait_for(lambda: (log := remote.log()) != seeded and log, 180,
-                           "the bot's commit on the remote")
+        commits = wait_for(
+            lambda: (log := remote.log()) != seeded and log, 180, "the bot's commit on the remote"
+        )
         assert len(commits) == len(seeded) + 1, "exactly one commit for the cycle"
         changed = remote.changed_files()
         assert changed and all("overlays/production/kubefinops/" in f for f in changed), changed
 
-        decisions = [json.loads(v) for _, v in asyncio.run(
-            consume_all(kafka, dep.topic("decisions"), expect=3, timeout=30))]
+        decisions = [
+            json.loads(v)
+            for _, v in asyncio.run(
+                consume_all(kafka, dep.topic("decisions"), expect=3, timeout=30)
+            )
+        ]
         applied = {d["workload_id"]: d for d in decisions if d["action"] == "apply"}
         assert applied, decisions
         for wid, decision in applied.items():
             _, kind, name = wid.split("/")
             patch = remote.show(
-                f"smarthealth-gitops/overlays/production/kubefinops/{kind.lower()}-{name}.yaml")
+                f"smarthealth-gitops/overlays/production/kubefinops/{kind.lower()}-{name}.yaml"
+            )
             for c in decision["containers"]:
                 if c["cpu_request"] is not None:
                     millis = math.ceil(round(c["cpu_request"] * 1000, 6))
@@ -147,30 +186,56 @@ def test_closed_loop(kafka, mongo, s3_outage: S3Info, git_remote: GitRemote,
 
         with MongoClient(mongo.uri) as client:
             db = client[dep_db]
-            stored = wait_for(lambda: db["decisions"].count_documents({}) >= len(decisions)
-                              and db["decisions"].count_documents({}), 30, "decision history")
+            stored = wait_for(
+                lambda: (
+                    db["decisions"].count_documents({}) >= len(decisions)
+                    and db["decisions"].count_documents({})
+                ),
+                30,
+                "decision history",
+            )
             assert stored >= len(decisions)
             assert db["recommendations"].count_documents({}) >= len(decisions)
             ttl = [i for i in db["decisions"].list_indexes() if "expireAfterSeconds" in i]
             assert ttl, "decisions need a retention TTL index"
 
-        report_keys = wait_for(lambda: [k for k in s3_objects(s3_outage, bucket)
-                                        if k.endswith("report.json")], 60, "the first report")
+        report_keys = wait_for(
+            lambda: [k for k in s3_objects(s3_outage, bucket) if k.endswith("report.json")],
+            60,
+            "the first report",
+        )
         assert len(report_keys) == 1
 
         # S3 goes away: the next cycle still runs; its report arrives when S3 is back.
         s3_outage.stop()
         assert http_json(f"{base}/api/cycles", "POST", headers=auth)[0] == 202
-        decisions_after = wait_for(lambda: len(asyncio.run(consume_all(
-            kafka, dep.topic("decisions"), expect=len(decisions) + 1, timeout=5)))
-            > len(decisions), 120, "the second cycle's decisions")
+        decisions_after = wait_for(
+            lambda: (
+                len(
+                    asyncio.run(
+                        consume_all(
+                            kafka, dep.topic("decisions"), expect=len(decisions) + 1, timeout=5
+                        )
+                    )
+                )
+                > len(decisions)
+            ),
+            120,
+            "the second cycle's decisions",
+        )
         assert decisions_after
         time.sleep(5)
         assert remote.log() == commits, "the second cycle must not commit again"
         s3_outage.start()
-        objects = wait_for(lambda: (o := s3_objects(s3_outage, bucket)) and len(
-            [k for k in o if k.endswith("report.json")]) >= 1 and o, 120,
-            "the delayed report after S3 returned")
+        objects = wait_for(
+            lambda: (
+                (o := s3_objects(s3_outage, bucket))
+                and len([k for k in o if k.endswith("report.json")]) >= 1
+                and o
+            ),
+            120,
+            "the delayed report after S3 returned",
+        )
         for key, body in objects.items():
             assert remote.token.encode() not in body, key
             assert TOKEN.encode() not in body, key

@@ -68,10 +68,20 @@ STEP_SECONDS = 30
 
 def _spec(kind: str, name: str, replicas: int, container: str, *res: float | None) -> WorkloadSpec:
     cpu, mem, cpu_limit, mem_limit = res
-    box = ContainerSpec(name=container, requests=ResourcePair(cpu=cpu, memory=mem),
-                        limits=ResourcePair(cpu=cpu_limit, memory=mem_limit))
-    return WorkloadSpec(namespace=WORKLOAD_NS, kind=kind, name=name, replicas=replicas,
-                        containers=[box], labels={"app": name}, observed_at=time.time())
+    box = ContainerSpec(
+        name=container,
+        requests=ResourcePair(cpu=cpu, memory=mem),
+        limits=ResourcePair(cpu=cpu_limit, memory=mem_limit),
+    )
+    return WorkloadSpec(
+        namespace=WORKLOAD_NS,
+        kind=kind,
+        name=name,
+        replicas=replicas,
+        containers=[box],
+        labels={"app": name},
+        observed_at=time.time(),
+    )
 
 
 def _usage(rng: np.random.Generator) -> tuple[list[MetricsBatch], list[CycleEnd]]:
@@ -91,8 +101,17 @@ def _usage(rng: np.random.Generator) -> tuple[list[MetricsBatch], list[CycleEnd]
                 cpu_s += list(zip(ts, used, strict=True))
                 mem_s += list(zip(ts, rss, strict=True))
             samples = {"cpu": cpu_s, "memory": mem_s}
-            batches.append(MetricsBatch(namespace=WORKLOAD_NS, kind=kind, workload=name,
-                                        container=container, start=t0, end=t1, samples=samples))
+            batches.append(
+                MetricsBatch(
+                    namespace=WORKLOAD_NS,
+                    kind=kind,
+                    workload=name,
+                    container=container,
+                    start=t0,
+                    end=t1,
+                    samples=samples,
+                )
+            )
         spec = _spec(kind, name, replicas, container, cpu, mem, cpu_lim, mem_lim)
         markers.append(CycleEnd(cycle="dashboard-c1", spec=spec))
     return batches, markers
@@ -127,31 +146,40 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def worker(kafka: KafkaInfo, mongo: Any, git_remote: GitRemote, s3: S3Info,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+def worker(
+    kafka: KafkaInfo,
+    mongo: Any,
+    git_remote: GitRemote,
+    s3: S3Info,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Worker]:
     """A real ``kubefinops worker``; its collector reads an empty Prometheus every 5 s."""
     work = tmp_path_factory.mktemp("dashboard-worker")
     remote = git_remote.fresh("dashboard")
     bucket = unique_bucket("dashboard")
     (work / "collector-tsdb").mkdir()
     collector_prometheus, collector_url = start_prometheus(work / "collector-tsdb", work)
-    dep = Deployment(kafka=kafka, workdir=work, extra_env={
-        "KUBEFINOPS_PROMETHEUS_URL": collector_url,
-        "KUBEFINOPS_COLLECT_INTERVAL_SECONDS": "5",
-        "KUBEFINOPS_SCRAPE_LAG_SECONDS": "0",
-        "KUBEFINOPS_HISTORY_DAYS": "1",
-        "KUBEFINOPS_MONGODB_URI": mongo.uri,
-        "KUBEFINOPS_MONGODB_DATABASE": f"dashboard{int(time.time() * 1000)}",
-        "KUBEFINOPS_API_TOKEN": TOKEN,
-        "KUBEFINOPS_GIT_REMOTE_URL": remote.url,
-        "KUBEFINOPS_GIT_USERNAME": remote.username,
-        "KUBEFINOPS_GIT_TOKEN": remote.token,
-        "KUBEFINOPS_GIT_WORKDIR": str(work / "clone"),
-        "KUBEFINOPS_S3_ENDPOINT_URL": s3.endpoint_url,
-        "KUBEFINOPS_S3_ACCESS_KEY": s3.access_key,
-        "KUBEFINOPS_S3_SECRET_KEY": s3.secret_key,
-        "KUBEFINOPS_S3_BUCKET": bucket,
-    })
+    dep = Deployment(
+        kafka=kafka,
+        workdir=work,
+        extra_env={
+            "KUBEFINOPS_PROMETHEUS_URL": collector_url,
+            "KUBEFINOPS_COLLECT_INTERVAL_SECONDS": "5",
+            "KUBEFINOPS_SCRAPE_LAG_SECONDS": "0",
+            "KUBEFINOPS_HISTORY_DAYS": "1",
+            "KUBEFINOPS_MONGODB_URI": mongo.uri,
+            "KUBEFINOPS_MONGODB_DATABASE": f"dashboard{int(time.time() * 1000)}",
+            "KUBEFINOPS_API_TOKEN": TOKEN,
+            "KUBEFINOPS_GIT_REMOTE_URL": remote.url,
+            "KUBEFINOPS_GIT_USERNAME": remote.username,
+            "KUBEFINOPS_GIT_TOKEN": remote.token,
+            "KUBEFINOPS_GIT_WORKDIR": str(work / "clone"),
+            "KUBEFINOPS_S3_ENDPOINT_URL": s3.endpoint_url,
+            "KUBEFINOPS_S3_ACCESS_KEY": s3.access_key,
+            "KUBEFINOPS_S3_SECRET_KEY": s3.secret_key,
+            "KUBEFINOPS_S3_BUCKET": bucket,
+        },
+    )
     try:
         server, port = dep.start_worker("w1")
         dep.wait_ready(port, server=server)
@@ -233,18 +261,30 @@ def prometheus(
     )
     server = Server(
         name="prometheus",
-        argv=["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-              "--storage.tsdb.retention.time=30d", f"--web.listen-address=127.0.0.1:{port}"],
+        argv=[
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tsdb}",
+            "--storage.tsdb.retention.time=30d",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
         log=work / "prometheus.log",
     ).start()
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _ready(base), 30, "prometheus", server.log)
         # The worker is scraped (its counters at their start values) before the cycle runs.
-        exprs = ('up{job="kubefinops"} == 1', "kubefinops_savings_realised_monthly_total",
-                 "container_memory_working_set_bytes")
-        wait_until(lambda: all(query(base, e) for e in exprs), 60,
-                   "first scrape of the worker and backfilled history", server.log)
+        exprs = (
+            'up{job="kubefinops"} == 1',
+            "kubefinops_savings_realised_monthly_total",
+            "container_memory_working_set_bytes",
+        )
+        wait_until(
+            lambda: all(query(base, e) for e in exprs),
+            60,
+            "first scrape of the worker and backfilled history",
+            server.log,
+        )
         yield base
     finally:
         server.stop()
@@ -283,8 +323,12 @@ def cycle(prometheus: str, worker: Worker, kafka: KafkaInfo, s3: S3Info) -> Cycl
     malformed = [(b"smarthealth/Deployment/billing", b"{not json")]
     asyncio.run(produce(kafka, dep.topic("metrics"), malformed + _records(batches)))
 
-    policy = {"name": "smarthealth autopilot", "priority": 5, "mode": "autopilot",
-              "selectors": {"namespaces": [WORKLOAD_NS]}}
+    policy = {
+        "name": "smarthealth autopilot",
+        "priority": 5,
+        "mode": "autopilot",
+        "selectors": {"namespaces": [WORKLOAD_NS]},
+    }
     status, body = http_json(f"{base}/api/policies/smarthealth-autopilot", "PUT", policy, AUTH)
     assert status == 200, body
 
@@ -294,13 +338,28 @@ def cycle(prometheus: str, worker: Worker, kafka: KafkaInfo, s3: S3Info) -> Cycl
     wait_for(lambda: listed() == ["smarthealth-autopilot"], 30, "the policy listed", log)
     asyncio.run(produce(kafka, dep.topic("metrics"), _records(markers)))
 
-    commits = wait_for(lambda: (c := worker.remote.log()) != seeded and c, 90,
-                       "the bot's commit on the remote", log)
-    reports = wait_for(lambda: [k for k in s3_keys(s3, worker.bucket)
-                                if k.endswith("report.json")], 60, "the report in S3", log)
-    recs, decisions = ([json.loads(v) for _, v in asyncio.run(consume_all(
-        kafka, dep.topic(t), expect=len(WORKLOADS), timeout=30)) if v]
-        for t in ("recommendations", "decisions"))
+    commits = wait_for(
+        lambda: (c := worker.remote.log()) != seeded and c,
+        90,
+        "the bot's commit on the remote",
+        log,
+    )
+    reports = wait_for(
+        lambda: [k for k in s3_keys(s3, worker.bucket) if k.endswith("report.json")],
+        60,
+        "the report in S3",
+        log,
+    )
+    recs, decisions = (
+        [
+            json.loads(v)
+            for _, v in asyncio.run(
+                consume_all(kafka, dep.topic(t), expect=len(WORKLOADS), timeout=30)
+            )
+            if v
+        ]
+        for t in ("recommendations", "decisions")
+    )
     assert {r["workload_id"] for r in recs} == {f"{WORKLOAD_NS}/{k}/{n}" for k, n, *_ in WORKLOADS}
     assert any(d["action"] == "apply" for d in decisions), decisions
     changed = worker.remote.changed_files()

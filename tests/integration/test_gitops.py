@@ -94,8 +94,16 @@ def three_decisions() -> list[Decision]:
     return [
         decision("patient-api", "app", cpu=0.25, mem_mib=384),
         decision("appointments", "envoy", cpu=0.05, mem_mib=96, cur_cpu=0.1, cur_mem_mib=128),
-        decision("patients-db", "postgres", kind="StatefulSet", mem_mib=1536, mem_limit_mib=1536,
-                 cur_cpu=1.0, cur_mem_mib=2048, delta=-2.0),
+        decision(
+            "patients-db",
+            "postgres",
+            kind="StatefulSet",
+            mem_mib=1536,
+            mem_limit_mib=1536,
+            cur_cpu=1.0,
+            cur_mem_mib=2048,
+            delta=-2.0,
+        ),
         decision("billing", "app", cpu=0.3, action=Action.HOLD),
     ]
 
@@ -106,10 +114,15 @@ def _rejections() -> float:
 
 def render(remote: GitRemote, tmp: Path, ref: str = "main") -> list[dict[str, object]]:
     checkout = tmp / f"render-{ref.replace('/', '-')}"
-    subprocess.run(["git", "clone", "-q", "-b", ref, str(remote.bare_path), str(checkout)],
-                   check=True)
-    out = subprocess.run(["kubectl", "kustomize", str(checkout / OVERLAY)], check=True,
-                         capture_output=True, text=True).stdout
+    subprocess.run(
+        ["git", "clone", "-q", "-b", ref, str(remote.bare_path), str(checkout)], check=True
+    )
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(checkout / OVERLAY)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     docs = [d for d in patches.parse_yaml_all(out) if isinstance(d, dict)]
     for doc in docs:
         kubernetes_validate.validate(doc, "1.31.0", strict=True)
@@ -126,8 +139,13 @@ def human_commit(remote: GitRemote, tmp: Path, path: str, text: str, msg: str) -
     subprocess.run(["git", "clone", "-q", str(remote.bare_path), str(work)], check=True)
     (work / path).parent.mkdir(parents=True, exist_ok=True)
     (work / path).write_text(text)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Alice", "GIT_AUTHOR_EMAIL": "alice@smarthealth.local",
-           "GIT_COMMITTER_NAME": "Alice", "GIT_COMMITTER_EMAIL": "alice@smarthealth.local"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Alice",
+        "GIT_AUTHOR_EMAIL": "alice@smarthealth.local",
+        "GIT_COMMITTER_NAME": "Alice",
+        "GIT_COMMITTER_EMAIL": "alice@smarthealth.local",
+    }
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
     subprocess.run(["git", "commit", "-qm", msg], cwd=work, check=True, env=env)
     subprocess.run(["git", "push", "-q", "origin", "HEAD:main"], cwd=work, check=True)
@@ -177,7 +195,8 @@ async def test_one_commit_per_cycle_renders_valid_and_matches(
 
     # replaying the same cycle (even with a fresh working copy) adds no commit
     again = await GitOpsWriter(settings_for(remote, tmp_path / "wd2")).apply_cycle(
-        "cycle-001", three_decisions())
+        "cycle-001", three_decisions()
+    )
     assert again.outcome == "noop" and again.commit_sha == ex.commit_sha
     same_values = await writer.apply_cycle("cycle-002", three_decisions())
     assert same_values.outcome == "noop"
@@ -188,8 +207,9 @@ async def test_nothing_to_apply_is_noop(git_remote: GitRemote, tmp_path: Path) -
     remote = git_remote.fresh("noop")
     before = remote.log()
     writer = GitOpsWriter(settings_for(remote, tmp_path / "wd"))
-    ex = await writer.apply_cycle("c-hold", [decision("billing", "app", cpu=0.3,
-                                                      action=Action.SKIP)])
+    ex = await writer.apply_cycle(
+        "c-hold", [decision("billing", "app", cpu=0.3, action=Action.SKIP)]
+    )
     assert ex.outcome == "noop" and ex.commit_sha is None
     assert remote.log() == before
 
@@ -202,13 +222,19 @@ async def test_concurrent_human_commit_is_rebased_over(
     await writer.apply_cycle("c1", [decision("frontend", "nginx", cpu=0.1, cur_cpu=0.2)])
     # the bot's working copy is now behind: a human changes a human-owned file meanwhile
     kust = remote.show(f"{OVERLAY}/kustomization.yaml")
-    human_commit(remote, tmp_path, f"{OVERLAY}/kustomization.yaml",
-                 kust.replace("newTag: 2.4.1", "newTag: 2.5.0"), "feat: patient-api 2.5.0")
+    human_commit(
+        remote,
+        tmp_path,
+        f"{OVERLAY}/kustomization.yaml",
+        kust.replace("newTag: 2.4.1", "newTag: 2.5.0"),
+        "feat: patient-api 2.5.0",
+    )
     human_sha = remote.log()[0]
     writer_stale = GitOpsWriter(settings_for(remote, tmp_path / "wd"))
     rejected = _rejections()
-    ex = await _apply_with_stale_fetch(writer_stale, "c2",
-                                       [decision("billing", "app", cpu=0.5, cur_cpu=0.75)])
+    ex = await _apply_with_stale_fetch(
+        writer_stale, "c2", [decision("billing", "app", cpu=0.5, cur_cpu=0.75)]
+    )
     assert ex.outcome == "pushed", ex.detail
     log = remote.log()
     assert log[0] == ex.commit_sha and human_sha in log
@@ -245,10 +271,14 @@ async def test_conflicting_human_edit_is_held_not_overwritten(
     human_text = remote.show(bot_file).replace("500m", "900m") + "\n# pinned by Alice\n"
     human_commit(remote, tmp_path, bot_file, human_text, "fix: billing needs more cpu")
     rejected = _rejections()
-    ex_result = await _apply_result_stale(writer, "c2", [
-        decision("billing", "app", cpu=0.4, cur_cpu=0.5),
-        decision("frontend", "nginx", cpu=0.1, cur_cpu=0.2),
-    ])
+    ex_result = await _apply_result_stale(
+        writer,
+        "c2",
+        [
+            decision("billing", "app", cpu=0.4, cur_cpu=0.5),
+            decision("frontend", "nginx", cpu=0.1, cur_cpu=0.2),
+        ],
+    )
     ex = ex_result.execution
     assert ex.outcome == "pushed", ex.detail
     assert "smarthealth/Deployment/billing" in ex_result.held
@@ -283,12 +313,17 @@ async def test_rebase_that_makes_the_overlay_invalid_pushes_nothing(
     writer = GitOpsWriter(settings_for(remote, tmp_path / "wd"))
     await writer.apply_cycle("c1", [decision("billing", "app", cpu=0.5, cur_cpu=0.75)])
     base = "smarthealth-gitops/base/frontend/deployment.yaml"
-    human_commit(remote, tmp_path, base,
-                 remote.show(base).replace("memory: 256Mi", "memory: 128Mi") + "\n",
-                 "perf: frontend memory limit 128Mi")
+    human_commit(
+        remote,
+        tmp_path,
+        base,
+        remote.show(base).replace("memory: 256Mi", "memory: 128Mi") + "\n",
+        "perf: frontend memory limit 128Mi",
+    )
     human_sha = remote.log()[0]
-    ex = await _apply_with_stale_fetch(writer, "c2", [decision("frontend", "nginx", mem_mib=200,
-                                                               cur_mem_mib=128)])
+    ex = await _apply_with_stale_fetch(
+        writer, "c2", [decision("frontend", "nginx", mem_mib=200, cur_mem_mib=128)]
+    )
     assert ex.outcome == "failed" and "exceeds limit" in ex.detail, ex.detail
     assert remote.log()[0] == human_sha
 
@@ -314,18 +349,38 @@ async def test_crash_between_commit_and_push_pushes_exactly_once(
 
     remote = git_remote.fresh("crash")
     before = remote.log()
-    decisions = [decision("records-service", "app", mem_mib=1800, mem_limit_mib=1800,
-                          cur_cpu=1.0, cur_mem_mib=2048)]
-    payload = json.dumps({
-        "cycle": "c-crash",
-        "decisions": [d.model_dump(mode="json") for d in decisions],
-        "settings": {"git_remote_url": remote.url, "git_token": remote.token,
-                     "git_username": remote.username, "git_workdir": str(tmp_path / "wd"),
-                     "data_dir": str(tmp_path), "kafka_username": None},
-    })
+    decisions = [
+        decision(
+            "records-service",
+            "app",
+            mem_mib=1800,
+            mem_limit_mib=1800,
+            cur_cpu=1.0,
+            cur_mem_mib=2048,
+        )
+    ]
+    payload = json.dumps(
+        {
+            "cycle": "c-crash",
+            "decisions": [d.model_dump(mode="json") for d in decisions],
+            "settings": {
+                "git_remote_url": remote.url,
+                "git_token": remote.token,
+                "git_username": remote.username,
+                "git_workdir": str(tmp_path / "wd"),
+                "data_dir": str(tmp_path),
+                "kafka_username": None,
+            },
+        }
+    )
     proc = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", CRASH_SCRIPT, payload], cwd=REPO_ROOT,
-        capture_output=True, text=True, check=False)
+        subprocess.run,
+        [sys.executable, "-c", CRASH_SCRIPT, payload],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     local_sha = proc.stdout.strip()
     assert remote.log() == before  # committed locally, never pushed
@@ -373,9 +428,15 @@ async def test_token_never_leaks(
     wd = tmp_path / "wd"
     writer = GitOpsWriter(settings_for(remote, wd))
     await writer.apply_cycle("c-secret", [decision("billing", "app", cpu=0.5)])
-    bad = GitOpsWriter(settings_for(remote, tmp_path / "wd-bad").model_copy(
-        update={"git_token": load_settings(git_token=remote.token[::-1],
-                                           kafka_username=None).git_token}))
+    bad = GitOpsWriter(
+        settings_for(remote, tmp_path / "wd-bad").model_copy(
+            update={
+                "git_token": load_settings(
+                    git_token=remote.token[::-1], kafka_username=None
+                ).git_token
+            }
+        )
+    )
     with pytest.raises(AuthenticationFailed) as failed:
         await bad.apply_cycle("c-secret-2", [decision("billing", "app", cpu=0.4)])
     assert remote.token[::-1] not in str(failed.value)
@@ -414,22 +475,37 @@ def test_remote_requires_basic_auth(git_remote: GitRemote) -> None:
 
 def test_estate_renders_and_passes_strict_validation(tmp_path: Path) -> None:
     """The folder Argo CD tracks, as committed: renders and passes kubernetes-validate --strict."""
-    out = subprocess.run(["kubectl", "kustomize", str(REPO_ROOT / OVERLAY)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(REPO_ROOT / OVERLAY)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(out)
-    check = subprocess.run(["kubernetes-validate", "--strict", "-k", "1.31.0", "--quiet",
-                            str(rendered)], capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        ["kubernetes-validate", "--strict", "-k", "1.31.0", "--quiet", str(rendered)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     docs = [d for d in patches.parse_yaml_all(out) if isinstance(d, dict)]
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    for name in ("patient-api", "appointments", "billing", "notifications-worker",
-                 "records-service", "frontend"):
+    for name in (
+        "patient-api",
+        "appointments",
+        "billing",
+        "notifications-worker",
+        "records-service",
+        "frontend",
+    ):
         assert ("Deployment", name) in kinds
     assert ("StatefulSet", "patients-db") in kinds
     assert ("HorizontalPodAutoscaler", "patient-api") in kinds
-    assert all(d["metadata"].get("namespace") == "smarthealth" for d in docs
-               if d["kind"] != "Namespace")
+    assert all(
+        d["metadata"].get("namespace") == "smarthealth" for d in docs if d["kind"] != "Namespace"
+    )
     present = patches.workload_containers(docs)
     assert set(present[("smarthealth", "Deployment", "appointments")]) == {"app", "envoy"}
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
@@ -447,9 +523,14 @@ async def test_token_file_is_reread_so_rotation_needs_no_restart(
     remote = git_remote.fresh("rotate")
     token_file = tmp_path / "token"
     token_file.write_text("expired-token\n")
-    settings = load_settings(git_remote_url=remote.url, git_token_file=token_file,
-                             git_username=remote.username, git_workdir=tmp_path / "wd",
-                             data_dir=tmp_path, kafka_username=None)
+    settings = load_settings(
+        git_remote_url=remote.url,
+        git_token_file=token_file,
+        git_username=remote.username,
+        git_workdir=tmp_path / "wd",
+        data_dir=tmp_path,
+        kafka_username=None,
+    )
     writer = GitOpsWriter(settings)
     with pytest.raises(AuthenticationFailed) as failed:
         await writer.apply_cycle("c-rot", [decision("billing", "app", cpu=0.5)])

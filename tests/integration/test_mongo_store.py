@@ -42,22 +42,28 @@ async def client(mongo: MongoInfo) -> AsyncIterator[AsyncMongoClient[Doc]]:
 @pytest.fixture
 async def policies(client: AsyncMongoClient[Doc]) -> PolicyStore:
     clock = iter(range(1_000, 10_000, 10))
-    store = PolicyStore(client[f"t_{uuid.uuid4().hex[:10]}"], validate_policy,
-                        clock=lambda: float(next(clock)))
+    store = PolicyStore(
+        client[f"t_{uuid.uuid4().hex[:10]}"], validate_policy, clock=lambda: float(next(clock))
+    )
     await store.ensure_indexes()
     return store
 
 
 @pytest.fixture
 async def records(client: AsyncMongoClient[Doc]) -> RecordStore:
-    store = RecordStore(client[f"t_{uuid.uuid4().hex[:10]}"], retention_days=90,
-                        clock=lambda: 5_000.0)
+    store = RecordStore(
+        client[f"t_{uuid.uuid4().hex[:10]}"], retention_days=90, clock=lambda: 5_000.0
+    )
     await store.ensure_indexes()
     return store
 
 
-POLICY = {"id": "smarthealth-default", "name": "SmartHealth", "mode": "recommend",
-          "selectors": {"namespaces": ["smarthealth"]}}
+POLICY = {
+    "id": "smarthealth-default",
+    "name": "SmartHealth",
+    "mode": "recommend",
+    "selectors": {"namespaces": ["smarthealth"]},
+}
 
 
 async def test_policy_crud_and_versioning(policies: PolicyStore) -> None:
@@ -77,7 +83,10 @@ async def test_policy_crud_and_versioning(policies: PolicyStore) -> None:
 
     history = await policies.history("smarthealth-default")
     assert [(h["version"], h["op"], h["by"]) for h in history] == [
-        (1, "put", "alice"), (2, "put", "bob"), (3, "delete", "dave")]
+        (1, "put", "alice"),
+        (2, "put", "bob"),
+        (3, "delete", "dave"),
+    ]
     assert history[0]["doc"]["mode"] == "recommend" and history[1]["doc"]["mode"] == "autopilot"
     assert all(h["at"].tzinfo is not None for h in history)
 
@@ -115,7 +124,8 @@ async def test_invalid_update_keeps_the_previous_version(policies: PolicyStore) 
 async def test_concurrent_writers_never_share_a_version(policies: PolicyStore) -> None:
     results = await asyncio.gather(
         *(policies.put({**POLICY, "priority": i}, by=f"w{i}") for i in range(6)),
-        return_exceptions=True)
+        return_exceptions=True,
+    )
     won = [r for r in results if isinstance(r, dict)]
     assert all(isinstance(r, dict | PolicyConflict) for r in results)
     versions = sorted(r["version"] for r in won)
@@ -128,7 +138,8 @@ async def test_concurrent_writers_never_share_a_version(policies: PolicyStore) -
 async def test_a_write_interrupted_after_history_heals_on_next_put(policies: PolicyStore) -> None:
     await policies.put(POLICY, by="alice")
     await policies.history_coll.insert_one(  # a crash between the history and the current write
-        {"policy_id": POLICY["id"], "version": 2, "op": "put", "doc": POLICY, "by": "x", "at": 0})
+        {"policy_id": POLICY["id"], "version": 2, "op": "put", "doc": POLICY, "by": "x", "at": 0}
+    )
     v3 = await policies.put(POLICY, by="bob")
     assert v3["version"] == 3
 
@@ -140,9 +151,19 @@ async def test_unique_id_index_exists(policies: PolicyStore) -> None:
 
 def _decision(i: int, action: Action, at: float, workload: str = "ns/Deployment/web") -> Decision:
     ns, kind, name = workload.split("/")
-    return Decision(id=f"d{i}", recommendation_id=f"r{i}", workload_id=workload, namespace=ns,
-                    kind=kind, name=name, action=action, guardrail="min-change", reason="test",
-                    mode=Mode.AUTOPILOT, decided_at=at)
+    return Decision(
+        id=f"d{i}",
+        recommendation_id=f"r{i}",
+        workload_id=workload,
+        namespace=ns,
+        kind=kind,
+        name=name,
+        action=action,
+        guardrail="min-change",
+        reason="test",
+        mode=Mode.AUTOPILOT,
+        decided_at=at,
+    )
 
 
 async def test_records_ttl_index_and_time_index_exist(records: RecordStore) -> None:
@@ -165,7 +186,9 @@ async def test_last_applied_per_workload(records: RecordStore) -> None:
     assert await records.last_applied("ns/Deployment/none") is None
     everything = await records.last_applied_all()
     assert {k: v["id"] for k, v in everything.items()} == {
-        "ns/Deployment/web": "d2", "ns/StatefulSet/db": "d4"}
+        "ns/Deployment/web": "d2",
+        "ns/StatefulSet/db": "d4",
+    }
     recent = await records.recent("decisions", "ns/Deployment/web")
     assert [r["id"] for r in recent] == ["d3", "d2", "d1"]
 
@@ -178,8 +201,9 @@ async def test_records_need_an_id_and_a_known_kind(records: RecordStore) -> None
 
 
 async def test_unreachable_mongo_is_dependency_unavailable_without_secrets() -> None:
-    settings = load_settings(mongodb_uri=f"mongodb://bot:s3cr3t@127.0.0.1:{free_port()}/",
-                             kafka_username=None)
+    settings = load_settings(
+        mongodb_uri=f"mongodb://bot:s3cr3t@127.0.0.1:{free_port()}/", kafka_username=None
+    )
     db = connect(settings, timeout_ms=300)
     client = db.client
     assert db.name == "kubefinops"

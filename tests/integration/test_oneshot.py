@@ -34,33 +34,57 @@ pytestmark = pytest.mark.integration
 
 HISTORY_DAYS = 3
 ROOT = Path(__file__).resolve().parents[2]
-ALL_CONTAINERS = {
-    f"{w.namespace}/{w.kind}/{w.name}/{c[0]}" for w in CLUSTER for c in w.containers
-}
+ALL_CONTAINERS = {f"{w.namespace}/{w.kind}/{w.name}/{c[0]}" for w in CLUSTER for c in w.containers}
 
 
-def run_cli(url: str, *args: str, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "engine.cli", "recommend", "--once", "--prometheus-url", url,
-           "--history-days", str(HISTORY_DAYS), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, check=False)
+def run_cli(
+    url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "recommend",
+        "--once",
+        "--prometheus-url",
+        url,
+        "--history-days",
+        str(HISTORY_DAYS),
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def settings(url: str) -> Settings:
-    return load_settings(prometheus_url=url, history_days=HISTORY_DAYS,
-                         kafka_security_protocol="PLAINTEXT")
+    return load_settings(
+        prometheus_url=url, history_days=HISTORY_DAYS, kafka_security_protocol="PLAINTEXT"
+    )
 
 
 def window(s: Settings, now: float) -> tuple[float, float]:
     """The ``(start, end]`` the one-shot run read, recomputed from its ``generated_at``."""
-    chunks = plan_chunks(None, now, scrape_lag=s.scrape_lag_seconds, history=s.history_seconds,
-                         chunk=s.prometheus_chunk_seconds, step=s.prometheus_step_seconds)
+    chunks = plan_chunks(
+        None,
+        now,
+        scrape_lag=s.scrape_lag_seconds,
+        history=s.history_seconds,
+        chunk=s.prometheus_chunk_seconds,
+        step=s.prometheus_step_seconds,
+    )
     return chunks[0][0], chunks[-1][1]
 
 
-def truth_rates(prom: PromInfo, start: float, end: float, step: int, rate_window: int
-                ) -> dict[str, list[float]]:
+def truth_rates(
+    prom: PromInfo, start: float, end: float, step: int, rate_window: int
+) -> dict[str, list[float]]:
     """Per container id, every pod's ``rate(counter[rate_window])`` at the step-aligned times
     in ``(start, end]`` whose window lies fully inside the data (2.x: closed on both ends)."""
     truth = prom.truth
@@ -80,7 +104,8 @@ def truth_rates(prom: PromInfo, start: float, end: float, step: int, rate_window
             if lo < prom.start_ts or t > prom.end_ts:
                 continue
             out[f"{ns}/{kind}/{name}/{cont}"].append(
-                (by_time[float(t)] - by_time[lo]) / rate_window)
+                (by_time[float(t)] - by_time[lo]) / rate_window
+            )
     return out
 
 
@@ -113,18 +138,21 @@ def test_json_covers_every_workload_with_savings(
     for rec in recs:
         s = rec["savings"]
         assert s["monthly_delta"] == pytest.approx(
-            s["recommended_monthly"] - s["current_monthly"], abs=1e-5)
+            s["recommended_monthly"] - s["current_monthly"], abs=1e-5
+        )
         assert s["monthly_savings"] >= 0 and s["monthly_increase"] >= 0
 
 
 def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
-    prometheus: PromInfo, full_run: tuple[list[dict[str, Any]], str],
+    prometheus: PromInfo,
+    full_run: tuple[list[dict[str, Any]], str],
 ) -> None:
     recs, _ = full_run
     s = settings(prometheus.url)
     start, end = window(s, recs[0]["generated_at"])
-    rates = truth_rates(prometheus, start, end, s.prometheus_step_seconds,
-                        max(2 * s.prometheus_step_seconds, 60))
+    rates = truth_rates(
+        prometheus, start, end, s.prometheus_step_seconds, max(2 * s.prometheus_step_seconds, 60)
+    )
     unbound = 0
     for cid, c in containers(recs).items():
         assert c["confidence"] != "none", (cid, c["reasons"])
@@ -139,7 +167,8 @@ def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
 
 
 def test_memory_never_below_the_observed_peak(
-    prometheus: PromInfo, full_run: tuple[list[dict[str, Any]], str],
+    prometheus: PromInfo,
+    full_run: tuple[list[dict[str, Any]], str],
 ) -> None:
     recs, _ = full_run
     start, end = window(settings(prometheus.url), recs[0]["generated_at"])
@@ -168,13 +197,15 @@ def test_gate_notes_travel_with_the_recommendation(
 
 
 def test_namespace_filter_and_yaml(prometheus: PromInfo) -> None:
-    done = run_cli(prometheus.url, "--namespace", "payments", "--namespace", "kube-system",
-                   "--output", "yaml")
+    done = run_cli(
+        prometheus.url, "--namespace", "payments", "--namespace", "kube-system", "--output", "yaml"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     recs = YAML(typ="safe", pure=True).load(done.stdout)
     assert {r["namespace"] for r in recs} == {"payments", "kube-system"}
     assert set(containers(recs)) == {
-        c for c in ALL_CONTAINERS if c.split("/")[0] in ("payments", "kube-system")}
+        c for c in ALL_CONTAINERS if c.split("/")[0] in ("payments", "kube-system")
+    }
 
 
 def test_csv_has_a_header_and_one_row_per_container(prometheus: PromInfo) -> None:
@@ -184,8 +215,9 @@ def test_csv_has_a_header_and_one_row_per_container(prometheus: PromInfo) -> Non
     assert tuple(table[0]) == CSV_COLUMNS
     body = [dict(zip(CSV_COLUMNS, row, strict=True)) for row in table[1:]]
     assert len(body) == len(ALL_CONTAINERS)
-    assert {f"{r['namespace']}/{r['kind']}/{r['workload']}/{r['container']}"
-            for r in body} == ALL_CONTAINERS
+    assert {
+        f"{r['namespace']}/{r['kind']}/{r['workload']}/{r['container']}" for r in body
+    } == ALL_CONTAINERS
     assert all(float(r["recommended_cpu_request"]) > 0 for r in body)
 
 
@@ -202,8 +234,12 @@ def test_table_shows_the_totals(prometheus: PromInfo) -> None:
 
 
 def test_closed_port_exits_4_with_one_line() -> None:
-    done = run_cli(f"http://127.0.0.1:{free_port()}", "--output", "json",
-                   env={"KUBEFINOPS_LOG_LEVEL": "warning"})
+    done = run_cli(
+        f"http://127.0.0.1:{free_port()}",
+        "--output",
+        "json",
+        env={"KUBEFINOPS_LOG_LEVEL": "warning"},
+    )
     assert done.returncode == 4
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()

@@ -34,12 +34,16 @@ def decisions_for(kafka: KafkaInfo, dep: Deployment, expect: int) -> list[dict]:
 
 
 def test_policy_put_delete_validation_and_auth(kafka: KafkaInfo, mongo, tmp_path: Path):
-    dep = Deployment(kafka=kafka, workdir=tmp_path, extra_env={
-        "KUBEFINOPS_MONGODB_URI": mongo.uri,
-        "KUBEFINOPS_MONGODB_DATABASE": f"policies{int(time.time() * 1000)}",
-        "KUBEFINOPS_API_TOKEN": TOKEN,
-        "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",
-    })
+    dep = Deployment(
+        kafka=kafka,
+        workdir=tmp_path,
+        extra_env={
+            "KUBEFINOPS_MONGODB_URI": mongo.uri,
+            "KUBEFINOPS_MONGODB_DATABASE": f"policies{int(time.time() * 1000)}",
+            "KUBEFINOPS_API_TOKEN": TOKEN,
+            "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",
+        },
+    )
     try:
         server, port = dep.start_worker("w1")
         dep.wait_ready(port, server=server)
@@ -48,8 +52,9 @@ def test_policy_put_delete_validation_and_auth(kafka: KafkaInfo, mongo, tmp_path
         sent, _, _ = batches(spec, np.random.default_rng(5))
 
         def cycle(name: str, expect: int) -> dict:
-            asyncio.run(produce(kafka, dep.topic("metrics"),
-                                encode([CycleEnd(cycle=name, spec=spec)])))
+            asyncio.run(
+                produce(kafka, dep.topic("metrics"), encode([CycleEnd(cycle=name, spec=spec)]))
+            )
             found = decisions_for(kafka, dep, expect)
             assert len(found) >= expect, found
             return found[-1]
@@ -60,11 +65,11 @@ def test_policy_put_delete_validation_and_auth(kafka: KafkaInfo, mongo, tmp_path
 
         # No token, wrong token: 401 and nothing stored.
         assert http_json(f"{base}/p1", "PUT", AUTOPILOT)[0] == 401
-        assert http_json(f"{base}/p1", "PUT", AUTOPILOT,
-                         {"Authorization": "Bearer nope"})[0] == 401
+        assert http_json(f"{base}/p1", "PUT", AUTOPILOT, {"Authorization": "Bearer nope"})[0] == 401
         # A bad document: 400 naming the field, nothing stored.
-        status, body = http_json(f"{base}/p1", "PUT",
-                                 {**AUTOPILOT, "estimator": {"cpu_headroom": 9}}, AUTH)
+        status, body = http_json(
+            f"{base}/p1", "PUT", {**AUTOPILOT, "estimator": {"cpu_headroom": 9}}, AUTH
+        )
         assert status == 400, body
         assert "cpu_headroom" in body["field"], body
         status, body = http_json(f"{base}/p1", "PUT", {**AUTOPILOT, "mode": "yolo"}, AUTH)

@@ -27,14 +27,21 @@ H = 3600
 
 
 def _settings(url: str, **extra: Any) -> Settings:
-    return load_settings(prometheus_url=url, kafka_username=None, prometheus_step_seconds=STEP,
-                         prometheus_chunk_seconds=6 * H, scrape_lag_seconds=120,
-                         prometheus_timeout_seconds=10, **extra)
+    return load_settings(
+        prometheus_url=url,
+        kafka_username=None,
+        prometheus_step_seconds=STEP,
+        prometheus_chunk_seconds=6 * H,
+        scrape_lag_seconds=120,
+        prometheus_timeout_seconds=10,
+        **extra,
+    )
 
 
 def _client(url: str, attempts: int = 3) -> PrometheusClient:
-    return PrometheusClient(_settings(url), attempts=attempts, backoff_initial=0.01,
-                            backoff_max=0.05)
+    return PrometheusClient(
+        _settings(url), attempts=attempts, backoff_initial=0.01, backoff_max=0.05
+    )
 
 
 def _merge(batches: list[MetricsBatch]) -> dict[str, dict[str, list[float]]]:
@@ -63,15 +70,21 @@ async def test_p95_cpu_and_max_memory_agree_with_promql(
 ) -> None:
     batches, end, _ = two_days
     merged = _merge(batches)
-    expected_ids = {f"{w.namespace}/{w.kind}/{w.name}/{c[0]}"
-                    for w in CLUSTER for c in w.containers}
+    expected_ids = {
+        f"{w.namespace}/{w.kind}/{w.name}/{c[0]}" for w in CLUSTER for c in w.containers
+    }
     assert set(merged) == expected_ids  # no "POD", no "" container, sidecar included
     # pooled over pods: the same per-pod points evaluated by a Prometheus subquery
     sub = instant(prometheus.url, f"({cpu_expr(2 * STEP)})[2d:{STEP}s]", end)
-    p95_q = instant(prometheus.url, f"quantile_over_time(0.95, ({cpu_expr(2 * STEP)})[2d:{STEP}s])",
-                    end)
-    mem_q = instant(prometheus.url, 'max by (namespace, pod, container) (max_over_time('
-                    'container_memory_working_set_bytes{container!="",container!="POD"}[2d]))', end)
+    p95_q = instant(
+        prometheus.url, f"quantile_over_time(0.95, ({cpu_expr(2 * STEP)})[2d:{STEP}s])", end
+    )
+    mem_q = instant(
+        prometheus.url,
+        "max by (namespace, pod, container) (max_over_time("
+        'container_memory_working_set_bytes{container!="",container!="POD"}[2d]))',
+        end,
+    )
     owner = prometheus.truth.pod_owner
     pooled: dict[str, list[float]] = {}
     pod_p95: dict[str, list[float]] = {}
@@ -111,7 +124,8 @@ async def test_cpu_mean_matches_ground_truth_counters(
         kind, name = truth.pod_owner[(ns, pod)]
         window = [v for t, v in points if end - 2 * DAY <= t <= end]
         per_container.setdefault(f"{ns}/{kind}/{name}/{cont}", []).append(
-            (window[-1] - window[0]) / (2 * DAY))
+            (window[-1] - window[0]) / (2 * DAY)
+        )
     oom_ns, oom_pod, oom_cont = truth.oom_pod
     oom_kind, oom_name = truth.pod_owner[(oom_ns, oom_pod)]
     skip = f"{oom_ns}/{oom_kind}/{oom_name}/{oom_cont}"  # its counter reset: delta is not usage
@@ -136,8 +150,10 @@ async def test_recollecting_a_window_gives_identical_batches(
 
 async def test_specs_reflect_the_cluster(prometheus: PromInfo) -> None:
     async with _client(prometheus.url) as client:
-        specs = {s.workload_id: s for s in await Collector(client, step=STEP).collect_specs(
-            float(prometheus.end_ts))}
+        specs = {
+            s.workload_id: s
+            for s in await Collector(client, step=STEP).collect_specs(float(prometheus.end_ts))
+        }
     assert set(specs) == {f"{w.namespace}/{w.kind}/{w.name}" for w in CLUSTER}
     for w in CLUSTER:
         spec = specs[f"{w.namespace}/{w.kind}/{w.name}"]
@@ -162,18 +178,20 @@ async def test_hourly_cycle_reads_a_fraction_of_a_full_requery(
 ) -> None:
     _, end, _ = two_days
     settings = _settings(prometheus.url, history_days=2)
-    full = await fetch_history(settings, now=end + 120,
-                               client=_client(prometheus.url))
+    full = await fetch_history(settings, now=end + 120, client=_client(prometheus.url))
     wm = end - H
     async with _client(prometheus.url) as client:
         collector = Collector(client, step=STEP)
-        for s, e in plan_chunks(wm, end + 120, scrape_lag=120, history=2 * DAY, chunk=6 * H,
-                                step=STEP):
+        for s, e in plan_chunks(
+            wm, end + 120, scrape_lag=120, history=2 * DAY, chunk=6 * H, step=STEP
+        ):
             await collector.collect_chunk(s, e)
     per_day = full.samples_read / 2
-    print(f"\nsamples read: hourly incremental cycle {collector.samples_read}, "
-          f"full 2-day re-query {full.samples_read}, 14-day re-query ~{int(per_day * 14)} "
-          f"(x{per_day * 14 / collector.samples_read:.0f})")
+    print(
+        f"\nsamples read: hourly incremental cycle {collector.samples_read}, "
+        f"full 2-day re-query {full.samples_read}, 14-day re-query ~{int(per_day * 14)} "
+        f"(x{per_day * 14 / collector.samples_read:.0f})"
+    )
     assert count_samples(full.batches) == full.samples_read
     assert collector.samples_read * 40 < full.samples_read
     assert len(full.specs) == len(CLUSTER)
@@ -189,8 +207,9 @@ async def test_unreachable_prometheus_raises_dependency_unavailable_without_secr
     url = f"http://bot:s3cr3t@127.0.0.1:{free_port()}"
     plan = plan_chunks(None, 10 * DAY, scrape_lag=120, history=DAY, chunk=6 * H, step=STEP)
     watermarks: dict[str, float] = {}
-    async with PrometheusClient(_settings(url), attempts=3, backoff_initial=0.01,
-                                backoff_max=0.02) as client:
+    async with PrometheusClient(
+        _settings(url), attempts=3, backoff_initial=0.01, backoff_max=0.02
+    ) as client:
         with pytest.raises(DependencyUnavailable, match="after 3 attempts") as info:
             for s, e in plan:
                 await Collector(client, step=STEP).collect_chunk(s, e)
@@ -207,8 +226,9 @@ async def test_prometheus_stopping_mid_plan_keeps_the_watermark_at_the_last_good
     shutil.copytree(prometheus.blocks_dir, tsdb, ignore=shutil.ignore_patterns("done"))
     server, url = start_prometheus(tsdb, tmp_path)
     now = prometheus.end_ts + 120
-    plan = plan_chunks(prometheus.end_ts - DAY, now, scrape_lag=120, history=2 * DAY,
-                       chunk=6 * H, step=STEP)
+    plan = plan_chunks(
+        prometheus.end_ts - DAY, now, scrape_lag=120, history=2 * DAY, chunk=6 * H, step=STEP
+    )
     watermarks: dict[str, float] = {"usage": prometheus.end_ts - DAY}
     try:
         async with _client(url) as client:
@@ -222,8 +242,12 @@ async def test_prometheus_stopping_mid_plan_keeps_the_watermark_at_the_last_good
     finally:
         server.stop()
     assert watermarks["usage"] == plan[1][1]
-    assert plan_chunks(watermarks["usage"], now, scrape_lag=120, history=2 * DAY, chunk=6 * H,
-                       step=STEP) == plan[2:]
+    assert (
+        plan_chunks(
+            watermarks["usage"], now, scrape_lag=120, history=2 * DAY, chunk=6 * H, step=STEP
+        )
+        == plan[2:]
+    )
 
 
 # --- a tiny misbehaving server -------------------------------------------------------------
@@ -256,15 +280,20 @@ async def flaky() -> AsyncIterator[tuple[str, list[str], dict[str, Any]]]:
         await runner.cleanup()
 
 
-GOOD = ('{"status":"success","data":{"resultType":"vector",'
-        '"result":[{"metric":{"a":"b"},"value":[1,"2"]}]}}')
+GOOD = (
+    '{"status":"success","data":{"resultType":"vector",'
+    '"result":[{"metric":{"a":"b"},"value":[1,"2"]}]}}'
+)
 
 
 @pytest.mark.parametrize(
     "garbage",
-    ["<html>502 Bad Gateway</html>", '{"status":"success","data":{"resultType":"vector"}}',
-     '{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1]}]}}',
-     '[1, 2, 3]'],
+    [
+        "<html>502 Bad Gateway</html>",
+        '{"status":"success","data":{"resultType":"vector"}}',
+        '{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1]}]}}',
+        "[1, 2, 3]",
+    ],
 )
 async def test_malformed_json_is_retried_then_unavailable(
     flaky: tuple[str, list[str], dict[str, Any]], garbage: str
@@ -296,14 +325,16 @@ async def test_client_error_is_not_retried(flaky: tuple[str, list[str], dict[str
 
 
 async def test_slow_answers_time_out_and_are_retried(
-    flaky: tuple[str, list[str], dict[str, Any]]
+    flaky: tuple[str, list[str], dict[str, Any]],
 ) -> None:
     url, seen, script = flaky
     script["answers"] = [("slow", GOOD), (200, GOOD)]
-    settings = load_settings(prometheus_url=url, kafka_username=None,
-                             prometheus_timeout_seconds=0.3)
-    async with PrometheusClient(settings, attempts=3, backoff_initial=0.01,
-                                backoff_max=0.02) as client:
+    settings = load_settings(
+        prometheus_url=url, kafka_username=None, prometheus_timeout_seconds=0.3
+    )
+    async with PrometheusClient(
+        settings, attempts=3, backoff_initial=0.01, backoff_max=0.02
+    ) as client:
         [series] = await client.query("up", 1.0)
     assert series.values == [(1.0, 2.0)] and len(seen) == 2
 

@@ -45,8 +45,9 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
         clean.setdefault(b.container_id, ContainerUsage()).ingest(b, history_seconds=14 * 86400)
     total_cpu = sum(len(b.samples["cpu"]) for b in stream)
 
-    dep = Deployment(kafka=kafka, workdir=tmp_path,
-                     extra_env={"KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9"})
+    dep = Deployment(
+        kafka=kafka, workdir=tmp_path, extra_env={"KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9"}
+    )
     try:
         server, port = dep.start_worker("w1")
         dep.wait_ready(port, server=server)
@@ -65,15 +66,19 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
 
         def state(spec) -> dict | None:
             status, body = http_json(
-                f"http://127.0.0.1:{port}/api/usage/shop/Deployment/{spec.name}")
+                f"http://127.0.0.1:{port}/api/usage/shop/Deployment/{spec.name}"
+            )
             return body["containers"].get("app") if status == 200 else None
 
         deadline = time.monotonic() + 120
         pending = specs
         while pending and time.monotonic() < deadline:
-            pending = [s for s in specs
-                       if (st := state(s)) is None
-                       or st["cpu"]["count"] != clean[s.workload_id + "/app"].summary("cpu").count]
+            pending = [
+                s
+                for s in specs
+                if (st := state(s)) is None
+                or st["cpu"]["count"] != clean[s.workload_id + "/app"].summary("cpu").count
+            ]
             time.sleep(1)
         assert not pending, [s.name for s in pending]
         time.sleep(3)  # let the re-delivered duplicates drain, then compare everything
@@ -85,6 +90,10 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
                 expected = want.summary(res)
                 for name in FIELDS:
                     assert got[res][name] == pytest.approx(getattr(expected, name), rel=1e-12), (
-                        spec.name, res, name, f"killed at {at_kill:.0f}/{total_cpu} samples")
+                        spec.name,
+                        res,
+                        name,
+                        f"killed at {at_kill:.0f}/{total_cpu} samples",
+                    )
     finally:
         dep.stop_all()

@@ -32,9 +32,13 @@ MIB = 1024 * 1024
 
 def settings_for(s3_info: S3Info, tmp_path: Path, bucket: str) -> Settings:
     return load_settings(
-        s3_endpoint_url=s3_info.endpoint_url, s3_access_key=s3_info.access_key,
-        s3_secret_key=s3_info.secret_key, s3_region=s3_info.region, s3_bucket=bucket,
-        data_dir=tmp_path, kafka_username=None,
+        s3_endpoint_url=s3_info.endpoint_url,
+        s3_access_key=s3_info.access_key,
+        s3_secret_key=s3_info.secret_key,
+        s3_region=s3_info.region,
+        s3_bucket=bucket,
+        data_dir=tmp_path,
+        kafka_username=None,
     )
 
 
@@ -44,25 +48,59 @@ def client(s3_info: S3Info):  # type: ignore[no-untyped-def]
 
 def sample_report(cycle: str = "cycle-42", name: str = "patient-api") -> CycleReport:
     rec = ContainerRecommendation(
-        name="app", current=ContainerSpec(name="app", requests=ResourcePair(cpu=0.5,
-                                                                            memory=512 * MIB)),
-        cpu_request=0.25, memory_request=768 * MIB, reasons=["P95 CPU 0.18 cores over 14 days"])
+        name="app",
+        current=ContainerSpec(name="app", requests=ResourcePair(cpu=0.5, memory=512 * MIB)),
+        cpu_request=0.25,
+        memory_request=768 * MIB,
+        reasons=["P95 CPU 0.18 cores over 14 days"],
+    )
     applied = Decision(
-        id="d-1", recommendation_id="r-1", workload_id=f"smarthealth/Deployment/{name}",
-        namespace="smarthealth", kind="Deployment", name=name, action=Action.APPLY,
-        guardrail="none", reason="<script>alert('x')</script> & usage low", mode=Mode.AUTOPILOT,
-        policy_id="default", policy_version=3, containers=[rec],
-        savings=Savings(monthly_delta=-4.2, monthly_savings=4.2), decided_at=1_795_000_000.0)
+        id="d-1",
+        recommendation_id="r-1",
+        workload_id=f"smarthealth/Deployment/{name}",
+        namespace="smarthealth",
+        kind="Deployment",
+        name=name,
+        action=Action.APPLY,
+        guardrail="none",
+        reason="<script>alert('x')</script> & usage low",
+        mode=Mode.AUTOPILOT,
+        policy_id="default",
+        policy_version=3,
+        containers=[rec],
+        savings=Savings(monthly_delta=-4.2, monthly_savings=4.2),
+        decided_at=1_795_000_000.0,
+    )
     held = Decision(
-        id="d-2", recommendation_id="r-2", workload_id="smarthealth/Deployment/billing",
-        namespace="smarthealth", kind="Deployment", name="billing", action=Action.HOLD,
-        guardrail="cooldown", reason="changed 2 h ago", mode=Mode.AUTOPILOT,
-        decided_at=1_795_000_000.0)
-    execution = Execution(id="exec-1", cycle=cycle, workload_ids=[applied.workload_id],
-                          decision_ids=["d-1"], outcome="pushed", commit_sha="ab" * 20,
-                          branch="main", executed_at=1_795_000_100.0)
-    return CycleReport(cycle_id=cycle, generated_at=1_795_000_200.0, decisions=[applied, held],
-                       execution=execution, inputs={"workloads": 7, "samples": 120960})
+        id="d-2",
+        recommendation_id="r-2",
+        workload_id="smarthealth/Deployment/billing",
+        namespace="smarthealth",
+        kind="Deployment",
+        name="billing",
+        action=Action.HOLD,
+        guardrail="cooldown",
+        reason="changed 2 h ago",
+        mode=Mode.AUTOPILOT,
+        decided_at=1_795_000_000.0,
+    )
+    execution = Execution(
+        id="exec-1",
+        cycle=cycle,
+        workload_ids=[applied.workload_id],
+        decision_ids=["d-1"],
+        outcome="pushed",
+        commit_sha="ab" * 20,
+        branch="main",
+        executed_at=1_795_000_100.0,
+    )
+    return CycleReport(
+        cycle_id=cycle,
+        generated_at=1_795_000_200.0,
+        decisions=[applied, held],
+        execution=execution,
+        inputs={"workloads": 7, "samples": 120960},
+    )
 
 
 async def test_report_objects_readable_by_boto3(s3: S3Info, tmp_path: Path) -> None:
@@ -81,14 +119,20 @@ async def test_report_objects_readable_by_boto3(s3: S3Info, tmp_path: Path) -> N
         assert obj["Metadata"] == {"cycle-id": "cycle-42", "commit-sha": "ab" * 20}
         body = obj["Body"].read()
         assert secret.encode() not in body
-    assert types == {"report.json": "application/json", "report.md": "text/markdown; charset=utf-8",
-                     "report.html": "text/html; charset=utf-8", "audit.json": "application/json"}
-    summary = json.loads((await asyncio.to_thread(
-        s3c.get_object, Bucket=bucket, Key=keys[0]))["Body"].read())
+    assert types == {
+        "report.json": "application/json",
+        "report.md": "text/markdown; charset=utf-8",
+        "report.html": "text/html; charset=utf-8",
+        "audit.json": "application/json",
+    }
+    summary = json.loads(
+        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[0]))["Body"].read()
+    )
     assert summary["totals"]["monthly_savings"] == 4.2
     assert summary["not_applied"][0]["guardrail"] == "cooldown"
-    audit = json.loads((await asyncio.to_thread(
-        s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read())
+    audit = json.loads(
+        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read()
+    )
     assert audit["commit_sha"] == "ab" * 20 and audit["policy_versions"] == ["default@3"]
     assert writer.pending() == []
 
@@ -133,10 +177,21 @@ async def test_html_report_opens_in_headless_chromium(s3: S3Info, tmp_path: Path
     page.write_bytes(obj["Body"].read())
     proc = await asyncio.to_thread(
         subprocess.run,
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}",
-         "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
     assert 'id="monthly-savings">4.20 USD<' in dom
@@ -157,16 +212,31 @@ async def test_cycle_end_to_end_token_in_no_object_or_log(
     s3_info, bucket = s3, unique_bucket("reports")
     remote = git_remote.fresh("e2e-report")
     settings = load_settings(
-        git_remote_url=remote.url, git_token=remote.token, git_username=remote.username,
-        git_workdir=tmp_path / "wd", data_dir=tmp_path, kafka_username=None,
-        s3_endpoint_url=s3_info.endpoint_url, s3_access_key=s3_info.access_key,
-        s3_secret_key=s3_info.secret_key, s3_region=s3_info.region, s3_bucket=bucket)
-    decisions = [decision("billing", "app", cpu=0.5, cur_cpu=0.75),
-                 decision("ghost", "app", cpu=0.1)]
+        git_remote_url=remote.url,
+        git_token=remote.token,
+        git_username=remote.username,
+        git_workdir=tmp_path / "wd",
+        data_dir=tmp_path,
+        kafka_username=None,
+        s3_endpoint_url=s3_info.endpoint_url,
+        s3_access_key=s3_info.access_key,
+        s3_secret_key=s3_info.secret_key,
+        s3_region=s3_info.region,
+        s3_bucket=bucket,
+    )
+    decisions = [
+        decision("billing", "app", cpu=0.5, cur_cpu=0.75),
+        decision("ghost", "app", cpu=0.1),
+    ]
     result = await GitOpsWriter(settings).apply_cycle_result("cycle-e2e", decisions)
     assert result.execution.outcome == "pushed"
-    report = CycleReport(cycle_id="cycle-e2e", generated_at=result.execution.executed_at,
-                         decisions=decisions, execution=result.execution, held=result.held)
+    report = CycleReport(
+        cycle_id="cycle-e2e",
+        generated_at=result.execution.executed_at,
+        decisions=decisions,
+        execution=result.execution,
+        held=result.held,
+    )
     keys = await ReportWriter(settings).write(report)
     s3c = client(s3_info)
     listed = await asyncio.to_thread(s3c.list_objects_v2, Bucket=bucket)
@@ -195,21 +265,31 @@ async def test_write_cycle_from_executor_summary(s3: S3Info, tmp_path: Path) -> 
     bucket = unique_bucket("reports")
     base = sample_report("cycle-sum")
     assert base.execution is not None
-    execution = base.execution.model_copy(update={
-        "detail": "held smarthealth/Deployment/frontend: a human changed bot-owned "
-                  "kubefinops/deployment-frontend.yaml concurrently (not overwritten)"})
-    frontend = base.decisions[0].model_copy(update={
-        "id": "d-3", "workload_id": "smarthealth/Deployment/frontend", "name": "frontend"})
-    summary = CycleSummary(cycle="cycle-sum", decisions=[*base.decisions, frontend],
-                           execution=execution, policies={"default": 3, "jvm": 1})
+    execution = base.execution.model_copy(
+        update={
+            "detail": "held smarthealth/Deployment/frontend: a human changed bot-owned "
+            "kubefinops/deployment-frontend.yaml concurrently (not overwritten)"
+        }
+    )
+    frontend = base.decisions[0].model_copy(
+        update={"id": "d-3", "workload_id": "smarthealth/Deployment/frontend", "name": "frontend"}
+    )
+    summary = CycleSummary(
+        cycle="cycle-sum",
+        decisions=[*base.decisions, frontend],
+        execution=execution,
+        policies={"default": 3, "jvm": 1},
+    )
     writer = ReportWriter(settings_for(s3, tmp_path, bucket))
     keys = await writer.write_cycle(summary, generated_at=1.0)
     assert keys == await writer.write_cycle(summary, generated_at=2.0)  # same keys on replay
     s3c = client(s3)
-    report = json.loads((await asyncio.to_thread(
-        s3c.get_object, Bucket=bucket, Key=keys[0]))["Body"].read())
+    report = json.loads(
+        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[0]))["Body"].read()
+    )
     held = {h["workload"]: h["reason"] for h in report["not_applied"]}
     assert held["smarthealth/Deployment/frontend"].startswith("a human changed bot-owned")
-    audit = json.loads((await asyncio.to_thread(
-        s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read())
+    audit = json.loads(
+        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read()
+    )
     assert audit["policy_versions"] == ["default@3", "jvm@1"]

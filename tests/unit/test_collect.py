@@ -123,8 +123,10 @@ def test_first_eval_time_is_strictly_after_start_and_aligned() -> None:
 
 # --- parsing --------------------------------------------------------------------------------
 def _matrix(*series: tuple[dict[str, str], list[Any]]) -> dict[str, Any]:
-    return {"status": "success", "data": {"resultType": "matrix", "result": [
-        {"metric": m, "values": v} for m, v in series]}}
+    return {
+        "status": "success",
+        "data": {"resultType": "matrix", "result": [{"metric": m, "values": v} for m, v in series]},
+    }
 
 
 def test_parse_matrix_and_drop_non_finite() -> None:
@@ -135,8 +137,13 @@ def test_parse_matrix_and_drop_non_finite() -> None:
 
 
 def test_parse_vector() -> None:
-    doc = {"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {"__name__": "x"}, "value": [1.5, "3"]}]}}
+    doc = {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [{"metric": {"__name__": "x"}, "value": [1.5, "3"]}],
+        },
+    }
     assert parse_result(doc, "vector") == [Series({"__name__": "x"}, [(1.5, 3.0)])]
 
 
@@ -147,11 +154,15 @@ def test_parse_vector() -> None:
         ({"status": "error", "error": "boom"}, "boom"),
         ({"status": "success"}, "data.result"),
         ({"status": "success", "data": {"resultType": "vector", "result": []}}, "resultType"),
-        ({"status": "success", "data": {"resultType": "matrix", "result": [{"values": []}]}},
-         "metric"),
+        (
+            {"status": "success", "data": {"resultType": "matrix", "result": [{"values": []}]}},
+            "metric",
+        ),
         (_matrix(({"pod": 1}, [])), "non-string"),  # type: ignore[dict-item]
-        ({"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {}}]}},
-         "values"),
+        (
+            {"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {}}]}},
+            "values",
+        ),
         (_matrix(({}, [[1, "x"]])), "not numeric"),
         (_matrix(({}, [[1]])), "[timestamp"),
     ],
@@ -178,8 +189,13 @@ OWNERS = Owners.build(
         _s(namespace="ns", pod="nightly-28-q", owner_kind="Job", owner_name="nightly-28"),
         _s(namespace="ns", pod="once-q", owner_kind="Job", owner_name="once"),
         _s(namespace="ns", pod="bare", owner_kind="<none>", owner_name="<none>"),
-        _s(namespace="ns", pod="db-0", owner_kind="Node", owner_name="n1",
-           owner_is_controller="false"),
+        _s(
+            namespace="ns",
+            pod="db-0",
+            owner_kind="Node",
+            owner_name="n1",
+            owner_is_controller="false",
+        ),
     ],
     [_s(namespace="ns", replicaset="web-abc", owner_kind="Deployment", owner_name="web")],
     [_s(namespace="ns", job_name="nightly-28", owner_kind="CronJob", owner_name="nightly")],
@@ -221,15 +237,20 @@ def test_batches_hold_every_pods_samples_per_container_and_skip_pause() -> None:
     by_id = {b.container_id: b for b in batches}
     assert set(by_id) == {"ns/Deployment/web/app", "ns/StatefulSet/db/pg"}
     web = by_id["ns/Deployment/web/app"]
-    assert web.samples == {"cpu": [(60, 0.1), (60, 0.3), (120, 0.2)],
-                           "memory": [(60, 100.0), (120, 300.0)]}
+    assert web.samples == {
+        "cpu": [(60, 0.1), (60, 0.3), (120, 0.2)],
+        "memory": [(60, 100.0), (120, 300.0)],
+    }
     assert (web.start, web.end) == (0.0, 120.0)
     assert by_id["ns/StatefulSet/db/pg"].samples["cpu"] == [(60, 1.0)]  # (start, end] only
 
 
 def test_batches_do_not_depend_on_series_order() -> None:
-    cpu = [_usage("web-abc-1", "app", [(60, 0.1)]), _usage("web-abc-2", "app", [(60, 0.3)]),
-           _usage("db-0", "pg", [(60, 1.0)])]
+    cpu = [
+        _usage("web-abc-1", "app", [(60, 0.1)]),
+        _usage("web-abc-2", "app", [(60, 0.3)]),
+        _usage("db-0", "pg", [(60, 1.0)]),
+    ]
     a = build_batches(cpu, [], OWNERS, 0.0, 120.0)
     b = build_batches(list(reversed(cpu)), [], OWNERS, 0.0, 120.0)
     assert a == b
@@ -245,43 +266,110 @@ def test_specs_from_kube_state_metrics() -> None:
     series = [
         _k("kube_pod_owner", pod="web-abc-1", owner_kind="ReplicaSet", owner_name="web-abc"),
         _k("kube_pod_owner", pod="web-abc-2", owner_kind="ReplicaSet", owner_name="web-abc"),
-        _k("kube_replicaset_owner", replicaset="web-abc", owner_kind="Deployment",
-           owner_name="web"),
+        _k(
+            "kube_replicaset_owner", replicaset="web-abc", owner_kind="Deployment", owner_name="web"
+        ),
         _k("kube_pod_owner", pod="bare", owner_kind="<none>", owner_name="<none>"),
-        _k("kube_pod_container_resource_requests", 0.25, pod="web-abc-1", container="app",
-           resource="cpu", unit="core"),
-        _k("kube_pod_container_resource_requests", 0.5, pod="web-abc-2", container="app",
-           resource="cpu", unit="core"),
-        _k("kube_pod_container_resource_requests", 7.0, pod="web-abc-2", container="app",
-           resource="cpu", unit="millicore"),  # unknown unit: ignored
-        _k("kube_pod_container_resource_limits", 512 * mib, pod="web-abc-1", container="app",
-           resource="memory", unit="byte"),
-        _k("kube_pod_container_resource_limits", 256 * mib, pod="web-abc-2", container="app",
-           resource="memory", unit="byte"),
-        _k("kube_pod_container_resource_requests", 0.1, pod="web-abc-1", container="POD",
-           resource="cpu", unit="core"),
+        _k(
+            "kube_pod_container_resource_requests",
+            0.25,
+            pod="web-abc-1",
+            container="app",
+            resource="cpu",
+            unit="core",
+        ),
+        _k(
+            "kube_pod_container_resource_requests",
+            0.5,
+            pod="web-abc-2",
+            container="app",
+            resource="cpu",
+            unit="core",
+        ),
+        _k(
+            "kube_pod_container_resource_requests",
+            7.0,
+            pod="web-abc-2",
+            container="app",
+            resource="cpu",
+            unit="millicore",
+        ),  # unknown unit: ignored
+        _k(
+            "kube_pod_container_resource_limits",
+            512 * mib,
+            pod="web-abc-1",
+            container="app",
+            resource="memory",
+            unit="byte",
+        ),
+        _k(
+            "kube_pod_container_resource_limits",
+            256 * mib,
+            pod="web-abc-2",
+            container="app",
+            resource="memory",
+            unit="byte",
+        ),
+        _k(
+            "kube_pod_container_resource_requests",
+            0.1,
+            pod="web-abc-1",
+            container="POD",
+            resource="cpu",
+            unit="core",
+        ),
         _k("kube_pod_container_info", pod="web-abc-1", container="app", image="eclipse-temurin:21"),
         _k("kube_pod_container_info", pod="web-abc-1", container="envoy", image="envoy:1.30"),
         _k("kube_pod_container_status_restarts_total", 2, pod="web-abc-1", container="app"),
         _k("kube_pod_container_status_restarts_total", 3, pod="web-abc-2", container="app"),
-        _k("kube_pod_container_status_last_terminated_reason", pod="web-abc-2", container="app",
-           reason="OOMKilled"),
-        _k("kube_pod_container_status_last_terminated_reason", pod="web-abc-1", container="app",
-           reason="Completed"),
-        _k("kube_pod_container_status_last_terminated_timestamp", 1234.0, pod="web-abc-2",
-           container="app"),
+        _k(
+            "kube_pod_container_status_last_terminated_reason",
+            pod="web-abc-2",
+            container="app",
+            reason="OOMKilled",
+        ),
+        _k(
+            "kube_pod_container_status_last_terminated_reason",
+            pod="web-abc-1",
+            container="app",
+            reason="Completed",
+        ),
+        _k(
+            "kube_pod_container_status_last_terminated_timestamp",
+            1234.0,
+            pod="web-abc-2",
+            container="app",
+        ),
         _k("kube_deployment_spec_replicas", 4, deployment="web"),
         _k("kube_deployment_labels", deployment="web", label_app="web", label_team="x"),
-        _k("kube_deployment_annotations", deployment="web",
-           annotation_kubefinops_io_exclude="true", annotation_owner="team-x"),
-        _k("kube_horizontalpodautoscaler_info", horizontalpodautoscaler="web",
-           scaletargetref_kind="Deployment", scaletargetref_name="web"),
-        _k("kube_horizontalpodautoscaler_spec_target_metric", 70, horizontalpodautoscaler="web",
-           metric_name="cpu"),
+        _k(
+            "kube_deployment_annotations",
+            deployment="web",
+            annotation_kubefinops_io_exclude="true",
+            annotation_owner="team-x",
+        ),
+        _k(
+            "kube_horizontalpodautoscaler_info",
+            horizontalpodautoscaler="web",
+            scaletargetref_kind="Deployment",
+            scaletargetref_name="web",
+        ),
+        _k(
+            "kube_horizontalpodautoscaler_spec_target_metric",
+            70,
+            horizontalpodautoscaler="web",
+            metric_name="cpu",
+        ),
         _k("kube_horizontalpodautoscaler_spec_min_replicas", 2, horizontalpodautoscaler="web"),
         _k("kube_horizontalpodautoscaler_spec_max_replicas", 9, horizontalpodautoscaler="web"),
-        _k("kube_pod_container_resource_requests", 0.05, pod="bare", container="c",
-           resource="cpu", unit="core"),
+        _k(
+            "kube_pod_container_resource_requests",
+            0.05,
+            pod="bare",
+            container="c",
+            resource="cpu",
+            unit="core",
+        ),
     ]
     specs = {s.workload_id: s for s in build_specs(series, at=5000.0)}
     assert set(specs) == {"ns/Deployment/web", "ns/Pod/bare"}
@@ -304,8 +392,12 @@ def test_specs_from_kube_state_metrics() -> None:
 def test_oom_without_timestamp_metric_is_dated_at_observation() -> None:
     series = [
         _k("kube_pod_owner", pod="db-0", owner_kind="StatefulSet", owner_name="db"),
-        _k("kube_pod_container_status_last_terminated_reason", pod="db-0", container="pg",
-           reason="OOMKilled"),
+        _k(
+            "kube_pod_container_status_last_terminated_reason",
+            pod="db-0",
+            container="pg",
+            reason="OOMKilled",
+        ),
     ]
     [spec] = build_specs(series, at=777.0)
     assert spec.containers[0].last_oom_at == 777.0
@@ -314,9 +406,26 @@ def test_oom_without_timestamp_metric_is_dated_at_observation() -> None:
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["status", "data", "resultType", "result", "metric",
-                                       "values", "value", "error", "pod"]), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "status",
+                    "data",
+                    "resultType",
+                    "result",
+                    "metric",
+                    "values",
+                    "value",
+                    "error",
+                    "pod",
+                ]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
     max_leaves=20,
 )
 
@@ -332,8 +441,10 @@ def test_parser_never_raises_anything_but_malformed_response(doc: Any, expect: s
 
 @given(doc=_json)
 def test_parser_survives_a_well_formed_envelope_with_garbage_inside(doc: Any) -> None:
-    envelope = {"status": "success", "data": {"resultType": "matrix", "result": [
-        {"metric": {"pod": "a"}, "values": doc}]}}
+    envelope = {
+        "status": "success",
+        "data": {"resultType": "matrix", "result": [{"metric": {"pod": "a"}, "values": doc}]},
+    }
     try:
         parse_result(envelope, "matrix")
     except MalformedResponse as exc:

@@ -11,12 +11,22 @@ from engine.settings import Settings
 MIB = 1024.0 * 1024.0
 
 
-def rec(cur_cpu: float | None, cur_mem: float | None, new_cpu: float | None,
-        new_mem: float | None, confidence: Confidence = Confidence.HIGH) -> ContainerRecommendation:
+def rec(
+    cur_cpu: float | None,
+    cur_mem: float | None,
+    new_cpu: float | None,
+    new_mem: float | None,
+    confidence: Confidence = Confidence.HIGH,
+) -> ContainerRecommendation:
     current = ContainerSpec(name="app", requests=ResourcePair(cpu=cur_cpu, memory=cur_mem))
-    return ContainerRecommendation(name="app", current=current, cpu_request=new_cpu,
-                                   memory_request=new_mem, memory_limit=new_mem,
-                                   confidence=confidence)
+    return ContainerRecommendation(
+        name="app",
+        current=current,
+        cpu_request=new_cpu,
+        memory_request=new_mem,
+        memory_limit=new_mem,
+        confidence=confidence,
+    )
 
 
 def test_opencost_defaults_and_gib_pricing() -> None:
@@ -70,8 +80,9 @@ def test_no_targets_means_no_change_in_cost() -> None:
 
 
 def test_prices_from_settings_and_custom_currency() -> None:
-    cfg = Settings.model_construct(price_cpu_core_hour=0.05, price_memory_gib_hour=0.01,
-                                  currency="EUR")
+    cfg = Settings.model_construct(
+        price_cpu_core_hour=0.05, price_memory_gib_hour=0.01, currency="EUR"
+    )
     prices = Prices.from_settings(cfg)
     s = savings([rec(1.0, GIB, None, None)], replicas=1, prices=prices)
     assert s.currency == "EUR"

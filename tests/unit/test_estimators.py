@@ -31,19 +31,37 @@ P = EstimatorParams()
 def summary_of(values: np.ndarray, span: float = 8 * DAY) -> UsageSummary:
     """A summary computed from raw samples, the way the aggregator's sketch would report it."""
     q = np.percentile(values, [50, 90, 95, 99])
-    return UsageSummary(p50=q[0], p90=q[1], p95=q[2], p99=q[3], max=float(values.max()),
-                        mean=float(values.mean()), count=len(values),
-                        first_ts=NOW - span, last_ts=NOW)
+    return UsageSummary(
+        p50=q[0],
+        p90=q[1],
+        p95=q[2],
+        p99=q[3],
+        max=float(values.max()),
+        mean=float(values.mean()),
+        count=len(values),
+        first_ts=NOW - span,
+        last_ts=NOW,
+    )
 
 
 def flat(value: float, count: int = 2000, span: float = 8 * DAY) -> UsageSummary:
     return summary_of(np.full(count, value), span)
 
 
-def container(cpu: float | None = None, mem: float | None = None, *, cpu_limit: float | None = None,
-              mem_limit: float | None = None, **kw: object) -> ContainerSpec:
-    return ContainerSpec(name="app", requests=ResourcePair(cpu=cpu, memory=mem),
-                         limits=ResourcePair(cpu=cpu_limit, memory=mem_limit), **kw)
+def container(
+    cpu: float | None = None,
+    mem: float | None = None,
+    *,
+    cpu_limit: float | None = None,
+    mem_limit: float | None = None,
+    **kw: object,
+) -> ContainerSpec:
+    return ContainerSpec(
+        name="app",
+        requests=ResourcePair(cpu=cpu, memory=mem),
+        limits=ResourcePair(cpu=cpu_limit, memory=mem_limit),
+        **kw,
+    )
 
 
 def run(c: ContainerSpec, cpu: UsageSummary, mem: UsageSummary, params: EstimatorParams = P):
@@ -68,21 +86,48 @@ def test_known_answer_p95_plus_headroom_and_memory_above_peak() -> None:
 
 
 def test_reason_spells_out_the_arithmetic() -> None:
-    rec = run(container(), UsageSummary(p50=0.1, p90=0.2, p95=0.231, p99=0.3, max=0.5, count=500,
-                                         first_ts=NOW - DAY, last_ts=NOW), flat(200 * MIB))
+    rec = run(
+        container(),
+        UsageSummary(
+            p50=0.1,
+            p90=0.2,
+            p95=0.231,
+            p99=0.3,
+            max=0.5,
+            count=500,
+            first_ts=NOW - DAY,
+            last_ts=NOW,
+        ),
+        flat(200 * MIB),
+    )
     assert rec.cpu_request == 0.266  # 0.231 * 1.15 = 0.26565 -> rounded UP to 266m
     assert "cpu request = p95 0.231 cores + 15% headroom = 266m" in rec.reasons
 
 
 @settings(max_examples=60, deadline=None)
 @given(p95=st.floats(0.02, 8.0), headroom=st.floats(0.0, 1.0), peak=st.floats(150.0, 8000.0))
-def test_property_request_is_ceil_of_p95_with_headroom(p95: float, headroom: float,
-                                                       peak: float) -> None:
+def test_property_request_is_ceil_of_p95_with_headroom(
+    p95: float, headroom: float, peak: float
+) -> None:
     params = EstimatorParams(cpu_headroom=headroom)
-    cpu_s = UsageSummary(p50=p95 / 2, p90=p95, p95=p95, p99=p95 * 1.1, max=p95 * 1.2, count=200,
-                         first_ts=NOW - DAY, last_ts=NOW)
-    mem_s = UsageSummary(p50=peak * MIB / 2, p95=peak * MIB * 0.9, max=peak * MIB, count=200,
-                         first_ts=NOW - DAY, last_ts=NOW)
+    cpu_s = UsageSummary(
+        p50=p95 / 2,
+        p90=p95,
+        p95=p95,
+        p99=p95 * 1.1,
+        max=p95 * 1.2,
+        count=200,
+        first_ts=NOW - DAY,
+        last_ts=NOW,
+    )
+    mem_s = UsageSummary(
+        p50=peak * MIB / 2,
+        p95=peak * MIB * 0.9,
+        max=peak * MIB,
+        count=200,
+        first_ts=NOW - DAY,
+        last_ts=NOW,
+    )
     rec = run(container(), cpu_s, mem_s, params)
     assert rec.cpu_request == max(0.010, ceil_cpu(p95 * (1 + headroom)))
     assert rec.memory_request is not None and rec.memory_request >= peak * MIB
@@ -113,10 +158,16 @@ def test_missing_memory_history_means_no_targets() -> None:
     assert rec.confidence is Confidence.NONE and "memory 0 samples" in rec.reasons[0]
 
 
-@pytest.mark.parametrize(("span", "level"), [
-    (3 * 3600, Confidence.LOW), (DAY - 1, Confidence.LOW), (DAY, Confidence.MEDIUM),
-    (7 * DAY - 1, Confidence.MEDIUM), (7 * DAY, Confidence.HIGH),
-])
+@pytest.mark.parametrize(
+    ("span", "level"),
+    [
+        (3 * 3600, Confidence.LOW),
+        (DAY - 1, Confidence.LOW),
+        (DAY, Confidence.MEDIUM),
+        (7 * DAY - 1, Confidence.MEDIUM),
+        (7 * DAY, Confidence.HIGH),
+    ],
+)
 def test_confidence_by_span(span: float, level: Confidence) -> None:
     got, _ = confidence({"cpu": flat(0.1, span=span), "memory": flat(1.0, span=span)}, P)
     assert got is level
@@ -161,14 +212,19 @@ def test_cpu_limit_not_managed_by_default() -> None:
 
 
 def test_cpu_limit_ratio_and_percentile() -> None:
-    s = UsageSummary(p50=0.1, p90=0.15, p95=0.2, p99=0.4, max=1.0, count=500,
-                     first_ts=NOW - DAY, last_ts=NOW)
+    s = UsageSummary(
+        p50=0.1, p90=0.15, p95=0.2, p99=0.4, max=1.0, count=500, first_ts=NOW - DAY, last_ts=NOW
+    )
     ratio = run(container(), s, flat(200 * MIB), EstimatorParams(cpu_limit_strategy="ratio"))
     assert ratio.cpu_limit == 2 * ratio.cpu_request  # type: ignore[operator]
     pct = run(container(), s, flat(200 * MIB), EstimatorParams(cpu_limit_strategy="percentile"))
     assert pct.cpu_limit == ceil_cpu(0.4 * 1.15)
-    low = run(container(), flat(0.2), flat(200 * MIB),
-              EstimatorParams(cpu_limit_strategy="percentile", cpu_limit_headroom=0.0))
+    low = run(
+        container(),
+        flat(0.2),
+        flat(200 * MIB),
+        EstimatorParams(cpu_limit_strategy="percentile", cpu_limit_headroom=0.0),
+    )
     assert low.cpu_limit == low.cpu_request  # a limit never below the request
 
 
@@ -182,13 +238,17 @@ def test_usage_above_memory_limit_raises_to_peak_despite_max_step() -> None:
     assert any("observed peak" in r for r in rec.reasons)
 
 
-@pytest.mark.parametrize(("oom_limit", "expected"), [
-    (128 * MIB, 228 * MIB),  # +100Mi beats x1.2 for small limits
-    (1024 * MIB, ceil_memory(1024 * MIB * 1.2)),  # x1.2 wins for big ones
-])
+@pytest.mark.parametrize(
+    ("oom_limit", "expected"),
+    [
+        (128 * MIB, 228 * MIB),  # +100Mi beats x1.2 for small limits
+        (1024 * MIB, ceil_memory(1024 * MIB * 1.2)),  # x1.2 wins for big ones
+    ],
+)
 def test_recent_oom_raises_memory(oom_limit: float, expected: float) -> None:
-    c = container(0.1, oom_limit, mem_limit=oom_limit, last_oom_at=NOW - 3600,
-                  oom_limit_bytes=oom_limit)
+    c = container(
+        0.1, oom_limit, mem_limit=oom_limit, last_oom_at=NOW - 3600, oom_limit_bytes=oom_limit
+    )
     rec = run(c, flat(0.1), flat(100 * MIB))
     assert rec.memory_request == expected
     assert any(r.startswith("OOMKilled at") and "raised" in r for r in rec.reasons)

@@ -27,29 +27,66 @@ MIB = 1024.0 * 1024.0
 
 
 def flat(value: float) -> UsageSummary:
-    return UsageSummary(p50=value, p90=value, p95=value, p99=value, max=value, mean=value,
-                        count=2000, first_ts=NOW - 8 * DAY, last_ts=NOW)
+    return UsageSummary(
+        p50=value,
+        p90=value,
+        p95=value,
+        p99=value,
+        max=value,
+        mean=value,
+        count=2000,
+        first_ts=NOW - 8 * DAY,
+        last_ts=NOW,
+    )
 
 
-def spec(*, cpu: float = 1.0, mem: float = 1024 * MIB, hpa: HpaSpec | None = None,
-         annotations: dict[str, str] | None = None, ns: str = "smarthealth",
-         **container: Any) -> WorkloadSpec:
-    c = ContainerSpec(name="app", requests=ResourcePair(cpu=cpu, memory=mem),
-                      limits=ResourcePair(memory=mem), **container)
-    return WorkloadSpec(namespace=ns, kind="Deployment", name="patient-api", replicas=2,
-                        containers=[c], hpa=hpa, annotations=annotations or {})
+def spec(
+    *,
+    cpu: float = 1.0,
+    mem: float = 1024 * MIB,
+    hpa: HpaSpec | None = None,
+    annotations: dict[str, str] | None = None,
+    ns: str = "smarthealth",
+    **container: Any,
+) -> WorkloadSpec:
+    c = ContainerSpec(
+        name="app",
+        requests=ResourcePair(cpu=cpu, memory=mem),
+        limits=ResourcePair(memory=mem),
+        **container,
+    )
+    return WorkloadSpec(
+        namespace=ns,
+        kind="Deployment",
+        name="patient-api",
+        replicas=2,
+        containers=[c],
+        hpa=hpa,
+        annotations=annotations or {},
+    )
 
 
 def policy(mode: str = "autopilot", **kw: Any) -> Policy:
     return validate_policy({"id": "p", "mode": mode, **kw})
 
 
-def run(s: WorkloadSpec, p: Policy, *, cpu: float = 0.5, mem: float = 500 * MIB,
-        last_at: float | None = None, last_id: str | None = None, now: float = NOW,
-        usage: dict[str, dict[str, UsageSummary]] | None = None):
-    rec = recommend(s, usage if usage is not None else {"app": {"cpu": flat(cpu),
-                                                                "memory": flat(mem)}},
-                    p, now=now)
+def run(
+    s: WorkloadSpec,
+    p: Policy,
+    *,
+    cpu: float = 0.5,
+    mem: float = 500 * MIB,
+    last_at: float | None = None,
+    last_id: str | None = None,
+    now: float = NOW,
+    usage: dict[str, dict[str, UsageSummary]] | None = None,
+):
+    rec = recommend(
+        s,
+        usage if usage is not None else {"app": {"cpu": flat(cpu), "memory": flat(mem)}},
+        p,
+        now=now,
+    )
     return rec, decide(rec, s, p, last_applied_at=last_at, last_applied_id=last_id, now=now)
 
 
@@ -61,36 +98,68 @@ def test_autopilot_applies_a_real_change() -> None:
     assert d.savings == rec.savings and d.decided_at == NOW
 
 
-@pytest.mark.parametrize(("s", "p", "kw", "action", "guardrail"), [
-    # exclusion beats observe mode
-    (spec(annotations={"kubefinops.io/exclude": "true"}), policy("observe"), {},
-     Action.SKIP, "excluded"),
-    (spec(ns="kube-system"), policy(), {}, Action.SKIP, "excluded"),
-    # observe beats not-enough-data
-    (spec(), policy("observe"), {"usage": {}}, Action.SKIP, "observe"),
-    (spec(), policy(), {"usage": {}}, Action.SKIP, "not-enough-data"),
-    # min-change beats cooldown
-    (spec(cpu=0.55, mem=560 * MIB), policy(), {"cpu": 0.5, "mem": 500 * MIB, "last_at": NOW - 60},
-     Action.HOLD, "min-change"),
-    # cooldown beats schedule
-    (spec(), policy(schedule={"windows": [{"days": ["mon"]}]}), {"last_at": NOW - 3600},
-     Action.HOLD, "cooldown"),
-    # schedule beats recommend-only
-    (spec(), policy("recommend", schedule={"windows": [{"days": ["mon"]}]}), {},
-     Action.HOLD, "schedule"),
-    (spec(), policy("recommend"), {}, Action.HOLD, "recommend-only"),
-    (spec(), policy(schedule={"windows": [{"days": ["sat"], "start_hour": 2, "end_hour": 4}]}),
-     {"last_at": NOW - 2 * DAY}, Action.APPLY, "autopilot"),
-])
-def test_guardrail_order(s: WorkloadSpec, p: Policy, kw: dict[str, Any], action: Action,
-                         guardrail: str) -> None:
+@pytest.mark.parametrize(
+    ("s", "p", "kw", "action", "guardrail"),
+    [
+        # exclusion beats observe mode
+        (
+            spec(annotations={"kubefinops.io/exclude": "true"}),
+            policy("observe"),
+            {},
+            Action.SKIP,
+            "excluded",
+        ),
+        (spec(ns="kube-system"), policy(), {}, Action.SKIP, "excluded"),
+        # observe beats not-enough-data
+        (spec(), policy("observe"), {"usage": {}}, Action.SKIP, "observe"),
+        (spec(), policy(), {"usage": {}}, Action.SKIP, "not-enough-data"),
+        # min-change beats cooldown
+        (
+            spec(cpu=0.55, mem=560 * MIB),
+            policy(),
+            {"cpu": 0.5, "mem": 500 * MIB, "last_at": NOW - 60},
+            Action.HOLD,
+            "min-change",
+        ),
+        # cooldown beats schedule
+        (
+            spec(),
+            policy(schedule={"windows": [{"days": ["mon"]}]}),
+            {"last_at": NOW - 3600},
+            Action.HOLD,
+            "cooldown",
+        ),
+        # schedule beats recommend-only
+        (
+            spec(),
+            policy("recommend", schedule={"windows": [{"days": ["mon"]}]}),
+            {},
+            Action.HOLD,
+            "schedule",
+        ),
+        (spec(), policy("recommend"), {}, Action.HOLD, "recommend-only"),
+        (
+            spec(),
+            policy(schedule={"windows": [{"days": ["sat"], "start_hour": 2, "end_hour": 4}]}),
+            {"last_at": NOW - 2 * DAY},
+            Action.APPLY,
+            "autopilot",
+        ),
+    ],
+)
+def test_guardrail_order(
+    s: WorkloadSpec, p: Policy, kw: dict[str, Any], action: Action, guardrail: str
+) -> None:
     _, d = run(s, p, **kw)
     assert (d.action, d.guardrail) == (action, guardrail), d.reason
 
 
 def test_not_enough_data_reason_is_the_estimator_reason() -> None:
-    _, d = run(spec(), policy(), usage={"app": {"cpu": flat(0.1).model_copy(update={"count": 5}),
-                                                "memory": flat(MIB)}})
+    _, d = run(
+        spec(),
+        policy(),
+        usage={"app": {"cpu": flat(0.1).model_copy(update={"count": 5}), "memory": flat(MIB)}},
+    )
     assert d.guardrail == "not-enough-data" and d.reason.startswith("not enough data: cpu 5")
 
 
@@ -98,8 +167,12 @@ def test_min_change_reason_and_threshold() -> None:
     _, d = run(spec(cpu=0.55, mem=560 * MIB), policy(), cpu=0.5, mem=500 * MIB)
     # 0.5*1.15 = 575m vs 550m (4.5%); 575Mi vs 560Mi (2.7%)
     assert d.reason.startswith("largest change 4.5% (cpu request of app) is below the 10%")
-    _, d = run(spec(cpu=0.55, mem=560 * MIB), policy(guardrails={"min_change": 0.04}),
-               cpu=0.5, mem=500 * MIB)
+    _, d = run(
+        spec(cpu=0.55, mem=560 * MIB),
+        policy(guardrails={"min_change": 0.04}),
+        cpu=0.5,
+        mem=500 * MIB,
+    )
     assert d.action is Action.APPLY
 
 
@@ -130,12 +203,15 @@ def test_hpa_without_metrics_means_cpu() -> None:
     assert hpa_resources(spec()) == set()
 
 
-@pytest.mark.parametrize(("metrics", "rule", "action", "guardrail"), [
-    (["cpu"], "skip", Action.SKIP, "hpa-conflict"),
-    (["cpu", "memory"], "memory-only", Action.SKIP, "hpa-conflict"),
-    (["cpu"], "allow", Action.APPLY, "autopilot"),
-    (["requests_per_second"], "skip", Action.APPLY, "autopilot"),
-])
+@pytest.mark.parametrize(
+    ("metrics", "rule", "action", "guardrail"),
+    [
+        (["cpu"], "skip", Action.SKIP, "hpa-conflict"),
+        (["cpu", "memory"], "memory-only", Action.SKIP, "hpa-conflict"),
+        (["cpu"], "allow", Action.APPLY, "autopilot"),
+        (["requests_per_second"], "skip", Action.APPLY, "autopilot"),
+    ],
+)
 def test_hpa_rules(metrics: list[str], rule: str, action: Action, guardrail: str) -> None:
     _, d = run(spec(hpa=HpaSpec(name="h", metrics=metrics)), policy(guardrails={"hpa": rule}))
     assert (d.action, d.guardrail) == (action, guardrail)
@@ -155,26 +231,41 @@ def test_oom_guardrail_never_decreases_memory() -> None:
     assert d.containers[0].memory_request is not None
     assert d.containers[0].memory_request >= 1024 * MIB
     # a recommendation built elsewhere (e.g. an older estimator) is still lifted by the gate
-    low = rec.model_copy(update={"containers": [rec.containers[0].model_copy(
-        update={"memory_request": 256 * MIB, "memory_limit": 256 * MIB})]})
+    low = rec.model_copy(
+        update={
+            "containers": [
+                rec.containers[0].model_copy(
+                    update={"memory_request": 256 * MIB, "memory_limit": 256 * MIB}
+                )
+            ]
+        }
+    )
     d2 = decide(low, s, policy(), last_applied_at=None, last_applied_id=None, now=NOW)
     assert d2.containers[0].memory_request == 1024 * MIB
     assert any(r.startswith("oom guardrail") for r in d2.containers[0].reasons)
-    ignoring = decide(low, s, policy(guardrails={"oom": "ignore"}), last_applied_at=None,
-                      last_applied_id=None, now=NOW)
+    ignoring = decide(
+        low,
+        s,
+        policy(guardrails={"oom": "ignore"}),
+        last_applied_at=None,
+        last_applied_id=None,
+        now=NOW,
+    )
     assert ignoring.containers[0].memory_request == 256 * MIB
 
 
 def test_already_applied_by_recommendation_or_decision_id() -> None:
     rec, first = run(spec(), policy())
     assert first.action is Action.APPLY
-    again = decide(rec, spec(), policy(), last_applied_at=None, last_applied_id=first.id,
-                   now=NOW + 60)
+    again = decide(
+        rec, spec(), policy(), last_applied_at=None, last_applied_id=first.id, now=NOW + 60
+    )
     assert (again.action, again.guardrail) == (Action.SKIP, "already-applied")
     by_rec = decide(rec, spec(), policy(), last_applied_at=None, last_applied_id=rec.id, now=NOW)
     assert by_rec.guardrail == "already-applied"
-    other = decide(rec, spec(), policy(), last_applied_at=None, last_applied_id="dec-other",
-                   now=NOW)
+    other = decide(
+        rec, spec(), policy(), last_applied_at=None, last_applied_id="dec-other", now=NOW
+    )
     assert other.action is Action.APPLY
 
 
@@ -182,8 +273,9 @@ def test_decision_ids_are_deterministic() -> None:
     rec, d1 = run(spec(), policy())
     d2 = decide(rec, spec(), policy(), last_applied_at=None, last_applied_id=None, now=NOW + 5)
     assert d1.id == d2.id and d1.id.startswith("dec-")
-    held = decide(rec, spec(), policy("recommend"), last_applied_at=None, last_applied_id=None,
-                  now=NOW)
+    held = decide(
+        rec, spec(), policy("recommend"), last_applied_at=None, last_applied_id=None, now=NOW
+    )
     assert held.id != d1.id
 
 

@@ -23,12 +23,22 @@ from engine.errors import InvalidPolicy
 MIB = 1024.0 * 1024.0
 
 
-def workload(ns: str = "smarthealth", name: str = "patient-api", kind: str = "Deployment",
-             labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
-             containers: tuple[str, ...] = ("app",)) -> WorkloadSpec:
-    return WorkloadSpec(namespace=ns, kind=kind, name=name, labels=labels or {},
-                        annotations=annotations or {},
-                        containers=[ContainerSpec(name=c) for c in containers])
+def workload(
+    ns: str = "smarthealth",
+    name: str = "patient-api",
+    kind: str = "Deployment",
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    containers: tuple[str, ...] = ("app",),
+) -> WorkloadSpec:
+    return WorkloadSpec(
+        namespace=ns,
+        kind=kind,
+        name=name,
+        labels=labels or {},
+        annotations=annotations or {},
+        containers=[ContainerSpec(name=c) for c in containers],
+    )
 
 
 def pol(pid: str, **kw: Any) -> Policy:
@@ -50,19 +60,34 @@ def test_minimal_document_gets_documented_defaults() -> None:
 
 
 def test_full_document_with_quantities_durations_and_iso_time() -> None:
-    p = validate_policy({
-        "id": "prod", "name": "Production", "priority": 10, "mode": "autopilot",
-        "selectors": {"namespaces": ["smarthealth"],
-                      "labelSelector": {"matchLabels": {"tier": "api"},
-                                        "matchExpressions": [{"key": "env", "operator": "In",
-                                                              "values": ["prod"]}]}},
-        "estimator": {"cpu_percentile": 90, "cpu_floor": "25m", "memory_floor": "256Mi",
-                      "memory_cap": "4Gi", "min_history": "6h"},
-        "guardrails": {"cooldown": "12h", "hpa": "skip"},
-        "schedule": {"windows": [{"days": ["mon", "tue"], "start_hour": 9, "end_hour": 17}]},
-        "version": 3, "updated_by": "alice", "updated_at": "2026-11-01T10:00:00Z",
-        "_id": "mongo-object-id",
-    })
+    p = validate_policy(
+        {
+            "id": "prod",
+            "name": "Production",
+            "priority": 10,
+            "mode": "autopilot",
+            "selectors": {
+                "namespaces": ["smarthealth"],
+                "labelSelector": {
+                    "matchLabels": {"tier": "api"},
+                    "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}],
+                },
+            },
+            "estimator": {
+                "cpu_percentile": 90,
+                "cpu_floor": "25m",
+                "memory_floor": "256Mi",
+                "memory_cap": "4Gi",
+                "min_history": "6h",
+            },
+            "guardrails": {"cooldown": "12h", "hpa": "skip"},
+            "schedule": {"windows": [{"days": ["mon", "tue"], "start_hour": 9, "end_hour": 17}]},
+            "version": 3,
+            "updated_by": "alice",
+            "updated_at": "2026-11-01T10:00:00Z",
+            "_id": "mongo-object-id",
+        }
+    )
     assert p.estimator.cpu_floor == 0.025 and p.estimator.memory_cap == 4096 * MIB
     assert p.estimator.min_history == 6 * 3600 and p.guardrails.cooldown == 12 * 3600
     assert p.updated_at == datetime(2026, 11, 1, 10, tzinfo=UTC).timestamp()
@@ -70,47 +95,103 @@ def test_full_document_with_quantities_durations_and_iso_time() -> None:
     assert validate_policy(p.model_dump(mode="json")) == p  # field names work too
 
 
-@pytest.mark.parametrize(("doc", "field", "fragment"), [
-    ({}, "id", "Field required"),
-    ({"id": ""}, "id", "at least 1 character"),
-    ({"id": "p", "estimator": {"cpu_headroom": 6}}, "estimator.cpu_headroom",
-     "must be 0..5 (got 6)"),
-    ({"id": "p", "estimator": {"cpu_headroom": -0.1}}, "estimator.cpu_headroom", "must be 0..5"),
-    ({"id": "p", "estimator": {"cpu_percentile": 40}}, "estimator.cpu_percentile",
-     "must be 50..100 (got 40)"),
-    ({"id": "p", "estimator": {"memory_percentile": 101}}, "estimator.memory_percentile",
-     "must be 50..100"),
-    ({"id": "p", "estimator": {"cpu_floor": "1", "cpu_cap": "500m"}}, "estimator.cpu_cap",
-     "must be >= cpu_floor"),
-    ({"id": "p", "estimator": {"memory_cap": "64Mi"}}, "estimator.memory_cap",
-     "must be >= memory_floor"),
-    ({"id": "p", "estimator": {"cpu_floor": "lots"}}, "estimator.cpu_floor",
-     "not a valid cpu quantity"),
-    ({"id": "p", "estimator": {"cpu_floor": -1}}, "estimator.cpu_floor", "must be >= 0"),
-    ({"id": "p", "estimator": {"max_step": 0.5}}, "estimator.max_step", "must be >= 1"),
-    ({"id": "p", "estimator": {"headrom": 0.2}}, "estimator.headrom", "Extra inputs"),
-    ({"id": "p", "estimator": {"cpu_limit_strategy": "magic"}}, "estimator.cpu_limit_strategy",
-     "'none', 'ratio' or 'percentile'"),
-    ({"id": "p", "guardrails": {"min_change": 1.5}}, "guardrails.min_change",
-     "must be 0..1 (got 1.5)"),
-    ({"id": "p", "guardrails": {"cooldown": "soon"}}, "guardrails.cooldown",
-     "not a valid duration"),
-    ({"id": "p", "guardrails": {"hpa": "ignore"}}, "guardrails.hpa", "'skip', 'memory-only'"),
-    ({"id": "p", "mode": "yolo"}, "mode", "'observe', 'recommend' or 'autopilot'"),
-    ({"id": "p", "version": 0}, "version", "must be >= 1"),
-    ({"id": "p", "updated_at": "yesterday"}, "updated_at", "ISO-8601"),
-    ({"id": "p", "selectors": {"labelSelector": {"matchExpressions": [
-        {"key": "env", "operator": "In"}]}}}, "selectors.labelSelector.matchExpressions.0",
-     "needs at least one value"),
-    ({"id": "p", "selectors": {"labelSelector": {"matchExpressions": [
-        {"key": "env", "operator": "Exists", "values": ["x"]}]}}},
-     "selectors.labelSelector.matchExpressions.0", "takes no values"),
-    ({"id": "p", "schedule": {"windows": [{"start_hour": 18, "end_hour": 9}]}},
-     "schedule.windows.0.end_hour", "must be after start_hour"),
-    ({"id": "p", "schedule": {"windows": [{"days": ["someday"]}]}}, "schedule.windows.0.days.0",
-     "'mon'"),
-    ({"id": "p", "schedule": {"windows": []}}, "schedule.windows", "at least 1 item"),
-])
+@pytest.mark.parametrize(
+    ("doc", "field", "fragment"),
+    [
+        ({}, "id", "Field required"),
+        ({"id": ""}, "id", "at least 1 character"),
+        (
+            {"id": "p", "estimator": {"cpu_headroom": 6}},
+            "estimator.cpu_headroom",
+            "must be 0..5 (got 6)",
+        ),
+        (
+            {"id": "p", "estimator": {"cpu_headroom": -0.1}},
+            "estimator.cpu_headroom",
+            "must be 0..5",
+        ),
+        (
+            {"id": "p", "estimator": {"cpu_percentile": 40}},
+            "estimator.cpu_percentile",
+            "must be 50..100 (got 40)",
+        ),
+        (
+            {"id": "p", "estimator": {"memory_percentile": 101}},
+            "estimator.memory_percentile",
+            "must be 50..100",
+        ),
+        (
+            {"id": "p", "estimator": {"cpu_floor": "1", "cpu_cap": "500m"}},
+            "estimator.cpu_cap",
+            "must be >= cpu_floor",
+        ),
+        (
+            {"id": "p", "estimator": {"memory_cap": "64Mi"}},
+            "estimator.memory_cap",
+            "must be >= memory_floor",
+        ),
+        (
+            {"id": "p", "estimator": {"cpu_floor": "lots"}},
+            "estimator.cpu_floor",
+            "not a valid cpu quantity",
+        ),
+        ({"id": "p", "estimator": {"cpu_floor": -1}}, "estimator.cpu_floor", "must be >= 0"),
+        ({"id": "p", "estimator": {"max_step": 0.5}}, "estimator.max_step", "must be >= 1"),
+        ({"id": "p", "estimator": {"headrom": 0.2}}, "estimator.headrom", "Extra inputs"),
+        (
+            {"id": "p", "estimator": {"cpu_limit_strategy": "magic"}},
+            "estimator.cpu_limit_strategy",
+            "'none', 'ratio' or 'percentile'",
+        ),
+        (
+            {"id": "p", "guardrails": {"min_change": 1.5}},
+            "guardrails.min_change",
+            "must be 0..1 (got 1.5)",
+        ),
+        (
+            {"id": "p", "guardrails": {"cooldown": "soon"}},
+            "guardrails.cooldown",
+            "not a valid duration",
+        ),
+        ({"id": "p", "guardrails": {"hpa": "ignore"}}, "guardrails.hpa", "'skip', 'memory-only'"),
+        ({"id": "p", "mode": "yolo"}, "mode", "'observe', 'recommend' or 'autopilot'"),
+        ({"id": "p", "version": 0}, "version", "must be >= 1"),
+        ({"id": "p", "updated_at": "yesterday"}, "updated_at", "ISO-8601"),
+        (
+            {
+                "id": "p",
+                "selectors": {
+                    "labelSelector": {"matchExpressions": [{"key": "env", "operator": "In"}]}
+                },
+            },
+            "selectors.labelSelector.matchExpressions.0",
+            "needs at least one value",
+        ),
+        (
+            {
+                "id": "p",
+                "selectors": {
+                    "labelSelector": {
+                        "matchExpressions": [{"key": "env", "operator": "Exists", "values": ["x"]}]
+                    }
+                },
+            },
+            "selectors.labelSelector.matchExpressions.0",
+            "takes no values",
+        ),
+        (
+            {"id": "p", "schedule": {"windows": [{"start_hour": 18, "end_hour": 9}]}},
+            "schedule.windows.0.end_hour",
+            "must be after start_hour",
+        ),
+        (
+            {"id": "p", "schedule": {"windows": [{"days": ["someday"]}]}},
+            "schedule.windows.0.days.0",
+            "'mon'",
+        ),
+        ({"id": "p", "schedule": {"windows": []}}, "schedule.windows", "at least 1 item"),
+    ],
+)
 def test_invalid_policies_name_the_field(doc: dict[str, Any], field: str, fragment: str) -> None:
     with pytest.raises(InvalidPolicy) as caught:
         validate_policy(doc)
@@ -133,27 +214,33 @@ def test_selectors_match() -> None:
     assert pol("a").selectors.matches(w)  # catch-all
     assert pol("b", selectors={"namespaces": ["smart*"]}).selectors.matches(w)
     assert not pol("c", selectors={"namespaces": ["kube-*"]}).selectors.matches(w)
-    assert pol("d", selectors={"workloads": ["patient-*"], "kinds": ["Deployment"]}
-               ).selectors.matches(w)
+    assert pol(
+        "d", selectors={"workloads": ["patient-*"], "kinds": ["Deployment"]}
+    ).selectors.matches(w)
     assert not pol("e", selectors={"kinds": ["StatefulSet"]}).selectors.matches(w)
     assert pol("f", selectors={"containers": ["istio-*"]}).selectors.matches(w)
     assert not pol("g", selectors={"containers": ["db"]}).selectors.matches(w)
 
 
-@pytest.mark.parametrize(("expr", "expected"), [
-    ({"key": "env", "operator": "In", "values": ["prod", "stage"]}, True),
-    ({"key": "env", "operator": "In", "values": ["dev"]}, False),
-    ({"key": "env", "operator": "NotIn", "values": ["dev"]}, True),
-    ({"key": "missing", "operator": "NotIn", "values": ["x"]}, True),
-    ({"key": "env", "operator": "NotIn", "values": ["prod"]}, False),
-    ({"key": "env", "operator": "Exists"}, True),
-    ({"key": "missing", "operator": "Exists"}, False),
-    ({"key": "missing", "operator": "DoesNotExist"}, True),
-    ({"key": "env", "operator": "DoesNotExist"}, False),
-])
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ({"key": "env", "operator": "In", "values": ["prod", "stage"]}, True),
+        ({"key": "env", "operator": "In", "values": ["dev"]}, False),
+        ({"key": "env", "operator": "NotIn", "values": ["dev"]}, True),
+        ({"key": "missing", "operator": "NotIn", "values": ["x"]}, True),
+        ({"key": "env", "operator": "NotIn", "values": ["prod"]}, False),
+        ({"key": "env", "operator": "Exists"}, True),
+        ({"key": "missing", "operator": "Exists"}, False),
+        ({"key": "missing", "operator": "DoesNotExist"}, True),
+        ({"key": "env", "operator": "DoesNotExist"}, False),
+    ],
+)
 def test_match_expressions(expr: dict[str, Any], expected: bool) -> None:
-    p = pol("p", selectors={"labelSelector": {"matchLabels": {"tier": "api"},
-                                              "matchExpressions": [expr]}})
+    p = pol(
+        "p",
+        selectors={"labelSelector": {"matchLabels": {"tier": "api"}, "matchExpressions": [expr]}},
+    )
     assert p.selectors.matches(workload(labels={"tier": "api", "env": "prod"})) is expected
     assert not p.selectors.matches(workload(labels={"tier": "web", "env": "prod"}))
 
@@ -213,12 +300,20 @@ def test_no_match_gives_none_and_default_policy_applies() -> None:
 
 
 def test_exclusions() -> None:
-    p = pol("p", guardrails={"exclusions": {"namespaces": ["kube-system", "monitoring"],
-                                            "labels": {"kubefinops.io/tier": "critical"},
-                                            "workloads": ["legacy-*"]}})
+    p = pol(
+        "p",
+        guardrails={
+            "exclusions": {
+                "namespaces": ["kube-system", "monitoring"],
+                "labels": {"kubefinops.io/tier": "critical"},
+                "workloads": ["legacy-*"],
+            }
+        },
+    )
     assert exclusion(workload(), p) is None
-    assert "annotation" in (exclusion(workload(annotations={"kubefinops.io/exclude": "true"}), p)
-                            or "")
+    assert "annotation" in (
+        exclusion(workload(annotations={"kubefinops.io/exclude": "true"}), p) or ""
+    )
     assert exclusion(workload(annotations={"kubefinops.io/exclude": "false"}), p) is None
     assert "namespace monitoring" in (exclusion(workload(ns="monitoring"), p) or "")
     assert "label" in (exclusion(workload(labels={"kubefinops.io/tier": "critical"}), p) or "")

@@ -22,21 +22,43 @@ MIB = 1024.0 * 1024.0
 
 
 def flat(value: float, count: int = 2000, span: float = 8 * DAY) -> UsageSummary:
-    return UsageSummary(p50=value, p90=value, p95=value, p99=value, max=value, mean=value,
-                        count=count, first_ts=NOW - span, last_ts=NOW)
-
-
-def spec(replicas: int = 3, *, cpu: float | None = 1.0, mem: float | None = 1024 * MIB,
-         names: tuple[str, ...] = ("app",)) -> WorkloadSpec:
-    return WorkloadSpec(
-        namespace="smarthealth", kind="Deployment", name="patient-api", replicas=replicas,
-        containers=[ContainerSpec(name=n, requests=ResourcePair(cpu=cpu, memory=mem),
-                                  limits=ResourcePair(memory=mem)) for n in names],
+    return UsageSummary(
+        p50=value,
+        p90=value,
+        p95=value,
+        p99=value,
+        max=value,
+        mean=value,
+        count=count,
+        first_ts=NOW - span,
+        last_ts=NOW,
     )
 
 
-def usage(cpu: float = 0.6, mem: float = 600 * MIB, names: tuple[str, ...] = ("app",)
-          ) -> dict[str, dict[str, UsageSummary]]:
+def spec(
+    replicas: int = 3,
+    *,
+    cpu: float | None = 1.0,
+    mem: float | None = 1024 * MIB,
+    names: tuple[str, ...] = ("app",),
+) -> WorkloadSpec:
+    return WorkloadSpec(
+        namespace="smarthealth",
+        kind="Deployment",
+        name="patient-api",
+        replicas=replicas,
+        containers=[
+            ContainerSpec(
+                name=n, requests=ResourcePair(cpu=cpu, memory=mem), limits=ResourcePair(memory=mem)
+            )
+            for n in names
+        ],
+    )
+
+
+def usage(
+    cpu: float = 0.6, mem: float = 600 * MIB, names: tuple[str, ...] = ("app",)
+) -> dict[str, dict[str, UsageSummary]]:
     return {n: {"cpu": flat(cpu), "memory": flat(mem)} for n in names}
 
 
@@ -86,8 +108,9 @@ def test_zero_replicas() -> None:
 
 def test_container_selector_leaves_others_unchanged() -> None:
     policy = validate_policy({"id": "sidecars", "selectors": {"containers": ["istio-*"]}})
-    rec = recommend(spec(names=("app", "istio-proxy")), usage(names=("app", "istio-proxy")),
-                    policy, now=NOW)
+    rec = recommend(
+        spec(names=("app", "istio-proxy")), usage(names=("app", "istio-proxy")), policy, now=NOW
+    )
     app, proxy = rec.containers
     assert app.cpu_request is None and "not selected by policy sidecars" in app.reasons[0]
     assert proxy.cpu_request is not None
@@ -100,9 +123,19 @@ def test_policy_estimator_knobs_are_used() -> None:
 
 
 def test_prices_are_used() -> None:
-    cheap = recommend(spec(), usage(), DEFAULT_POLICY, now=NOW, prices=Prices(cpu_core_hour=0.0,
-                                                                                memory_gib_hour=0.0))
+    cheap = recommend(
+        spec(),
+        usage(),
+        DEFAULT_POLICY,
+        now=NOW,
+        prices=Prices(cpu_core_hour=0.0, memory_gib_hour=0.0),
+    )
     assert cheap.savings.current_monthly == 0.0
-    dear = recommend(spec(), usage(), DEFAULT_POLICY, now=NOW, prices=Prices(cpu_core_hour=1.0,
-                                                                               memory_gib_hour=0.0))
+    dear = recommend(
+        spec(),
+        usage(),
+        DEFAULT_POLICY,
+        now=NOW,
+        prices=Prices(cpu_core_hour=1.0, memory_gib_hour=0.0),
+    )
     assert dear.savings.current_monthly == pytest.approx(1.0 * 3 * 730)

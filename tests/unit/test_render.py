@@ -39,18 +39,38 @@ PRICES = Prices(cpu_core_hour=0.04, memory_gib_hour=0.005)
 
 
 def flat(value: float, count: int = 2000, span: float = 8 * DAY) -> UsageSummary:
-    return UsageSummary(p50=value, p90=value, p95=value, p99=value, max=value, mean=value,
-                        count=count, first_ts=NOW - span, last_ts=NOW)
+    return UsageSummary(
+        p50=value,
+        p90=value,
+        p95=value,
+        p99=value,
+        max=value,
+        mean=value,
+        count=count,
+        first_ts=NOW - span,
+        last_ts=NOW,
+    )
 
 
-def workload(namespace: str, name: str, containers: dict[str, tuple[float, float]],
-             usage: dict[str, tuple[float, float]], replicas: int = 2) -> Recommendation:
+def workload(
+    namespace: str,
+    name: str,
+    containers: dict[str, tuple[float, float]],
+    usage: dict[str, tuple[float, float]],
+    replicas: int = 2,
+) -> Recommendation:
     """``containers``: name -> (cpu request, memory request); ``usage``: name -> (cpu, mem)."""
     spec = WorkloadSpec(
-        namespace=namespace, kind="Deployment", name=name, replicas=replicas,
-        containers=[ContainerSpec(name=n, requests=ResourcePair(cpu=c, memory=m),
-                                  limits=ResourcePair(memory=m))
-                    for n, (c, m) in containers.items()],
+        namespace=namespace,
+        kind="Deployment",
+        name=name,
+        replicas=replicas,
+        containers=[
+            ContainerSpec(
+                name=n, requests=ResourcePair(cpu=c, memory=m), limits=ResourcePair(memory=m)
+            )
+            for n, (c, m) in containers.items()
+        ],
     )
     summaries = {n: {"cpu": flat(c), "memory": flat(m)} for n, (c, m) in usage.items()}
     return recommend(spec, summaries, DEFAULT_POLICY, now=NOW, prices=PRICES)
@@ -61,19 +81,28 @@ def recs() -> list[Recommendation]:
     # "zeta" first on purpose: output is ordered by namespace/kind/name
     return [
         workload("zeta", "api", {"app": (1.0, 1024 * MIB)}, {"app": (0.6, 600 * MIB)}),
-        workload("alpha", "web", {"web": (0.5, 512 * MIB), "sidecar": (0.1, 128 * MIB)},
-                 {"web": (0.8, 700 * MIB)}, replicas=3),  # sidecar has no usage: no targets
+        workload(
+            "alpha",
+            "web",
+            {"web": (0.5, 512 * MIB), "sidecar": (0.1, 128 * MIB)},
+            {"web": (0.8, 700 * MIB)},
+            replicas=3,
+        ),  # sidecar has no usage: no targets
     ]
 
 
 def test_rows_are_ordered_and_deltas_add_up_to_the_workload(recs: list[Recommendation]) -> None:
     out = rows(recs, PRICES)
     assert [(r.namespace, r.container) for r in out] == [
-        ("alpha", "web"), ("alpha", "sidecar"), ("zeta", "app")]
+        ("alpha", "web"),
+        ("alpha", "sidecar"),
+        ("zeta", "app"),
+    ]
     for rec in recs:
         mine = [r for r in out if r.namespace == rec.namespace]
-        assert sum(r.monthly_delta for r in mine) == pytest.approx(rec.savings.monthly_delta,
-                                                                   abs=1e-5)
+        assert sum(r.monthly_delta for r in mine) == pytest.approx(
+            rec.savings.monthly_delta, abs=1e-5
+        )
     sidecar = out[1]
     assert sidecar.confidence is Confidence.NONE
     assert sidecar.recommended_cpu is None and sidecar.monthly_delta == 0.0
@@ -90,9 +119,15 @@ def test_totals_split_savings_and_increases(recs: list[Recommendation]) -> None:
     assert t.monthly_delta == pytest.approx(t.monthly_increase - t.monthly_savings)
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (-12.346, "-12.35 USD"), (1234.5, "+1,234.50 USD"), (-0.004, "0.00 USD"), (0.0, "0.00 USD"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (-12.346, "-12.35 USD"),
+        (1234.5, "+1,234.50 USD"),
+        (-0.004, "0.00 USD"),
+        (0.0, "0.00 USD"),
+    ],
+)
 def test_money(value: float, text: str) -> None:
     assert money(value) == text
 
@@ -100,8 +135,21 @@ def test_money(value: float, text: str) -> None:
 def test_table_lists_requests_targets_confidence_and_footer(recs: list[Recommendation]) -> None:
     text = render_table(recs, PRICES)
     lines = text.splitlines()
-    assert lines[0].split() == ["WORKLOAD", "CONTAINER", "CPU", "REQ", "CPU", "REC", "MEM",
-                                "REQ", "MEM", "REC", "CONFIDENCE", "MONTHLY", "DELTA"]
+    assert lines[0].split() == [
+        "WORKLOAD",
+        "CONTAINER",
+        "CPU",
+        "REQ",
+        "CPU",
+        "REC",
+        "MEM",
+        "REQ",
+        "MEM",
+        "REC",
+        "CONFIDENCE",
+        "MONTHLY",
+        "DELTA",
+    ]
     app = next(line for line in lines if line.startswith("zeta/Deployment/api"))
     assert app.split()[1:7] == ["app", "1000m", "690m", "1024Mi", "690Mi", "high"]
     sidecar = next(line for line in lines if " sidecar " in line)
@@ -144,7 +192,8 @@ def test_csv_has_stable_columns_and_one_row_per_container(recs: list[Recommendat
     assert app["recommended_cpu_limit"] == ""  # strategy none: not managed
     assert body[1]["recommended_memory_request"] == "" and body[1]["confidence"] == "none"
     assert sum(float(r["monthly_delta"]) for r in body) == pytest.approx(
-        sum(r.savings.monthly_delta for r in recs), abs=1e-4)
+        sum(r.savings.monthly_delta for r in recs), abs=1e-4
+    )
     assert render_csv([]).splitlines() == [",".join(CSV_COLUMNS)]
 
 
@@ -156,11 +205,14 @@ def test_render_dispatch(recs: list[Recommendation]) -> None:
 
 
 def test_table_notes_only_for_listed_workloads(recs: list[Recommendation]) -> None:
-    notes = {"zeta/Deployment/api": ["HPA api-hpa scales on cpu: it would change memory only"],
-             "other/Deployment/gone": ["not listed"]}
+    notes = {
+        "zeta/Deployment/api": ["HPA api-hpa scales on cpu: it would change memory only"],
+        "other/Deployment/gone": ["not listed"],
+    }
     lines = render_table(recs, PRICES, notes).splitlines()
     at = lines.index("Notes:")
-    assert lines[at + 1:] == [
-        "  zeta/Deployment/api: HPA api-hpa scales on cpu: it would change memory only"]
+    assert lines[at + 1 :] == [
+        "  zeta/Deployment/api: HPA api-hpa scales on cpu: it would change memory only"
+    ]
     assert "Notes:" not in render_table(recs, PRICES)
     assert render(recs, "json", PRICES, notes) == render_json(recs)  # json keeps reasons only

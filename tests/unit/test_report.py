@@ -21,29 +21,71 @@ MIB = 1024 * 1024
 T0 = 1_795_000_000.0  # 2026-11-18T...Z
 
 
-def dec(name: str, action: Action = Action.APPLY, *, cpu: float | None = 0.25,
-        mem_mib: int | None = None, delta: float = -4.0, reason: str = "usage low",
-        guardrail: str = "none") -> Decision:
+def dec(
+    name: str,
+    action: Action = Action.APPLY,
+    *,
+    cpu: float | None = 0.25,
+    mem_mib: int | None = None,
+    delta: float = -4.0,
+    reason: str = "usage low",
+    guardrail: str = "none",
+) -> Decision:
     current = ContainerSpec(name="app", requests=ResourcePair(cpu=0.5, memory=512 * MIB))
-    rec = ContainerRecommendation(name="app", current=current, cpu_request=cpu,
-                                  memory_request=None if mem_mib is None else mem_mib * MIB,
-                                  reasons=["P95 cpu 0.2 cores"])
+    rec = ContainerRecommendation(
+        name="app",
+        current=current,
+        cpu_request=cpu,
+        memory_request=None if mem_mib is None else mem_mib * MIB,
+        reasons=["P95 cpu 0.2 cores"],
+    )
     return Decision(
-        id=f"d-{name}", recommendation_id=f"r-{name}", workload_id=f"smarthealth/Deployment/{name}",
-        namespace="smarthealth", kind="Deployment", name=name, action=action, guardrail=guardrail,
-        reason=reason, mode=Mode.AUTOPILOT, policy_id="default", policy_version=2,
+        id=f"d-{name}",
+        recommendation_id=f"r-{name}",
+        workload_id=f"smarthealth/Deployment/{name}",
+        namespace="smarthealth",
+        kind="Deployment",
+        name=name,
+        action=action,
+        guardrail=guardrail,
+        reason=reason,
+        mode=Mode.AUTOPILOT,
+        policy_id="default",
+        policy_version=2,
         containers=[rec],
-        savings=Savings(monthly_delta=delta, monthly_savings=max(0.0, -delta),
-                        monthly_increase=max(0.0, delta)),
-        decided_at=T0)
+        savings=Savings(
+            monthly_delta=delta, monthly_savings=max(0.0, -delta), monthly_increase=max(0.0, delta)
+        ),
+        decided_at=T0,
+    )
 
 
-def make(decisions: list[Decision], applied: list[str], *, outcome: str = "pushed",
-         held: dict[str, str] | None = None, cycle: str = "cycle/7") -> rp.CycleReport:
-    ex = Execution(id="e", cycle=cycle, workload_ids=applied, decision_ids=[], outcome=outcome,
-                   commit_sha="c0ffee" * 6 + "beef", branch="main", executed_at=T0)
-    return rp.CycleReport(cycle_id=cycle, generated_at=T0, decisions=decisions, execution=ex,
-                          held=held or {}, inputs={"workloads": 7})
+def make(
+    decisions: list[Decision],
+    applied: list[str],
+    *,
+    outcome: str = "pushed",
+    held: dict[str, str] | None = None,
+    cycle: str = "cycle/7",
+) -> rp.CycleReport:
+    ex = Execution(
+        id="e",
+        cycle=cycle,
+        workload_ids=applied,
+        decision_ids=[],
+        outcome=outcome,
+        commit_sha="c0ffee" * 6 + "beef",
+        branch="main",
+        executed_at=T0,
+    )
+    return rp.CycleReport(
+        cycle_id=cycle,
+        generated_at=T0,
+        decisions=decisions,
+        execution=ex,
+        held=held or {},
+        inputs={"workloads": 7},
+    )
 
 
 def test_keys_are_deterministic_and_dated_utc() -> None:
@@ -55,8 +97,11 @@ def test_keys_are_deterministic_and_dated_utc() -> None:
         "audit.json": "reports/2026/11/18/cycle-7/audit.json",
     }
     assert [o.content_type for o in rp.documents(report)] == [
-        "application/json", "text/markdown; charset=utf-8", "text/html; charset=utf-8",
-        "application/json"]
+        "application/json",
+        "text/markdown; charset=utf-8",
+        "text/html; charset=utf-8",
+        "application/json",
+    ]
 
 
 def test_summary_splits_changed_increases_and_not_applied() -> None:
@@ -66,25 +111,43 @@ def test_summary_splits_changed_increases_and_not_applied() -> None:
         dec("billing", Action.HOLD, guardrail="cooldown", reason="changed 2 h ago"),
         dec("frontend"),  # apply, but the executor held it
     ]
-    s = rp.summarize(make(decisions, ["smarthealth/Deployment/patient-api",
-                                      "smarthealth/Deployment/records-service"],
-                          held={"smarthealth/Deployment/frontend": "a human edited the patch"}))
-    assert s["totals"] == {"decisions": 4, "changed": 2, "not_applied": 2,
-                           "monthly_savings": 6.5, "monthly_increase": 1.5, "monthly_delta": -5.0}
+    s = rp.summarize(
+        make(
+            decisions,
+            ["smarthealth/Deployment/patient-api", "smarthealth/Deployment/records-service"],
+            held={"smarthealth/Deployment/frontend": "a human edited the patch"},
+        )
+    )
+    assert s["totals"] == {
+        "decisions": 4,
+        "changed": 2,
+        "not_applied": 2,
+        "monthly_savings": 6.5,
+        "monthly_increase": 1.5,
+        "monthly_delta": -5.0,
+    }
     assert [c["workload"] for c in s["changed"]] == [
-        "smarthealth/Deployment/patient-api", "smarthealth/Deployment/records-service"]
+        "smarthealth/Deployment/patient-api",
+        "smarthealth/Deployment/records-service",
+    ]
     assert s["changed"][0]["changes"] == ["app requests.cpu 500m -> 250m"]
-    assert s["increases"] == [{"workload": "smarthealth/Deployment/records-service",
-                               "changes": ["app requests.memory 512Mi -> 768Mi"],
-                               "reason": "OOM-killed twice", "monthly_increase": 1.5}]
+    assert s["increases"] == [
+        {
+            "workload": "smarthealth/Deployment/records-service",
+            "changes": ["app requests.memory 512Mi -> 768Mi"],
+            "reason": "OOM-killed twice",
+            "monthly_increase": 1.5,
+        }
+    ]
     held = {h["workload"]: h for h in s["not_applied"]}
     assert held["smarthealth/Deployment/billing"]["guardrail"] == "cooldown"
     assert held["smarthealth/Deployment/frontend"]["reason"] == "a human edited the patch"
 
 
 def test_failed_execution_counts_nothing_as_changed() -> None:
-    s = rp.summarize(make([dec("patient-api")], ["smarthealth/Deployment/patient-api"],
-                          outcome="failed"))
+    s = rp.summarize(
+        make([dec("patient-api")], ["smarthealth/Deployment/patient-api"], outcome="failed")
+    )
     assert s["totals"]["changed"] == 0 and s["totals"]["monthly_savings"] == 0
     assert s["not_applied"][0]["reason"].startswith("not applied: execution failed")
 
@@ -92,8 +155,9 @@ def test_failed_execution_counts_nothing_as_changed() -> None:
 def test_rendering_is_deterministic() -> None:
     decisions = [dec("b"), dec("a")]
     one = [o.body for o in rp.documents(make(decisions, ["smarthealth/Deployment/a"]))]
-    two = [o.body for o in rp.documents(make(list(reversed(decisions)),
-                                             ["smarthealth/Deployment/a"]))]
+    two = [
+        o.body for o in rp.documents(make(list(reversed(decisions)), ["smarthealth/Deployment/a"]))
+    ]
     assert one == two
 
 
@@ -122,8 +186,9 @@ def test_html_escapes_untrusted_text() -> None:
 
 
 def test_markdown_escapes_table_breakers() -> None:
-    report = make([dec("patient-api", reason="a | b <img src=x>")],
-                  ["smarthealth/Deployment/patient-api"])
+    report = make(
+        [dec("patient-api", reason="a | b <img src=x>")], ["smarthealth/Deployment/patient-api"]
+    )
     md = rp.render_markdown(report)
     row = next(line for line in md.splitlines() if line.startswith("| smarthealth"))
     assert row.count(" | ") == 3  # the pipe in the reason did not add a column
@@ -142,8 +207,10 @@ def test_audit_snapshot_has_policies_inputs_decisions_and_sha() -> None:
 
 
 def test_held_from_detail_parses_executor_detail() -> None:
-    detail = ("held smarthealth/Deployment/a: human edit (not overwritten); "
-              "held smarthealth/StatefulSet/db: workload x is not in the overlay")
+    detail = (
+        "held smarthealth/Deployment/a: human edit (not overwritten); "
+        "held smarthealth/StatefulSet/db: workload x is not in the overlay"
+    )
     assert rp.held_from_detail(detail) == {
         "smarthealth/Deployment/a": "human edit (not overwritten)",
         "smarthealth/StatefulSet/db": "workload x is not in the overlay",
@@ -156,15 +223,32 @@ def test_reasons_name_their_container_unless_shared() -> None:
     from engine.core.report import labelled_reasons
 
     def cont(name: str, *reasons: str) -> ContainerRecommendation:
-        return ContainerRecommendation(name=name, current=ContainerSpec(name=name),
-                                       reasons=["policy p is in autopilot mode", *reasons])
+        return ContainerRecommendation(
+            name=name,
+            current=ContainerSpec(name=name),
+            reasons=["policy p is in autopilot mode", *reasons],
+        )
 
-    base = {"id": "d", "recommendation_id": "r", "workload_id": "ns/Deployment/a",
-            "namespace": "ns", "kind": "Deployment", "name": "a", "action": Action.APPLY,
-            "guardrail": "autopilot", "reason": "ok", "mode": Mode.AUTOPILOT, "decided_at": 0.0}
-    two = Decision(**base, containers=[cont("app", "cpu request = 188m"),
-                                       cont("envoy", "cpu request = 5m")])
-    assert labelled_reasons(two) == ["policy p is in autopilot mode", "app: cpu request = 188m",
-                                     "envoy: cpu request = 5m"]
+    base = {
+        "id": "d",
+        "recommendation_id": "r",
+        "workload_id": "ns/Deployment/a",
+        "namespace": "ns",
+        "kind": "Deployment",
+        "name": "a",
+        "action": Action.APPLY,
+        "guardrail": "autopilot",
+        "reason": "ok",
+        "mode": Mode.AUTOPILOT,
+        "decided_at": 0.0,
+    }
+    two = Decision(
+        **base, containers=[cont("app", "cpu request = 188m"), cont("envoy", "cpu request = 5m")]
+    )
+    assert labelled_reasons(two) == [
+        "policy p is in autopilot mode",
+        "app: cpu request = 188m",
+        "envoy: cpu request = 5m",
+    ]
     one = Decision(**base, containers=[cont("app", "cpu request = 188m")])
     assert labelled_reasons(one) == ["cpu request = 188m", "policy p is in autopilot mode"]

@@ -86,8 +86,12 @@ def test_secret_files_are_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="kafka_password_file: cannot read"):
         load_settings(kafka_password_file=tmp_path / "missing")
     (tmp_path / "uri").write_text("mongodb://bot:pw@db:27017/kubefinops\n")
-    s = load_settings(kafka_password="x-1234", mongodb_uri_file=tmp_path / "uri",
-                      git_token="stale-env-token", git_token_file=tmp_path / "token")
+    s = load_settings(
+        kafka_password="x-1234",
+        mongodb_uri_file=tmp_path / "uri",
+        git_token="stale-env-token",
+        git_token_file=tmp_path / "token",
+    )
     assert s.mongodb_uri.get_secret_value() == "mongodb://bot:pw@db:27017/kubefinops"
     assert s.git_token == SecretStr("pat-123"), "a mounted file wins over a stale variable"
     (tmp_path / "bad-uri").write_text("postgres://nope\n")
@@ -96,8 +100,11 @@ def test_secret_files_are_read(tmp_path: Path) -> None:
 
 
 def test_log_records_are_redacted() -> None:
-    s = load_settings(kafka_password="kafka-pass-1", git_token="ghp_tokenvalue",
-                      mongodb_uri="mongodb://bot:mongo-pass-2@db:27017")
+    s = load_settings(
+        kafka_password="kafka-pass-1",
+        git_token="ghp_tokenvalue",
+        mongodb_uri="mongodb://bot:mongo-pass-2@db:27017",
+    )
     assert {"kafka-pass-1", "ghp_tokenvalue", "mongo-pass-2"} <= set(secret_values(s))
     out = io.StringIO()
     setup_logging(s, stream=out)
@@ -118,10 +125,18 @@ def test_short_values_are_not_treated_as_secrets() -> None:
 
 
 def test_cli_reports_a_bad_setting_in_one_line() -> None:
-    env = {"PATH": "/usr/bin:/bin", "KUBEFINOPS_PROMETHEUS_URL": "nonsense",
-           "KUBEFINOPS_KAFKA_PASSWORD": "hidden-password-1"}
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "worker"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KUBEFINOPS_PROMETHEUS_URL": "nonsense",
+        "KUBEFINOPS_KAFKA_PASSWORD": "hidden-password-1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
