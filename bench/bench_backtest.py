@@ -97,7 +97,11 @@ def main() -> int:
     loaded = time.perf_counter() - t0
     start = datetime.fromisoformat(args.start).replace(tzinfo=UTC).timestamp()
     end = max(float(h.ts[-1]) for h in histories) + 1.0
-    params = BacktestParams(start=start, end=end, interval=DAY, min_day_samples=144,
+    params = BacktestParams(
+        start=start,
+        end=end,
+        interval=DAY,
+        min_day_samples=144,
         cap_observed_memory=not args.uncapped,
     )
     names = args.strategy or ["kubefinops", "krr-simple", "vpa-like"]

@@ -180,7 +180,9 @@ def read_samples(path: Path, *, skip_bad: bool = False) -> SampleFile:
                 ts=np.ascontiguousarray(arr[:, 0]),
                 cpu=np.ascontiguousarray(arr[:, 1]),
                 memory=np.ascontiguousarray(arr[:, 2]),
-                provisioned={c: np.ascontiguousarray(arr[:, 3 + i]) for i, c in enumerate(OPTIONAL)},
+                provisioned={
+                    c: np.ascontiguousarray(arr[:, 3 + i]) for i, c in enumerate(OPTIONAL)
+                },
                 replicas=1 if a.replicas is None else a.replicas,
             )
         )
@@ -190,7 +192,7 @@ def read_samples(path: Path, *, skip_bad: bool = False) -> SampleFile:
 def write_samples(path: Path, histories: list[ContainerHistory]) -> None:
     """The inverse of :func:`read_samples` (gzip when the name ends in ``.gz``)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", newline="") as f:  # type: ignore[operator]
+    with opener(path, "wt", newline="") as f:
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for h in histories:

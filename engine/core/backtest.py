@@ -164,7 +164,8 @@ class Outcome:
 class Strategy(Protocol):
     """A recommender + applier under test: one decision per workload and cycle."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def decide(self, state: WorkloadState, now: float) -> Outcome: ...
 
@@ -319,13 +320,13 @@ class Backtest:
         total = len(cycles) * len(strategies)
         runs = []
         for i, strategy in enumerate(strategies):
-            runs.append(
-                self._run_one(
-                    strategy,
-                    cycles,
-                    lambda done, i=i: progress(i * len(cycles) + done, total) if progress else None,
-                )
-            )
+            offset = i * len(cycles)
+
+            def tick(done: int, offset: int = offset) -> None:
+                if progress is not None:
+                    progress(offset + done, total)
+
+            runs.append(self._run_one(strategy, cycles, tick))
         return runs
 
     def _run_one(
@@ -349,9 +350,7 @@ class Backtest:
             tick(n)
         for state in world.values():
             self._advance(state, prev, p.end, days)
-        return StrategyRun(
-            strategy.name, days, world, p.min_day_samples, (p.end - p.start) / DAY
-        )
+        return StrategyRun(strategy.name, days, world, p.min_day_samples, (p.end - p.start) / DAY)
 
     def _record(self, state: WorkloadState, outcome: Outcome, now: float) -> Outcome:
         state.guardrails[outcome.guardrail] = state.guardrails.get(outcome.guardrail, 0) + 1
@@ -479,5 +478,6 @@ def _provisioned_costs(
     mem_v = mem[lo:hi] if mem is not None else np.full(hi - lo, np.nan)
     cpu_v = np.where(np.isfinite(cpu_v), cpu_v, first_cpu or 0.0)
     mem_v = np.where(np.isfinite(mem_v), mem_v, first_mem or 0.0)
-    hourly_cost: FloatArray = cpu_v * prices.cpu_core_hour + mem_v / 1024.0**3 * prices.memory_gib_hour
+    gib = 1024.0**3
+    hourly_cost: FloatArray = cpu_v * prices.cpu_core_hour + mem_v / gib * prices.memory_gib_hour
     return hourly_cost * max(replicas, 0)

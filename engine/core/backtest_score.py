@@ -119,9 +119,7 @@ def figures(run: StrategyRun, *, start: float, end: float) -> tuple[Figures, lis
         for g, n in run.workloads[wid].guardrails.items():
             guardrails[g] = guardrails.get(g, 0) + n
     tail = end - SETTLED_TAIL_DAYS * DAY
-    changing = sum(
-        1 for wid in per_wl if any(tail <= t < end for t in run.workloads[wid].applies)
-    )
+    changing = sum(1 for wid in per_wl if any(tail <= t < end for t in run.workloads[wid].applies))
     rollouts = [r.rollouts_per_30d for r in rows]
     total = Figures(
         strategy=run.name,

@@ -26,7 +26,14 @@ from engine.core.backtest import DAY, FloatArray, Outcome, Values, WorkloadState
 from engine.core.cost import DEFAULT_PRICES, Prices
 from engine.core.estimators import MIB, ceil_cpu, ceil_memory
 from engine.core.guardrails import decide, has_targets, hpa_resources
-from engine.core.model import RESOURCES, Action, ContainerRecommendation, ContainerSpec, Mode
+from engine.core.model import (
+    RESOURCES,
+    Action,
+    ContainerRecommendation,
+    ContainerSpec,
+    Mode,
+    UsageSummary,
+)
 from engine.core.policy import DEFAULT_POLICY, Policy, policy_for
 from engine.core.recommend import recommend
 
@@ -57,7 +64,7 @@ class Autopilot:
 
     def decide(self, state: WorkloadState, now: float) -> Outcome:
         spec = state.spec
-        usage = {
+        usage: dict[str, dict[str, UsageSummary]] = {
             name: {r: cs.usage.summary(r) for r in RESOURCES}
             for name, cs in state.containers.items()
             if cs.cursor > 0
