@@ -33,6 +33,7 @@ from engine.core.bounds import (
 )
 from engine.core.estimators import Duration, EstimatorParams
 from engine.core.model import Mode, WorkloadSpec
+from engine.core.verification import VerificationOverrides
 from engine.errors import InvalidPolicy
 
 EXCLUDE_ANNOTATION = "kubefinops.io/exclude"
@@ -179,6 +180,7 @@ class Policy(_Doc):
     estimator: EstimatorParams = EstimatorParams()
     guardrails: Guardrails = Guardrails()
     schedule: Schedule | None = None
+    verification: VerificationOverrides = VerificationOverrides()
     version: int = Field(1, ge=1, le=2**53)
     updated_by: str = Field("", max_length=128)
     updated_at: float = Field(0.0, ge=0, le=MAX_TIME)
