@@ -402,7 +402,7 @@ class GitOpsWriter:
 
     # --- reverts --------------------------------------------------------------------------------
     def _locked_revert(self, v: Verification, push: bool) -> RevertResult:
-        with self._lock:
+        with self._lock, self._askpass():
             for attempt in range(1, self.max_push_attempts + 1):
                 try:
                     return self._revert(v, push)
