@@ -314,6 +314,16 @@ def test_an_oom_not_caused_by_the_change_is_not_attributed(
     )
 
 
+def test_an_oom_after_a_change_that_did_not_lower_memory_is_not_attributed() -> None:
+    raised = start(
+        decision(mem=600 * MIB, cpu=0.25), execution(), VerificationParams()
+    )  # memory 512Mi -> 600Mi, cpu 500m -> 250m
+    assert raised is not None
+    more = {"cpu": 0.25, "mem": 600 * MIB}
+    rollout = parse_rollout(oom_cluster(T0 + 120, pod_values=more), raised)
+    assert evidence(raised, rollout, Signals(), T0 + 130) == []
+
+
 def test_recommend_mode_reports_the_regression_without_a_revert() -> None:
     v = watch()
     found = evidence(v, parse_rollout(oom_cluster(T0 + 120), v), Signals(), T0 + 130)
