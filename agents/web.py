@@ -4,47 +4,87 @@
 * ``GET /ready`` — readiness: connected to the broker, partitions assigned, tables recovered.
 * ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`.
 * ``GET /api/usage/{namespace}/{kind}/{name}`` — percentiles, max, count and span per container and
-  resource; routed to the worker that owns the workload's partition.
-* ``GET|PUT|DELETE /api/policies[/{id}]`` — bearer-token guarded; invalid documents get 400 with
-  the field and the reason and are not stored.
+  resource; routed (Faust's ``route_topic_req``) to the worker that owns the workload's partition.
+* ``POST /api/cycles`` — run a collection cycle now.
+* ``GET|PUT|DELETE /api/policies[/{id}]`` — invalid documents get 400 with the field and the
+  reason and are not stored.
+
+Everything under ``/api/`` that changes or reveals configuration is guarded by one decorator,
+:func:`bearer_required`.  Views are plain classes; :func:`register` binds them to the runtime.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hmac
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
+import faust
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
-from yarl import URL
+from pydantic import SecretStr
 
 from agents import collector
 from agents import policies as policy_mod
 from agents.runtime import Runtime
-from engine.core.model import RESOURCES, WorkloadSpec, workload_id
+from engine.app import Topics
+from engine.core.model import RESOURCES, workload_id
 from engine.core.usage import ContainerUsage
 from engine.errors import DependencyUnavailable, InvalidPolicy
 from engine.metrics import REGISTRY
 
 log = logging.getLogger("kubefinops.web")
 EXPOSITION = "text/plain; version=0.0.4"
+USER_HEADER = "X-Kubefinops-User"
 
 
-def _summary_json(usage: ContainerUsage) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for res in RESOURCES:
-        s = usage.summary(res)
-        out[res] = {**s.model_dump(), "span_seconds": s.span_seconds}
-    return out
+class RuntimeView(View):
+    """A view with the agents' runtime; :func:`register` binds ``rt`` and ``topics``."""
+
+    rt: ClassVar[Runtime]
+    topics: ClassVar[Topics]
+
+    def user(self, request: Request) -> str:
+        return request.headers.get(USER_HEADER, "api")
 
 
-def ready_state(rt: Runtime) -> tuple[bool, dict[str, Any]]:
-    app = rt.app
+def auth_problem(token: SecretStr | None, header: str) -> tuple[int, str] | None:
+    """None when ``header`` carries the bearer token, else the status and the error to answer."""
+    if token is None:
+        return 503, "policy API disabled: set KUBEFINOPS_API_TOKEN"
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    ):
+        return None
+    return 401, "missing or wrong bearer token"
+
+
+Method = Callable[..., Awaitable[Response]]
+
+
+def bearer_required(method: Method) -> Method:
+    """The one auth check of the API: 503 when no token is configured, 401 when it is wrong."""
+
+    @functools.wraps(method)
+    async def guarded(self: RuntimeView, request: Request, **kwargs: Any) -> Response:
+        problem = auth_problem(self.rt.settings.api_token, request.headers.get("Authorization", ""))
+        if problem is not None:
+            status, message = problem
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return self.error(status, message, headers=headers)
+        return await method(self, request, **kwargs)
+
+    return guarded
+
+
+def ready_state(app: faust.types.AppT) -> tuple[bool, dict[str, Any]]:
     assigned = list(app.consumer.assignment()) if app.consumer is not None else []
     recovering = bool(getattr(app, "in_recovery", False))
     state = {
@@ -55,172 +95,154 @@ def ready_state(rt: Runtime) -> tuple[bool, dict[str, Any]]:
     return bool(assigned) and not app.rebalancing and not recovering, state
 
 
-def owner_of(rt: Runtime, wid: str) -> URL | None:
-    """The peer that owns the workload's partition, or None when it is this worker (or unknown).
+def summary_json(usage: ContainerUsage) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for res in RESOURCES:
+        s = usage.summary(res)
+        out[res] = {**s.model_dump(), "span_seconds": s.span_seconds}
+    return out
 
-    ``kubefinops.metrics`` partition p and the ``usage`` changelog partition p live on the same
-    worker (co-partitioning), so the assignor's table metadata tells who holds the state.
-    """
-    app = rt.app
-    try:
-        tp = app.producer.key_partition(rt.settings.topic("metrics"), wid.encode())
-        hosts = app.router.table_metadata("usage")
-    except Exception:  # no metadata yet (starting, rebalancing): answer from local state
+
+def local_usage(rt: Runtime, wid: str) -> dict[str, Any] | None:
+    """The workload's usage held by this worker, or None when it has none."""
+    spec = rt.tables.workloads.get(wid)
+    prefix = wid + "/"
+    if spec is not None:  # the spec names the containers: direct lookups
+        keys = [prefix + c.name for c in spec.containers]
+    else:  # usage before the first cycle-end: scan this worker's keys
+        keys = [k for k in rt.tables.usage.keys() if k.startswith(prefix)]
+    containers: dict[str, Any] = {}
+    for key in keys:
+        usage = rt.tables.usage.get(key)
+        if usage is not None:
+            containers[key[len(prefix) :]] = summary_json(usage)
+    if not containers and spec is None:
         return None
-    me = str(app.conf.canonical_url).rstrip("/")
-    for host, topics in hosts.items():
-        if any(tp.partition in parts for parts in topics.values()):
-            return None if str(host).rstrip("/") == me else URL(str(host))
-    return None
+    return {
+        "workload": wid,
+        "containers": containers,
+        "spec": spec.model_dump(mode="json") if spec is not None else None,
+    }
 
 
-def register(rt: Runtime) -> None:
-    app = rt.app
+class Health(RuntimeView):
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "ok", "time": time.time()})
 
-    def authorized(request: Request) -> bool:
-        token = rt.settings.api_token
-        if token is None:
-            return False
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), token.get_secret_value().encode()
-        )
 
-    def deny(view: View) -> Response:
-        if rt.settings.api_token is None:
-            return view.json({"error": "policy API disabled: set KUBEFINOPS_API_TOKEN"}, status=503)
-        return view.json(
-            {"error": "missing or wrong bearer token"},
-            status=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+class Ready(RuntimeView):
+    async def get(self, request: Request) -> Response:
+        ok, state = ready_state(self.app)
+        return self.json({"ready": ok, **state}, status=200 if ok else 503)
 
-    @app.page("/health")
-    class Health(View):
-        async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "time": time.time()})
 
-    @app.page("/ready")
-    class Ready(View):
-        async def get(self, request: Request) -> Response:
-            ok, state = ready_state(rt)
-            return self.json({"ready": ok, **state}, status=200 if ok else 503)
+class Metrics(RuntimeView):
+    async def get(self, request: Request) -> Response:
+        # aiohttp adds "; charset=utf-8" itself and refuses it in content_type.
+        return self.text(generate_latest(REGISTRY).decode(), content_type=EXPOSITION)
 
-    @app.page("/metrics")
-    class Metrics(View):
-        async def get(self, request: Request) -> Response:
-            # aiohttp adds "; charset=utf-8" itself and refuses it in content_type.
-            return self.text(generate_latest(REGISTRY).decode(), content_type=EXPOSITION)
 
-    @app.page("/api/usage/{namespace}/{kind}/{name}")
-    class Usage(View):
-        async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
-            wid = workload_id(namespace, kind, name)
-            owner = owner_of(rt, wid)
-            if owner is not None:
-                router: Any = app.router
-                with contextlib.suppress(SameNode):
-                    response: Response = await router._route_req(owner, self.web, request)
-                    return response
-            spec_doc = rt.tables.workloads.get(wid)
-            prefix = wid + "/"
-            if spec_doc:  # the spec names the containers: direct lookups
-                keys = [prefix + c["name"] for c in spec_doc.get("containers", [])]
-            else:  # usage before the first cycle-end: scan this worker's keys
-                keys = [
-                    k
-                    for k in list(rt.tables.usage.keys())
-                    if isinstance(k, str) and k.startswith(prefix)
-                ]
-            containers: dict[str, Any] = {}
-            for key in keys:
-                stored = rt.tables.usage.get(key)
-                if stored:
-                    containers[key[len(prefix) :]] = _summary_json(ContainerUsage.from_dict(stored))
-            if not containers and spec_doc is None:
-                return self.json({"error": f"no usage recorded for {wid}"}, status=404)
-            spec = (
-                WorkloadSpec.model_validate(spec_doc).model_dump(mode="json") if spec_doc else None
+class Usage(RuntimeView):
+    async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
+        wid = workload_id(namespace, kind, name)
+        try:  # the worker consuming the workload's metrics partition holds its usage state
+            routed: Response = await self.app.router.route_topic_req(
+                self.topics.metrics, wid.encode(), self.web, request
             )
-            return self.json({"workload": wid, "containers": containers, "spec": spec})
+            return routed
+        except (SameNode, ServiceUnavailable):  # ours, or no assignment yet: answer locally
+            pass
+        body = local_usage(self.rt, wid)
+        if body is None:
+            return self.error(404, f"no usage recorded for {wid}")
+        return self.json(body)
 
-    @app.page("/api/cycles")
-    class Cycles(View):
-        async def post(self, request: Request) -> Response:
-            """Run a collection cycle now (the collector is single, wherever it runs)."""
-            if not authorized(request):
-                return deny(self)
-            await collector.request_cycle(rt, request.headers.get("X-Kubefinops-User", "api"))
-            return self.json({"requested": True}, status=202)
 
-    @app.page("/api/policies")
-    class PolicyList(View):
-        async def get(self, request: Request) -> Response:
-            if not authorized(request):
-                return deny(self)
-            docs = [p.model_dump(mode="json") for p in policy_mod.current_policies(rt)]
-            return self.json({"policies": sorted(docs, key=lambda d: d["id"])})
+class Cycles(RuntimeView):
+    @bearer_required
+    async def post(self, request: Request) -> Response:
+        """Run a collection cycle now (the collector is single, wherever it runs)."""
+        await collector.request_cycle(self.rt, self.user(request))
+        return self.json({"requested": True}, status=202)
 
-    @app.page("/api/policies/{policy_id}")
-    class PolicyItem(View):
-        async def get(self, request: Request, policy_id: str) -> Response:
-            if not authorized(request):
-                return deny(self)
-            store = rt.service("policies")
-            try:
-                doc = await store.get(policy_id) if store else rt.tables.policies.get(policy_id)
-            except DependencyUnavailable as exc:
-                return self.json({"error": str(exc)}, status=503)
-            if doc is None:
-                return self.json({"error": f"policy {policy_id!r} not found"}, status=404)
-            return self.json(doc)
 
-        async def put(self, request: Request, policy_id: str) -> Response:
-            if not authorized(request):
-                return deny(self)
-            store = rt.service("policies")
-            if store is None:
-                return self.json({"error": "no policy store configured"}, status=503)
-            try:
-                body = json.loads(await request.text())
-            except ValueError as exc:
-                return self.json(
-                    {"error": "invalid policy", "field": "body", "reason": f"not JSON: {exc}"},
-                    status=400,
-                )
-            if not isinstance(body, dict):
-                return self.json(
-                    {"error": "invalid policy", "field": "body", "reason": "must be a JSON object"},
-                    status=400,
-                )
-            body["id"] = policy_id
-            who = request.headers.get("X-Kubefinops-User", "api")
-            try:
-                stored = await store.put(body, by=who)
-            except InvalidPolicy as exc:
-                return self.json(
-                    {"error": "invalid policy", "field": exc.field, "reason": exc.reason},
-                    status=400,
-                )
-            except DependencyUnavailable as exc:
-                return self.json({"error": str(exc)}, status=503)
-            await policy_mod.publish(rt, policy_id, stored)
-            return self.json(stored)
+class PolicyList(RuntimeView):
+    @bearer_required
+    async def get(self, request: Request) -> Response:
+        docs = [p.model_dump(mode="json") for p in policy_mod.current_policies(self.rt)]
+        return self.json({"policies": sorted(docs, key=lambda d: d["id"])})
 
-        async def delete(self, request: Request, policy_id: str) -> Response:
-            if not authorized(request):
-                return deny(self)
-            store = rt.service("policies")
-            if store is None:
-                return self.json({"error": "no policy store configured"}, status=503)
-            try:
-                existed = await store.delete(
-                    policy_id, by=request.headers.get("X-Kubefinops-User", "api")
-                )
-            except DependencyUnavailable as exc:
-                return self.json({"error": str(exc)}, status=503)
-            if not existed:
-                return self.json({"error": f"policy {policy_id!r} not found"}, status=404)
-            await policy_mod.publish(rt, policy_id, None)
-            return self.json({"deleted": policy_id})
+
+def invalid(view: View, field: str, reason: str) -> Response:
+    """400 for a policy document that is not stored, naming the field and the reason."""
+    return view.json({"error": "invalid policy", "field": field, "reason": reason}, status=400)
+
+
+class PolicyItem(RuntimeView):
+    @bearer_required
+    async def get(self, request: Request, policy_id: str) -> Response:
+        store = self.rt.services.policies
+        try:
+            if store is not None:
+                doc = await store.get(policy_id)
+            else:
+                policy = self.rt.tables.policies.get(policy_id)
+                doc = policy.model_dump(mode="json") if policy is not None else None
+        except DependencyUnavailable as exc:
+            return self.error(503, str(exc))
+        if doc is None:
+            return self.error(404, f"policy {policy_id!r} not found")
+        return self.json(doc)
+
+    @bearer_required
+    async def put(self, request: Request, policy_id: str) -> Response:
+        store = self.rt.services.policies
+        if store is None:
+            return self.error(503, "no policy store configured")
+        try:
+            body = json.loads(await request.text())
+        except ValueError as exc:
+            return invalid(self, "body", f"not JSON: {exc}")
+        if not isinstance(body, dict):
+            return invalid(self, "body", "must be a JSON object")
+        body["id"] = policy_id
+        try:
+            stored = await store.put(body, by=self.user(request))
+        except InvalidPolicy as exc:
+            return invalid(self, exc.field, exc.reason)
+        except DependencyUnavailable as exc:
+            return self.error(503, str(exc))
+        await policy_mod.publish(self.rt, policy_id, stored)
+        return self.json(stored)
+
+    @bearer_required
+    async def delete(self, request: Request, policy_id: str) -> Response:
+        store = self.rt.services.policies
+        if store is None:
+            return self.error(503, "no policy store configured")
+        try:
+            existed = await store.delete(policy_id, by=self.user(request))
+        except DependencyUnavailable as exc:
+            return self.error(503, str(exc))
+        if not existed:
+            return self.error(404, f"policy {policy_id!r} not found")
+        await policy_mod.publish(self.rt, policy_id, None)
+        return self.json({"deleted": policy_id})
+
+
+ROUTES: tuple[tuple[str, type[RuntimeView]], ...] = (
+    ("/health", Health),
+    ("/ready", Ready),
+    ("/metrics", Metrics),
+    ("/api/usage/{namespace}/{kind}/{name}", Usage),
+    ("/api/cycles", Cycles),
+    ("/api/policies", PolicyList),
+    ("/api/policies/{policy_id}", PolicyItem),
+)
+
+
+def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
+    """Serve every route of :data:`ROUTES` on the worker's web server, bound to ``rt``."""
+    for path, view in ROUTES:
+        bound = type(view.__name__, (view,), {"rt": rt, "topics": topics})
+        app.page(path)(bound)

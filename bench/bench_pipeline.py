@@ -40,6 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tables.usage_cache import UsageCache
+
 from bench.common import (
     Stack,
     build_messages,
@@ -54,7 +56,6 @@ from bench.common import (
 from engine.core.model import MetricsBatch, parse_metrics_record
 from engine.core.samples import validate_batch
 from engine.core.usage import ContainerUsage
-from tables.usage_cache import UsageCache
 from tests.harness.kafka import create_topics
 from tests.harness.proc import Server, free_port
 from tests.integration.workers import Deployment

@@ -7,11 +7,11 @@ with one line on stderr and a distinct exit code — never a traceback, never a 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -23,6 +23,7 @@ EXIT_PERMANENT = 1
 EXIT_CONFIG = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
+T = TypeVar("T")
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -41,27 +42,18 @@ def settings_or_exit(**overrides: object) -> Settings:
         fail(str(exc), EXIT_CONFIG)
 
 
-def preflight_or_exit(settings: Settings, attempts: int = 3) -> None:
-    from engine.adapters.kafka import ensure_topics, preflight
-
-    delay = 2.0
-    for attempt in range(1, attempts + 1):
-        try:
-            asyncio.run(preflight(settings))
-            created = asyncio.run(ensure_topics(settings))
-            if created:
-                logging.getLogger("kubefinops").info("created topics: %s", ", ".join(created))
-            return
-        except AuthenticationFailed as exc:
-            fail(str(exc), EXIT_AUTH)
-        except DependencyUnavailable as exc:
-            if attempt == attempts:
-                fail(str(exc), EXIT_UNAVAILABLE)
-            logging.getLogger("kubefinops").warning("%s; retrying in %.0fs", exc, delay)
-            import time
-
-            time.sleep(delay)
-            delay *= 2
+def operator_errors_exit(run: Callable[[], T]) -> T:
+    """Run ``run``; an error an operator can fix ends the process with one line and a code."""
+    try:
+        return run()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except AuthenticationFailed as exc:
+        fail(str(exc), EXIT_AUTH)
+    except DependencyUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except PermanentError as exc:  # e.g. a query Prometheus refuses
+        fail(str(exc), EXIT_PERMANENT)
 
 
 @cli.command()
@@ -70,27 +62,11 @@ def worker(
     data_dir: Annotated[Path | None, typer.Option(help="Faust data directory")] = None,
 ) -> None:
     """Run a Faust worker (what a pod runs): every agent, tables, the web endpoint."""
+    from engine.worker import run_worker
+
     settings = settings_or_exit(web_port=web_port, data_dir=data_dir)
     redactor = setup_logging(settings)
-    preflight_or_exit(settings)
-    from agents import build_runtime
-
-    rt = build_runtime(settings)
-    make_worker(rt.app, settings, redactor).execute_from_commandline()
-
-
-def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
-    """A Faust worker whose log handlers (Faust installs its own) all redact secrets."""
-    import faust
-
-    class Worker(faust.Worker):
-        def _setup_logging(self) -> None:
-            super()._setup_logging()
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(redactor)
-
-    # redirect_stdouts=False: the demo prints its tables to the terminal, not into the log.
-    return Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    operator_errors_exit(lambda: run_worker(settings, redactor))
 
 
 @cli.command()
@@ -104,7 +80,7 @@ def demo(
     """Run the whole loop on an embedded broker (Tansu) with sample data: no services needed."""
     from engine.demo import run_demo
 
-    sys.exit(run_demo(seconds=seconds, workdir=workdir, once=once))
+    sys.exit(operator_errors_exit(lambda: run_demo(seconds=seconds, workdir=workdir, once=once)))
 
 
 class Output(StrEnum):
@@ -131,14 +107,9 @@ def recommend(
         kafka_security_protocol="PLAINTEXT",
     )
     setup_logging(settings, stream=sys.stderr)
-    try:
-        text = asyncio.run(run_once(settings, namespaces=namespace or [], output=output.value))
-    except DependencyUnavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
-    except AuthenticationFailed as exc:
-        fail(str(exc), EXIT_AUTH)
-    except PermanentError as exc:  # e.g. a query Prometheus refuses
-        fail(str(exc), EXIT_PERMANENT)
+    text = operator_errors_exit(
+        lambda: asyncio.run(run_once(settings, namespaces=namespace or [], output=output.value))
+    )
     typer.echo(text, nl=False)
 
 

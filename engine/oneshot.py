@@ -25,7 +25,6 @@ from engine.adapters.prometheus import (
     redact_url,
 )
 from engine.core.collect import plan_chunks
-from engine.core.cost import Prices
 from engine.core.guardrails import hpa_resources
 from engine.core.model import RESOURCES, MetricsBatch, Recommendation, UsageSummary, WorkloadSpec
 from engine.core.policy import exclusion, policy_for
@@ -118,7 +117,7 @@ def recommend_all(
 ) -> tuple[list[Recommendation], dict[str, list[str]]]:
     """One recommendation per wanted workload (default policy, configured prices) and the
     gate's notes per workload id."""
-    prices = Prices.from_settings(settings)
+    prices = settings.prices
     recs: list[Recommendation] = []
     notes: dict[str, list[str]] = {}
     for spec in specs:
@@ -220,4 +219,4 @@ async def run_once(
             "samples dropped: %s", ", ".join(f"{k}={v}" for k, v in sorted(fold.rejected.items()))
         )
     log.info("%d workload(s), %d sample(s) read", len(recs), fold.samples)
-    return render(recs, output, Prices.from_settings(settings), notes=notes)
+    return render(recs, output, settings.prices, notes=notes)

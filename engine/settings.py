@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.core.cost import Prices
 from engine.errors import ConfigError
 
 _SVC = "kubefinops.svc.cluster.local"
@@ -216,6 +217,15 @@ class Settings(BaseSettings):
     @property
     def history_seconds(self) -> int:
         return self.history_days * 86400
+
+    @property
+    def prices(self) -> Prices:
+        """The unit prices the cost model uses (the core takes these, never the settings)."""
+        return Prices(
+            cpu_core_hour=self.price_cpu_core_hour,
+            memory_gib_hour=self.price_memory_gib_hour,
+            currency=self.currency,
+        )
 
 
 def _describe(error: ValidationError) -> str:

@@ -24,7 +24,7 @@ Targets set to ``None`` mean "leave unchanged".
 from __future__ import annotations
 
 from engine.core.cost import DEFAULT_PRICES, Prices, savings
-from engine.core.estimators import current_memory, fmt_duration, fmt_memory, fmt_time
+from engine.core.estimators import current_memory
 from engine.core.model import (
     Action,
     Confidence,
@@ -35,8 +35,8 @@ from engine.core.model import (
     WorkloadSpec,
 )
 from engine.core.policy import Policy, exclusion
+from engine.core.quantity import fmt_duration, fmt_memory, fmt_time
 from engine.core.recommend import content_id
-from engine.settings import Settings
 
 Verdict = tuple[Action, str, str]  # action, guardrail, reason
 
@@ -223,16 +223,13 @@ def decide(
     last_applied_at: float | None,
     last_applied_id: str | None,
     now: float,
-    prices: Prices | None = None,
-    settings: Settings | None = None,
+    prices: Prices = DEFAULT_PRICES,
 ) -> Decision:
     """Apply, hold or skip ``rec`` under ``policy``; deterministic id for the same outcome.
 
-    Savings are recomputed (with ``prices``, else ``settings``' prices, else OpenCost defaults)
-    only when a guardrail changed the targets, e.g. the HPA rule dropped the CPU change.
+    Savings are recomputed with ``prices`` only when a guardrail changed the targets, e.g. the
+    HPA rule dropped the CPU change.
     """
-    if prices is None:
-        prices = Prices.from_settings(settings) if settings is not None else DEFAULT_PRICES
     containers, (action, guardrail, reason) = _gate(
         rec,
         spec,

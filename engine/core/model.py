@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -21,6 +22,7 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    computed_field,
     field_validator,
 )
 from pydantic_core import from_json
@@ -197,7 +199,9 @@ class Recommendation(Wire):
     containers: list[ContainerRecommendation]
     savings: Savings
     generated_at: float
-    cycle: str = ""
+    # The collection cycle (the collector's CycleEnd marker) this recommendation was computed in;
+    # "cycle" on the wire before it was renamed.
+    collection_cycle: str = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
 
 
 class Action(StrEnum):
@@ -228,20 +232,41 @@ class Decision(Wire):
     containers: list[ContainerRecommendation] = []
     savings: Savings = Savings()
     decided_at: float
-    cycle: str = ""
+    # The collection cycle of the recommendation decided on (not the executor's apply cycle).
+    collection_cycle: str = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
+
+
+def execution_id(apply_cycle: str) -> str:
+    """The one place an execution id is built from its apply cycle."""
+    return f"exec-{apply_cycle}"
+
+
+Outcome = Literal["committed", "pushed", "noop", "held", "failed"]
+APPLIED_OUTCOMES: frozenset[str] = frozenset({"pushed", "committed"})
 
 
 class Execution(Wire):
-    id: str
-    cycle: str
+    """What the executor did with one *apply cycle* (a batch of decisions, see
+    :func:`agents.executor.apply_cycle_id`), not to be confused with the collection cycle."""
+
+    cycle: str  # the apply cycle id
     workload_ids: list[str]
     decision_ids: list[str]
-    outcome: Literal["committed", "pushed", "noop", "held", "failed"]
+    outcome: Outcome
     commit_sha: str | None = None
     branch: str | None = None
-    report_key: str | None = None
     detail: str = ""
+    held: dict[str, str] = {}  # workload id -> why the executor held it (e.g. a human edit)
     executed_at: float
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def id(self) -> str:
+        return execution_id(self.cycle)
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome in APPLIED_OUTCOMES
 
 
 class CycleSummary(Wire):
