@@ -59,7 +59,11 @@ async def retry_forever(
         before_sleep=_before_sleep(what, on_retry),
         reraise=True,
     )
-    result: T = await retrying(call)
+
+    async def attempt() -> T:  # tenacity awaits coroutine *functions* only, not lambdas
+        return await call()
+
+    result: T = await retrying(attempt)
     return result
 
 
