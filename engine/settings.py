@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.core.cost import Prices
+from engine.core.verification import VerificationParams
 from engine.errors import ConfigError
 
 _SVC = "kubefinops.svc.cluster.local"
@@ -134,6 +135,16 @@ class Settings(BaseSettings):
     git_author_email: str = "kubefinops-bot@users.noreply.local"
     apply_batch_seconds: PositiveFloat = 10.0  # decisions arriving within this form one cycle
 
+    # --- verified apply (docs/verification.md; a policy's "verification" block overrides) ------
+    verification_enabled: bool = True
+    verification_deadline_seconds: PositiveFloat = 1800.0  # to go live after the push
+    verification_window_seconds: PositiveFloat = 7200.0  # watch after it went live
+    verification_interval_seconds: PositiveFloat = 60.0  # between two checks of every watch
+    verification_penalty_seconds: Annotated[float, Field(ge=0)] = 7 * 86400.0
+    verification_throttling_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25
+    verification_max_restarts: Annotated[int, Field(ge=0)] = 0
+    verification_readiness_grace_seconds: PositiveFloat = 300.0
+
     # --- money ---------------------------------------------------------------------------------
     # OpenCost defaults: $0.031611 per core-hour, $0.004237 per GB-hour.
     price_cpu_core_hour: Annotated[float, Field(ge=0)] = 0.031611
@@ -217,6 +228,18 @@ class Settings(BaseSettings):
     @property
     def history_seconds(self) -> int:
         return self.history_days * 86400
+
+    @property
+    def verification_defaults(self) -> VerificationParams:
+        """The worker-wide defaults a policy's ``verification`` block overrides."""
+        return VerificationParams(
+            deadline=self.verification_deadline_seconds,
+            window=self.verification_window_seconds,
+            penalty=self.verification_penalty_seconds,
+            throttling=self.verification_throttling_threshold,
+            restarts=self.verification_max_restarts,
+            readiness_grace=self.verification_readiness_grace_seconds,
+        )
 
     @property
     def prices(self) -> Prices:
