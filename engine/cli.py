@@ -229,7 +229,10 @@ def backtest(
     ] = None,
     strategy: Annotated[
         list[str] | None,
-        typer.Option(help="kubefinops, krr-simple, vpa-like (repeat; default: all three)"),
+        typer.Option(
+            help="kubefinops, kubefinops-verified, krr-simple, vpa-like (repeat; default: "
+            "kubefinops, krr-simple, vpa-like)"
+        ),
     ] = None,
     replay: Annotated[
         Path | None, typer.Option(help="Also score the values of an --export file")
