@@ -10,14 +10,13 @@ every change; a global table gives every worker all policies.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from agents.runtime import Runtime, park
 from engine.backoff import retry_forever
 from engine.core.model import WorkloadSpec
-from engine.core.policy import Policy, validate_policy
+from engine.core.policy import Policy, parse_policy_record, validate_policy
 from engine.core.policy import policy_for as choose_policy
 from engine.errors import InvalidPolicy, KubeFinOpsError
 
@@ -52,8 +51,8 @@ async def sync(rt: Runtime, key: bytes | None, raw: bytes | None) -> Policy | No
         rt.tables.policies.pop(pid)
         return None
     try:
-        policy = validate_policy(json.loads(raw))
-    except (InvalidPolicy, ValueError) as exc:
+        policy = parse_policy_record(raw)
+    except InvalidPolicy as exc:
         reason = f"invalid policy: {exc}"
         await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
         return None
@@ -69,8 +68,12 @@ async def reconcile(rt: Runtime) -> int:
     docs = await store.list()
     ids = set()
     for doc in docs:
-        ids.add(doc["id"])
-        await publish(rt, doc["id"], doc)
+        pid = str(doc.get("id", ""))
+        ids.add(pid)
+        try:
+            await publish(rt, pid, doc)
+        except InvalidPolicy as exc:  # stored before today's bounds: skip it, say why, go on
+            log.warning("reconcile skipped policy %r: %s", pid[:100], exc)
     stale = [pid for pid in rt.tables.policies.keys() if pid not in ids]
     for pid in stale:
         await publish(rt, pid, None)

@@ -5,23 +5,29 @@
 * ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`.
 * ``GET /api/usage/{namespace}/{kind}/{name}`` — percentiles, max, count and span per container and
   resource; routed (Faust's ``route_topic_req``) to the worker that owns the workload's partition.
+  Behind the read token (``KUBEFINOPS_API_READ_TOKEN``, or the API token) when one is set.
 * ``POST /api/cycles`` — run a collection cycle now.
 * ``GET|PUT|DELETE /api/policies[/{id}]`` — invalid documents get 400 with the field and the
   reason and are not stored.
 
-Everything under ``/api/`` that changes or reveals configuration is guarded by one decorator,
-:func:`bearer_required`.  Views are plain classes; :func:`register` binds them to the runtime.
+One decorator guards the API, :func:`bearer_required` (``"write"``: the API token; ``"read"``:
+the read token or the API token, open when no read token is set).  Views are plain classes;
+:func:`register` binds them to the runtime.
+
+Requests are checked before anything is stored (engine/core/bounds.py): 415 for a body that is
+not JSON in UTF-8, 413 above 64 KiB, 400 for invalid or too deeply nested JSON, integers beyond
+64 bits, NaN/Infinity, a policy id or an ``X-Kubefinops-User`` outside their documented
+patterns; 409 when another writer stored the same policy version first.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import faust
 from faust.exceptions import SameNode
@@ -33,15 +39,25 @@ from pydantic import SecretStr
 from agents import collector
 from agents import policies as policy_mod
 from agents.runtime import Runtime
+from engine.adapters.mongo import PolicyConflict
 from engine.app import Topics
+from engine.core import bounds
 from engine.core.model import RESOURCES, workload_id
 from engine.core.usage import ContainerUsage
-from engine.errors import DependencyUnavailable, InvalidPolicy
+from engine.errors import DependencyUnavailable, InvalidPolicy, KubeFinOpsError
 from engine.metrics import REGISTRY
 
 log = logging.getLogger("kubefinops.web")
 EXPOSITION = "text/plain; version=0.0.4"
 USER_HEADER = "X-Kubefinops-User"
+
+
+class BadRequest(Exception):
+    """A request refused before anything is read further or stored (400/413/415)."""
+
+    def __init__(self, status: int, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.field, self.reason = status, field, reason
 
 
 class RuntimeView(View):
@@ -50,18 +66,73 @@ class RuntimeView(View):
     rt: ClassVar[Runtime]
     topics: ClassVar[Topics]
 
-    def user(self, request: Request) -> str:
-        return request.headers.get(USER_HEADER, "api")
+    async def dispatch(self, request: Any) -> Any:
+        try:
+            return await super().dispatch(request)
+        except BadRequest as exc:
+            return self.json(
+                {"error": "invalid request", "field": exc.field, "reason": exc.reason},
+                status=exc.status,
+            )
 
 
-def auth_problem(token: SecretStr | None, header: str) -> tuple[int, str] | None:
-    """None when ``header`` carries the bearer token, else the status and the error to answer."""
-    if token is None:
-        return 503, "policy API disabled: set KUBEFINOPS_API_TOKEN"
+def audit_user(request: Request) -> str:
+    """The ``X-Kubefinops-User`` recorded as "who" (default ``api``), validated and bounded."""
+    who = request.headers.get(USER_HEADER)
+    if who is None:
+        return "api"
+    if not bounds.is_user(who):
+        raise BadRequest(400, USER_HEADER, f"must match {bounds.USER_RE}")
+    return who
+
+
+def check_policy_id(policy_id: str) -> None:
+    if not bounds.is_policy_id(policy_id):
+        raise BadRequest(400, "id", f"must match {bounds.POLICY_ID_RE}")
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON document, or :class:`BadRequest` (415/413/400) before reading more
+    than the limit."""
+    length = request.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > bounds.MAX_BODY_BYTES:
+        raise BadRequest(413, "body", f"larger than {bounds.MAX_BODY_BYTES} bytes")
+    raw = await request.read()  # aiohttp refuses more than 1 MiB itself (413)
+    try:
+        return bounds.parse_json_body(raw, request.headers.get("Content-Type"))
+    except bounds.BodyError as exc:
+        raise BadRequest(exc.status, "body", exc.reason) from None
+
+
+def _bearer(header: str) -> str | None:
     scheme, _, given = header.partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.get_secret_value().encode()
-    ):
+    return given.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _matches(given: str, token: SecretStr | None) -> bool:
+    return token is not None and hmac.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    )
+
+
+Scope = Literal["read", "write"]
+
+
+def auth_problem(
+    scope: Scope, header: str, token: SecretStr | None, read_token: SecretStr | None
+) -> tuple[int, str] | None:
+    """None when ``header`` may use ``scope``, else the status and the error to answer.
+
+    ``write`` needs the API token (503 while none is configured); ``read`` is open until a read
+    token is set, then takes it or the API token.
+    """
+    if scope == "read" and read_token is None:
+        return None
+    if scope == "write" and token is None:
+        return 503, "policy API disabled: set KUBEFINOPS_API_TOKEN"
+    given = _bearer(header)
+    allowed = (token,) if scope == "write" else (read_token, token)
+    if given is not None and any(_matches(given, t) for t in allowed):
         return None
     return 401, "missing or wrong bearer token"
 
@@ -69,19 +140,28 @@ def auth_problem(token: SecretStr | None, header: str) -> tuple[int, str] | None
 Method = Callable[..., Awaitable[Response]]
 
 
-def bearer_required(method: Method) -> Method:
-    """The one auth check of the API: 503 when no token is configured, 401 when it is wrong."""
+def bearer_required(scope: Scope = "write") -> Callable[[Method], Method]:
+    """The one auth check of the API: 503 while no API token is configured, 401 when wrong."""
 
-    @functools.wraps(method)
-    async def guarded(self: RuntimeView, request: Request, **kwargs: Any) -> Response:
-        problem = auth_problem(self.rt.settings.api_token, request.headers.get("Authorization", ""))
-        if problem is not None:
-            status, message = problem
-            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            return self.error(status, message, headers=headers)
-        return await method(self, request, **kwargs)
+    def decorate(method: Method) -> Method:
+        @functools.wraps(method)
+        async def guarded(self: RuntimeView, request: Request, **kwargs: Any) -> Response:
+            settings = self.rt.settings
+            problem = auth_problem(
+                scope,
+                request.headers.get("Authorization", ""),
+                settings.api_token,
+                settings.api_read_token,
+            )
+            if problem is not None:
+                status, message = problem
+                headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                return self.error(status, message, headers=headers)
+            return await method(self, request, **kwargs)
 
-    return guarded
+        return guarded
+
+    return decorate
 
 
 def ready_state(app: faust.types.AppT) -> tuple[bool, dict[str, Any]]:
@@ -143,8 +223,11 @@ class Metrics(RuntimeView):
 
 
 class Usage(RuntimeView):
+    @bearer_required("read")
     async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
         wid = workload_id(namespace, kind, name)
+        if not bounds.is_workload_id(wid):
+            return self.error(400, f"not a workload id: {wid[:300]!r}")
         try:  # the worker consuming the workload's metrics partition holds its usage state
             routed: Response = await self.app.router.route_topic_req(
                 self.topics.metrics, wid.encode(), self.web, request
@@ -159,15 +242,15 @@ class Usage(RuntimeView):
 
 
 class Cycles(RuntimeView):
-    @bearer_required
+    @bearer_required()
     async def post(self, request: Request) -> Response:
         """Run a collection cycle now (the collector is single, wherever it runs)."""
-        await collector.request_cycle(self.rt, self.user(request))
+        await collector.request_cycle(self.rt, audit_user(request))
         return self.json({"requested": True}, status=202)
 
 
 class PolicyList(RuntimeView):
-    @bearer_required
+    @bearer_required()
     async def get(self, request: Request) -> Response:
         docs = [p.model_dump(mode="json") for p in policy_mod.current_policies(self.rt)]
         return self.json({"policies": sorted(docs, key=lambda d: d["id"])})
@@ -179,8 +262,9 @@ def invalid(view: View, field: str, reason: str) -> Response:
 
 
 class PolicyItem(RuntimeView):
-    @bearer_required
+    @bearer_required()
     async def get(self, request: Request, policy_id: str) -> Response:
+        check_policy_id(policy_id)
         store = self.rt.services.policies
         try:
             if store is not None:
@@ -194,34 +278,44 @@ class PolicyItem(RuntimeView):
             return self.error(404, f"policy {policy_id!r} not found")
         return self.json(doc)
 
-    @bearer_required
+    @bearer_required()
     async def put(self, request: Request, policy_id: str) -> Response:
         store = self.rt.services.policies
         if store is None:
             return self.error(503, "no policy store configured")
-        try:
-            body = json.loads(await request.text())
-        except ValueError as exc:
-            return invalid(self, "body", f"not JSON: {exc}")
+        check_policy_id(policy_id)
+        who = audit_user(request)
+        body = await json_body(request)
         if not isinstance(body, dict):
             return invalid(self, "body", "must be a JSON object")
         body["id"] = policy_id
         try:
-            stored = await store.put(body, by=self.user(request))
+            stored = await store.put(body, by=who)
         except InvalidPolicy as exc:
             return invalid(self, exc.field, exc.reason)
+        except PolicyConflict as exc:
+            return self.error(409, str(exc))
         except DependencyUnavailable as exc:
             return self.error(503, str(exc))
-        await policy_mod.publish(self.rt, policy_id, stored)
+        try:
+            await policy_mod.publish(self.rt, policy_id, stored)
+        except (KubeFinOpsError, OSError, RuntimeError) as exc:  # Kafka refused or away
+            log.warning("policy %s stored but not published yet: %s", policy_id, exc)
+            why = "stored in MongoDB but not published; the next reconcile publishes it"
+            return self.error(503, f"{why} ({type(exc).__name__})", policy=stored)
         return self.json(stored)
 
-    @bearer_required
+    @bearer_required()
     async def delete(self, request: Request, policy_id: str) -> Response:
         store = self.rt.services.policies
         if store is None:
             return self.error(503, "no policy store configured")
+        check_policy_id(policy_id)
+        who = audit_user(request)
         try:
-            existed = await store.delete(policy_id, by=self.user(request))
+            existed = await store.delete(policy_id, by=who)
+        except PolicyConflict as exc:
+            return self.error(409, str(exc))
         except DependencyUnavailable as exc:
             return self.error(503, str(exc))
         if not existed:

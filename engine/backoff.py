@@ -2,7 +2,7 @@
 
 Agents that must not lose work (the Git executor, the reporter, the policy reconcile) retry a
 :class:`~engine.errors.RetryableError` until it succeeds, waiting 1 s, 2 s, 4 s ... up to a cap,
-and let every other exception through.  The CLI's start-up checks retry a bounded number of times.
+and let every other exception through.  A worker's start-up check waits for Kafka a bounded time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_after_attempt,
+    stop_after_delay,
     stop_never,
     wait_exponential,
 )
@@ -71,15 +71,16 @@ def retry_sync(
     call: Callable[[], T],
     *,
     what: str,
-    attempts: int,
-    first: float = 2.0,
+    within: float,
+    first: float = 1.0,
+    cap: float = 30.0,
     retry_on: tuple[type[BaseException], ...] = (RetryableError,),
 ) -> T:
-    """Blocking variant with a bounded number of ``attempts``; the last failure is raised."""
+    """Blocking variant that gives up after ``within`` seconds; the last failure is raised."""
     retrying = Retrying(
         retry=retry_if_exception_type(retry_on),
-        wait=wait_exponential(multiplier=first, max=60.0),
-        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=first, min=first, max=cap),
+        stop=stop_after_delay(within),
         before_sleep=_before_sleep(what, None),
         reraise=True,
     )

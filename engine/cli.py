@@ -26,6 +26,7 @@ EXIT_CONFIG = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
 T = TypeVar("T")
+EXIT_NO_MATCH = 5  # recommend --once: the selection matches no workload
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -62,11 +63,17 @@ def operator_errors_exit(run: Callable[[], T]) -> T:
 def worker(
     web_port: Annotated[int | None, typer.Option(help="Web endpoint port")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Faust data directory")] = None,
+    wait_for_kafka: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for Kafka at start (KUBEFINOPS_KAFKA_WAIT_SECONDS)"),
+    ] = None,
 ) -> None:
     """Run a Faust worker (what a pod runs): every agent, tables, the web endpoint."""
     from engine.worker import run_worker
 
-    settings = settings_or_exit(web_port=web_port, data_dir=data_dir)
+    settings = settings_or_exit(
+        web_port=web_port, data_dir=data_dir, kafka_wait_seconds=wait_for_kafka
+    )
     redactor = setup_logging(settings)
     operator_errors_exit(lambda: run_worker(settings, redactor))
 
@@ -96,12 +103,20 @@ class Output(StrEnum):
 def recommend(
     once: Annotated[bool, typer.Option("--once", help="One-shot run without Kafka")] = True,
     prometheus_url: Annotated[str | None, typer.Option(help="Prometheus base URL")] = None,
-    namespace: Annotated[list[str] | None, typer.Option(help="Only these namespaces")] = None,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Only these namespaces")
+    ] = None,
+    selector: Annotated[
+        str | None,
+        typer.Option("--selector", "-l", help="Workload label selector, e.g. app=api,tier!=batch"),
+    ] = None,
     history_days: Annotated[int | None, typer.Option(help="Days of history to read")] = None,
     output: Annotated[Output, typer.Option(help="table, json, yaml or csv")] = Output.table,
 ) -> None:
-    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka."""
-    from engine.oneshot import run_once
+    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka.
+
+    The selection is pushed into every PromQL query; one that matches nothing exits 5."""
+    from engine.oneshot import NoMatch, run_once
 
     settings = settings_or_exit(
         prometheus_url=prometheus_url,
@@ -109,10 +124,43 @@ def recommend(
         kafka_security_protocol="PLAINTEXT",
     )
     setup_logging(settings, stream=sys.stderr)
-    text = operator_errors_exit(
-        lambda: asyncio.run(run_once(settings, namespaces=namespace or [], output=output.value))
-    )
+
+    def run(progress: Any = None) -> str:
+        return asyncio.run(
+            run_once(
+                settings,
+                namespaces=namespace or [],
+                selector=selector,
+                output=output.value,
+                progress=progress,
+            )
+        )
+
+    def run_here() -> str:
+        try:
+            return str(with_progress(run, "reading history") if sys.stderr.isatty() else run())
+        except NoMatch as exc:
+            fail(str(exc), EXIT_NO_MATCH)
+
+    text = operator_errors_exit(run_here)
     typer.echo(text, nl=False)
+
+
+def with_progress(run: Any, what: str) -> Any:
+    """``run(progress)`` under a rich progress bar on stderr (terminals only; gone when done)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        f"[progress.description]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        return run(lambda done, total: bar.update(task, completed=done, total=total))
 
 
 class BacktestOutput(StrEnum):
@@ -158,7 +206,10 @@ def backtest(
     ] = None,
     strategy: Annotated[
         list[str] | None,
-        typer.Option(help="kubefinops, krr-simple, vpa-like (repeat; default: all three)"),
+        typer.Option(
+            help="kubefinops, kubefinops-verified, krr-simple, vpa-like (repeat; default: "
+            "kubefinops, krr-simple, vpa-like)"
+        ),
     ] = None,
     replay: Annotated[
         Path | None, typer.Option(help="Also score the values of an --export file")

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubefinops")
 
 
-def preflight(settings: Settings, attempts: int = 3) -> None:
-    """Broker reachable, credentials accepted, every topic present (created with its partitions).
+def preflight(settings: Settings) -> None:
+    """Authenticate to Kafka and create every topic with its partitions, waiting for the broker
+    with backoff for ``settings.kafka_wait_seconds`` (one log line per failed attempt).
 
-    A wrong password raises at once; an unreachable broker is retried ``attempts`` times.
+    A refused password or a TLS failure raises at once: waiting does not fix them.
     """
     from engine.adapters.kafka import ensure_topics
     from engine.adapters.kafka import preflight as check_broker
@@ -36,12 +37,17 @@ def preflight(settings: Settings, attempts: int = 3) -> None:
         await check_broker(settings)
         return await ensure_topics(settings)
 
-    created = retry_sync(
-        lambda: asyncio.run(check()),
-        what="broker not ready",
-        attempts=attempts,
-        retry_on=(DependencyUnavailable,),
-    )
+    try:
+        created = retry_sync(
+            lambda: asyncio.run(check()),
+            what="Kafka not reachable",
+            within=settings.kafka_wait_seconds,
+            retry_on=(DependencyUnavailable,),
+        )
+    except DependencyUnavailable as exc:
+        raise DependencyUnavailable(
+            f"{exc} (gave up after {settings.kafka_wait_seconds:.0f}s)"
+        ) from None
     if created:
         log.info("created topics: %s", ", ".join(created))
 

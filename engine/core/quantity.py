@@ -122,7 +122,10 @@ def fmt_memory(n_bytes: float) -> str:
 
 
 def fmt_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+    except (OverflowError, ValueError, OSError):  # NaN, 1e300: say so instead of raising
+        return f"t={ts!r}"
 
 
 def fmt_duration(seconds: float) -> str:
