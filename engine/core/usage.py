@@ -13,6 +13,11 @@ Why daily windows by default: a sketch of one day of 1-minute CPU samples needs 
 estimators need is the merged 14-day distribution, which daily windows give at the same
 accuracy (merging is exact).  The price is expiry granularity: one day.
 
+Codec (v2): per resource, ``c`` packs every closed window and ``o`` the newest (open) one, each
+as zlib'd varints with the floats exact.  ``c`` is re-packed only when a closed window changes
+(about once a day, when a day closes or expires), so an hourly changelog write encodes one day,
+not fourteen; the v1 layout (one blob per resource) is still read.
+
 Ingest is idempotent per container: ``high_water`` is the end of the last ingested chunk.  A
 batch with ``end <= high_water`` changes nothing; an overlapping one only contributes samples
 with ``ts > high_water``; samples outside the batch's ``(start, end]`` are rejected.
@@ -21,6 +26,7 @@ with ``ts > high_water``; samples outside the batch's ``(start, end]`` are rejec
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +41,12 @@ from engine.core.sketch import (
     DEFAULT_ZERO_THRESHOLD,
     FloatArray,
     QuantileSketch,
+    decode_uvarints,
     encode_uvarints,
     pack_raw,
     unpack_ints,
+    unpack_raw,
+    unzigzag,
     uvarint_zigzag,
     zigzag,
 )
@@ -45,7 +54,8 @@ from engine.core.sketch import (
 DEFAULT_WINDOW_SECONDS = 86_400
 DEFAULT_HISTORY_SECONDS = 14 * 86_400
 SUMMARY_QUANTILES = (0.5, 0.9, 0.95, 0.99)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v1: one packed blob per resource (still read, never written)
 
 
 @dataclass(frozen=True)
@@ -69,11 +79,14 @@ class Window:
     max: float = -math.inf
     first_ts: float = math.inf
     last_ts: float = -math.inf
-    # encoded ints of this window, reused by to_dict until the window changes (closed daily
-    # windows never do, so a changelog write re-encodes only the current one)
+    # bumped on every change: the packed closed-days blob is reused while no closed window's
+    # generation moved (closed daily windows never change, so it is packed about once a day)
+    gen: int = field(default=0, compare=False, repr=False)
+    # encoded ints of this window, reused until the window changes
     _raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def encoded(self) -> bytes:
+        """Exact floats then varints ``[count, zero, min_key, nbins, counts...]``."""
         if self._raw is None:
             zero, min_key, counts = self.sketch.bins()
             head = np.asarray([self.count, zero, min_key, counts.size], dtype=np.int64)
@@ -82,6 +95,7 @@ class Window:
 
     def add(self, ts: FloatArray, values: FloatArray) -> None:
         self._raw = None
+        self.gen += 1
         self.sketch.add_many(values)
         self.count += int(values.size)
         self.sum += float(values.sum())
@@ -92,6 +106,7 @@ class Window:
 
     def merge(self, other: Window) -> None:
         self._raw = None
+        self.gen += 1
         self.sketch.merge(other.sketch)
         self.count += other.count
         self.sum += other.sum
@@ -104,7 +119,7 @@ class Window:
 class WindowedUsage:
     """Tumbling windows of one resource; see the module docstring."""
 
-    __slots__ = ("alpha", "bin_limit", "window_seconds", "windows", "zero_threshold")
+    __slots__ = ("_closed", "alpha", "bin_limit", "window_seconds", "windows", "zero_threshold")
 
     def __init__(
         self,
@@ -121,9 +136,14 @@ class WindowedUsage:
         self.bin_limit = bin_limit
         self.zero_threshold = zero_threshold
         self.windows: dict[int, Window] = {}
+        # (identity of the closed windows, their packed text): see to_dict
+        self._closed: tuple[tuple[tuple[int, int, int], ...], str] | None = None
+
+    def _new_sketch(self) -> QuantileSketch:
+        return QuantileSketch(self.alpha, self.bin_limit, self.zero_threshold)
 
     def _new_window(self) -> Window:
-        return Window(QuantileSketch(self.alpha, self.bin_limit, self.zero_threshold))
+        return Window(self._new_sketch())
 
     @property
     def newest_ts(self) -> float | None:
@@ -197,29 +217,38 @@ class WindowedUsage:
             last_ts=total.last_ts,
         )
 
-    # --- codec: floats as JSON numbers (exact via repr), all ints in one packed varint blob
-    def to_dict(self) -> dict[str, Any]:
-        starts = sorted(self.windows)
-        ws = [self.windows[s] for s in starts]
+    # --- codec v2: closed windows packed once, the open (newest) window packed on every write -
+    def _pack(self, starts: list[int], prev: int = 0) -> str:
+        floats: list[float] = []
         parts: list[bytes] = []
-        prev = 0
-        for s, win in zip(starts, ws, strict=True):
+        for s in starts:
+            win = self.windows[s]
+            floats += (win.sum, win.min, win.max, win.first_ts - s, win.last_ts - s)
             parts.append(uvarint_zigzag((s - prev) // self.window_seconds))
             parts.append(win.encoded())
             prev = s
+        head = struct.pack(f"<{len(floats)}d", *floats)
+        return pack_raw(struct.pack("<H", len(starts)) + head + b"".join(parts))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``c``: every window but the newest, ``o``: the newest, each packed (floats exact).
+
+        An hourly write changes only the open day, so ``c`` is the string packed last time as
+        long as no closed window changed (checked by identity and generation): the per-message
+        cost stays one day's encoding whatever the history length.
+        """
+        starts = sorted(self.windows)
+        closed, open_ = starts[:-1], starts[-1:]
+        ident = tuple((s, id(self.windows[s]), self.windows[s].gen) for s in closed)
+        if self._closed is None or self._closed[0] != ident:
+            self._closed = (ident, self._pack(closed))
         return {
             "w": self.window_seconds,
             "a": self.alpha,
             "l": self.bin_limit,
             "t": self.zero_threshold,
-            "sum": [w.sum for w in ws],
-            "min": [w.min for w in ws],
-            "max": [w.max for w in ws],
-            # first/last sample time as offsets from the window start: shorter, and exact
-            # (Sterbenz: start <= ts <= 2*start, so ts - start and start + offset are exact)
-            "ft": [w.first_ts - s for s, w in zip(starts, ws, strict=True)],
-            "lt": [w.last_ts - s for s, w in zip(starts, ws, strict=True)],
-            "b": pack_raw(b"".join(parts)),
+            "c": self._closed[1],
+            "o": self._pack(open_, closed[-1] if closed else 0),
         }
 
     @classmethod
@@ -230,6 +259,50 @@ class WindowedUsage:
             bin_limit=int(data["l"]),
             zero_threshold=float(data["t"]),
         )
+        if "c" not in data:
+            return wu._read_v1(data)
+        prev = wu._unpack(str(data["c"]), 0)
+        wu._unpack(str(data["o"]), prev)
+        return wu
+
+    def _unpack(self, text: str, start: int) -> int:
+        raw = unpack_raw(text)
+        if len(raw) < 2:
+            raise ValueError("corrupt windowed usage payload")
+        (n,) = struct.unpack_from("<H", raw)
+        end = 2 + 8 * 5 * n
+        if len(raw) < end:
+            raise ValueError("corrupt windowed usage payload")
+        floats = struct.unpack_from(f"<{5 * n}d", raw, 2)
+        ints = unzigzag(decode_uvarints(raw[end:]))
+        # one vectorized sign check for the whole payload: only min_key fields may be negative
+        negative = np.flatnonzero(ints < 0).tolist()
+        pos = 0
+        for i in range(n):
+            if pos + 5 > ints.size:
+                raise ValueError("corrupt windowed usage payload")
+            step, count, zero, min_key, nbins = ints[pos : pos + 5].tolist()
+            if negative and negative[0] < pos + 5 + max(nbins, 0):
+                if negative[0] != pos + 3:
+                    raise ValueError("corrupt windowed usage payload")
+                negative.pop(0)
+            pos += 5
+            if nbins < 0 or pos + nbins > ints.size:
+                raise ValueError("corrupt windowed usage payload")
+            start += step * self.window_seconds
+            win = self._new_window()
+            win.sketch.set_bins(zero, min_key, ints[pos : pos + nbins], checked=True)
+            pos += nbins
+            win.count = count
+            win.sum, win.min, win.max, first, last = floats[5 * i : 5 * i + 5]
+            win.first_ts, win.last_ts = start + first, start + last
+            self.windows[start] = win
+        if pos != ints.size:
+            raise ValueError("corrupt windowed usage payload")
+        return start
+
+    def _read_v1(self, data: dict[str, Any]) -> WindowedUsage:
+        """The v1 layout (one blob per resource), as written before closed days were cached."""
         ints = unpack_ints(str(data["b"]))
         cols = [list(map(float, data[k])) for k in ("sum", "min", "max", "ft", "lt")]
         pos, start = 0, 0
@@ -240,17 +313,17 @@ class WindowedUsage:
             pos += 5
             if nbins < 0 or step < 0 or count < 0 or pos + nbins > ints.size:
                 raise ValueError("corrupt windowed usage payload")
-            start += step * wu.window_seconds
-            win = wu._new_window()
+            start += step * self.window_seconds
+            win = self._new_window()
             win.sketch.set_bins(zero, min_key, ints[pos : pos + nbins])
             pos += nbins
             win.count = count
             win.sum, win.min, win.max, first, last = (c[i] for c in cols)
             win.first_ts, win.last_ts = start + first, start + last
-            wu.windows[start] = win
+            self.windows[start] = win
         if pos != ints.size:
             raise ValueError("corrupt windowed usage payload")
-        return wu
+        return self
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, WindowedUsage):
@@ -361,7 +434,7 @@ class ContainerUsage:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerUsage:
-        if data.get("v") != FORMAT_VERSION:
+        if data.get("v") not in READABLE_VERSIONS:
             raise ValueError(f"unsupported usage state version: {data.get('v')!r}")
         cu = cls()
         hw = data.get("hw")

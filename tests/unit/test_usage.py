@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,9 +214,50 @@ def test_json_round_trip_is_equal() -> None:
     with pytest.raises(ValueError):
         ContainerUsage.from_dict({"v": 99})
     broken = cu.to_dict()
-    broken["cpu"]["sum"] = broken["cpu"]["sum"][:-1]
+    broken["cpu"]["c"] = broken["cpu"]["c"][:-8]
     with pytest.raises(ValueError):
         ContainerUsage.from_dict(broken)
+
+
+def test_corrupt_payloads_are_value_errors_never_crashes() -> None:
+    ts, cpu, mem = _series(2 * 1440, seed=3)
+    good = _state_after(_chunks(ts, cpu, mem, 500)).to_dict()
+    for resource in ("cpu", "memory"):
+        for part in ("c", "o"):
+            text = good[resource][part]
+            for bad in (text[:1] + "!!!!", "x" + text[1:], text[:-4], "r" + "AAAA" * 3):
+                doc = json.loads(json.dumps(good))
+                doc[resource][part] = bad
+                with pytest.raises(ValueError):
+                    ContainerUsage.from_dict(doc)
+
+
+def test_state_written_in_the_v1_layout_is_still_read() -> None:
+    """A changelog written before v2 (one packed blob per resource) recovers unchanged."""
+    fixture = json.loads((Path(__file__).parent / "data" / "usage_v1.json").read_text())
+    assert fixture["state"]["v"] == 1
+    cu = ContainerUsage.from_dict(fixture["state"])
+    for r in ("cpu", "memory"):
+        assert cu.summary(r).model_dump() == fixture["summary"][r]
+    again = ContainerUsage.from_dict(json.loads(json.dumps(cu.to_dict())))
+    assert again == cu and cu.to_dict()["v"] == 2
+
+
+def test_closed_days_are_packed_once_and_only_the_open_day_is_rewritten() -> None:
+    ts, cpu, mem = _series(3 * 1440, seed=4)
+    batches = _chunks(ts, cpu, mem, 60)  # hourly
+    cu = _state_after(batches[: 2 * 24 + 1])  # two closed days, an open third
+    first = cu.to_dict()
+    for b in batches[2 * 24 + 1 : 2 * 24 + 5]:
+        cu.ingest(b)
+        now = cu.to_dict()
+        for r in ("cpu", "memory"):
+            assert now[r]["c"] is first[r]["c"]  # the very same string: not re-packed
+            assert now[r]["o"] != first[r]["o"]
+        assert ContainerUsage.from_dict(json.loads(json.dumps(now))) == cu
+    for b in batches[3 * 24 - 1 :]:
+        cu.ingest(b)
+    assert ContainerUsage.from_dict(cu.to_dict()) == cu
 
 
 def test_fourteen_days_of_one_minute_samples_fit_in_4_kib_per_resource() -> None:
