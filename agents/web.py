@@ -2,15 +2,17 @@
 
 * ``GET /health`` — liveness: the event loop answers.
 * ``GET /ready`` — readiness: connected to the broker, partitions assigned, tables recovered.
-* ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`.
+* ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`, generated in a thread;
+  bounded at fleet scale (per-workload series for the top workloads only).
 * ``GET /api/usage/{namespace}/{kind}/{name}`` — percentiles, max, count and span per container and
-  resource; routed to the worker that owns the workload's partition.
+  resource; routed to the worker that owns the workload's partition; 503 until ``/ready``.
 * ``GET|PUT|DELETE /api/policies[/{id}]`` — bearer-token guarded; invalid documents get 400 with
   the field and the reason and are not stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -20,7 +22,6 @@ from typing import Any
 
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
-from prometheus_client import generate_latest
 from yarl import URL
 
 from agents import collector
@@ -29,7 +30,7 @@ from agents.runtime import Runtime
 from engine.core.model import RESOURCES, WorkloadSpec, workload_id
 from engine.core.usage import ContainerUsage
 from engine.errors import DependencyUnavailable, InvalidPolicy
-from engine.metrics import REGISTRY
+from engine.metrics import scrape
 
 log = logging.getLogger("kubefinops.web")
 EXPOSITION = "text/plain; version=0.0.4"
@@ -110,12 +111,23 @@ def register(rt: Runtime) -> None:
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
+            # In a thread: the event loop keeps consuming while the text is generated.
+            body = await asyncio.get_running_loop().run_in_executor(None, scrape)
             # aiohttp adds "; charset=utf-8" itself and refuses it in content_type.
-            return self.text(generate_latest(REGISTRY).decode(), content_type=EXPOSITION)
+            return self.text(body.decode(), content_type=EXPOSITION)
 
     @app.page("/api/usage/{namespace}/{kind}/{name}")
     class Usage(View):
         async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
+            ok, state = ready_state(rt)
+            if not ok:
+                # Recovering tables answer with partial (or no) state: say so instead of 200.
+                return self.json(
+                    {"error": "worker not ready: tables recovering or partitions unassigned",
+                     **state},
+                    status=503,
+                    headers={"Retry-After": "2"},
+                )  # fmt: skip
             wid = workload_id(namespace, kind, name)
             owner = owner_of(rt, wid)
             if owner is not None:

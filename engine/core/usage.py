@@ -55,6 +55,10 @@ DEFAULT_WINDOW_SECONDS = 86_400
 DEFAULT_HISTORY_SECONDS = 14 * 86_400
 SUMMARY_QUANTILES = (0.5, 0.9, 0.95, 0.99)
 FORMAT_VERSION = 2
+# measured with tracemalloc on decoded 14-day states (tests/unit/test_cache.py checks the
+# estimate stays within a factor of the real size)
+_WINDOW_OVERHEAD = 620
+_OBJECT_OVERHEAD = 1_200
 READABLE_VERSIONS = (1, 2)  # v1: one packed blob per resource (still read, never written)
 
 
@@ -425,6 +429,15 @@ class ContainerUsage:
     @property
     def is_empty(self) -> bool:
         return all(not wu.windows for wu in self.resources.values())
+
+    def nbytes(self) -> int:
+        """Estimated memory of this decoded object (for caches bounded by bytes): the bin
+        arrays plus a measured per-window and per-object overhead."""
+        total = _OBJECT_OVERHEAD
+        for wu in self.resources.values():
+            for win in wu.windows.values():
+                total += _WINDOW_OVERHEAD + win.sketch.bins()[2].nbytes
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": FORMAT_VERSION, "hw": self.high_water}
