@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
+from engine.core.cost import Prices
 from engine.errors import AuthenticationFailed, ConfigError, DependencyUnavailable, PermanentError
 from engine.logs import setup_logging
 from engine.settings import Settings, load_settings
@@ -140,6 +142,167 @@ def recommend(
     except PermanentError as exc:  # e.g. a query Prometheus refuses
         fail(str(exc), EXIT_PERMANENT)
     typer.echo(text, nl=False)
+
+
+class BacktestOutput(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _selector(text: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            fail(f"--selector: expected key=value[,key=value], got {part!r}", EXIT_CONFIG)
+        out[key.strip()] = value.strip()
+    return out
+
+
+@cli.command()
+def backtest(
+    samples: Annotated[
+        Path | None, typer.Option(help="Samples file, CSV or CSV.gz (docs/recommendations.md)")
+    ] = None,
+    prometheus_url: Annotated[
+        str | None, typer.Option(help="Read usage from this Prometheus instead")
+    ] = None,
+    namespace: Annotated[list[str] | None, typer.Option(help="Only these namespaces")] = None,
+    selector: Annotated[
+        str | None, typer.Option(help="Workload labels, key=value[,key=value] (Prometheus)")
+    ] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Prometheus history start (ISO-8601 or Unix s)")
+    ] = None,
+    to: Annotated[str | None, typer.Option(help="Prometheus history end (default: now)")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="First decision cycle; earlier history is warm-up")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="End of the decision window")] = None,
+    interval: Annotated[str, typer.Option(help="Cycle interval (e.g. 1d, 6h)")] = "1d",
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy document for kubefinops (as the API takes it)")
+    ] = None,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(help="kubefinops, krr-simple, vpa-like (repeat; default: all three)"),
+    ] = None,
+    replay: Annotated[
+        Path | None, typer.Option(help="Also score the values of an --export file")
+    ] = None,
+    output: Annotated[BacktestOutput, typer.Option(help="table or json")] = BacktestOutput.table,
+    export: Annotated[
+        Path | None, typer.Option(help="Write the first strategy's values in force per day")
+    ] = None,
+    html: Annotated[Path | None, typer.Option(help="Write an HTML report with charts")] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip bad sample rows (counted) instead of failing")
+    ] = False,
+    min_day_samples: Annotated[
+        int, typer.Option(help="Score a container-day with at least this many samples")
+    ] = 1,
+) -> None:
+    """Replay usage through a strategy in closed loop: saving, CPU over request, OOMs, rollouts."""
+    from engine.backtest import (
+        default_window,
+        make_strategies,
+        parse_time,
+        render_figures,
+        result_json,
+        run_backtest,
+        select,
+        write_export,
+    )
+    from engine.core.backtest import BacktestParams
+    from engine.core.estimators import parse_duration
+
+    if (samples is None) == (prometheus_url is None):
+        fail("give exactly one input: --samples FILE or --prometheus-url URL", EXIT_CONFIG)
+    settings = settings_or_exit(prometheus_url=prometheus_url, kafka_security_protocol="PLAINTEXT")
+    setup_logging(settings, stream=sys.stderr)
+    log = logging.getLogger("kubefinops.backtest")
+    try:
+        step = float(parse_duration(interval))  # type: ignore[arg-type]
+        strategies = make_strategies(
+            strategy or ["kubefinops", "krr-simple", "vpa-like"],
+            policy_file=policy,
+            prices=Prices.from_settings(settings),
+            replay=replay,
+        )
+        specs = None
+        if samples is not None:
+            from engine.adapters.samples_file import read_samples
+
+            loaded = read_samples(samples, skip_bad=skip_bad)
+            if loaded.skipped:
+                log.warning(
+                    "skipped %d bad row(s) of %s: %s",
+                    loaded.skipped,
+                    samples,
+                    "; ".join(loaded.reasons),
+                )
+            histories = select(loaded.histories, namespace or [])
+        else:
+            from engine.backtest import load_prometheus
+
+            until = parse_time(to) if to else time.time()
+            since = parse_time(from_) if from_ else until - 28 * 86400.0
+            histories, specs = asyncio.run(
+                load_prometheus(
+                    settings,
+                    since=since,
+                    until=until,
+                    namespaces=namespace or [],
+                    selector=_selector(selector),
+                )
+            )
+        if not histories:
+            fail("no samples matched the input and selection", EXIT_PERMANENT)
+        window = default_window(
+            histories, parse_time(start) if start else None, parse_time(end) if end else None
+        )
+        params = BacktestParams(
+            start=window[0],
+            end=window[1],
+            interval=step,
+            min_day_samples=min_day_samples,
+            prices=Prices.from_settings(settings),
+        )
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except DependencyUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except PermanentError as exc:
+        fail(str(exc), EXIT_PERMANENT)
+    result = _run_with_progress(run_backtest, histories, strategies, params, specs)
+    if export is not None:
+        write_export(result, export)
+    if html is not None:
+        from engine.backtest_html import write_html
+
+        write_html(result, html)
+    if output is BacktestOutput.json:
+        typer.echo(result_json(result))
+    else:
+        typer.echo(render_figures([f for f, _ in result.figures]), nl=False)
+        log.info("%d container(s), %.1f s", len(histories), result.seconds)
+
+
+def _run_with_progress(run: Any, histories: Any, strategies: Any, params: Any, specs: Any) -> Any:
+    """A rich progress bar on a terminal (stderr), nothing when piped."""
+    if not sys.stderr.isatty():
+        return run(histories, strategies, params, specs=specs)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("backtest", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return run(histories, strategies, params, specs=specs, progress=tick)
 
 
 def main() -> None:

@@ -163,6 +163,30 @@ DECISIONS = Counter(
 )
 
 
+# --- verified apply (docs/verification.md) -------------------------------------------------------
+VERIFICATIONS = Counter(
+    f"{_NS}_verifications_total",
+    "Verification outcomes of pushed changes (live, not-synced, healthy, regressed, reverted, "
+    "superseded); cause names the first regression signal.",
+    ["outcome", "cause"],
+    registry=REGISTRY,
+)
+VERIFICATIONS_WATCHING = Gauge(
+    f"{_NS}_verifications_watching",
+    "Pushed changes being watched (pending or live).",
+    registry=REGISTRY,
+)
+REVERTS = Counter(
+    f"{_NS}_reverts_total",
+    "Reverts of regressed changes: committed through Git, recommended only (policy not in "
+    "autopilot) or failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+VERIFICATION_OUTCOMES = ("live", "not-synced", "healthy", "regressed", "reverted", "superseded")
+REGRESSION_CAUSES = ("oom", "restarts", "throttling", "readiness", "slo")
+
+
 def init_series(agents: tuple[str, ...]) -> None:
     """Create the known label combinations at zero, so dashboards show 0 instead of "no data"
     before the first failure (a rate over a series that does not exist yet is empty)."""
@@ -180,6 +204,11 @@ def init_series(agents: tuple[str, ...]) -> None:
         PROMETHEUS_QUERIES.labels(outcome=outcome)
     for scope in ("all", "series"):
         WORKLOADS_TRACKED.labels(scope=scope)
+    for outcome in VERIFICATION_OUTCOMES:
+        for cause in REGRESSION_CAUSES if outcome in ("regressed", "reverted") else ("",):
+            VERIFICATIONS.labels(outcome=outcome, cause=cause)
+    for outcome in ("committed", "recommended", "failed"):
+        REVERTS.labels(outcome=outcome)
 
 
 @dataclass(frozen=True)

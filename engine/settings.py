@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     git_author_email: str = "kubefinops-bot@users.noreply.local"
     apply_batch_seconds: PositiveFloat = 10.0  # decisions arriving within this form one cycle
 
+    # --- verified apply (docs/verification.md; a policy's "verification" block overrides) ------
+    verification_enabled: bool = True
+    verification_deadline_seconds: PositiveFloat = 1800.0  # to go live after the push
+    verification_window_seconds: PositiveFloat = 7200.0  # watch after it went live
+    verification_interval_seconds: PositiveFloat = 60.0  # between two checks of every watch
+    verification_penalty_seconds: Annotated[float, Field(ge=0)] = 7 * 86400.0
+    verification_throttling_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25
+    verification_max_restarts: Annotated[int, Field(ge=0)] = 0
+    verification_readiness_grace_seconds: PositiveFloat = 300.0
+
     # --- money ---------------------------------------------------------------------------------
     # OpenCost defaults: $0.031611 per core-hour, $0.004237 per GB-hour.
     price_cpu_core_hour: Annotated[float, Field(ge=0)] = 0.031611

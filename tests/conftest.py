@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.harness.s3",
     "tests.harness.prometheus",
     "tests.harness.git_http",
+    "tests.harness.remote_write",
 ]

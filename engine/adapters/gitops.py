@@ -37,6 +37,7 @@ import kubernetes_validate
 
 from engine.core import patches
 from engine.core.model import Decision, Execution
+from engine.core.verification import Verification, revert_message
 from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
 from engine.metrics import GIT_PUSHES
 from engine.settings import GitMode, Settings
@@ -52,6 +53,7 @@ case "$1" in
 esac
 """
 CYCLE_TRAILER = "Kubefinops-Cycle"
+VERIFICATION_TRAILER = "Kubefinops-Verification"
 _NETWORK = {"clone", "fetch", "push", "ls-remote", "pull"}
 _AUTH_FAILED = re.compile(
     r"authentication failed|returned error: 40[13]|could not read (username|password)"
@@ -69,6 +71,13 @@ def redact(text: str, *secrets: str | None) -> str:
 class ApplyResult:
     execution: Execution
     held: dict[str, str] = field(default_factory=dict)  # workload id -> why it was held
+
+
+@dataclass
+class RevertResult:
+    outcome: str  # pushed | committed | noop | failed
+    sha: str | None
+    detail: str
 
 
 class _Rejected(Exception):
@@ -109,6 +118,14 @@ class GitOpsWriter:
 
     async def apply_cycle_result(self, cycle_id: str, decisions: Sequence[Decision]) -> ApplyResult:
         return await asyncio.to_thread(self._locked, cycle_id, list(decisions), True)
+
+    async def revert(self, v: Verification) -> RevertResult:
+        """One revert commit of ``v``'s change to its workload (see :meth:`_revert`)."""
+        return await asyncio.to_thread(self._locked_revert, v, True)
+
+    def revert_commit_only(self, v: Verification) -> RevertResult:
+        """The revert without its push (blocking): what a crash right after the commit leaves."""
+        return self._locked_revert(v, False)
 
     def commit_only(self, cycle_id: str, decisions: Sequence[Decision]) -> ApplyResult:
         """Steps 1-5 without the push (blocking): what a crash right after the commit leaves."""
@@ -210,17 +227,16 @@ class GitOpsWriter:
         return bool(self._run(repo, "branch", "-r", "--list", ref.removeprefix("refs/remotes/")))
 
     def _find_cycle(self, repo: git.Repo, rev_range: str, cycle_id: str) -> str | None:
+        return self._find_trailer(repo, rev_range, CYCLE_TRAILER, cycle_id)
+
+    def _find_trailer(self, repo: git.Repo, rev_range: str, key: str, value: str) -> str | None:
+        """The newest commit in ``rev_range`` with the trailer ``key: value``, or None."""
         out = self._run(
-            repo,
-            "log",
-            "--format=%H",
-            "--fixed-strings",
-            f"--grep={CYCLE_TRAILER}: {cycle_id}",
-            rev_range,
+            repo, "log", "--format=%H", "--fixed-strings", f"--grep={key}: {value}", rev_range
         )
         for sha in out.split():
             trailers = patches.parse_trailers(str(repo.commit(sha).message))
-            if cycle_id in trailers.get(CYCLE_TRAILER, []):
+            if value in trailers.get(key, []):
                 return sha
         return None
 
@@ -332,6 +348,102 @@ class GitOpsWriter:
             f"push of cycle {cycle_id} rejected {self.max_push_attempts} times; "
             "the commit stays local and is pushed on the next attempt"
         )
+
+    # --- reverts --------------------------------------------------------------------------------
+    def _locked_revert(self, v: Verification, push: bool) -> RevertResult:
+        with self._lock:
+            for attempt in range(1, self.max_push_attempts + 1):
+                try:
+                    return self._revert(v, push)
+                except _Rejected:
+                    GIT_PUSHES.labels(outcome="rejected").inc()
+                    log.info("revert %s: push rejected (attempt %d); redoing it", v.id, attempt)
+                    time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
+        raise DependencyUnavailable(
+            f"push of revert {v.id} rejected {self.max_push_attempts} times"
+        )
+
+    def _blob(self, repo: git.Repo, rev: str, path: str) -> dict[str, Any] | None:
+        try:
+            data = (repo.commit(rev).tree / path).data_stream.read()
+        except (KeyError, ValueError):
+            return None
+        doc = patches.parse_yaml(data.decode("utf-8"))
+        return doc if isinstance(doc, dict) else None
+
+    def _revert(self, v: Verification, push: bool) -> RevertResult:
+        """Put back, in one commit, the values ``v``'s commit changed in that workload's bot
+        patch file — three-way, so fields changed again since and other workloads stay as they
+        are.  A revert already on the remote (trailer ``Kubefinops-Verification``) is not made
+        twice; one committed but not pushed by a process that died is pushed."""
+        repo = self._open()
+        branch = self._branch(f"revert-{v.id}")
+        base = f"origin/{self.settings.git_branch}"
+        upstream = f"origin/{branch}" if self._remote_has(repo, f"origin/{branch}") else base
+        done = self._find_trailer(repo, upstream, VERIFICATION_TRAILER, v.id)
+        if done:
+            return RevertResult("noop", done, "revert already on the remote")
+        local = f"refs/heads/{branch}"
+        if local in (h.path for h in repo.heads) and self._find_trailer(
+            repo, f"{upstream}..{local}", VERIFICATION_TRAILER, v.id
+        ):
+            self._run(repo, "checkout", "--quiet", "--force", branch)
+            return self._push_revert(repo, branch, push, "pushed a revert committed earlier")
+        change = v.commit_sha
+        try:
+            parents = repo.commit(change).parents
+        except (ValueError, git.BadName):
+            raise PermanentError(
+                f"commit {change[:12]} of the change is not in the remote"
+            ) from None
+        rel = "/".join(
+            (
+                self.settings.gitops_overlay_path.strip("/"),
+                patches.BOT_DIR,
+                patches.patch_filename(v.kind, v.name),
+            )
+        )
+        before = self._blob(repo, parents[0].hexsha, rel) if parents else None
+        after = self._blob(repo, change, rel)
+        self._run(repo, "checkout", "--quiet", "--force", "-B", branch, upstream)
+        self._run(repo, "clean", "-fdq")
+        current = self._blob(repo, "HEAD", rel)
+        doc, kept = patches.revert_document(v.kind, v.name, before, after, current)
+        if doc == current:
+            why = "; ".join(kept) or "the file already has the previous values"
+            return RevertResult("noop", None, f"nothing to revert: {why}")
+        target = self.workdir / rel
+        if doc is None:
+            target.unlink()
+        else:
+            _atomic_write(target, patches.render_yaml(doc))
+        bot_dir = target.parent
+        files = [p.name for p in bot_dir.glob("*.yaml")]
+        _atomic_write(bot_dir / patches.KUSTOMIZATION, patches.component_kustomization(files))
+        overlay = self.workdir / self.settings.gitops_overlay_path
+        problem = validate_overlay(overlay, [], self.kubernetes_version)
+        if problem:
+            self._run(repo, "checkout", "--quiet", "--force", branch)
+            return RevertResult("failed", None, f"reverted overlay is invalid: {problem}")
+        self._run(repo, "add", "--all", "--", str(bot_dir))
+        message = revert_message(v)
+        self._run(repo, "commit", "--quiet", "--no-verify", "--cleanup=verbatim", "-m", message)
+        detail = "; ".join(f"left alone: {k}" for k in kept)
+        return self._push_revert(repo, branch, push, detail)
+
+    def _push_revert(self, repo: git.Repo, branch: str, push: bool, detail: str) -> RevertResult:
+        sha = repo.head.commit.hexsha
+        if not push:
+            return RevertResult("committed", sha, detail)
+        try:
+            self._run(repo, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}")
+        except _Rejected:
+            raise
+        except Exception:
+            GIT_PUSHES.labels(outcome="error").inc()
+            raise
+        GIT_PUSHES.labels(outcome="ok").inc()
+        return RevertResult("pushed", sha, detail)
 
     def _rebase(self, repo: git.Repo, upstream: str) -> None:
         try:

@@ -110,6 +110,8 @@ def fmt_duration(seconds: float) -> str:
         return f"{seconds / 86400:.1f}d"
     if seconds >= 3600:
         return f"{seconds / 3600:.1f}h"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
     return f"{seconds / 60:.0f}m"
 
 

@@ -12,11 +12,16 @@ Rules are checked in this order (docs/policies.md); the first that decides wins:
 5. ``oom``             - a recent OOMKill: memory never goes down (targets lifted; not a verdict)
 6. ``already-applied`` - ``last_applied_id`` is this recommendation's id, or the id the
                          apply decision for it would get -> skip
-7. ``min-change``      - no target moves by at least ``min_change`` (default 10%) -> hold
-8. ``cooldown``        - the last applied change is younger than ``cooldown`` (default 24 h) -> hold
-9. ``schedule``        - outside every allowed apply window -> hold
-10. ``recommend-only`` - mode recommend -> hold
-11. ``autopilot``      - apply
+7. ``penalty``         - a change of this workload regressed and was reverted (or should have
+                         been) less than the verification penalty ago: decreases are dropped;
+                         hold when nothing else is left (docs/verification.md)
+8. ``not-synced``      - the last change never went live (Argo CD out of sync, rollout stuck):
+                         hold until the cluster shows it or a person clears it
+9. ``min-change``      - no target moves by at least ``min_change`` (default 10%) -> hold
+10. ``cooldown``       - the last applied change is younger than ``cooldown`` (default 24 h) -> hold
+11. ``schedule``       - outside every allowed apply window -> hold
+12. ``recommend-only`` - mode recommend -> hold
+13. ``autopilot``      - apply
 
 Targets set to ``None`` mean "leave unchanged".
 """
@@ -83,6 +88,50 @@ def protect_memory(
     )
 
 
+_FIELDS = (
+    ("cpu_request", "requests", "cpu"),
+    ("cpu_limit", "limits", "cpu"),
+    ("memory_request", "requests", "memory"),
+    ("memory_limit", "limits", "memory"),
+)
+
+
+def drop_decreases(c: ContainerRecommendation, why: str) -> ContainerRecommendation:
+    """Targets below the current value become ``None`` (unchanged); increases stay."""
+    update: dict[str, object] = {}
+    for attr, section, resource in _FIELDS:
+        target = getattr(c, attr)
+        pair = c.current.requests if section == "requests" else c.current.limits
+        current = getattr(pair, resource)
+        if target is not None and current is not None and target < current:
+            update[attr] = None
+    if not update:
+        return c
+    return c.model_copy(update={**update, "reasons": [*c.reasons, why]})
+
+
+def increases(c: ContainerRecommendation) -> bool:
+    for attr, section, resource in _FIELDS:
+        target = getattr(c, attr)
+        pair = c.current.requests if section == "requests" else c.current.limits
+        current = getattr(pair, resource)
+        if target is not None and (current is None or target > current):
+            return True
+    return False
+
+
+def _penalty(
+    containers: list[ContainerRecommendation], until: float | None, now: float
+) -> tuple[list[ContainerRecommendation], Verdict | None]:
+    if until is None or now >= until:
+        return containers, None
+    why = f"penalty: a change regressed; no decrease until {fmt_time(until)}"
+    kept = [drop_decreases(c, why) for c in containers]
+    if not any(has_targets(c) and increases(c) for c in kept):
+        return kept, (Action.HOLD, "penalty", f"{why}; nothing else to change")
+    return kept, None
+
+
 def relative_changes(c: ContainerRecommendation) -> list[tuple[str, float]]:
     """(resource, |target - current| / current) for every target set; no current = infinite."""
     pairs = (
@@ -146,6 +195,8 @@ def _gate(
     last_applied_at: float | None,
     last_applied_id: str | None,
     now: float,
+    penalty_until: float | None = None,
+    sync_hold: str | None = None,
 ) -> tuple[list[ContainerRecommendation], Verdict]:
     containers = list(rec.containers)
     why = exclusion(spec, policy)
@@ -167,6 +218,11 @@ def _gate(
         decision_id(rec.id, Action.APPLY, "autopilot", policy, containers),
     ):
         return containers, (Action.SKIP, "already-applied", f"{rec.id} is the last change applied")
+    containers, verdict = _penalty(containers, penalty_until, now)
+    if verdict:
+        return containers, verdict
+    if sync_hold:
+        return containers, (Action.HOLD, "not-synced", sync_hold)
     verdict = _min_change(containers, policy.guardrails.min_change)
     if verdict:
         return containers, verdict
@@ -225,11 +281,15 @@ def decide(
     now: float,
     prices: Prices | None = None,
     settings: Settings | None = None,
+    penalty_until: float | None = None,
+    sync_hold: str | None = None,
 ) -> Decision:
     """Apply, hold or skip ``rec`` under ``policy``; deterministic id for the same outcome.
 
     Savings are recomputed (with ``prices``, else ``settings``' prices, else OpenCost defaults)
     only when a guardrail changed the targets, e.g. the HPA rule dropped the CPU change.
+    ``penalty_until`` and ``sync_hold`` come from the workload's last-action state, written from
+    its verification outcomes (:func:`engine.core.verification.hold_state`).
     """
     if prices is None:
         prices = Prices.from_settings(settings) if settings is not None else DEFAULT_PRICES
@@ -240,6 +300,8 @@ def decide(
         last_applied_at=last_applied_at,
         last_applied_id=last_applied_id,
         now=now,
+        penalty_until=penalty_until,
+        sync_hold=sync_hold,
     )
     changed = containers != list(rec.containers)
     return Decision(

@@ -165,25 +165,79 @@ def build_patch(decision: Decision, existing: Mapping[str, Any] | None = None) -
     """
     if decision.kind not in _KINDS:
         raise UnsupportedWorkload(f"kind {decision.kind} has no pod template to patch")
-    api_version, path = _KINDS[decision.kind]
     merged = _existing_resources(existing, decision.kind)
     for change in container_changes(decision):
         merged.setdefault(change.container, {"requests": {}, "limits": {}})
         merged[change.container][change.section][change.resource] = change.new
+    return _document(decision.kind, decision.name, merged)
+
+
+def _document(kind: str, name: str, merged: _Resources) -> dict[str, Any]:
+    api_version, path = _KINDS[kind]
     containers: list[dict[str, Any]] = []
-    for name in sorted(merged):
+    for cname in sorted(merged):
         resources: dict[str, Any] = {}
         for section in ("limits", "requests"):
-            values = merged[name][section]
+            values = merged[cname].get(section) or {}
             if values:
                 resources[section] = {r: values[r] for r in ("cpu", "memory") if r in values}
         if resources:
-            containers.append({"name": name, "resources": resources})
+            containers.append({"name": cname, "resources": resources})
     node: dict[str, Any] = {"containers": containers}
     for key in reversed(path):
         node = {key: node}
-    head = {"apiVersion": api_version, "kind": decision.kind, "metadata": {"name": decision.name}}
+    head = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}}
     return {**head, **node}
+
+
+Field = tuple[str, str, str]  # (container, section, resource)
+
+
+def _fields(doc: Mapping[str, Any] | None, kind: str) -> dict[Field, str]:
+    return {
+        (c, section, r): v
+        for c, sections in _existing_resources(doc, kind).items()
+        for section, values in sections.items()
+        for r, v in values.items()
+    }
+
+
+def revert_document(
+    kind: str,
+    name: str,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    current: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Undo one commit's change to a workload's bot patch file, three-way.
+
+    ``before``/``after`` are the file at the reverted commit's parent and at the commit, and
+    ``current`` the file now (``None``: no file).  Every field the commit changed goes back to
+    its ``before`` value (dropped when it had none, so the manifest's own value applies again);
+    a field changed again since the commit is left alone and reported.  Returns the new
+    document (``None``: the file goes away) and the fields left alone.
+    """
+    if kind not in _KINDS:
+        raise UnsupportedWorkload(f"kind {kind} has no pod template to patch")
+    old, new, now = _fields(before, kind), _fields(after, kind), _fields(current, kind)
+    result = dict(now)
+    kept: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if now.get(key) != new.get(key):
+            kept.append(f"{key[0]} {key[1]}.{key[2]} changed since ({now.get(key) or 'unset'})")
+            continue
+        if key in old:
+            result[key] = old[key]
+        else:
+            result.pop(key, None)
+    if not result:
+        return None, kept
+    merged: _Resources = {}
+    for (container, section, resource), value in result.items():
+        merged.setdefault(container, {"requests": {}, "limits": {}})[section][resource] = value
+    return _document(kind, name, merged), kept
 
 
 def _yaml() -> YAML:

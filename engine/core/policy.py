@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.core.estimators import Duration, EstimatorParams
 from engine.core.model import Mode, WorkloadSpec
+from engine.core.verification import VerificationOverrides
 from engine.errors import InvalidPolicy
 
 EXCLUDE_ANNOTATION = "kubefinops.io/exclude"
@@ -162,6 +163,7 @@ class Policy(_Doc):
     estimator: EstimatorParams = EstimatorParams()
     guardrails: Guardrails = Guardrails()
     schedule: Schedule | None = None
+    verification: VerificationOverrides = VerificationOverrides()
     version: int = Field(1, ge=1)
     updated_by: str = ""
     updated_at: float = Field(0.0, ge=0)
