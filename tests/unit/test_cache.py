@@ -63,7 +63,7 @@ def test_an_entry_is_valid_only_for_the_stored_object_it_was_decoded_from() -> N
 def test_usage_cache_respects_its_bound_over_many_containers() -> None:
     states = [_state(3, seed) for seed in range(6)]
     stored = [cu.to_dict() for cu in states]
-    one = states[0].nbytes()
+    one = ContainerUsage.from_dict(stored[0]).nbytes()
     cache = UsageCache(max_bytes=int(2.5 * one))
     for _ in range(3):
         for i, doc in enumerate(stored):
@@ -79,13 +79,17 @@ def test_usage_cache_respects_its_bound_over_many_containers() -> None:
 
 
 def test_the_size_estimate_tracks_the_real_decoded_size() -> None:
+    """Also: a decoded 14-day state stays small (closed days held packed, one merged sketch)."""
     doc = json.loads(json.dumps(_state(14, 1).to_dict()))
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         decoded = [ContainerUsage.from_dict(doc) for _ in range(20)]
+        for cu in decoded:  # what a cached state holds once the recommender summarized it
+            cu.summary("cpu"), cu.summary("memory")
         real = (tracemalloc.get_traced_memory()[0] - before) / len(decoded)
     finally:
         tracemalloc.stop()
     estimate = decoded[0].nbytes()
     assert 0.5 * real <= estimate <= 2.0 * real, (estimate, real)
+    assert real < 16 * 1024  # it was ~54 KiB with every daily sketch decoded
