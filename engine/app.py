@@ -90,6 +90,7 @@ class TopicSpec:
     name: str  # short name: the full topic is f"{settings.topic_prefix}.{name}"
     partitions: int
     compacted: bool
+    consumer: str = ""  # the agent that consumes it (``kubefinops topics`` shows its lag)
 
 
 RETENTION = timedelta(days=7)
@@ -100,15 +101,15 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
     pre-flight that creates them (Faust itself only creates the topics an agent consumes)."""
     n = settings.topic_partitions
     specs = [
-        TopicSpec("metrics", n, False),
+        TopicSpec("metrics", n, False, "aggregator"),
         TopicSpec("workloads", n, True),
-        TopicSpec("policies", 1, True),
-        TopicSpec("recommendations", n, False),
-        TopicSpec("decisions", 1, False),
-        TopicSpec("executions", n, False),
+        TopicSpec("policies", 1, True, "policy-sync"),
+        TopicSpec("recommendations", n, False, "gate"),
+        TopicSpec("decisions", 1, False, "executor"),
+        TopicSpec("executions", n, False, "ledger"),
         TopicSpec("deadletter", 1, False),
-        TopicSpec("collector-ticks", 1, False),
-        TopicSpec("cycles", 1, False),
+        TopicSpec("collector-ticks", 1, False, "collector"),
+        TopicSpec("cycles", 1, False, "reporter"),
     ]
     return {spec.name: spec for spec in specs}
 

@@ -38,11 +38,14 @@ from engine.core.cost import DEFAULT_PRICES, Prices
 from engine.core.model import WorkloadSpec
 from engine.core.policy import validate_policy
 from engine.core.strategies import AUTOPILOT_DEFAULT, Autopilot, KrrSimple, Replay, VpaLike
+from engine.core.verified_backtest import VerifiedApply
 from engine.errors import ConfigError
 from engine.settings import Settings
 
 STRATEGIES: dict[str, str] = {
     "kubefinops": "the autopilot: the real recommender and gate (policy or built-in autopilot)",
+    "kubefinops-verified": "kubefinops + verified apply: an OOM within a day after lowering "
+    "memory reverts the change and holds decreases for 7 d (docs/verification.md)",
     "krr-simple": "KRR simple: CPU P95 over 14 d, memory max x 1.15, floors 10m / 100Mi",
     "vpa-like": "VPA recommender: CPU P90 (24 h half-life), memory P90 of daily peaks, +15%",
 }
@@ -68,9 +71,9 @@ def make_strategies(
 ) -> list[Strategy]:
     out: list[Strategy] = []
     for name in names:
-        if name == "kubefinops":
+        if name in ("kubefinops", "kubefinops-verified"):
             policies = [load_policy(policy_file)] if policy_file else []
-            out.append(Autopilot(policies, default=AUTOPILOT_DEFAULT, prices=prices))
+            out.append(Autopilot(policies, default=AUTOPILOT_DEFAULT, prices=prices, name=name))
         elif name == "krr-simple":
             out.append(KrrSimple())
         elif name == "vpa-like":
@@ -281,7 +284,10 @@ def run_backtest(
     progress: ProgressFn | None = None,
 ) -> Result:
     started = time.perf_counter()
-    runs = Backtest(histories, params, specs=specs).run(strategies, progress=progress)
+    verified = VerifiedApply(frozenset({"kubefinops-verified"}))
+    runs = Backtest(histories, params, specs=specs, hooks=[verified]).run(
+        strategies, progress=progress
+    )
     figs = [figures(r, start=params.start, end=params.end) for r in runs]
     return Result(params, runs, figs, list(histories), time.perf_counter() - started)
 

@@ -187,7 +187,10 @@ def backtest(
     ] = None,
     strategy: Annotated[
         list[str] | None,
-        typer.Option(help="kubefinops, krr-simple, vpa-like (repeat; default: all three)"),
+        typer.Option(
+            help="kubefinops, kubefinops-verified, krr-simple, vpa-like (repeat; default: "
+            "kubefinops, krr-simple, vpa-like)"
+        ),
     ] = None,
     replay: Annotated[
         Path | None, typer.Option(help="Also score the values of an --export file")
@@ -303,6 +306,125 @@ def _run_with_progress(run: Any, histories: Any, strategies: Any, params: Any, s
             bar.update(task, completed=done, total=total)
 
         return run(histories, strategies, params, specs=specs, progress=tick)
+
+
+class TailOutput(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def inspect_or_exit(run: Any) -> Any:
+    """Run a topic-inspection coroutine; operator errors end with one line and their code."""
+    try:
+        return asyncio.run(run)
+    except AuthenticationFailed as exc:
+        fail(str(exc), EXIT_AUTH)
+    except DependencyUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except PermanentError as exc:
+        fail(str(exc), EXIT_PERMANENT)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@cli.command()
+def topics(
+    output: Annotated[TailOutput, typer.Option(help="table or json")] = TailOutput.table,
+) -> None:
+    """Every topic of the app: partitions, end offsets, retention, and each agent's lag."""
+    from engine.topics import describe_topics
+    from engine.topics_view import print_topics, topics_json
+
+    settings = settings_or_exit()
+    infos = inspect_or_exit(describe_topics(settings))
+    if output is TailOutput.json:
+        typer.echo(topics_json(infos), nl=False)
+    else:
+        print_topics(infos)
+
+
+@cli.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="e.g. metrics, decisions, kubefinops.deadletter")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new records")
+    ] = False,
+    key: Annotated[str | None, typer.Option(help="Only records with this key")] = None,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the oldest record")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="How many records (0 = all)", min=0)] = 10,
+    output: Annotated[TailOutput, typer.Option(help="table or json")] = TailOutput.table,
+) -> None:
+    """Records of a topic, decoded with the wire schema (undecodable ones shown raw)."""
+    from engine.topics import tail as tail_records
+    from engine.topics_view import record_json, record_line
+
+    settings = settings_or_exit()
+
+    async def run() -> None:
+        async for rec in tail_records(
+            settings,
+            topic,
+            limit=limit or None,
+            from_beginning=from_beginning,
+            follow=follow,
+            key=key,
+        ):
+            line = record_json(rec) if output is TailOutput.json else record_line(rec)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    inspect_or_exit(run())
+
+
+@cli.command()
+def deadletters(
+    reason: Annotated[
+        str | None, typer.Option(help="Only reasons containing this text (case-insensitive)")
+    ] = None,
+    replay: Annotated[
+        bool, typer.Option("--replay", help="Re-publish the records that are valid now")
+    ] = False,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", help="With --replay: fixed-up lines of --output json"),
+    ] = None,
+    output: Annotated[TailOutput, typer.Option(help="table or json")] = TailOutput.table,
+) -> None:
+    """Dead letters grouped by reason, with samples; --replay sends valid ones back."""
+    from engine.core.records import group_dead_letters, matches
+    from engine.topics import letters_from_file, read_dead_letters
+    from engine.topics import replay as replay_letters
+    from engine.topics_view import dead_letters_json, print_dead_letters, print_replay
+
+    settings = settings_or_exit()
+    if input_file is not None and not replay:
+        fail("--input is only used with --replay", EXIT_CONFIG)
+    if replay:
+        if input_file is not None:
+            try:
+                lines = input_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                fail(f"cannot read {input_file}: {exc.strerror}", EXIT_CONFIG)
+            try:
+                letters = letters_from_file(lines)
+            except PermanentError as exc:
+                fail(f"{input_file}: {exc}", EXIT_PERMANENT)
+        else:
+            letters, _ = inspect_or_exit(read_dead_letters(settings))
+        chosen = [item for item in letters if matches(item.letter, reason)]
+        result = inspect_or_exit(replay_letters(settings, chosen))
+        print_replay(result)
+        if result.refused and not result.replayed:
+            raise typer.Exit(EXIT_PERMANENT)
+        return
+    letters, broken = inspect_or_exit(read_dead_letters(settings))
+    chosen = [item for item in letters if matches(item.letter, reason)]
+    if output is TailOutput.json:
+        typer.echo(dead_letters_json(chosen), nl=False)
+    else:
+        print_dead_letters(group_dead_letters(chosen), broken)
 
 
 def main() -> None:

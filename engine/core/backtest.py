@@ -126,6 +126,7 @@ class WorkloadState:
     first_seen: float
     last_applied_at: float | None = None
     last_applied_id: str | None = None
+    penalty_until: float | None = None  # set by a verified-apply hook after a revert
     applies: list[float] = field(default_factory=list)
     increases: int = 0
     decreases: int = 0
