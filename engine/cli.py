@@ -43,36 +43,66 @@ def settings_or_exit(**overrides: object) -> Settings:
         fail(str(exc), EXIT_CONFIG)
 
 
-def preflight_or_exit(settings: Settings, attempts: int = 3) -> None:
+def preflight_or_exit(settings: Settings) -> None:
+    """Authenticate to Kafka and create the topics, waiting for the broker with backoff for
+    ``settings.kafka_wait_seconds`` (one log line per failed attempt), then exit non-zero.
+
+    A refused password or a TLS failure ends the process at once: waiting does not fix them.
+    """
+    import tenacity
+
     from engine.adapters.kafka import ensure_topics, preflight
 
-    delay = 2.0
-    for attempt in range(1, attempts + 1):
-        try:
-            asyncio.run(preflight(settings))
-            created = asyncio.run(ensure_topics(settings))
-            if created:
-                logging.getLogger("kubefinops").info("created topics: %s", ", ".join(created))
-            return
-        except AuthenticationFailed as exc:
-            fail(str(exc), EXIT_AUTH)
-        except DependencyUnavailable as exc:
-            if attempt == attempts:
-                fail(str(exc), EXIT_UNAVAILABLE)
-            logging.getLogger("kubefinops").warning("%s; retrying in %.0fs", exc, delay)
-            import time
+    log = logging.getLogger("kubefinops")
 
-            time.sleep(delay)
-            delay *= 2
+    def attempt() -> None:
+        asyncio.run(preflight(settings))
+        created = asyncio.run(ensure_topics(settings))
+        if created:
+            log.info("created topics: %s", ", ".join(created))
+
+    def say(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "Kafka not reachable (attempt %d, %.0fs of %.0fs): %s; retrying in %.0fs",
+            state.attempt_number,
+            state.seconds_since_start,
+            settings.kafka_wait_seconds,
+            exc,
+            wait,
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(DependencyUnavailable),
+        stop=tenacity.stop_after_delay(settings.kafka_wait_seconds),
+        wait=tenacity.wait_exponential(multiplier=1, min=1, max=30),
+        before_sleep=say,
+        reraise=True,
+    )
+    try:
+        retrying(attempt)
+    except AuthenticationFailed as exc:
+        fail(str(exc), EXIT_AUTH)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except DependencyUnavailable as exc:
+        fail(f"{exc} (gave up after {settings.kafka_wait_seconds:.0f}s)", EXIT_UNAVAILABLE)
 
 
 @cli.command()
 def worker(
     web_port: Annotated[int | None, typer.Option(help="Web endpoint port")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Faust data directory")] = None,
+    wait_for_kafka: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for Kafka at start (KUBEFINOPS_KAFKA_WAIT_SECONDS)"),
+    ] = None,
 ) -> None:
     """Run a Faust worker (what a pod runs): every agent, tables, the web endpoint."""
-    settings = settings_or_exit(web_port=web_port, data_dir=data_dir)
+    settings = settings_or_exit(
+        web_port=web_port, data_dir=data_dir, kafka_wait_seconds=wait_for_kafka
+    )
     redactor = setup_logging(settings)
     preflight_or_exit(settings)
     from agents import build_runtime
