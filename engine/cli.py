@@ -25,6 +25,7 @@ EXIT_PERMANENT = 1
 EXIT_CONFIG = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
+EXIT_NO_MATCH = 5  # recommend --once: the selection matches no workload
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -150,12 +151,20 @@ class Output(StrEnum):
 def recommend(
     once: Annotated[bool, typer.Option("--once", help="One-shot run without Kafka")] = True,
     prometheus_url: Annotated[str | None, typer.Option(help="Prometheus base URL")] = None,
-    namespace: Annotated[list[str] | None, typer.Option(help="Only these namespaces")] = None,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Only these namespaces")
+    ] = None,
+    selector: Annotated[
+        str | None,
+        typer.Option("--selector", "-l", help="Workload label selector, e.g. app=api,tier!=batch"),
+    ] = None,
     history_days: Annotated[int | None, typer.Option(help="Days of history to read")] = None,
     output: Annotated[Output, typer.Option(help="table, json, yaml or csv")] = Output.table,
 ) -> None:
-    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka."""
-    from engine.oneshot import run_once
+    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka.
+
+    The selection is pushed into every PromQL query; one that matches nothing exits 5."""
+    from engine.oneshot import NoMatch, run_once
 
     settings = settings_or_exit(
         prometheus_url=prometheus_url,
@@ -163,8 +172,24 @@ def recommend(
         kafka_security_protocol="PLAINTEXT",
     )
     setup_logging(settings, stream=sys.stderr)
+
+    def run(progress: Any = None) -> str:
+        return asyncio.run(
+            run_once(
+                settings,
+                namespaces=namespace or [],
+                selector=selector,
+                output=output.value,
+                progress=progress,
+            )
+        )
+
     try:
-        text = asyncio.run(run_once(settings, namespaces=namespace or [], output=output.value))
+        text = with_progress(run, "reading history") if sys.stderr.isatty() else run()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except NoMatch as exc:
+        fail(str(exc), EXIT_NO_MATCH)
     except DependencyUnavailable as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
     except AuthenticationFailed as exc:
@@ -172,6 +197,23 @@ def recommend(
     except PermanentError as exc:  # e.g. a query Prometheus refuses
         fail(str(exc), EXIT_PERMANENT)
     typer.echo(text, nl=False)
+
+
+def with_progress(run: Any, what: str) -> Any:
+    """``run(progress)`` under a rich progress bar on stderr (terminals only; gone when done)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        f"[progress.description]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        return run(lambda done, total: bar.update(task, completed=done, total=total))
 
 
 class BacktestOutput(StrEnum):

@@ -135,9 +135,12 @@ SPEC_METRICS = (
 )
 
 
-def spec_expr() -> str:
-    """One instant selector for every kube-state-metrics series a spec needs."""
-    return '{__name__=~"' + "|".join(SPEC_METRICS) + '"}'
+def spec_expr(matchers: str = "") -> str:
+    """One instant selector for every kube-state-metrics series a spec needs (``matchers``:
+    more label matchers, e.g. a namespace)."""
+    return (
+        '{__name__=~"' + "|".join(SPEC_METRICS) + '"' + (f",{matchers}" if matchers else "") + "}"
+    )
 
 
 def owner_expr(metric: str, window: int) -> str:
@@ -194,6 +197,16 @@ def parse_result(doc: Any, expect: str) -> list[Series]:
         values = [v for v in (_value(p, where) for p in raw) if v is not None]
         out.append(Series(dict(labels), values))
     return out
+
+
+def parse_series(doc: Any) -> list[Series]:
+    """A decoded ``/api/v1/series`` body: label sets only (no values)."""
+    if not isinstance(doc, dict) or doc.get("status") != "success":
+        raise MalformedResponse("series response is not a success object")
+    data = doc.get("data")
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise MalformedResponse("series data is not a list of label sets")
+    return [Series({str(k): str(v) for k, v in d.items()}, []) for d in data]
 
 
 # --- owners -------------------------------------------------------------------------------------
