@@ -37,12 +37,20 @@ from engine.core.collect import plan_chunks
 from engine.core.cost import DEFAULT_PRICES, Prices
 from engine.core.model import WorkloadSpec
 from engine.core.policy import validate_policy
-from engine.core.strategies import AUTOPILOT_DEFAULT, Autopilot, KrrSimple, Replay, VpaLike
+from engine.core.strategies import (
+    AUTOPILOT_DEFAULT,
+    AUTOPILOT_TUNED,
+    Autopilot,
+    KrrSimple,
+    Replay,
+    VpaLike,
+)
 from engine.errors import ConfigError
 from engine.settings import Settings
 
 STRATEGIES: dict[str, str] = {
     "kubefinops": "the autopilot: the real recommender and gate (policy or built-in autopilot)",
+    "kubefinops-tuned": "the autopilot with the backtest-tuned policy (docs/recommendations.md)",
     "krr-simple": "KRR simple: CPU P95 over 14 d, memory max x 1.15, floors 10m / 100Mi",
     "vpa-like": "VPA recommender: CPU P90 (24 h half-life), memory P90 of daily peaks, +15%",
 }
@@ -71,6 +79,8 @@ def make_strategies(
         if name == "kubefinops":
             policies = [load_policy(policy_file)] if policy_file else []
             out.append(Autopilot(policies, default=AUTOPILOT_DEFAULT, prices=prices))
+        elif name == "kubefinops-tuned":
+            out.append(Autopilot([], default=AUTOPILOT_TUNED, prices=prices, name=name))
         elif name == "krr-simple":
             out.append(KrrSimple())
         elif name == "vpa-like":

@@ -101,6 +101,9 @@ class UsageSummary(Wire):
     count: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
+    # Peak of each usage window (daily by default), oldest first: the growth trend of memory.
+    window_max: tuple[float, ...] = ()
+    window_seconds: float = 86_400.0
 
     @property
     def span_seconds(self) -> float:
@@ -164,13 +167,26 @@ class Confidence(StrEnum):
     HIGH = "high"
 
 
+class Targets(Wire):
+    """What the estimators say, before the autopilot's max-step guardrail."""
+
+    cpu_request: float | None = None
+    cpu_limit: float | None = None
+    memory_request: float | None = None
+    memory_limit: float | None = None
+
+
 class ContainerRecommendation(Wire):
+    """``cpu_request``... are the next *step* the gate may apply; ``target`` is the estimate it
+    steps toward (``None``: the step is the target)."""
+
     name: str
     current: ContainerSpec
     cpu_request: float | None = None
     cpu_limit: float | None = None
     memory_request: float | None = None
     memory_limit: float | None = None
+    target: Targets | None = None
     confidence: Confidence = Confidence.NONE
     reasons: list[str] = []
     usage: dict[
@@ -195,7 +211,8 @@ class Recommendation(Wire):
     name: str
     replicas: int
     containers: list[ContainerRecommendation]
-    savings: Savings
+    savings: Savings  # of the next step
+    target_savings: Savings | None = None  # of the target, when a step falls short of it
     generated_at: float
     cycle: str = ""
 
@@ -226,7 +243,8 @@ class Decision(Wire):
     policy_id: str | None = None
     policy_version: int | None = None
     containers: list[ContainerRecommendation] = []
-    savings: Savings = Savings()
+    savings: Savings = Savings()  # of what this decision applies (the step)
+    target_savings: Savings | None = None  # of the target, when the step falls short of it
     decided_at: float
     cycle: str = ""
 

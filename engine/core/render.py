@@ -43,6 +43,8 @@ CSV_COLUMNS = (
     "monthly_delta",
     "currency",
     "recommendation_id",
+    "target_cpu_request",
+    "target_memory_request",
 )
 TABLE_HEADERS = (
     "WORKLOAD",
@@ -73,6 +75,8 @@ class Row:
     monthly_delta: float  # recommended - current for this container, all replicas
     currency: str
     recommendation_id: str
+    target_cpu: float | None = None  # the estimate, when the step (recommended_*) falls short
+    target_memory: float | None = None
 
     @property
     def workload_ref(self) -> str:
@@ -89,6 +93,7 @@ class Totals:
     workloads: int
     containers: int
     without_data: int  # containers with confidence "none"
+    target_monthly_savings: float | None = None  # when some step falls short of its target
 
     @property
     def monthly_delta(self) -> float:
@@ -122,6 +127,8 @@ def rows(recs: Sequence[Recommendation], prices: Prices = DEFAULT_PRICES) -> lis
                     monthly_delta=delta,
                     currency=rec.savings.currency,
                     recommendation_id=rec.id,
+                    target_cpu=c.target.cpu_request if c.target else None,
+                    target_memory=c.target.memory_request if c.target else None,
                 )
             )
     return out
@@ -138,6 +145,11 @@ def totals(recs: Sequence[Recommendation], prices: Prices = DEFAULT_PRICES) -> T
         workloads=len(recs),
         containers=len(containers),
         without_data=sum(1 for c in containers if c.confidence is Confidence.NONE),
+        target_monthly_savings=(
+            sum((r.target_savings or r.savings).monthly_savings for r in recs)
+            if any(r.target_savings is not None for r in recs)
+            else None
+        ),
     )
 
 
@@ -159,14 +171,22 @@ def _mem(value: float | None) -> str:
     return "-" if value is None else fmt_memory(value)
 
 
+def _step(step: str, target: str | None) -> str:
+    """The next step, and the target it steps toward when they differ."""
+    return step if target is None or target == step else f"{step} (target {target})"
+
+
 def table_cells(row: Row) -> tuple[str, ...]:
     return (
         row.workload_ref,
         row.container,
         _cpu(row.current_cpu),
-        _cpu(row.recommended_cpu),
+        _step(_cpu(row.recommended_cpu), None if row.target_cpu is None else _cpu(row.target_cpu)),
         _mem(row.current_memory),
-        _mem(row.recommended_memory),
+        _step(
+            _mem(row.recommended_memory),
+            None if row.target_memory is None else _mem(row.target_memory),
+        ),
         row.confidence.value,
         money(row.monthly_delta, row.currency),
     )
@@ -176,7 +196,12 @@ def footer_lines(t: Totals) -> list[str]:
     return [
         f"{t.workloads} workloads, {t.containers} containers"
         + (f" ({t.without_data} without enough data)" if t.without_data else ""),
-        f"Total monthly savings:   {money(t.monthly_savings, t.currency).lstrip('+')}",
+        f"Total monthly savings:   {money(t.monthly_savings, t.currency).lstrip('+')}"
+        + (
+            f" (next step; at target: {money(t.target_monthly_savings, t.currency).lstrip('+')})"
+            if t.target_monthly_savings is not None
+            else ""
+        ),
         f"Total monthly increases: {money(t.monthly_increase, t.currency).lstrip('+')}",
         f"Net monthly change:      {money(t.monthly_delta, t.currency)}"
         f" ({money(t.current_monthly, t.currency).lstrip('+')} -> "
@@ -257,6 +282,8 @@ def render_csv(recs: Sequence[Recommendation], prices: Prices = DEFAULT_PRICES) 
                 f"{r.monthly_delta:.6f}",
                 r.currency,
                 r.recommendation_id,
+                _num(r.target_cpu),
+                _num(r.target_memory),
             )
         )
     return buf.getvalue()

@@ -195,6 +195,8 @@ class WindowedUsage:
             count=total.count,
             first_ts=total.first_ts,
             last_ts=total.last_ts,
+            window_max=tuple(self.windows[s].max for s in sorted(self.windows)),
+            window_seconds=float(self.window_seconds),
         )
 
     # --- codec: floats as JSON numbers (exact via repr), all ints in one packed varint blob
