@@ -17,11 +17,17 @@ Rules are checked in this order (docs/policies.md); the first that decides wins:
                          hold when nothing else is left (docs/verification.md)
 8. ``not-synced``      - the last change never went live (Argo CD out of sync, rollout stuck):
                          hold until the cluster shows it or a person clears it
-9. ``min-change``      - no target moves by at least ``min_change`` (default 10%) -> hold
-10. ``cooldown``       - the last applied change is younger than ``cooldown`` (default 24 h) -> hold
-11. ``schedule``       - outside every allowed apply window -> hold
-12. ``recommend-only`` - mode recommend -> hold
-13. ``autopilot``      - apply
+9. ``oom``             - autopilot mode, an OOMKill newer than the last change and a memory
+                         raise: apply at once (no min-change, cooldown or hysteresis holds it)
+10. ``min-change``     - no target moves by at least ``min_change`` (default 10%) -> hold; then
+                         decreases under ``min_decrease`` / increases under ``min_increase``
+                         are left unchanged (hysteresis), hold if nothing is left
+11. ``cooldown``       - the last applied change is younger than ``cooldown`` minus
+                         ``cooldown_tolerance``: hold, or with ``cooldown_scope: decreases``
+                         (default) drop the decreases and apply the increases
+12. ``schedule``       - outside every allowed apply window -> hold
+13. ``recommend-only`` - mode recommend -> hold
+14. ``autopilot``      - apply
 
 Targets set to ``None`` mean "leave unchanged".
 """
