@@ -26,12 +26,22 @@ log = logging.getLogger("kubefinops.aggregator")
 AGENT = "aggregator"
 
 
+def key_mismatch(key: bytes | None, expected: str) -> bool:
+    return key is None or key != expected.encode()
+
+
 async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes | None) -> None:
     topic = rt.settings.topic("metrics")
     try:
         record = parse_metrics_record(raw)
     except InvalidRecord as exc:
         await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=AGENT)
+        return
+    expected = record.spec.workload_id if isinstance(record, CycleEnd) else record.workload_id
+    if key_mismatch(key, expected):
+        # On another key's partition it would be processed by the wrong owner of the state.
+        reason = f"key-mismatch: record key is not its workload id {expected!r}"
+        await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
         return
     if isinstance(record, CycleEnd):
         await recommender.on_cycle_end(rt, record, cache)

@@ -11,13 +11,12 @@ every change; a global table gives every worker all policies.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from agents.runtime import Runtime, park
 from engine.core.model import WorkloadSpec
-from engine.core.policy import Policy, validate_policy
+from engine.core.policy import Policy, parse_policy_record, validate_policy
 from engine.core.policy import policy_for as choose_policy
 from engine.errors import InvalidPolicy, KubeFinOpsError
 
@@ -64,8 +63,12 @@ async def reconcile(rt: Runtime) -> int:
     docs = await store.list()
     ids = set()
     for doc in docs:
-        ids.add(doc["id"])
-        await publish(rt, doc["id"], doc)
+        pid = str(doc.get("id", ""))
+        ids.add(pid)
+        try:
+            await publish(rt, pid, doc)
+        except InvalidPolicy as exc:  # stored before today's bounds: skip it, say why, go on
+            log.warning("reconcile skipped policy %r: %s", pid[:100], exc)
     stale = [pid for pid in list(rt.tables.policies.keys()) if pid not in ids]
     for pid in stale:
         await publish(rt, str(pid), None)
@@ -92,8 +95,8 @@ def register(rt: Runtime) -> None:
                 rt.tables.policies.pop(pid, None)
                 continue
             try:
-                policy = validate_policy(json.loads(event.value))
-            except (InvalidPolicy, ValueError) as exc:
+                policy = parse_policy_record(event.value)
+            except InvalidPolicy as exc:
                 await park(
                     rt,
                     topic=rt.settings.topic("policies"),

@@ -4,16 +4,21 @@
 * ``GET /ready`` — readiness: connected to the broker, partitions assigned, tables recovered.
 * ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`.
 * ``GET /api/usage/{namespace}/{kind}/{name}`` — percentiles, max, count and span per container and
-  resource; routed to the worker that owns the workload's partition.
+  resource; routed to the worker that owns the workload's partition.  Behind the read token
+  (``KUBEFINOPS_API_READ_TOKEN``, or the API token) when one is set.
 * ``GET|PUT|DELETE /api/policies[/{id}]`` — bearer-token guarded; invalid documents get 400 with
   the field and the reason and are not stored.
+
+Requests are checked before anything is stored (engine/core/bounds.py): 415 for a body that is
+not JSON in UTF-8, 413 above 64 KiB, 400 for invalid or too deeply nested JSON, integers beyond
+64 bits, NaN/Infinity, a policy id or an ``X-Kubefinops-User`` outside their documented
+patterns; 409 when another writer stored the same policy version first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import time
 from typing import Any
@@ -26,9 +31,11 @@ from yarl import URL
 from agents import collector
 from agents import policies as policy_mod
 from agents.runtime import Runtime
+from engine.adapters.mongo import PolicyConflict
+from engine.core import bounds
 from engine.core.model import RESOURCES, WorkloadSpec, workload_id
 from engine.core.usage import ContainerUsage
-from engine.errors import DependencyUnavailable, InvalidPolicy
+from engine.errors import DependencyUnavailable, InvalidPolicy, KubeFinOpsError
 from engine.metrics import REGISTRY
 
 log = logging.getLogger("kubefinops.web")
@@ -74,6 +81,52 @@ def owner_of(rt: Runtime, wid: str) -> URL | None:
     return None
 
 
+class BadRequest(Exception):
+    def __init__(self, status: int, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.field, self.reason = status, field, reason
+
+
+def audit_user(request: Request) -> str:
+    """The ``X-Kubefinops-User`` recorded as "who" (default ``api``), validated and bounded."""
+    who = request.headers.get("X-Kubefinops-User")
+    if who is None:
+        return "api"
+    if not bounds.is_user(who):
+        raise BadRequest(400, "X-Kubefinops-User", f"must match {bounds.USER_RE}")
+    return who
+
+
+def check_policy_id(policy_id: str) -> None:
+    if not bounds.is_policy_id(policy_id):
+        raise BadRequest(400, "id", f"must match {bounds.POLICY_ID_RE}")
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON document, or :class:`BadRequest` (415/413/400) before reading more
+    than the limit."""
+    length = request.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > bounds.MAX_BODY_BYTES:
+        raise BadRequest(413, "body", f"larger than {bounds.MAX_BODY_BYTES} bytes")
+    raw = await request.read()  # aiohttp refuses more than 1 MiB itself (413)
+    try:
+        return bounds.parse_json_body(raw, request.headers.get("Content-Type"))
+    except bounds.BodyError as exc:
+        raise BadRequest(exc.status, "body", exc.reason) from None
+
+
+def _bearer_matches(request: Request, *tokens: Any) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    return any(
+        token is not None
+        and hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+        for token in tokens
+    )
+
+
 def register(rt: Runtime) -> None:
     app = rt.app
 
@@ -81,10 +134,16 @@ def register(rt: Runtime) -> None:
         token = rt.settings.api_token
         if token is None:
             return False
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), token.get_secret_value().encode()
+        return _bearer_matches(request, token)
+
+    def read_authorized(request: Request) -> bool:
+        read = rt.settings.api_read_token
+        return read is None or _bearer_matches(request, read, rt.settings.api_token)
+
+    def bad(view: View, exc: BadRequest) -> Response:
+        return view.json(
+            {"error": "invalid request", "field": exc.field, "reason": exc.reason},
+            status=exc.status,
         )
 
     def deny(view: View) -> Response:
@@ -116,7 +175,15 @@ def register(rt: Runtime) -> None:
     @app.page("/api/usage/{namespace}/{kind}/{name}")
     class Usage(View):
         async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
+            if not read_authorized(request):
+                return self.json(
+                    {"error": "missing or wrong bearer token"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             wid = workload_id(namespace, kind, name)
+            if not bounds.is_workload_id(wid):
+                return self.json({"error": f"not a workload id: {wid[:300]!r}"}, status=400)
             owner = owner_of(rt, wid)
             if owner is not None:
                 router: Any = app.router
@@ -151,7 +218,11 @@ def register(rt: Runtime) -> None:
             """Run a collection cycle now (the collector is single, wherever it runs)."""
             if not authorized(request):
                 return deny(self)
-            await collector.request_cycle(rt, request.headers.get("X-Kubefinops-User", "api"))
+            try:
+                who = audit_user(request)
+            except BadRequest as exc:
+                return bad(self, exc)
+            await collector.request_cycle(rt, who)
             return self.json({"requested": True}, status=202)
 
     @app.page("/api/policies")
@@ -167,6 +238,10 @@ def register(rt: Runtime) -> None:
         async def get(self, request: Request, policy_id: str) -> Response:
             if not authorized(request):
                 return deny(self)
+            try:
+                check_policy_id(policy_id)
+            except BadRequest as exc:
+                return bad(self, exc)
             store = rt.service("policies")
             try:
                 doc = await store.get(policy_id) if store else rt.tables.policies.get(policy_id)
@@ -183,19 +258,17 @@ def register(rt: Runtime) -> None:
             if store is None:
                 return self.json({"error": "no policy store configured"}, status=503)
             try:
-                body = json.loads(await request.text())
-            except ValueError as exc:
-                return self.json(
-                    {"error": "invalid policy", "field": "body", "reason": f"not JSON: {exc}"},
-                    status=400,
-                )
+                check_policy_id(policy_id)
+                who = audit_user(request)
+                body = await json_body(request)
+            except BadRequest as exc:
+                return bad(self, exc)
             if not isinstance(body, dict):
                 return self.json(
                     {"error": "invalid policy", "field": "body", "reason": "must be a JSON object"},
                     status=400,
                 )
             body["id"] = policy_id
-            who = request.headers.get("X-Kubefinops-User", "api")
             try:
                 stored = await store.put(body, by=who)
             except InvalidPolicy as exc:
@@ -203,9 +276,22 @@ def register(rt: Runtime) -> None:
                     {"error": "invalid policy", "field": exc.field, "reason": exc.reason},
                     status=400,
                 )
+            except PolicyConflict as exc:
+                return self.json({"error": str(exc)}, status=409)
             except DependencyUnavailable as exc:
                 return self.json({"error": str(exc)}, status=503)
-            await policy_mod.publish(rt, policy_id, stored)
+            try:
+                await policy_mod.publish(rt, policy_id, stored)
+            except (KubeFinOpsError, OSError, RuntimeError) as exc:  # Kafka refused or away
+                log.warning("policy %s stored but not published yet: %s", policy_id, exc)
+                return self.json(
+                    {
+                        "error": "stored in MongoDB but not published; the next reconcile "
+                        f"publishes it ({type(exc).__name__})",
+                        "policy": stored,
+                    },
+                    status=503,
+                )
             return self.json(stored)
 
         async def delete(self, request: Request, policy_id: str) -> Response:
@@ -215,9 +301,14 @@ def register(rt: Runtime) -> None:
             if store is None:
                 return self.json({"error": "no policy store configured"}, status=503)
             try:
-                existed = await store.delete(
-                    policy_id, by=request.headers.get("X-Kubefinops-User", "api")
-                )
+                check_policy_id(policy_id)
+                who = audit_user(request)
+            except BadRequest as exc:
+                return bad(self, exc)
+            try:
+                existed = await store.delete(policy_id, by=who)
+            except PolicyConflict as exc:
+                return self.json({"error": str(exc)}, status=409)
             except DependencyUnavailable as exc:
                 return self.json({"error": str(exc)}, status=503)
             if not existed:

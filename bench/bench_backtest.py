@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:
 from engine.backtest import STRATEGIES, make_strategies, render_figures  # noqa: E402
 from engine.core.backtest import DAY, Backtest, BacktestParams, ContainerHistory  # noqa: E402
 from engine.core.backtest_score import figures  # noqa: E402
+from engine.core.verified_backtest import VerifiedApply  # noqa: E402
 
 BITBRAINS = Path("/work/shared/data/bitbrains-rnd/bitbrains_rnd_2013-07_all500vms.csv.gz")
 
@@ -107,7 +108,8 @@ def main() -> int:
     names = args.strategy or ["kubefinops", "kubefinops-tuned", "krr-simple", "vpa-like"]
     strategies = make_strategies(names, policy_file=args.policy)
     t1 = time.perf_counter()
-    runs = Backtest(histories, params).run(strategies)
+    verified = VerifiedApply(frozenset({"kubefinops-verified"}))  # docs/verification.md
+    runs = Backtest(histories, params, hooks=[verified]).run(strategies)
     ran = time.perf_counter() - t1
     results = [figures(r, start=start, end=end)[0] for r in runs]
     if args.output == "json":
@@ -120,6 +122,8 @@ def main() -> int:
             f" load {loaded:.1f} s, backtest {ran:.1f} s for {len(runs)} strategies"
             f" ({ran / max(len(runs), 1):.1f} s each)"
         )
+        if verified.reverts:
+            print(f"verified apply: reverts {verified.reverts}")
     by = {f.strategy: f for f in results}
     krr = by.get("krr-simple")
     for label_, ours in (("defaults", by.get("kubefinops")), ("tuned", by.get("kubefinops-tuned"))):

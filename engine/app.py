@@ -17,10 +17,12 @@ exactly one worker owns it at a time and hand-over on rebalance is Kafka's job.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 
 import faust
+from aiokafka.helpers import create_ssl_context
 from faust.types.auth import SASLMechanism
 
 from engine.settings import SecurityProtocol, Settings
@@ -42,8 +44,33 @@ class Topics:
         return [getattr(self, name) for name in self.__dataclass_fields__]
 
 
-def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of ``SASL_SSL``/``SSL``: the CA file (else the system's CAs) and, for
+    mutual TLS, the client certificate and key.  None for the plaintext protocols."""
+    if settings.effective_security_protocol not in (
+        SecurityProtocol.SASL_SSL,
+        SecurityProtocol.SSL,
+    ):
+        return None
+    password = settings.kafka_ssl_key_password
+    context = create_ssl_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        password=password.get_secret_value() if password is not None else None,
+    )
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    return context
+
+
+def broker_credentials(
+    settings: Settings,
+) -> faust.SASLCredentials | faust.SSLCredentials | None:
     protocol = settings.effective_security_protocol
+    context = kafka_ssl_context(settings)
+    if protocol is SecurityProtocol.SSL:
+        assert context is not None
+        return faust.SSLCredentials(context)
     if protocol not in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
         return None
     assert settings.kafka_password is not None  # enforced by Settings validation
@@ -51,6 +78,7 @@ def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
         username=settings.kafka_username or "",
         password=settings.kafka_password.get_secret_value(),
         mechanism=SASLMechanism(settings.kafka_sasl_mechanism.value),
+        ssl_context=context,
     )
 
 
@@ -90,6 +118,7 @@ class TopicSpec:
     name: str  # short name: the full topic is f"{settings.topic_prefix}.{name}"
     partitions: int
     compacted: bool
+    consumer: str = ""  # the agent that consumes it (``kubefinops topics`` shows its lag)
 
 
 RETENTION = timedelta(days=7)
@@ -100,15 +129,15 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
     pre-flight that creates them (Faust itself only creates the topics an agent consumes)."""
     n = settings.topic_partitions
     specs = [
-        TopicSpec("metrics", n, False),
+        TopicSpec("metrics", n, False, "aggregator"),
         TopicSpec("workloads", n, True),
-        TopicSpec("policies", 1, True),
-        TopicSpec("recommendations", n, False),
-        TopicSpec("decisions", 1, False),
-        TopicSpec("executions", n, False),
+        TopicSpec("policies", 1, True, "policy-sync"),
+        TopicSpec("recommendations", n, False, "gate"),
+        TopicSpec("decisions", 1, False, "executor"),
+        TopicSpec("executions", n, False, "ledger"),
         TopicSpec("deadletter", 1, False),
-        TopicSpec("collector-ticks", 1, False),
-        TopicSpec("cycles", 1, False),
+        TopicSpec("collector-ticks", 1, False, "collector"),
+        TopicSpec("cycles", 1, False, "reporter"),
     ]
     return {spec.name: spec for spec in specs}
 

@@ -45,12 +45,15 @@ from engine.core.strategies import (
     Replay,
     VpaLike,
 )
+from engine.core.verified_backtest import VerifiedApply
 from engine.errors import ConfigError
 from engine.settings import Settings
 
 STRATEGIES: dict[str, str] = {
     "kubefinops": "the autopilot: the real recommender and gate (policy or built-in autopilot)",
     "kubefinops-tuned": "the autopilot with the backtest-tuned policy (docs/recommendations.md)",
+    "kubefinops-verified": "kubefinops + verified apply: an OOM within a day after lowering "
+    "memory reverts the change and holds decreases for 7 d (docs/verification.md)",
     "krr-simple": "KRR simple: CPU P95 over 14 d, memory max x 1.15, floors 10m / 100Mi",
     "vpa-like": "VPA recommender: CPU P90 (24 h half-life), memory P90 of daily peaks, +15%",
 }
@@ -76,9 +79,9 @@ def make_strategies(
 ) -> list[Strategy]:
     out: list[Strategy] = []
     for name in names:
-        if name == "kubefinops":
+        if name in ("kubefinops", "kubefinops-verified"):
             policies = [load_policy(policy_file)] if policy_file else []
-            out.append(Autopilot(policies, default=AUTOPILOT_DEFAULT, prices=prices))
+            out.append(Autopilot(policies, default=AUTOPILOT_DEFAULT, prices=prices, name=name))
         elif name == "kubefinops-tuned":
             out.append(Autopilot([], default=AUTOPILOT_TUNED, prices=prices, name=name))
         elif name == "krr-simple":
@@ -291,7 +294,10 @@ def run_backtest(
     progress: ProgressFn | None = None,
 ) -> Result:
     started = time.perf_counter()
-    runs = Backtest(histories, params, specs=specs).run(strategies, progress=progress)
+    verified = VerifiedApply(frozenset({"kubefinops-verified"}))
+    runs = Backtest(histories, params, specs=specs, hooks=[verified]).run(
+        strategies, progress=progress
+    )
     figs = [figures(r, start=params.start, end=params.end) for r in runs]
     return Result(params, runs, figs, list(histories), time.perf_counter() - started)
 

@@ -25,6 +25,7 @@ EXIT_PERMANENT = 1
 EXIT_CONFIG = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
+EXIT_NO_MATCH = 5  # recommend --once: the selection matches no workload
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -43,36 +44,66 @@ def settings_or_exit(**overrides: object) -> Settings:
         fail(str(exc), EXIT_CONFIG)
 
 
-def preflight_or_exit(settings: Settings, attempts: int = 3) -> None:
+def preflight_or_exit(settings: Settings) -> None:
+    """Authenticate to Kafka and create the topics, waiting for the broker with backoff for
+    ``settings.kafka_wait_seconds`` (one log line per failed attempt), then exit non-zero.
+
+    A refused password or a TLS failure ends the process at once: waiting does not fix them.
+    """
+    import tenacity
+
     from engine.adapters.kafka import ensure_topics, preflight
 
-    delay = 2.0
-    for attempt in range(1, attempts + 1):
-        try:
-            asyncio.run(preflight(settings))
-            created = asyncio.run(ensure_topics(settings))
-            if created:
-                logging.getLogger("kubefinops").info("created topics: %s", ", ".join(created))
-            return
-        except AuthenticationFailed as exc:
-            fail(str(exc), EXIT_AUTH)
-        except DependencyUnavailable as exc:
-            if attempt == attempts:
-                fail(str(exc), EXIT_UNAVAILABLE)
-            logging.getLogger("kubefinops").warning("%s; retrying in %.0fs", exc, delay)
-            import time
+    log = logging.getLogger("kubefinops")
 
-            time.sleep(delay)
-            delay *= 2
+    def attempt() -> None:
+        asyncio.run(preflight(settings))
+        created = asyncio.run(ensure_topics(settings))
+        if created:
+            log.info("created topics: %s", ", ".join(created))
+
+    def say(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "Kafka not reachable (attempt %d, %.0fs of %.0fs): %s; retrying in %.0fs",
+            state.attempt_number,
+            state.seconds_since_start,
+            settings.kafka_wait_seconds,
+            exc,
+            wait,
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(DependencyUnavailable),
+        stop=tenacity.stop_after_delay(settings.kafka_wait_seconds),
+        wait=tenacity.wait_exponential(multiplier=1, min=1, max=30),
+        before_sleep=say,
+        reraise=True,
+    )
+    try:
+        retrying(attempt)
+    except AuthenticationFailed as exc:
+        fail(str(exc), EXIT_AUTH)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except DependencyUnavailable as exc:
+        fail(f"{exc} (gave up after {settings.kafka_wait_seconds:.0f}s)", EXIT_UNAVAILABLE)
 
 
 @cli.command()
 def worker(
     web_port: Annotated[int | None, typer.Option(help="Web endpoint port")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Faust data directory")] = None,
+    wait_for_kafka: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for Kafka at start (KUBEFINOPS_KAFKA_WAIT_SECONDS)"),
+    ] = None,
 ) -> None:
     """Run a Faust worker (what a pod runs): every agent, tables, the web endpoint."""
-    settings = settings_or_exit(web_port=web_port, data_dir=data_dir)
+    settings = settings_or_exit(
+        web_port=web_port, data_dir=data_dir, kafka_wait_seconds=wait_for_kafka
+    )
     redactor = setup_logging(settings)
     preflight_or_exit(settings)
     from agents import build_runtime
@@ -120,12 +151,20 @@ class Output(StrEnum):
 def recommend(
     once: Annotated[bool, typer.Option("--once", help="One-shot run without Kafka")] = True,
     prometheus_url: Annotated[str | None, typer.Option(help="Prometheus base URL")] = None,
-    namespace: Annotated[list[str] | None, typer.Option(help="Only these namespaces")] = None,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Only these namespaces")
+    ] = None,
+    selector: Annotated[
+        str | None,
+        typer.Option("--selector", "-l", help="Workload label selector, e.g. app=api,tier!=batch"),
+    ] = None,
     history_days: Annotated[int | None, typer.Option(help="Days of history to read")] = None,
     output: Annotated[Output, typer.Option(help="table, json, yaml or csv")] = Output.table,
 ) -> None:
-    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka."""
-    from engine.oneshot import run_once
+    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka.
+
+    The selection is pushed into every PromQL query; one that matches nothing exits 5."""
+    from engine.oneshot import NoMatch, run_once
 
     settings = settings_or_exit(
         prometheus_url=prometheus_url,
@@ -133,8 +172,24 @@ def recommend(
         kafka_security_protocol="PLAINTEXT",
     )
     setup_logging(settings, stream=sys.stderr)
+
+    def run(progress: Any = None) -> str:
+        return asyncio.run(
+            run_once(
+                settings,
+                namespaces=namespace or [],
+                selector=selector,
+                output=output.value,
+                progress=progress,
+            )
+        )
+
     try:
-        text = asyncio.run(run_once(settings, namespaces=namespace or [], output=output.value))
+        text = with_progress(run, "reading history") if sys.stderr.isatty() else run()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except NoMatch as exc:
+        fail(str(exc), EXIT_NO_MATCH)
     except DependencyUnavailable as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
     except AuthenticationFailed as exc:
@@ -142,6 +197,23 @@ def recommend(
     except PermanentError as exc:  # e.g. a query Prometheus refuses
         fail(str(exc), EXIT_PERMANENT)
     typer.echo(text, nl=False)
+
+
+def with_progress(run: Any, what: str) -> Any:
+    """``run(progress)`` under a rich progress bar on stderr (terminals only; gone when done)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        f"[progress.description]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        return run(lambda done, total: bar.update(task, completed=done, total=total))
 
 
 class BacktestOutput(StrEnum):
@@ -187,7 +259,10 @@ def backtest(
     ] = None,
     strategy: Annotated[
         list[str] | None,
-        typer.Option(help="kubefinops, krr-simple, vpa-like (repeat; default: all three)"),
+        typer.Option(
+            help="kubefinops, kubefinops-verified, krr-simple, vpa-like (repeat; default: "
+            "kubefinops, krr-simple, vpa-like)"
+        ),
     ] = None,
     replay: Annotated[
         Path | None, typer.Option(help="Also score the values of an --export file")
@@ -303,6 +378,125 @@ def _run_with_progress(run: Any, histories: Any, strategies: Any, params: Any, s
             bar.update(task, completed=done, total=total)
 
         return run(histories, strategies, params, specs=specs, progress=tick)
+
+
+class TailOutput(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def inspect_or_exit(run: Any) -> Any:
+    """Run a topic-inspection coroutine; operator errors end with one line and their code."""
+    try:
+        return asyncio.run(run)
+    except AuthenticationFailed as exc:
+        fail(str(exc), EXIT_AUTH)
+    except DependencyUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except PermanentError as exc:
+        fail(str(exc), EXIT_PERMANENT)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@cli.command()
+def topics(
+    output: Annotated[TailOutput, typer.Option(help="table or json")] = TailOutput.table,
+) -> None:
+    """Every topic of the app: partitions, end offsets, retention, and each agent's lag."""
+    from engine.topics import describe_topics
+    from engine.topics_view import print_topics, topics_json
+
+    settings = settings_or_exit()
+    infos = inspect_or_exit(describe_topics(settings))
+    if output is TailOutput.json:
+        typer.echo(topics_json(infos), nl=False)
+    else:
+        print_topics(infos)
+
+
+@cli.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="e.g. metrics, decisions, kubefinops.deadletter")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new records")
+    ] = False,
+    key: Annotated[str | None, typer.Option(help="Only records with this key")] = None,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the oldest record")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="How many records (0 = all)", min=0)] = 10,
+    output: Annotated[TailOutput, typer.Option(help="table or json")] = TailOutput.table,
+) -> None:
+    """Records of a topic, decoded with the wire schema (undecodable ones shown raw)."""
+    from engine.topics import tail as tail_records
+    from engine.topics_view import record_json, record_line
+
+    settings = settings_or_exit()
+
+    async def run() -> None:
+        async for rec in tail_records(
+            settings,
+            topic,
+            limit=limit or None,
+            from_beginning=from_beginning,
+            follow=follow,
+            key=key,
+        ):
+            line = record_json(rec) if output is TailOutput.json else record_line(rec)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    inspect_or_exit(run())
+
+
+@cli.command()
+def deadletters(
+    reason: Annotated[
+        str | None, typer.Option(help="Only reasons containing this text (case-insensitive)")
+    ] = None,
+    replay: Annotated[
+        bool, typer.Option("--replay", help="Re-publish the records that are valid now")
+    ] = False,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", help="With --replay: fixed-up lines of --output json"),
+    ] = None,
+    output: Annotated[TailOutput, typer.Option(help="table or json")] = TailOutput.table,
+) -> None:
+    """Dead letters grouped by reason, with samples; --replay sends valid ones back."""
+    from engine.core.records import group_dead_letters, matches
+    from engine.topics import letters_from_file, read_dead_letters
+    from engine.topics import replay as replay_letters
+    from engine.topics_view import dead_letters_json, print_dead_letters, print_replay
+
+    settings = settings_or_exit()
+    if input_file is not None and not replay:
+        fail("--input is only used with --replay", EXIT_CONFIG)
+    if replay:
+        if input_file is not None:
+            try:
+                lines = input_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                fail(f"cannot read {input_file}: {exc.strerror}", EXIT_CONFIG)
+            try:
+                letters = letters_from_file(lines)
+            except PermanentError as exc:
+                fail(f"{input_file}: {exc}", EXIT_PERMANENT)
+        else:
+            letters, _ = inspect_or_exit(read_dead_letters(settings))
+        chosen = [item for item in letters if matches(item.letter, reason)]
+        result = inspect_or_exit(replay_letters(settings, chosen))
+        print_replay(result)
+        if result.refused and not result.replayed:
+            raise typer.Exit(EXIT_PERMANENT)
+        return
+    letters, broken = inspect_or_exit(read_dead_letters(settings))
+    chosen = [item for item in letters if matches(item.letter, reason)]
+    if output is TailOutput.json:
+        typer.echo(dead_letters_json(chosen), nl=False)
+    else:
+        print_dead_letters(group_dead_letters(chosen), broken)
 
 
 def main() -> None:

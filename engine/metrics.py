@@ -119,6 +119,30 @@ DECISIONS = Counter(
 )
 
 
+# --- verified apply (docs/verification.md) -------------------------------------------------------
+VERIFICATIONS = Counter(
+    f"{_NS}_verifications_total",
+    "Verification outcomes of pushed changes (live, not-synced, healthy, regressed, reverted, "
+    "superseded); cause names the first regression signal.",
+    ["outcome", "cause"],
+    registry=REGISTRY,
+)
+VERIFICATIONS_WATCHING = Gauge(
+    f"{_NS}_verifications_watching",
+    "Pushed changes being watched (pending or live).",
+    registry=REGISTRY,
+)
+REVERTS = Counter(
+    f"{_NS}_reverts_total",
+    "Reverts of regressed changes: committed through Git, recommended only (policy not in "
+    "autopilot) or failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+VERIFICATION_OUTCOMES = ("live", "not-synced", "healthy", "regressed", "reverted", "superseded")
+REGRESSION_CAUSES = ("oom", "restarts", "throttling", "readiness", "slo")
+
+
 def init_series(agents: tuple[str, ...]) -> None:
     """Create the known label combinations at zero, so dashboards show 0 instead of "no data"
     before the first failure (a rate over a series that does not exist yet is empty)."""
@@ -134,3 +158,8 @@ def init_series(agents: tuple[str, ...]) -> None:
         SAMPLES_INGESTED.labels(resource=resource)
     for outcome in ("ok", "retry", "error", "unavailable"):
         PROMETHEUS_QUERIES.labels(outcome=outcome)
+    for outcome in VERIFICATION_OUTCOMES:
+        for cause in REGRESSION_CAUSES if outcome in ("regressed", "reverted") else ("",):
+            VERIFICATIONS.labels(outcome=outcome, cause=cause)
+    for outcome in ("committed", "recommended", "failed"):
+        REVERTS.labels(outcome=outcome)

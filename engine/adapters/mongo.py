@@ -40,11 +40,12 @@ from engine.settings import Settings
 
 Doc = dict[str, Any]
 Validator = Callable[[Doc], Any]
-RECORD_KINDS = ("recommendations", "decisions", "executions")
+RECORD_KINDS = ("recommendations", "decisions", "executions", "verifications")
 _TIME_FIELD = {
     "recommendations": "generated_at",
     "decisions": "decided_at",
     "executions": "executed_at",
+    "verifications": "updated_at",  # one document per change: its latest state
 }
 _META = ("version", "updated_by", "updated_at")
 
@@ -224,7 +225,8 @@ class PolicyStore:
 
 
 class RecordStore:
-    """Recommendations, decisions and executions, idempotent by ``id``, expired by TTL."""
+    """Recommendations, decisions, executions and verifications, idempotent by ``id``, expired
+    by TTL."""
 
     def __init__(
         self, db: AsyncDatabase[Doc], *, retention_days: int, clock: Callable[[], float] = time.time
@@ -289,6 +291,9 @@ class RecordStore:
 
     async def save_execution(self, record: BaseModel | Doc) -> None:
         await self.save("executions", record)
+
+    async def save_verification(self, record: BaseModel | Doc) -> None:
+        await self.save("verifications", record)
 
     async def recent(self, kind: str, workload_id: str, limit: int = 20) -> list[Doc]:
         with mongo_errors(f"{kind} read"):

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from engine.core.bounds import MAX_CPU_CORES, MAX_MEMORY_BYTES
 from engine.core.model import (
     Confidence,
     ContainerRecommendation,
@@ -85,9 +86,16 @@ def parse_duration(value: object) -> object:
     return value
 
 
-CpuQuantity = Annotated[float, BeforeValidator(parse_cpu), Field(ge=0)]
-MemoryQuantity = Annotated[float, BeforeValidator(parse_memory), Field(ge=0)]
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+# Finite and bounded (engine/core/bounds.py): "Infinity", 1e300 or a 400-digit number is refused.
+CpuQuantity = Annotated[
+    float, BeforeValidator(parse_cpu), Field(ge=0, le=MAX_CPU_CORES, allow_inf_nan=False)
+]
+MemoryQuantity = Annotated[
+    float, BeforeValidator(parse_memory), Field(ge=0, le=MAX_MEMORY_BYTES, allow_inf_nan=False)
+]
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), Field(ge=0, le=10 * 365 * 86400, allow_inf_nan=False)
+]
 
 
 def ceil_cpu(cores: float) -> float:
@@ -109,7 +117,10 @@ def fmt_memory(n_bytes: float) -> str:
 
 
 def fmt_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+    except (OverflowError, ValueError, OSError):  # NaN, 1e300: say so instead of raising
+        return f"t={ts!r}"
 
 
 def fmt_duration(seconds: float) -> str:
@@ -134,7 +145,7 @@ _QUANTILES: tuple[tuple[float, str], ...] = (
 class EstimatorParams(BaseModel):
     """Knobs of the estimator chain; defaults follow KRR "simple" and the VPA recommender."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     cpu_percentile: float = Field(95.0, ge=50, le=100)
     cpu_headroom: float = Field(0.15, ge=0, le=5)
@@ -154,13 +165,13 @@ class EstimatorParams(BaseModel):
     cpu_cap: CpuQuantity | None = None
     memory_cap: MemoryQuantity | None = None
     # at most x factor up or 1/factor down per change (the next step toward the target); None = off
-    max_step: float | None = Field(2.0, ge=1)
+    max_step: float | None = Field(2.0, ge=1, le=1000)
     # growth-aware memory: the robust (Theil-Sen) trend of the window peaks, projected this far
     memory_growth_horizon: Duration = 0.0
-    memory_growth_min_windows: int = Field(3, ge=2)
+    memory_growth_min_windows: int = Field(3, ge=2, le=1000)
     oom_bump_factor: float = Field(1.2, ge=1, le=10)  # after an OOMKill: x factor of the limit...
     oom_bump_min: MemoryQuantity = 100 * MIB  # ...and at least this much more (VPA: 1.2, 100Mi)
-    min_samples: int = Field(100, ge=1)
+    min_samples: int = Field(100, ge=1, le=2**31)
     min_history: Duration = 3 * 3600.0
     oom_lookback: Duration = 7 * 86400.0
     medium_history: Duration = 86400.0

@@ -34,6 +34,8 @@ Targets set to ``None`` mean "leave unchanged".
 
 from __future__ import annotations
 
+import math
+
 from engine.core.cost import DEFAULT_PRICES, Prices, savings, target_savings
 from engine.core.estimators import current_memory, fmt_duration, fmt_memory, fmt_time
 from engine.core.model import (
@@ -80,7 +82,9 @@ def protect_memory(
     """Never decrease memory of a container OOMKilled within ``lookback``."""
     at = c.current.last_oom_at
     floor = current_memory(c.current)
-    if at is None or now - at > lookback or floor is None or c.memory_request is None:
+    if at is None or floor is None or c.memory_request is None:
+        return c
+    if math.isfinite(at) and now - at > lookback:  # an unreadable time protects (conservative)
         return c
     if c.memory_request >= floor and (c.memory_limit is None or c.memory_limit >= floor):
         return c

@@ -22,6 +22,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from engine.core.bounds import one_line
 from engine.core.model import Action, ContainerRecommendation, Decision
 
 MIB = 1024 * 1024
@@ -292,8 +293,10 @@ def apply_decisions(decisions: Iterable[Decision]) -> list[Decision]:
     return [by_workload[k] for k in sorted(by_workload)]
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _one_line(text: str, limit: int = 512) -> str:
+    """Every field that goes into a commit message is one printable line: a newline or a bidi
+    override in a record cannot forge a trailer (``Kubefinops-Cycle: …``) or hide text."""
+    return one_line(text, limit)
 
 
 def _money(value: float, currency: str) -> str:
@@ -310,10 +313,11 @@ def commit_message(cycle_id: str, decisions: Sequence[Decision]) -> str:
     currency = decisions[0].savings.currency if decisions else "USD"
     for decision in decisions:
         delta += decision.savings.monthly_delta
-        changes = "; ".join(c.describe() for c in visible_changes(decision))
-        body.append(f"- {decision.workload_id}: {changes} ({_one_line(decision.reason)})")
-        trailers.append(f"Kubefinops-Workload: {decision.workload_id} {changes}")
-    trailers.append(f"Kubefinops-Monthly-Delta: {_money(delta, currency)}")
+        wid = _one_line(decision.workload_id)
+        changes = _one_line("; ".join(c.describe() for c in visible_changes(decision)), 2048)
+        body.append(f"- {wid}: {changes} ({_one_line(decision.reason)})")
+        trailers.append(f"Kubefinops-Workload: {wid} {changes}")
+    trailers.append(f"Kubefinops-Monthly-Delta: {_money(delta, _one_line(currency, 8))}")
     trailers.extend(f"Kubefinops-Decision: {_one_line(d.id)}" for d in decisions)
     return "\n".join([subject, "", *body, "", *trailers]) + "\n"
 

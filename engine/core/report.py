@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.core.model import Action, Decision, Execution
 from engine.core.patches import Change, parse_quantity, visible_changes
+from engine.core.verification import Verification
 
 _APPLIED = ("pushed", "committed")
 
@@ -36,6 +37,8 @@ class CycleReport(BaseModel):
     held: dict[str, str] = {}  # workload id -> why the executor held it (e.g. human edit)
     inputs: dict[str, Any] = {}  # summary of the inputs: workloads seen, samples, window...
     policies: dict[str, int] = {}  # policy id -> version in force
+    # outcomes of earlier changes recorded since the previous cycle (docs/verification.md)
+    verifications: list[Verification] = []
 
 
 _HELD = re.compile(r"held (\S+): (.*?)(?=; held |$)")
@@ -173,7 +176,39 @@ def summarize(report: CycleReport) -> dict[str, Any]:
         "changed": changed,
         "increases": increases,
         "not_applied": not_applied,
+        "verifications": [verification_row(v) for v in report.verifications],
     }
+
+
+def verification_row(v: Verification) -> dict[str, Any]:
+    return {
+        "workload": v.workload_id,
+        "verification": v.id,
+        "outcome": v.phase.value,
+        "cause": v.cause,
+        "commit_sha": v.commit_sha,
+        "revert_sha": v.revert_sha,
+        "changes": v.changes(),
+        "detail": v.detail,
+        "evidence": [e.line() for e in v.evidence],
+        "penalty_until": None if v.penalty_until is None else _iso(v.penalty_until),
+    }
+
+
+def _verification_rows(s: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["workload"],
+            r["outcome"] + (f" ({r['cause']})" if r["cause"] else ""),
+            r["changes"],
+            "; ".join([r["detail"], *r["evidence"]]),
+            (r["revert_sha"] or "")[:12],
+        ]
+        for r in s["verifications"]
+    ]
+
+
+_VERIFICATION_HEADERS = ["workload", "outcome", "change", "evidence", "revert commit"]
 
 
 def render_json(report: CycleReport) -> str:
@@ -261,6 +296,10 @@ def render_markdown(report: CycleReport) -> str:
             )
     else:
         lines.append("Nothing held or skipped.")
+    if s["verifications"]:
+        lines += ["", "## Verified apply: earlier changes", ""]
+        lines += ["| " + " | ".join(_VERIFICATION_HEADERS) + " |", "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in _verification_rows(s)]
     return "\n".join(lines) + "\n"
 
 
@@ -306,6 +345,12 @@ def render_html(report: CycleReport) -> str:
         ["workload", "action", "guardrail", "reason"],
         [[h["workload"], h["action"], h["guardrail"], h["reason"]] for h in s["not_applied"]],
     )
+    verified = (
+        f"<h2>Verified apply: earlier changes ({len(s['verifications'])})</h2>\n"
+        f'<div id="verifications">{_table(_VERIFICATION_HEADERS, _verification_rows(s))}</div>\n'
+        if s["verifications"]
+        else ""
+    )
     title = f"KubeFinOps cycle report {s['cycle']}"
     commit = _h(ex.get("commit_sha") or "none")
     saved = _h(_money(t["monthly_savings"], cur))
@@ -336,7 +381,7 @@ net monthly delta: {_h(_money(t["monthly_delta"], cur))}</p>
 <div id="increases">{risks}</div>
 <h2>Held and skipped ({t["not_applied"]})</h2>
 <div id="held">{held}</div>
-</body>
+{verified}</body>
 </html>
 """
 

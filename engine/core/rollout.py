@@ -293,6 +293,16 @@ def cpu_limited(v: Verification, rollout: Rollout, container: str) -> bool:
     return any((container, "limits", "cpu") in p.values for p in rollout.pods)
 
 
+def lowers_memory(v: Verification, container: str) -> bool:
+    """The change lowered (or newly capped) the container's memory: an OOM can be its doing.
+    A change that only moved CPU, or raised memory, is not blamed for an OOM."""
+    for e in v.expected:
+        if e.container == container and e.resource == "memory":
+            if e.old is None or parse_quantity(e.new) < parse_quantity(e.old):
+                return True
+    return False
+
+
 def evidence(v: Verification, rollout: Rollout, signals: Signals, now: float) -> list[Evidence]:
     """Regressions attributed to ``v``, most specific first (oom, restarts, throttling,
     readiness, slo).  While pending only crashes count: a rollout in progress is not a
@@ -303,7 +313,7 @@ def evidence(v: Verification, rollout: Rollout, signals: Signals, now: float) ->
     for pod in pods:
         for container, at in sorted(pod.oom_at.items()):
             when = now if at is None else at
-            if container in changed and when > v.applied_at:
+            if container in changed and when > v.applied_at and lowers_memory(v, container):
                 limit = pod.values.get((container, "limits", "memory"))
                 note = f"memory limit {fmt_memory(limit)}" if limit else ""
                 out.append(

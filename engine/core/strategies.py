@@ -99,6 +99,7 @@ class Autopilot:
             last_applied_id=state.last_applied_id,
             now=now,
             prices=self.prices,
+            penalty_until=state.penalty_until,
         )
         applied = (
             {c.name: _values(c) for c in dec.containers if has_targets(c)}

@@ -8,7 +8,7 @@ Sample{value, timestamp}``), and a snappy block made only of literals is valid s
 simply not compressed).  A sample with the value ``STALE`` is Prometheus' staleness marker: the
 series ends there, exactly as when a scraped pod disappears.
 
-Fixture ``live_prometheus`` (function scope): an empty Prometheus with the receiver on, and a
+Fixture ``prometheus_rw`` (function scope): an empty Prometheus with the receiver on, and a
 :class:`RemoteWriter` for it.
 """
 
@@ -151,7 +151,7 @@ def start_live_prometheus(workdir: Path) -> LivePrometheus:
 
 
 @pytest.fixture
-def live_prometheus(tmp_path: Path) -> Iterator[LivePrometheus]:
+def prometheus_rw(tmp_path: Path) -> Iterator[LivePrometheus]:
     prom = start_live_prometheus(tmp_path / "prometheus-live")
     try:
         yield prom

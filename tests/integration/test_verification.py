@@ -135,15 +135,15 @@ def params(**kw: float) -> VerificationParams:
 
 
 def test_new_requests_on_all_ready_pods_make_the_change_live_then_healthy(
-    live_prometheus: LivePrometheus, tmp_path: Path
+    prometheus_rw: LivePrometheus, tmp_path: Path
 ) -> None:
-    sim = SimDeployment(live_prometheus.writer)
+    sim = SimDeployment(prometheus_rw.writer)
     sim.start(OLD)
     v = start(lowered_memory(), _execution(time.time()), params(window=3.0))
     assert v is not None
 
     async def scenario() -> tuple[Verification, Verification, Verification]:
-        async with PrometheusClient(settings_for(live_prometheus, None, tmp_path)) as client:
+        async with PrometheusClient(settings_for(prometheus_rw, None, tmp_path)) as client:
             telemetry = ClusterTelemetry(client)
             before = await check(telemetry, v, time.time(), autopilot=True)
             sim.rollout(NEW)
@@ -163,15 +163,15 @@ def test_new_requests_on_all_ready_pods_make_the_change_live_then_healthy(
 
 
 def test_a_change_whose_requests_never_change_is_not_synced_after_the_deadline(
-    live_prometheus: LivePrometheus, tmp_path: Path
+    prometheus_rw: LivePrometheus, tmp_path: Path
 ) -> None:
-    sim = SimDeployment(live_prometheus.writer)
+    sim = SimDeployment(prometheus_rw.writer)
     sim.start(OLD)
     v = start(lowered_memory(), _execution(time.time()), params(deadline=2.0))
     assert v is not None
 
     async def scenario() -> Verification:
-        async with PrometheusClient(settings_for(live_prometheus, None, tmp_path)) as client:
+        async with PrometheusClient(settings_for(prometheus_rw, None, tmp_path)) as client:
             return await watch_until(ClusterTelemetry(client), v, {Phase.NOT_SYNCED, Phase.LIVE})
 
     out = asyncio.run(scenario())
@@ -196,12 +196,12 @@ def _execution(at: float, sha: str = "0" * 40, cycle: str = "c-test"):
 
 
 def test_oom_after_a_lowered_limit_reverts_once_through_git_and_holds_the_next_decrease(
-    live_prometheus: LivePrometheus, git_remote: GitRemote, tmp_path: Path
+    prometheus_rw: LivePrometheus, git_remote: GitRemote, tmp_path: Path
 ) -> None:
     remote = git_remote.fresh("verify-oom")
-    settings = settings_for(live_prometheus, remote, tmp_path)
+    settings = settings_for(prometheus_rw, remote, tmp_path)
     writer = GitOpsWriter(settings)
-    sim = SimDeployment(live_prometheus.writer)
+    sim = SimDeployment(prometheus_rw.writer)
     sim.start(OLD)
 
     async def scenario() -> tuple[Verification, Verification, Verification]:
@@ -286,12 +286,12 @@ def test_oom_after_a_lowered_limit_reverts_once_through_git_and_holds_the_next_d
 
 
 def test_a_healthy_window_makes_no_commit(
-    live_prometheus: LivePrometheus, git_remote: GitRemote, tmp_path: Path
+    prometheus_rw: LivePrometheus, git_remote: GitRemote, tmp_path: Path
 ) -> None:
     remote = git_remote.fresh("verify-healthy")
-    settings = settings_for(live_prometheus, remote, tmp_path)
+    settings = settings_for(prometheus_rw, remote, tmp_path)
     writer = GitOpsWriter(settings)
-    sim = SimDeployment(live_prometheus.writer)
+    sim = SimDeployment(prometheus_rw.writer)
     sim.start(OLD)
 
     async def scenario() -> Verification:

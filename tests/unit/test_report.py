@@ -66,7 +66,7 @@ def make(
     *,
     outcome: str = "pushed",
     held: dict[str, str] | None = None,
-    cycle: str = "cycle/7",
+    cycle: str = "cycle-7",
 ) -> rp.CycleReport:
     ex = Execution(
         id="e",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -314,6 +315,16 @@ def test_an_oom_not_caused_by_the_change_is_not_attributed(
     )
 
 
+def test_an_oom_after_a_change_that_did_not_lower_memory_is_not_attributed() -> None:
+    raised = start(
+        decision(mem=600 * MIB, cpu=0.25), execution(), VerificationParams()
+    )  # memory 512Mi -> 600Mi, cpu 500m -> 250m
+    assert raised is not None
+    more = {"cpu": 0.25, "mem": 600 * MIB}
+    rollout = parse_rollout(oom_cluster(T0 + 120, pod_values=more), raised)
+    assert evidence(raised, rollout, Signals(), T0 + 130) == []
+
+
 def test_recommend_mode_reports_the_regression_without_a_revert() -> None:
     v = watch()
     found = evidence(v, parse_rollout(oom_cluster(T0 + 120), v), Signals(), T0 + 130)
@@ -549,3 +560,26 @@ def test_policy_overrides_resolve_over_the_worker_defaults() -> None:
     assert VerificationOverrides().resolve(VerificationParams()) == VerificationParams()
     with pytest.raises(Exception, match=r"verification\.throttling"):
         validate_policy({"id": "p", "verification": {"throttling": 2}})
+
+
+def test_cycle_report_lists_the_outcomes_of_earlier_changes() -> None:
+    from engine.core import report as rp
+
+    v = watch()
+    found = evidence(v, parse_rollout(oom_cluster(T0 + 120), v), Signals(), T0 + 130)
+    v = reverted(
+        advance(v, T0 + 130, live=(False, ""), evidence=found, autopilot=True),
+        "f" * 40,
+        T0 + 140,
+        "reverted",
+    )
+    report = rp.CycleReport(cycle_id="c2", generated_at=T0 + 3600, decisions=[], verifications=[v])
+    (row,) = json.loads(rp.render_json(report))["verifications"]
+    assert (row["outcome"], row["cause"], row["revert_sha"]) == ("reverted", "oom", "f" * 40)
+    assert "OOMKilled" in row["evidence"][0]
+    assert "## Verified apply: earlier changes" in rp.render_markdown(report)
+    assert 'id="verifications"' in rp.render_html(report) and "ffffffffffff" in rp.render_html(
+        report
+    )
+    bare = rp.CycleReport(cycle_id="c3", generated_at=T0, decisions=[])
+    assert "Verified apply" not in rp.render_markdown(bare) + rp.render_html(bare)

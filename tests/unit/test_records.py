@@ -1,0 +1,68 @@
+"""Decoding topic records for operators: never a crash, always a reason (engine.core.records)."""
+
+from __future__ import annotations
+
+import json
+
+from engine.core.model import DeadLetter, MetricsBatch
+from engine.core.records import Letter, decode, group_dead_letters, replay_check
+
+BATCH = MetricsBatch(
+    namespace="shop",
+    kind="Deployment",
+    workload="checkout",
+    container="app",
+    start=0,
+    end=60,
+    samples={"cpu": [(30.0, 0.5), (60.0, 0.7)], "memory": [(60.0, 1e8)]},
+)
+
+
+def letter(reason: str, value: str, topic: str = "kubefinops.metrics") -> DeadLetter:
+    return DeadLetter(
+        topic=topic, key="shop/Deployment/checkout", reason=reason, value=value,
+        rejected_at=1.0, agent="aggregator",
+    )  # fmt: skip
+
+
+def test_decode_known_unknown_and_tombstone() -> None:
+    ok = decode("metrics", BATCH.model_dump_json().encode())
+    assert ok.kind == "MetricsBatch" and ok.error is None
+    assert ok.summary == "usage shop/Deployment/checkout/app (0, 60]: cpu 2, memory 1 samples"
+    assert ok.value["samples"]["cpu"] == [[30.0, 0.5], [60.0, 0.7]]
+    bad = decode("metrics", b"{not json")
+    assert bad.kind == "raw" and bad.value == "{not json" and "invalid JSON" in (bad.error or "")
+    odd = decode("decisions", json.dumps({"id": 1}).encode())
+    assert odd.kind == "raw" and odd.error and odd.error.startswith("Decision.")
+    assert decode("workloads", None).kind == "tombstone"
+    assert decode("somebody-elses", b'{"a": 1}').kind == "json"
+    assert decode("somebody-elses", b"\xff\xfe").kind == "raw"
+
+
+def test_group_dead_letters_counts_filters_and_samples() -> None:
+    letters = [
+        Letter(0, i, letter(f"MetricsRecord.usage.workload: Field required #{i}", "{}"))
+        for i in range(5)
+    ] + [Letter(0, 9, letter("invalid policy: mode", "{}", topic="kubefinops.policies"))]
+    groups = group_dead_letters(letters, samples=2)
+    assert [(g.reason, g.count) for g in groups] == [
+        ("MetricsRecord.usage.workload", 5),
+        ("invalid policy", 1),
+    ]
+    assert [s.offset for s in groups[0].samples] == [0, 1]
+    only = group_dead_letters(letters, reason="POLICY")
+    assert [(g.reason, g.count, g.topics) for g in only] == [
+        ("invalid policy", 1, {"kubefinops.policies": 1})
+    ]
+
+
+def test_replay_only_what_is_valid_now() -> None:
+    broken = json.loads(BATCH.model_dump_json())
+    del broken["workload"]
+    assert "workload" in (replay_check(letter("x", json.dumps(broken)), "kubefinops", 1000) or "")
+    assert replay_check(letter("x", BATCH.model_dump_json()), "kubefinops", 10_000) is None
+    assert "truncated" in (
+        replay_check(letter("x", BATCH.model_dump_json()), "kubefinops", 50) or ""
+    )
+    other = letter("x", BATCH.model_dump_json(), topic="other.metrics")
+    assert "not a topic of this app" in (replay_check(other, "kubefinops", 10_000) or "")
