@@ -33,7 +33,7 @@ def build_services(settings: Settings) -> dict[str, Any]:
 def build_runtime(settings: Settings, services: dict[str, Any] | None = None) -> Runtime:
     from agents import aggregator, collector, executor, gate, lag, ledger, policies, reporter, web
     from engine.app import create_app, declare_topics
-    from engine.metrics import init_series
+    from engine.metrics import FLEET, init_series
     from tables import declare_tables
 
     app = create_app(settings)
@@ -49,5 +49,7 @@ def build_runtime(settings: Settings, services: dict[str, Any] | None = None) ->
     modules = (policies, collector, aggregator, gate, executor, ledger, reporter, lag, web)
     for module in modules:
         module.register(rt)
+    FLEET.top = settings.metrics_top_workloads
+    FLEET.stale_seconds = 3 * settings.collect_interval_seconds
     init_series(tuple(getattr(m, "AGENT", "") for m in modules if hasattr(m, "AGENT")))
     return rt

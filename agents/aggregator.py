@@ -73,7 +73,7 @@ async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes |
 
 
 def register(rt: Runtime) -> None:
-    cache = UsageCache()
+    cache = UsageCache(rt.settings.usage_cache_bytes)
 
     @rt.app.agent(rt.topics.metrics, name="kubefinops.agents.aggregator")
     async def aggregate(stream: Any) -> None:

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from agents.runtime import Runtime, parse_or_park
+from engine.core.cycles import split_cycle
 from engine.core.model import Action, CycleSummary, Decision, Execution
 from engine.errors import PermanentError, RetryableError
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES, RECORDS_PROCESSED, SAVINGS_REALISED
@@ -93,9 +94,11 @@ async def publish(rt: Runtime, decisions: list[Decision], execution: Execution) 
     summary = CycleSummary(
         cycle=execution.cycle, decisions=decisions, execution=execution, policies=policies
     )
-    await rt.topics.cycles.send(
-        key=execution.cycle.encode(), value=summary.model_dump_json().encode()
-    )
+    # In parts: a cycle of thousands of decisions is far over Kafka's message limit.
+    for part in split_cycle(summary):
+        await rt.topics.cycles.send(
+            key=execution.cycle.encode(), value=part.model_dump_json().encode()
+        )
 
 
 def register(rt: Runtime) -> None:

@@ -2,10 +2,11 @@
 
 * ``GET /health`` — liveness: the event loop answers.
 * ``GET /ready`` — readiness: connected to the broker, partitions assigned, tables recovered.
-* ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`.
+* ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`, generated in a thread;
+  bounded at fleet scale (per-workload series for the top workloads only).
 * ``GET /api/usage/{namespace}/{kind}/{name}`` — percentiles, max, count and span per container and
-  resource; routed to the worker that owns the workload's partition.  Behind the read token
-  (``KUBEFINOPS_API_READ_TOKEN``, or the API token) when one is set.
+  resource; routed to the worker that owns the workload's partition; 503 until ``/ready``.
+  Behind the read token (``KUBEFINOPS_API_READ_TOKEN``, or the API token) when one is set.
 * ``GET|PUT|DELETE /api/policies[/{id}]`` — bearer-token guarded; invalid documents get 400 with
   the field and the reason and are not stored.
 
@@ -17,6 +18,7 @@ patterns; 409 when another writer stored the same policy version first.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -25,7 +27,6 @@ from typing import Any
 
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
-from prometheus_client import generate_latest
 from yarl import URL
 
 from agents import collector
@@ -36,7 +37,7 @@ from engine.core import bounds
 from engine.core.model import RESOURCES, WorkloadSpec, workload_id
 from engine.core.usage import ContainerUsage
 from engine.errors import DependencyUnavailable, InvalidPolicy, KubeFinOpsError
-from engine.metrics import REGISTRY
+from engine.metrics import scrape
 
 log = logging.getLogger("kubefinops.web")
 EXPOSITION = "text/plain; version=0.0.4"
@@ -169,8 +170,10 @@ def register(rt: Runtime) -> None:
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
+            # In a thread: the event loop keeps consuming while the text is generated.
+            body = await asyncio.get_running_loop().run_in_executor(None, scrape)
             # aiohttp adds "; charset=utf-8" itself and refuses it in content_type.
-            return self.text(generate_latest(REGISTRY).decode(), content_type=EXPOSITION)
+            return self.text(body.decode(), content_type=EXPOSITION)
 
     @app.page("/api/usage/{namespace}/{kind}/{name}")
     class Usage(View):
@@ -181,6 +184,15 @@ def register(rt: Runtime) -> None:
                     status=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+            ok, state = ready_state(rt)
+            if not ok:
+                # Recovering tables answer with partial (or no) state: say so instead of 200.
+                return self.json(
+                    {"error": "worker not ready: tables recovering or partitions unassigned",
+                     **state},
+                    status=503,
+                    headers={"Retry-After": "2"},
+                )  # fmt: skip
             wid = workload_id(namespace, kind, name)
             if not bounds.is_workload_id(wid):
                 return self.json({"error": f"not a workload id: {wid[:300]!r}"}, status=400)

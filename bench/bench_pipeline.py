@@ -380,8 +380,9 @@ def main() -> None:
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
         f"python {sys.version.split()[0]}"
     )
-    stack = Stack().start()
+    stack = Stack()
     try:
+        stack.start()  # inside the try: a later server failing to start stops the earlier ones
         env = dict(item.split("=", 1) for item in args.worker_env)
         if env:
             print(f"# extra worker environment: {env}")

@@ -134,9 +134,18 @@ class LocalReports:
     def __init__(self, folder: Path, on_report: Any) -> None:
         self.folder = folder
         self.on_report = on_report
+        self._parts: dict[str, list[CycleSummary]] = {}  # a big cycle's parts (in memory: a demo)
 
     async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
+        from engine.core.cycles import join_cycle
         from engine.core.report import CycleReport, documents, held_from_detail
+
+        if summary.parts > 1:
+            got = self._parts.setdefault(summary.cycle, [])
+            got.append(summary)
+            if len({p.part for p in got}) < summary.parts:
+                return []
+            summary = join_cycle(self._parts.pop(summary.cycle))
 
         report = CycleReport(
             cycle_id=summary.cycle,

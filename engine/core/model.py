@@ -338,14 +338,27 @@ class Execution(Wire):
 
 
 class CycleSummary(Wire):
-    """Internal record on ``kubefinops.cycles``: every decision the executor handled in one
-    cycle and what happened to them, for the reporter."""
+    """Internal record on ``kubefinops.cycles``: the decisions the executor handled in one
+    cycle and what happened to them, for the reporter.
+
+    A big cycle travels as ``parts`` records (``part`` = 0..parts-1, same key), each with its
+    own decisions and their share of the execution, so no record grows with the fleet
+    (:mod:`engine.core.cycles`); the reporter writes one report once it has every part.
+    """
 
     cycle: RecordId
     decisions: Annotated[list[Decision], Field(max_length=b.MAX_DECISIONS)]
     execution: Execution
     # policy id -> version in force
     policies: Annotated[dict[PolicyId, Count], Field(max_length=10_000)] = {}
+    part: int = Field(default=0, ge=0)
+    parts: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> CycleSummary:
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} of {self.parts}")
+        return self
 
 
 class DeadLetter(Wire):
