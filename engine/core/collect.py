@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 from pydantic import ValidationError
 
 from engine.core.model import (
@@ -135,9 +136,12 @@ SPEC_METRICS = (
 )
 
 
-def spec_expr() -> str:
-    """One instant selector for every kube-state-metrics series a spec needs."""
-    return '{__name__=~"' + "|".join(SPEC_METRICS) + '"}'
+def spec_expr(matchers: str = "") -> str:
+    """One instant selector for every kube-state-metrics series a spec needs (``matchers``:
+    more label matchers, e.g. a namespace)."""
+    return (
+        '{__name__=~"' + "|".join(SPEC_METRICS) + '"' + (f",{matchers}" if matchers else "") + "}"
+    )
 
 
 def owner_expr(metric: str, window: int) -> str:
@@ -159,6 +163,22 @@ def _value(pair: Any, where: str) -> tuple[float, float] | None:
     except (TypeError, ValueError, OverflowError):
         raise MalformedResponse(f"{where}: sample {pair!r:.60} is not numeric") from None
     return (ts, val) if math.isfinite(val) and math.isfinite(ts) else None
+
+
+def _values(raw: list[Any], where: str) -> list[tuple[float, float]]:
+    """Finite ``(timestamp, value)`` pairs; numpy converts the ``"value"`` strings in C (a
+    Python loop was 5 µs a point, most of a one-shot run), anything odd takes the checked path
+    that names the bad sample."""
+    if not raw:
+        return []
+    try:
+        arr = np.array(raw, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        arr = None
+    if arr is None or arr.ndim != 2 or arr.shape[1] != 2:
+        return [v for v in (_value(p, where) for p in raw) if v is not None]
+    keep = np.isfinite(arr).all(axis=1)
+    return list(zip(arr[keep, 0].tolist(), arr[keep, 1].tolist(), strict=True))
 
 
 def parse_result(doc: Any, expect: str) -> list[Series]:
@@ -191,9 +211,18 @@ def parse_result(doc: Any, expect: str) -> list[Series]:
                 raise MalformedResponse(f"{where}.values missing or not a list")
         else:
             raw = [item.get("value")]
-        values = [v for v in (_value(p, where) for p in raw) if v is not None]
-        out.append(Series(dict(labels), values))
+        out.append(Series(dict(labels), _values(raw, where)))
     return out
+
+
+def parse_series(doc: Any) -> list[Series]:
+    """A decoded ``/api/v1/series`` body: label sets only (no values)."""
+    if not isinstance(doc, dict) or doc.get("status") != "success":
+        raise MalformedResponse("series response is not a success object")
+    data = doc.get("data")
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise MalformedResponse("series data is not a list of label sets")
+    return [Series({str(k): str(v) for k, v in d.items()}, []) for d in data]
 
 
 # --- owners -------------------------------------------------------------------------------------

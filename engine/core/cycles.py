@@ -1,107 +1,107 @@
-"""Which decisions make one apply cycle (pure): decisions are grouped by the collection cycle
-they belong to (``Decision.cycle``), not by when they happen to arrive.
+"""Cycle records of any size (pure): split into parts no bigger than a Kafka message should be,
+and joined back into the one cycle the report describes.
 
-The collector knows how many workloads a cycle has and says so with a :class:`CycleManifest` on
-the decisions topic; a cycle is complete when it has a decision for that many workloads.  Until
-then nothing is applied, whatever the arrival spread (a MongoDB outage slowing the gate, a
-rebalance, a slow partition).  Two fallbacks keep a cycle from waiting for ever:
-
-* no manifest (records produced by hand, the demo): the cycle is ready once no decision of it
-  arrived for ``quiet`` seconds;
-* a manifest whose count is never reached (a workload's recommendation was dead-lettered): the
-  cycle is ready ``timeout`` seconds after its first decision, with what it has.
-
-The state is plain data so the executor can keep it in a changelog-backed table: a decision that
-was consumed is never lost by a crash before its cycle is applied.
+A cycle of 10,000 decisions serialized as one ``CycleSummary`` is ~20 MB, far over Kafka's 1 MiB
+default message limit (the send failed at ~580 decisions).  :func:`split_cycle` cuts it into
+parts of at most ``max_bytes`` of decisions each, every part a complete, valid ``CycleSummary``
+carrying ``part``/``parts`` and only its own decisions' share of the execution (applied ids and
+``Execution.held``), so no record grows with the fleet.  :func:`join_cycle` is the
+inverse: same decisions in the same order, the execution's lists re-united.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from engine.core.model import CycleSummary, Decision, Execution
 
-from pydantic import Field
-
-from engine.core.model import Decision, RecordId, Wire
-
-DEFAULT_QUIET_SECONDS = 10.0
-DEFAULT_TIMEOUT_SECONDS = 900.0
+# Well under Kafka's 1 MiB default (message.max.bytes / max.request.size), leaving room for the
+# envelope, the execution and the policy map, and for a broker configured lower than the default.
+MAX_PART_BYTES = 256 * 1024
 
 
-class CycleManifest(Wire):
-    """On ``kubefinops.decisions`` after the collector published a cycle's markers."""
-
-    type: Literal["cycle-manifest"] = "cycle-manifest"
-    cycle: RecordId
-    workloads: int = Field(ge=0, le=10_000_000)
-    at: float = Field(ge=0)
-
-
-@dataclass
-class PendingCycle:
-    cycle: str
-    expected: int | None = None
-    first_seen: float | None = None
-    last_seen: float | None = None
-    decisions: dict[str, Decision] = field(default_factory=dict)  # workload id -> last decision
-
-    def add(self, decision: Decision, now: float) -> None:
-        self.decisions[decision.workload_id] = decision
-        self.first_seen = now if self.first_seen is None else min(self.first_seen, now)
-        self.last_seen = now if self.last_seen is None else max(self.last_seen, now)
-
-    def expect(self, manifest: CycleManifest, now: float) -> None:
-        self.expected = manifest.workloads
-        if self.first_seen is None:
-            self.first_seen = now
-
-    def ready(self, now: float, *, quiet: float, timeout: float) -> str | None:
-        """Why the cycle is ready to apply now (``complete``/``quiet``/``timeout``), or None."""
-        if self.expected is not None:
-            if len(self.decisions) >= self.expected:
-                return "complete"
-            if self.first_seen is not None and now - self.first_seen >= timeout:
-                return "timeout"
-            return None
-        if self.last_seen is not None and now - self.last_seen >= quiet:
-            return "quiet"
-        return None
-
-    # --- table codec: the cycle's facts; each decision is its own table row (a cycle of 10,000
-    # workloads must not become one 10 MB value)
-    def meta(self) -> dict[str, Any]:
-        return {
-            "cycle": self.cycle,
-            "expected": self.expected,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
+def _share(execution: Execution, decisions: list[Decision], first: bool) -> Execution:
+    """The part of ``execution`` about ``decisions`` (generic detail text goes in part 0)."""
+    ids = {d.id for d in decisions}
+    wids = {d.workload_id for d in decisions}
+    pairs = [
+        (w, d)
+        for w, d in zip(execution.workload_ids, execution.decision_ids, strict=False)
+        if d in ids
+    ]
+    return execution.model_copy(
+        update={
+            "workload_ids": [w for w, _ in pairs],
+            "decision_ids": [d for _, d in pairs],
+            "detail": execution.detail if first else "",
+            "held": {w: why for w, why in execution.held.items() if w in wids},
         }
+    )
 
-    @classmethod
-    def from_meta(cls, data: dict[str, Any], decisions: list[Decision]) -> PendingCycle:
-        pending = cls(
-            cycle=str(data["cycle"]),
-            expected=data.get("expected"),
-            first_seen=data.get("first_seen"),
-            last_seen=data.get("last_seen"),
+
+def split_cycle(summary: CycleSummary, max_bytes: int = MAX_PART_BYTES) -> list[CycleSummary]:
+    """``summary`` as parts of at most ``max_bytes`` of decisions each (one part if it fits).
+
+    A single decision larger than ``max_bytes`` travels alone in its part.
+    """
+    groups: list[list[Decision]] = [[]]
+    size = 0
+    for d in summary.decisions:
+        n = len(d.model_dump_json())
+        if groups[-1] and size + n > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(d)
+        size += n
+    if len(groups) == 1:
+        return [summary.model_copy(update={"part": 0, "parts": 1})]
+    return [
+        summary.model_copy(
+            update={
+                "decisions": group,
+                "execution": _share(summary.execution, group, i == 0),
+                "part": i,
+                "parts": len(groups),
+            }
         )
-        for d in decisions:
-            pending.decisions[d.workload_id] = d
-        return pending
+        for i, group in enumerate(groups)
+    ]
 
 
-def cycle_key(decision: Decision) -> str:
-    """The pending-cycle key of a decision: its collection cycle, or its own id without one."""
-    return decision.cycle or f"single-{decision.id}"
+class IncompleteCycle(ValueError):
+    """The parts given are not exactly parts ``0..parts-1`` of one cycle."""
 
 
-def ready_cycles(
-    pending: dict[str, PendingCycle], now: float, *, quiet: float, timeout: float
-) -> list[tuple[str, str]]:
-    """``(cycle, why)`` of every pending cycle ready to apply, oldest first."""
-    out = []
-    for key, p in sorted(pending.items(), key=lambda kv: kv[1].first_seen or 0.0):
-        why = p.ready(now, quiet=quiet, timeout=timeout)
-        if why is not None:
-            out.append((key, why))
-    return out
+def join_cycle(parts: list[CycleSummary]) -> CycleSummary:
+    """The whole cycle from all its parts (any order; a re-delivered duplicate is ignored)."""
+    if not parts:
+        raise IncompleteCycle("no parts")
+    by_index = {p.part: p for p in parts}
+    first = by_index.get(0) or parts[0]
+    total = first.parts
+    if {p.cycle for p in parts} != {first.cycle} or {p.parts for p in parts} != {total}:
+        raise IncompleteCycle(f"parts of different cycles or counts for {first.cycle}")
+    if sorted(by_index) != list(range(total)):
+        missing = sorted(set(range(total)) - set(by_index))
+        raise IncompleteCycle(f"cycle {first.cycle}: missing parts {missing[:10]}")
+    ordered = [by_index[i] for i in range(total)]
+    held: dict[str, str] = {}
+    for p in ordered:
+        held.update(p.execution.held)
+    execution = first.execution.model_copy(
+        update={
+            "workload_ids": [w for p in ordered for w in p.execution.workload_ids],
+            "decision_ids": [d for p in ordered for d in p.execution.decision_ids],
+            "held": held,
+        }
+    )
+    policies: dict[str, int] = {}
+    for p in ordered:
+        policies.update(p.policies)
+    return first.model_copy(
+        update={
+            "decisions": [d for p in ordered for d in p.decisions],
+            "execution": execution,
+            "policies": policies,
+            "part": 0,
+            "parts": 1,
+        }
+    )

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -21,6 +22,7 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -149,6 +151,9 @@ class UsageSummary(Wire):
     count: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
+    # Peak of each usage window (daily by default), oldest first: the growth trend of memory.
+    window_max: tuple[float, ...] = ()
+    window_seconds: float = 86_400.0
 
     @property
     def span_seconds(self) -> float:
@@ -216,13 +221,26 @@ class Confidence(StrEnum):
     HIGH = "high"
 
 
+class Targets(Wire):
+    """What the estimators say, before the autopilot's max-step guardrail."""
+
+    cpu_request: float | None = None
+    cpu_limit: float | None = None
+    memory_request: float | None = None
+    memory_limit: float | None = None
+
+
 class ContainerRecommendation(Wire):
+    """``cpu_request``... are the next *step* the gate may apply; ``target`` is the estimate it
+    steps toward (``None``: the step is the target)."""
+
     name: ContainerName
     current: ContainerSpec
     cpu_request: TargetCores | None = None
     cpu_limit: TargetCores | None = None
     memory_request: TargetBytes | None = None
     memory_limit: TargetBytes | None = None
+    target: Targets | None = None
     confidence: Confidence = Confidence.NONE
     reasons: Annotated[list[Text], Field(max_length=b.MAX_REASONS)] = []
     # resource -> {"p50","p90","p95","p99","max","count","span_s"}
@@ -256,9 +274,12 @@ class Recommendation(Wire):
     name: Name
     replicas: Replicas
     containers: Containers
-    savings: Savings
+    savings: Savings  # of the next step
+    target_savings: Savings | None = None  # of the target, when a step falls short of it
     generated_at: Time
-    cycle: Cycle = ""
+    # The collection cycle (the collector's CycleEnd marker) this recommendation was computed in;
+    # "cycle" on the wire before it was renamed.
+    collection_cycle: Cycle = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Recommendation:
@@ -292,9 +313,11 @@ class Decision(Wire):
     policy_id: PolicyId | None = None
     policy_version: Count | None = None
     containers: Containers = []
-    savings: Savings = Savings()
+    savings: Savings = Savings()  # of what this decision applies (the step)
+    target_savings: Savings | None = None  # of the target, when the step falls short of it
     decided_at: Time
-    cycle: Cycle = ""
+    # The collection cycle of the recommendation decided on (not the executor's apply cycle).
+    collection_cycle: Cycle = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Decision:
@@ -306,28 +329,64 @@ WorkloadIds = Annotated[
 ]
 
 
+def execution_id(apply_cycle: str) -> str:
+    """The one place an execution id is built from its apply cycle."""
+    return f"exec-{apply_cycle}"
+
+
+Outcome = Literal["committed", "pushed", "noop", "held", "failed"]
+APPLIED_OUTCOMES: frozenset[str] = frozenset({"pushed", "committed"})
+
+
 class Execution(Wire):
-    id: RecordId
-    cycle: RecordId
+    """What the executor did with one *apply cycle* (a batch of decisions, see
+    :func:`agents.executor.apply_cycle_id`), not to be confused with the collection cycle."""
+
+    cycle: RecordId  # the apply cycle id
     workload_ids: WorkloadIds
     decision_ids: Annotated[list[RecordId], Field(max_length=b.MAX_DECISIONS)]
-    outcome: Literal["committed", "pushed", "noop", "held", "failed"]
+    outcome: Outcome
     commit_sha: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$")] | None = None
     branch: Annotated[str, Field(max_length=255)] | None = None
-    report_key: Annotated[str, Field(max_length=1024)] | None = None
     detail: Annotated[str, Field(max_length=64 * 1024)] = ""
+    # workload id -> why the executor held it (e.g. a human edited the bot's file)
+    held: Annotated[
+        dict[Annotated[str, Field(max_length=400)], Text], Field(max_length=b.MAX_DECISIONS)
+    ] = {}
     executed_at: Time
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def id(self) -> str:
+        return execution_id(self.cycle)
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome in APPLIED_OUTCOMES
 
 
 class CycleSummary(Wire):
-    """Internal record on ``kubefinops.cycles``: every decision the executor handled in one
-    cycle and what happened to them, for the reporter."""
+    """Internal record on ``kubefinops.cycles``: the decisions the executor handled in one
+    cycle and what happened to them, for the reporter.
+
+    A big cycle travels as ``parts`` records (``part`` = 0..parts-1, same key), each with its
+    own decisions and their share of the execution, so no record grows with the fleet
+    (:mod:`engine.core.cycles`); the reporter writes one report once it has every part.
+    """
 
     cycle: RecordId
     decisions: Annotated[list[Decision], Field(max_length=b.MAX_DECISIONS)]
     execution: Execution
     # policy id -> version in force
     policies: Annotated[dict[PolicyId, Count], Field(max_length=10_000)] = {}
+    part: int = Field(default=0, ge=0)
+    parts: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> CycleSummary:
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} of {self.parts}")
+        return self
 
 
 HistoryKind = Literal["recommendations", "decisions", "executions", "verifications"]

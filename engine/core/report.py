@@ -18,15 +18,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.core.model import Action, Decision, Execution
-from engine.core.patches import Change, parse_quantity, visible_changes
+from engine.core.model import Action, CycleSummary, Decision, Execution
+from engine.core.patches import Change, visible_changes
+from engine.core.quantity import fmt_cpu, fmt_memory, parse_quantity
 from engine.core.verification import Verification
-
-_APPLIED = ("pushed", "committed")
 
 
 class CycleReport(BaseModel):
-    """Everything one cycle did, as handed over by the executor to the report writer."""
+    """Everything one apply cycle did, as handed over by the executor to the report writer."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -34,19 +33,28 @@ class CycleReport(BaseModel):
     generated_at: float
     decisions: list[Decision]
     execution: Execution | None = None
-    held: dict[str, str] = {}  # workload id -> why the executor held it (e.g. human edit)
-    inputs: dict[str, Any] = {}  # summary of the inputs: workloads seen, samples, window...
     policies: dict[str, int] = {}  # policy id -> version in force
     # outcomes of earlier changes recorded since the previous cycle (docs/verification.md)
     verifications: list[Verification] = []
 
+    @property
+    def held(self) -> dict[str, str]:
+        """Workload id -> why the executor held it (e.g. a human edited the bot's file)."""
+        return dict(self.execution.held) if self.execution is not None else {}
 
-_HELD = re.compile(r"held (\S+): (.*?)(?=; held |$)")
+    @classmethod
+    def from_summary(cls, summary: CycleSummary, generated_at: float = 0.0) -> CycleReport:
+        """The report of a cycle as the executor summarised it (``kubefinops.cycles``).
 
-
-def held_from_detail(detail: str) -> dict[str, str]:
-    """Per-workload hold reasons from an Execution's ``detail`` (``held <id>: <why>; ...``)."""
-    return {m.group(1): m.group(2) for m in _HELD.finditer(detail)}
+        Dated by the execution time, so a re-delivered summary gives the same object keys.
+        """
+        return cls(
+            cycle_id=summary.cycle,
+            generated_at=summary.execution.executed_at or generated_at,
+            decisions=summary.decisions,
+            execution=summary.execution,
+            policies=summary.policies,
+        )
 
 
 @dataclass(frozen=True)
@@ -92,14 +100,32 @@ def labelled_reasons(decision: Decision) -> list[str]:
     return sorted(shared) + sorted(specific)
 
 
+def step_targets(d: Decision) -> list[str]:
+    """``app cpu request: step 500m, target 115m`` for every field a step falls short on."""
+    out = []
+    for c in d.containers:
+        t = c.target
+        if t is None:
+            continue
+        for label, step, target, fmt in (
+            ("cpu request", c.cpu_request, t.cpu_request, fmt_cpu),
+            ("cpu limit", c.cpu_limit, t.cpu_limit, fmt_cpu),
+            ("memory request", c.memory_request, t.memory_request, fmt_memory),
+            ("memory limit", c.memory_limit, t.memory_limit, fmt_memory),
+        ):
+            if step is not None and target is not None and step != target:
+                out.append(f"{c.name} {label}: step {fmt(step)}, target {fmt(target)}")
+    return out
+
+
 def summarize(report: CycleReport) -> dict[str, Any]:
     """The machine-readable report (also the model the Markdown and HTML views render)."""
     ex = report.execution
-    applied_ids = set(ex.workload_ids) if ex is not None and ex.outcome in _APPLIED else set()
+    applied_ids = set(ex.workload_ids) if ex is not None and ex.applied else set()
     changed: list[dict[str, Any]] = []
     not_applied: list[dict[str, Any]] = []
     increases: list[dict[str, Any]] = []
-    savings = increase = delta = 0.0
+    savings = increase = delta = at_target = 0.0
     for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id)):
         reasons = labelled_reasons(d)
         if d.action == Action.APPLY and d.workload_id in applied_ids:
@@ -110,9 +136,12 @@ def summarize(report: CycleReport) -> dict[str, Any]:
                 "reason": d.reason,
                 "reasons": reasons,
                 "changes": [c.describe() for c in changes],
+                "targets": step_targets(d),  # where this step falls short of the target
                 "monthly_delta": round(d.savings.monthly_delta, 2),
+                "monthly_delta_at_target": round((d.target_savings or d.savings).monthly_delta, 2),
             }
             changed.append(entry)
+            at_target += (d.target_savings or d.savings).monthly_savings
             savings += d.savings.monthly_savings
             increase += d.savings.monthly_increase
             delta += d.savings.monthly_delta
@@ -128,8 +157,7 @@ def summarize(report: CycleReport) -> dict[str, Any]:
                 )
             continue
         if d.action == Action.APPLY:
-            held = {**(held_from_detail(ex.detail) if ex else {}), **report.held}
-            why = held.get(d.workload_id) or (
+            why = report.held.get(d.workload_id) or (
                 f"not applied: execution {ex.outcome}" + (f" ({ex.detail})" if ex.detail else "")
                 if ex is not None
                 else "not applied: no execution"
@@ -161,7 +189,8 @@ def summarize(report: CycleReport) -> dict[str, Any]:
             "decisions": len(report.decisions),
             "changed": len(changed),
             "not_applied": len(not_applied),
-            "monthly_savings": round(savings, 2),
+            "monthly_savings": round(savings, 2),  # of the steps applied
+            "monthly_savings_at_target": round(at_target, 2),  # once every step reaches its target
             "monthly_increase": round(increase, 2),
             "monthly_delta": round(delta, 2),
         },
@@ -226,7 +255,6 @@ def audit_snapshot(report: CycleReport) -> str:
         "cycle": report.cycle_id,
         "generated_at": _iso(report.generated_at),
         "policy_versions": policies,
-        "inputs": report.inputs,
         "decisions": [
             d.model_dump(mode="json")
             for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id))
@@ -260,7 +288,12 @@ def render_markdown(report: CycleReport) -> str:
         "",
         "## Savings",
         "",
-        f"- Monthly savings: **{_money(t['monthly_savings'], cur)}**",
+        f"- Monthly savings: **{_money(t['monthly_savings'], cur)}** (this step)"
+        + (
+            f"; at target: {_money(t['monthly_savings_at_target'], cur)}"
+            if t["monthly_savings_at_target"] != t["monthly_savings"]
+            else ""
+        ),
         f"- Monthly increase (risks removed): {_money(t['monthly_increase'], cur)}",
         f"- Net monthly delta: {_money(t['monthly_delta'], cur)}",
         "",
@@ -272,7 +305,7 @@ def render_markdown(report: CycleReport) -> str:
         for c in s["changed"]:
             why = "; ".join([c["reason"], *c["reasons"]])
             lines.append(
-                f"| {_md(c['workload'])} | {_md('; '.join(c['changes']))} | "
+                f"| {_md(c['workload'])} | {_md('; '.join([*c['changes'], *c['targets']]))} | "
                 f"{_md(why)} | {_money(c['monthly_delta'], cur)} |"
             )
     else:
@@ -322,7 +355,7 @@ def render_html(report: CycleReport) -> str:
         [
             [
                 c["workload"],
-                "; ".join(c["changes"]),
+                "; ".join([*c["changes"], *c["targets"]]),
                 "; ".join([c["reason"], *c["reasons"]]),
                 _money(c["monthly_delta"], cur),
             ]

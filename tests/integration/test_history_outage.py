@@ -22,7 +22,7 @@ import pytest
 from pymongo import MongoClient
 
 from engine.adapters.mongo import PolicyStore, connect
-from engine.core.cycles import CycleManifest
+from engine.core.apply_cycles import CycleManifest
 from engine.core.model import CycleEnd
 from engine.core.policy import validate_policy
 from engine.demo.data import gitops_dir, load_estate, usage_batches

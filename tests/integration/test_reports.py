@@ -15,6 +15,7 @@ from engine.core.model import (
     Action,
     ContainerRecommendation,
     ContainerSpec,
+    CycleSummary,
     Decision,
     Execution,
     Mode,
@@ -85,7 +86,6 @@ def sample_report(cycle: str = "cycle-42", name: str = "patient-api") -> CycleRe
         decided_at=1_795_000_000.0,
     )
     execution = Execution(
-        id="exec-1",
         cycle=cycle,
         workload_ids=[applied.workload_id],
         decision_ids=["d-1"],
@@ -99,7 +99,6 @@ def sample_report(cycle: str = "cycle-42", name: str = "patient-api") -> CycleRe
         generated_at=1_795_000_200.0,
         decisions=[applied, held],
         execution=execution,
-        inputs={"workloads": 7, "samples": 120960},
     )
 
 
@@ -228,14 +227,11 @@ async def test_cycle_end_to_end_token_in_no_object_or_log(
         decision("billing", "app", cpu=0.5, cur_cpu=0.75),
         decision("ghost", "app", cpu=0.1),
     ]
-    result = await GitOpsWriter(settings).apply_cycle_result("cycle-e2e", decisions)
-    assert result.execution.outcome == "pushed"
-    report = CycleReport(
-        cycle_id="cycle-e2e",
-        generated_at=result.execution.executed_at,
-        decisions=decisions,
-        execution=result.execution,
-        held=result.held,
+    execution = await GitOpsWriter(settings).apply_cycle("cycle-e2e", decisions)
+    assert execution.outcome == "pushed"
+    assert "smarthealth/Deployment/ghost" in execution.held  # data, not text in the detail
+    report = CycleReport.from_summary(
+        CycleSummary(cycle="cycle-e2e", decisions=decisions, execution=execution)
     )
     keys = await ReportWriter(settings).write(report)
     s3c = client(s3_info)
@@ -246,7 +242,7 @@ async def test_cycle_end_to_end_token_in_no_object_or_log(
         obj = await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=key)
         body = obj["Body"].read()
         assert remote.token.encode() not in body
-        assert obj["Metadata"]["commit-sha"] == result.execution.commit_sha
+        assert obj["Metadata"]["commit-sha"] == execution.commit_sha
         if key.endswith("report.json"):
             summary = json.loads(body)
     assert summary is not None
@@ -259,7 +255,7 @@ async def test_cycle_end_to_end_token_in_no_object_or_log(
 
 
 async def test_write_cycle_from_executor_summary(s3: S3Info, tmp_path: Path) -> None:
-    """The reporter agent's call: a CycleSummary; hold reasons come from the execution detail."""
+    """The reporter agent's call: a CycleSummary; hold reasons come from ``Execution.held``."""
     from engine.core.model import CycleSummary
 
     bucket = unique_bucket("reports")
@@ -267,8 +263,10 @@ async def test_write_cycle_from_executor_summary(s3: S3Info, tmp_path: Path) -> 
     assert base.execution is not None
     execution = base.execution.model_copy(
         update={
-            "detail": "held smarthealth/Deployment/frontend: a human changed bot-owned "
-            "kubefinops/deployment-frontend.yaml concurrently (not overwritten)"
+            "held": {
+                "smarthealth/Deployment/frontend": "a human changed bot-owned "
+                "kubefinops/deployment-frontend.yaml concurrently (not overwritten)"
+            }
         }
     )
     frontend = base.decisions[0].model_copy(
@@ -293,3 +291,41 @@ async def test_write_cycle_from_executor_summary(s3: S3Info, tmp_path: Path) -> 
         (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read()
     )
     assert audit["policy_versions"] == ["default@3", "jvm@1"]
+
+
+async def test_a_five_thousand_decision_cycle_gives_one_complete_report(
+    s3: S3Info, tmp_path: Path
+) -> None:
+    """The reporter's side of a cycle far over Kafka's message limit: its parts arrive one by
+    one (any order, one re-delivered) and exactly one complete report is written."""
+    from engine.core.cycles import split_cycle
+    from tests.unit.test_cycles import big_cycle
+
+    bucket = unique_bucket("reports")
+    whole = big_cycle(5000)
+    parts = split_cycle(whole)
+    assert len(parts) > 2
+    order = [*parts[1:], parts[1], parts[0]]  # out of order, with a duplicate
+    writer = ReportWriter(settings_for(s3, tmp_path, bucket), park_on_failure=False)
+    results = [await writer.write_cycle(p) for p in order]
+    for keys in results[:-1]:
+        assert len(keys) == 1 and "/parts/" in keys[0]  # stored, waiting for the rest
+    keys = results[-1]
+    assert [k.rsplit("/", 1)[1] for k in keys] == [
+        "report.json", "report.md", "report.html", "audit.json",
+    ]  # fmt: skip
+    s3c = client(s3)
+    report = json.loads(
+        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[0]))["Body"].read()
+    )
+    applied = len(whole.execution.workload_ids)  # 40 more were held by a human edit
+    assert report["totals"]["decisions"] == 5000
+    assert report["totals"]["changed"] == applied
+    assert report["totals"]["not_applied"] == 5000 - applied
+    audit = json.loads(
+        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read()
+    )
+    assert len(audit["decisions"]) == 5000
+    listing = await asyncio.to_thread(s3c.list_objects_v2, Bucket=bucket)
+    reports = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("report.json")]
+    assert reports == [keys[0]]  # one report for the cycle

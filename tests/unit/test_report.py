@@ -15,6 +15,7 @@ from engine.core.model import (
     Mode,
     ResourcePair,
     Savings,
+    Targets,
 )
 
 MIB = 1024 * 1024
@@ -69,23 +70,16 @@ def make(
     cycle: str = "cycle-7",
 ) -> rp.CycleReport:
     ex = Execution(
-        id="e",
         cycle=cycle,
         workload_ids=applied,
         decision_ids=[],
         outcome=outcome,
         commit_sha="c0ffee" * 6 + "beef",
         branch="main",
+        held=held or {},
         executed_at=T0,
     )
-    return rp.CycleReport(
-        cycle_id=cycle,
-        generated_at=T0,
-        decisions=decisions,
-        execution=ex,
-        held=held or {},
-        inputs={"workloads": 7},
-    )
+    return rp.CycleReport(cycle_id=cycle, generated_at=T0, decisions=decisions, execution=ex)
 
 
 def test_keys_are_deterministic_and_dated_utc() -> None:
@@ -123,6 +117,7 @@ def test_summary_splits_changed_increases_and_not_applied() -> None:
         "changed": 2,
         "not_applied": 2,
         "monthly_savings": 6.5,
+        "monthly_savings_at_target": 6.5,
         "monthly_increase": 1.5,
         "monthly_delta": -5.0,
     }
@@ -196,26 +191,32 @@ def test_markdown_escapes_table_breakers() -> None:
     assert "Monthly savings: **4.00 USD**" in md
 
 
-def test_audit_snapshot_has_policies_inputs_decisions_and_sha() -> None:
+def test_audit_snapshot_has_policies_decisions_and_sha() -> None:
     report = make([dec("patient-api")], ["smarthealth/Deployment/patient-api"])
     audit = json.loads(rp.audit_snapshot(report))
     assert audit["policy_versions"] == ["default@2"]
-    assert audit["inputs"] == {"workloads": 7}
     assert audit["commit_sha"] == report.execution.commit_sha  # type: ignore[union-attr]
     assert audit["decisions"][0]["id"] == "d-patient-api"
     assert audit["decisions"][0]["containers"][0]["cpu_request"] == 0.25
 
 
-def test_held_from_detail_parses_executor_detail() -> None:
-    detail = (
-        "held smarthealth/Deployment/a: human edit (not overwritten); "
-        "held smarthealth/StatefulSet/db: workload x is not in the overlay"
+def test_report_from_summary_takes_held_workloads_from_the_execution_data() -> None:
+    from engine.core.model import CycleSummary
+
+    why = "a human changed bot-owned kubefinops/deployment-frontend.yaml (not overwritten)"
+    ex = make([dec("frontend")], []).execution
+    assert ex is not None
+    ex = ex.model_copy(update={"held": {"smarthealth/Deployment/frontend": why}, "detail": ""})
+    summary = CycleSummary(cycle="c-9", decisions=[dec("frontend")], execution=ex)
+    report = rp.CycleReport.from_summary(summary, generated_at=1.0)
+    assert report.generated_at == ex.executed_at  # dated by the execution: replays same keys
+    row = rp.summarize(report)["not_applied"][0]
+    assert (row["workload"], row["action"], row["reason"]) == (
+        "smarthealth/Deployment/frontend",
+        "held",
+        why,
     )
-    assert rp.held_from_detail(detail) == {
-        "smarthealth/Deployment/a": "human edit (not overwritten)",
-        "smarthealth/StatefulSet/db": "workload x is not in the overlay",
-    }
-    assert rp.held_from_detail("cycle already on the remote") == {}
+    assert json.loads(rp.audit_snapshot(report))["held"] == {"smarthealth/Deployment/frontend": why}
 
 
 def test_reasons_name_their_container_unless_shared() -> None:
@@ -252,3 +253,26 @@ def test_reasons_name_their_container_unless_shared() -> None:
     ]
     one = Decision(**base, containers=[cont("app", "cpu request = 188m")])
     assert labelled_reasons(one) == ["cpu request = 188m", "policy p is in autopilot mode"]
+
+
+def test_a_step_short_of_its_target_shows_both_and_both_savings() -> None:
+    d = dec("stepper", cpu=0.25, delta=-4.0)
+    c = d.containers[0].model_copy(update={"target": Targets(cpu_request=0.1)})
+    d = d.model_copy(
+        update={
+            "containers": [c],
+            "target_savings": Savings(monthly_delta=-6.0, monthly_savings=6.0),
+        }
+    )
+    report = make(
+        [d, dec("plain", delta=-1.0)],
+        ["smarthealth/Deployment/stepper", "smarthealth/Deployment/plain"],
+    )
+    s = rp.summarize(report)
+    (stepper,) = [c for c in s["changed"] if c["workload"].endswith("stepper")]
+    assert stepper["targets"] == ["app cpu request: step 250m, target 100m"]
+    assert (stepper["monthly_delta"], stepper["monthly_delta_at_target"]) == (-4.0, -6.0)
+    assert (s["totals"]["monthly_savings"], s["totals"]["monthly_savings_at_target"]) == (5.0, 7.0)
+    md = rp.render_markdown(report)
+    assert "at target: 7.00 USD" in md and "step 250m, target 100m" in md
+    assert "step 250m, target 100m" in rp.render_html(report)
