@@ -2,18 +2,19 @@
 
 Co-partitioned with the recommendations: the workload spec and the last applied change are read
 from local tables.  Decisions go to the one-partition ``kubefinops.decisions`` topic (the Git
-executor is its single consumer) and, with the recommendation, to MongoDB for history.
+executor is its single consumer) and, with the recommendation, to the MongoDB history's outbox
+(:mod:`agents.history`).
 """
 
 from __future__ import annotations
 
 import logging
 
+from agents import history
 from agents.policies import policy_for
 from agents.runtime import Runtime, park, parse_or_park
 from engine.core.guardrails import decide
 from engine.core.model import Decision, Recommendation
-from engine.errors import KubeFinOpsError
 from engine.metrics import DECISIONS, RECORDS_PROCESSED
 
 log = logging.getLogger("kubefinops.gate")
@@ -21,15 +22,10 @@ AGENT = "gate"
 
 
 async def archive(rt: Runtime, rec: Recommendation, decision: Decision) -> None:
-    """Best effort: MongoDB history must not stop the loop. Failures are logged and counted."""
-    store = rt.services.history
-    if store is None:
-        return
-    try:
-        await store.save_recommendation(rec)
-        await store.save_decision(decision)
-    except KubeFinOpsError as exc:
-        log.warning("decision %s not archived in MongoDB: %s", decision.id, exc)
+    """The MongoDB history, through the outbox (:mod:`agents.history`): a produce, never a wait
+    on MongoDB — an outage neither slows the gate nor loses a record."""
+    await history.record(rt, "recommendations", rec, rec.workload_id)
+    await history.record(rt, "decisions", decision, decision.workload_id)
 
 
 async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> Decision | None:

@@ -38,7 +38,7 @@ def failure_reason(exc: BaseException) -> str:
     return f"{kind}: {text}" if text else kind
 
 
-async def _dead_letter(
+async def dead_letter(
     rt: Runtime, *, agent: str, topic: str, key: Any, raw: Any, exc: BaseException
 ) -> None:
     reason = failure_reason(exc)
@@ -73,7 +73,7 @@ async def guarded(
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        await _dead_letter(rt, agent=agent, topic=topic, key=key, raw=raw, exc=exc)
+        await dead_letter(rt, agent=agent, topic=topic, key=key, raw=raw, exc=exc)
         return False
 
 
@@ -100,7 +100,7 @@ async def guarded_batch(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await _dead_letter(
+            await dead_letter(
                 rt, agent=agent, topic=topic, key=key_of(item), raw=raw_of(item), exc=exc
             )
             continue
@@ -115,6 +115,6 @@ async def guarded_batch(
         raise
     except Exception as exc:
         for item in members:
-            await _dead_letter(
+            await dead_letter(
                 rt, agent=agent, topic=topic, key=key_of(item), raw=raw_of(item), exc=exc
             )

@@ -21,6 +21,7 @@ from engine.metrics import HISTORY_WRITES, RECORDS_PROCESSED
 
 log = logging.getLogger("kubefinops.history")
 AGENT = "history"
+RETRY_FIRST_SECONDS = 1.0  # then 2, 4 ... up to 30 s while MongoDB is away
 
 
 async def record(rt: Runtime, kind: HistoryKind, item: BaseModel, key: str) -> None:
@@ -46,6 +47,7 @@ async def write(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
     await retry_forever(
         lambda: store.save(item.kind, item.record),
         what=f"history: {item.kind} {item.record.get('id')} not stored yet",
+        first=RETRY_FIRST_SECONDS,
         cap=30.0,
         on_retry=count_retry,
     )

@@ -51,6 +51,7 @@ class Sinks:
     deadletter: Sink
     ticks: Sink
     cycles: Sink
+    history: Sink
 
     @classmethod
     def of(cls, topics: object) -> Sinks:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import faust
 
-from agents import aggregator, collector, executor, gate, ledger, policies, reporter
+from agents import aggregator, collector, executor, gate, history, ledger, policies, reporter
+from agents.guard import guarded
 from agents.runtime import Runtime
 from engine.app import Topics, wait_for_assignment
 
@@ -20,13 +23,30 @@ log = logging.getLogger("kubefinops.wiring")
 RECONCILE_DELAY_SECONDS = 5.0  # let the global table recover before reconciling it
 
 
+Handler = Callable[[Runtime, Any, Any], Awaitable[Any]]
+
+
 def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
-    """Register every stream agent, timer and start-up task of the autopilot on ``app``."""
+    """Register every stream agent, timer and start-up task of the autopilot on ``app``.
+
+    Every record goes through :func:`agents.guard.guarded`: whatever a handler raises, the
+    record is dead-lettered with the exception's type and field and the agent goes on.
+    """
+
+    async def each(stream: Any, handler: Handler, agent: str, topic: str) -> None:
+        async for event in stream.events():
+            await guarded(
+                rt,
+                partial(handler, rt, event.key, event.value),
+                agent=agent,
+                topic=rt.settings.topic(topic),
+                key=event.key,
+                raw=event.value,
+            )
 
     @app.agent(topics.policies, name="kubefinops.agents.policy_sync")
     async def policy_sync(stream: Any) -> None:
-        async for event in stream.events():
-            await policies.sync(rt, event.key, event.value)
+        await each(stream, policies.sync, policies.AGENT, "policies")
 
     @app.task
     async def reconcile_on_start() -> None:
@@ -43,35 +63,42 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         if await wait_for_assignment(app) and rt.settings.collect_on_start and app.is_leader():
             await collector.request_cycle(rt, "start")
 
+    async def on_tick(rt: Runtime, key: Any, value: Any) -> None:
+        await collector.on_tick(rt)
+
     @app.agent(topics.ticks, name="kubefinops.agents.collector")
     async def collect(stream: Any) -> None:
-        async for _ in stream:
-            await collector.on_tick(rt)
+        await each(stream, on_tick, collector.AGENT, "collector-ticks")
 
     @app.agent(topics.metrics, name="kubefinops.agents.aggregator")
     async def aggregate(stream: Any) -> None:
-        async for event in stream.events():
-            await aggregator.ingest(rt, event.key, event.value)
+        await each(stream, aggregator.ingest, aggregator.AGENT, "metrics")
 
     @app.agent(topics.recommendations, name="kubefinops.agents.gate")
     async def decide(stream: Any) -> None:
-        async for event in stream.events():
-            await gate.handle(rt, event.key, event.value)
+        await each(stream, gate.handle, gate.AGENT, "recommendations")
 
     @app.agent(topics.decisions, name="kubefinops.agents.executor")
     async def execute(stream: Any) -> None:
-        async for batch in stream.take(1000, within=rt.settings.apply_batch_seconds):
-            await executor.handle_batch(rt, batch)
+        await each(stream, executor.accept, executor.AGENT, "decisions")
+
+    @app.timer(interval=max(0.5, rt.settings.apply_batch_seconds / 3))
+    async def apply_tick() -> None:
+        # Tables are written only inside their stream: wake it while cycles wait to be applied.
+        if executor.has_pending(rt):
+            await executor.tick(rt)
 
     @app.agent(topics.executions, name="kubefinops.agents.ledger")
     async def ledger_agent(stream: Any) -> None:
-        async for event in stream.events():
-            await ledger.record(rt, event.key, event.value)
+        await each(stream, ledger.record, ledger.AGENT, "executions")
 
     @app.agent(topics.cycles, name="kubefinops.agents.reporter")
     async def report(stream: Any) -> None:
-        async for event in stream.events():
-            await reporter.handle(rt, event.key, event.value)
+        await each(stream, reporter.handle, reporter.AGENT, "cycles")
+
+    @app.agent(topics.history, name="kubefinops.agents.history")
+    async def history_writer(stream: Any) -> None:
+        await each(stream, history.write, history.AGENT, "history")
 
 
 AGENTS = (
@@ -82,4 +109,5 @@ AGENTS = (
     executor.AGENT,
     ledger.AGENT,
     reporter.AGENT,
+    history.AGENT,
 )

@@ -41,6 +41,7 @@ class Topics:
     deadletter: faust.TopicT
     ticks: faust.TopicT  # internal: collector cycle trigger, one partition
     cycles: faust.TopicT  # internal: one record per executed cycle, for the reporter
+    history: faust.TopicT  # internal: the outbox of the MongoDB history (gate -> history writer)
 
     def all(self) -> list[faust.TopicT]:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -153,6 +154,7 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("deadletter", 1, False),
         TopicSpec("collector-ticks", 1, False, "collector"),
         TopicSpec("cycles", 1, False, "reporter"),
+        TopicSpec("history", n, False, "history"),
     ]
     return {spec.name: spec for spec in specs}
 
@@ -186,4 +188,5 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         deadletter=topic("deadletter"),
         ticks=topic("collector-ticks"),
         cycles=topic("cycles"),
+        history=topic("history"),
     )

@@ -55,9 +55,8 @@ class PolicySource(Protocol):
 
 
 class HistoryStore(Protocol):
-    async def save_recommendation(self, record: BaseModel) -> None: ...
-
-    async def save_decision(self, record: BaseModel) -> None: ...
+    async def save(self, kind: str, record: BaseModel | dict[str, Any]) -> None:
+        """Upsert one record by its id; ``DependencyUnavailable`` while MongoDB is away."""
 
 
 class GitWriter(Protocol):

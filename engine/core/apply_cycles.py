@@ -1,5 +1,5 @@
 """Which decisions make one apply cycle (pure): decisions are grouped by the collection cycle
-they belong to (``Decision.cycle``), not by when they happen to arrive.
+they belong to (``Decision.collection_cycle``), not by when they happen to arrive.
 
 The collector knows how many workloads a cycle has and says so with a :class:`CycleManifest` on
 the decisions topic; a cycle is complete when it has a decision for that many workloads.  Until
@@ -90,9 +90,24 @@ class PendingCycle:
         return pending
 
 
+ADHOC = "adhoc"
+
+
 def cycle_key(decision: Decision) -> str:
-    """The pending-cycle key of a decision: its collection cycle, or its own id without one."""
-    return decision.cycle or f"single-{decision.id}"
+    """The pending-cycle key of a decision: its collection cycle; decisions without one (records
+    produced by hand) share one key and are applied together after a quiet period."""
+    return decision.collection_cycle or ADHOC
+
+
+def is_control(raw: bytes | None) -> str | None:
+    """``cycle-manifest`` or ``apply-tick`` for those records of the decisions topic, else None
+    (a decision, valid or not, which the executor parses as one)."""
+    if not raw or len(raw) > 4096:
+        return None
+    for kind in ("cycle-manifest", "apply-tick"):
+        if f'"type":"{kind}"'.encode() in raw.replace(b" ", b""):
+            return kind
+    return None
 
 
 def ready_cycles(

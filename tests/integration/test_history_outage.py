@@ -86,13 +86,19 @@ def test_mongodb_down_during_a_cycle(kafka, git_remote: GitRemote, tmp_path: Pat
         assert asyncio.run(consume_all(kafka, dep.topic("policies"), expect=1, timeout=60))
 
         def marker(spec) -> tuple[bytes, bytes]:
-            return spec.workload_id.encode(), CycleEnd(cycle=CYCLE, spec=spec).model_dump_json().encode()
+            return spec.workload_id.encode(), CycleEnd(
+                cycle=CYCLE, spec=spec
+            ).model_dump_json().encode()
 
         mongo.stop(timeout=10)
         down_at = time.monotonic()
         manifest = CycleManifest(cycle=CYCLE, workloads=len(specs), at=time.time())
         asyncio.run(
-            produce(kafka, dep.topic("decisions"), [(CYCLE.encode(), manifest.model_dump_json().encode())])
+            produce(
+                kafka,
+                dep.topic("decisions"),
+                [(CYCLE.encode(), manifest.model_dump_json().encode())],
+            )
         )
         asyncio.run(produce(kafka, dep.topic("metrics"), [marker(s) for s in specs[:2]]))
         time.sleep(SPREAD_SECONDS)

@@ -70,4 +70,5 @@ def test_ready_cycles_oldest_first_and_the_meta_round_trips() -> None:
     meta = json.loads(json.dumps(a.meta()))
     again = PendingCycle.from_meta(meta, list(a.decisions.values()))
     assert again == a
-    assert cycle_key(decision("ns/Deployment/z", "")) == "single-dec-z"
+    assert cycle_key(decision("ns/Deployment/z", "")) == "adhoc"
+    assert cycle_key(decision("ns/Deployment/z", "c9")) == "c9"
