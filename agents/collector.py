@@ -73,7 +73,9 @@ async def run_cycle(rt: Runtime, now: float) -> int:
     # How many decisions make this cycle: the executor applies them as one commit, however far
     # apart they arrive (engine/core/apply_cycles.py).
     manifest = CycleManifest(cycle=cycle, workloads=len(specs), at=now)
-    await rt.topics.decisions.send(key=cycle.encode(), value=manifest.model_dump_json().encode())
+    await rt.topics.apply_control.send(
+        key=cycle.encode(), value=manifest.model_dump_json().encode()
+    )
     return sent
 
 

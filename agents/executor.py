@@ -155,9 +155,10 @@ def _pending(rt: Runtime) -> dict[str, PendingCycle]:
 
 
 async def accept(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[Execution]:
-    """One ``kubefinops.decisions`` record into the pending cycles, then apply every cycle that
-    is ready.  Everything is written to changelog-backed tables first, so a crash between here
-    and the commit loses nothing (and the writer's cycle trailer makes the retry a no-op)."""
+    """One ``kubefinops.decisions`` record (or a manifest or tick of ``apply-control``) into
+    the pending cycles, then apply every cycle that is ready.  Everything is written to
+    changelog-backed tables first, so a crash between here and the commit loses nothing (and the
+    writer's cycle trailer makes the retry a no-op)."""
     topic = rt.settings.topic("decisions")
     now = rt.clock()
     control = is_control(raw)
@@ -222,4 +223,4 @@ def has_pending(rt: Runtime) -> bool:
 
 async def tick(rt: Runtime) -> None:
     """Wake the executor's stream (where its tables may be written) while cycles wait."""
-    await rt.topics.decisions.send(key=b"apply-tick", value=b'{"type":"apply-tick"}')
+    await rt.topics.apply_control.send(key=b"apply-tick", value=b'{"type":"apply-tick"}')

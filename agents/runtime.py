@@ -52,6 +52,7 @@ class Sinks:
     ticks: Sink
     cycles: Sink
     history: Sink
+    apply_control: Sink
 
     @classmethod
     def of(cls, topics: object) -> Sinks:

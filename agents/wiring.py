@@ -78,9 +78,28 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
     async def decide(stream: Any) -> None:
         await each(stream, gate.handle, gate.AGENT, "recommendations")
 
-    @app.agent(topics.decisions, name="kubefinops.agents.executor")
+    # One stream over both one-partition topics: decisions, and the collector's manifests plus
+    # the apply ticks (kept off the decisions topic, which stays decisions only).
+    executor_input = app.topic(
+        rt.settings.topic("decisions"),
+        rt.settings.topic("apply-control"),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    @app.agent(executor_input, name="kubefinops.agents.executor")
     async def execute(stream: Any) -> None:
-        await each(stream, executor.accept, executor.AGENT, "decisions")
+        async for event in stream.events():
+            await guarded(
+                rt,
+                partial(executor.accept, rt, event.key, event.value),
+                agent=executor.AGENT,
+                topic=str(event.message.topic),
+                key=event.key,
+                raw=event.value,
+            )
 
     @app.timer(interval=max(0.5, rt.settings.apply_batch_seconds / 3))
     async def apply_tick() -> None:

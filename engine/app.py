@@ -42,6 +42,7 @@ class Topics:
     ticks: faust.TopicT  # internal: collector cycle trigger, one partition
     cycles: faust.TopicT  # internal: one record per executed cycle, for the reporter
     history: faust.TopicT  # internal: the outbox of the MongoDB history (gate -> history writer)
+    apply_control: faust.TopicT  # internal: cycle manifests and apply ticks for the executor
 
     def all(self) -> list[faust.TopicT]:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -155,6 +156,7 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("collector-ticks", 1, False, "collector"),
         TopicSpec("cycles", 1, False, "reporter"),
         TopicSpec("history", n, False, "history"),
+        TopicSpec("apply-control", 1, False, "executor"),
     ]
     return {spec.name: spec for spec in specs}
 
@@ -189,4 +191,5 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         ticks=topic("collector-ticks"),
         cycles=topic("cycles"),
         history=topic("history"),
+        apply_control=topic("apply-control"),
     )

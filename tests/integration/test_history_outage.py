@@ -96,7 +96,7 @@ def test_mongodb_down_during_a_cycle(kafka, git_remote: GitRemote, tmp_path: Pat
         asyncio.run(
             produce(
                 kafka,
-                dep.topic("decisions"),
+                dep.topic("apply-control"),
                 [(CYCLE.encode(), manifest.model_dump_json().encode())],
             )
         )
