@@ -83,6 +83,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
     executor_input = app.topic(
         rt.settings.topic("decisions"),
         rt.settings.topic("apply-control"),
+        partitions=1,  # both are one-partition topics: the single Git writer
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
