@@ -23,9 +23,10 @@ import pytest
 from ruamel.yaml import YAML
 
 from engine.core.collect import plan_chunks
-from engine.core.estimators import ceil_cpu, cpu_request_base
+from engine.core.estimators import cpu_request_base
 from engine.core.model import UsageSummary
 from engine.core.policy import DEFAULT_POLICY
+from engine.core.quantity import ceil_cpu
 from engine.core.render import CSV_COLUMNS
 from engine.oneshot import ONESHOT_CHUNK_SECONDS, oneshot_step
 from engine.settings import Settings, load_settings
