@@ -17,10 +17,13 @@ def build_services(settings: Settings) -> dict[str, Any]:
     from engine.adapters.mongo import PolicyStore, RecordStore, connect
     from engine.adapters.prometheus import Collector, PrometheusClient
     from engine.adapters.reports import ReportWriter
+    from engine.adapters.verification import ClusterTelemetry
     from engine.core.policy import validate_policy
 
     services: dict[str, Any] = {}
-    services["collector"] = Collector(PrometheusClient(settings), settings)
+    prometheus = PrometheusClient(settings)
+    services["collector"] = Collector(prometheus, settings)
+    services["telemetry"] = ClusterTelemetry(prometheus)  # verified apply
     db = connect(settings)
     services["policies"] = PolicyStore(db, validate=validate_policy)
     services["records"] = RecordStore(db, retention_days=settings.history_retention_days)
@@ -31,7 +34,18 @@ def build_services(settings: Settings) -> dict[str, Any]:
 
 
 def build_runtime(settings: Settings, services: dict[str, Any] | None = None) -> Runtime:
-    from agents import aggregator, collector, executor, gate, lag, ledger, policies, reporter, web
+    from agents import (
+        aggregator,
+        collector,
+        executor,
+        gate,
+        lag,
+        ledger,
+        policies,
+        reporter,
+        verifier,
+        web,
+    )
     from engine.app import create_app, declare_topics
     from engine.metrics import init_series
     from tables import declare_tables
@@ -46,7 +60,18 @@ def build_runtime(settings: Settings, services: dict[str, Any] | None = None) ->
         tables=declare_tables(app, settings),
         services=build_services(settings) if services is None else services,
     )
-    modules = (policies, collector, aggregator, gate, executor, ledger, reporter, lag, web)
+    modules = (
+        policies,
+        collector,
+        aggregator,
+        gate,
+        executor,
+        ledger,
+        reporter,
+        verifier,
+        lag,
+        web,
+    )
     for module in modules:
         module.register(rt)
     init_series(tuple(getattr(m, "AGENT", "") for m in modules if hasattr(m, "AGENT")))

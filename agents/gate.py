@@ -15,6 +15,7 @@ from agents.policies import policy_for
 from agents.runtime import Runtime, park, parse_or_park
 from engine.core.guardrails import decide
 from engine.core.model import Decision, Recommendation, WorkloadSpec
+from engine.core.verification import sync_hold
 from engine.errors import KubeFinOpsError
 from engine.metrics import DECISIONS, RECORDS_PROCESSED
 
@@ -53,14 +54,17 @@ async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> Decision 
         return None
     spec = WorkloadSpec.model_validate(stored)
     last: dict[str, Any] = rt.tables.last_action.get(rec.workload_id) or {}
+    now = time.time()
     decision = decide(
         rec,
         spec,
         policy_for(rt, spec),
         last_applied_at=last.get("applied_at"),
         last_applied_id=last.get("decision_id"),
-        now=time.time(),
+        now=now,
         settings=rt.settings,
+        penalty_until=last.get("penalty_until"),
+        sync_hold=sync_hold(last, spec, now),
     )
     decision = decision.model_copy(update={"cycle": rec.cycle})
     DECISIONS.labels(decision.action.value, decision.guardrail).inc()

@@ -13,9 +13,12 @@ import logging
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from agents.runtime import Runtime, park, parse_or_park
 from engine.core.model import CycleSummary
-from engine.errors import PermanentError, RetryableError
+from engine.core.verification import Verification
+from engine.errors import KubeFinOpsError, PermanentError, RetryableError
 from engine.metrics import CYCLE_FAILURES, RECORDS_PROCESSED, REPORTS_PENDING, REPORTS_WRITTEN
 
 log = logging.getLogger("kubefinops.reporter")
@@ -27,11 +30,14 @@ async def deliver(rt: Runtime, summary: CycleSummary) -> list[str]:
     if writer is None:
         return []
     delay = 1.0
+    verified = await recent_verifications(rt, summary)
     REPORTS_PENDING.inc()
     try:
         while True:
             try:
-                keys: list[str] = await writer.write_cycle(summary, generated_at=time.time())
+                keys: list[str] = await writer.write_cycle(
+                    summary, generated_at=time.time(), verifications=verified
+                )
                 return keys  # the writer counts the objects it wrote
             except RetryableError as exc:
                 REPORTS_WRITTEN.labels("retry").inc()
@@ -43,6 +49,27 @@ async def deliver(rt: Runtime, summary: CycleSummary) -> list[str]:
             delay = min(delay * 2, 120.0)
     finally:
         REPORTS_PENDING.dec()
+
+
+async def recent_verifications(rt: Runtime, summary: CycleSummary) -> list[Verification]:
+    """Outcomes of earlier changes recorded in the cycle interval before this one (MongoDB
+    history; best effort: a report is not held back for them)."""
+    store = rt.service("records")
+    if store is None or not rt.settings.verification_enabled:
+        return []
+    end = summary.execution.executed_at
+    try:
+        docs = await store.verifications_between(end - rt.settings.collect_interval_seconds, end)
+    except KubeFinOpsError as exc:
+        log.warning("report of cycle %s without verification outcomes: %s", summary.cycle, exc)
+        return []
+    out = []
+    for doc in docs:
+        try:
+            out.append(Verification.model_validate(doc))
+        except ValidationError:
+            continue
+    return out
 
 
 def register(rt: Runtime) -> None:

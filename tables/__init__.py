@@ -12,6 +12,7 @@ usage                   container id  windowed sketches per resource            
 workloads               workload id   latest WorkloadSpec                        N
 last-action             workload id   last applied change (cooldown, idempotency)  N
 watermarks              query name    collector watermark (Unix s)               1
+verifications           workload id   watch of its last pushed change            1
 policies (global)       policy id     policy document, on every worker           1
 ======================  ============  =========================================  ==========
 
@@ -40,6 +41,7 @@ class Tables:
     workloads: TableT[str, dict[str, Any]]
     last_action: TableT[str, dict[str, Any]]
     watermarks: TableT[str, float]
+    verifications: TableT[str, dict[str, Any]]
     policies: GlobalTableT
 
 
@@ -57,6 +59,12 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         ),
         watermarks=app.Table(
             "watermarks", partitions=1, help="Collector watermarks", schema=_json()
+        ),
+        verifications=app.Table(
+            "verifications",
+            partitions=1,  # written by the one-partition verifier (docs/verification.md)
+            help="Watch of the last pushed change per workload",
+            schema=_json(),
         ),
         policies=app.GlobalTable("policies", partitions=1, help="Policies by id", schema=_json()),
     )
