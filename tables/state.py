@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from engine.core.model import WorkloadSpec
 from engine.core.policy import Policy, validate_policy
 from engine.core.usage import ContainerUsage
+from engine.core.verification import Verification
 from engine.errors import InvalidPolicy
 
 log = logging.getLogger("kubefinops.tables")
@@ -72,10 +73,18 @@ class LastAction(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    applied_at: float
-    decision_id: str
+    applied_at: float | None = None  # None: only a verification outcome recorded so far
+    decision_id: str | None = None
     commit_sha: str | None = None
     cycle: str = ""  # the apply cycle that applied it
+    # verified apply (docs/verification.md): written from kubefinops.verifications
+    verification: str | None = None  # the last outcome of its last change
+    verification_id: str | None = None
+    penalty_until: float | None = None  # no decrease before this time (a change regressed)
+    penalty_cause: str | None = None
+    hold_until: float | None = None  # not-synced: held until the cluster shows the change
+    hold_reason: str | None = None
+    hold_expected: list[dict[str, Any]] | None = None
 
 
 _UNREADABLE = (ValueError, TypeError, KeyError, ValidationError, InvalidPolicy)
@@ -139,6 +148,7 @@ class Tables:
     last_action: TypedTable[LastAction]
     watermarks: MutableMapping[str, float]
     policies: TypedTable[Policy]
+    verifications: TypedTable[Verification]
 
     @classmethod
     def over(
@@ -149,6 +159,7 @@ class Tables:
         last_action: MutableMapping[Any, Any],
         watermarks: MutableMapping[str, float],
         policies: MutableMapping[Any, Any],
+        verifications: MutableMapping[Any, Any],
     ) -> Tables:
         return cls(
             usage=TypedTable(usage, UsageCodec(), "usage"),
@@ -156,9 +167,12 @@ class Tables:
             last_action=TypedTable(last_action, ModelCodec(LastAction), "last-action"),
             watermarks=watermarks,
             policies=TypedTable(policies, PolicyCodec(), "policies"),
+            verifications=TypedTable(verifications, ModelCodec(Verification), "verifications"),
         )
 
     @classmethod
     def in_memory(cls) -> Tables:
         """Plain dicts: the tables of a unit test."""
-        return cls.over(usage={}, workloads={}, last_action={}, watermarks={}, policies={})
+        return cls.over(
+            usage={}, workloads={}, last_action={}, watermarks={}, policies={}, verifications={}
+        )

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from engine.core.report import (
     report_prefix,
     safe_cycle,
 )
+from engine.core.verification import Verification
 from engine.errors import AuthenticationFailed, DependencyUnavailable
 from engine.metrics import REPORTS_PENDING, REPORTS_WRITTEN
 from engine.settings import Settings
@@ -139,13 +141,18 @@ class ReportWriter:
         return [o.key for o in pending.objects]
 
     async def write_cycle(
-        self, summary: CycleSummary, generated_at: float | None = None
+        self,
+        summary: CycleSummary,
+        generated_at: float | None = None,
+        verifications: Sequence[Verification] = (),
     ) -> list[str]:
-        """Report a cycle as the executor summarised it (``kubefinops.cycles``).
+        """Report a cycle as the executor summarised it (``kubefinops.cycles``), with the
+        verification outcomes of earlier changes recorded since the previous cycle.
 
         Dated by the execution time, so a re-delivered summary overwrites the same keys.
         """
-        return await self.write(CycleReport.from_summary(summary, generated_at or 0.0))
+        report = CycleReport.from_summary(summary, generated_at or 0.0)
+        return await self.write(report.model_copy(update={"verifications": list(verifications)}))
 
     async def flush(self) -> int:
         """Deliver parked reports, oldest first; stop at the first failure. Returns delivered."""
