@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 from engine.adapters.prometheus import PrometheusClient
 from engine.core.collect import Series
 from engine.core.rollout import (

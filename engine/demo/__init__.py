@@ -26,12 +26,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.app import wait_for_assignment
 from engine.core.model import CycleEnd, CycleSummary
 from engine.core.report import CycleReport, documents
+from engine.core.verification import Verification
 from engine.demo.data import gitops_dir, load_estate, usage_batches
 from engine.logs import setup_logging
 from engine.services import Services
@@ -140,9 +142,16 @@ class LocalReports:
         self.folder = folder
         self.on_report = on_report
 
-    async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
+    async def write_cycle(
+        self,
+        summary: CycleSummary,
+        generated_at: float,
+        verifications: Sequence[Verification] = (),
+    ) -> list[str]:
         keys = []
-        for obj in documents(CycleReport.from_summary(summary, generated_at)):
+        report = CycleReport.from_summary(summary, generated_at)
+        report = report.model_copy(update={"verifications": list(verifications)})
+        for obj in documents(report):
             path = self.folder / obj.key
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(obj.body)
