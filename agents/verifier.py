@@ -72,8 +72,8 @@ _QUEUE: TypeAdapter[QueueRecord] = TypeAdapter(
 # --- cycles -> queue ------------------------------------------------------------------------------
 async def forward(rt: Runtime, key: bytes | None, raw: bytes | None) -> int:
     """One ``kubefinops.cycles`` record -> a ``start`` per workload change it pushed."""
-    if not rt.settings.verification_enabled:
-        return 0
+    if not rt.settings.verification_enabled or rt.services.telemetry is None:
+        return 0  # nothing to watch with (the demo has no cluster telemetry)
     topic = rt.settings.topic("cycles")
     summary = await parse_or_park(rt, CycleSummary, raw, key=key, agent=AGENT, topic=topic)
     if summary is None or summary.execution.outcome not in APPLIED:

@@ -103,7 +103,7 @@ TICK = verifier.VerifyTick(at=T0).model_dump_json().encode()
 
 
 def test_forward_sends_one_start_per_pushed_workload_change() -> None:
-    rt = runtime()
+    rt = runtime(telemetry=FakeTelemetry())
     summary = CycleSummary(cycle="c1", decisions=[decision()], execution=execution())
     assert run(verifier.forward(rt, b"c1", summary.model_dump_json().encode())) == 1
     (start,) = rt.topics.verification_queue.values()  # type: ignore[attr-defined]
@@ -112,6 +112,8 @@ def test_forward_sends_one_start_per_pushed_workload_change() -> None:
         update={"execution": execution().model_copy(update={"outcome": "held"})}
     )
     assert run(verifier.forward(rt, b"c1", held.model_dump_json().encode())) == 0
+    blind = runtime()  # no telemetry configured: nothing is watched
+    assert run(verifier.forward(blind, b"c1", summary.model_dump_json().encode())) == 0
 
 
 def test_start_then_ticks_live_regressed_reverted_once() -> None:
