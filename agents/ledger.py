@@ -4,50 +4,35 @@ entry (docs/verification.md).  Co-partitioned with recommendations (keyed by wor
 
 from __future__ import annotations
 
-from typing import Any
-
 from agents.runtime import Runtime, parse_or_park
 from engine.core.model import Execution
 from engine.core.verification import Verification, hold_state
 from engine.metrics import RECORDS_PROCESSED
+from tables.state import LastAction
 
 AGENT = "ledger"
-APPLIED = {"pushed", "committed"}
 
 
-def register(rt: Runtime) -> None:
-    @rt.app.agent(rt.topics.executions, name="kubefinops.agents.ledger")
-    async def ledger(stream: Any) -> None:
-        async for event in stream.events():
-            execution = await parse_or_park(
-                rt,
-                Execution,
-                event.value,
-                key=event.key,
-                agent=AGENT,
-                topic=rt.settings.topic("executions"),
+async def record(rt: Runtime, key: bytes | None, raw: bytes | None) -> Execution | None:
+    """One ``kubefinops.executions`` record -> the last action of each workload it applied."""
+    topic = rt.settings.topic("executions")
+    execution = await parse_or_park(rt, Execution, raw, key=key, agent=AGENT, topic=topic)
+    if execution is None:
+        return None
+    if execution.applied:
+        for wid, did in zip(execution.workload_ids, execution.decision_ids, strict=False):
+            previous = rt.tables.last_action.get(wid)
+            rt.tables.last_action[wid] = LastAction(
+                applied_at=execution.executed_at,
+                decision_id=did,
+                commit_sha=execution.commit_sha,
+                cycle=execution.cycle,
+                # a penalty outlives the changes made under it (increases still go through)
+                penalty_until=previous.penalty_until if previous else None,
+                penalty_cause=previous.penalty_cause if previous else None,
             )
-            if execution is None:
-                continue
-            if execution.outcome in APPLIED:
-                for wid, did in zip(execution.workload_ids, execution.decision_ids, strict=False):
-                    previous = rt.tables.last_action.get(wid) or {}
-                    rt.tables.last_action[wid] = {
-                        **{k: previous[k] for k in KEPT if k in previous},  # a penalty outlives
-                        "applied_at": execution.executed_at,  # the changes made under it
-                        "decision_id": did,
-                        "commit_sha": execution.commit_sha,
-                        "cycle": execution.cycle,
-                    }
-            RECORDS_PROCESSED.labels(AGENT).inc()
-
-    @rt.app.agent(rt.topics.verifications, name="kubefinops.agents.ledger_verifications")
-    async def ledger_verifications(stream: Any) -> None:
-        async for event in stream.events():
-            await record_verification(rt, event.key, event.value)
-
-
-KEPT = ("penalty_until", "penalty_cause")
+    RECORDS_PROCESSED.labels(AGENT).inc()
+    return execution
 
 
 async def record_verification(
@@ -58,10 +43,11 @@ async def record_verification(
     v = await parse_or_park(rt, Verification, raw, key=key, agent=AGENT, topic=topic)
     if v is None or v.watching:
         return v
-    previous = dict(rt.tables.last_action.get(v.workload_id) or {})
+    previous = rt.tables.last_action.get(v.workload_id) or LastAction()
     state = hold_state(v)
     if state.get("penalty_until") is None:  # a healthy change does not lift an older penalty
         state.pop("penalty_until", None)
         state.pop("penalty_cause", None)
-    rt.tables.last_action[v.workload_id] = {**previous, **state}
+    rt.tables.last_action[v.workload_id] = previous.model_copy(update=state)
+    RECORDS_PROCESSED.labels(AGENT).inc()
     return v

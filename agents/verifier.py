@@ -15,7 +15,6 @@ ledger turns it into the workload's penalty or hold), into MongoDB history and t
 from __future__ import annotations
 
 import logging
-import time
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
@@ -28,7 +27,6 @@ from engine.core.verification import (
     Phase,
     Verification,
     VerificationParams,
-    defaults,
     start,
     superseded,
 )
@@ -74,8 +72,8 @@ _QUEUE: TypeAdapter[QueueRecord] = TypeAdapter(
 # --- cycles -> queue ------------------------------------------------------------------------------
 async def forward(rt: Runtime, key: bytes | None, raw: bytes | None) -> int:
     """One ``kubefinops.cycles`` record -> a ``start`` per workload change it pushed."""
-    if not rt.settings.verification_enabled:
-        return 0
+    if not rt.settings.verification_enabled or rt.services.telemetry is None:
+        return 0  # nothing to watch with (the demo has no cluster telemetry)
     topic = rt.settings.topic("cycles")
     summary = await parse_or_park(rt, CycleSummary, raw, key=key, agent=AGENT, topic=topic)
     if summary is None or summary.execution.outcome not in APPLIED:
@@ -97,7 +95,7 @@ async def forward(rt: Runtime, key: bytes | None, raw: bytes | None) -> int:
 
 
 async def request_tick(rt: Runtime, by: str = "timer") -> None:
-    record = VerifyTick(at=time.time(), by=by)
+    record = VerifyTick(at=rt.clock(), by=by)
     await rt.topics.verification_queue.send(key=b"tick", value=record.model_dump_json().encode())
 
 
@@ -115,24 +113,16 @@ async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[Veri
         return []
     RECORDS_PROCESSED.labels(AGENT).inc()
     if isinstance(record, VerifyStart):
-        return await begin(rt, record, time.time())
-    return await check_all(rt, time.time())
-
-
-def _load(raw: Any) -> Verification | None:
-    try:
-        return Verification.model_validate(raw)
-    except ValidationError as exc:
-        log.warning("dropping an unreadable watch: %s", exc)
-        return None
+        return await begin(rt, record, rt.clock())
+    return await check_all(rt, rt.clock())
 
 
 def _store(rt: Runtime, v: Verification) -> None:
-    rt.tables.verifications[v.workload_id] = v.model_dump(mode="json")
+    rt.tables.verifications[v.workload_id] = v
 
 
 def params_for(rt: Runtime, policy_id: str | None) -> VerificationParams:
-    base = defaults(rt.settings)
+    base = rt.settings.verification_defaults
     for policy in current_policies(rt):
         if policy.id == policy_id:
             return policy.verification.resolve(base)
@@ -153,7 +143,7 @@ async def begin(rt: Runtime, record: VerifyStart, now: float) -> list[Verificati
     v = start(record.decision, record.execution, params_for(rt, record.decision.policy_id))
     if v is None:
         return []
-    existing = _load(rt.tables.verifications.get(v.workload_id))
+    existing = rt.tables.verifications.get(v.workload_id)
     if existing is not None and existing.id == v.id:
         return []  # redelivered: the watch already exists (and may be far along)
     out: list[Verification] = []
@@ -170,13 +160,12 @@ async def begin(rt: Runtime, record: VerifyStart, now: float) -> list[Verificati
 async def check_all(rt: Runtime, now: float) -> list[Verification]:
     """Check every unfinished watch; make the reverts that are due.  A dependency down skips
     that watch until the next tick (nothing is lost: the state is in the table)."""
-    telemetry = rt.service("telemetry")
-    reverter = rt.service("gitops")
+    telemetry = rt.services.telemetry
+    reverter = rt.services.git
     moved: list[Verification] = []
     watching = 0
-    for wid, raw in list(rt.tables.verifications.items()):
-        v = _load(raw)
-        if v is None or v.finished:
+    for wid, v in list(rt.tables.verifications.items()):
+        if v.finished:
             continue
         new = v
         try:
@@ -211,7 +200,7 @@ async def publish(rt: Runtime, v: Verification) -> None:
     elif v.phase is Phase.REGRESSED and not v.revert_pending:
         recommended = "revert recommended" in v.detail
         REVERTS.labels(outcome="recommended" if recommended else "failed").inc()
-    store = rt.service("records")
+    store = rt.services.history
     if store is not None:
         try:
             await store.save_verification(v)
@@ -224,20 +213,3 @@ async def publish(rt: Runtime, v: Verification) -> None:
         v.detail,
         f" (revert {v.revert_sha})" if v.revert_sha else "",
     )
-
-
-def register(rt: Runtime) -> None:
-    @rt.app.agent(rt.topics.cycles, name="kubefinops.agents.verifier_forward")
-    async def forward_cycles(stream: Any) -> None:
-        async for event in stream.events():
-            await forward(rt, event.key, event.value)
-
-    @rt.app.timer(interval=rt.settings.verification_interval_seconds, on_leader=True)
-    async def verification_tick() -> None:
-        if rt.settings.verification_enabled:
-            await request_tick(rt)
-
-    @rt.app.agent(rt.topics.verification_queue, name="kubefinops.agents.verifier")
-    async def verifier(stream: Any) -> None:
-        async for event in stream.events():
-            await handle(rt, event.key, event.value)

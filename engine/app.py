@@ -17,10 +17,14 @@ exactly one worker owns it at a time and hand-over on rebalance is Kafka's job.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import faust
+from aiokafka.helpers import create_ssl_context
 from faust.types.auth import SASLMechanism
 
 from engine.settings import SecurityProtocol, Settings
@@ -44,8 +48,33 @@ class Topics:
         return [getattr(self, name) for name in self.__dataclass_fields__]
 
 
-def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of ``SASL_SSL``/``SSL``: the CA file (else the system's CAs) and, for
+    mutual TLS, the client certificate and key.  None for the plaintext protocols."""
+    if settings.effective_security_protocol not in (
+        SecurityProtocol.SASL_SSL,
+        SecurityProtocol.SSL,
+    ):
+        return None
+    password = settings.kafka_ssl_key_password
+    context = create_ssl_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        password=password.get_secret_value() if password is not None else None,
+    )
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    return context
+
+
+def broker_credentials(
+    settings: Settings,
+) -> faust.SASLCredentials | faust.SSLCredentials | None:
     protocol = settings.effective_security_protocol
+    context = kafka_ssl_context(settings)
+    if protocol is SecurityProtocol.SSL:
+        assert context is not None
+        return faust.SSLCredentials(context)
     if protocol not in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
         return None
     assert settings.kafka_password is not None  # enforced by Settings validation
@@ -53,6 +82,7 @@ def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
         username=settings.kafka_username or "",
         password=settings.kafka_password.get_secret_value(),
         mechanism=SASLMechanism(settings.kafka_sasl_mechanism.value),
+        ssl_context=context,
     )
 
 
@@ -85,6 +115,19 @@ def create_app(settings: Settings) -> faust.App:
         logging_config=None,
     )
     return app
+
+
+async def wait_for_assignment(app: faust.App, timeout: float = 120.0, poll: float = 0.1) -> bool:
+    """Wait until this worker has partitions assigned and no rebalance is running.
+
+    True once assigned, False when ``timeout`` passed first (the caller decides what that means).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not app.rebalancing and app.consumer.assignment():
+            return True
+        await asyncio.sleep(poll)
+    return False
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from engine.core.cost import Prices
 from engine.errors import AuthenticationFailed, ConfigError, DependencyUnavailable, PermanentError
 from engine.logs import setup_logging
 from engine.settings import Settings, load_settings
@@ -25,6 +25,8 @@ EXIT_PERMANENT = 1
 EXIT_CONFIG = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
+T = TypeVar("T")
+EXIT_NO_MATCH = 5  # recommend --once: the selection matches no workload
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -43,56 +45,37 @@ def settings_or_exit(**overrides: object) -> Settings:
         fail(str(exc), EXIT_CONFIG)
 
 
-def preflight_or_exit(settings: Settings, attempts: int = 3) -> None:
-    from engine.adapters.kafka import ensure_topics, preflight
-
-    delay = 2.0
-    for attempt in range(1, attempts + 1):
-        try:
-            asyncio.run(preflight(settings))
-            created = asyncio.run(ensure_topics(settings))
-            if created:
-                logging.getLogger("kubefinops").info("created topics: %s", ", ".join(created))
-            return
-        except AuthenticationFailed as exc:
-            fail(str(exc), EXIT_AUTH)
-        except DependencyUnavailable as exc:
-            if attempt == attempts:
-                fail(str(exc), EXIT_UNAVAILABLE)
-            logging.getLogger("kubefinops").warning("%s; retrying in %.0fs", exc, delay)
-            import time
-
-            time.sleep(delay)
-            delay *= 2
+def operator_errors_exit(run: Callable[[], T]) -> T:
+    """Run ``run``; an error an operator can fix ends the process with one line and a code."""
+    try:
+        return run()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except AuthenticationFailed as exc:
+        fail(str(exc), EXIT_AUTH)
+    except DependencyUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except PermanentError as exc:  # e.g. a query Prometheus refuses
+        fail(str(exc), EXIT_PERMANENT)
 
 
 @cli.command()
 def worker(
     web_port: Annotated[int | None, typer.Option(help="Web endpoint port")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Faust data directory")] = None,
+    wait_for_kafka: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for Kafka at start (KUBEFINOPS_KAFKA_WAIT_SECONDS)"),
+    ] = None,
 ) -> None:
     """Run a Faust worker (what a pod runs): every agent, tables, the web endpoint."""
-    settings = settings_or_exit(web_port=web_port, data_dir=data_dir)
+    from engine.worker import run_worker
+
+    settings = settings_or_exit(
+        web_port=web_port, data_dir=data_dir, kafka_wait_seconds=wait_for_kafka
+    )
     redactor = setup_logging(settings)
-    preflight_or_exit(settings)
-    from agents import build_runtime
-
-    rt = build_runtime(settings)
-    make_worker(rt.app, settings, redactor).execute_from_commandline()
-
-
-def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
-    """A Faust worker whose log handlers (Faust installs its own) all redact secrets."""
-    import faust
-
-    class Worker(faust.Worker):
-        def _setup_logging(self) -> None:
-            super()._setup_logging()
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(redactor)
-
-    # redirect_stdouts=False: the demo prints its tables to the terminal, not into the log.
-    return Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    operator_errors_exit(lambda: run_worker(settings, redactor))
 
 
 @cli.command()
@@ -106,7 +89,7 @@ def demo(
     """Run the whole loop on an embedded broker (Tansu) with sample data: no services needed."""
     from engine.demo import run_demo
 
-    sys.exit(run_demo(seconds=seconds, workdir=workdir, once=once))
+    sys.exit(operator_errors_exit(lambda: run_demo(seconds=seconds, workdir=workdir, once=once)))
 
 
 class Output(StrEnum):
@@ -120,12 +103,20 @@ class Output(StrEnum):
 def recommend(
     once: Annotated[bool, typer.Option("--once", help="One-shot run without Kafka")] = True,
     prometheus_url: Annotated[str | None, typer.Option(help="Prometheus base URL")] = None,
-    namespace: Annotated[list[str] | None, typer.Option(help="Only these namespaces")] = None,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Only these namespaces")
+    ] = None,
+    selector: Annotated[
+        str | None,
+        typer.Option("--selector", "-l", help="Workload label selector, e.g. app=api,tier!=batch"),
+    ] = None,
     history_days: Annotated[int | None, typer.Option(help="Days of history to read")] = None,
     output: Annotated[Output, typer.Option(help="table, json, yaml or csv")] = Output.table,
 ) -> None:
-    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka."""
-    from engine.oneshot import run_once
+    """Pull history from Prometheus, print recommendations with savings (like KRR), no Kafka.
+
+    The selection is pushed into every PromQL query; one that matches nothing exits 5."""
+    from engine.oneshot import NoMatch, run_once
 
     settings = settings_or_exit(
         prometheus_url=prometheus_url,
@@ -133,15 +124,43 @@ def recommend(
         kafka_security_protocol="PLAINTEXT",
     )
     setup_logging(settings, stream=sys.stderr)
-    try:
-        text = asyncio.run(run_once(settings, namespaces=namespace or [], output=output.value))
-    except DependencyUnavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
-    except AuthenticationFailed as exc:
-        fail(str(exc), EXIT_AUTH)
-    except PermanentError as exc:  # e.g. a query Prometheus refuses
-        fail(str(exc), EXIT_PERMANENT)
+
+    def run(progress: Any = None) -> str:
+        return asyncio.run(
+            run_once(
+                settings,
+                namespaces=namespace or [],
+                selector=selector,
+                output=output.value,
+                progress=progress,
+            )
+        )
+
+    def run_here() -> str:
+        try:
+            return str(with_progress(run, "reading history") if sys.stderr.isatty() else run())
+        except NoMatch as exc:
+            fail(str(exc), EXIT_NO_MATCH)
+
+    text = operator_errors_exit(run_here)
     typer.echo(text, nl=False)
+
+
+def with_progress(run: Any, what: str) -> Any:
+    """``run(progress)`` under a rich progress bar on stderr (terminals only; gone when done)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        f"[progress.description]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        return run(lambda done, total: bar.update(task, completed=done, total=total))
 
 
 class BacktestOutput(StrEnum):
@@ -219,7 +238,7 @@ def backtest(
         write_export,
     )
     from engine.core.backtest import BacktestParams
-    from engine.core.estimators import parse_duration
+    from engine.core.quantity import parse_duration
 
     if (samples is None) == (prometheus_url is None):
         fail("give exactly one input: --samples FILE or --prometheus-url URL", EXIT_CONFIG)
@@ -227,11 +246,11 @@ def backtest(
     setup_logging(settings, stream=sys.stderr)
     log = logging.getLogger("kubefinops.backtest")
     try:
-        step = float(parse_duration(interval))  # type: ignore[arg-type]
+        step = parse_duration(interval)
         strategies = make_strategies(
             strategy or ["kubefinops", "krr-simple", "vpa-like"],
             policy_file=policy,
-            prices=Prices.from_settings(settings),
+            prices=settings.prices,
             replay=replay,
         )
         specs = None
@@ -271,7 +290,7 @@ def backtest(
             end=window[1],
             interval=step,
             min_day_samples=min_day_samples,
-            prices=Prices.from_settings(settings),
+            prices=settings.prices,
         )
     except (ConfigError, ValueError) as exc:
         fail(str(exc), EXIT_CONFIG)
@@ -316,13 +335,7 @@ class TailOutput(StrEnum):
 def inspect_or_exit(run: Any) -> Any:
     """Run a topic-inspection coroutine; operator errors end with one line and their code."""
     try:
-        return asyncio.run(run)
-    except AuthenticationFailed as exc:
-        fail(str(exc), EXIT_AUTH)
-    except DependencyUnavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
-    except PermanentError as exc:
-        fail(str(exc), EXIT_PERMANENT)
+        return operator_errors_exit(lambda: asyncio.run(run))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

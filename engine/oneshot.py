@@ -13,26 +13,38 @@ to stdout.  An unreachable Prometheus raises :class:`DependencyUnavailable`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from engine.adapters.prometheus import (
-    LOOKBACK_SECONDS,
-    Collector,
-    PrometheusClient,
-    redact_url,
+from engine.adapters.prometheus import LOOKBACK_SECONDS, PrometheusClient, redact_url
+from engine.core.collect import (
+    OWNER_METRICS,
+    Owners,
+    Series,
+    build_batches,
+    build_specs,
+    first_eval_time,
+    plan_chunks,
+    spec_expr,
 )
-from engine.core.collect import plan_chunks
-from engine.core.cost import Prices
 from engine.core.guardrails import hpa_resources
 from engine.core.model import RESOURCES, MetricsBatch, Recommendation, UsageSummary, WorkloadSpec
 from engine.core.policy import exclusion, policy_for
 from engine.core.recommend import recommend
 from engine.core.render import render
 from engine.core.samples import validate_batch
+from engine.core.selection import (
+    LABEL_METRICS,
+    Selection,
+    counter_rates,
+    join_matchers,
+    pod_matcher,
+)
 from engine.core.usage import ContainerUsage
+from engine.errors import PermanentError
 from engine.settings import Settings
 
 log = logging.getLogger("kubefinops.oneshot")
@@ -118,7 +130,7 @@ def recommend_all(
 ) -> tuple[list[Recommendation], dict[str, list[str]]]:
     """One recommendation per wanted workload (default policy, configured prices) and the
     gate's notes per workload id."""
-    prices = Prices.from_settings(settings)
+    prices = settings.prices
     recs: list[Recommendation] = []
     notes: dict[str, list[str]] = {}
     for spec in specs:
@@ -132,85 +144,199 @@ def recommend_all(
     return sorted(recs, key=lambda r: r.workload_id), notes
 
 
+ONESHOT_CHUNK_SECONDS = 86400  # one query per resource and day: ~14x fewer round trips
+PREFETCH = 3  # chunks in flight while the previous ones are folded (in order)
+Progress = Callable[[int, int], None]
+
+
+class NoMatch(PermanentError):
+    """The selection matches no workload: a one-line error, non-zero exit."""
+
+
+def cpu_counter_expr(matchers: str) -> str:
+    """The CPU counter sampled once per step (rates are taken client-side: one sample per series
+    and step instead of every sample of a ``rate()`` window)."""
+    sel = join_matchers('container!=""', 'container!="POD"', matchers)
+    return f"max by (namespace, pod, container) (container_cpu_usage_seconds_total{{{sel}}})"
+
+
+def memory_peak_expr(matchers: str, step: int) -> str:
+    """The working set's peak per step window of ``step`` s minus 1 ms: every raw sample is read
+    exactly once (2.x windows are closed at both ends) and the peak is exact."""
+    sel = join_matchers('container!=""', 'container!="POD"', matchers)
+    return (
+        "max by (namespace, pod, container) (max_over_time(container_memory_working_set_bytes"
+        f"{{{sel}}}[{step * 1000 - 1}ms]))"
+    )
+
+
+async def discover(
+    client: PrometheusClient, selection: Selection, start: float, end: float
+) -> tuple[Owners, str]:
+    """Pod owners of the window and the usage matchers, from the series index (no samples).
+
+    A label selector resolves to the selected workloads' pods (like KRR, which lists them from
+    the API server); raises :class:`NoMatch` when nothing is selected.
+    """
+    ns = selection.namespace_matcher()
+    owner_series = await asyncio.gather(
+        *(client.series([f"{m}{{{ns}}}"], start, end) for m in OWNER_METRICS)
+    )
+    owners = Owners.build(*owner_series)
+    matchers = ns
+    if selection.labels:
+        sel = join_matchers(ns, selection.label_matchers())
+        found = await client.series([f"{m}{{{sel}}}" for m in LABEL_METRICS], start, end)
+        kinds = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}
+        chosen = {
+            (s.labels.get("namespace", ""), kind, s.labels.get(key, ""))
+            for s in found
+            for key, kind in kinds.items()
+            if s.labels.get("__name__") == f"kube_{key}_labels"
+        }
+        pods = [pod for (n, pod) in owners.pods if (n, *owners.resolve(n, pod)) in chosen]
+        if not pods:
+            raise NoMatch(
+                f"no workloads match {selection.describe()} in Prometheus at "
+                f"{redact_url(client.base_url)}"
+            )
+        matchers = join_matchers(ns, pod_matcher(pods))
+    elif not owners.pods:
+        raise NoMatch(
+            f"no workloads match {selection.describe()} in Prometheus at "
+            f"{redact_url(client.base_url)} (no kube_pod_owner series in the window)"
+        )
+    return owners, matchers
+
+
 async def collect(
     settings: Settings,
     fold: Fold,
     *,
     now: float,
     client: PrometheusClient,
+    selection: Selection = Selection(),
+    progress: Progress | None = None,
 ) -> list[WorkloadSpec]:
     """Read every chunk of the history window into ``fold``; return the specs at its end."""
+    step = settings.prometheus_step_seconds
     chunks = plan_chunks(
         None,
         now,
         scrape_lag=settings.scrape_lag_seconds,
         history=settings.history_seconds,
-        chunk=settings.prometheus_chunk_seconds,
-        step=settings.prometheus_step_seconds,
+        chunk=ONESHOT_CHUNK_SECONDS,
+        step=step,
     )
-    collector = Collector(client, settings)
-    log.info(
-        "reading %d day(s) of history from %s in %d chunk(s)",
+    if not chunks:
+        return []
+    owners, matchers = await discover(client, selection, chunks[0][0], chunks[-1][1])
+    log.debug(
+        "reading %d day(s) of history from %s in %d chunk(s) for %s",
         settings.history_days,
         redact_url(settings.prometheus_url),
         len(chunks),
+        selection.describe(),
     )
-    for i, (start, end) in enumerate(chunks, 1):
-        fold.add(await collector.collect_chunk(start, end), now)
-        log.info(
-            "chunk %d/%d: %d containers, %d samples so far",
-            i,
-            len(chunks),
-            len(fold.usage),
-            fold.samples,
-        )
-    at = chunks[-1][1] if chunks else now
+    cpu_q, mem_q = cpu_counter_expr(matchers), memory_peak_expr(matchers, step)
+    gate = asyncio.Semaphore(PREFETCH)
+
+    async def fetch(start: float, end: float) -> list[MetricsBatch]:
+        first = first_eval_time(start, step)
+        async with gate:
+            counters, memory = await asyncio.gather(
+                client.query_range(cpu_q, first - step, end, step),
+                client.query_range(mem_q, first, end, step),
+            )
+        cpu = [Series(s.labels, counter_rates(s.values, step)) for s in counters]
+        return build_batches(cpu, memory, owners, start, end)
+
+    tasks = [asyncio.ensure_future(fetch(start, end)) for start, end in chunks]
+    try:
+        for i, task in enumerate(tasks, 1):
+            fold.add(await task, now)  # in chunk order: the fold keeps per-container marks
+            if progress is not None:
+                progress(i, len(chunks))
+            log.debug("chunk %d/%d: %d containers", i, len(chunks), len(fold.usage))
+    finally:
+        for task in tasks:
+            task.cancel()
+    at = chunks[-1][1]
     newest = fold.newest_ts
     if newest is not None and newest < at - LOOKBACK_SECONDS:
         # A Prometheus whose data stops before the window does (a snapshot, a dead scrape):
         # read the specs when the workloads were last seen, not at an empty instant.
-        log.warning(
+        log.info(
             "newest sample is %.0f s before the window end: reading specs at %s",
             at - newest,
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest)),
         )
         at = newest
-    return await collector.collect_specs(at)
+    series = await client.query(spec_expr(selection.namespace_matcher()), at)
+    return [s for s in build_specs(series, at) if selection.selects(s.namespace, s.labels)]
+
+
+def held_changes(specs: Sequence[WorkloadSpec]) -> dict[str, frozenset[str]]:
+    """Per workload id, the resources the gate would not change (default policy): all of an
+    excluded workload, an HPA's resources (memory-only rule: the CPU)."""
+    out: dict[str, frozenset[str]] = {}
+    for spec in specs:
+        policy = policy_for([], spec)
+        if exclusion(spec, policy):
+            out[spec.workload_id] = frozenset(RESOURCES)
+            continue
+        scaled, rule = hpa_resources(spec), policy.guardrails.hpa
+        if not scaled or rule == "allow":
+            continue
+        memory_only = rule == "memory-only" and scaled == {"cpu"}
+        out[spec.workload_id] = frozenset({"cpu"}) if memory_only else frozenset(RESOURCES)
+    return out
 
 
 async def run_once(
     settings: Settings,
     *,
     namespaces: Sequence[str] = (),
+    selector: str | None = None,
     output: str = "table",
     now: float | None = None,
     client: PrometheusClient | None = None,
+    progress: Progress | None = None,
 ) -> str:
-    """Pull history, recommend every workload (optionally only ``namespaces``), render it.
+    """Pull history for the selected workloads, recommend each, render it.
 
-    ``now`` defaults to the wall clock and also stamps ``generated_at``, so a caller can tell
-    exactly which window was read.
+    ``namespaces`` and ``selector`` (kubectl label-selector syntax) are pushed into every
+    PromQL query; a selection matching nothing raises :class:`NoMatch`.  ``now`` defaults to
+    the wall clock and also stamps ``generated_at``.
     """
     if output not in ("table", "json", "yaml", "csv"):
         raise ValueError(f"unknown output format {output!r}")
+    selection = Selection.build(namespaces, selector)
     now = time.time() if now is None else now
     fold = Fold(
         history_seconds=settings.history_seconds,
         window_seconds=settings.usage_window_seconds,
-        namespaces=frozenset(namespaces),
+        namespaces=frozenset(selection.namespaces),
     )
     owned = client is None
     client = client or PrometheusClient(settings)
     try:
-        specs = await collect(settings, fold, now=now, client=client)
+        specs = await collect(
+            settings, fold, now=now, client=client, selection=selection, progress=progress
+        )
     finally:
         if owned:
             await client.close()
+    if not specs:
+        raise NoMatch(
+            f"no workloads match {selection.describe()} in Prometheus at "
+            f"{redact_url(settings.prometheus_url)} (no kube-state-metrics specs)"
+        )
     recs, notes = recommend_all(specs, fold, settings, now=now)
     known = {f"{s.workload_id}/{c.name}" for s in specs for c in s.containers}
     orphans = sorted(set(fold.usage) - known)
     if orphans:
-        log.info(
+        log.debug(
             "%d container(s) with usage but no current spec skipped (e.g. %s)",
             len(orphans),
             orphans[0],
@@ -219,5 +345,5 @@ async def run_once(
         log.warning(
             "samples dropped: %s", ", ".join(f"{k}={v}" for k, v in sorted(fold.rejected.items()))
         )
-    log.info("%d workload(s), %d sample(s) read", len(recs), fold.samples)
-    return render(recs, output, Prices.from_settings(settings), notes=notes)
+    log.debug("%d workload(s), %d sample(s) read", len(recs), fold.samples)
+    return render(recs, output, settings.prices, notes=notes, held=held_changes(specs))

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.core.cost import Prices
+from engine.core.verification import VerificationParams
 from engine.errors import ConfigError
 
 _SVC = "kubefinops.svc.cluster.local"
@@ -73,8 +75,11 @@ class Settings(BaseSettings):
     web_host: str = "0.0.0.0"
     web_port: Annotated[int, Field(ge=0, le=65535)] = 6066
     web_canonical_url: str | None = None  # how peers reach this worker (routing of /api/usage)
-    api_token: SecretStr | None = None
+    api_token: SecretStr | None = None  # bearer token of the policy API and POST /api/cycles
     api_token_file: Path | None = None
+    # When set, the read API (/api/usage) needs this token (or the api_token) too.
+    api_read_token: SecretStr | None = None
+    api_read_token_file: Path | None = None
 
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_bootstrap_servers: str = f"infra-kafka.{_SVC}:9092"
@@ -85,6 +90,16 @@ class Settings(BaseSettings):
     kafka_username: str | None = "user1"
     kafka_password: SecretStr | None = None
     kafka_password_file: Path | None = None
+    # TLS (security protocol SASL_SSL or SSL): the CA that signed the brokers' certificates and,
+    # for mutual TLS, a client certificate and key (PEM files, e.g. a mounted Secret).
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+    # How long a starting worker waits for Kafka (backoff, one log line per attempt) before it
+    # exits non-zero: a broker that starts after the pod must not crash-loop it.
+    kafka_wait_seconds: Annotated[float, Field(ge=0)] = 300.0
     topic_partitions: PositiveInt = 8
     topic_replication: PositiveInt = 1
     topic_prefix: str = "kubefinops"
@@ -182,6 +197,30 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server.strip()!r} is not host:port")
         return value
 
+    @field_validator(
+        "api_token",
+        "api_read_token",
+        "kafka_password",
+        "git_token",
+        "s3_access_key",
+        "s3_secret_key",
+        "kafka_ssl_key_password",
+    )
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty token is a mistake, never "no password": with KUBEFINOPS_API_TOKEN="" the API
+        # would accept "Authorization: Bearer " (nothing). Unset the variable to disable it.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (unset the variable instead)")
+        return value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
         # A *_FILE setting, when given, wins over the plain one: it is how a Kubernetes Secret is
@@ -189,6 +228,7 @@ class Settings(BaseSettings):
         for field, file_field in (
             ("kafka_password", "kafka_password_file"),
             ("api_token", "api_token_file"),
+            ("api_read_token", "api_read_token_file"),
             ("s3_access_key", "s3_access_key_file"),
             ("s3_secret_key", "s3_secret_key_file"),
             ("git_token", "git_token_file"),
@@ -200,6 +240,8 @@ class Settings(BaseSettings):
                     secret = path.read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     raise ValueError(f"{file_field}: cannot read {path} ({exc.strerror})") from None
+                if not secret:
+                    raise ValueError(f"{file_field}: {path} is empty")
                 if field == "mongodb_uri":
                     self._mongo_uri(SecretStr(secret))
                 object.__setattr__(self, field, SecretStr(secret))
@@ -207,6 +249,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "kafka_password: required when SASL is on "
                 "(set KUBEFINOPS_KAFKA_PASSWORD or KUBEFINOPS_KAFKA_PASSWORD_FILE)"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError(
+                "kafka_ssl_certfile: a client certificate needs its key and the other way round "
+                "(set both KUBEFINOPS_KAFKA_SSL_CERTFILE and KUBEFINOPS_KAFKA_SSL_KEYFILE)"
             )
         return self
 
@@ -226,6 +273,27 @@ class Settings(BaseSettings):
     @property
     def history_seconds(self) -> int:
         return self.history_days * 86400
+
+    @property
+    def verification_defaults(self) -> VerificationParams:
+        """The worker-wide defaults a policy's ``verification`` block overrides."""
+        return VerificationParams(
+            deadline=self.verification_deadline_seconds,
+            window=self.verification_window_seconds,
+            penalty=self.verification_penalty_seconds,
+            throttling=self.verification_throttling_threshold,
+            restarts=self.verification_max_restarts,
+            readiness_grace=self.verification_readiness_grace_seconds,
+        )
+
+    @property
+    def prices(self) -> Prices:
+        """The unit prices the cost model uses (the core takes these, never the settings)."""
+        return Prices(
+            cpu_core_hour=self.price_cpu_core_hour,
+            memory_gib_hour=self.price_memory_gib_hour,
+            currency=self.currency,
+        )
 
 
 def _describe(error: ValidationError) -> str:

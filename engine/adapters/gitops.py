@@ -10,7 +10,10 @@ bot file a human edited meanwhile.  See docs/gitops.md.
 
 The token reaches git only through the environment of the git child process, read by a
 ``GIT_ASKPASS`` script that holds no secret: never in ``.git/config``, the remote URL, logs or
-exception messages (:func:`redact`).
+exception messages (:func:`redact`).  Every child (git through GitPython, kubectl) gets a
+minimal environment (:func:`child_env`: PATH, HOME, locale, proxies, CA bundle, the askpass
+variables) — the worker's own ``KUBEFINOPS_*`` secrets never reach it — and the askpass
+directory exists only while a cycle runs.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +63,49 @@ _AUTH_FAILED = re.compile(
 )
 
 
+# What a child process may inherit from the worker: nothing that can hold one of its secrets.
+_INHERIT = {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME"}
+_INHERIT_PREFIX = ("LC_",)
+_INHERIT_NETWORK = {
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "KUBECONFIG",
+}  # fmt: skip
+
+
+def child_env(env: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The minimal environment of a child process: the allow-listed variables of ``env``
+    (default: this process's), the variables git itself sets for its children (``GIT_*``, which
+    GitPython passes on), and ``extra``."""
+    source = os.environ if env is None else env
+    keep = {
+        k: v
+        for k, v in source.items()
+        if k in _INHERIT
+        or k in _INHERIT_NETWORK
+        or k.startswith(_INHERIT_PREFIX)
+        or (k.startswith("GIT_") and not k.startswith("GIT_PYTHON"))
+        or k in (TOKEN_ENV, USER_ENV)
+    }
+    return {**keep, **extra}
+
+
+def _popen_minimal_env(*args: Any, env: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+    popen: Any = subprocess.Popen
+    return popen(*args, env=child_env(env), **kwargs)
+
+
+# GitPython starts every git process with a copy of os.environ plus what it is given, with no
+# way to opt out; its process factory is replaced so each git child gets child_env() instead.
+# tests/integration/test_hostile.py reads a live git child's /proc/<pid>/environ to hold this.
+if sys.platform != "win32":
+    git.cmd.safer_popen = _popen_minimal_env
+
+
 def redact(text: str, *secrets: str | None) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
     return text
-
-
-@dataclass
-class ApplyResult:
-    execution: Execution
-    held: dict[str, str] = field(default_factory=dict)  # workload id -> why it was held
 
 
 @dataclass
@@ -114,9 +149,7 @@ class GitOpsWriter:
 
     # --- public ------------------------------------------------------------------------------
     async def apply_cycle(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
-        return (await self.apply_cycle_result(cycle_id, decisions)).execution
-
-    async def apply_cycle_result(self, cycle_id: str, decisions: Sequence[Decision]) -> ApplyResult:
+        """Commit and push one apply cycle; held workloads are in ``Execution.held``."""
         return await asyncio.to_thread(self._locked, cycle_id, list(decisions), True)
 
     async def revert(self, v: Verification) -> RevertResult:
@@ -127,7 +160,7 @@ class GitOpsWriter:
         """The revert without its push (blocking): what a crash right after the commit leaves."""
         return self._locked_revert(v, False)
 
-    def commit_only(self, cycle_id: str, decisions: Sequence[Decision]) -> ApplyResult:
+    def commit_only(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
         """Steps 1-5 without the push (blocking): what a crash right after the commit leaves."""
         return self._locked(cycle_id, list(decisions), False)
 
@@ -142,19 +175,29 @@ class GitOpsWriter:
         token = self.settings.git_token
         return token.get_secret_value() if token is not None else None
 
-    def _env(self) -> dict[str, str]:
-        if self._askpass_dir is None or not self._askpass_dir.exists():
-            self._askpass_dir = Path(tempfile.mkdtemp(prefix="kubefinops-askpass-"))
-            weakref.finalize(self, shutil.rmtree, str(self._askpass_dir), True)
+    @contextlib.contextmanager
+    def _askpass(self) -> Iterator[None]:
+        """The askpass script's directory, for the duration of one cycle: removed on every exit
+        path (success, error, cancellation), so nothing is left behind after a shutdown."""
+        self._askpass_dir = Path(tempfile.mkdtemp(prefix="kubefinops-askpass-"))
+        try:
             script = self._askpass_dir / "askpass.sh"
             script.write_text(_ASKPASS, encoding="utf-8")
             script.chmod(stat.S_IRWXU)
+            yield
+        finally:
+            shutil.rmtree(self._askpass_dir, ignore_errors=True)
+            self._askpass_dir = None
+
+    def _env(self, network: bool = True) -> dict[str, str]:
+        if self._askpass_dir is None:
+            raise RuntimeError("git called outside a cycle (no askpass directory)")
         s = self.settings
+        secret = {USER_ENV: s.git_username, TOKEN_ENV: self._token or ""} if network else {}
         return {
             "GIT_ASKPASS": str(self._askpass_dir / "askpass.sh"),
             "GIT_TERMINAL_PROMPT": "0",
-            USER_ENV: s.git_username,
-            TOKEN_ENV: self._token or "",
+            **secret,
             "GIT_CONFIG_COUNT": "1",  # no credential helper may store the token
             "GIT_CONFIG_KEY_0": "credential.helper",
             "GIT_CONFIG_VALUE_0": "",
@@ -166,7 +209,7 @@ class GitOpsWriter:
 
     def _run(self, repo: git.Repo, *args: str) -> str:
         try:
-            with repo.git.custom_environment(**self._env()):
+            with repo.git.custom_environment(**self._env(network=args[0] in _NETWORK)):
                 out: str = repo.git.execute(["git", *args])
                 return out
         except git.GitCommandError as exc:
@@ -190,8 +233,8 @@ class GitOpsWriter:
             return DependencyUnavailable(f"git remote unreachable or failing: {text}")
         return DependencyUnavailable(f"git failed: {text}")
 
-    def _locked(self, cycle_id: str, decisions: list[Decision], push: bool) -> ApplyResult:
-        with self._lock:
+    def _locked(self, cycle_id: str, decisions: list[Decision], push: bool) -> Execution:
+        with self._lock, self._askpass():
             return self._apply(cycle_id, decisions, push)
 
     def _branch(self, cycle_id: str) -> str:
@@ -215,7 +258,7 @@ class GitOpsWriter:
             try:
                 git.Git().execute(
                     ["git", "clone", "--quiet", "--no-checkout", self.url, str(self.workdir)],
-                    env={**os.environ, **self._env()},
+                    env=self._env(),
                 )
             except git.GitCommandError as exc:
                 raise self._translate(exc) from None
@@ -241,7 +284,7 @@ class GitOpsWriter:
         return None
 
     # --- the cycle ------------------------------------------------------------------------------
-    def _apply(self, cycle_id: str, decisions: list[Decision], push: bool) -> ApplyResult:
+    def _apply(self, cycle_id: str, decisions: list[Decision], push: bool) -> Execution:
         branch = self._branch(cycle_id)
         todo = patches.apply_decisions(decisions)
         if not todo:
@@ -311,13 +354,13 @@ class GitOpsWriter:
         upstream: str,
         todo: list[Decision],
         held: dict[str, str],
-    ) -> ApplyResult:
+    ) -> Execution:
         for attempt in range(1, self.max_push_attempts + 1):
             try:
                 self._run(repo, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}")
                 GIT_PUSHES.labels(outcome="ok").inc()
                 sha = repo.head.commit.hexsha
-                detail = "; ".join(f"held {k}: {v}" for k, v in sorted(held.items()))
+                detail = f"{len(held)} workload(s) held" if held else ""
                 return self._result(cycle_id, todo, "pushed", sha, branch, detail, held)
             except _Rejected:
                 GIT_PUSHES.labels(outcome="rejected").inc()
@@ -351,7 +394,7 @@ class GitOpsWriter:
 
     # --- reverts --------------------------------------------------------------------------------
     def _locked_revert(self, v: Verification, push: bool) -> RevertResult:
-        with self._lock:
+        with self._lock, self._askpass():
             for attempt in range(1, self.max_push_attempts + 1):
                 try:
                     return self._revert(v, push)
@@ -479,9 +522,8 @@ class GitOpsWriter:
         branch: str,
         detail: str,
         held: dict[str, str] | None = None,
-    ) -> ApplyResult:
-        execution = Execution(
-            id=f"exec-{cycle_id}",
+    ) -> Execution:
+        return Execution(
             cycle=cycle_id,
             workload_ids=[d.workload_id for d in todo],
             decision_ids=[d.id for d in todo],
@@ -489,9 +531,9 @@ class GitOpsWriter:
             commit_sha=sha,
             branch=branch,
             detail=redact(detail, self._token),
+            held={k: redact(v, self._token) for k, v in (held or {}).items()},
             executed_at=time.time(),
         )
-        return ApplyResult(execution, dict(held or {}))
 
 
 def kubectl_kustomize(overlay: Path) -> str:
@@ -500,6 +542,7 @@ def kubectl_kustomize(overlay: Path) -> str:
         raise PermanentError("kubectl is not installed: cannot render the overlay")
     proc = subprocess.run(
         [kubectl, "kustomize", str(overlay)],
+        env=child_env(),
         capture_output=True,
         text=True,
         check=False,

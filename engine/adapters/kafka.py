@@ -8,13 +8,14 @@ the same credentials, fetches metadata, and maps the outcome onto the error tree
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError
 
-from engine.app import RETENTION, topic_specs
-from engine.errors import AuthenticationFailed, DependencyUnavailable
+from engine.app import RETENTION, kafka_ssl_context, topic_specs
+from engine.errors import AuthenticationFailed, ConfigError, DependencyUnavailable
 from engine.settings import SecurityProtocol, Settings
 
 
@@ -31,6 +32,9 @@ def client_kwargs(settings: Settings) -> dict[str, object]:
             sasl_plain_username=settings.kafka_username,
             sasl_plain_password=settings.kafka_password.get_secret_value(),
         )
+    context = kafka_ssl_context(settings)
+    if context is not None:
+        kwargs["ssl_context"] = context
     return kwargs
 
 
@@ -56,6 +60,13 @@ async def preflight(settings: Settings, timeout: float = 25.0) -> None:
                 create_conn(host, int(port), request_timeout_ms=int(timeout * 1000), **kwargs),
                 timeout,
             )
+        except ssl.SSLError as exc:  # a wrong CA, a hostname mismatch: will not heal by waiting
+            verify = getattr(exc, "verify_message", None)
+            reason = f"certificate verify failed: {verify}" if verify else exc.reason or "error"
+            raise ConfigError(
+                f"TLS handshake with Kafka at {server.strip()} failed: {reason} "
+                "(check KUBEFINOPS_KAFKA_SSL_CAFILE and the broker's certificate)"
+            ) from None
         except SaslAuthenticationFailed:
             raise AuthenticationFailed(
                 f"Kafka at {where} refused user {settings.kafka_username!r} "

@@ -40,6 +40,7 @@ from engine.core.collect import (
     memory_expr,
     owner_expr,
     parse_result,
+    parse_series,
     plan_chunks,
     spec_expr,
 )
@@ -121,11 +122,22 @@ class PrometheusClient:
         }
         return await self._call("/api/v1/query_range", form, "matrix")
 
+    async def series(self, matchers: list[str], start: float, end: float) -> list[Series]:
+        """Label sets of the series matching any of ``matchers`` in ``[start, end]``.
+
+        ``/api/v1/series`` answers from the index: no sample is read (the one-shot uses it for
+        pod owners, which only need labels)."""
+        form = [("match[]", m) for m in matchers]
+        form += [("start", f"{start:.3f}"), ("end", f"{end:.3f}")]
+        return await self._call("/api/v1/series", form, "series")
+
     async def query(self, expr: str, at: float) -> list[Series]:
         form = {"query": expr, "time": f"{at:.3f}", "timeout": f"{self.timeout:g}s"}
         return await self._call("/api/v1/query", form, "vector")
 
-    async def _call(self, path: str, form: dict[str, str], expect: str) -> list[Series]:
+    async def _call(
+        self, path: str, form: dict[str, str] | list[tuple[str, str]], expect: str
+    ) -> list[Series]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
@@ -144,7 +156,9 @@ class PrometheusClient:
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _once(self, path: str, form: dict[str, str], expect: str) -> list[Series]:
+    async def _once(
+        self, path: str, form: dict[str, str] | list[tuple[str, str]], expect: str
+    ) -> list[Series]:
         try:
             async with self._client().post(self.base_url + path, data=form) as resp:
                 body = await resp.read()
@@ -170,7 +184,7 @@ class PrometheusClient:
             err = doc.get("error", "") if isinstance(doc, dict) else ""
             raise BadQuery(f"Prometheus rejected query (HTTP {status}): {str(err)[:300]}")
         try:
-            result = parse_result(doc, expect)
+            result = parse_series(doc) if expect == "series" else parse_result(doc, expect)
         except MalformedResponse as exc:
             PROMETHEUS_QUERIES.labels(outcome="retry").inc()
             raise _Transient(f"malformed response: {exc}") from None

@@ -30,7 +30,6 @@ from engine.core.report import (
     CycleReport,
     ReportObject,
     documents,
-    held_from_detail,
     report_prefix,
     safe_cycle,
 )
@@ -152,17 +151,8 @@ class ReportWriter:
 
         Dated by the execution time, so a re-delivered summary overwrites the same keys.
         """
-        when = summary.execution.executed_at or generated_at or 0.0
-        report = CycleReport(
-            cycle_id=summary.cycle,
-            generated_at=when,
-            decisions=summary.decisions,
-            execution=summary.execution,
-            held=held_from_detail(summary.execution.detail),
-            policies=summary.policies,
-            verifications=list(verifications),
-        )
-        return await self.write(report)
+        report = CycleReport.from_summary(summary, generated_at or 0.0)
+        return await self.write(report.model_copy(update={"verifications": list(verifications)}))
 
     async def flush(self) -> int:
         """Deliver parked reports, oldest first; stop at the first failure. Returns delivered."""

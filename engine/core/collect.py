@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from pydantic import ValidationError
+
 from engine.core.model import (
     ContainerSpec,
     HpaSpec,
@@ -133,9 +135,12 @@ SPEC_METRICS = (
 )
 
 
-def spec_expr() -> str:
-    """One instant selector for every kube-state-metrics series a spec needs."""
-    return '{__name__=~"' + "|".join(SPEC_METRICS) + '"}'
+def spec_expr(matchers: str = "") -> str:
+    """One instant selector for every kube-state-metrics series a spec needs (``matchers``:
+    more label matchers, e.g. a namespace)."""
+    return (
+        '{__name__=~"' + "|".join(SPEC_METRICS) + '"' + (f",{matchers}" if matchers else "") + "}"
+    )
 
 
 def owner_expr(metric: str, window: int) -> str:
@@ -194,6 +199,16 @@ def parse_result(doc: Any, expect: str) -> list[Series]:
     return out
 
 
+def parse_series(doc: Any) -> list[Series]:
+    """A decoded ``/api/v1/series`` body: label sets only (no values)."""
+    if not isinstance(doc, dict) or doc.get("status") != "success":
+        raise MalformedResponse("series response is not a success object")
+    data = doc.get("data")
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise MalformedResponse("series data is not a list of label sets")
+    return [Series({str(k): str(v) for k, v in d.items()}, []) for d in data]
+
+
 # --- owners -------------------------------------------------------------------------------------
 @dataclass
 class Owners:
@@ -250,8 +265,9 @@ def build_batches(
             kind, name = owners.resolve(ns, pod)
             bucket = grouped.setdefault((ns, kind, name, container), {"cpu": [], "memory": []})
             bucket[resource].extend((t, v) for t, v in s.values if start < t <= end)
-    return [
-        MetricsBatch(
+    batches = (
+        _valid(
+            MetricsBatch,
             namespace=ns,
             kind=kind,
             workload=name,
@@ -261,7 +277,17 @@ def build_batches(
             samples={r: sorted(v) for r, v in samples.items()},
         )
         for (ns, kind, name, container), samples in sorted(grouped.items())
-    ]
+    )
+    return [b for b in batches if b is not None]
+
+
+def _valid(model: Any, **fields: Any) -> Any:
+    """``model(**fields)``, or None for what the wire schema refuses (a name Kubernetes would not
+    allow, an absurd value): one odd series must not stop the collection of every other one."""
+    try:
+        return model(**fields)
+    except ValidationError:
+        return None
 
 
 def count_samples(batches: Iterable[MetricsBatch]) -> int:
@@ -369,8 +395,8 @@ def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
     out = []
     for key in sorted(containers):
         ns, kind, name = key
-        out.append(
-            WorkloadSpec(
+        try:
+            spec = WorkloadSpec(
                 namespace=ns,
                 kind=kind,
                 name=name,
@@ -392,7 +418,9 @@ def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
                 annotations=annotations.get(key, {}),
                 observed_at=at,
             )
-        )
+        except ValidationError:  # see _valid: skip the one workload, not the snapshot
+            continue
+        out.append(spec)
     return out
 
 
@@ -414,7 +442,9 @@ def _hpas(by_name: Mapping[str, list[Series]]) -> dict[tuple[str, str, str], Hpa
         lo = int(mins[key][0].values[-1][1]) if mins.get(key) and mins[key][0].values else 1
         hi = int(maxs[key][0].values[-1][1]) if maxs.get(key) and maxs[key][0].values else lo
         target = (key[0], lab.get("scaletargetref_kind", ""), lab.get("scaletargetref_name", ""))
-        hpas[target] = HpaSpec(
-            name=key[1], min_replicas=lo, max_replicas=max(lo, hi), metrics=metrics
+        hpa = _valid(
+            HpaSpec, name=key[1], min_replicas=lo, max_replicas=max(lo, hi), metrics=metrics
         )
+        if hpa is not None:
+            hpas[target] = hpa
     return hpas

@@ -11,108 +11,35 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from engine.core.bounds import MAX_CPU_CORES, MAX_MEMORY_BYTES
 from engine.core.model import Confidence, ContainerRecommendation, ContainerSpec, UsageSummary
+from engine.core.quantity import (
+    MIB,
+    ceil_cpu,
+    ceil_memory,
+    cpu_field,
+    duration_field,
+    fmt_cpu,
+    fmt_duration,
+    fmt_memory,
+    fmt_time,
+    memory_field,
+)
 
-MIB = 1024.0 * 1024.0
-GIB = 1024.0 * MIB
-_MEM_SUFFIX = {
-    "Ki": 1024.0,
-    "Mi": MIB,
-    "Gi": GIB,
-    "Ti": 1024.0 * GIB,
-    "k": 1e3,
-    "K": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-}
-_DURATION_SUFFIX = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-# --- units: Kubernetes quantities and durations --------------------------------------------------
-
-
-def _number(raw: str, what: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"not a valid {what}: {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"not a valid {what}: {raw!r}")
-    return value
-
-
-def parse_cpu(value: object) -> object:
-    """``"250m"`` -> 0.25 cores; numbers are cores."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("m"):
-            return _number(text[:-1], "cpu quantity") / 1000.0
-        return _number(text, "cpu quantity")
-    return value
-
-
-def parse_memory(value: object) -> object:
-    """``"512Mi"`` -> bytes; numbers are bytes."""
-    if isinstance(value, str):
-        text = value.strip()
-        for suffix in sorted(_MEM_SUFFIX, key=len, reverse=True):
-            if text.endswith(suffix):
-                return _number(text[: -len(suffix)], "memory quantity") * _MEM_SUFFIX[suffix]
-        return _number(text, "memory quantity")
-    return value
-
-
-def parse_duration(value: object) -> object:
-    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"1w"`` -> seconds; numbers are seconds."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text and text[-1] in _DURATION_SUFFIX:
-            return _number(text[:-1], "duration") * _DURATION_SUFFIX[text[-1]]
-        return _number(text, "duration")
-    return value
-
-
-CpuQuantity = Annotated[float, BeforeValidator(parse_cpu), Field(ge=0)]
-MemoryQuantity = Annotated[float, BeforeValidator(parse_memory), Field(ge=0)]
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-
-
-def ceil_cpu(cores: float) -> float:
-    """Round UP to whole millicores (tolerating float noise: 0.2660000001 -> 266m)."""
-    return math.ceil(round(cores * 1000.0, 6)) / 1000.0
-
-
-def ceil_memory(n_bytes: float) -> float:
-    """Round UP to whole MiB."""
-    return math.ceil(round(n_bytes / MIB, 6)) * MIB
-
-
-def fmt_cpu(cores: float) -> str:
-    return f"{round(cores * 1000.0, 3):g}m"
-
-
-def fmt_memory(n_bytes: float) -> str:
-    return f"{round(n_bytes / MIB, 1):g}Mi"
-
-
-def fmt_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
-
-
-def fmt_duration(seconds: float) -> str:
-    if seconds >= 86400:
-        return f"{seconds / 86400:.1f}d"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f}h"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    return f"{seconds / 60:.0f}m"
+# Finite and bounded (engine/core/bounds.py): "Infinity", 1e300 or a 400-digit number is refused.
+CpuQuantity = Annotated[
+    float, BeforeValidator(cpu_field), Field(ge=0, le=MAX_CPU_CORES, allow_inf_nan=False)
+]
+MemoryQuantity = Annotated[
+    float, BeforeValidator(memory_field), Field(ge=0, le=MAX_MEMORY_BYTES, allow_inf_nan=False)
+]
+Duration = Annotated[
+    float, BeforeValidator(duration_field), Field(ge=0, le=10 * 365 * 86400, allow_inf_nan=False)
+]
 
 
 _QUANTILES: tuple[tuple[float, str], ...] = (
@@ -127,7 +54,7 @@ _QUANTILES: tuple[tuple[float, str], ...] = (
 class EstimatorParams(BaseModel):
     """Knobs of the estimator chain; defaults follow KRR "simple" and the VPA recommender."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     cpu_percentile: float = Field(95.0, ge=50, le=100)
     cpu_headroom: float = Field(0.15, ge=0, le=5)
@@ -141,8 +68,8 @@ class EstimatorParams(BaseModel):
     memory_floor: MemoryQuantity = 100 * MIB
     cpu_cap: CpuQuantity | None = None
     memory_cap: MemoryQuantity | None = None
-    max_step: float | None = Field(2.0, ge=1)  # at most x2 up or /2 down per change; None = off
-    min_samples: int = Field(100, ge=1)
+    max_step: float | None = Field(2.0, ge=1, le=1000)  # at most x2 up or /2 down; None = off
+    min_samples: int = Field(100, ge=1, le=2**31)
     min_history: Duration = 3 * 3600.0
     oom_lookback: Duration = 7 * 86400.0
     medium_history: Duration = 86400.0

@@ -28,8 +28,10 @@ Targets set to ``None`` mean "leave unchanged".
 
 from __future__ import annotations
 
+import math
+
 from engine.core.cost import DEFAULT_PRICES, Prices, savings
-from engine.core.estimators import current_memory, fmt_duration, fmt_memory, fmt_time
+from engine.core.estimators import current_memory
 from engine.core.model import (
     Action,
     Confidence,
@@ -40,8 +42,8 @@ from engine.core.model import (
     WorkloadSpec,
 )
 from engine.core.policy import Policy, exclusion
+from engine.core.quantity import fmt_duration, fmt_memory, fmt_time
 from engine.core.recommend import content_id
-from engine.settings import Settings
 
 Verdict = tuple[Action, str, str]  # action, guardrail, reason
 
@@ -74,7 +76,9 @@ def protect_memory(
     """Never decrease memory of a container OOMKilled within ``lookback``."""
     at = c.current.last_oom_at
     floor = current_memory(c.current)
-    if at is None or now - at > lookback or floor is None or c.memory_request is None:
+    if at is None or floor is None or c.memory_request is None:
+        return c
+    if math.isfinite(at) and now - at > lookback:  # an unreadable time protects (conservative)
         return c
     if c.memory_request >= floor and (c.memory_limit is None or c.memory_limit >= floor):
         return c
@@ -279,20 +283,17 @@ def decide(
     last_applied_at: float | None,
     last_applied_id: str | None,
     now: float,
-    prices: Prices | None = None,
-    settings: Settings | None = None,
+    prices: Prices = DEFAULT_PRICES,
     penalty_until: float | None = None,
     sync_hold: str | None = None,
 ) -> Decision:
     """Apply, hold or skip ``rec`` under ``policy``; deterministic id for the same outcome.
 
-    Savings are recomputed (with ``prices``, else ``settings``' prices, else OpenCost defaults)
-    only when a guardrail changed the targets, e.g. the HPA rule dropped the CPU change.
-    ``penalty_until`` and ``sync_hold`` come from the workload's last-action state, written from
-    its verification outcomes (:func:`engine.core.verification.hold_state`).
+    Savings are recomputed with ``prices`` only when a guardrail changed the targets, e.g. the
+    HPA rule dropped the CPU change.  ``penalty_until`` and ``sync_hold`` come from the
+    workload's last-action state, written from its verification outcomes
+    (:func:`engine.core.verification.hold_state`).
     """
-    if prices is None:
-        prices = Prices.from_settings(settings) if settings is not None else DEFAULT_PRICES
     containers, (action, guardrail, reason) = _gate(
         rec,
         spec,

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -21,20 +22,51 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    computed_field,
     field_validator,
+    model_validator,
 )
 from pydantic_core import from_json
 
+from engine.core import bounds as b
 from engine.errors import InvalidRecord
 
 Resource = Literal["cpu", "memory"]
 RESOURCES: tuple[Resource, ...] = ("cpu", "memory")
 
-NonNegFloat = Annotated[float, Field(ge=0)]
+# Bounded field types (engine/core/bounds.py has the limits and why): every number on the wire is
+# finite (``allow_inf_nan=False`` below) and in a range the engine can compute with; every id
+# matches a documented pattern, so it can go into a file name, a log line or a commit trailer.
+NonNegFloat = Annotated[float, Field(ge=0, le=b.MAX_MEMORY_BYTES)]
+Cores = Annotated[float, Field(ge=0, le=b.MAX_CPU_CORES)]
+Bytes = Annotated[float, Field(ge=0, le=b.MAX_MEMORY_BYTES)]
+TargetCores = Annotated[float, Field(ge=0, le=b.MAX_CPU_CORES * b.TARGET_FACTOR)]
+TargetBytes = Annotated[float, Field(ge=0, le=b.MAX_MEMORY_BYTES * b.TARGET_FACTOR)]
+# An instant the engine computes with (formats, subtracts): finite, not negative, not absurd.
+Time = Annotated[float, Field(ge=0, le=b.MAX_TIME)]
+Count = Annotated[int, Field(ge=0, le=b.MAX_COUNT)]
+Money = Annotated[float, Field(ge=-b.MAX_MONEY, le=b.MAX_MONEY)]
+Namespace = Annotated[str, Field(pattern=b.NAMESPACE_RE)]
+Kind = Annotated[str, Field(pattern=b.KIND_RE)]
+Name = Annotated[str, Field(pattern=b.NAME_RE)]
+ContainerName = Annotated[str, Field(pattern=b.CONTAINER_RE)]
+RecordId = Annotated[str, Field(pattern=b.RECORD_ID_RE)]
+PolicyId = Annotated[str, Field(pattern=b.POLICY_ID_RE)]
+Text = Annotated[str, Field(max_length=b.MAX_TEXT_CHARS)]
+Label = Annotated[str, Field(max_length=b.MAX_LABEL_CHARS)]
+Labels = Annotated[dict[Label, Label], Field(max_length=b.MAX_LABELS)]
 
 
 class Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+
+def _check_workload_id(model: Any) -> Any:  # Recommendation | Decision
+    """``workload_id`` must be the one its namespace/kind/name make (key = value consistency)."""
+    expected = workload_id(model.namespace, model.kind, model.name)
+    if model.workload_id != expected:
+        raise ValueError(f"workload_id {model.workload_id!r} is not {expected!r}")
+    return model
 
 
 def workload_id(namespace: str, kind: str, name: str) -> str:
@@ -55,18 +87,26 @@ class MetricsBatch(Wire):
     so a re-delivered or re-collected chunk is never counted twice.
     """
 
-    namespace: str = Field(min_length=1)
-    kind: str = Field(min_length=1)
-    workload: str = Field(min_length=1)
-    container: str = Field(min_length=1)
-    start: float
-    end: float
+    namespace: Namespace
+    kind: Kind
+    workload: Name
+    container: ContainerName
+    # Chunk bounds: finite and not absurd; ``end`` is also checked against "now" by
+    # engine.core.samples.validate_batch (a chunk from the future is refused whole).
+    start: Annotated[float, Field(ge=0, le=b.MAX_TIME)]
+    end: Annotated[float, Field(ge=0, le=b.MAX_TIME)]
     # Pydantic checks the envelope only: the pairs themselves are checked by
     # engine.core.samples.validate_batch with numpy, which parks bad samples with per-sample
     # reasons instead of rejecting the whole batch — and per-element validation here cost ~1 µs
     # a sample, 40% of the aggregator (bench/bench_pipeline.py --profile).
-    samples: dict[str, Annotated[list[tuple[float, float]], SkipValidation]]
-    source: str = "prometheus"
+    samples: Annotated[
+        dict[
+            Annotated[str, Field(max_length=64)],
+            Annotated[list[tuple[float, float]], SkipValidation],
+        ],
+        Field(max_length=b.MAX_RESOURCES),
+    ]
+    source: Annotated[str, Field(max_length=64)] = "prometheus"
     type: Literal["usage"] = "usage"
 
     @property
@@ -84,6 +124,16 @@ class MetricsBatch(Wire):
         if not math.isfinite(end) or (start is not None and end < start):
             raise ValueError("end must be a finite time not before start")
         return end
+
+    @field_validator("samples")
+    @classmethod
+    def _bounded_lists(cls, samples: dict[str, Any]) -> dict[str, Any]:
+        for resource, pairs in samples.items():
+            if not isinstance(pairs, list):
+                raise ValueError(f"{resource}: must be a list of [timestamp, value] pairs")
+            if len(pairs) > b.MAX_SAMPLES:
+                raise ValueError(f"{resource}: more than {b.MAX_SAMPLES} samples in one batch")
+        return samples
 
 
 class UsageSummary(Wire):
@@ -110,37 +160,41 @@ class UsageSummary(Wire):
 
 
 class ResourcePair(Wire):
-    cpu: NonNegFloat | None = None  # cores
-    memory: NonNegFloat | None = None  # bytes
+    cpu: Cores | None = None  # cores
+    memory: Bytes | None = None  # bytes
 
 
 class ContainerSpec(Wire):
-    name: str
+    name: ContainerName
     requests: ResourcePair = ResourcePair()
     limits: ResourcePair = ResourcePair()
-    last_oom_at: float | None = None  # last OOMKilled termination seen (Unix s)
-    oom_limit_bytes: float | None = None  # memory limit in force when it was OOMKilled
-    restarts: int = 0
+    last_oom_at: Time | None = None  # last OOMKilled termination seen (Unix s)
+    oom_limit_bytes: Bytes | None = None  # memory limit in force when it was OOMKilled
+    restarts: Count = 0
     is_jvm: bool = False
 
 
+Replicas = Annotated[int, Field(ge=0, le=b.MAX_REPLICAS)]
+
+
 class HpaSpec(Wire):
-    name: str
-    min_replicas: int = 1
-    max_replicas: int = 1
-    metrics: list[str] = []  # "cpu", "memory" or another metric name
+    name: Name
+    min_replicas: Replicas = 1
+    max_replicas: Replicas = 1
+    # "cpu", "memory" or another metric name
+    metrics: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=64)] = []
 
 
 class WorkloadSpec(Wire):
-    namespace: str
-    kind: str
-    name: str
-    replicas: int = Field(ge=0, default=1)
-    containers: list[ContainerSpec] = []
+    namespace: Namespace
+    kind: Kind
+    name: Name
+    replicas: Replicas = 1
+    containers: Annotated[list[ContainerSpec], Field(max_length=b.MAX_CONTAINERS)] = []
     hpa: HpaSpec | None = None
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
-    observed_at: float = 0.0
+    labels: Labels = {}
+    annotations: Labels = {}
+    observed_at: Annotated[float, Field(ge=0, le=b.MAX_TIME)] = 0.0  # 0: unknown
 
     @property
     def workload_id(self) -> str:
@@ -153,7 +207,7 @@ class CycleEnd(Wire):
     sees it after them and can recommend from complete state (no cross-topic race)."""
 
     type: Literal["cycle-end"] = "cycle-end"
-    cycle: str = Field(min_length=1)
+    cycle: RecordId
     spec: WorkloadSpec
 
 
@@ -165,39 +219,54 @@ class Confidence(StrEnum):
 
 
 class ContainerRecommendation(Wire):
-    name: str
+    name: ContainerName
     current: ContainerSpec
-    cpu_request: float | None = None
-    cpu_limit: float | None = None
-    memory_request: float | None = None
-    memory_limit: float | None = None
+    cpu_request: TargetCores | None = None
+    cpu_limit: TargetCores | None = None
+    memory_request: TargetBytes | None = None
+    memory_limit: TargetBytes | None = None
     confidence: Confidence = Confidence.NONE
-    reasons: list[str] = []
-    usage: dict[
-        str, dict[str, float]
-    ] = {}  # resource -> {"p50","p90","p95","p99","max","count","span_s"}
+    reasons: Annotated[list[Text], Field(max_length=b.MAX_REASONS)] = []
+    # resource -> {"p50","p90","p95","p99","max","count","span_s"}
+    usage: Annotated[
+        dict[
+            Annotated[str, Field(max_length=16)],
+            Annotated[dict[Annotated[str, Field(max_length=16)], float], Field(max_length=16)],
+        ],
+        Field(max_length=4),
+    ] = {}
 
 
 class Savings(Wire):
-    currency: str = "USD"
-    current_monthly: float = 0.0
-    recommended_monthly: float = 0.0
-    monthly_delta: float = 0.0  # recommended - current: negative saves money
-    monthly_savings: float = 0.0  # max(0, -delta)
-    monthly_increase: float = 0.0  # max(0, delta): the price of removing a risk
+    currency: Annotated[str, Field(max_length=8)] = "USD"
+    current_monthly: Money = 0.0
+    recommended_monthly: Money = 0.0
+    monthly_delta: Money = 0.0  # recommended - current: negative saves money
+    monthly_savings: Money = 0.0  # max(0, -delta)
+    monthly_increase: Money = 0.0  # max(0, delta): the price of removing a risk
+
+
+Containers = Annotated[list[ContainerRecommendation], Field(max_length=b.MAX_CONTAINERS)]
+Cycle = Annotated[str, Field(pattern=r"^$|" + b.RECORD_ID_RE)]
 
 
 class Recommendation(Wire):
-    id: str
+    id: RecordId
     workload_id: str
-    namespace: str
-    kind: str
-    name: str
-    replicas: int
-    containers: list[ContainerRecommendation]
+    namespace: Namespace
+    kind: Kind
+    name: Name
+    replicas: Replicas
+    containers: Containers
     savings: Savings
-    generated_at: float
-    cycle: str = ""
+    generated_at: Time
+    # The collection cycle (the collector's CycleEnd marker) this recommendation was computed in;
+    # "cycle" on the wire before it was renamed.
+    collection_cycle: Cycle = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recommendation:
+        return _check_workload_id(self)  # type: ignore[no-any-return]
 
 
 class Action(StrEnum):
@@ -213,45 +282,80 @@ class Mode(StrEnum):
 
 
 class Decision(Wire):
-    id: str
-    recommendation_id: str
+    id: RecordId
+    recommendation_id: RecordId
     workload_id: str
-    namespace: str
-    kind: str
-    name: str
+    namespace: Namespace
+    kind: Kind
+    name: Name
     action: Action
-    guardrail: str  # the rule that decided, e.g. "min-change", "cooldown", "hpa-conflict"
-    reason: str
+    # the rule that decided, e.g. "min-change", "cooldown", "hpa-conflict"
+    guardrail: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
+    reason: Text
     mode: Mode
-    policy_id: str | None = None
-    policy_version: int | None = None
-    containers: list[ContainerRecommendation] = []
+    policy_id: PolicyId | None = None
+    policy_version: Count | None = None
+    containers: Containers = []
     savings: Savings = Savings()
-    decided_at: float
-    cycle: str = ""
+    decided_at: Time
+    # The collection cycle of the recommendation decided on (not the executor's apply cycle).
+    collection_cycle: Cycle = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Decision:
+        return _check_workload_id(self)  # type: ignore[no-any-return]
+
+
+WorkloadIds = Annotated[
+    list[Annotated[str, Field(max_length=400)]], Field(max_length=b.MAX_DECISIONS)
+]
+
+
+def execution_id(apply_cycle: str) -> str:
+    """The one place an execution id is built from its apply cycle."""
+    return f"exec-{apply_cycle}"
+
+
+Outcome = Literal["committed", "pushed", "noop", "held", "failed"]
+APPLIED_OUTCOMES: frozenset[str] = frozenset({"pushed", "committed"})
 
 
 class Execution(Wire):
-    id: str
-    cycle: str
-    workload_ids: list[str]
-    decision_ids: list[str]
-    outcome: Literal["committed", "pushed", "noop", "held", "failed"]
-    commit_sha: str | None = None
-    branch: str | None = None
-    report_key: str | None = None
-    detail: str = ""
-    executed_at: float
+    """What the executor did with one *apply cycle* (a batch of decisions, see
+    :func:`agents.executor.apply_cycle_id`), not to be confused with the collection cycle."""
+
+    cycle: RecordId  # the apply cycle id
+    workload_ids: WorkloadIds
+    decision_ids: Annotated[list[RecordId], Field(max_length=b.MAX_DECISIONS)]
+    outcome: Outcome
+    commit_sha: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$")] | None = None
+    branch: Annotated[str, Field(max_length=255)] | None = None
+    detail: Annotated[str, Field(max_length=64 * 1024)] = ""
+    # workload id -> why the executor held it (e.g. a human edited the bot's file)
+    held: Annotated[
+        dict[Annotated[str, Field(max_length=400)], Text], Field(max_length=b.MAX_DECISIONS)
+    ] = {}
+    executed_at: Time
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def id(self) -> str:
+        return execution_id(self.cycle)
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome in APPLIED_OUTCOMES
 
 
 class CycleSummary(Wire):
     """Internal record on ``kubefinops.cycles``: every decision the executor handled in one
     cycle and what happened to them, for the reporter."""
 
-    cycle: str
-    decisions: list[Decision]
+    cycle: RecordId
+    decisions: Annotated[list[Decision], Field(max_length=b.MAX_DECISIONS)]
     execution: Execution
-    policies: dict[str, int] = {}  # policy id -> version in force
+    # policy id -> version in force
+    policies: Annotated[dict[PolicyId, Count], Field(max_length=10_000)] = {}
 
 
 class DeadLetter(Wire):

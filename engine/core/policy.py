@@ -18,10 +18,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.core.bounds import (
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_TIME,
+    POLICY_ID_RE,
+    BodyError,
+    json_depth,
+    parse_json_body,
+)
 from engine.core.estimators import Duration, EstimatorParams
 from engine.core.model import Mode, WorkloadSpec
 from engine.core.verification import VerificationOverrides
@@ -33,13 +42,21 @@ DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
+
+
+# Sizes a policy may have (a policy travels as one Kafka record and lives in every worker's memory)
+Str = Annotated[str, Field(max_length=253)]
+Strs = Annotated[list[Str], Field(max_length=256)]
+StrMap = Annotated[dict[Str, Str], Field(max_length=256)]
 
 
 class LabelRequirement(_Doc):
-    key: str = Field(min_length=1)
+    key: Str = Field(min_length=1)
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: list[str] = []
+    values: Strs = []
 
     @model_validator(mode="after")
     def _values_match_operator(self) -> LabelRequirement:
@@ -60,9 +77,9 @@ class LabelRequirement(_Doc):
 
 
 class LabelSelector(_Doc):
-    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+    match_labels: StrMap = Field(default_factory=dict, alias="matchLabels")
     match_expressions: list[LabelRequirement] = Field(
-        default_factory=list, alias="matchExpressions"
+        default_factory=list, alias="matchExpressions", max_length=64
     )
 
     @property
@@ -82,11 +99,11 @@ def _glob_any(patterns: list[str], value: str) -> bool:
 class Selectors(_Doc):
     """All given constraints must hold (AND); within a list any entry may match (OR, globs)."""
 
-    namespaces: list[str] = []
+    namespaces: Strs = []
     label_selector: LabelSelector | None = Field(None, alias="labelSelector")
-    workloads: list[str] = []  # workload names, globs
-    kinds: list[str] = []
-    containers: list[str] = []  # globs; other containers of a matched workload are left alone
+    workloads: Strs = []  # workload names, globs
+    kinds: Strs = []
+    containers: Strs = []  # globs; other containers of a matched workload are left alone
 
     def matches(self, workload: WorkloadSpec) -> bool:
         return (
@@ -114,9 +131,9 @@ class Selectors(_Doc):
 
 
 class Exclusions(_Doc):
-    namespaces: list[str] = ["kube-system"]
-    labels: dict[str, str] = {}  # any one matching label excludes the workload
-    workloads: list[str] = []  # globs on the workload name
+    namespaces: Strs = ["kube-system"]
+    labels: StrMap = {}  # any one matching label excludes the workload
+    workloads: Strs = []  # globs on the workload name
 
 
 class Guardrails(_Doc):
@@ -148,25 +165,25 @@ class Window(_Doc):
 
 
 class Schedule(_Doc):
-    windows: list[Window] = Field(min_length=1)
+    windows: list[Window] = Field(min_length=1, max_length=64)
 
     def is_open(self, now: float) -> bool:
         return any(w.is_open(now) for w in self.windows)
 
 
 class Policy(_Doc):
-    id: str = Field(min_length=1, max_length=200)
-    name: str = ""
-    priority: int = 0
+    id: str = Field(pattern=POLICY_ID_RE)  # see engine/core/bounds.py
+    name: str = Field("", max_length=200)
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
     selectors: Selectors = Selectors()
     mode: Mode = Mode.RECOMMEND
     estimator: EstimatorParams = EstimatorParams()
     guardrails: Guardrails = Guardrails()
     schedule: Schedule | None = None
     verification: VerificationOverrides = VerificationOverrides()
-    version: int = Field(1, ge=1)
-    updated_by: str = ""
-    updated_at: float = Field(0.0, ge=0)
+    version: int = Field(1, ge=1, le=2**53)
+    updated_by: str = Field("", max_length=128)
+    updated_at: float = Field(0.0, ge=0, le=MAX_TIME)
 
     @field_validator("updated_at", mode="before")
     @classmethod
@@ -215,21 +232,32 @@ def _range_message(loc: tuple[int | str, ...]) -> str | None:
     lo = next((m.ge for m in info.metadata if hasattr(m, "ge")), None)
     hi = next((m.le for m in info.metadata if hasattr(m, "le")), None)
     if lo is not None and hi is not None:
-        return f"must be {lo:g}..{hi:g}"
+        return f"must be {_num(lo)}..{_num(hi)}"
     if lo is not None:
-        return f"must be >= {lo:g}"
+        return f"must be >= {_num(lo)}"
     if hi is not None:
-        return f"must be <= {hi:g}"
+        return f"must be <= {_num(hi)}"
     return None
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
 def validate_policy(doc: dict[str, Any]) -> Policy:
-    """Validate a policy document or raise :class:`InvalidPolicy` naming the FIRST bad field."""
+    """Validate a policy document or raise :class:`InvalidPolicy` naming the FIRST bad field.
+
+    Depth and size are checked too (before anything stores or publishes it): a policy is one
+    record on a compacted topic that every worker loads, so one that cannot be published must
+    not be accepted either.
+    """
     if not isinstance(doc, dict):
         raise InvalidPolicy("policy", "must be a JSON object")
+    if json_depth(doc, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise InvalidPolicy("policy", f"nested deeper than {MAX_JSON_DEPTH} levels")
     clean = {k: v for k, v in doc.items() if k != "_id"}  # MongoDB's own key
     try:
-        return Policy.model_validate(clean)
+        policy = Policy.model_validate(clean)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "policy"
@@ -239,6 +267,21 @@ def validate_policy(doc: dict[str, Any]) -> Policy:
         if first["type"] not in ("missing", "extra_forbidden"):
             message = f"{message} (got {first.get('input')!r})"
         raise InvalidPolicy(field, message) from None
+    size = len(policy.model_dump_json())
+    if size > MAX_BODY_BYTES:
+        raise InvalidPolicy("policy", f"{size} bytes serialized, more than {MAX_BODY_BYTES}")
+    return policy
+
+
+def parse_policy_record(raw: bytes | str) -> Policy:
+    """A policy from its JSON text (a topic record): size and depth are checked before parsing,
+    so a hostile record is an :class:`InvalidPolicy`, never a RecursionError."""
+    data = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
+    try:
+        doc = parse_json_body(data, None, max_bytes=4 * MAX_BODY_BYTES)
+    except BodyError as exc:
+        raise InvalidPolicy("policy", exc.reason) from None
+    return validate_policy(doc)
 
 
 def precedence_key(policy: Policy) -> tuple[int, int, int, float, str]:

@@ -7,7 +7,9 @@ counted once, under the first reason that applies):
 ``unknown-resource``  resource name other than ``cpu``/``memory`` (the whole list)
 ``wrong-type``        not a ``(timestamp, value)`` pair of numbers (only possible for a batch
                       built without pydantic validation, e.g. ``model_construct``)
-``bad-timestamp``     timestamp NaN, infinite or <= 0
+``future-chunk``      the whole batch, when its ``end`` is after ``now + future_slack``: a chunk
+                      from the future is refused before any of it can move the high-water mark
+``bad-timestamp``     timestamp NaN, infinite or before 2000-01-01 (a unit mistake, 1970 default)
 ``future-timestamp``  timestamp > ``now + future_slack`` (``now`` is a parameter: pure)
 ``outside-chunk``     timestamp not in the batch's ``(start, end]``
 ``nan`` / ``inf``     value NaN / +-infinite
@@ -29,19 +31,29 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine.core.bounds import FUTURE_SLACK_SECONDS, MIN_TIME
 from engine.core.model import RESOURCES, MetricsBatch
 
 MAX_VALUE: dict[str, float] = {"cpu": 1024.0, "memory": 16.0 * 2**40}
-FUTURE_SLACK_SECONDS = 300.0
 
 Reasons = list[tuple[str, int]]
 FloatArray = npt.NDArray[np.float64]
 
 
-def _is_pair(sample: Any) -> bool:
+def _as_float(x: Any) -> float | None:
+    if not isinstance(x, Real) or isinstance(x, bool):
+        return None
+    try:
+        return float(x)
+    except (OverflowError, ValueError):  # a 400-digit integer does not fit a float
+        return None
+
+
+def _pair(sample: Any) -> tuple[float, float] | None:
     if not isinstance(sample, tuple | list) or len(sample) != 2:
-        return False
-    return all(isinstance(x, Real) and not isinstance(x, bool) for x in sample)
+        return None
+    ts, value = _as_float(sample[0]), _as_float(sample[1])
+    return None if ts is None or value is None else (ts, value)
 
 
 def to_arrays(samples: Any) -> tuple[FloatArray, FloatArray] | None:
@@ -56,7 +68,7 @@ def to_arrays(samples: Any) -> tuple[FloatArray, FloatArray] | None:
     n = len(samples)
     try:
         flat = np.fromiter(chain.from_iterable(samples), dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if flat.size != 2 * n or (n and not isinstance(samples[0], tuple | list)):
         return None
@@ -68,7 +80,7 @@ def _split_types(samples: Any) -> tuple[FloatArray, FloatArray, int]:
     if not isinstance(samples, list | tuple):
         empty = np.zeros(0, dtype=np.float64)
         return empty, empty, 1
-    good = [(float(s[0]), float(s[1])) for s in samples if _is_pair(s)]
+    good = [p for p in map(_pair, samples) if p is not None]
     arr = np.asarray(good, dtype=np.float64).reshape(-1, 2)
     return arr[:, 0].copy(), arr[:, 1].copy(), len(samples) - len(good)
 
@@ -110,6 +122,15 @@ def validate_batch(
         if n:
             counts[reason] = counts.get(reason, 0) + n
 
+    if not batch.end <= now + future_slack:
+        for samples in batch.samples.values():
+            bad("future-chunk", len(samples) if isinstance(samples, list | tuple) else 1)
+        empty = np.zeros(0, dtype=np.float64)
+        return Validated(
+            batch.model_copy(update={"samples": {}}),
+            sorted(counts.items()) or [("future-chunk", 0)],
+            {r: (empty, empty) for r in RESOURCES if r in batch.samples},
+        )
     for resource, samples in batch.samples.items():
         if resource not in RESOURCES:
             bad("unknown-resource", len(samples) if isinstance(samples, list | tuple) else 1)
@@ -124,7 +145,7 @@ def validate_batch(
             ts, val = pair
         keep = np.ones(ts.size, dtype=bool)
         checks = (
-            ("bad-timestamp", ~np.isfinite(ts) | (ts <= 0)),
+            ("bad-timestamp", ~np.isfinite(ts) | (ts < MIN_TIME)),
             ("future-timestamp", ts > now + future_slack),
             ("outside-chunk", (ts <= batch.start) | (ts > batch.end)),
             ("nan", np.isnan(val)),

@@ -13,9 +13,11 @@ Why daily windows by default: a sketch of one day of 1-minute CPU samples needs 
 estimators need is the merged 14-day distribution, which daily windows give at the same
 accuracy (merging is exact).  The price is expiry granularity: one day.
 
-Ingest is idempotent per container: ``high_water`` is the end of the last ingested chunk.  A
+Ingest is idempotent per container: ``high_water`` is the time of the newest sample stored.  A
 batch with ``end <= high_water`` changes nothing; an overlapping one only contributes samples
-with ``ts > high_water``; samples outside the batch's ``(start, end]`` are rejected.
+with ``ts > high_water``; samples outside the batch's ``(start, end]`` are rejected.  The mark
+moves only when samples are actually stored (a batch whose samples are all rejected, or whose
+``end`` lies in the future, leaves the state untouched) and only as far as the newest of them.
 """
 
 from __future__ import annotations
@@ -298,9 +300,9 @@ class ContainerUsage:
         hw = self.high_water
         if hw is not None and batch.end <= hw:
             return IngestResult(duplicates=total)
-        accepted = duplicates = 0
+        duplicates = 0
         rejected: dict[str, int] = {}
-        by_resource: dict[str, int] = {}
+        fresh: dict[str, tuple[FloatArray, FloatArray]] = {}
 
         def reject(reason: str, n: int) -> None:
             if n:
@@ -322,23 +324,36 @@ class ContainerUsage:
             inside = good & (ts > batch.start) & (ts <= batch.end)
             reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
             if hw is not None:
-                fresh = inside & (ts > hw)
-                duplicates += int(np.count_nonzero(inside) - np.count_nonzero(fresh))
-                inside = fresh
+                new = inside & (ts > hw)
+                duplicates += int(np.count_nonzero(inside) - np.count_nonzero(new))
+                inside = new
             if not inside.all():
                 ts, values = ts[inside], values[inside]
+            if ts.size:
+                fresh[resource] = (ts, values)
+        if not fresh:  # nothing to add: the state, its mark included, stays exactly as it was
+            return IngestResult(0, duplicates, sorted(rejected.items()), {})
+        accepted = 0
+        by_resource: dict[str, int] = {}
+        newest_accepted = -math.inf
+        for resource, (ts, values) in fresh.items():
             wu = self.resources[resource]
             wu.rewindow(window_seconds)
             expired = wu.add(ts, values, history_seconds=history_seconds)
             reject("older-than-history", expired)
             by_resource[resource] = int(ts.size) - expired
             accepted += by_resource[resource]
-        self.high_water = batch.end if hw is None else max(hw, batch.end)
-        # Keep every resource on the same horizon, even one that got no samples this time.
-        newest = max((w.newest_ts or -math.inf) for w in self.resources.values())
-        if math.isfinite(newest):
-            for wu in self.resources.values():
-                wu.expire(newest, history_seconds)
+            if by_resource[resource]:  # the newest samples are the last to expire
+                newest_accepted = max(newest_accepted, float(ts.max()))
+        if accepted:
+            # The mark is the newest sample actually stored, never the batch's claimed ``end``:
+            # a chunk that says it ends in ten years moves nothing it did not deliver.
+            self.high_water = newest_accepted if hw is None else max(hw, newest_accepted)
+            # Keep every resource on the same horizon, even one that got no samples this time.
+            newest = max((w.newest_ts or -math.inf) for w in self.resources.values())
+            if math.isfinite(newest):
+                for wu in self.resources.values():
+                    wu.expire(newest, history_seconds)
         return IngestResult(accepted, duplicates, sorted(rejected.items()), by_resource)
 
     def summary(self, resource: str) -> UsageSummary:

@@ -38,6 +38,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
 from tests.harness.proc import Server, free_port, port_open
+from tests.harness.tls import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 FETCH_SCRIPT = REPO / "scripts" / "fetch-kafka.sh"
@@ -81,6 +82,9 @@ class KafkaInfo:
     password: str
     libs_dir: Path
     log: Path
+    # A SASL_SSL listener (SCRAM over TLS, client certificate required), when started with TLS.
+    tls_bootstrap: str | None = None
+    tls: TlsFiles | None = None
 
     def client_kwargs(self) -> dict[str, str]:
         """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
@@ -196,7 +200,32 @@ def fetch_libs() -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def _server_properties(data: Path, client: int, broker: int, controller: int) -> str:
+def _tls_properties(tls: TlsFiles) -> dict[str, str]:
+    """A ``CLIENTTLS`` listener: SASL_SSL with SCRAM, PKCS#12 keystore, PEM truststore, client
+    certificates required."""
+    prefix = "listener.name.clienttls."
+    return {
+        f"{prefix}scram-sha-256.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        f"{prefix}ssl.keystore.type": "PKCS12",
+        f"{prefix}ssl.keystore.location": str(tls.server),
+        f"{prefix}ssl.keystore.password": tls.key_password,
+        f"{prefix}ssl.key.password": tls.key_password,
+        f"{prefix}ssl.truststore.type": "PEM",
+        f"{prefix}ssl.truststore.location": str(tls.ca),
+        f"{prefix}ssl.client.auth": "required",
+    }
+
+
+def _server_properties(
+    data: Path,
+    client: int,
+    broker: int,
+    controller: int,
+    tls_port: int | None = None,
+    tls: TlsFiles | None = None,
+) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -240,16 +269,28 @@ def _server_properties(data: Path, client: int, broker: int, controller: int) ->
         "log.cleaner.backoff.ms": "1000",
         "connection.failed.authentication.delay.ms": "0",
     }
+    if tls is not None and tls_port is not None:
+        props["listeners"] += f",CLIENTTLS://127.0.0.1:{tls_port}"
+        props["advertised.listeners"] += f",CLIENTTLS://127.0.0.1:{tls_port}"
+        props["listener.security.protocol.map"] += ",CLIENTTLS:SASL_SSL"
+        props.update(_tls_properties(tls))
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
-def start_kafka(workdir: Path, libs: Path, timeout: float = 60.0) -> tuple[KafkaInfo, Server]:
-    """Format storage in ``workdir`` and start a broker; return once SCRAM clients can connect."""
+def start_kafka(
+    workdir: Path, libs: Path, timeout: float = 60.0, tls: TlsFiles | None = None
+) -> tuple[KafkaInfo, Server]:
+    """Format storage in ``workdir`` and start a broker; return once SCRAM clients can connect.
+
+    With ``tls``, the broker also listens with SASL_SSL (``KafkaInfo.tls_bootstrap``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     client, broker, controller = free_port(), free_port(), free_port()
+    tls_port = free_port() if tls is not None else None
     password = secrets.token_hex(16)
     props = workdir / "server.properties"
-    props.write_text(_server_properties(workdir / "data", client, broker, controller))
+    props.write_text(
+        _server_properties(workdir / "data", client, broker, controller, tls_port, tls)
+    )
     log4j = workdir / "log4j2.properties"
     log4j.write_text(LOG4J2)
     log = workdir / "kafka.log"
@@ -269,7 +310,15 @@ def start_kafka(workdir: Path, libs: Path, timeout: float = 60.0) -> tuple[Kafka
         )  # fmt: skip
     if fmt.returncode != 0:
         raise RuntimeError(f"kafka StorageTool format failed; see {log}")
-    info = KafkaInfo(f"127.0.0.1:{client}", USERNAME, password, libs, log)
+    info = KafkaInfo(
+        f"127.0.0.1:{client}",
+        USERNAME,
+        password,
+        libs,
+        log,
+        tls_bootstrap=f"127.0.0.1:{tls_port}" if tls_port else None,
+        tls=tls,
+    )
     server = Server("kafka", [*java, "kafka.Kafka", str(props)], log, cwd=workdir).start()
     try:
         _wait_ready(info, server, client, timeout)

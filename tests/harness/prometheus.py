@@ -160,6 +160,7 @@ class PromInfo:
     end_ts: int
     server: Server
     blocks_dir: Path  # the cached, read-only blocks: copy them to start another Prometheus
+    query_log: Path | None = None  # Prometheus's query log (JSON lines, one per query)
 
 
 def _labels(**labels: str) -> str:
@@ -486,7 +487,11 @@ def start_prometheus(
 ) -> tuple[Server, str]:
     port = port or free_port()
     config = workdir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 30s\nscrape_configs: []\n")
+    # Prometheus's own query log: what every query cost it (stats.samples.totalQueryableSamples)
+    config.write_text(
+        "global:\n  scrape_interval: 30s\n"
+        f"  query_log_file: {workdir / 'query.log'}\nscrape_configs: []\n"
+    )
     server = Server(
         "prometheus",
         [
@@ -508,6 +513,31 @@ def start_prometheus(
 
     wait_until(ready, 30, "prometheus", server.log)
     return server, url
+
+
+@dataclass(frozen=True)
+class QueryCost:
+    queries: int
+    samples: int  # sum of stats.samples.totalQueryableSamples
+    exprs: tuple[str, ...]
+
+
+def query_log_size(log: Path) -> int:
+    return log.stat().st_size if log.exists() else 0
+
+
+def query_cost(log: Path, since: int = 0) -> QueryCost:
+    """What the queries logged after byte ``since`` of Prometheus's query log cost it."""
+    if not log.exists():
+        return QueryCost(0, 0, ())
+    with log.open("rb") as fh:
+        fh.seek(since)
+        entries = [json.loads(line) for line in fh.read().splitlines() if line.strip()]
+    return QueryCost(
+        len(entries),
+        sum(int(e["stats"]["samples"]["totalQueryableSamples"]) for e in entries),
+        tuple(str(e["params"]["query"]) for e in entries),
+    )
 
 
 def instant(url: str, expr: str, at: float) -> list[dict[str, object]]:
@@ -537,6 +567,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromInfo]:
             end_ts=end,
             server=server,
             blocks_dir=blocks,
+            query_log=work / "query.log",
         )
     finally:
         server.stop()

@@ -23,12 +23,13 @@ import pytest
 from ruamel.yaml import YAML
 
 from engine.core.collect import plan_chunks
-from engine.core.estimators import ceil_cpu
 from engine.core.policy import DEFAULT_POLICY
+from engine.core.quantity import ceil_cpu
 from engine.core.render import CSV_COLUMNS
+from engine.oneshot import ONESHOT_CHUNK_SECONDS
 from engine.settings import Settings, load_settings
 from tests.harness.proc import free_port
-from tests.harness.prometheus import CLUSTER, PromInfo
+from tests.harness.prometheus import CLUSTER, PromInfo, query_cost, query_log_size
 
 pytestmark = pytest.mark.integration
 
@@ -76,36 +77,29 @@ def window(s: Settings, now: float) -> tuple[float, float]:
         now,
         scrape_lag=s.scrape_lag_seconds,
         history=s.history_seconds,
-        chunk=s.prometheus_chunk_seconds,
+        chunk=ONESHOT_CHUNK_SECONDS,
         step=s.prometheus_step_seconds,
     )
     return chunks[0][0], chunks[-1][1]
 
 
-def truth_rates(
-    prom: PromInfo, start: float, end: float, step: int, rate_window: int
-) -> dict[str, list[float]]:
-    """Per container id, every pod's ``rate(counter[rate_window])`` at the step-aligned times
-    in ``(start, end]`` whose window lies fully inside the data (2.x: closed on both ends)."""
+def truth_rates(prom: PromInfo, start: float, end: float, step: int) -> dict[str, list[float]]:
+    """Per container id, every pod's CPU rate over each step ``(t - step, t]`` at the
+    step-aligned times in ``(start, end]``: the counter's increase (a decrease is a reset, the
+    increase is the value after it, as PromQL's ``rate``) over the step."""
     truth = prom.truth
     out: dict[str, list[float]] = defaultdict(list)
     for (ns, pod, cont), points in truth.cpu_counter.items():
         kind, name = truth.pod_owner[(ns, pod)]
-        times = np.array([t for t, _ in points], dtype=np.float64)
-        values = np.array([v for _, v in points], dtype=np.float64)
-        # increase with counter resets, like PromQL: a drop adds the value after the reset
-        deltas = np.diff(values)
-        deltas = np.where(deltas < 0, values[1:], deltas)
-        cumulative = np.concatenate(([0.0], np.cumsum(deltas)))
-        by_time = dict(zip(times.tolist(), cumulative.tolist(), strict=True))
+        by_time = dict(points)
         first_t = start - start % step + step
         for t in np.arange(first_t, end + 1, step):
-            lo = float(t - rate_window)
+            lo = float(t - step)
             if lo < prom.start_ts or t > prom.end_ts:
                 continue
-            out[f"{ns}/{kind}/{name}/{cont}"].append(
-                (by_time[float(t)] - by_time[lo]) / rate_window
-            )
+            now, before = by_time[float(t)], by_time[lo]
+            increase = now - before if now >= before else now
+            out[f"{ns}/{kind}/{name}/{cont}"].append(increase / step)
     return out
 
 
@@ -134,7 +128,8 @@ def test_json_covers_every_workload_with_savings(
 ) -> None:
     recs, stderr = full_run
     assert set(containers(recs)) == ALL_CONTAINERS
-    assert "chunk" in stderr  # progress went to stderr, stdout parsed as pure JSON
+    # piped: no progress at all (at most the note that the data ends before the window does)
+    assert "chunk" not in stderr and len(stderr.splitlines()) <= 1, stderr
     for rec in recs:
         s = rec["savings"]
         assert s["monthly_delta"] == pytest.approx(
@@ -150,9 +145,7 @@ def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
     recs, _ = full_run
     s = settings(prometheus.url)
     start, end = window(s, recs[0]["generated_at"])
-    rates = truth_rates(
-        prometheus, start, end, s.prometheus_step_seconds, max(2 * s.prometheus_step_seconds, 60)
-    )
+    rates = truth_rates(prometheus, start, end, s.prometheus_step_seconds)
     unbound = 0
     for cid, c in containers(recs).items():
         assert c["confidence"] != "none", (cid, c["reasons"])
@@ -226,6 +219,7 @@ def test_table_shows_the_totals(prometheus: PromInfo) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].split()[:2] == ["WORKLOAD", "CONTAINER"]
+    assert "CPU LIMIT" in lines[0] and "MEM LIMIT" in lines[0] and "REASON" in lines[0]
     assert sum(1 for line in lines if line.startswith("smarthealth/")) == 5
     assert any(line.startswith("Total monthly savings:") for line in lines)
     assert any(line.startswith("Total monthly increases:") for line in lines)
@@ -246,3 +240,57 @@ def test_closed_port_exits_4_with_one_line() -> None:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("kubefinops: Prometheus at http://127.0.0.1:")
     assert "Traceback" not in done.stderr
+
+
+def test_selection_is_pushed_into_promql(prometheus: PromInfo) -> None:
+    """Prometheus's own query log: a namespace loads fewer samples than the whole cluster, and
+    every usage query names the namespace; a label selector names exactly the pods."""
+    log = prometheus.query_log
+    assert log is not None
+    costs = {}
+    for name, args in (
+        ("all", ()),
+        ("payments", ("--namespace", "payments")),
+        ("team=care", ("--selector", "team=care")),
+    ):
+        before = query_log_size(log)
+        done = run_cli(prometheus.url, *args, "--output", "json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        costs[name] = (query_cost(log, before), json.loads(done.stdout))
+    everything, payments, care = (costs[k][0] for k in ("all", "payments", "team=care"))
+    assert 0 < payments.samples < everything.samples
+    assert 0 < care.samples < everything.samples
+    usage = [q for q in payments.exprs if "usage_seconds" in q or "working_set" in q]
+    assert usage and all('namespace="payments"' in q for q in usage), usage
+    recs = costs["team=care"][1]
+    assert {r["workload_id"] for r in recs} == {
+        "smarthealth/Deployment/patient-api",
+        "smarthealth/Deployment/notifier",
+    }
+    care_pods = {
+        pod for (ns, pod), owner in prometheus.truth.pod_owner.items()
+        if (ns, *owner) in {("smarthealth", "Deployment", "patient-api"),
+                            ("smarthealth", "Deployment", "notifier")}
+    }  # fmt: skip
+    for q in (q for q in care.exprs if "usage_seconds" in q or "working_set" in q):
+        assert all(pod in q for pod in care_pods), q
+    # the samples scale with the selection: payments holds 5 of the 18 pods
+    assert payments.samples < everything.samples * 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--namespace", "no-such-namespace"), 'namespace "no-such-namespace"'),
+        (("--namespace", "payments", "--selector", "team=care"), 'selector "team=care"'),
+    ],
+)
+def test_a_selection_matching_nothing_is_one_line_and_exit_5(
+    prometheus: PromInfo, args: tuple[str, ...], named: str
+) -> None:
+    done = run_cli(prometheus.url, *args)
+    assert done.returncode == 5
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kubefinops: no workloads match"), done.stderr
+    assert named in lines[0]

@@ -99,7 +99,7 @@ def test_full_document_with_quantities_durations_and_iso_time() -> None:
     ("doc", "field", "fragment"),
     [
         ({}, "id", "Field required"),
-        ({"id": ""}, "id", "at least 1 character"),
+        ({"id": ""}, "id", "should match pattern"),
         (
             {"id": "p", "estimator": {"cpu_headroom": 6}},
             "estimator.cpu_headroom",
@@ -135,8 +135,8 @@ def test_full_document_with_quantities_durations_and_iso_time() -> None:
             "estimator.cpu_floor",
             "not a valid cpu quantity",
         ),
-        ({"id": "p", "estimator": {"cpu_floor": -1}}, "estimator.cpu_floor", "must be >= 0"),
-        ({"id": "p", "estimator": {"max_step": 0.5}}, "estimator.max_step", "must be >= 1"),
+        ({"id": "p", "estimator": {"cpu_floor": -1}}, "estimator.cpu_floor", "must be 0..4096"),
+        ({"id": "p", "estimator": {"max_step": 0.5}}, "estimator.max_step", "must be 1..1000"),
         ({"id": "p", "estimator": {"headrom": 0.2}}, "estimator.headrom", "Extra inputs"),
         (
             {"id": "p", "estimator": {"cpu_limit_strategy": "magic"}},
@@ -155,7 +155,7 @@ def test_full_document_with_quantities_durations_and_iso_time() -> None:
         ),
         ({"id": "p", "guardrails": {"hpa": "ignore"}}, "guardrails.hpa", "'skip', 'memory-only'"),
         ({"id": "p", "mode": "yolo"}, "mode", "'observe', 'recommend' or 'autopilot'"),
-        ({"id": "p", "version": 0}, "version", "must be >= 1"),
+        ({"id": "p", "version": 0}, "version", "must be 1..9007199254740992"),
         ({"id": "p", "updated_at": "yesterday"}, "updated_at", "ISO-8601"),
         (
             {

@@ -22,6 +22,7 @@ from engine.core.policy import DEFAULT_POLICY
 from engine.core.recommend import recommend
 from engine.core.render import (
     CSV_COLUMNS,
+    TABLE_HEADERS,
     money,
     render,
     render_csv,
@@ -132,35 +133,54 @@ def test_money(value: float, text: str) -> None:
     assert money(value) == text
 
 
-def test_table_lists_requests_targets_confidence_and_footer(recs: list[Recommendation]) -> None:
+def test_table_lists_requests_limits_targets_confidence_reason_and_footer(
+    recs: list[Recommendation],
+) -> None:
     text = render_table(recs, PRICES)
     lines = text.splitlines()
-    assert lines[0].split() == [
-        "WORKLOAD",
-        "CONTAINER",
-        "CPU",
-        "REQ",
-        "CPU",
-        "REC",
-        "MEM",
-        "REQ",
-        "MEM",
-        "REC",
-        "CONFIDENCE",
-        "MONTHLY",
-        "DELTA",
-    ]
+    header = lines[0]
+    for title in TABLE_HEADERS:
+        assert title in header
     app = next(line for line in lines if line.startswith("zeta/Deployment/api"))
-    assert app.split()[1:7] == ["app", "1000m", "690m", "1024Mi", "690Mi", "high"]
+    cells = [c.strip() for c in app.split("  ") if c.strip()]
+    # requests AND limits, current -> target; the cpu limit stays unset (strategy none)
+    assert cells[1:7] == ["app", "1000m -> 690m", "unset", "1024Mi -> 690Mi", "1024Mi -> 690Mi",
+                          "high"]  # fmt: skip
+    assert cells[8] == recs[0].containers[0].reasons[0][:63] or cells[8].endswith("…")
     sidecar = next(line for line in lines if " sidecar " in line)
-    assert sidecar.split()[2:7] == ["100m", "-", "128Mi", "-", "none"]
+    cells = [c.strip() for c in sidecar.split("  ") if c.strip()]
+    assert cells[2:6] == ["100m -> ?", "unset -> ?", "128Mi -> ?", "128Mi -> ?"]
+    assert cells[6] == "none" and cells[-1].startswith("? ")  # "?" and why: no recommendation
     t = totals(recs, PRICES)
     assert f"Total monthly savings:   {t.monthly_savings:,.2f} USD" in lines
     assert f"Total monthly increases: {t.monthly_increase:,.2f} USD" in lines
     assert "2 workloads, 3 containers (1 without enough data)" in lines
-    # every data line has the same width up to the delta column: columns are aligned
-    header_end = lines[0].index("MONTHLY DELTA") + len("MONTHLY DELTA")
-    assert all(len(line) == header_end for line in lines[2:5])
+    # every data line starts each column at the header's offset: columns are aligned
+    at = header.index("CONFIDENCE")
+    assert all(line[at:].split()[0] in ("high", "none", "low", "medium") for line in lines[2:5])
+
+
+def test_held_changes_show_but_do_not_count_in_totals(recs: list[Recommendation]) -> None:
+    api = "zeta/Deployment/api"
+    note = {api: ["HPA api-hpa scales on cpu: it would change memory only"]}
+    full = totals(recs, PRICES)
+    cpu_held = totals(recs, PRICES, {api: frozenset({"cpu"})})
+    all_held = totals(recs, PRICES, {api: frozenset({"cpu", "memory"})})
+    zeta = next(r for r in recs if r.workload_id == api)
+    others = [r for r in recs if r.workload_id != api]
+    assert all_held.monthly_savings == pytest.approx(sum(r.savings.monthly_savings for r in others))
+    assert all_held.monthly_delta == pytest.approx(sum(r.savings.monthly_delta for r in others))
+    assert all_held.monthly_savings < cpu_held.monthly_savings < full.monthly_savings
+    assert full.monthly_savings - cpu_held.monthly_savings == pytest.approx(
+        (1.0 - 0.69) * PRICES.cpu_core_hour * 730 * zeta.replicas, rel=1e-3
+    )
+    text = render_table(recs, PRICES, note, {api: frozenset({"cpu"})})
+    row = next(line for line in text.splitlines() if line.startswith(api))
+    assert row.rstrip().endswith("HPA api-hpa scales on cpu: it would change memory only")
+    assert (
+        "2 workloads, 3 containers (1 without enough data); 1 held by the gate, not in totals"
+        in (text.splitlines())
+    )
 
 
 def test_empty_table() -> None:

@@ -76,7 +76,7 @@ def test_every_reason_is_counted_once() -> None:
 
 def test_future_slack_uses_the_given_now() -> None:
     b = _batch({"cpu": [(NOW - 1, 1.0)]})
-    assert validate_samples(b, now=NOW - 400)[1] == [("future-timestamp", 1)]
+    assert validate_samples(b, now=NOW - 400)[1] == [("future-chunk", 1)]
     assert validate_samples(b, now=NOW - 200)[1] == []
     assert validate_samples(b, now=NOW - 400, future_slack=600)[1] == []
 

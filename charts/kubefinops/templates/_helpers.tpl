@@ -57,6 +57,8 @@ s3AccessKey: s3_access_key
 s3SecretKey: s3_secret_key
 gitToken: git_token
 apiToken: api_token
+apiReadToken: api_read_token
+kafkaSslKeyPassword: kafka_ssl_key_password
 {{- end -}}
 
 {{- define "kubefinops.secretMountDir" -}}/var/run/secrets/kubefinops{{- end -}}
