@@ -28,7 +28,7 @@ class Assembly:
 def assemble(settings: Settings, services: Services) -> Assembly:
     from agents import lag, web, wiring
     from engine.app import create_app, declare_topics
-    from engine.metrics import init_series
+    from engine.metrics import FLEET, init_series
     from tables import declare_tables
 
     app = create_app(settings)
@@ -44,6 +44,8 @@ def assemble(settings: Settings, services: Services) -> Assembly:
     wiring.register(app, topics, rt)
     web.register(app, topics, rt)
     lag.register(app)
+    FLEET.top = settings.metrics_top_workloads
+    FLEET.stale_seconds = 3 * settings.collect_interval_seconds
     init_series(wiring.AGENTS)
 
     class Clients(mode.Service):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from agents.runtime import Runtime, parse_or_park
 from engine.backoff import retry_forever
+from engine.core.cycles import split_cycle
 from engine.core.model import Action, CycleSummary, Decision, Execution, Outcome
 from engine.errors import PermanentError
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES, RECORDS_PROCESSED, SAVINGS_REALISED
@@ -93,9 +94,11 @@ async def publish(rt: Runtime, decisions: Sequence[Decision], execution: Executi
     summary = CycleSummary(
         cycle=execution.cycle, decisions=list(decisions), execution=execution, policies=policies
     )
-    await rt.topics.cycles.send(
-        key=execution.cycle.encode(), value=summary.model_dump_json().encode()
-    )
+    # In parts: a cycle of thousands of decisions is far over Kafka's message limit.
+    for part in split_cycle(summary):
+        await rt.topics.cycles.send(
+            key=execution.cycle.encode(), value=part.model_dump_json().encode()
+        )
 
 
 async def handle_batch(rt: Runtime, raws: Sequence[bytes | None]) -> Execution | None:

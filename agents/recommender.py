@@ -20,14 +20,7 @@ from engine.core.model import (
     container_id,
 )
 from engine.core.recommend import recommend
-from engine.metrics import (
-    MONTHLY_COST_CURRENT,
-    MONTHLY_COST_RECOMMENDED,
-    RECORDS_PROCESSED,
-    REQUEST_CURRENT,
-    REQUEST_RECOMMENDED,
-    USAGE_P95,
-)
+from engine.metrics import FLEET, RECORDS_PROCESSED
 
 log = logging.getLogger("kubefinops.recommender")
 AGENT = "recommender"
@@ -44,25 +37,6 @@ def usage_of(rt: Runtime, spec: WorkloadSpec) -> dict[str, dict[str, UsageSummar
     return out
 
 
-def export_gauges(rec: Recommendation) -> None:
-    w = (rec.namespace, rec.kind, rec.name)
-    MONTHLY_COST_CURRENT.labels(*w).set(rec.savings.current_monthly)
-    MONTHLY_COST_RECOMMENDED.labels(*w).set(rec.savings.recommended_monthly)
-    for c in rec.containers:
-        labels = (*w, c.name)
-        for res, cur, new in (
-            ("cpu", c.current.requests.cpu, c.cpu_request),
-            ("memory", c.current.requests.memory, c.memory_request),
-        ):
-            if cur is not None:
-                REQUEST_CURRENT.labels(*labels, res).set(cur)
-            if new is not None:
-                REQUEST_RECOMMENDED.labels(*labels, res).set(new)
-            p95 = c.usage.get(res, {}).get("p95")
-            if p95 is not None:
-                USAGE_P95.labels(*labels, res).set(p95)
-
-
 async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> Recommendation:
     """A workload's cycle-end marker -> its recommendation on ``kubefinops.recommendations``."""
     spec = marker.spec
@@ -70,7 +44,7 @@ async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> Recommendation:
     usage = usage_of(rt, spec)
     rec = recommend(spec, usage, policy_for(rt, spec), now=rt.clock(), prices=rt.prices)
     rec = rec.model_copy(update={"collection_cycle": marker.cycle})
-    export_gauges(rec)
+    FLEET.observe(rec, rt.clock())
     await rt.topics.recommendations.send(
         key=spec.workload_id.encode(), value=rec.model_dump_json().encode()
     )

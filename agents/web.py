@@ -2,10 +2,12 @@
 
 * ``GET /health`` — liveness: the event loop answers.
 * ``GET /ready`` — readiness: connected to the broker, partitions assigned, tables recovered.
-* ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`.
+* ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`, generated in a thread;
+  bounded at fleet scale (per-workload series for the top workloads only).
 * ``GET /api/usage/{namespace}/{kind}/{name}`` — percentiles, max, count and span per container and
-  resource; routed (Faust's ``route_topic_req``) to the worker that owns the workload's partition.
-  Behind the read token (``KUBEFINOPS_API_READ_TOKEN``, or the API token) when one is set.
+  resource; routed (Faust's ``route_topic_req``) to the worker that owns the workload's partition;
+  503 until ``/ready``.  Behind the read token (``KUBEFINOPS_API_READ_TOKEN``, or the API token)
+  when one is set.
 * ``POST /api/cycles`` — run a collection cycle now.
 * ``GET|PUT|DELETE /api/policies[/{id}]`` — invalid documents get 400 with the field and the
   reason and are not stored.
@@ -22,6 +24,7 @@ patterns; 409 when another writer stored the same policy version first.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -33,7 +36,6 @@ import faust
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
-from prometheus_client import generate_latest
 from pydantic import SecretStr
 
 from agents import collector
@@ -45,7 +47,7 @@ from engine.core import bounds
 from engine.core.model import RESOURCES, workload_id
 from engine.core.usage import ContainerUsage
 from engine.errors import DependencyUnavailable, InvalidPolicy, KubeFinOpsError
-from engine.metrics import REGISTRY
+from engine.metrics import scrape
 
 log = logging.getLogger("kubefinops.web")
 EXPOSITION = "text/plain; version=0.0.4"
@@ -218,13 +220,22 @@ class Ready(RuntimeView):
 
 class Metrics(RuntimeView):
     async def get(self, request: Request) -> Response:
+        # In a thread: the event loop keeps consuming while the text is generated.
+        body = await asyncio.get_running_loop().run_in_executor(None, scrape)
         # aiohttp adds "; charset=utf-8" itself and refuses it in content_type.
-        return self.text(generate_latest(REGISTRY).decode(), content_type=EXPOSITION)
+        return self.text(body.decode(), content_type=EXPOSITION)
 
 
 class Usage(RuntimeView):
     @bearer_required("read")
     async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
+        ok, state = ready_state(self.app)
+        if not ok:  # recovering tables answer with partial (or no) state: say so, not 200
+            return self.json(
+                {"error": "worker not ready: tables recovering or partitions unassigned", **state},
+                status=503,
+                headers={"Retry-After": "2"},
+            )
         wid = workload_id(namespace, kind, name)
         if not bounds.is_workload_id(wid):
             return self.error(400, f"not a workload id: {wid[:300]!r}")

@@ -54,7 +54,7 @@ from bench.common import (
 from engine.core.model import MetricsBatch, parse_metrics_record
 from engine.core.samples import validate_batch
 from engine.core.usage import ContainerUsage
-from tables.state import TypedTable, UsageCodec
+from tables.state import DEFAULT_USAGE_CACHE_BYTES, UsageTable
 from tests.harness.kafka import create_topics
 from tests.harness.proc import Server, free_port
 from tests.integration.workers import Deployment
@@ -70,7 +70,7 @@ def pure_ingest(containers: int, chunks: int, chunk_seconds: int) -> tuple[float
     Returns (core path, agent path). Core: ``parse_metrics_record`` (the agent's one parse of a
     record) + ``validate_batch`` + ``ContainerUsage.ingest`` + ``to_dict`` + ``json.dumps`` (the
     changelog value). Agent path: the same through the typed ``usage`` table
-    (``tables.state.TypedTable``, its decoded-value cache), as the agent does it — the gap
+    (``tables.state.UsageTable``, its bounded decoded-value cache), as the agent does it — the gap
     between the worker and this line is Faust and Kafka.
     """
     msgs = [m for part in build_messages(containers, chunks, chunk_seconds, seed=11) for m in part]
@@ -79,7 +79,7 @@ def pure_ingest(containers: int, chunks: int, chunk_seconds: int) -> tuple[float
 
     def once(agent_path: bool) -> float:
         states: dict[str, ContainerUsage] = {}
-        table: TypedTable[ContainerUsage] = TypedTable({}, UsageCodec(), "usage")
+        table = UsageTable({}, DEFAULT_USAGE_CACHE_BYTES)
         started = time.perf_counter()
         for _, raw in msgs:
             batch = parse_metrics_record(raw)
@@ -380,8 +380,9 @@ def main() -> None:
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
         f"python {sys.version.split()[0]}"
     )
-    stack = Stack().start()
+    stack = Stack()
     try:
+        stack.start()  # inside the try: a later server failing to start stops the earlier ones
         env = dict(item.split("=", 1) for item in args.worker_env)
         if env:
             print(f"# extra worker environment: {env}")

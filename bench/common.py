@@ -47,6 +47,20 @@ class Stack:
     deployments: list[Deployment] = field(default_factory=list)
 
     def start(self) -> Stack:
+        """Start Kafka then SecantusDB; if anything fails, stop what did start, then raise."""
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> Stack:
         started = time.monotonic()
         libs = fetch_libs()
         for attempt in range(3):
@@ -89,10 +103,19 @@ class Stack:
         return dep
 
     def close(self) -> None:
+        """Stop every process this stack started (idempotent, whatever failed before)."""
         for dep in self.deployments:
-            dep.stop_all()
+            try:
+                dep.stop_all()
+            except Exception as exc:  # keep stopping the rest
+                print(f"# stopping a deployment failed: {exc}")
+        self.deployments.clear()
         for server in reversed(self.servers):
-            server.stop(timeout=20)
+            try:
+                server.stop(timeout=20)
+            except Exception as exc:
+                print(f"# stopping {server.name} failed: {exc}")
+        self.servers.clear()
         if not os.environ.get("KFO_BENCH_KEEP"):  # Kafka logs of a run are hundreds of MB
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -29,7 +29,9 @@ log = logging.getLogger("kubefinops.backoff")
 OnRetry = Callable[[BaseException, float], None]
 
 
-def _before_sleep(what: str, on_retry: OnRetry | None) -> Callable[[RetryCallState], None]:
+def _before_sleep(
+    what: str, on_retry: OnRetry | None, within: float | None = None
+) -> Callable[[RetryCallState], None]:
     def hook(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
@@ -37,7 +39,17 @@ def _before_sleep(what: str, on_retry: OnRetry | None) -> Callable[[RetryCallSta
             return
         if on_retry is not None:
             on_retry(exc, delay)
-        log.warning("%s: %s; retrying in %.0fs", what, exc, delay)
+        elapsed = state.seconds_since_start or 0.0
+        budget = f" of {within:.0f}s" if within is not None else ""
+        log.warning(
+            "%s (attempt %d, %.0fs%s): %s; retrying in %.0fs",
+            what,
+            state.attempt_number,
+            elapsed,
+            budget,
+            exc,
+            delay,
+        )
 
     return hook
 
@@ -81,7 +93,7 @@ def retry_sync(
         retry=retry_if_exception_type(retry_on),
         wait=wait_exponential(multiplier=first, min=first, max=cap),
         stop=stop_after_delay(within),
-        before_sleep=_before_sleep(what, None),
+        before_sleep=_before_sleep(what, None, within),
         reraise=True,
     )
     return retrying(call)

@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     collect_on_start: bool = True  # run a collection right after the first assignment
     history_days: PositiveInt = 14
     usage_window_seconds: PositiveInt = 86400
+    # Decoded usage state kept in memory, least recently used dropped first (the table keeps
+    # every container's compact value; a dropped one is decoded again when next needed).
+    usage_cache_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    # Per-workload series on /metrics only for this many workloads (top by pending savings);
+    # per-namespace totals cover all of them, /api/usage and the reports every one.
+    metrics_top_workloads: Annotated[int, Field(ge=0)] = 100
 
     # --- Git / GitOps --------------------------------------------------------------------------
     git_remote_url: str | None = None

@@ -56,4 +56,5 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             schema=_json(),
         ),
         policies=app.GlobalTable("policies", partitions=1, help="Policies by id", schema=_json()),
+        usage_cache_bytes=settings.usage_cache_bytes,
     )

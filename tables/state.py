@@ -2,10 +2,11 @@
 
 A :class:`TypedTable` wraps any mutable mapping — a Faust table in a worker, a plain ``dict`` in a
 unit test — with a codec, so handlers get and put models while the changelog stays JSON that
-kcat can read.  Decoding is cached per key and reused while the mapping still holds the very
-object that was decoded (or written) last: a value recovered from the changelog after a
-rebalance is a new object and is decoded again.  This is what makes reading the usage sketches
-for every message affordable.
+kcat can read.  Decoded values are cached (:class:`tables.cache.ByteLRU`) and reused while the
+mapping still holds the very object that was decoded (or written) last: a value recovered from
+the changelog after a rebalance is a new object and is decoded again.  This is what makes reading
+the usage sketches for every message affordable; the usage cache is bounded by
+``usage_cache_bytes`` so memory does not grow with the fleet.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from engine.core.policy import Policy, validate_policy
 from engine.core.usage import ContainerUsage
 from engine.core.verification import Verification
 from engine.errors import InvalidPolicy
+from engine.metrics import USAGE_CACHE_BYTES, USAGE_CACHE_EVICTIONS
+from tables.cache import ByteLRU
+
+DEFAULT_USAGE_CACHE_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger("kubefinops.tables")
 
@@ -33,6 +38,9 @@ class Codec(Protocol[T]):
     def load(self, stored: Any) -> T: ...
 
     def dump(self, value: T) -> Any: ...
+
+    def size(self, value: T) -> int:
+        """Estimated bytes of a decoded value (what the cache bound counts)."""
 
 
 class ModelCodec(Generic[B]):
@@ -46,6 +54,9 @@ class ModelCodec(Generic[B]):
 
     def dump(self, value: B) -> Any:
         return value.model_dump(mode="json")
+
+    def size(self, value: B) -> int:
+        return 0  # small frozen models: cached without counting, one per key at most
 
 
 class PolicyCodec(ModelCodec[Policy]):
@@ -66,6 +77,9 @@ class UsageCodec:
 
     def dump(self, value: ContainerUsage) -> Any:
         return value.to_dict()
+
+    def size(self, value: ContainerUsage) -> int:
+        return value.nbytes()
 
 
 class LastAction(BaseModel):
@@ -90,40 +104,53 @@ class LastAction(BaseModel):
 _UNREADABLE = (ValueError, TypeError, KeyError, ValidationError, InvalidPolicy)
 
 
+UNBOUNDED = 2**62
+
+
 class TypedTable(Generic[T]):
     """A mapping of ``str`` keys to ``T`` values over a mapping of JSON values."""
 
-    def __init__(self, store: MutableMapping[Any, Any], codec: Codec[T], name: str = "") -> None:
+    def __init__(
+        self,
+        store: MutableMapping[Any, Any],
+        codec: Codec[T],
+        name: str = "",
+        *,
+        max_cache_bytes: int = UNBOUNDED,
+    ) -> None:
         self.store = store
         self.codec = codec
         self.name = name
-        self._decoded: dict[str, tuple[Any, T]] = {}
+        self.cache: ByteLRU[T] = ByteLRU(max_cache_bytes)
 
     def get(self, key: str) -> T | None:
         """The value, or None when absent (or unreadable: logged, treated as absent)."""
         stored = self.store.get(key)
         if stored is None:
-            self._decoded.pop(key, None)
+            self.cache.discard(key)
             return None
-        cached = self._decoded.get(key)
-        if cached is not None and cached[0] is stored:
-            return cached[1]
+        cached = self.cache.get(key, stored)
+        if cached is not None:
+            return cached
         try:
             value = self.codec.load(stored)
         except _UNREADABLE as exc:
             log.warning("table %s: ignoring unreadable value of %s: %s", self.name, key, exc)
             return None
-        self._decoded[key] = (stored, value)
+        self._remember(key, stored, value)
         return value
 
     def __setitem__(self, key: str, value: T) -> None:
         stored = self.codec.dump(value)
         self.store[key] = stored
-        self._decoded[key] = (stored, value)
+        self._remember(key, stored, value)
+
+    def _remember(self, key: str, stored: Any, value: T) -> None:
+        self.cache.put(key, stored, value, self.codec.size(value))
 
     def pop(self, key: str) -> None:
         self.store.pop(key, None)
-        self._decoded.pop(key, None)
+        self.cache.discard(key)
 
     def __contains__(self, key: object) -> bool:
         return key in self.store
@@ -139,11 +166,25 @@ class TypedTable(Generic[T]):
                 yield key, value
 
 
+class UsageTable(TypedTable[ContainerUsage]):
+    """The ``usage`` table: decoded sketches bounded by bytes, with the cache's own metrics."""
+
+    def __init__(self, store: MutableMapping[Any, Any], max_cache_bytes: int) -> None:
+        super().__init__(store, UsageCodec(), "usage", max_cache_bytes=max_cache_bytes)
+
+    def _remember(self, key: str, stored: Any, value: ContainerUsage) -> None:
+        before = self.cache.evictions
+        super()._remember(key, stored, value)
+        USAGE_CACHE_BYTES.set(self.cache.bytes)
+        if self.cache.evictions > before:
+            USAGE_CACHE_EVICTIONS.inc(self.cache.evictions - before)
+
+
 @dataclass(frozen=True)
 class Tables:
     """The agents' durable state (declared over Faust tables by :func:`tables.declare_tables`)."""
 
-    usage: TypedTable[ContainerUsage]
+    usage: UsageTable
     workloads: TypedTable[WorkloadSpec]
     last_action: TypedTable[LastAction]
     watermarks: MutableMapping[str, float]
@@ -160,9 +201,10 @@ class Tables:
         watermarks: MutableMapping[str, float],
         policies: MutableMapping[Any, Any],
         verifications: MutableMapping[Any, Any],
+        usage_cache_bytes: int = DEFAULT_USAGE_CACHE_BYTES,
     ) -> Tables:
         return cls(
-            usage=TypedTable(usage, UsageCodec(), "usage"),
+            usage=UsageTable(usage, usage_cache_bytes),
             workloads=TypedTable(workloads, ModelCodec(WorkloadSpec), "workloads"),
             last_action=TypedTable(last_action, ModelCodec(LastAction), "last-action"),
             watermarks=watermarks,
@@ -171,8 +213,14 @@ class Tables:
         )
 
     @classmethod
-    def in_memory(cls) -> Tables:
+    def in_memory(cls, usage_cache_bytes: int = DEFAULT_USAGE_CACHE_BYTES) -> Tables:
         """Plain dicts: the tables of a unit test."""
         return cls.over(
-            usage={}, workloads={}, last_action={}, watermarks={}, policies={}, verifications={}
+            usage={},
+            workloads={},
+            last_action={},
+            watermarks={},
+            policies={},
+            verifications={},
+            usage_cache_bytes=usage_cache_bytes,
         )

@@ -25,6 +25,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from engine.core.cycles import IncompleteCycle, join_cycle
 from engine.core.model import CycleSummary
 from engine.core.report import (
     CycleReport,
@@ -34,7 +35,7 @@ from engine.core.report import (
     safe_cycle,
 )
 from engine.core.verification import Verification
-from engine.errors import AuthenticationFailed, DependencyUnavailable
+from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
 from engine.metrics import REPORTS_PENDING, REPORTS_WRITTEN
 from engine.settings import Settings
 
@@ -149,10 +150,70 @@ class ReportWriter:
         """Report a cycle as the executor summarised it (``kubefinops.cycles``), with the
         verification outcomes of earlier changes recorded since the previous cycle.
 
-        Dated by the execution time, so a re-delivered summary overwrites the same keys.
+        Dated by the execution time, so a re-delivered summary overwrites the same keys.  A
+        cycle in several parts: each part is stored under ``<prefix>/parts/`` as it arrives
+        (the parts are the durable buffer: a restart loses none), and the report is written
+        once every part is there — the keys returned until then are the part's.
         """
-        report = CycleReport.from_summary(summary, generated_at or 0.0)
+        when = summary.execution.executed_at or generated_at or 0.0
+        if summary.parts > 1:
+            whole = await self._collect_part(summary, when)
+            if isinstance(whole, list):
+                return whole
+            summary = whole
+        report = CycleReport.from_summary(summary, when)
         return await self.write(report.model_copy(update={"verifications": list(verifications)}))
+
+    async def _collect_part(self, part: CycleSummary, when: float) -> CycleSummary | list[str]:
+        """Store one part; the joined cycle once all parts are stored, else the part's key."""
+        prefix = report_prefix(CycleReport(cycle_id=part.cycle, generated_at=when, decisions=[]))
+        parts_prefix = f"{prefix}/parts/"
+        suffix = f"-of-{part.parts:05d}.json"
+        key = f"{parts_prefix}{part.part:05d}{suffix}"
+        pending = Pending(
+            prefix=key,
+            metadata={"cycle-id": safe_cycle(part.cycle), "part": f"{part.part}/{part.parts}"},
+            objects=[ReportObject(key, part.model_dump_json().encode(), "application/json")],
+        )
+        async with self._lock:
+            try:
+                await self._deliver(pending)
+            except (DependencyUnavailable, AuthenticationFailed) as exc:
+                if not self.park_on_failure:
+                    raise
+                log.warning("report part %s parked in the outbox: %s", key, exc)
+                self._park(pending)
+                return [key]
+            bodies = await self._read_all(parts_prefix, suffix)
+        if len(bodies) < part.parts:
+            log.info("cycle %s: %d of %d parts stored", part.cycle, len(bodies), part.parts)
+            return [key]
+        try:
+            return join_cycle([CycleSummary.model_validate_json(b) for b in bodies])
+        except (ValueError, IncompleteCycle) as exc:
+            raise PermanentError(f"cycle {part.cycle}: unreadable parts: {exc}") from None
+
+    async def _read_all(self, prefix: str, suffix: str) -> list[bytes]:
+        """Bodies of every object under ``prefix`` whose key ends with ``suffix``."""
+        try:
+            async with self._session.client(
+                "s3", endpoint_url=self.settings.s3_endpoint_url, config=self._config
+            ) as s3:
+                keys: list[str] = []
+                paginator = s3.get_paginator("list_objects_v2")
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                    found = [o["Key"] for o in page.get("Contents", [])]
+                    keys += [k for k in found if k.endswith(suffix)]
+                bodies = []
+                for key in sorted(keys):
+                    obj = await s3.get_object(Bucket=self.bucket, Key=key)
+                    async with obj["Body"] as stream:
+                        bodies.append(await stream.read())
+                return bodies
+        except ClientError as exc:
+            raise _translate(exc) from None
+        except (TimeoutError, BotoCoreError, OSError) as exc:
+            raise DependencyUnavailable(f"S3 unreachable: {type(exc).__name__}: {exc}") from None
 
     async def flush(self) -> int:
         """Deliver parked reports, oldest first; stop at the first failure. Returns delivered."""

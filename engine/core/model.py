@@ -151,6 +151,9 @@ class UsageSummary(Wire):
     count: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
+    # Peak of each usage window (daily by default), oldest first: the growth trend of memory.
+    window_max: tuple[float, ...] = ()
+    window_seconds: float = 86_400.0
 
     @property
     def span_seconds(self) -> float:
@@ -218,13 +221,26 @@ class Confidence(StrEnum):
     HIGH = "high"
 
 
+class Targets(Wire):
+    """What the estimators say, before the autopilot's max-step guardrail."""
+
+    cpu_request: float | None = None
+    cpu_limit: float | None = None
+    memory_request: float | None = None
+    memory_limit: float | None = None
+
+
 class ContainerRecommendation(Wire):
+    """``cpu_request``... are the next *step* the gate may apply; ``target`` is the estimate it
+    steps toward (``None``: the step is the target)."""
+
     name: ContainerName
     current: ContainerSpec
     cpu_request: TargetCores | None = None
     cpu_limit: TargetCores | None = None
     memory_request: TargetBytes | None = None
     memory_limit: TargetBytes | None = None
+    target: Targets | None = None
     confidence: Confidence = Confidence.NONE
     reasons: Annotated[list[Text], Field(max_length=b.MAX_REASONS)] = []
     # resource -> {"p50","p90","p95","p99","max","count","span_s"}
@@ -258,7 +274,8 @@ class Recommendation(Wire):
     name: Name
     replicas: Replicas
     containers: Containers
-    savings: Savings
+    savings: Savings  # of the next step
+    target_savings: Savings | None = None  # of the target, when a step falls short of it
     generated_at: Time
     # The collection cycle (the collector's CycleEnd marker) this recommendation was computed in;
     # "cycle" on the wire before it was renamed.
@@ -296,7 +313,8 @@ class Decision(Wire):
     policy_id: PolicyId | None = None
     policy_version: Count | None = None
     containers: Containers = []
-    savings: Savings = Savings()
+    savings: Savings = Savings()  # of what this decision applies (the step)
+    target_savings: Savings | None = None  # of the target, when the step falls short of it
     decided_at: Time
     # The collection cycle of the recommendation decided on (not the executor's apply cycle).
     collection_cycle: Cycle = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
@@ -348,14 +366,27 @@ class Execution(Wire):
 
 
 class CycleSummary(Wire):
-    """Internal record on ``kubefinops.cycles``: every decision the executor handled in one
-    cycle and what happened to them, for the reporter."""
+    """Internal record on ``kubefinops.cycles``: the decisions the executor handled in one
+    cycle and what happened to them, for the reporter.
+
+    A big cycle travels as ``parts`` records (``part`` = 0..parts-1, same key), each with its
+    own decisions and their share of the execution, so no record grows with the fleet
+    (:mod:`engine.core.cycles`); the reporter writes one report once it has every part.
+    """
 
     cycle: RecordId
     decisions: Annotated[list[Decision], Field(max_length=b.MAX_DECISIONS)]
     execution: Execution
     # policy id -> version in force
     policies: Annotated[dict[PolicyId, Count], Field(max_length=10_000)] = {}
+    part: int = Field(default=0, ge=0)
+    parts: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> CycleSummary:
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} of {self.parts}")
+        return self
 
 
 class DeadLetter(Wire):

@@ -129,13 +129,21 @@ def pack_ints(values: IntArray, *, compress: bool = True) -> str:
     return pack_raw(encode_uvarints(zigzag(values)), compress=compress)
 
 
-def unpack_ints(text: str) -> IntArray:
+def unpack_raw(text: str) -> bytes:
+    """Inverse of :func:`pack_raw`; ValueError (zlib.error included) when corrupt."""
     if not text or text[0] not in "zr":
         raise ValueError("bad packed-int header")
     raw = base64.b64decode(text[1:], validate=True)
     if text[0] == "z":
-        raw = zlib.decompress(raw)
-    return unzigzag(decode_uvarints(raw))
+        try:
+            raw = zlib.decompress(raw)
+        except zlib.error as exc:
+            raise ValueError(f"corrupt packed payload: {exc}") from None
+    return raw
+
+
+def unpack_ints(text: str) -> IntArray:
+    return unzigzag(decode_uvarints(unpack_raw(text)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -295,11 +303,17 @@ class QuantileSketch:
         """``(zero_count, min_key, counts)``: the raw state, for compact joint encodings."""
         return self._zero, self._min_key, self._counts
 
-    def set_bins(self, zero: int, min_key: int, counts: IntArray) -> None:
+    def set_bins(self, zero: int, min_key: int, counts: IntArray, *, checked: bool = False) -> None:
+        """Restore raw state; ``checked=True``: the caller already verified ``counts >= 0``."""
         counts = np.asarray(counts, dtype=np.int64)
-        if zero < 0 or (counts < 0).any() or counts.size > self.bin_limit:
+        if zero < 0 or counts.size > self.bin_limit:
+            raise ValueError("corrupt sketch bins")
+        if not checked and (counts < 0).any():
             raise ValueError("corrupt sketch bins")
         self._zero = int(zero)
+        if counts.size and counts[0] > 0 and counts[-1] > 0:  # trimmed already (the common case)
+            self._min_key, self._counts = int(min_key), counts.copy()
+            return
         if counts.size == 0 or not counts.any():
             self._min_key, self._counts = 0, _EMPTY
             return

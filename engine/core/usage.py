@@ -13,6 +13,11 @@ Why daily windows by default: a sketch of one day of 1-minute CPU samples needs 
 estimators need is the merged 14-day distribution, which daily windows give at the same
 accuracy (merging is exact).  The price is expiry granularity: one day.
 
+Codec (v2): per resource, ``c`` packs every closed window and ``o`` the newest (open) one, each
+as zlib'd varints with the floats exact.  ``c`` is re-packed only when a closed window changes
+(about once a day, when a day closes or expires), so an hourly changelog write encodes one day,
+not fourteen; the v1 layout (one blob per resource) is still read.
+
 Ingest is idempotent per container: ``high_water`` is the time of the newest sample stored.  A
 batch with ``end <= high_water`` changes nothing; an overlapping one only contributes samples
 with ``ts > high_water``; samples outside the batch's ``(start, end]`` are rejected.  The mark
@@ -23,6 +28,7 @@ moves only when samples are actually stored (a batch whose samples are all rejec
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,9 +43,12 @@ from engine.core.sketch import (
     DEFAULT_ZERO_THRESHOLD,
     FloatArray,
     QuantileSketch,
+    decode_uvarints,
     encode_uvarints,
     pack_raw,
     unpack_ints,
+    unpack_raw,
+    unzigzag,
     uvarint_zigzag,
     zigzag,
 )
@@ -47,7 +56,12 @@ from engine.core.sketch import (
 DEFAULT_WINDOW_SECONDS = 86_400
 DEFAULT_HISTORY_SECONDS = 14 * 86_400
 SUMMARY_QUANTILES = (0.5, 0.9, 0.95, 0.99)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# measured with tracemalloc on decoded 14-day states (tests/unit/test_cache.py checks the
+# estimate stays within a factor of the real size)
+_WINDOW_OVERHEAD = 620
+_OBJECT_OVERHEAD = 1_200
+READABLE_VERSIONS = (1, 2)  # v1: one packed blob per resource (still read, never written)
 
 
 @dataclass(frozen=True)
@@ -71,11 +85,14 @@ class Window:
     max: float = -math.inf
     first_ts: float = math.inf
     last_ts: float = -math.inf
-    # encoded ints of this window, reused by to_dict until the window changes (closed daily
-    # windows never do, so a changelog write re-encodes only the current one)
+    # bumped on every change: the packed closed-days blob is reused while no closed window's
+    # generation moved (closed daily windows never change, so it is packed about once a day)
+    gen: int = field(default=0, compare=False, repr=False)
+    # encoded ints of this window, reused until the window changes
     _raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def encoded(self) -> bytes:
+        """Exact floats then varints ``[count, zero, min_key, nbins, counts...]``."""
         if self._raw is None:
             zero, min_key, counts = self.sketch.bins()
             head = np.asarray([self.count, zero, min_key, counts.size], dtype=np.int64)
@@ -84,6 +101,7 @@ class Window:
 
     def add(self, ts: FloatArray, values: FloatArray) -> None:
         self._raw = None
+        self.gen += 1
         self.sketch.add_many(values)
         self.count += int(values.size)
         self.sum += float(values.sum())
@@ -94,6 +112,7 @@ class Window:
 
     def merge(self, other: Window) -> None:
         self._raw = None
+        self.gen += 1
         self.sketch.merge(other.sketch)
         self.count += other.count
         self.sum += other.sum
@@ -104,9 +123,27 @@ class Window:
 
 
 class WindowedUsage:
-    """Tumbling windows of one resource; see the module docstring."""
+    """Tumbling windows of one resource; see the module docstring.
 
-    __slots__ = ("alpha", "bin_limit", "window_seconds", "windows", "zero_threshold")
+    Closed windows are held *packed* (the ``c`` string of the table value) between writes and
+    decoded only when something needs them one by one: a late sample, an expiry, a rewindow,
+    a day closing.  For summaries their merge is decoded once and kept.  A decoded state is
+    then about the open window plus one merged sketch instead of fourteen sketches (~8x less
+    memory), and decoding a value read from the table costs one day, not fourteen.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_closed_merged",
+        "_closed_peaks",
+        "_lazy",
+        "_lazy_oldest",
+        "_live",
+        "alpha",
+        "bin_limit",
+        "window_seconds",
+        "zero_threshold",
+    )
 
     def __init__(
         self,
@@ -122,24 +159,52 @@ class WindowedUsage:
         self.alpha = alpha
         self.bin_limit = bin_limit
         self.zero_threshold = zero_threshold
-        self.windows: dict[int, Window] = {}
+        # decoded windows; while ``_lazy`` is set, only those newer than every packed one
+        self._live: dict[int, Window] = {}
+        self._lazy: str | None = None  # packed closed windows, not decoded
+        self._lazy_oldest = 0  # start of the oldest packed window (for expiry)
+        self._closed_merged: Window | None = None  # merge of the packed windows, once needed
+        self._closed_peaks: tuple[tuple[int, float], ...] = ()  # (start, max) of those windows
+        # (identity of the closed windows, their packed text): see to_dict
+        self._closed: tuple[tuple[tuple[int, int, int], ...], str] | None = None
+
+    @property
+    def windows(self) -> dict[int, Window]:
+        """Every live window by start (decodes packed closed windows first)."""
+        self._materialize()
+        return self._live
+
+    def _materialize(self) -> None:
+        if self._lazy is None:
+            return
+        text, self._lazy, self._closed_merged = self._lazy, None, None
+        closed: dict[int, Window] = {}
+        self._unpack(text, 0, closed)
+        self._live = {**closed, **self._live}
+        ident = tuple((s, id(closed[s]), closed[s].gen) for s in sorted(closed))
+        self._closed = (ident, text)
+
+    def _new_sketch(self) -> QuantileSketch:
+        return QuantileSketch(self.alpha, self.bin_limit, self.zero_threshold)
 
     def _new_window(self) -> Window:
-        return Window(QuantileSketch(self.alpha, self.bin_limit, self.zero_threshold))
+        return Window(self._new_sketch())
 
     @property
     def newest_ts(self) -> float | None:
-        return max((w.last_ts for w in self.windows.values()), default=None)
+        # packed windows are all older than every decoded one: the decoded ones suffice
+        return max((w.last_ts for w in self._live.values()), default=None)
 
     def rewindow(self, window_seconds: int) -> None:
         """Change the window length; each old window merges into the new one holding its start."""
         window_seconds = int(window_seconds)
         if window_seconds == self.window_seconds:
             return
-        old, self.windows, self.window_seconds = self.windows, {}, window_seconds
+        old = self.windows
+        self._live, self.window_seconds = {}, window_seconds
         for start in sorted(old):
             key = (start // window_seconds) * window_seconds
-            self.windows.setdefault(key, self._new_window()).merge(old[start])
+            self._live.setdefault(key, self._new_window()).merge(old[start])
 
     def add(self, ts: FloatArray, values: FloatArray, *, history_seconds: float) -> int:
         """Add samples (validated, any order); return how many fell before the retention cutoff."""
@@ -155,29 +220,48 @@ class WindowedUsage:
             ts, values, starts = ts[live], values[live], starts[live]
         if ts.size:
             first, last = int(starts.min()), int(starts.max())
+            if self._lazy is not None and first < min(self._live, default=first):
+                self._materialize()  # a late sample for a packed (closed) window
+            wins = self._live
             if first == last:
-                self.windows.setdefault(first, self._new_window()).add(ts, values)
+                wins.setdefault(first, self._new_window()).add(ts, values)
             else:
                 for start in np.unique(starts).tolist():
                     sel = starts == start
-                    self.windows.setdefault(start, self._new_window()).add(ts[sel], values[sel])
+                    wins.setdefault(start, self._new_window()).add(ts[sel], values[sel])
         self.expire(newest, history_seconds)
         return expired
 
     def expire(self, newest: float, history_seconds: float) -> int:
         """Drop windows ending at or before ``newest - history_seconds``; return how many."""
         cutoff = newest - history_seconds
-        dead = [s for s in self.windows if s + self.window_seconds <= cutoff]
+        if self._lazy is not None and self._lazy_oldest + self.window_seconds <= cutoff:
+            self._materialize()
+        dead = [s for s in self._live if s + self.window_seconds <= cutoff]
         for s in dead:
-            del self.windows[s]
+            del self._live[s]
         return len(dead)
 
     def merged(self) -> Window | None:
-        if not self.windows:
+        if self._lazy is not None:
+            if self._closed_merged is None:
+                packed: dict[int, Window] = {}
+                self._unpack(self._lazy, 0, packed)
+                self._closed_merged = self._merge(packed)
+                self._closed_peaks = tuple((s, packed[s].max) for s in sorted(packed))
+            total = self._new_window()
+            total.merge(self._closed_merged)
+            for start in sorted(self._live):
+                total.merge(self._live[start])
+            return total
+        if not self._live:
             return None
+        return self._merge(self._live)
+
+    def _merge(self, windows: dict[int, Window]) -> Window:
         total = self._new_window()
-        for start in sorted(self.windows):
-            total.merge(self.windows[start])
+        for start in sorted(windows):
+            total.merge(windows[start])
         return total
 
     def summary(self) -> UsageSummary:
@@ -197,32 +281,64 @@ class WindowedUsage:
             count=total.count,
             first_ts=total.first_ts,
             last_ts=total.last_ts,
+            window_max=self._window_peaks(),
+            window_seconds=float(self.window_seconds),
         )
 
-    # --- codec: floats as JSON numbers (exact via repr), all ints in one packed varint blob
-    def to_dict(self) -> dict[str, Any]:
-        starts = sorted(self.windows)
-        ws = [self.windows[s] for s in starts]
+    def _window_peaks(self) -> tuple[float, ...]:
+        """The max of every window, oldest first, without decoding packed windows one by one
+        (``merged`` recorded theirs when it merged them)."""
+        closed = list(self._closed_peaks) if self._lazy is not None else []
+        live = [(s, w.max) for s, w in self._live.items()]
+        return tuple(m for _, m in sorted(closed + live))
+
+    # --- codec v2: closed windows packed once, the open (newest) window packed on every write -
+    def _pack(self, windows: dict[int, Window], starts: list[int]) -> str:
+        floats: list[float] = []
         parts: list[bytes] = []
         prev = 0
-        for s, win in zip(starts, ws, strict=True):
+        for s in starts:
+            win = windows[s]
+            floats += (win.sum, win.min, win.max, win.first_ts - s, win.last_ts - s)
             parts.append(uvarint_zigzag((s - prev) // self.window_seconds))
             parts.append(win.encoded())
             prev = s
-        return {
+        head = struct.pack(f"<{len(floats)}d", *floats)
+        return pack_raw(struct.pack("<H", len(starts)) + head + b"".join(parts))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``c``: every window but the newest, ``o``: the newest, each packed (floats exact);
+        ``s``: the start of the oldest window in ``c``.
+
+        An hourly write changes only the open day, so ``c`` is the string packed last time as
+        long as no closed window changed (checked by identity and generation): the per-message
+        cost stays one day's encoding whatever the history length.  Afterwards the closed
+        windows are held packed again (see the class docstring).
+        """
+        out: dict[str, Any] = {
             "w": self.window_seconds,
             "a": self.alpha,
             "l": self.bin_limit,
             "t": self.zero_threshold,
-            "sum": [w.sum for w in ws],
-            "min": [w.min for w in ws],
-            "max": [w.max for w in ws],
-            # first/last sample time as offsets from the window start: shorter, and exact
-            # (Sterbenz: start <= ts <= 2*start, so ts - start and start + offset are exact)
-            "ft": [w.first_ts - s for s, w in zip(starts, ws, strict=True)],
-            "lt": [w.last_ts - s for s, w in zip(starts, ws, strict=True)],
-            "b": pack_raw(b"".join(parts)),
         }
+        if self._lazy is not None and len(self._live) <= 1:
+            out.update(c=self._lazy, s=self._lazy_oldest, o=self._pack(self._live, [*self._live]))
+            return out
+        wins = self.windows
+        starts = sorted(wins)
+        closed, open_ = starts[:-1], starts[-1:]
+        ident = tuple((s, id(wins[s]), wins[s].gen) for s in closed)
+        if self._closed is None or self._closed[0] != ident:
+            self._closed = (ident, self._pack(wins, closed))
+        out.update(c=self._closed[1], o=self._pack(wins, open_))
+        if closed:
+            out["s"] = closed[0]
+            # hold the closed windows packed again, keeping their merge for summaries
+            self._closed_merged = self._merge({s: wins[s] for s in closed})
+            self._closed_peaks = tuple((s, wins[s].max) for s in closed)
+            self._lazy, self._lazy_oldest = self._closed[1], closed[0]
+            self._live = {s: wins[s] for s in open_}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WindowedUsage:
@@ -232,6 +348,56 @@ class WindowedUsage:
             bin_limit=int(data["l"]),
             zero_threshold=float(data["t"]),
         )
+        if "c" not in data:
+            return wu._read_v1(data)
+        wu._unpack(str(data["o"]), 0, wu._live)
+        if "s" in data:
+            # decoded when needed; decompressing now checks zlib's checksum of the payload
+            text = str(data["c"])
+            unpack_raw(text)
+            wu._lazy, wu._lazy_oldest = text, int(data["s"])
+            if wu._live and min(wu._live) <= wu._lazy_oldest:
+                raise ValueError("corrupt windowed usage payload: open window not the newest")
+        return wu
+
+    def _unpack(self, text: str, start: int, into: dict[int, Window]) -> int:
+        raw = unpack_raw(text)
+        if len(raw) < 2:
+            raise ValueError("corrupt windowed usage payload")
+        (n,) = struct.unpack_from("<H", raw)
+        end = 2 + 8 * 5 * n
+        if len(raw) < end:
+            raise ValueError("corrupt windowed usage payload")
+        floats = struct.unpack_from(f"<{5 * n}d", raw, 2)
+        ints = unzigzag(decode_uvarints(raw[end:]))
+        # one vectorized sign check for the whole payload: only min_key fields may be negative
+        negative = np.flatnonzero(ints < 0).tolist()
+        pos = 0
+        for i in range(n):
+            if pos + 5 > ints.size:
+                raise ValueError("corrupt windowed usage payload")
+            step, count, zero, min_key, nbins = ints[pos : pos + 5].tolist()
+            if negative and negative[0] < pos + 5 + max(nbins, 0):
+                if negative[0] != pos + 3:
+                    raise ValueError("corrupt windowed usage payload")
+                negative.pop(0)
+            pos += 5
+            if nbins < 0 or pos + nbins > ints.size:
+                raise ValueError("corrupt windowed usage payload")
+            start += step * self.window_seconds
+            win = self._new_window()
+            win.sketch.set_bins(zero, min_key, ints[pos : pos + nbins], checked=True)
+            pos += nbins
+            win.count = count
+            win.sum, win.min, win.max, first, last = floats[5 * i : 5 * i + 5]
+            win.first_ts, win.last_ts = start + first, start + last
+            into[start] = win
+        if pos != ints.size or negative:
+            raise ValueError("corrupt windowed usage payload")
+        return start
+
+    def _read_v1(self, data: dict[str, Any]) -> WindowedUsage:
+        """The v1 layout (one blob per resource), as written before closed days were cached."""
         ints = unpack_ints(str(data["b"]))
         cols = [list(map(float, data[k])) for k in ("sum", "min", "max", "ft", "lt")]
         pos, start = 0, 0
@@ -242,17 +408,32 @@ class WindowedUsage:
             pos += 5
             if nbins < 0 or step < 0 or count < 0 or pos + nbins > ints.size:
                 raise ValueError("corrupt windowed usage payload")
-            start += step * wu.window_seconds
-            win = wu._new_window()
+            start += step * self.window_seconds
+            win = self._new_window()
             win.sketch.set_bins(zero, min_key, ints[pos : pos + nbins])
             pos += nbins
             win.count = count
             win.sum, win.min, win.max, first, last = (c[i] for c in cols)
             win.first_ts, win.last_ts = start + first, start + last
-            wu.windows[start] = win
+            self._live[start] = win
         if pos != ints.size:
             raise ValueError("corrupt windowed usage payload")
-        return wu
+        return self
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._live and self._lazy is None
+
+    def nbytes(self) -> int:
+        """Estimated memory of the decoded windows (see :meth:`ContainerUsage.nbytes`)."""
+        wins = [*self._live.values()]
+        if self._closed_merged is not None:
+            wins.append(self._closed_merged)
+        total = sum(_WINDOW_OVERHEAD + w.sketch.bins()[2].nbytes for w in wins)
+        if self._lazy is not None and self._closed_merged is None:
+            # the merge a summary will decode: about a wide day's sketch
+            total += _WINDOW_OVERHEAD + 2 * max((w.sketch.num_bins for w in wins), default=0) * 8
+        return total
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, WindowedUsage):
@@ -366,7 +547,15 @@ class ContainerUsage:
 
     @property
     def is_empty(self) -> bool:
-        return all(not wu.windows for wu in self.resources.values())
+        return all(wu.is_empty for wu in self.resources.values())
+
+    def nbytes(self) -> int:
+        """Estimated memory of this decoded object (for caches bounded by bytes): the bin
+        arrays plus a measured per-window and per-object overhead."""
+        total = _OBJECT_OVERHEAD
+        for wu in self.resources.values():
+            total += wu.nbytes()
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": FORMAT_VERSION, "hw": self.high_water}
@@ -376,7 +565,7 @@ class ContainerUsage:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerUsage:
-        if data.get("v") != FORMAT_VERSION:
+        if data.get("v") not in READABLE_VERSIONS:
             raise ValueError(f"unsupported usage state version: {data.get('v')!r}")
         cu = cls()
         hw = data.get("hw")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.app import wait_for_assignment
+from engine.core.cycles import join_cycle
 from engine.core.model import CycleEnd, CycleSummary
 from engine.core.report import CycleReport, documents
 from engine.core.verification import Verification
@@ -141,6 +142,7 @@ class LocalReports:
     def __init__(self, folder: Path, on_report: Any) -> None:
         self.folder = folder
         self.on_report = on_report
+        self._parts: dict[str, list[CycleSummary]] = {}  # a big cycle's parts (in memory: a demo)
 
     async def write_cycle(
         self,
@@ -148,6 +150,12 @@ class LocalReports:
         generated_at: float,
         verifications: Sequence[Verification] = (),
     ) -> list[str]:
+        if summary.parts > 1:
+            got = self._parts.setdefault(summary.cycle, [])
+            got.append(summary)
+            if len({p.part for p in got}) < summary.parts:
+                return []
+            summary = join_cycle(self._parts.pop(summary.cycle))
         keys = []
         report = CycleReport.from_summary(summary, generated_at)
         report = report.model_copy(update={"verifications": list(verifications)})

@@ -7,6 +7,7 @@ test/dev dependency only (GPL-2.0, run as a separate process, never imported).
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,7 +27,9 @@ def start_secantus(storage: str, log_dir: str, port: int | None = None) -> tuple
     from pathlib import Path
 
     port = port or free_port()
-    exe = shutil.which("secantusd-py")
+    # the venv's bin is not on PATH when the venv's python is run directly (benchmarks)
+    beside = Path(sys.executable).with_name("secantusd-py")
+    exe = shutil.which("secantusd-py") or (str(beside) if beside.exists() else None)
     if exe is None:
         pytest.skip("secantusd-py not installed (pip install secantusdb)")
     server = Server(
@@ -34,7 +37,11 @@ def start_secantus(storage: str, log_dir: str, port: int | None = None) -> tuple
         [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage],
         log=Path(log_dir) / "secantusdb.log",
     ).start()
-    wait_until(lambda: port_open(port), 30, "secantusdb", server.log)
+    try:
+        wait_until(lambda: port_open(port), 30, "secantusdb", server.log)
+    except BaseException:
+        server.stop()
+        raise
     return server, port
 
 

@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -60,6 +61,22 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
         assert 0 < at_kill, "the worker never started ingesting"
 
         server, port = dep.start_worker("w1-restarted")
+        # Until the worker is ready (tables recovered), /api/usage says 503 — never a 200 with
+        # partial or empty state.
+        early: list[int] = []
+        probe = f"http://127.0.0.1:{port}/api/usage/shop/Deployment/{specs[0].name}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.alive():
+            try:
+                usage_status = http_json(probe)[0]
+                ready_now = http_json(f"http://127.0.0.1:{port}/ready")[1].get("ready")
+            except aiohttp.ClientError:  # the web server is not listening yet
+                usage_status, ready_now = 0, False
+            if ready_now:
+                break
+            early.append(usage_status)
+            time.sleep(0.1)
+        assert 503 in early and set(early) <= {0, 503}, early
         dep.wait_ready(port, server=server, timeout=120)
         # Re-deliver a third of the stream: duplicates must change nothing.
         asyncio.run(produce(kafka, dep.topic("metrics"), encode(stream[: len(stream) // 3])))

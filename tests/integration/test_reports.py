@@ -291,3 +291,41 @@ async def test_write_cycle_from_executor_summary(s3: S3Info, tmp_path: Path) -> 
         (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read()
     )
     assert audit["policy_versions"] == ["default@3", "jvm@1"]
+
+
+async def test_a_five_thousand_decision_cycle_gives_one_complete_report(
+    s3: S3Info, tmp_path: Path
+) -> None:
+    """The reporter's side of a cycle far over Kafka's message limit: its parts arrive one by
+    one (any order, one re-delivered) and exactly one complete report is written."""
+    from engine.core.cycles import split_cycle
+    from tests.unit.test_cycles import big_cycle
+
+    bucket = unique_bucket("reports")
+    whole = big_cycle(5000)
+    parts = split_cycle(whole)
+    assert len(parts) > 2
+    order = [*parts[1:], parts[1], parts[0]]  # out of order, with a duplicate
+    writer = ReportWriter(settings_for(s3, tmp_path, bucket), park_on_failure=False)
+    results = [await writer.write_cycle(p) for p in order]
+    for keys in results[:-1]:
+        assert len(keys) == 1 and "/parts/" in keys[0]  # stored, waiting for the rest
+    keys = results[-1]
+    assert [k.rsplit("/", 1)[1] for k in keys] == [
+        "report.json", "report.md", "report.html", "audit.json",
+    ]  # fmt: skip
+    s3c = client(s3)
+    report = json.loads(
+        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[0]))["Body"].read()
+    )
+    applied = len(whole.execution.workload_ids)  # 40 more were held by a human edit
+    assert report["totals"]["decisions"] == 5000
+    assert report["totals"]["changed"] == applied
+    assert report["totals"]["not_applied"] == 5000 - applied
+    audit = json.loads(
+        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read()
+    )
+    assert len(audit["decisions"]) == 5000
+    listing = await asyncio.to_thread(s3c.list_objects_v2, Bucket=bucket)
+    reports = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("report.json")]
+    assert reports == [keys[0]]  # one report for the cycle

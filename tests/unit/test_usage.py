@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,9 +214,56 @@ def test_json_round_trip_is_equal() -> None:
     with pytest.raises(ValueError):
         ContainerUsage.from_dict({"v": 99})
     broken = cu.to_dict()
-    broken["cpu"]["sum"] = broken["cpu"]["sum"][:-1]
+    broken["cpu"]["c"] = broken["cpu"]["c"][:-8]
     with pytest.raises(ValueError):
         ContainerUsage.from_dict(broken)
+
+
+def test_corrupt_payloads_are_value_errors_never_crashes() -> None:
+    ts, cpu, mem = _series(2 * 1440, seed=3)
+    good = _state_after(_chunks(ts, cpu, mem, 500)).to_dict()
+    for resource in ("cpu", "memory"):
+        for part in ("c", "o"):
+            text = good[resource][part]
+            for bad in (text[:1] + "!!!!", "x" + text[1:], text[:-4], "r" + "AAAA" * 3):
+                doc = json.loads(json.dumps(good))
+                doc[resource][part] = bad
+                # packed closed days decode when first needed: the error may come then
+                with pytest.raises(ValueError):
+                    ContainerUsage.from_dict(doc).summary(resource)
+
+
+def test_state_written_in_the_v1_layout_is_still_read() -> None:
+    """A changelog written before v2 (one packed blob per resource) recovers unchanged."""
+    fixture = json.loads((Path(__file__).parent / "data" / "usage_v1.json").read_text())
+    assert fixture["state"]["v"] == 1
+    cu = ContainerUsage.from_dict(fixture["state"])
+    for r in ("cpu", "memory"):
+        # the fixture predates the per-window peaks (growth-aware memory), compared apart
+        got = cu.summary(r).model_dump(exclude={"window_max", "window_seconds"})
+        assert got == fixture["summary"][r]
+        assert cu.summary(r).window_max == tuple(
+            w.max for _, w in sorted(cu.resources[r].windows.items())
+        )
+    again = ContainerUsage.from_dict(json.loads(json.dumps(cu.to_dict())))
+    assert again == cu and cu.to_dict()["v"] == 2
+
+
+def test_closed_days_are_packed_once_and_only_the_open_day_is_rewritten() -> None:
+    ts, cpu, mem = _series(3 * 1440, seed=4)
+    batches = _chunks(ts, cpu, mem, 60)  # hourly
+    cu = _state_after(batches[: 2 * 24 + 1])  # two closed days, an open third
+    first = cu.to_dict()
+    for b in batches[2 * 24 + 1 : 2 * 24 + 5]:
+        cu.ingest(b)
+        now = cu.to_dict()
+        for r in ("cpu", "memory"):
+            assert now[r]["c"] is first[r]["c"]  # the very same string: not re-packed
+            assert now[r]["o"] != first[r]["o"]
+        assert ContainerUsage.from_dict(json.loads(json.dumps(now))) == cu
+    for b in batches[3 * 24 - 1 :]:
+        cu.ingest(b)
+    assert ContainerUsage.from_dict(cu.to_dict()) == cu
 
 
 def test_fourteen_days_of_one_minute_samples_fit_in_4_kib_per_resource() -> None:
@@ -254,3 +302,33 @@ def test_wrong_types_in_an_unvalidated_batch_do_not_crash_ingest() -> None:
     res = ContainerUsage().ingest(b)
     assert res.accepted == 1
     assert dict(res.rejected) == {"wrong-type": 1, "unknown-resource": 1}
+
+
+def test_a_state_decoded_from_the_table_behaves_like_one_never_encoded() -> None:
+    """Closed days held packed: late samples, expiry, rewindow and summaries all match a state
+    that was never serialized, over 17 days (three days expire) with out-of-order chunks."""
+    ts, cpu, mem = _series(17 * 1440, seed=12)
+    batches = _chunks(ts, cpu, mem, 97)
+    plain, stored = ContainerUsage(), ContainerUsage().to_dict()
+    for i, b in enumerate(batches):
+        again = ContainerUsage.from_dict(json.loads(json.dumps(stored)))
+        kwargs = {"window_seconds": 3600} if i == 300 else {}  # one rewindow mid-way
+        assert again.ingest(b, **kwargs) == plain.ingest(b, **kwargs)
+        if i % 50 == 0:
+            for r in ("cpu", "memory"):
+                assert again.summary(r) == plain.summary(r)
+        stored = again.to_dict()
+    final = ContainerUsage.from_dict(stored)
+    assert final == plain
+    assert len(plain.resources["cpu"].windows) == 15  # 14 days + the partial oldest
+
+
+def test_a_late_sample_for_a_packed_day_lands_in_that_day() -> None:
+    ts, cpu, mem = _series(4 * 1440, seed=13)
+    plain = _state_after(_chunks(ts, cpu, mem, 240)).resources["cpu"]
+    lazy = WindowedUsage.from_dict(json.loads(json.dumps(plain.to_dict())))
+    late_ts, late_v = np.array([T0 + DAY + 30.0]), np.array([7.5])  # inside day 2 (closed)
+    for wu in (plain, lazy):
+        assert wu.add(late_ts, late_v, history_seconds=14 * DAY) == 0
+    assert lazy == plain and lazy.windows[int(T0) + DAY].max == 7.5
+    assert lazy.summary() == plain.summary()
