@@ -53,6 +53,8 @@ class Sinks:
     cycles: Sink
     history: Sink
     apply_control: Sink
+    verifications: Sink
+    verification_queue: Sink
 
     @classmethod
     def of(cls, topics: object) -> Sinks:

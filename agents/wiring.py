@@ -14,7 +14,17 @@ from typing import Any
 
 import faust
 
-from agents import aggregator, collector, executor, gate, history, ledger, policies, reporter
+from agents import (
+    aggregator,
+    collector,
+    executor,
+    gate,
+    history,
+    ledger,
+    policies,
+    reporter,
+    verifier,
+)
 from agents.guard import guarded
 from agents.runtime import Runtime
 from engine.app import Topics, wait_for_assignment
@@ -112,6 +122,23 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
     async def ledger_agent(stream: Any) -> None:
         await each(stream, ledger.record, ledger.AGENT, "executions")
 
+    @app.agent(topics.verifications, name="kubefinops.agents.ledger_verifications")
+    async def ledger_verifications(stream: Any) -> None:
+        await each(stream, ledger.record_verification, ledger.AGENT, "verifications")
+
+    @app.agent(topics.cycles, name="kubefinops.agents.verifier_forward")
+    async def verifier_forward(stream: Any) -> None:
+        await each(stream, verifier.forward, verifier.AGENT, "cycles")
+
+    @app.timer(interval=rt.settings.verification_interval_seconds, on_leader=True)
+    async def verification_tick() -> None:
+        if rt.settings.verification_enabled:
+            await verifier.request_tick(rt)
+
+    @app.agent(topics.verification_queue, name="kubefinops.agents.verifier")
+    async def verify(stream: Any) -> None:
+        await each(stream, verifier.handle, verifier.AGENT, "verification-queue")
+
     @app.agent(topics.cycles, name="kubefinops.agents.reporter")
     async def report(stream: Any) -> None:
         await each(stream, reporter.handle, reporter.AGENT, "cycles")
@@ -130,4 +157,5 @@ AGENTS = (
     ledger.AGENT,
     reporter.AGENT,
     history.AGENT,
+    verifier.AGENT,
 )

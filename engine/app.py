@@ -43,6 +43,8 @@ class Topics:
     cycles: faust.TopicT  # internal: one record per executed cycle, for the reporter
     history: faust.TopicT  # internal: the outbox of the MongoDB history (gate -> history writer)
     apply_control: faust.TopicT  # internal: cycle manifests and apply ticks for the executor
+    verifications: faust.TopicT  # outcomes of pushed changes (docs/verification.md)
+    verification_queue: faust.TopicT  # internal: changes to watch + ticks, one partition
 
     def all(self) -> list[faust.TopicT]:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -157,6 +159,8 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("cycles", 1, False, "reporter"),
         TopicSpec("history", n, False, "history"),
         TopicSpec("apply-control", 1, False, "executor"),
+        TopicSpec("verifications", n, False, "ledger"),
+        TopicSpec("verification-queue", 1, False, "verifier"),
     ]
     return {spec.name: spec for spec in specs}
 
@@ -192,4 +196,6 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         cycles=topic("cycles"),
         history=topic("history"),
         apply_control=topic("apply-control"),
+        verifications=topic("verifications"),
+        verification_queue=topic("verification-queue"),
     )
