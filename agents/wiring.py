@@ -43,13 +43,14 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
     record is dead-lettered with the exception's type and field and the agent goes on.
     """
 
-    async def each(stream: Any, handler: Handler, agent: str, topic: str) -> None:
+    async def each(stream: Any, handler: Handler, agent: str, topic: str | None) -> None:
+        """``handler`` for every event, under the guard (``topic`` None: the event's own)."""
         async for event in stream.events():
             await guarded(
                 rt,
                 partial(handler, rt, event.key, event.value),
                 agent=agent,
-                topic=rt.settings.topic(topic),
+                topic=rt.settings.topic(topic) if topic else str(event.message.topic),
                 key=event.key,
                 raw=event.value,
             )
@@ -102,15 +103,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
 
     @app.agent(executor_input, name="kubefinops.agents.executor")
     async def execute(stream: Any) -> None:
-        async for event in stream.events():
-            await guarded(
-                rt,
-                partial(executor.accept, rt, event.key, event.value),
-                agent=executor.AGENT,
-                topic=str(event.message.topic),
-                key=event.key,
-                raw=event.value,
-            )
+        await each(stream, executor.accept, executor.AGENT, None)
 
     @app.timer(interval=max(0.5, rt.settings.apply_batch_seconds / 3))
     async def apply_tick() -> None:

@@ -173,25 +173,39 @@ def main() -> int:
         dep.wait_ready(port, timeout=120, server=server)
 
         specs = [workload(f"valid-{i}") for i in range(args.workloads)]
-        valid: list[tuple[bytes | None, bytes]] = []
+        early: list[tuple[bytes | None, bytes]] = []
+        late: list[tuple[bytes | None, bytes]] = []
         expect_cpu: dict[str, int] = {}
         for i, spec in enumerate(specs):
             sent, cpu, _ = batches(spec, np.random.default_rng(i), hours=4)
             expect_cpu[spec.name] = int(cpu.size)
-            valid += encode(sent)
+            early += encode(sent[:2])
+            late += encode(sent[2:])
+            # the campaign's own cases against this valid workload: a chunk ending ten years
+            # ahead, and its next chunk on another workload's key; neither may cost later data
+            future = sent[1].model_copy(
+                update={"start": sent[1].end, "end": sent[1].end + 10 * 365 * 86400}
+            )
+            hostile["metrics"].append(
+                (spec.workload_id.encode(), future.model_dump_json().encode())
+            )
+            hostile["metrics"].append((b"shop/Deployment/elsewhere", encode(sent[2:3])[0][1]))
         markers = encode([CycleEnd(cycle="bench-valid", spec=s) for s in specs])
+        concrete = 2 * len(specs)
 
         t0 = time.monotonic()
-        # valid chunks first, then the hostile flood interleaved per topic, then the markers
-        asyncio.run(produce(kafka, dep.topic("metrics"), valid))
+        # half the valid chunks, the hostile flood per topic, the other half, then the markers
+        asyncio.run(produce(kafka, dep.topic("metrics"), early))
         for topic, records in hostile.items():
             asyncio.run(produce(kafka, dep.topic(topic), records))
+        asyncio.run(produce(kafka, dep.topic("metrics"), late))
         asyncio.run(produce(kafka, dep.topic("metrics"), markers))
+        valid = early + late
         sent_s = time.monotonic() - t0
 
         # wait until the dead-letter topic stops growing
         letters: list[tuple[bytes | None, bytes | None]] = []
-        expected_letters = sum(refused.values())
+        expected_letters = sum(refused.values()) + concrete
         deadline, last, stable = time.monotonic() + 600, -1, 0
         while time.monotonic() < deadline:
             letters = asyncio.run(
@@ -238,8 +252,11 @@ def main() -> int:
         failures = sum(float(v) for v in re.findall(pattern, metrics, re.M))
 
         print()
-        print(f"records sent:          {args.records:,} hostile + {len(valid) + len(markers):,} "
-              f"valid in {sent_s:.1f}s")  # fmt: skip
+        n_valid = len(valid) + len(markers)
+        print(
+            f"records sent:          {args.records:,} hostile (+ {concrete} far-future/wrong-key "
+            f"chunks of valid workloads) + {n_valid:,} valid in {sent_s:.1f}s"
+        )
         for topic in TOPICS:
             print(
                 f"  {topic:<16} sent {plan[topic]:>6,}   refused by the models {refused[topic]:>6,}"
