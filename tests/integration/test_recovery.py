@@ -16,7 +16,7 @@ import pytest
 from engine.core.model import RESOURCES
 from engine.core.usage import ContainerUsage
 from tests.harness.kafka import KafkaInfo
-from tests.integration.test_worker import batches, encode, workload
+from tests.integration.samples import batches, encode, workload
 from tests.integration.workers import Deployment, http_json, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
