@@ -133,6 +133,41 @@ async def group_state(info: KafkaInfo, group: str) -> tuple[str, int]:
     return str(state), len(members)
 
 
+async def consumer_lag(info: KafkaInfo, group: str, topic: str) -> int:
+    """End offsets minus the group's committed offsets, summed over ``topic``'s partitions: 0
+    once the group processed (and committed) every record on it."""
+    admin = AIOKafkaAdminClient(**info.client_kwargs())
+    consumer = AIOKafkaConsumer(**info.client_kwargs(), enable_auto_commit=False, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(parts)
+        committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+        return sum(
+            max(0, end - (committed[tp].offset if tp in committed else 0))
+            for tp, end in ends.items()
+        )
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def wait_consumed(info: KafkaInfo, group: str, topic: str, timeout: float = 120.0) -> None:
+    """Wait until the group committed every record on ``topic`` (an observable end, instead of
+    sleeping while re-deliveries may still be in flight)."""
+    lag: list[int] = []
+
+    def done() -> bool:
+        lag.append(asyncio.run(consumer_lag(info, group, topic)))
+        if lag[-1] == 0:
+            return True
+        time.sleep(0.5)
+        return False
+
+    wait_until(done, timeout, f"{group} to consume {topic} (lag {lag[-1:]})")
+
+
 async def produce(
     info: KafkaInfo, topic: str, records: Iterable[tuple[bytes | None, bytes]]
 ) -> None:
