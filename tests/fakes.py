@@ -24,6 +24,7 @@ from engine.core.model import (
 )
 from engine.core.policy import validate_policy
 from engine.core.report import CycleReport, documents
+from engine.core.verification import Verification
 from engine.services import Services
 from engine.settings import Settings, load_settings
 from tables.state import Tables
@@ -100,9 +101,14 @@ class FakeReports(Failing):
         super().__init__()
         self.objects: dict[str, bytes] = {}
 
-    async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
+    async def write_cycle(
+        self,
+        summary: CycleSummary,
+        generated_at: float,
+        verifications: Sequence[Verification] = (),
+    ) -> list[str]:
         self._maybe_fail()
-        docs = documents(CycleReport.from_summary(summary, generated_at))
+        docs = documents(CycleReport.from_summary(summary, generated_at, verifications))
         self.objects.update({d.key: d.body for d in docs})
         return [d.key for d in docs]
 
