@@ -147,7 +147,16 @@ def recommend_all(
 
 ONESHOT_CHUNK_SECONDS = 86400  # one query per resource and day: ~14x fewer round trips
 PREFETCH = 3  # chunks in flight while the previous ones are folded (in order)
+# Memory peaks are exact at any step (every raw sample is read once): 5-minute maxima are 2.5x
+# fewer points to evaluate, send and parse than the CPU's 2-minute rates.
+MEMORY_STEP_SECONDS = 300
 Progress = Callable[[int, int], None]
+
+
+def oneshot_step(settings: Settings) -> int:
+    """The one-shot's resolution: the worker's CPU rate window (2 collector steps), so the CPU
+    percentiles are of the same 2-minute rates; memory peaks stay exact at any step."""
+    return max(2 * settings.prometheus_step_seconds, 60)
 
 
 class NoMatch(PermanentError):
@@ -220,7 +229,7 @@ async def collect(
     progress: Progress | None = None,
 ) -> list[WorkloadSpec]:
     """Read every chunk of the history window into ``fold``; return the specs at its end."""
-    step = settings.prometheus_step_seconds
+    step = oneshot_step(settings)
     chunks = plan_chunks(
         None,
         now,
@@ -239,7 +248,8 @@ async def collect(
         len(chunks),
         selection.describe(),
     )
-    cpu_q, mem_q = cpu_counter_expr(matchers), memory_peak_expr(matchers, step)
+    mem_step = MEMORY_STEP_SECONDS
+    cpu_q, mem_q = cpu_counter_expr(matchers), memory_peak_expr(matchers, mem_step)
     gate = asyncio.Semaphore(PREFETCH)
 
     async def fetch(start: float, end: float) -> list[MetricsBatch]:
@@ -247,7 +257,7 @@ async def collect(
         async with gate:
             counters, memory = await asyncio.gather(
                 client.query_range(cpu_q, first - step, end, step),
-                client.query_range(mem_q, first, end, step),
+                client.query_range(mem_q, first_eval_time(start, mem_step), end, mem_step),
             )
         cpu = [Series(s.labels, counter_rates(s.values, step)) for s in counters]
         return build_batches(cpu, memory, owners, start, end)

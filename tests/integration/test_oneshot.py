@@ -26,7 +26,7 @@ from engine.core.collect import plan_chunks
 from engine.core.estimators import ceil_cpu
 from engine.core.policy import DEFAULT_POLICY
 from engine.core.render import CSV_COLUMNS
-from engine.oneshot import ONESHOT_CHUNK_SECONDS
+from engine.oneshot import ONESHOT_CHUNK_SECONDS, oneshot_step
 from engine.settings import Settings, load_settings
 from tests.harness.proc import free_port
 from tests.harness.prometheus import CLUSTER, PromInfo, query_cost, query_log_size
@@ -78,7 +78,7 @@ def window(s: Settings, now: float) -> tuple[float, float]:
         scrape_lag=s.scrape_lag_seconds,
         history=s.history_seconds,
         chunk=ONESHOT_CHUNK_SECONDS,
-        step=s.prometheus_step_seconds,
+        step=oneshot_step(s),
     )
     return chunks[0][0], chunks[-1][1]
 
@@ -145,7 +145,7 @@ def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
     recs, _ = full_run
     s = settings(prometheus.url)
     start, end = window(s, recs[0]["generated_at"])
-    rates = truth_rates(prometheus, start, end, s.prometheus_step_seconds)
+    rates = truth_rates(prometheus, start, end, oneshot_step(s))
     unbound = 0
     for cid, c in containers(recs).items():
         assert c["confidence"] != "none", (cid, c["reasons"])
