@@ -54,6 +54,7 @@ from bench.common import (
 from engine.core.model import ContainerSpec, CycleEnd, ResourcePair, WorkloadSpec
 from tests.harness.kafka import create_topics
 from tests.harness.proc import Server
+from tests.harness.s3 import S3Info, start_s3, unique_bucket
 from tests.integration.workers import Deployment
 
 PARTITIONS = 4
@@ -225,10 +226,29 @@ def recover(
     return (None if pending else time.monotonic() - started), server, port
 
 
-def one_size(stack: Stack, n: int, args: argparse.Namespace) -> dict[str, Any]:
+def reports_in(s3: S3Info, bucket: str) -> tuple[int, int]:
+    """(report.json objects, decisions they list) in the bucket."""
+    client = s3.boto3_client()
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith("/report.json")]
+    decisions = 0
+    for key in keys:
+        doc = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        decisions += int(doc["totals"]["decisions"])
+    return len(keys), decisions
+
+
+def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict[str, Any]:
     assert stack.kafka is not None
     print(f"\n== {n:,} workloads x 2 containers x {args.days} days, {args.step}s samples")
+    bucket = unique_bucket("scale")
     env = {
+        "KUBEFINOPS_S3_ENDPOINT_URL": s3.endpoint_url,
+        "KUBEFINOPS_S3_ACCESS_KEY": s3.access_key,
+        "KUBEFINOPS_S3_SECRET_KEY": s3.secret_key,
+        "KUBEFINOPS_S3_REGION": s3.region,
+        "KUBEFINOPS_S3_BUCKET": bucket,
         "KUBEFINOPS_BROKER_SESSION_TIMEOUT": str(args.session_timeout),
         "KUBEFINOPS_COLLECT_ON_START": "false",
         "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "",  # the first worker is a plain member
@@ -263,7 +283,12 @@ def one_size(stack: Stack, n: int, args: argparse.Namespace) -> dict[str, Any]:
             f"  MEASURED decisions: {len(arrived):,}/{n:,} in {span:.1f}s = "
             f"{len(arrived) / span:,.0f} decisions/s"
         )
-    time.sleep(args.apply_wait)  # let the executor and the reporter take the cycle
+    deadline = time.monotonic() + args.apply_wait  # the executor and the reporter take it
+    n_reports, reported = reports_in(s3, bucket)
+    while reported < len(arrived) and time.monotonic() < deadline:
+        time.sleep(2)
+        n_reports, reported = reports_in(s3, bucket)
+    print(f"  reports in S3: {n_reports}, listing {reported:,} of {len(arrived):,} decisions")
     status = proc_status(server.pid)
     rss, hwm = status.get("VmRSS", 0) / MIB, status.get("VmHWM", 0) / MIB
     cl = changelog_bytes(stack, dep)
@@ -329,7 +354,7 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=300, help="seconds between samples")
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--session-timeout", type=float, default=30.0, help="production default 30")
-    ap.add_argument("--apply-wait", type=float, default=10.0)
+    ap.add_argument("--apply-wait", type=float, default=120.0, help="max wait for reports")
     ap.add_argument("--timeout", type=float, default=1800.0)
     args = ap.parse_args()
     print(
@@ -340,8 +365,10 @@ def main() -> None:
     results = []
     try:
         stack.start()
+        s3 = start_s3(stack.workdir)
+        stack.servers.append(s3.server)
         for n in (int(s) for s in args.sizes.split(",")):
-            results.append(one_size(stack, n, args))
+            results.append(one_size(stack, s3, n, args))
     finally:
         stack.close()
     if len(results) >= 2:
