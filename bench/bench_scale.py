@@ -289,6 +289,10 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         time.sleep(2)
         n_reports, reported = reports_in(s3, bucket)
     print(f"  reports in S3: {n_reports}, listing {reported:,} of {len(arrived):,} decisions")
+    t_scrape = time.monotonic()
+    scraped = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
+    print(f"  MEASURED /metrics: {len(scraped) / 1024:.0f} KiB, "
+          f"scraped in {time.monotonic() - t_scrape:.2f}s")  # fmt: skip
     status = proc_status(server.pid)
     rss, hwm = status.get("VmRSS", 0) / MIB, status.get("VmHWM", 0) / MIB
     cl = changelog_bytes(stack, dep)
