@@ -310,9 +310,9 @@ async def test_a_five_thousand_decision_cycle_gives_one_complete_report(
     order = [*parts[1:], parts[1], parts[0]]  # out of order, with a duplicate
     writer = ReportWriter(settings_for(s3, tmp_path, bucket), park_on_failure=False)
     results = [await writer.write_cycle(order[0])]
-    client = writer._s3
+    opened = writer._s3
     results += [await writer.write_cycle(p) for p in order[1:]]
-    assert client is not None and writer._s3 is client  # one S3 client for every write
+    assert opened is not None and writer._s3 is opened  # one S3 client for every write
     await writer.close()
     assert writer._s3 is None
     for keys in results[:-1]:
