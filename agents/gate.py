@@ -4,23 +4,23 @@ Co-partitioned with the recommendations: the workload spec and the last applied 
 from local tables.  Decisions go to the one-partition ``kubefinops.decisions`` topic (the Git
 executor is its single consumer) and, with the recommendation, to MongoDB for history.
 
-Records are handled in batches (up to ``GATE_BATCH`` arriving within ``GATE_WITHIN`` seconds):
-each decision is sent as soon as it is made, and the batch's history goes to MongoDB in one bulk
-write per collection — one await per batch instead of two per workload, which was ~9 ms each
-and what limited a 10,000-workload cycle to ~50 decisions per second.
+Records are handled in batches (the wiring takes up to ``GATE_BATCH`` arriving within
+``GATE_WITHIN`` seconds): each decision is sent as soon as it is made, and the batch's history
+goes to MongoDB in one bulk write per collection when the store can (``save_many``) — one await
+per batch instead of two per workload, which was ~9 ms each and what limited a 10,000-workload
+cycle to ~50 decisions per second.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from typing import Any
 
 from agents.policies import policy_for
 from agents.runtime import Runtime, park, parse_or_park
 from engine.core.guardrails import decide
-from engine.core.model import Decision, Recommendation, WorkloadSpec
+from engine.core.model import Decision, Recommendation
+from engine.core.verification import sync_hold
 from engine.errors import KubeFinOpsError
 from engine.metrics import DECISIONS, RECORDS_PROCESSED
 
@@ -32,28 +32,26 @@ GATE_BATCH = 500
 GATE_WITHIN = 0.05  # seconds: the most a lone record waits for company
 
 
-async def archive(rt: Runtime, pairs: list[tuple[Recommendation, Decision]]) -> None:
-    """Best effort: MongoDB history must not stop the loop. Failures are logged and counted.
-
-    One bulk write per collection for the whole batch when the store can (``save_many``).
-    """
-    store = rt.service("records")
+async def archive(rt: Runtime, pairs: Sequence[tuple[Recommendation, Decision]]) -> None:
+    """Best effort: MongoDB history must not stop the loop. Failures are logged and counted."""
+    store = rt.services.history
     if store is None or not pairs:
         return
     try:
-        if hasattr(store, "save_many"):
-            await store.save_many("recommendations", [r.model_dump(mode="json") for r, _ in pairs])
-            await store.save_many("decisions", [d.model_dump(mode="json") for _, d in pairs])
+        save_many = getattr(store, "save_many", None)
+        if save_many is not None:  # one bulk write per collection
+            await save_many("recommendations", [r for r, _ in pairs])
+            await save_many("decisions", [d for _, d in pairs])
             return
         for rec, decision in pairs:
-            await store.save_recommendation(rec.model_dump(mode="json"))
-            await store.save_decision(decision.model_dump(mode="json"))
+            await store.save_recommendation(rec)
+            await store.save_decision(decision)
     except KubeFinOpsError as exc:
         log.warning("%d decisions not archived in MongoDB: %s", len(pairs), exc)
 
 
 async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> Decision | None:
-    """One record -> its decision (sent and archived), or None once dead-lettered."""
+    """One ``kubefinops.recommendations`` record -> its decision (or a dead letter)."""
     (decision,) = await handle_batch(rt, [(key, raw)])
     return decision
 
@@ -61,7 +59,7 @@ async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> Decision 
 async def handle_batch(
     rt: Runtime, records: Sequence[tuple[bytes | None, bytes | None]]
 ) -> list[Decision | None]:
-    """Decide every record (sending each decision at once), then archive the batch."""
+    """Decide every record (each decision sent at once), then archive the batch in bulk."""
     out: list[Decision | None] = []
     pairs: list[tuple[Recommendation, Decision]] = []
     for key, raw in records:
@@ -77,43 +75,32 @@ async def handle_batch(
 async def decide_one(
     rt: Runtime, key: bytes | None, raw: bytes | None
 ) -> tuple[Recommendation, Decision] | None:
-    rec = await parse_or_park(
-        rt, Recommendation, raw, key=key, agent=AGENT, topic=rt.settings.topic("recommendations")
-    )
+    topic = rt.settings.topic("recommendations")
+    rec = await parse_or_park(rt, Recommendation, raw, key=key, agent=AGENT, topic=topic)
     if rec is None:
         return None
-    stored = rt.tables.workloads.get(rec.workload_id)
-    if stored is None:
-        await park(
-            rt,
-            topic=rt.settings.topic("recommendations"),
-            key=key,
-            raw=raw,
-            reason="unknown workload: no spec recorded",
-            agent=AGENT,
-        )
+    spec = rt.tables.workloads.get(rec.workload_id)
+    if spec is None:
+        reason = "unknown workload: no spec recorded"
+        await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
         return None
-    spec = WorkloadSpec.model_validate(stored)
-    last: dict[str, Any] = rt.tables.last_action.get(rec.workload_id) or {}
+    last = rt.tables.last_action.get(rec.workload_id)
+    now = rt.clock()
     decision = decide(
         rec,
         spec,
         policy_for(rt, spec),
-        last_applied_at=last.get("applied_at"),
-        last_applied_id=last.get("decision_id"),
-        now=time.time(),
-        settings=rt.settings,
+        last_applied_at=last.applied_at if last else None,
+        last_applied_id=last.decision_id if last else None,
+        now=now,
+        prices=rt.prices,
+        # verified apply: no decrease under a penalty, no change while the last one is not live
+        penalty_until=last.penalty_until if last else None,
+        sync_hold=sync_hold(last.model_dump(), spec, now) if last else None,
     )
-    decision = decision.model_copy(update={"cycle": rec.cycle})
+    decision = decision.model_copy(update={"collection_cycle": rec.collection_cycle})
     DECISIONS.labels(decision.action.value, decision.guardrail).inc()
     await rt.topics.decisions.send(
         key=rec.workload_id.encode(), value=decision.model_dump_json().encode()
     )
     return rec, decision
-
-
-def register(rt: Runtime) -> None:
-    @rt.app.agent(rt.topics.recommendations, name="kubefinops.agents.gate")
-    async def gate(stream: Any) -> None:
-        async for events in stream.take_events(GATE_BATCH, within=GATE_WITHIN):
-            await handle_batch(rt, [(e.key, e.value) for e in events])

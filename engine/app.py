@@ -17,7 +17,9 @@ exactly one worker owns it at a time and hand-over on rebalance is Kafka's job.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -39,6 +41,8 @@ class Topics:
     deadletter: faust.TopicT
     ticks: faust.TopicT  # internal: collector cycle trigger, one partition
     cycles: faust.TopicT  # internal: one record per executed cycle, for the reporter
+    verifications: faust.TopicT  # outcomes of pushed changes (docs/verification.md)
+    verification_queue: faust.TopicT  # internal: changes to watch + ticks, one partition
 
     def all(self) -> list[faust.TopicT]:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -114,6 +118,19 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+async def wait_for_assignment(app: faust.App, timeout: float = 120.0, poll: float = 0.1) -> bool:
+    """Wait until this worker has partitions assigned and no rebalance is running.
+
+    True once assigned, False when ``timeout`` passed first (the caller decides what that means).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not app.rebalancing and app.consumer.assignment():
+            return True
+        await asyncio.sleep(poll)
+    return False
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str  # short name: the full topic is f"{settings.topic_prefix}.{name}"
@@ -139,6 +156,8 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("deadletter", 1, False),
         TopicSpec("collector-ticks", 1, False, "collector"),
         TopicSpec("cycles", 1, False, "reporter"),
+        TopicSpec("verifications", n, False, "ledger"),
+        TopicSpec("verification-queue", 1, False, "verifier"),
     ]
     return {spec.name: spec for spec in specs}
 
@@ -172,4 +191,6 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         deadletter=topic("deadletter"),
         ticks=topic("collector-ticks"),
         cycles=topic("cycles"),
+        verifications=topic("verifications"),
+        verification_queue=topic("verification-queue"),
     )

@@ -26,8 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from engine.core.collect import Owners, Series
-from engine.core.estimators import fmt_memory
-from engine.core.patches import parse_quantity
+from engine.core.quantity import fmt_memory, parse_quantity
 from engine.core.verification import Evidence, Phase, Verification
 
 OOM_METRIC = 'kube_pod_container_status_last_terminated_reason{reason="OOMKilled"}'
@@ -35,6 +34,7 @@ RESTARTS_METRIC = "kube_pod_container_status_restarts_total"
 THROTTLED_METRIC = "container_cpu_cfs_throttled_periods_total"
 PERIODS_METRIC = "container_cpu_cfs_periods_total"
 BASELINE_MAX_WINDOW = 3600.0
+MAX_EVIDENCE = 10  # per regression: a crash-looping fleet of pods must not grow a record
 
 # kind -> (label naming the workload, desired, updated, ready, unavailable expression or None)
 _STATUS: dict[str, tuple[str, str, str, str]] = {
@@ -343,7 +343,7 @@ def evidence(v: Verification, rollout: Rollout, signals: Signals, now: float) ->
                 )
             )
     if v.phase is not Phase.LIVE:
-        return out
+        return out[:MAX_EVIDENCE]
     base = v.baseline or {}
 
     def new(key: str, breaching: bool, before_breaching: bool) -> bool:
@@ -395,4 +395,4 @@ def evidence(v: Verification, rollout: Rollout, signals: Signals, now: float) ->
                     at=now,
                 )
             )
-    return out
+    return out[:MAX_EVIDENCE]

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.backtest import DAY, FloatArray, Outcome, Values, WorkloadState
 from engine.core.cost import DEFAULT_PRICES, Prices
-from engine.core.estimators import MIB, ceil_cpu, ceil_memory
 from engine.core.guardrails import decide, has_targets, hpa_resources
 from engine.core.model import (
     RESOURCES,
@@ -35,30 +34,33 @@ from engine.core.model import (
     UsageSummary,
 )
 from engine.core.policy import DEFAULT_POLICY, Policy, policy_for
+from engine.core.quantity import MIB, ceil_cpu, ceil_memory
 from engine.core.recommend import recommend
 
 AUTOPILOT_DEFAULT = DEFAULT_POLICY.model_copy(
     update={"id": "backtest-default", "name": "built-in default, autopilot", "mode": Mode.AUTOPILOT}
 )
 
-# The estimator and gate settings chosen by backtest evidence (tuned on Bitbrains VMs 1-250,
-# confirmed on 251-500: docs/recommendations.md).  Not yet the built-in defaults: every knob is
-# a policy field, so a policy document with these values gives the same behaviour.
-TUNED = {
+# The estimator settings before issue 9's backtest-tuned defaults (P95 + 15% CPU, peak + 15%
+# memory, x2 max step, VPA's x1.2 OOM bump, 10% decrease hysteresis), for before/after runs.
+CLASSIC = {
     "estimator": {
-        "cpu_percentile_mode": "adaptive",
-        "cpu_percentile": 95,
-        "cpu_burst_cost": 2.0,
-        "cpu_headroom": 0.05,
-        "memory_buffer": 0.30,
-        "memory_growth_horizon": 7 * 86400.0,
-        "oom_bump_factor": 2.0,
-        "max_step": None,
+        "cpu_percentile_mode": "fixed",
+        "cpu_headroom": 0.15,
+        "memory_buffer": 0.15,
+        "memory_growth_horizon": 0.0,
+        "oom_bump_factor": 1.2,
+        "max_step": 2.0,
     },
-    "guardrails": {"min_decrease": 0.30},
+    "guardrails": {"min_decrease": 0.10},
 }
-AUTOPILOT_TUNED = Policy.model_validate(
-    {"id": "backtest-tuned", "name": "backtest-tuned, autopilot", "mode": "autopilot", **TUNED}
+AUTOPILOT_CLASSIC = Policy.model_validate(
+    {
+        "id": "backtest-classic",
+        "name": "pre-tuning estimator, autopilot",
+        "mode": "autopilot",
+        **CLASSIC,
+    }
 )
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agents import gate
+from agents.runtime import Runtime, Sinks
 from engine.core.model import (
     Confidence,
     ContainerRecommendation,
@@ -18,7 +18,9 @@ from engine.core.model import (
     Savings,
     WorkloadSpec,
 )
+from engine.services import Services
 from engine.settings import load_settings
+from tables.state import Tables
 
 
 @dataclass
@@ -36,10 +38,10 @@ class _Store:
     calls: list[tuple[str, int]] = field(default_factory=list)
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    async def save_many(self, kind: str, records: list[dict[str, Any]]) -> int:
+    async def save_many(self, kind: str, records: list[Any]) -> int:
         self.calls.append((kind, len(records)))
         for r in records:
-            self.rows[f"{kind}/{r['id']}"] = r
+            self.rows[f"{kind}/{r.id}"] = r
         return len(records)
 
 
@@ -64,28 +66,53 @@ def _rec(i: int) -> tuple[WorkloadSpec, Recommendation]:
     return spec, rec
 
 
+def _runtime(store: Any) -> tuple[Runtime, dict[str, _Topic]]:
+    sinks = {f.name: _Topic() for f in fields(Sinks)}
+    rt = Runtime(
+        load_settings(kafka_username=None),
+        Sinks(**sinks),
+        Tables.in_memory(),
+        Services(history=store),
+    )
+    return rt, sinks
+
+
 def test_a_batch_is_decided_record_by_record_and_archived_in_two_bulk_writes() -> None:
     n = 1200
     pairs = [_rec(i) for i in range(n)]
-    store, decisions, deadletter = _Store(), _Topic(), _Topic()
-    rt: Any = SimpleNamespace(
-        settings=load_settings(kafka_username=None),
-        tables=SimpleNamespace(
-            workloads={s.workload_id: s.model_dump(mode="json") for s, _ in pairs[:-1]},
-            last_action={},
-            policies={},
-        ),
-        topics=SimpleNamespace(decisions=decisions, deadletter=deadletter),
-        service=lambda name: store if name == "records" else None,
-    )
+    store = _Store()
+    rt, sinks = _runtime(store)
+    for spec, _ in pairs[:-1]:  # the last workload has no spec recorded
+        rt.tables.workloads[spec.workload_id] = spec
     records = [(r.workload_id.encode(), r.model_dump_json().encode()) for _, r in pairs]
     records.append((b"x", b"{not json"))
     out = asyncio.run(gate.handle_batch(rt, records))
     assert len(out) == n + 1
-    assert out[-1] is None and out[-2] is None  # bad JSON; the last workload has no spec
+    assert out[-1] is None and out[-2] is None  # bad JSON; no spec
     assert all(isinstance(d, Decision) for d in out[:-2])
-    assert len(decisions.sent) == n - 1 and len(deadletter.sent) == 2
+    assert len(sinks["decisions"].sent) == n - 1 and len(sinks["deadletter"].sent) == 2
     assert store.calls == [("recommendations", n - 1), ("decisions", n - 1)]
     assert {d.id for d in out[:-2] if d} == {
         k.split("/", 1)[1] for k in store.rows if k.startswith("decisions/")
     }
+
+
+def test_a_store_without_bulk_writes_gets_one_save_per_record() -> None:
+    @dataclass
+    class _Plain:
+        saved: list[str] = field(default_factory=list)
+
+        async def save_recommendation(self, record: Any) -> None:
+            self.saved.append(record.id)
+
+        async def save_decision(self, record: Any) -> None:
+            self.saved.append(record.id)
+
+    store = _Plain()
+    rt, _ = _runtime(store)
+    spec, rec = _rec(1)
+    rt.tables.workloads[spec.workload_id] = spec
+    decision = asyncio.run(
+        gate.handle(rt, rec.workload_id.encode(), rec.model_dump_json().encode())
+    )
+    assert decision is not None and store.saved == [rec.id, decision.id]
