@@ -86,6 +86,7 @@ async def execute(rt: Runtime, decisions: Sequence[Decision]) -> Execution:
         execution = await retry_forever(
             lambda: writer.apply_cycle(cycle, applies),
             what=f"cycle {cycle}: Git unavailable",
+            first=rt.retry_first_seconds,
             on_retry=count_failure,
         )
     except PermanentError as exc:
@@ -131,6 +132,18 @@ async def run_cycle(rt: Runtime, decisions: Sequence[Decision]) -> Execution | N
     await publish(rt, decisions, execution)
     RECORDS_PROCESSED.labels(AGENT).inc(len(decisions))
     return execution
+
+
+async def handle_batch(rt: Runtime, raws: Sequence[bytes | None]) -> Execution | None:
+    """Apply these ``kubefinops.decisions`` values as one cycle at once (bad ones dead-lettered):
+    what :func:`flush` does for a ready cycle, for a caller that already has the cycle."""
+    decisions: list[Decision] = []
+    topic = rt.settings.topic("decisions")
+    for raw in raws:
+        decision = await parse_or_park(rt, Decision, raw, key=None, agent=AGENT, topic=topic)
+        if decision is not None:
+            decisions.append(decision)
+    return await run_cycle(rt, decisions)
 
 
 # --- apply cycles keyed by collection cycle (engine/core/apply_cycles.py) ---------------------

@@ -87,7 +87,9 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
 
     @app.agent(topics.recommendations, name="kubefinops.agents.gate")
     async def decide(stream: Any) -> None:
-        await each(stream, gate.handle, gate.AGENT, "recommendations")
+        async for events in stream.take_events(gate.GATE_BATCH, within=gate.GATE_WITHIN):
+            # each record is decided under the guard inside (one bad member never costs the batch)
+            await gate.handle_batch(rt, [(e.key, e.value) for e in events])
 
     # One stream over both one-partition topics: decisions, and the collector's manifests plus
     # the apply ticks (kept off the decisions topic, which stays decisions only).
@@ -138,7 +140,16 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
 
     @app.agent(topics.history, name="kubefinops.agents.history")
     async def history_writer(stream: Any) -> None:
-        await each(stream, history.write, history.AGENT, "history")
+        async for events in stream.take_events(history.BATCH, within=history.WITHIN):
+            records = [(e.key, e.value) for e in events]
+            await guarded(
+                rt,
+                partial(history.write_batch, rt, records),
+                agent=history.AGENT,
+                topic=rt.settings.topic("history"),
+                key=None,
+                raw=b"\n".join(v or b"" for _, v in records),
+            )
 
 
 AGENTS = (

@@ -62,6 +62,9 @@ class HistoryStore(Protocol):
     async def save(self, kind: str, record: BaseModel | dict[str, Any]) -> None:
         """Upsert one record by its id; ``DependencyUnavailable`` while MongoDB is away."""
 
+    async def save_many(self, kind: str, records: list[BaseModel | dict[str, Any]]) -> int:
+        """:meth:`save` for many records in one round trip."""
+
     async def save_verification(self, record: BaseModel) -> None: ...
 
     async def verifications_between(self, start: float, end: float) -> list[dict[str, Any]]:

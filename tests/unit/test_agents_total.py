@@ -160,15 +160,7 @@ async def test_an_output_the_producer_refuses_dead_letters_the_input() -> None:
         "generated_at": T0,
     }
     raw = json.dumps(rec).encode()
-    ok = await guarded(
-        rt,
-        lambda: gate.handle(rt, b"ns/Deployment/web", raw),
-        agent="gate",
-        topic="kubefinops.recommendations",
-        key=b"ns/Deployment/web",
-        raw=raw,
-    )
-    assert ok is False
+    assert await gate.handle(rt, b"ns/Deployment/web", raw) is None  # the guard is inside
     [letter] = sinks["deadletter"].values()
     assert letter["reason"].startswith("MessageSizeTooLargeError"), letter
 
