@@ -37,13 +37,21 @@ from engine.core.collect import plan_chunks
 from engine.core.cost import DEFAULT_PRICES, Prices
 from engine.core.model import WorkloadSpec
 from engine.core.policy import validate_policy
-from engine.core.strategies import AUTOPILOT_DEFAULT, Autopilot, KrrSimple, Replay, VpaLike
+from engine.core.strategies import (
+    AUTOPILOT_DEFAULT,
+    AUTOPILOT_TUNED,
+    Autopilot,
+    KrrSimple,
+    Replay,
+    VpaLike,
+)
 from engine.core.verified_backtest import VerifiedApply
 from engine.errors import ConfigError
 from engine.settings import Settings
 
 STRATEGIES: dict[str, str] = {
     "kubefinops": "the autopilot: the real recommender and gate (policy or built-in autopilot)",
+    "kubefinops-tuned": "the autopilot with the backtest-tuned policy (docs/recommendations.md)",
     "kubefinops-verified": "kubefinops + verified apply: an OOM within a day after lowering "
     "memory reverts the change and holds decreases for 7 d (docs/verification.md)",
     "krr-simple": "KRR simple: CPU P95 over 14 d, memory max x 1.15, floors 10m / 100Mi",
@@ -74,6 +82,8 @@ def make_strategies(
         if name in ("kubefinops", "kubefinops-verified"):
             policies = [load_policy(policy_file)] if policy_file else []
             out.append(Autopilot(policies, default=AUTOPILOT_DEFAULT, prices=prices, name=name))
+        elif name == "kubefinops-tuned":
+            out.append(Autopilot([], default=AUTOPILOT_TUNED, prices=prices, name=name))
         elif name == "krr-simple":
             out.append(KrrSimple())
         elif name == "vpa-like":

@@ -131,6 +131,8 @@ class WorkloadState:
     increases: int = 0
     decreases: int = 0
     guardrails: dict[str, int] = field(default_factory=dict)
+    # the newest OOMKill per container, kept across rollouts (the spec's report is cleared by one)
+    ooms: dict[str, float] = field(default_factory=dict)
 
     @property
     def present(self) -> bool:
@@ -417,6 +419,7 @@ class Backtest:
             cs.usage.expire(now, p.history_seconds)
 
     def _report_oom(self, state: WorkloadState, name: str, at: float, limit: float) -> None:
+        state.ooms[name] = max(at, state.ooms.get(name, at))
         out = [
             c.model_copy(update={"last_oom_at": at, "oom_limit_bytes": limit})
             if c.name == name

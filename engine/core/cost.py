@@ -131,3 +131,29 @@ def savings(
         monthly_savings=round(saved, 6),
         monthly_increase=round(increased, 6),
     )
+
+
+def at_target(rec: ContainerRecommendation) -> ContainerRecommendation:
+    """The container as if its target were applied instead of the next step."""
+    if rec.target is None:
+        return rec
+    t = rec.target
+    return rec.model_copy(
+        update={
+            "cpu_request": t.cpu_request,
+            "cpu_limit": t.cpu_limit,
+            "memory_request": t.memory_request,
+            "memory_limit": t.memory_limit,
+            "target": None,
+        }
+    )
+
+
+def target_savings(
+    containers: Iterable[ContainerRecommendation], replicas: int, prices: Prices = DEFAULT_PRICES
+) -> Savings | None:
+    """Savings of the targets, or None when every step already is its target."""
+    listed = list(containers)
+    if all(c.target is None for c in listed):
+        return None
+    return savings([at_target(c) for c in listed], replicas, prices)

@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from engine.core.bounds import MAX_CPU_CORES, MAX_MEMORY_BYTES
-from engine.core.model import Confidence, ContainerRecommendation, ContainerSpec, UsageSummary
+from engine.core.model import (
+    Confidence,
+    ContainerRecommendation,
+    ContainerSpec,
+    Targets,
+    UsageSummary,
+)
 
 MIB = 1024.0 * 1024.0
 GIB = 1024.0 * MIB
@@ -142,6 +149,11 @@ class EstimatorParams(BaseModel):
 
     cpu_percentile: float = Field(95.0, ge=50, le=100)
     cpu_headroom: float = Field(0.15, ge=0, le=5)
+    # "adaptive": the percentile (cpu_percentile..100) minimising request + cpu_burst_cost x
+    # share of samples above it -- the tail is covered where that is cheap (small or steady
+    # workloads), not where it costs many cores (large bursty ones).  "fixed": cpu_percentile.
+    cpu_percentile_mode: Literal["fixed", "adaptive"] = "fixed"
+    cpu_burst_cost: CpuQuantity = 2.0  # cores one unit (100%) of samples above request is worth
     cpu_limit_strategy: Literal["none", "ratio", "percentile"] = "none"
     cpu_limit_ratio: float = Field(2.0, ge=1, le=100)
     cpu_limit_percentile: float = Field(99.0, ge=50, le=100)
@@ -152,7 +164,13 @@ class EstimatorParams(BaseModel):
     memory_floor: MemoryQuantity = 100 * MIB
     cpu_cap: CpuQuantity | None = None
     memory_cap: MemoryQuantity | None = None
-    max_step: float | None = Field(2.0, ge=1, le=1000)  # at most x2 up or /2 down; None = off
+    # at most x factor up or 1/factor down per change (the next step toward the target); None = off
+    max_step: float | None = Field(2.0, ge=1, le=1000)
+    # growth-aware memory: the robust (Theil-Sen) trend of the window peaks, projected this far
+    memory_growth_horizon: Duration = 0.0
+    memory_growth_min_windows: int = Field(3, ge=2, le=1000)
+    oom_bump_factor: float = Field(1.2, ge=1, le=10)  # after an OOMKill: x factor of the limit...
+    oom_bump_min: MemoryQuantity = 100 * MIB  # ...and at least this much more (VPA: 1.2, 100Mi)
     min_samples: int = Field(100, ge=1, le=2**31)
     min_history: Duration = 3 * 3600.0
     oom_lookback: Duration = 7 * 86400.0
@@ -232,8 +250,27 @@ def confidence(
 # --- CPU -----------------------------------------------------------------------------------------
 
 
+_ADAPTIVE_PERCENTILES = (90.0, 95.0, 97.0, 98.0, 99.0, 100.0)
+
+
+def adaptive_percentile(summary: UsageSummary, params: EstimatorParams) -> tuple[float, str]:
+    """The percentile p minimising ``value(p) + cpu_burst_cost * (1 - p/100)`` (see params)."""
+    best: tuple[float, float, str] | None = None
+    for p in (q for q in _ADAPTIVE_PERCENTILES if q >= params.cpu_percentile - 5):
+        value, label = quantile(summary, p)
+        score = value * (1 + params.cpu_headroom) + params.cpu_burst_cost * (1 - p / 100)
+        if best is None or score < best[0] - 1e-12:
+            best = (score, value, label)
+    assert best is not None
+    _, value, label = best
+    return value, f"{label} (adaptive: the tail is worth covering up to there)"
+
+
 def cpu_request_base(summary: UsageSummary, params: EstimatorParams) -> Estimate:
-    value, label = quantile(summary, params.cpu_percentile)
+    if params.cpu_percentile_mode == "adaptive":
+        value, label = adaptive_percentile(summary, params)
+    else:
+        value, label = quantile(summary, params.cpu_percentile)
     target = value * (1 + params.cpu_headroom)
     return Estimate(
         target,
@@ -318,17 +355,48 @@ def current_memory(current: ContainerSpec) -> float | None:
     return max(values) if values else None
 
 
+def growth(est: Estimate, summary: UsageSummary, params: EstimatorParams) -> Estimate:
+    """Memory that grows: the Theil-Sen trend of the window peaks projected ``horizon`` ahead.
+
+    The slope is the median of the pairwise slopes of the peaks (robust to a spike), the level
+    the trend's value at the newest window; only growth counts.  The projection + buffer
+    replaces the flat estimate when it is higher.
+    """
+    peaks = summary.window_max
+    horizon = params.memory_growth_horizon
+    if est.value is None or horizon <= 0 or len(peaks) < params.memory_growth_min_windows:
+        return est
+    y = np.asarray(peaks, dtype=np.float64)
+    x = np.arange(y.size, dtype=np.float64)
+    i, j = np.triu_indices(y.size, k=1)
+    slope = float(np.median((y[j] - y[i]) / (x[j] - x[i])))
+    if slope <= 0:
+        return est
+    level = float(np.median(y - slope * x)) + slope * x[-1]
+    per_day = slope * 86_400.0 / summary.window_seconds
+    projected = (level + slope * horizon / summary.window_seconds) * (1 + params.memory_buffer)
+    if projected <= est.value:
+        return est
+    return est.then(
+        projected,
+        f"memory grows {fmt_memory(per_day)}/day (trend of {y.size} daily peaks): projected"
+        f" {fmt_duration(horizon)} ahead + {params.memory_buffer:.0%} = "
+        f"{fmt_memory(ceil_memory(projected))}",
+    )
+
+
 def oom_bump(
     est: Estimate, current: ContainerSpec, now: float, params: EstimatorParams
 ) -> Estimate:
-    """A recent OOMKill never lets memory go down and lifts it to max(x1.2, +100Mi) (VPA)."""
+    """A recent OOMKill never lets memory go down and lifts it to max(x factor, + minimum) of
+    the limit it was killed at (VPA: x1.2, +100Mi)."""
     at = current.last_oom_at
     if at is None or now - at > params.oom_lookback or est.value is None:
         return est
     oom_limit = current.oom_limit_bytes or current_memory(current)
     floor = current_memory(current) or 0.0
     if oom_limit:
-        floor = max(floor, oom_limit * 1.2, oom_limit + 100 * MIB)
+        floor = max(floor, oom_limit * params.oom_bump_factor, oom_limit + params.oom_bump_min)
     if est.value >= floor:
         return est.then(est.value, f"OOMKilled at {fmt_time(at)}: memory not lowered")
     return est.then(
@@ -423,23 +491,35 @@ def estimate_container(
         )
     cpu_s, mem_s = usage["cpu"], usage["memory"]
 
-    cpu = cpu_request_base(cpu_s, params)
-    cpu = max_step(cpu, current.requests.cpu, params.max_step, "cpu")
-    cpu = bounds(cpu, params.cpu_floor, params.cpu_cap, "cpu")
-    assert cpu.value is not None
-    limit = cpu_limit(cpu.value, cpu_s, current, params)
-
+    # the target: what the estimators say
+    cpu_target = bounds(cpu_request_base(cpu_s, params), params.cpu_floor, params.cpu_cap, "cpu")
     mem = memory_base(mem_s, params)
-    mem = max_step(mem, current_memory(current), params.max_step, "memory")
-    mem = not_below_peak(mem, mem_s)
+    mem = growth(mem, mem_s, params)
     mem = oom_bump(mem, current, now, params)
     mem = jvm_guard(mem, current)
+    mem_target = bounds(mem, params.memory_floor, params.memory_cap, "memory")
+    # the next step toward it: the max-step guardrail, never below the observed peak
+    cpu = max_step(cpu_target, current.requests.cpu, params.max_step, "cpu")
+    cpu = bounds(cpu, params.cpu_floor, params.cpu_cap, "cpu")
+    assert cpu.value is not None and cpu_target.value is not None
+    limit = cpu_limit(cpu.value, cpu_s, current, params)
+    mem = max_step(mem_target, current_memory(current), params.max_step, "memory")
+    mem = not_below_peak(mem, mem_s)
     mem = bounds(mem, params.memory_floor, params.memory_cap, "memory")
     if params.memory_cap is not None and mem_s.max > params.memory_cap:
         mem = mem.then(
             mem.value,
             f"cap {fmt_memory(params.memory_cap)} is below the observed"
             f" peak {fmt_memory(mem_s.max)}: OOM risk",
+        )
+    target = None
+    if (cpu.value, mem.value) != (cpu_target.value, mem_target.value):
+        target_limit = cpu_limit(cpu_target.value, cpu_s, current, params)
+        target = Targets(
+            cpu_request=cpu_target.value,
+            cpu_limit=target_limit.value,
+            memory_request=mem_target.value,
+            memory_limit=mem_target.value,
         )
 
     reasons = [why, *cpu.reasons, *limit.reasons, *mem.reasons]
@@ -455,5 +535,6 @@ def estimate_container(
         cpu_limit=limit.value,
         memory_request=mem.value,
         memory_limit=mem.value,
+        target=target,
         reasons=reasons,
     )

@@ -17,11 +17,17 @@ Rules are checked in this order (docs/policies.md); the first that decides wins:
                          hold when nothing else is left (docs/verification.md)
 8. ``not-synced``      - the last change never went live (Argo CD out of sync, rollout stuck):
                          hold until the cluster shows it or a person clears it
-9. ``min-change``      - no target moves by at least ``min_change`` (default 10%) -> hold
-10. ``cooldown``       - the last applied change is younger than ``cooldown`` (default 24 h) -> hold
-11. ``schedule``       - outside every allowed apply window -> hold
-12. ``recommend-only`` - mode recommend -> hold
-13. ``autopilot``      - apply
+9. ``oom``             - autopilot mode, an OOMKill newer than the last change and a memory
+                         raise: apply at once (no min-change, cooldown or hysteresis holds it)
+10. ``min-change``     - no target moves by at least ``min_change`` (default 10%) -> hold; then
+                         decreases under ``min_decrease`` / increases under ``min_increase``
+                         are left unchanged (hysteresis), hold if nothing is left
+11. ``cooldown``       - the last applied change is younger than ``cooldown`` minus
+                         ``cooldown_tolerance``: hold, or with ``cooldown_scope: decreases``
+                         (default) drop the decreases and apply the increases
+12. ``schedule``       - outside every allowed apply window -> hold
+13. ``recommend-only`` - mode recommend -> hold
+14. ``autopilot``      - apply
 
 Targets set to ``None`` mean "leave unchanged".
 """
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import math
 
-from engine.core.cost import DEFAULT_PRICES, Prices, savings
+from engine.core.cost import DEFAULT_PRICES, Prices, savings, target_savings
 from engine.core.estimators import current_memory, fmt_duration, fmt_memory, fmt_time
 from engine.core.model import (
     Action,
@@ -153,6 +159,50 @@ def relative_changes(c: ContainerRecommendation) -> list[tuple[str, float]]:
     return out
 
 
+def drop_small_changes(
+    c: ContainerRecommendation, min_decrease: float, min_increase: float
+) -> ContainerRecommendation:
+    """Decreases by less than ``min_decrease`` and increases by less than ``min_increase`` of
+    the current value become ``None`` (unchanged): hysteresis, so workloads settle."""
+    update: dict[str, object] = {}
+    for attr, section, resource in _FIELDS:
+        target = getattr(c, attr)
+        pair = c.current.requests if section == "requests" else c.current.limits
+        current = getattr(pair, resource)
+        if target is None or not current or target == current:
+            continue
+        change = (target - current) / current
+        if -min_decrease < change < 0 or 0 < change < min_increase:
+            update[attr] = None
+    if not update:
+        return c
+    why = f"changes under -{min_decrease:.0%} / +{min_increase:.0%} left unchanged (hysteresis)"
+    return c.model_copy(update={**update, "reasons": [*c.reasons, why]})
+
+
+def oom_raise(
+    containers: list[ContainerRecommendation],
+    last_applied_at: float | None,
+    lookback: float,
+    now: float,
+) -> str | None:
+    """Why memory must go up at once: an OOMKill since the last change, and a higher target."""
+    for c in containers:
+        at = c.current.last_oom_at
+        if at is None or now - at > lookback:
+            continue
+        if last_applied_at is not None and at < last_applied_at:
+            continue  # killed before the last change: that change already answered it
+        had = c.current.limits.memory or current_memory(c.current) or 0.0
+        new = max(c.memory_limit or 0.0, c.memory_request or 0.0)
+        if new > had:
+            return (
+                f"{c.name} OOMKilled at {fmt_time(at)} with {fmt_memory(had)}: memory raised to"
+                f" {fmt_memory(new)} at once (no cooldown or min-change holds an OOM fix)"
+            )
+    return None
+
+
 def _min_change(containers: list[ContainerRecommendation], threshold: float) -> Verdict | None:
     changes = [rc for c in containers if has_targets(c) for rc in relative_changes(c)]
     if not changes:
@@ -227,17 +277,40 @@ def _gate(
         return containers, verdict
     if sync_hold:
         return containers, (Action.HOLD, "not-synced", sync_hold)
-    verdict = _min_change(containers, policy.guardrails.min_change)
+    rails = policy.guardrails
+    if rails.oom == "protect" and policy.mode is Mode.AUTOPILOT:
+        why = oom_raise(containers, last_applied_at, policy.estimator.oom_lookback, now)
+        if why:
+            return containers, (Action.APPLY, "oom", why)
+    verdict = _min_change(containers, rails.min_change)
     if verdict:
         return containers, verdict
-    cooldown = policy.guardrails.cooldown
-    if last_applied_at is not None and now - last_applied_at < cooldown:
-        return containers, (
+    if rails.min_decrease > 0 or rails.min_increase > 0:
+        containers = [
+            drop_small_changes(c, rails.min_decrease, rails.min_increase) for c in containers
+        ]
+        if _min_change(containers, rails.min_change) is not None:
+            return containers, (
+                Action.HOLD,
+                "min-change",
+                f"only decreases under {rails.min_decrease:.0%} or increases under"
+                f" {rails.min_increase:.0%} (hysteresis: not material enough for a rollout)",
+            )
+    cooldown = rails.cooldown
+    if last_applied_at is not None and now - last_applied_at < cooldown - rails.cooldown_tolerance:
+        hold = (
             Action.HOLD,
             "cooldown",
             f"last change applied {fmt_duration(now - last_applied_at)} ago;"
             f" cooldown is {fmt_duration(cooldown)}",
         )
+        if rails.cooldown_scope == "all":
+            return containers, hold
+        why = "cooldown: decreases wait, increases go"
+        ups = [drop_decreases(c, why) for c in containers]
+        if _min_change(ups, rails.min_change) is not None:
+            return containers, hold
+        containers = ups
     if policy.schedule is not None and not policy.schedule.is_open(now):
         return containers, (Action.HOLD, "schedule", "outside the policy's apply windows")
     if policy.mode is Mode.RECOMMEND:
@@ -323,5 +396,8 @@ def decide(
         policy_version=policy.version,
         containers=containers,
         savings=savings(containers, rec.replicas, prices) if changed else rec.savings,
+        target_savings=(
+            target_savings(containers, rec.replicas, prices) if changed else rec.target_savings
+        ),
         decided_at=now,
     )

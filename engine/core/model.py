@@ -149,6 +149,9 @@ class UsageSummary(Wire):
     count: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
+    # Peak of each usage window (daily by default), oldest first: the growth trend of memory.
+    window_max: tuple[float, ...] = ()
+    window_seconds: float = 86_400.0
 
     @property
     def span_seconds(self) -> float:
@@ -216,13 +219,26 @@ class Confidence(StrEnum):
     HIGH = "high"
 
 
+class Targets(Wire):
+    """What the estimators say, before the autopilot's max-step guardrail."""
+
+    cpu_request: float | None = None
+    cpu_limit: float | None = None
+    memory_request: float | None = None
+    memory_limit: float | None = None
+
+
 class ContainerRecommendation(Wire):
+    """``cpu_request``... are the next *step* the gate may apply; ``target`` is the estimate it
+    steps toward (``None``: the step is the target)."""
+
     name: ContainerName
     current: ContainerSpec
     cpu_request: TargetCores | None = None
     cpu_limit: TargetCores | None = None
     memory_request: TargetBytes | None = None
     memory_limit: TargetBytes | None = None
+    target: Targets | None = None
     confidence: Confidence = Confidence.NONE
     reasons: Annotated[list[Text], Field(max_length=b.MAX_REASONS)] = []
     # resource -> {"p50","p90","p95","p99","max","count","span_s"}
@@ -256,7 +272,8 @@ class Recommendation(Wire):
     name: Name
     replicas: Replicas
     containers: Containers
-    savings: Savings
+    savings: Savings  # of the next step
+    target_savings: Savings | None = None  # of the target, when a step falls short of it
     generated_at: Time
     cycle: Cycle = ""
 
@@ -292,7 +309,8 @@ class Decision(Wire):
     policy_id: PolicyId | None = None
     policy_version: Count | None = None
     containers: Containers = []
-    savings: Savings = Savings()
+    savings: Savings = Savings()  # of what this decision applies (the step)
+    target_savings: Savings | None = None  # of the target, when the step falls short of it
     decided_at: Time
     cycle: Cycle = ""
 

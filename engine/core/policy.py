@@ -138,7 +138,16 @@ class Exclusions(_Doc):
 
 class Guardrails(_Doc):
     min_change: float = Field(0.10, ge=0, le=1)
+    # a decrease smaller than this share is dropped (left unchanged): hysteresis against churn
+    min_decrease: float = Field(0.10, ge=0, le=1)
+    # an increase smaller than this share is dropped too (OOM fixes are never held)
+    min_increase: float = Field(0.0, ge=0, le=10)
     cooldown: Duration = 86400.0
+    # the gate's clock and the ledger's executed_at differ by the apply latency: a cooldown is
+    # over when this close to its end (a daily cycle must not wait two days for 24 h)
+    cooldown_tolerance: Duration = 900.0
+    # "decreases": an increase (a risk removed) is never held by the cooldown; "all": it is
+    cooldown_scope: Literal["all", "decreases"] = "decreases"
     hpa: Literal["skip", "memory-only", "allow"] = "memory-only"
     oom: Literal["protect", "ignore"] = "protect"
     exclusions: Exclusions = Exclusions()

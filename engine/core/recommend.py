@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from engine.core.cost import DEFAULT_PRICES, Prices, savings
+from engine.core.cost import DEFAULT_PRICES, Prices, savings, target_savings
 from engine.core.estimators import estimate_container
 from engine.core.model import (
     Confidence,
@@ -116,5 +116,6 @@ def recommend(
         replicas=spec.replicas,
         containers=containers,
         savings=savings(containers, spec.replicas, prices),
+        target_savings=target_savings(containers, spec.replicas, prices),
         generated_at=now,
     )

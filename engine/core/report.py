@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from engine.core.estimators import fmt_cpu, fmt_memory
 from engine.core.model import Action, Decision, Execution
 from engine.core.patches import Change, parse_quantity, visible_changes
 from engine.core.verification import Verification
@@ -92,6 +93,24 @@ def labelled_reasons(decision: Decision) -> list[str]:
     return sorted(shared) + sorted(specific)
 
 
+def step_targets(d: Decision) -> list[str]:
+    """``app cpu request: step 500m, target 115m`` for every field a step falls short on."""
+    out = []
+    for c in d.containers:
+        t = c.target
+        if t is None:
+            continue
+        for label, step, target, fmt in (
+            ("cpu request", c.cpu_request, t.cpu_request, fmt_cpu),
+            ("cpu limit", c.cpu_limit, t.cpu_limit, fmt_cpu),
+            ("memory request", c.memory_request, t.memory_request, fmt_memory),
+            ("memory limit", c.memory_limit, t.memory_limit, fmt_memory),
+        ):
+            if step is not None and target is not None and step != target:
+                out.append(f"{c.name} {label}: step {fmt(step)}, target {fmt(target)}")
+    return out
+
+
 def summarize(report: CycleReport) -> dict[str, Any]:
     """The machine-readable report (also the model the Markdown and HTML views render)."""
     ex = report.execution
@@ -99,7 +118,7 @@ def summarize(report: CycleReport) -> dict[str, Any]:
     changed: list[dict[str, Any]] = []
     not_applied: list[dict[str, Any]] = []
     increases: list[dict[str, Any]] = []
-    savings = increase = delta = 0.0
+    savings = increase = delta = at_target = 0.0
     for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id)):
         reasons = labelled_reasons(d)
         if d.action == Action.APPLY and d.workload_id in applied_ids:
@@ -110,9 +129,12 @@ def summarize(report: CycleReport) -> dict[str, Any]:
                 "reason": d.reason,
                 "reasons": reasons,
                 "changes": [c.describe() for c in changes],
+                "targets": step_targets(d),  # where this step falls short of the target
                 "monthly_delta": round(d.savings.monthly_delta, 2),
+                "monthly_delta_at_target": round((d.target_savings or d.savings).monthly_delta, 2),
             }
             changed.append(entry)
+            at_target += (d.target_savings or d.savings).monthly_savings
             savings += d.savings.monthly_savings
             increase += d.savings.monthly_increase
             delta += d.savings.monthly_delta
@@ -161,7 +183,8 @@ def summarize(report: CycleReport) -> dict[str, Any]:
             "decisions": len(report.decisions),
             "changed": len(changed),
             "not_applied": len(not_applied),
-            "monthly_savings": round(savings, 2),
+            "monthly_savings": round(savings, 2),  # of the steps applied
+            "monthly_savings_at_target": round(at_target, 2),  # once every step reaches its target
             "monthly_increase": round(increase, 2),
             "monthly_delta": round(delta, 2),
         },
@@ -260,7 +283,12 @@ def render_markdown(report: CycleReport) -> str:
         "",
         "## Savings",
         "",
-        f"- Monthly savings: **{_money(t['monthly_savings'], cur)}**",
+        f"- Monthly savings: **{_money(t['monthly_savings'], cur)}** (this step)"
+        + (
+            f"; at target: {_money(t['monthly_savings_at_target'], cur)}"
+            if t["monthly_savings_at_target"] != t["monthly_savings"]
+            else ""
+        ),
         f"- Monthly increase (risks removed): {_money(t['monthly_increase'], cur)}",
         f"- Net monthly delta: {_money(t['monthly_delta'], cur)}",
         "",
@@ -272,7 +300,7 @@ def render_markdown(report: CycleReport) -> str:
         for c in s["changed"]:
             why = "; ".join([c["reason"], *c["reasons"]])
             lines.append(
-                f"| {_md(c['workload'])} | {_md('; '.join(c['changes']))} | "
+                f"| {_md(c['workload'])} | {_md('; '.join([*c['changes'], *c['targets']]))} | "
                 f"{_md(why)} | {_money(c['monthly_delta'], cur)} |"
             )
     else:
@@ -322,7 +350,7 @@ def render_html(report: CycleReport) -> str:
         [
             [
                 c["workload"],
-                "; ".join(c["changes"]),
+                "; ".join([*c["changes"], *c["targets"]]),
                 "; ".join([c["reason"], *c["reasons"]]),
                 _money(c["monthly_delta"], cur),
             ]

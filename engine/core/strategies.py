@@ -41,6 +41,26 @@ AUTOPILOT_DEFAULT = DEFAULT_POLICY.model_copy(
     update={"id": "backtest-default", "name": "built-in default, autopilot", "mode": Mode.AUTOPILOT}
 )
 
+# The estimator and gate settings chosen by backtest evidence (tuned on Bitbrains VMs 1-250,
+# confirmed on 251-500: docs/recommendations.md).  Not yet the built-in defaults: every knob is
+# a policy field, so a policy document with these values gives the same behaviour.
+TUNED = {
+    "estimator": {
+        "cpu_percentile_mode": "adaptive",
+        "cpu_percentile": 95,
+        "cpu_burst_cost": 2.0,
+        "cpu_headroom": 0.05,
+        "memory_buffer": 0.30,
+        "memory_growth_horizon": 7 * 86400.0,
+        "oom_bump_factor": 2.0,
+        "max_step": None,
+    },
+    "guardrails": {"min_decrease": 0.30},
+}
+AUTOPILOT_TUNED = Policy.model_validate(
+    {"id": "backtest-tuned", "name": "backtest-tuned, autopilot", "mode": "autopilot", **TUNED}
+)
+
 
 def _values(c: ContainerRecommendation) -> Values:
     return Values(c.cpu_request, c.cpu_limit, c.memory_request, c.memory_limit)

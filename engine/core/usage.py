@@ -278,6 +278,8 @@ class WindowedUsage:
             count=total.count,
             first_ts=total.first_ts,
             last_ts=total.last_ts,
+            window_max=tuple(self.windows[s].max for s in sorted(self.windows)),
+            window_seconds=float(self.window_seconds),
         )
 
     # --- codec v2: closed windows packed once, the open (newest) window packed on every write -

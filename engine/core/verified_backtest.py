@@ -94,9 +94,11 @@ class VerifiedApply:
         before = {c.name: c for c in watch.before.containers}
         for c in state.spec.containers:
             change = watch.changed.get(c.name)
-            if change is None or c.name not in before or c.last_oom_at is None:
+            # state.ooms, not the spec: a rollout this cycle (the gate's own OOM fix) clears it
+            oom_at = state.ooms.get(c.name)
+            if change is None or c.name not in before or oom_at is None:
                 continue
-            after = c.last_oom_at - watch.applied_at
+            after = oom_at - watch.applied_at
             if 0 < after <= self.window and _lowered_memory(before[c.name], change):
                 return True
         return False

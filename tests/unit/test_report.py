@@ -15,6 +15,7 @@ from engine.core.model import (
     Mode,
     ResourcePair,
     Savings,
+    Targets,
 )
 
 MIB = 1024 * 1024
@@ -123,6 +124,7 @@ def test_summary_splits_changed_increases_and_not_applied() -> None:
         "changed": 2,
         "not_applied": 2,
         "monthly_savings": 6.5,
+        "monthly_savings_at_target": 6.5,
         "monthly_increase": 1.5,
         "monthly_delta": -5.0,
     }
@@ -252,3 +254,26 @@ def test_reasons_name_their_container_unless_shared() -> None:
     ]
     one = Decision(**base, containers=[cont("app", "cpu request = 188m")])
     assert labelled_reasons(one) == ["cpu request = 188m", "policy p is in autopilot mode"]
+
+
+def test_a_step_short_of_its_target_shows_both_and_both_savings() -> None:
+    d = dec("stepper", cpu=0.25, delta=-4.0)
+    c = d.containers[0].model_copy(update={"target": Targets(cpu_request=0.1)})
+    d = d.model_copy(
+        update={
+            "containers": [c],
+            "target_savings": Savings(monthly_delta=-6.0, monthly_savings=6.0),
+        }
+    )
+    report = make(
+        [d, dec("plain", delta=-1.0)],
+        ["smarthealth/Deployment/stepper", "smarthealth/Deployment/plain"],
+    )
+    s = rp.summarize(report)
+    (stepper,) = [c for c in s["changed"] if c["workload"].endswith("stepper")]
+    assert stepper["targets"] == ["app cpu request: step 250m, target 100m"]
+    assert (stepper["monthly_delta"], stepper["monthly_delta_at_target"]) == (-4.0, -6.0)
+    assert (s["totals"]["monthly_savings"], s["totals"]["monthly_savings_at_target"]) == (5.0, 7.0)
+    md = rp.render_markdown(report)
+    assert "at target: 7.00 USD" in md and "step 250m, target 100m" in md
+    assert "step 250m, target 100m" in rp.render_html(report)

@@ -44,7 +44,8 @@ def test_a_strategy_not_listed_is_left_alone() -> None:
 
 def test_the_autopilot_under_penalty_does_not_lower_memory_again() -> None:
     # steady 300 MiB with one 1.5 GiB burst on day 10: the autopilot halves the 2 GiB limit (max
-    # step) that morning, is OOMKilled by the burst; only the verified variant reverts it
+    # step) on day 9 and again to 512 MiB on day 10, is OOMKilled by the burst that afternoon;
+    # the gate's own OOM fix raises it at once (x1.2), only the verified variant reverts the cut
     h = history(
         16,
         lambda d: 0.2 + 0 * d,
@@ -63,7 +64,8 @@ def test_the_autopilot_under_penalty_does_not_lower_memory_again() -> None:
     assert figs["kubefinops-verified"].oom_days <= figs["kubefinops"].oom_days
     plain_doc, verified_doc = export(by_name["kubefinops"]), export(by_name["kubefinops-verified"])
     assert in_force(plain_doc, 10)["memory_limit"] == in_force(verified_doc, 10)["memory_limit"]
-    assert in_force(plain_doc, 11)["memory_limit"] == GIB  # the loop alone keeps the cut
-    assert in_force(verified_doc, 11)["memory_limit"] == 2 * GIB  # reverted
+    assert in_force(plain_doc, 10)["memory_limit"] == 512 * MIB
+    assert in_force(plain_doc, 11)["memory_limit"] == 615 * MIB  # the loop alone: the OOM fix
+    assert in_force(verified_doc, 11)["memory_limit"] == GIB  # reverted to before the cut
     # and under the penalty no decrease follows for the rest of the window
-    assert all(in_force(verified_doc, d)["memory_limit"] == 2 * GIB for d in range(11, 16))
+    assert all(in_force(verified_doc, d)["memory_limit"] == GIB for d in range(11, 16))
