@@ -135,6 +135,7 @@ class WindowedUsage:
     __slots__ = (
         "_closed",
         "_closed_merged",
+        "_closed_peaks",
         "_lazy",
         "_lazy_oldest",
         "_live",
@@ -163,6 +164,7 @@ class WindowedUsage:
         self._lazy: str | None = None  # packed closed windows, not decoded
         self._lazy_oldest = 0  # start of the oldest packed window (for expiry)
         self._closed_merged: Window | None = None  # merge of the packed windows, once needed
+        self._closed_peaks: tuple[tuple[int, float], ...] = ()  # (start, max) of those windows
         # (identity of the closed windows, their packed text): see to_dict
         self._closed: tuple[tuple[tuple[int, int, int], ...], str] | None = None
 
@@ -246,6 +248,7 @@ class WindowedUsage:
                 packed: dict[int, Window] = {}
                 self._unpack(self._lazy, 0, packed)
                 self._closed_merged = self._merge(packed)
+                self._closed_peaks = tuple((s, packed[s].max) for s in sorted(packed))
             total = self._new_window()
             total.merge(self._closed_merged)
             for start in sorted(self._live):
@@ -278,9 +281,16 @@ class WindowedUsage:
             count=total.count,
             first_ts=total.first_ts,
             last_ts=total.last_ts,
-            window_max=tuple(self.windows[s].max for s in sorted(self.windows)),
+            window_max=self._window_peaks(),
             window_seconds=float(self.window_seconds),
         )
+
+    def _window_peaks(self) -> tuple[float, ...]:
+        """The max of every window, oldest first, without decoding packed windows one by one
+        (``merged`` recorded theirs when it merged them)."""
+        closed = list(self._closed_peaks) if self._lazy is not None else []
+        live = [(s, w.max) for s, w in self._live.items()]
+        return tuple(m for _, m in sorted(closed + live))
 
     # --- codec v2: closed windows packed once, the open (newest) window packed on every write -
     def _pack(self, windows: dict[int, Window], starts: list[int]) -> str:
@@ -325,6 +335,7 @@ class WindowedUsage:
             out["s"] = closed[0]
             # hold the closed windows packed again, keeping their merge for summaries
             self._closed_merged = self._merge({s: wins[s] for s in closed})
+            self._closed_peaks = tuple((s, wins[s].max) for s in closed)
             self._lazy, self._lazy_oldest = self._closed[1], closed[0]
             self._live = {s: wins[s] for s in open_}
         return out

@@ -239,7 +239,12 @@ def test_state_written_in_the_v1_layout_is_still_read() -> None:
     assert fixture["state"]["v"] == 1
     cu = ContainerUsage.from_dict(fixture["state"])
     for r in ("cpu", "memory"):
-        assert cu.summary(r).model_dump() == fixture["summary"][r]
+        # the fixture predates the per-window peaks (growth-aware memory), compared apart
+        got = cu.summary(r).model_dump(exclude={"window_max", "window_seconds"})
+        assert got == fixture["summary"][r]
+        assert cu.summary(r).window_max == tuple(
+            w.max for _, w in sorted(cu.resources[r].windows.items())
+        )
     again = ContainerUsage.from_dict(json.loads(json.dumps(cu.to_dict())))
     assert again == cu and cu.to_dict()["v"] == 2
 
