@@ -330,3 +330,56 @@ class RecordStore:
             if doc is not None:
                 out[str(row["_id"])] = doc
         return out
+
+
+def _clean(doc: Doc | None) -> Doc | None:
+    """A stored record as the API shows it: no ``_id``, no ``stored_at`` (a TTL datetime)."""
+    return None if doc is None else {k: v for k, v in doc.items() if k not in ("_id", "stored_at")}
+
+
+class HistoryReader:
+    """Read side of :class:`RecordStore` for the stats API: the fleet's global record.
+
+    Every answer comes from MongoDB, so any worker gives the same one (docs/api.md).
+    """
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.db = db
+
+    async def latest(self, kind: str, match: Doc | None = None) -> builtins.list[Doc]:
+        """The newest record of ``kind`` per workload (optionally among ``match``)."""
+        pipeline: builtins.list[Doc] = [
+            {"$match": match or {}},
+            {"$sort": {"at": -1}},
+            {"$group": {"_id": "$workload_id", "doc": {"$first": "$$ROOT"}}},
+        ]
+        with mongo_errors(f"{kind} latest"):
+            cursor = await self.db[kind].aggregate(pipeline)
+            rows = await cursor.to_list()
+        docs = [_clean(row["doc"]) for row in rows]
+        return sorted((d for d in docs if d is not None), key=lambda d: str(d["workload_id"]))
+
+    async def page(
+        self, kind: str, match: Doc, *, limit: int, before: float | None = None
+    ) -> builtins.list[Doc]:
+        """Newest first, at most ``limit``, strictly older than ``before`` (the cursor)."""
+        query = dict(match)
+        if before is not None:
+            query["at"] = {"$lt": before}
+        with mongo_errors(f"{kind} page"):
+            rows = await self.db[kind].find(query).sort("at", DESCENDING).limit(limit).to_list()
+        return [r for r in (_clean(r) for r in rows) if r is not None]
+
+    async def group_count(self, kind: str, field: str) -> builtins.list[Doc]:
+        """``[{"_id": value, "n": count}]`` of ``field`` over every record of ``kind``."""
+        pipeline: builtins.list[Doc] = [{"$group": {"_id": f"${field}", "n": {"$sum": 1}}}]
+        with mongo_errors(f"{kind} counts"):
+            cursor = await self.db[kind].aggregate(pipeline)
+            return list(await cursor.to_list())
+
+    async def find(
+        self, kind: str, match: Doc, *, projection: Doc | None = None
+    ) -> builtins.list[Doc]:
+        with mongo_errors(f"{kind} read"):
+            rows = await self.db[kind].find(match, projection).to_list()
+        return [r for r in (_clean(r) for r in rows) if r is not None]

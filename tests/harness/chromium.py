@@ -108,7 +108,7 @@ class Page:
 
     async def screenshot(self, path: Path) -> Path:
         data = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.write_bytes(base64.b64decode(data["data"]))
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(data["data"]))
         return path
 
 
