@@ -146,7 +146,9 @@ def recommend_all(
     return sorted(recs, key=lambda r: r.workload_id), notes
 
 
-ONESHOT_CHUNK_SECONDS = 86400  # one query per resource and day: ~14x fewer round trips
+ONESHOT_CHUNK_SECONDS = (
+    43200  # 2 queries per half day: Python folds one while Prometheus reads the next
+)
 PREFETCH = 3  # chunks in flight while the previous ones are folded (in order)
 # Memory peaks are exact at any step (every raw sample is read once): 5-minute maxima are 2.5x
 # fewer points to evaluate, send and parse than the CPU's 2-minute rates.
