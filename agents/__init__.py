@@ -1,37 +1,32 @@
-"""The actors. :func:`build_runtime` assembles the app, topics, tables, adapters and every agent."""
+"""The actors.  Each ``agents.<name>`` module holds an agent's handler: a plain async function
+over a :class:`~agents.runtime.Runtime`, callable without a broker.  :func:`assemble` builds the
+Faust app, its topics and tables and wires the handlers to streams (:mod:`agents.wiring`), the
+web endpoint (:mod:`agents.web`) and the lag meter (:mod:`agents.lag`)."""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from dataclasses import dataclass
 
-from agents.runtime import Runtime
+import faust
+import mode
+
+from agents.runtime import Runtime, Sinks
+from engine.app import Topics
+from engine.services import Services
 from engine.settings import Settings
 
-log = logging.getLogger("kubefinops")
+
+@dataclass(frozen=True)
+class Assembly:
+    """A worker's app with everything registered on it, and the runtime its handlers share."""
+
+    app: faust.App
+    topics: Topics
+    rt: Runtime
 
 
-def build_services(settings: Settings) -> dict[str, Any]:
-    """Adapters from settings. A dependency that is not configured is simply absent."""
-    from engine.adapters.gitops import GitOpsWriter
-    from engine.adapters.mongo import PolicyStore, RecordStore, connect
-    from engine.adapters.prometheus import Collector, PrometheusClient
-    from engine.adapters.reports import ReportWriter
-    from engine.core.policy import validate_policy
-
-    services: dict[str, Any] = {}
-    services["collector"] = Collector(PrometheusClient(settings), settings)
-    db = connect(settings)
-    services["policies"] = PolicyStore(db, validate=validate_policy)
-    services["records"] = RecordStore(db, retention_days=settings.history_retention_days)
-    if settings.git_remote_url:
-        services["gitops"] = GitOpsWriter(settings)
-    services["reports"] = ReportWriter(settings, park_on_failure=False)
-    return services
-
-
-def build_runtime(settings: Settings, services: dict[str, Any] | None = None) -> Runtime:
-    from agents import aggregator, collector, executor, gate, lag, ledger, policies, reporter, web
+def assemble(settings: Settings, services: Services) -> Assembly:
+    from agents import lag, web, wiring
     from engine.app import create_app, declare_topics
     from engine.metrics import FLEET, init_series
     from tables import declare_tables
@@ -39,17 +34,25 @@ def build_runtime(settings: Settings, services: dict[str, Any] | None = None) ->
     app = create_app(settings)
     if settings.web_canonical_url:
         app.conf.canonical_url = settings.web_canonical_url  # type: ignore[assignment]
+    topics = declare_topics(app, settings)
     rt = Runtime(
         settings=settings,
-        app=app,
-        topics=declare_topics(app, settings),
+        topics=Sinks.of(topics),
         tables=declare_tables(app, settings),
-        services=build_services(settings) if services is None else services,
+        services=services,
     )
-    modules = (policies, collector, aggregator, gate, executor, ledger, reporter, lag, web)
-    for module in modules:
-        module.register(rt)
+    wiring.register(app, topics, rt)
+    web.register(app, topics, rt)
+    lag.register(app)
     FLEET.top = settings.metrics_top_workloads
     FLEET.stale_seconds = 3 * settings.collect_interval_seconds
-    init_series(tuple(getattr(m, "AGENT", "") for m in modules if hasattr(m, "AGENT")))
-    return rt
+    init_series(wiring.AGENTS)
+
+    class Clients(mode.Service):
+        """Closes every client the services opened when the app stops."""
+
+        async def on_stop(self) -> None:
+            await services.aclose()
+
+    app.service(Clients)
+    return Assembly(app=app, topics=topics, rt=rt)

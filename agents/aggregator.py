@@ -11,16 +11,14 @@ on the same partition, triggers the recommendation for that workload from comple
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
 from agents import recommender
 from agents.runtime import Runtime, park
 from engine.core.model import CycleEnd, parse_metrics_record
 from engine.core.samples import validate_batch
+from engine.core.usage import ContainerUsage
 from engine.errors import InvalidRecord
 from engine.metrics import RECORDS_PROCESSED, SAMPLES_DUPLICATE, SAMPLES_INGESTED
-from tables.usage_cache import UsageCache
 
 log = logging.getLogger("kubefinops.aggregator")
 AGENT = "aggregator"
@@ -30,7 +28,8 @@ def key_mismatch(key: bytes | None, expected: str) -> bool:
     return key is None or key != expected.encode()
 
 
-async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes | None) -> None:
+async def ingest(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
+    """One ``kubefinops.metrics`` record: a usage batch into the table, or a cycle-end marker."""
     topic = rt.settings.topic("metrics")
     try:
         record = parse_metrics_record(raw)
@@ -44,17 +43,16 @@ async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes |
         await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
         return
     if isinstance(record, CycleEnd):
-        await recommender.on_cycle_end(rt, record, cache)
+        await recommender.on_cycle_end(rt, record)
         return
-    batch = record
-    checked = validate_batch(batch, now=time.time())
+    checked = validate_batch(record, now=rt.clock())
     clean = checked.batch
     for reason, count in checked.reasons:
         await park(
             rt, topic=topic, key=key, raw=raw, reason=f"{reason} ({count} samples)", agent=AGENT
         )
     cid = clean.container_id
-    usage = cache.load(cid, rt.tables.usage.get(cid))
+    usage = rt.tables.usage.get(cid) or ContainerUsage()
     result = usage.ingest(
         clean,
         arrays=checked.arrays,
@@ -66,16 +64,5 @@ async def ingest(rt: Runtime, cache: UsageCache, key: bytes | None, raw: bytes |
     if result.accepted:
         for resource, accepted in result.accepted_by_resource.items():
             SAMPLES_INGESTED.labels(resource).inc(accepted)
-        stored = usage.to_dict()
-        rt.tables.usage[cid] = stored
-        cache.remember(cid, stored, usage)
+        rt.tables.usage[cid] = usage
     RECORDS_PROCESSED.labels(AGENT).inc()
-
-
-def register(rt: Runtime) -> None:
-    cache = UsageCache(rt.settings.usage_cache_bytes)
-
-    @rt.app.agent(rt.topics.metrics, name="kubefinops.agents.aggregator")
-    async def aggregate(stream: Any) -> None:
-        async for event in stream.events():
-            await ingest(rt, cache, event.key, event.value)

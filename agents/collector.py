@@ -13,11 +13,9 @@ partition so its recommendation is computed from complete state.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from typing import Any
 
 from agents.runtime import Runtime
 from engine.core.collect import plan_chunks
@@ -30,10 +28,15 @@ AGENT = "collector"
 USAGE_WATERMARK = "usage"
 
 
+def collection_cycle_id(now: float) -> str:
+    """The collection cycle's id: its start time, UTC (``20261130T094000Z``)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
 async def run_cycle(rt: Runtime, now: float) -> int:
     """One collection cycle. Returns the number of batches published."""
-    collector = rt.service("collector")
-    if collector is None:
+    source = rt.services.usage
+    if source is None:
         return 0
     s = rt.settings
     sent = 0
@@ -46,7 +49,7 @@ async def run_cycle(rt: Runtime, now: float) -> int:
         step=s.prometheus_step_seconds,
     )
     for i, (start, end) in enumerate(chunks, 1):
-        batches = await collector.collect_chunk(start, end)
+        batches = await source.collect_chunk(start, end)
         futures = [
             await rt.topics.metrics.send(
                 key=b.workload_id.encode(), value=b.model_dump_json().encode()
@@ -59,8 +62,8 @@ async def run_cycle(rt: Runtime, now: float) -> int:
         sent += len(batches)
         if len(chunks) > 1:
             log.info("backfill %d/%d chunks (%s batches)", i, len(chunks), len(batches))
-    specs = await collector.collect_specs(now)
-    cycle = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    specs = await source.collect_specs(now)
+    cycle = collection_cycle_id(now)
     for spec in specs:
         key = spec.workload_id.encode()
         await rt.topics.workloads.send(key=key, value=spec.model_dump_json().encode())
@@ -69,37 +72,22 @@ async def run_cycle(rt: Runtime, now: float) -> int:
     return sent
 
 
+async def on_tick(rt: Runtime) -> int:
+    """A tick on ``collector-ticks``: run a cycle; a retryable failure skips it (logged)."""
+    started = time.monotonic()
+    batches = 0
+    try:
+        batches = await run_cycle(rt, rt.clock())
+        log.info("collected %d batches in %.1fs", batches, time.monotonic() - started)
+    except RetryableError as exc:
+        # Watermark stays where the last published chunk ended: nothing skipped.
+        CYCLE_FAILURES.labels(AGENT, "prometheus").inc()
+        log.warning("collection cycle skipped: %s", exc)
+    CYCLE_DURATION.labels(AGENT).observe(time.monotonic() - started)
+    return batches
+
+
 async def request_cycle(rt: Runtime, by: str) -> None:
     """Ask the (single) collector for a cycle now: the timer, the start-up hook and the API."""
-    value = json.dumps({"at": time.time(), "by": by}).encode()
+    value = json.dumps({"at": rt.clock(), "by": by}).encode()
     await rt.topics.ticks.send(key=b"tick", value=value)
-
-
-def register(rt: Runtime) -> None:
-    @rt.app.timer(interval=rt.settings.collect_interval_seconds, on_leader=True)
-    async def tick() -> None:
-        await request_cycle(rt, "timer")
-
-    @rt.app.task
-    async def first_tick() -> None:
-        # Collect right after start instead of one interval later: wait for the first
-        # assignment, then the leader drops the first tick.
-        for _ in range(600):
-            if not rt.app.rebalancing and rt.app.consumer.assignment():
-                break
-            await asyncio.sleep(0.2)
-        if rt.settings.collect_on_start and rt.app.is_leader():
-            await request_cycle(rt, "start")
-
-    @rt.app.agent(rt.topics.ticks, name="kubefinops.agents.collector")
-    async def collect(stream: Any) -> None:
-        async for _ in stream:
-            started = time.monotonic()
-            try:
-                batches = await run_cycle(rt, time.time())
-                log.info("collected %d batches in %.1fs", batches, time.monotonic() - started)
-            except RetryableError as exc:
-                # Watermark stays where the last published chunk ended: nothing skipped.
-                CYCLE_FAILURES.labels(AGENT, "prometheus").inc()
-                log.warning("collection cycle skipped: %s", exc)
-            CYCLE_DURATION.labels(AGENT).observe(time.monotonic() - started)

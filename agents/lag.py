@@ -10,17 +10,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agents.runtime import Runtime
+import faust
+
 from engine.metrics import CONSUMER_LAG
 
 log = logging.getLogger("kubefinops.lag")
 LAG_INTERVAL_SECONDS = 10.0
 
 
-async def measure(rt: Runtime, exported: set[tuple[str, str]]) -> None:
-    consumer: Any = rt.app.consumer
+async def measure(app: faust.App, exported: set[tuple[str, str]]) -> None:
+    consumer: Any = app.consumer
     assigned = consumer.assignment()
-    if rt.app.rebalancing or not assigned:
+    if app.rebalancing or not assigned:
         return
     ends = await consumer.highwaters(*assigned)
     committed = getattr(consumer, "_committed_offset", {})
@@ -41,12 +42,12 @@ async def measure(rt: Runtime, exported: set[tuple[str, str]]) -> None:
     exported.update(now)
 
 
-def register(rt: Runtime) -> None:
+def register(app: faust.App) -> None:
     exported: set[tuple[str, str]] = set()
 
-    @rt.app.timer(interval=LAG_INTERVAL_SECONDS)
+    @app.timer(interval=LAG_INTERVAL_SECONDS)
     async def consumer_lag() -> None:
         try:
-            await measure(rt, exported)
+            await measure(app, exported)
         except Exception as exc:  # a metric must never stop the worker
             log.debug("consumer lag not measured: %s", exc)

@@ -2,19 +2,19 @@
 every change; a global table gives every worker all policies.
 
 * The REST API (``agents.web``) validates, stores in MongoDB, then publishes to the topic.
-* The ``policy-sync`` agent copies the topic into the global table (a write inside a stream, so
-  the table's changelog — and thus every worker — gets it).  A tombstone (empty value) deletes.
+* The ``policy-sync`` agent (:func:`sync`) copies the topic into the global table (a write inside
+  a stream, so the table's changelog — and thus every worker — gets it).  A tombstone deletes.
 * On start, :func:`reconcile` republishes MongoDB's current policies and tombstones ids that the
   table has but MongoDB does not, so a publish lost between the two heals itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from agents.runtime import Runtime, park
+from engine.backoff import retry_forever
 from engine.core.model import WorkloadSpec
 from engine.core.policy import Policy, parse_policy_record, validate_policy
 from engine.core.policy import policy_for as choose_policy
@@ -23,26 +23,10 @@ from engine.errors import InvalidPolicy, KubeFinOpsError
 log = logging.getLogger("kubefinops.policies")
 AGENT = "policy-sync"
 
-_parsed: dict[tuple[str, int, str], Policy] = {}
-
 
 def current_policies(rt: Runtime) -> list[Policy]:
-    """All valid policies from the global table (parsed once per id and version)."""
-    out: list[Policy] = []
-    for pid, doc in list(rt.tables.policies.items()):
-        if not isinstance(doc, dict):
-            continue
-        cache_key = (str(pid), int(doc.get("version", 0)), str(doc.get("updated_at", "")))
-        policy = _parsed.get(cache_key)
-        if policy is None:
-            try:
-                policy = validate_policy(doc)
-            except InvalidPolicy as exc:  # stored before a schema change: ignore, say so
-                log.warning("ignoring invalid policy %s: %s", pid, exc)
-                continue
-            _parsed[cache_key] = policy
-        out.append(policy)
-    return out
+    """All valid policies from the global table (each decoded once per stored value)."""
+    return [policy for _, policy in rt.tables.policies.items()]
 
 
 def policy_for(rt: Runtime, spec: WorkloadSpec) -> Policy:
@@ -55,9 +39,30 @@ async def publish(rt: Runtime, policy_id: str, document: dict[str, Any] | None) 
     await rt.topics.policies.send(key=policy_id.encode(), value=value)
 
 
+async def sync(rt: Runtime, key: bytes | None, raw: bytes | None) -> Policy | None:
+    """One ``kubefinops.policies`` record -> the global table (a tombstone deletes)."""
+    pid = (key or b"").decode("utf-8", errors="replace")
+    topic = rt.settings.topic("policies")
+    if not pid:
+        reason = "policy record without a key"
+        await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
+        return None
+    if not raw:
+        rt.tables.policies.pop(pid)
+        return None
+    try:
+        policy = parse_policy_record(raw)
+    except InvalidPolicy as exc:
+        reason = f"invalid policy: {exc}"
+        await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
+        return None
+    rt.tables.policies[pid] = policy
+    return policy
+
+
 async def reconcile(rt: Runtime) -> int:
     """MongoDB -> topic. Returns how many records were published."""
-    store = rt.service("policies")
+    store = rt.services.policies
     if store is None:
         return 0
     docs = await store.list()
@@ -69,55 +74,18 @@ async def reconcile(rt: Runtime) -> int:
             await publish(rt, pid, doc)
         except InvalidPolicy as exc:  # stored before today's bounds: skip it, say why, go on
             log.warning("reconcile skipped policy %r: %s", pid[:100], exc)
-    stale = [pid for pid in list(rt.tables.policies.keys()) if pid not in ids]
+    stale = [pid for pid in rt.tables.policies.keys() if pid not in ids]
     for pid in stale:
-        await publish(rt, str(pid), None)
+        await publish(rt, pid, None)
     log.info("reconciled %d policies from MongoDB (%d tombstoned)", len(ids), len(stale))
     return len(ids) + len(stale)
 
 
-def register(rt: Runtime) -> None:
-    @rt.app.agent(rt.topics.policies, name="kubefinops.agents.policy_sync")
-    async def sync(stream: Any) -> None:
-        async for event in stream.events():
-            pid = (event.key or b"").decode("utf-8", errors="replace")
-            if not pid:
-                await park(
-                    rt,
-                    topic=rt.settings.topic("policies"),
-                    key=event.key,
-                    raw=event.value,
-                    reason="policy record without a key",
-                    agent=AGENT,
-                )
-                continue
-            if not event.value:
-                rt.tables.policies.pop(pid, None)
-                continue
-            try:
-                policy = parse_policy_record(event.value)
-            except InvalidPolicy as exc:
-                await park(
-                    rt,
-                    topic=rt.settings.topic("policies"),
-                    key=event.key,
-                    raw=event.value,
-                    reason=f"invalid policy: {exc}",
-                    agent=AGENT,
-                )
-                continue
-            rt.tables.policies[pid] = policy.model_dump(mode="json")
-
-    @rt.app.task
-    async def reconcile_on_start() -> None:
-        # Let table recovery finish first; retry while MongoDB is unreachable.
-        delay = 2.0
-        await asyncio.sleep(5.0)
-        while True:
-            try:
-                await reconcile(rt)
-                return
-            except KubeFinOpsError as exc:
-                log.warning("policy reconcile deferred (%s); retrying in %.0fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 300.0)
+async def reconcile_until_done(rt: Runtime) -> int:
+    """:func:`reconcile`, retried with backoff while MongoDB is unreachable."""
+    return await retry_forever(
+        lambda: reconcile(rt),
+        what="policy reconcile deferred",
+        first=2.0,
+        retry_on=(KubeFinOpsError,),
+    )

@@ -8,45 +8,45 @@ includes every batch the collector sent for the cycle.  Also records the spec in
 from __future__ import annotations
 
 import logging
-import time
 
 from agents.policies import policy_for
 from agents.runtime import Runtime
 from engine.core.model import (
     RESOURCES,
     CycleEnd,
+    Recommendation,
     UsageSummary,
     WorkloadSpec,
     container_id,
 )
 from engine.core.recommend import recommend
 from engine.metrics import FLEET, RECORDS_PROCESSED
-from tables.usage_cache import UsageCache
 
 log = logging.getLogger("kubefinops.recommender")
 AGENT = "recommender"
 
 
-def usage_of(
-    rt: Runtime, cache: UsageCache, spec: WorkloadSpec
-) -> dict[str, dict[str, UsageSummary]]:
+def usage_of(rt: Runtime, spec: WorkloadSpec) -> dict[str, dict[str, UsageSummary]]:
     """Summaries of the spec's containers, from the aggregator's decoded state when current."""
     out: dict[str, dict[str, UsageSummary]] = {}
     for c in spec.containers:
-        cid = container_id(spec.namespace, spec.kind, spec.name, c.name)
-        usage = cache.load(cid, rt.tables.usage.get(cid))
-        out[c.name] = {res: usage.summary(res) for res in RESOURCES}
+        usage = rt.tables.usage.get(container_id(spec.namespace, spec.kind, spec.name, c.name))
+        out[c.name] = {
+            res: usage.summary(res) if usage is not None else UsageSummary() for res in RESOURCES
+        }
     return out
 
 
-async def on_cycle_end(rt: Runtime, marker: CycleEnd, cache: UsageCache) -> None:
+async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> Recommendation:
+    """A workload's cycle-end marker -> its recommendation on ``kubefinops.recommendations``."""
     spec = marker.spec
-    rt.tables.workloads[spec.workload_id] = spec.model_dump(mode="json")
-    usage = usage_of(rt, cache, spec)
-    rec = recommend(spec, usage, policy_for(rt, spec), now=time.time(), settings=rt.settings)
-    rec = rec.model_copy(update={"cycle": marker.cycle})
-    FLEET.observe(rec, time.time())
+    rt.tables.workloads[spec.workload_id] = spec
+    usage = usage_of(rt, spec)
+    rec = recommend(spec, usage, policy_for(rt, spec), now=rt.clock(), prices=rt.prices)
+    rec = rec.model_copy(update={"collection_cycle": marker.cycle})
+    FLEET.observe(rec, rt.clock())
     await rt.topics.recommendations.send(
         key=spec.workload_id.encode(), value=rec.model_dump_json().encode()
     )
     RECORDS_PROCESSED.labels(AGENT).inc()
+    return rec

@@ -8,14 +8,12 @@ deterministic, so a redelivered cycle overwrites the same objects instead of dup
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from typing import Any
 
 from agents.runtime import Runtime, park, parse_or_park
+from engine.backoff import retry_forever
 from engine.core.model import CycleSummary
-from engine.errors import PermanentError, RetryableError
+from engine.errors import PermanentError
 from engine.metrics import CYCLE_FAILURES, RECORDS_PROCESSED, REPORTS_PENDING, REPORTS_WRITTEN
 
 log = logging.getLogger("kubefinops.reporter")
@@ -23,54 +21,40 @@ AGENT = "reporter"
 
 
 async def deliver(rt: Runtime, summary: CycleSummary) -> list[str]:
-    writer = rt.service("reports")
-    if writer is None:
+    """Write the cycle's report, retrying while the store is unavailable."""
+    sink = rt.services.reports
+    if sink is None:
         return []
-    delay = 1.0
+
+    def count_retry(exc: BaseException, delay: float) -> None:
+        REPORTS_WRITTEN.labels("retry").inc()
+        CYCLE_FAILURES.labels(AGENT, "s3").inc()
+
     REPORTS_PENDING.inc()
     try:
-        while True:
-            try:
-                keys: list[str] = await writer.write_cycle(summary, generated_at=time.time())
-                return keys  # the writer counts the objects it wrote
-            except RetryableError as exc:
-                REPORTS_WRITTEN.labels("retry").inc()
-                CYCLE_FAILURES.labels(AGENT, "s3").inc()
-                log.warning(
-                    "report for cycle %s delayed (%s); retrying in %.0fs", summary.cycle, exc, delay
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 120.0)
+        return await retry_forever(
+            lambda: sink.write_cycle(summary, generated_at=rt.clock()),
+            what=f"report for cycle {summary.cycle} delayed",
+            cap=120.0,
+            on_retry=count_retry,
+        )  # the writer counts the objects it wrote
     finally:
         REPORTS_PENDING.dec()
 
 
-def register(rt: Runtime) -> None:
-    @rt.app.agent(rt.topics.cycles, name="kubefinops.agents.reporter")
-    async def reporter(stream: Any) -> None:
-        async for event in stream.events():
-            summary = await parse_or_park(
-                rt,
-                CycleSummary,
-                event.value,
-                key=event.key,
-                agent=AGENT,
-                topic=rt.settings.topic("cycles"),
-            )
-            if summary is None:
-                continue
-            try:
-                keys = await deliver(rt, summary)
-            except PermanentError as exc:
-                REPORTS_WRITTEN.labels("failed").inc()
-                await park(
-                    rt,
-                    topic=rt.settings.topic("cycles"),
-                    key=event.key,
-                    raw=event.value,
-                    reason=f"report rejected: {exc}",
-                    agent=AGENT,
-                )
-                continue
-            log.info("cycle %s reported: %s", summary.cycle, ", ".join(keys) or "(no S3)")
-            RECORDS_PROCESSED.labels(AGENT).inc()
+async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[str] | None:
+    """One ``kubefinops.cycles`` record -> its report (keys), or a dead letter if refused."""
+    topic = rt.settings.topic("cycles")
+    summary = await parse_or_park(rt, CycleSummary, raw, key=key, agent=AGENT, topic=topic)
+    if summary is None:
+        return None
+    try:
+        keys = await deliver(rt, summary)
+    except PermanentError as exc:
+        REPORTS_WRITTEN.labels("failed").inc()
+        reason = f"report rejected: {exc}"
+        await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
+        return None
+    log.info("cycle %s reported: %s", summary.cycle, ", ".join(keys) or "(no S3)")
+    RECORDS_PROCESSED.labels(AGENT).inc()
+    return keys

@@ -1,20 +1,26 @@
-"""What every agent gets: settings, the app, topics, tables and adapters — passed explicitly."""
+"""What every agent handler gets: settings, output topics, typed tables and services — passed
+explicitly, and none of it tied to Faust.
+
+A handler is a plain ``async def handle(rt, key, raw)``: the Faust wiring (:mod:`agents.wiring`)
+feeds it a stream's events in a worker; a unit test feeds it bytes, with ``dict`` tables, topics
+that record what was sent and in-memory services (``tests/fakes.py``).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol, TypeVar
 
-import faust
-
-from engine.app import Topics
+from engine.core.cost import Prices
 from engine.core.model import DeadLetter, Wire, parse
 from engine.errors import InvalidRecord
 from engine.metrics import DEAD_LETTERS
+from engine.services import Services
 from engine.settings import Settings
-from tables import Tables
+from tables.state import Tables
 
 log = logging.getLogger("kubefinops.agents")
 
@@ -22,16 +28,47 @@ MAX_PARKED_BYTES = 256 * 1024
 M = TypeVar("M", bound=Wire)
 
 
+class Sink(Protocol):
+    """Where a handler sends records: a Faust topic in a worker, a list in a test.
+
+    Awaiting ``send`` hands the record to the producer; awaiting its result waits for the
+    broker's acknowledgement.
+    """
+
+    async def send(self, *, key: bytes | None = None, value: bytes | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """The topics the agents write (same names as :class:`engine.app.Topics`)."""
+
+    metrics: Sink
+    workloads: Sink
+    policies: Sink
+    recommendations: Sink
+    decisions: Sink
+    executions: Sink
+    deadletter: Sink
+    ticks: Sink
+    cycles: Sink
+
+    @classmethod
+    def of(cls, topics: object) -> Sinks:
+        """The sinks of an object with one attribute per topic (``engine.app.Topics``)."""
+        return cls(**{f.name: getattr(topics, f.name) for f in fields(cls)})
+
+
 @dataclass
 class Runtime:
     settings: Settings
-    app: faust.App
-    topics: Topics
+    topics: Sinks
     tables: Tables
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
+    clock: Callable[[], float] = time.time
 
-    def service(self, name: str) -> Any:
-        return self.services.get(name)
+    @property
+    def prices(self) -> Prices:
+        return self.settings.prices
 
 
 def reason_class(reason: str) -> str:

@@ -54,7 +54,7 @@ from bench.common import (
 from engine.core.model import MetricsBatch, parse_metrics_record
 from engine.core.samples import validate_batch
 from engine.core.usage import ContainerUsage
-from tables.usage_cache import UsageCache
+from tables.state import DEFAULT_USAGE_CACHE_BYTES, UsageTable
 from tests.harness.kafka import create_topics
 from tests.harness.proc import Server, free_port
 from tests.integration.workers import Deployment
@@ -69,8 +69,9 @@ def pure_ingest(containers: int, chunks: int, chunk_seconds: int) -> tuple[float
 
     Returns (core path, agent path). Core: ``parse_metrics_record`` (the agent's one parse of a
     record) + ``validate_batch`` + ``ContainerUsage.ingest`` + ``to_dict`` + ``json.dumps`` (the
-    changelog value). Agent path: the same through ``agents.aggregator.UsageCache``, as the agent
-    does it — the gap between the worker and this line is Faust and Kafka.
+    changelog value). Agent path: the same through the typed ``usage`` table
+    (``tables.state.UsageTable``, its bounded decoded-value cache), as the agent does it — the gap
+    between the worker and this line is Faust and Kafka.
     """
     msgs = [m for part in build_messages(containers, chunks, chunk_seconds, seed=11) for m in part]
     total = len(msgs) * samples_per_message(chunk_seconds)
@@ -78,8 +79,7 @@ def pure_ingest(containers: int, chunks: int, chunk_seconds: int) -> tuple[float
 
     def once(agent_path: bool) -> float:
         states: dict[str, ContainerUsage] = {}
-        cache = UsageCache()
-        table: dict[str, dict[str, Any]] = {}
+        table = UsageTable({}, DEFAULT_USAGE_CACHE_BYTES)
         started = time.perf_counter()
         for _, raw in msgs:
             batch = parse_metrics_record(raw)
@@ -87,15 +87,15 @@ def pure_ingest(containers: int, chunks: int, chunk_seconds: int) -> tuple[float
             checked = validate_batch(batch, now=now)
             cid = checked.batch.container_id
             if agent_path:
-                usage = cache.load(cid, table.get(cid))
+                usage = table.get(cid) or ContainerUsage()
             else:
                 usage = states.setdefault(cid, ContainerUsage())
             usage.ingest(checked.batch, arrays=checked.arrays)
-            value = usage.to_dict()
-            json.dumps(value)
             if agent_path:
-                table[cid] = value
-                cache.remember(cid, value, usage)
+                table[cid] = usage
+                json.dumps(table.store[cid])
+            else:
+                json.dumps(usage.to_dict())
         return total / (time.perf_counter() - started)
 
     return once(False), once(True)
@@ -189,7 +189,7 @@ def part_throughput(
     pure, agent_path = pure_ingest(min(containers, 100), min(chunks, 3), chunk_seconds)
     print(f"pure core (parse+validate+ingest+to_dict+json, no Kafka) {pure:12,.0f} samples/s")
     print(
-        f"pure agent path (+ the agent's UsageCache, no Kafka)      {agent_path:12,.0f} samples/s"
+        f"pure agent path (+ the agent's typed table, no Kafka)      {agent_path:12,.0f} samples/s"
     )
 
     dep = stack.deployment(partitions=PARTITIONS, **(env or {}))

@@ -17,7 +17,9 @@ exactly one worker owns it at a time and hand-over on rebalance is Kafka's job.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -111,6 +113,19 @@ def create_app(settings: Settings) -> faust.App:
         logging_config=None,
     )
     return app
+
+
+async def wait_for_assignment(app: faust.App, timeout: float = 120.0, poll: float = 0.1) -> bool:
+    """Wait until this worker has partitions assigned and no rebalance is running.
+
+    True once assigned, False when ``timeout`` passed first (the caller decides what that means).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not app.rebalancing and app.consumer.assignment():
+            return True
+        await asyncio.sleep(poll)
+    return False
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from engine.core.cost import Prices
 from engine.errors import AuthenticationFailed, ConfigError, DependencyUnavailable, PermanentError
 from engine.logs import setup_logging
 from engine.settings import Settings, load_settings
@@ -25,6 +25,7 @@ EXIT_PERMANENT = 1
 EXIT_CONFIG = 2
 EXIT_AUTH = 3
 EXIT_UNAVAILABLE = 4
+T = TypeVar("T")
 EXIT_NO_MATCH = 5  # recommend --once: the selection matches no workload
 
 cli = typer.Typer(
@@ -44,51 +45,18 @@ def settings_or_exit(**overrides: object) -> Settings:
         fail(str(exc), EXIT_CONFIG)
 
 
-def preflight_or_exit(settings: Settings) -> None:
-    """Authenticate to Kafka and create the topics, waiting for the broker with backoff for
-    ``settings.kafka_wait_seconds`` (one log line per failed attempt), then exit non-zero.
-
-    A refused password or a TLS failure ends the process at once: waiting does not fix them.
-    """
-    import tenacity
-
-    from engine.adapters.kafka import ensure_topics, preflight
-
-    log = logging.getLogger("kubefinops")
-
-    def attempt() -> None:
-        asyncio.run(preflight(settings))
-        created = asyncio.run(ensure_topics(settings))
-        if created:
-            log.info("created topics: %s", ", ".join(created))
-
-    def say(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
-            "Kafka not reachable (attempt %d, %.0fs of %.0fs): %s; retrying in %.0fs",
-            state.attempt_number,
-            state.seconds_since_start,
-            settings.kafka_wait_seconds,
-            exc,
-            wait,
-        )
-
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(DependencyUnavailable),
-        stop=tenacity.stop_after_delay(settings.kafka_wait_seconds),
-        wait=tenacity.wait_exponential(multiplier=1, min=1, max=30),
-        before_sleep=say,
-        reraise=True,
-    )
+def operator_errors_exit(run: Callable[[], T]) -> T:
+    """Run ``run``; an error an operator can fix ends the process with one line and a code."""
     try:
-        retrying(attempt)
-    except AuthenticationFailed as exc:
-        fail(str(exc), EXIT_AUTH)
+        return run()
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    except AuthenticationFailed as exc:
+        fail(str(exc), EXIT_AUTH)
     except DependencyUnavailable as exc:
-        fail(f"{exc} (gave up after {settings.kafka_wait_seconds:.0f}s)", EXIT_UNAVAILABLE)
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except PermanentError as exc:  # e.g. a query Prometheus refuses
+        fail(str(exc), EXIT_PERMANENT)
 
 
 @cli.command()
@@ -101,29 +69,13 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Faust worker (what a pod runs): every agent, tables, the web endpoint."""
+    from engine.worker import run_worker
+
     settings = settings_or_exit(
         web_port=web_port, data_dir=data_dir, kafka_wait_seconds=wait_for_kafka
     )
     redactor = setup_logging(settings)
-    preflight_or_exit(settings)
-    from agents import build_runtime
-
-    rt = build_runtime(settings)
-    make_worker(rt.app, settings, redactor).execute_from_commandline()
-
-
-def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
-    """A Faust worker whose log handlers (Faust installs its own) all redact secrets."""
-    import faust
-
-    class Worker(faust.Worker):
-        def _setup_logging(self) -> None:
-            super()._setup_logging()
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(redactor)
-
-    # redirect_stdouts=False: the demo prints its tables to the terminal, not into the log.
-    return Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    operator_errors_exit(lambda: run_worker(settings, redactor))
 
 
 @cli.command()
@@ -137,7 +89,7 @@ def demo(
     """Run the whole loop on an embedded broker (Tansu) with sample data: no services needed."""
     from engine.demo import run_demo
 
-    sys.exit(run_demo(seconds=seconds, workdir=workdir, once=once))
+    sys.exit(operator_errors_exit(lambda: run_demo(seconds=seconds, workdir=workdir, once=once)))
 
 
 class Output(StrEnum):
@@ -184,18 +136,13 @@ def recommend(
             )
         )
 
-    try:
-        text = with_progress(run, "reading history") if sys.stderr.isatty() else run()
-    except ConfigError as exc:
-        fail(str(exc), EXIT_CONFIG)
-    except NoMatch as exc:
-        fail(str(exc), EXIT_NO_MATCH)
-    except DependencyUnavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
-    except AuthenticationFailed as exc:
-        fail(str(exc), EXIT_AUTH)
-    except PermanentError as exc:  # e.g. a query Prometheus refuses
-        fail(str(exc), EXIT_PERMANENT)
+    def run_here() -> str:
+        try:
+            return str(with_progress(run, "reading history") if sys.stderr.isatty() else run())
+        except NoMatch as exc:
+            fail(str(exc), EXIT_NO_MATCH)
+
+    text = operator_errors_exit(run_here)
     typer.echo(text, nl=False)
 
 
@@ -291,7 +238,7 @@ def backtest(
         write_export,
     )
     from engine.core.backtest import BacktestParams
-    from engine.core.estimators import parse_duration
+    from engine.core.quantity import parse_duration
 
     if (samples is None) == (prometheus_url is None):
         fail("give exactly one input: --samples FILE or --prometheus-url URL", EXIT_CONFIG)
@@ -299,11 +246,11 @@ def backtest(
     setup_logging(settings, stream=sys.stderr)
     log = logging.getLogger("kubefinops.backtest")
     try:
-        step = float(parse_duration(interval))  # type: ignore[arg-type]
+        step = parse_duration(interval)
         strategies = make_strategies(
             strategy or ["kubefinops", "krr-simple", "vpa-like"],
             policy_file=policy,
-            prices=Prices.from_settings(settings),
+            prices=settings.prices,
             replay=replay,
         )
         specs = None
@@ -343,7 +290,7 @@ def backtest(
             end=window[1],
             interval=step,
             min_day_samples=min_day_samples,
-            prices=Prices.from_settings(settings),
+            prices=settings.prices,
         )
     except (ConfigError, ValueError) as exc:
         fail(str(exc), EXIT_CONFIG)
@@ -388,13 +335,7 @@ class TailOutput(StrEnum):
 def inspect_or_exit(run: Any) -> Any:
     """Run a topic-inspection coroutine; operator errors end with one line and their code."""
     try:
-        return asyncio.run(run)
-    except AuthenticationFailed as exc:
-        fail(str(exc), EXIT_AUTH)
-    except DependencyUnavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
-    except PermanentError as exc:
-        fail(str(exc), EXIT_PERMANENT)
+        return operator_errors_exit(lambda: asyncio.run(run))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

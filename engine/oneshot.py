@@ -31,7 +31,6 @@ from engine.core.collect import (
     plan_chunks,
     spec_expr,
 )
-from engine.core.cost import Prices
 from engine.core.guardrails import hpa_resources
 from engine.core.model import RESOURCES, MetricsBatch, Recommendation, UsageSummary, WorkloadSpec
 from engine.core.policy import exclusion, policy_for
@@ -132,7 +131,7 @@ def recommend_all(
 ) -> tuple[list[Recommendation], dict[str, list[str]]]:
     """One recommendation per wanted workload (default policy, configured prices) and the
     gate's notes per workload id."""
-    prices = Prices.from_settings(settings)
+    prices = settings.prices
     recs: list[Recommendation] = []
     notes: dict[str, list[str]] = {}
     for spec in specs:
@@ -379,6 +378,4 @@ async def run_once(
             "samples dropped: %s", ", ".join(f"{k}={v}" for k, v in sorted(fold.rejected.items()))
         )
     log.debug("%d workload(s), %d sample(s) read", len(recs), fold.samples)
-    return render(
-        recs, output, Prices.from_settings(settings), notes=notes, held=held_changes(specs)
-    )
+    return render(recs, output, settings.prices, notes=notes, held=held_changes(specs))

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.core.cost import Prices
+from engine.core.verification import VerificationParams
 from engine.errors import ConfigError
 
 _SVC = "kubefinops.svc.cluster.local"
@@ -277,6 +279,27 @@ class Settings(BaseSettings):
     @property
     def history_seconds(self) -> int:
         return self.history_days * 86400
+
+    @property
+    def verification_defaults(self) -> VerificationParams:
+        """The worker-wide defaults a policy's ``verification`` block overrides."""
+        return VerificationParams(
+            deadline=self.verification_deadline_seconds,
+            window=self.verification_window_seconds,
+            penalty=self.verification_penalty_seconds,
+            throttling=self.verification_throttling_threshold,
+            restarts=self.verification_max_restarts,
+            readiness_grace=self.verification_readiness_grace_seconds,
+        )
+
+    @property
+    def prices(self) -> Prices:
+        """The unit prices the cost model uses (the core takes these, never the settings)."""
+        return Prices(
+            cpu_core_hour=self.price_cpu_core_hour,
+            memory_gib_hour=self.price_memory_gib_hour,
+            currency=self.currency,
+        )
 
 
 def _describe(error: ValidationError) -> str:

@@ -2,17 +2,17 @@
 
 Keys and values use the JSON codec so that a value written at run time and the same value
 recovered from the changelog after a restart are equal (the ``raw`` codec would hand back bytes
-for str keys after recovery).  Values are plain JSON dicts produced by the pure core's
-``to_dict()`` methods — see :mod:`engine.core.usage` — so the changelog is readable with kcat.
+for str keys after recovery).  Values are JSON dicts; the agents see them as models through
+:mod:`tables.state` (:class:`~tables.state.TypedTable`), so the changelog is readable with kcat.
 
 ======================  ============  =========================================  ==========
 table                   key           value                                      partitions
 ======================  ============  =========================================  ==========
-usage                   container id  windowed sketches per resource             N
-workloads               workload id   latest WorkloadSpec                        N
-last-action             workload id   last applied change (cooldown, idempotency)  N
+usage                   container id  ``ContainerUsage``: windowed sketches       N
+workloads               workload id   ``WorkloadSpec``                           N
+last-action             workload id   ``LastAction`` (cooldown, idempotency)     N
 watermarks              query name    collector watermark (Unix s)               1
-policies (global)       policy id     policy document, on every worker           1
+policies (global)       policy id     ``Policy``, on every worker                1
 ======================  ============  =========================================  ==========
 
 The N-partition tables are written from streams of N-partition topics keyed by workload id,
@@ -21,31 +21,21 @@ so they are co-partitioned with ``kubefinops.metrics`` and ``kubefinops.recommen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types.tables import GlobalTableT, TableT
 
 from engine.settings import Settings
+from tables.state import Tables
 
 
 def _json() -> faust.Schema[Any, Any]:
     return faust.Schema(key_serializer="json", value_serializer="json")
 
 
-@dataclass(frozen=True)
-class Tables:
-    usage: TableT[str, dict[str, Any]]
-    workloads: TableT[str, dict[str, Any]]
-    last_action: TableT[str, dict[str, Any]]
-    watermarks: TableT[str, float]
-    policies: GlobalTableT
-
-
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
     n = settings.topic_partitions
-    return Tables(
+    return Tables.over(
         usage=app.Table(
             "usage", partitions=n, help="Windowed usage sketches per container", schema=_json()
         ),
@@ -59,4 +49,5 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             "watermarks", partitions=1, help="Collector watermarks", schema=_json()
         ),
         policies=app.GlobalTable("policies", partitions=1, help="Policies by id", schema=_json()),
+        usage_cache_bytes=settings.usage_cache_bytes,
     )

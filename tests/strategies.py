@@ -232,6 +232,9 @@ def execution_docs(draw: st.DrawFn) -> dict[str, Any]:
         "decision_ids": ["dec-1"],
         "outcome": draw(st.sampled_from(["pushed", "committed", "noop", "held", "failed"])),
         "commit_sha": "ab" * 20,
+        "held": draw(
+            st.dictionaries(st.just("smarthealth/Deployment/db"), st.text(max_size=40), max_size=1)
+        ),
         "executed_at": NOW,
     }
 

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +109,6 @@ def redact(text: str, *secrets: str | None) -> str:
 
 
 @dataclass
-class ApplyResult:
-    execution: Execution
-    held: dict[str, str] = field(default_factory=dict)  # workload id -> why it was held
-
-
-@dataclass
 class RevertResult:
     outcome: str  # pushed | committed | noop | failed
     sha: str | None
@@ -155,9 +149,7 @@ class GitOpsWriter:
 
     # --- public ------------------------------------------------------------------------------
     async def apply_cycle(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
-        return (await self.apply_cycle_result(cycle_id, decisions)).execution
-
-    async def apply_cycle_result(self, cycle_id: str, decisions: Sequence[Decision]) -> ApplyResult:
+        """Commit and push one apply cycle; held workloads are in ``Execution.held``."""
         return await asyncio.to_thread(self._locked, cycle_id, list(decisions), True)
 
     async def revert(self, v: Verification) -> RevertResult:
@@ -168,7 +160,7 @@ class GitOpsWriter:
         """The revert without its push (blocking): what a crash right after the commit leaves."""
         return self._locked_revert(v, False)
 
-    def commit_only(self, cycle_id: str, decisions: Sequence[Decision]) -> ApplyResult:
+    def commit_only(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
         """Steps 1-5 without the push (blocking): what a crash right after the commit leaves."""
         return self._locked(cycle_id, list(decisions), False)
 
@@ -241,7 +233,7 @@ class GitOpsWriter:
             return DependencyUnavailable(f"git remote unreachable or failing: {text}")
         return DependencyUnavailable(f"git failed: {text}")
 
-    def _locked(self, cycle_id: str, decisions: list[Decision], push: bool) -> ApplyResult:
+    def _locked(self, cycle_id: str, decisions: list[Decision], push: bool) -> Execution:
         with self._lock, self._askpass():
             return self._apply(cycle_id, decisions, push)
 
@@ -292,7 +284,7 @@ class GitOpsWriter:
         return None
 
     # --- the cycle ------------------------------------------------------------------------------
-    def _apply(self, cycle_id: str, decisions: list[Decision], push: bool) -> ApplyResult:
+    def _apply(self, cycle_id: str, decisions: list[Decision], push: bool) -> Execution:
         branch = self._branch(cycle_id)
         todo = patches.apply_decisions(decisions)
         if not todo:
@@ -362,13 +354,13 @@ class GitOpsWriter:
         upstream: str,
         todo: list[Decision],
         held: dict[str, str],
-    ) -> ApplyResult:
+    ) -> Execution:
         for attempt in range(1, self.max_push_attempts + 1):
             try:
                 self._run(repo, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}")
                 GIT_PUSHES.labels(outcome="ok").inc()
                 sha = repo.head.commit.hexsha
-                detail = "; ".join(f"held {k}: {v}" for k, v in sorted(held.items()))
+                detail = f"{len(held)} workload(s) held" if held else ""
                 return self._result(cycle_id, todo, "pushed", sha, branch, detail, held)
             except _Rejected:
                 GIT_PUSHES.labels(outcome="rejected").inc()
@@ -530,9 +522,8 @@ class GitOpsWriter:
         branch: str,
         detail: str,
         held: dict[str, str] | None = None,
-    ) -> ApplyResult:
-        execution = Execution(
-            id=f"exec-{cycle_id}",
+    ) -> Execution:
+        return Execution(
             cycle=cycle_id,
             workload_ids=[d.workload_id for d in todo],
             decision_ids=[d.id for d in todo],
@@ -540,9 +531,9 @@ class GitOpsWriter:
             commit_sha=sha,
             branch=branch,
             detail=redact(detail, self._token),
+            held={k: redact(v, self._token) for k, v in (held or {}).items()},
             executed_at=time.time(),
         )
-        return ApplyResult(execution, dict(held or {}))
 
 
 def kubectl_kustomize(overlay: Path) -> str:

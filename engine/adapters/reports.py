@@ -30,7 +30,6 @@ from engine.core.report import (
     CycleReport,
     ReportObject,
     documents,
-    held_from_detail,
     report_prefix,
     safe_cycle,
 )
@@ -156,15 +155,7 @@ class ReportWriter:
             if isinstance(whole, list):
                 return whole
             summary = whole
-        report = CycleReport(
-            cycle_id=summary.cycle,
-            generated_at=when,
-            decisions=summary.decisions,
-            execution=summary.execution,
-            held=held_from_detail(summary.execution.detail),
-            policies=summary.policies,
-        )
-        return await self.write(report)
+        return await self.write(CycleReport.from_summary(summary, when))
 
     async def _collect_part(self, part: CycleSummary, when: float) -> CycleSummary | list[str]:
         """Store one part; the joined cycle once all parts are stored, else the part's key."""

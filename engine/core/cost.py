@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.model import ContainerRecommendation, Savings
-from engine.settings import Settings
 
 GIB = 1024.0**3
 HOURS_PER_MONTH = 730.0
@@ -29,14 +28,6 @@ class Prices(BaseModel):
     memory_gib_hour: float = Field(0.004237, ge=0)
     currency: str = "USD"
     hours_per_month: float = Field(HOURS_PER_MONTH, gt=0)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Prices:
-        return cls(
-            cpu_core_hour=settings.price_cpu_core_hour,
-            memory_gib_hour=settings.price_memory_gib_hour,
-            currency=settings.currency,
-        )
 
 
 DEFAULT_PRICES = Prices()

@@ -5,22 +5,17 @@ A cycle of 10,000 decisions serialized as one ``CycleSummary`` is ~20 MB, far ov
 default message limit (the send failed at ~580 decisions).  :func:`split_cycle` cuts it into
 parts of at most ``max_bytes`` of decisions each, every part a complete, valid ``CycleSummary``
 carrying ``part``/``parts`` and only its own decisions' share of the execution (applied ids and
-per-workload hold reasons), so no record grows with the fleet.  :func:`join_cycle` is the
+``Execution.held``), so no record grows with the fleet.  :func:`join_cycle` is the
 inverse: same decisions in the same order, the execution's lists re-united.
 """
 
 from __future__ import annotations
 
 from engine.core.model import CycleSummary, Decision, Execution
-from engine.core.report import held_from_detail
 
 # Well under Kafka's 1 MiB default (message.max.bytes / max.request.size), leaving room for the
 # envelope, the execution and the policy map, and for a broker configured lower than the default.
 MAX_PART_BYTES = 256 * 1024
-
-
-def _held_detail(held: dict[str, str]) -> str:
-    return "; ".join(f"held {k}: {v}" for k, v in sorted(held.items()))
 
 
 def _share(execution: Execution, decisions: list[Decision], first: bool) -> Execution:
@@ -32,16 +27,12 @@ def _share(execution: Execution, decisions: list[Decision], first: bool) -> Exec
         for w, d in zip(execution.workload_ids, execution.decision_ids, strict=False)
         if d in ids
     ]
-    held = held_from_detail(execution.detail)
-    if held:
-        detail = _held_detail({w: why for w, why in held.items() if w in wids})
-    else:
-        detail = execution.detail if first else ""
     return execution.model_copy(
         update={
             "workload_ids": [w for w, _ in pairs],
             "decision_ids": [d for _, d in pairs],
-            "detail": detail,
+            "detail": execution.detail if first else "",
+            "held": {w: why for w, why in execution.held.items() if w in wids},
         }
     )
 
@@ -93,14 +84,13 @@ def join_cycle(parts: list[CycleSummary]) -> CycleSummary:
         raise IncompleteCycle(f"cycle {first.cycle}: missing parts {missing[:10]}")
     ordered = [by_index[i] for i in range(total)]
     held: dict[str, str] = {}
-    generic = first.execution.detail if not held_from_detail(first.execution.detail) else ""
     for p in ordered:
-        held.update(held_from_detail(p.execution.detail))
+        held.update(p.execution.held)
     execution = first.execution.model_copy(
         update={
             "workload_ids": [w for p in ordered for w in p.execution.workload_ids],
             "decision_ids": [d for p in ordered for d in p.execution.decision_ids],
-            "detail": _held_detail(held) if held else generic,
+            "held": held,
         }
     )
     policies: dict[str, int] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import numpy as np
@@ -25,112 +24,29 @@ from engine.core.model import (
     Targets,
     UsageSummary,
 )
-
-MIB = 1024.0 * 1024.0
-GIB = 1024.0 * MIB
-_MEM_SUFFIX = {
-    "Ki": 1024.0,
-    "Mi": MIB,
-    "Gi": GIB,
-    "Ti": 1024.0 * GIB,
-    "k": 1e3,
-    "K": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-}
-_DURATION_SUFFIX = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-# --- units: Kubernetes quantities and durations --------------------------------------------------
-
-
-def _number(raw: str, what: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"not a valid {what}: {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"not a valid {what}: {raw!r}")
-    return value
-
-
-def parse_cpu(value: object) -> object:
-    """``"250m"`` -> 0.25 cores; numbers are cores."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("m"):
-            return _number(text[:-1], "cpu quantity") / 1000.0
-        return _number(text, "cpu quantity")
-    return value
-
-
-def parse_memory(value: object) -> object:
-    """``"512Mi"`` -> bytes; numbers are bytes."""
-    if isinstance(value, str):
-        text = value.strip()
-        for suffix in sorted(_MEM_SUFFIX, key=len, reverse=True):
-            if text.endswith(suffix):
-                return _number(text[: -len(suffix)], "memory quantity") * _MEM_SUFFIX[suffix]
-        return _number(text, "memory quantity")
-    return value
-
-
-def parse_duration(value: object) -> object:
-    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"1w"`` -> seconds; numbers are seconds."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text and text[-1] in _DURATION_SUFFIX:
-            return _number(text[:-1], "duration") * _DURATION_SUFFIX[text[-1]]
-        return _number(text, "duration")
-    return value
-
+from engine.core.quantity import (
+    MIB,
+    ceil_cpu,
+    ceil_memory,
+    cpu_field,
+    duration_field,
+    fmt_cpu,
+    fmt_duration,
+    fmt_memory,
+    fmt_time,
+    memory_field,
+)
 
 # Finite and bounded (engine/core/bounds.py): "Infinity", 1e300 or a 400-digit number is refused.
 CpuQuantity = Annotated[
-    float, BeforeValidator(parse_cpu), Field(ge=0, le=MAX_CPU_CORES, allow_inf_nan=False)
+    float, BeforeValidator(cpu_field), Field(ge=0, le=MAX_CPU_CORES, allow_inf_nan=False)
 ]
 MemoryQuantity = Annotated[
-    float, BeforeValidator(parse_memory), Field(ge=0, le=MAX_MEMORY_BYTES, allow_inf_nan=False)
+    float, BeforeValidator(memory_field), Field(ge=0, le=MAX_MEMORY_BYTES, allow_inf_nan=False)
 ]
 Duration = Annotated[
-    float, BeforeValidator(parse_duration), Field(ge=0, le=10 * 365 * 86400, allow_inf_nan=False)
+    float, BeforeValidator(duration_field), Field(ge=0, le=10 * 365 * 86400, allow_inf_nan=False)
 ]
-
-
-def ceil_cpu(cores: float) -> float:
-    """Round UP to whole millicores (tolerating float noise: 0.2660000001 -> 266m)."""
-    return math.ceil(round(cores * 1000.0, 6)) / 1000.0
-
-
-def ceil_memory(n_bytes: float) -> float:
-    """Round UP to whole MiB."""
-    return math.ceil(round(n_bytes / MIB, 6)) * MIB
-
-
-def fmt_cpu(cores: float) -> str:
-    return f"{round(cores * 1000.0, 3):g}m"
-
-
-def fmt_memory(n_bytes: float) -> str:
-    return f"{round(n_bytes / MIB, 1):g}Mi"
-
-
-def fmt_time(ts: float) -> str:
-    try:
-        return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
-    except (OverflowError, ValueError, OSError):  # NaN, 1e300: say so instead of raising
-        return f"t={ts!r}"
-
-
-def fmt_duration(seconds: float) -> str:
-    if seconds >= 86400:
-        return f"{seconds / 86400:.1f}d"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f}h"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    return f"{seconds / 60:.0f}m"
 
 
 _QUANTILES: tuple[tuple[float, str], ...] = (

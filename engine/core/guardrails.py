@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 
 from engine.core.cost import DEFAULT_PRICES, Prices, savings, target_savings
-from engine.core.estimators import current_memory, fmt_duration, fmt_memory, fmt_time
+from engine.core.estimators import current_memory
 from engine.core.model import (
     Action,
     Confidence,
@@ -48,8 +48,8 @@ from engine.core.model import (
     WorkloadSpec,
 )
 from engine.core.policy import Policy, exclusion
+from engine.core.quantity import fmt_duration, fmt_memory, fmt_time
 from engine.core.recommend import content_id
-from engine.settings import Settings
 
 Verdict = tuple[Action, str, str]  # action, guardrail, reason
 
@@ -356,20 +356,17 @@ def decide(
     last_applied_at: float | None,
     last_applied_id: str | None,
     now: float,
-    prices: Prices | None = None,
-    settings: Settings | None = None,
+    prices: Prices = DEFAULT_PRICES,
     penalty_until: float | None = None,
     sync_hold: str | None = None,
 ) -> Decision:
     """Apply, hold or skip ``rec`` under ``policy``; deterministic id for the same outcome.
 
-    Savings are recomputed (with ``prices``, else ``settings``' prices, else OpenCost defaults)
-    only when a guardrail changed the targets, e.g. the HPA rule dropped the CPU change.
-    ``penalty_until`` and ``sync_hold`` come from the workload's last-action state, written from
-    its verification outcomes (:func:`engine.core.verification.hold_state`).
+    Savings are recomputed with ``prices`` only when a guardrail changed the targets, e.g. the
+    HPA rule dropped the CPU change.  ``penalty_until`` and ``sync_hold`` come from the
+    workload's last-action state, written from its verification outcomes
+    (:func:`engine.core.verification.hold_state`).
     """
-    if prices is None:
-        prices = Prices.from_settings(settings) if settings is not None else DEFAULT_PRICES
     containers, (action, guardrail, reason) = _gate(
         rec,
         spec,

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -21,6 +22,7 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -275,7 +277,9 @@ class Recommendation(Wire):
     savings: Savings  # of the next step
     target_savings: Savings | None = None  # of the target, when a step falls short of it
     generated_at: Time
-    cycle: Cycle = ""
+    # The collection cycle (the collector's CycleEnd marker) this recommendation was computed in;
+    # "cycle" on the wire before it was renamed.
+    collection_cycle: Cycle = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Recommendation:
@@ -312,7 +316,8 @@ class Decision(Wire):
     savings: Savings = Savings()  # of what this decision applies (the step)
     target_savings: Savings | None = None  # of the target, when the step falls short of it
     decided_at: Time
-    cycle: Cycle = ""
+    # The collection cycle of the recommendation decided on (not the executor's apply cycle).
+    collection_cycle: Cycle = Field("", validation_alias=AliasChoices("collection_cycle", "cycle"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Decision:
@@ -324,17 +329,40 @@ WorkloadIds = Annotated[
 ]
 
 
+def execution_id(apply_cycle: str) -> str:
+    """The one place an execution id is built from its apply cycle."""
+    return f"exec-{apply_cycle}"
+
+
+Outcome = Literal["committed", "pushed", "noop", "held", "failed"]
+APPLIED_OUTCOMES: frozenset[str] = frozenset({"pushed", "committed"})
+
+
 class Execution(Wire):
-    id: RecordId
-    cycle: RecordId
+    """What the executor did with one *apply cycle* (a batch of decisions, see
+    :func:`agents.executor.apply_cycle_id`), not to be confused with the collection cycle."""
+
+    cycle: RecordId  # the apply cycle id
     workload_ids: WorkloadIds
     decision_ids: Annotated[list[RecordId], Field(max_length=b.MAX_DECISIONS)]
-    outcome: Literal["committed", "pushed", "noop", "held", "failed"]
+    outcome: Outcome
     commit_sha: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$")] | None = None
     branch: Annotated[str, Field(max_length=255)] | None = None
-    report_key: Annotated[str, Field(max_length=1024)] | None = None
     detail: Annotated[str, Field(max_length=64 * 1024)] = ""
+    # workload id -> why the executor held it (e.g. a human edited the bot's file)
+    held: Annotated[
+        dict[Annotated[str, Field(max_length=400)], Text], Field(max_length=b.MAX_DECISIONS)
+    ] = {}
     executed_at: Time
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def id(self) -> str:
+        return execution_id(self.cycle)
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome in APPLIED_OUTCOMES
 
 
 class CycleSummary(Wire):

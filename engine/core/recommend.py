@@ -22,7 +22,6 @@ from engine.core.model import (
     WorkloadSpec,
 )
 from engine.core.policy import Policy
-from engine.settings import Settings
 
 
 def content_id(prefix: str, payload: object) -> str:
@@ -93,17 +92,14 @@ def recommend(
     policy: Policy,
     *,
     now: float,
-    prices: Prices | None = None,
-    settings: Settings | None = None,
+    prices: Prices = DEFAULT_PRICES,
 ) -> Recommendation:
     """Targets, confidence, reasons and savings for every container of ``spec``.
 
     ``usage`` maps container name -> resource (``"cpu"``/``"memory"``) -> history summary;
-    containers without usage get ``Confidence.NONE`` and no targets.  Prices come from
-    ``prices``, else from ``settings`` (``price_*`` settings), else OpenCost's defaults.
+    containers without usage get ``Confidence.NONE`` and no targets.  ``prices`` defaults to
+    OpenCost's.
     """
-    if prices is None:
-        prices = Prices.from_settings(settings) if settings is not None else DEFAULT_PRICES
     containers = [
         recommend_container(spec, c.name, usage, policy, now=now) for c in spec.containers
     ]

@@ -27,8 +27,8 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from engine.core.cost import DEFAULT_PRICES, Prices, savings
-from engine.core.estimators import fmt_cpu, fmt_memory
 from engine.core.model import Confidence, ContainerRecommendation, Recommendation, Savings
+from engine.core.quantity import fmt_cpu, fmt_memory
 
 FORMATS = ("table", "json", "yaml", "csv")
 CSV_COLUMNS = (

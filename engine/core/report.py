@@ -18,16 +18,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.core.estimators import fmt_cpu, fmt_memory
-from engine.core.model import Action, Decision, Execution
-from engine.core.patches import Change, parse_quantity, visible_changes
+from engine.core.model import Action, CycleSummary, Decision, Execution
+from engine.core.patches import Change, visible_changes
+from engine.core.quantity import fmt_cpu, fmt_memory, parse_quantity
 from engine.core.verification import Verification
-
-_APPLIED = ("pushed", "committed")
 
 
 class CycleReport(BaseModel):
-    """Everything one cycle did, as handed over by the executor to the report writer."""
+    """Everything one apply cycle did, as handed over by the executor to the report writer."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -35,19 +33,28 @@ class CycleReport(BaseModel):
     generated_at: float
     decisions: list[Decision]
     execution: Execution | None = None
-    held: dict[str, str] = {}  # workload id -> why the executor held it (e.g. human edit)
-    inputs: dict[str, Any] = {}  # summary of the inputs: workloads seen, samples, window...
     policies: dict[str, int] = {}  # policy id -> version in force
     # outcomes of earlier changes recorded since the previous cycle (docs/verification.md)
     verifications: list[Verification] = []
 
+    @property
+    def held(self) -> dict[str, str]:
+        """Workload id -> why the executor held it (e.g. a human edited the bot's file)."""
+        return dict(self.execution.held) if self.execution is not None else {}
 
-_HELD = re.compile(r"held (\S+): (.*?)(?=; held |$)")
+    @classmethod
+    def from_summary(cls, summary: CycleSummary, generated_at: float = 0.0) -> CycleReport:
+        """The report of a cycle as the executor summarised it (``kubefinops.cycles``).
 
-
-def held_from_detail(detail: str) -> dict[str, str]:
-    """Per-workload hold reasons from an Execution's ``detail`` (``held <id>: <why>; ...``)."""
-    return {m.group(1): m.group(2) for m in _HELD.finditer(detail)}
+        Dated by the execution time, so a re-delivered summary gives the same object keys.
+        """
+        return cls(
+            cycle_id=summary.cycle,
+            generated_at=summary.execution.executed_at or generated_at,
+            decisions=summary.decisions,
+            execution=summary.execution,
+            policies=summary.policies,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def step_targets(d: Decision) -> list[str]:
 def summarize(report: CycleReport) -> dict[str, Any]:
     """The machine-readable report (also the model the Markdown and HTML views render)."""
     ex = report.execution
-    applied_ids = set(ex.workload_ids) if ex is not None and ex.outcome in _APPLIED else set()
+    applied_ids = set(ex.workload_ids) if ex is not None and ex.applied else set()
     changed: list[dict[str, Any]] = []
     not_applied: list[dict[str, Any]] = []
     increases: list[dict[str, Any]] = []
@@ -150,8 +157,7 @@ def summarize(report: CycleReport) -> dict[str, Any]:
                 )
             continue
         if d.action == Action.APPLY:
-            held = {**(held_from_detail(ex.detail) if ex else {}), **report.held}
-            why = held.get(d.workload_id) or (
+            why = report.held.get(d.workload_id) or (
                 f"not applied: execution {ex.outcome}" + (f" ({ex.detail})" if ex.detail else "")
                 if ex is not None
                 else "not applied: no execution"
@@ -249,7 +255,6 @@ def audit_snapshot(report: CycleReport) -> str:
         "cycle": report.cycle_id,
         "generated_at": _iso(report.generated_at),
         "policy_versions": policies,
-        "inputs": report.inputs,
         "decisions": [
             d.model_dump(mode="json")
             for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id))

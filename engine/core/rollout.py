@@ -26,8 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from engine.core.collect import Owners, Series
-from engine.core.estimators import fmt_memory
-from engine.core.patches import parse_quantity
+from engine.core.quantity import fmt_memory, parse_quantity
 from engine.core.verification import Evidence, Phase, Verification
 
 OOM_METRIC = 'kube_pod_container_status_last_terminated_reason{reason="OOMKilled"}'

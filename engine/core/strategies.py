@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.backtest import DAY, FloatArray, Outcome, Values, WorkloadState
 from engine.core.cost import DEFAULT_PRICES, Prices
-from engine.core.estimators import MIB, ceil_cpu, ceil_memory
 from engine.core.guardrails import decide, has_targets, hpa_resources
 from engine.core.model import (
     RESOURCES,
@@ -35,6 +34,7 @@ from engine.core.model import (
     UsageSummary,
 )
 from engine.core.policy import DEFAULT_POLICY, Policy, policy_for
+from engine.core.quantity import MIB, ceil_cpu, ceil_memory
 from engine.core.recommend import recommend
 
 AUTOPILOT_DEFAULT = DEFAULT_POLICY.model_copy(

@@ -29,10 +29,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.core.estimators import Duration, fmt_duration, fmt_time
+from engine.core.estimators import Duration
 from engine.core.model import ContainerSpec, Decision, Execution, Wire, WorkloadSpec
-from engine.core.patches import container_changes, parse_quantity
-from engine.settings import Settings
+from engine.core.patches import container_changes
+from engine.core.quantity import fmt_duration, fmt_time, parse_quantity
 
 
 def verification_id(decision_id: str, commit_sha: str) -> str:
@@ -333,15 +333,3 @@ def sync_hold(last: Mapping[str, Any], spec: WorkloadSpec, now: float) -> str | 
         if got is None or abs(got - parse_quantity(e.new)) > 1e-3 * max(1.0, parse_quantity(e.new)):
             return str(reason)
     return None
-
-
-def defaults(settings: Settings) -> VerificationParams:
-    """The worker-wide defaults a policy's ``verification`` block overrides."""
-    return VerificationParams(
-        deadline=settings.verification_deadline_seconds,
-        window=settings.verification_window_seconds,
-        penalty=settings.verification_penalty_seconds,
-        throttling=settings.verification_throttling_threshold,
-        restarts=settings.verification_max_restarts,
-        readiness_grace=settings.verification_readiness_grace_seconds,
-    )

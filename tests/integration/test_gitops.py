@@ -157,8 +157,8 @@ async def test_one_commit_per_cycle_renders_valid_and_matches(
     remote = git_remote.fresh("one-commit")
     before = remote.log()
     writer = GitOpsWriter(settings_for(remote, tmp_path / "wd"))
-    result = await writer.apply_cycle_result("cycle-001", three_decisions())
-    ex = result.execution
+    result = await writer.apply_cycle("cycle-001", three_decisions())
+    ex = result
     assert ex.outcome == "pushed", ex.detail
     after = remote.log()
     assert len(after) == len(before) + 1 and after[0] == ex.commit_sha
@@ -279,13 +279,12 @@ async def test_conflicting_human_edit_is_held_not_overwritten(
             decision("frontend", "nginx", cpu=0.1, cur_cpu=0.2),
         ],
     )
-    ex = ex_result.execution
+    ex = ex_result
     assert ex.outcome == "pushed", ex.detail
     assert "smarthealth/Deployment/billing" in ex_result.held
     assert "human" in ex_result.held["smarthealth/Deployment/billing"]
     assert ex.workload_ids == ["smarthealth/Deployment/frontend"]
     assert _rejections() == rejected + 1
-    assert "held smarthealth/Deployment/billing" in ex.detail
     assert remote.show(bot_file) == human_text.rstrip("\n")
     docs = render(remote, tmp_path)
     assert resources_of(docs, "Deployment", "billing", "app")["requests"]["cpu"] == "900m"
@@ -303,7 +302,7 @@ async def _apply_result_stale(writer: GitOpsWriter, cycle: str, decisions: list[
         return original(repo, *args)
 
     writer._run = run  # type: ignore[method-assign]
-    return await writer.apply_cycle_result(cycle, decisions)
+    return await writer.apply_cycle(cycle, decisions)
 
 
 async def test_rebase_that_makes_the_overlay_invalid_pushes_nothing(
@@ -337,7 +336,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     settings = load_settings(**args["settings"])
     decisions = [Decision.model_validate(d) for d in args["decisions"]]
     result = GitOpsWriter(settings).commit_only(args["cycle"], decisions)
-    print(result.execution.commit_sha, flush=True)
+    print(result.commit_sha, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # crash between commit and push
 """)
 
@@ -400,8 +399,8 @@ async def test_invalid_render_commits_nothing(git_remote: GitRemote, tmp_path: P
     ex = await writer.apply_cycle("c-bad", [decision("frontend", "nginx", mem_mib=512)])
     assert ex.outcome == "failed" and "exceeds limit" in ex.detail
     assert remote.log() == before
-    unknown = await writer.apply_cycle_result("c-unknown", [decision("ghost", "app", cpu=0.1)])
-    assert unknown.execution.outcome == "held"
+    unknown = await writer.apply_cycle("c-unknown", [decision("ghost", "app", cpu=0.1)])
+    assert unknown.outcome == "held"
     assert "not in the overlay" in unknown.held["smarthealth/Deployment/ghost"]
     assert remote.log() == before
 

@@ -23,8 +23,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from engine.core.collect import plan_chunks
-from engine.core.estimators import ceil_cpu
 from engine.core.policy import DEFAULT_POLICY
+from engine.core.quantity import ceil_cpu
 from engine.core.render import CSV_COLUMNS
 from engine.oneshot import ONESHOT_CHUNK_SECONDS, oneshot_step
 from engine.settings import Settings, load_settings

@@ -15,6 +15,7 @@ from engine.core.model import (
     Action,
     ContainerRecommendation,
     ContainerSpec,
+    CycleSummary,
     Decision,
     Execution,
     Mode,
@@ -85,7 +86,6 @@ def sample_report(cycle: str = "cycle-42", name: str = "patient-api") -> CycleRe
         decided_at=1_795_000_000.0,
     )
     execution = Execution(
-        id="exec-1",
         cycle=cycle,
         workload_ids=[applied.workload_id],
         decision_ids=["d-1"],
@@ -99,7 +99,6 @@ def sample_report(cycle: str = "cycle-42", name: str = "patient-api") -> CycleRe
         generated_at=1_795_000_200.0,
         decisions=[applied, held],
         execution=execution,
-        inputs={"workloads": 7, "samples": 120960},
     )
 
 
@@ -228,14 +227,11 @@ async def test_cycle_end_to_end_token_in_no_object_or_log(
         decision("billing", "app", cpu=0.5, cur_cpu=0.75),
         decision("ghost", "app", cpu=0.1),
     ]
-    result = await GitOpsWriter(settings).apply_cycle_result("cycle-e2e", decisions)
-    assert result.execution.outcome == "pushed"
-    report = CycleReport(
-        cycle_id="cycle-e2e",
-        generated_at=result.execution.executed_at,
-        decisions=decisions,
-        execution=result.execution,
-        held=result.held,
+    execution = await GitOpsWriter(settings).apply_cycle("cycle-e2e", decisions)
+    assert execution.outcome == "pushed"
+    assert "smarthealth/Deployment/ghost" in execution.held  # data, not text in the detail
+    report = CycleReport.from_summary(
+        CycleSummary(cycle="cycle-e2e", decisions=decisions, execution=execution)
     )
     keys = await ReportWriter(settings).write(report)
     s3c = client(s3_info)
@@ -246,7 +242,7 @@ async def test_cycle_end_to_end_token_in_no_object_or_log(
         obj = await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=key)
         body = obj["Body"].read()
         assert remote.token.encode() not in body
-        assert obj["Metadata"]["commit-sha"] == result.execution.commit_sha
+        assert obj["Metadata"]["commit-sha"] == execution.commit_sha
         if key.endswith("report.json"):
             summary = json.loads(body)
     assert summary is not None
@@ -259,7 +255,7 @@ async def test_cycle_end_to_end_token_in_no_object_or_log(
 
 
 async def test_write_cycle_from_executor_summary(s3: S3Info, tmp_path: Path) -> None:
-    """The reporter agent's call: a CycleSummary; hold reasons come from the execution detail."""
+    """The reporter agent's call: a CycleSummary; hold reasons come from ``Execution.held``."""
     from engine.core.model import CycleSummary
 
     bucket = unique_bucket("reports")
@@ -267,8 +263,10 @@ async def test_write_cycle_from_executor_summary(s3: S3Info, tmp_path: Path) -> 
     assert base.execution is not None
     execution = base.execution.model_copy(
         update={
-            "detail": "held smarthealth/Deployment/frontend: a human changed bot-owned "
-            "kubefinops/deployment-frontend.yaml concurrently (not overwritten)"
+            "held": {
+                "smarthealth/Deployment/frontend": "a human changed bot-owned "
+                "kubefinops/deployment-frontend.yaml concurrently (not overwritten)"
+            }
         }
     )
     frontend = base.decisions[0].model_copy(

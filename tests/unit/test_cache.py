@@ -10,7 +10,7 @@ import numpy as np
 from engine.core.model import MetricsBatch
 from engine.core.usage import ContainerUsage
 from tables.cache import ByteLRU
-from tables.usage_cache import UsageCache
+from tables.state import UsageTable
 
 T0 = 1_750_032_000.0
 
@@ -64,18 +64,19 @@ def test_usage_cache_respects_its_bound_over_many_containers() -> None:
     states = [_state(3, seed) for seed in range(6)]
     stored = [cu.to_dict() for cu in states]
     one = ContainerUsage.from_dict(stored[0]).nbytes()
-    cache = UsageCache(max_bytes=int(2.5 * one))
+    table = UsageTable({f"c{i}": doc for i, doc in enumerate(stored)}, int(2.5 * one))
     for _ in range(3):
-        for i, doc in enumerate(stored):
-            got = cache.load(f"c{i}", doc)
+        for i in range(len(stored)):
+            got = table.get(f"c{i}")
             assert got == states[i]  # evicted entries decode again, correctly
-            assert cache.lru.bytes <= cache.lru.max_bytes
-    assert len(cache.lru) <= 3 and cache.lru.evictions > 0
+            assert table.cache.bytes <= table.cache.max_bytes
+    assert len(table.cache) <= 3 and table.cache.evictions > 0
     # a hit returns the very object, without decoding
-    again = cache.load("c5", stored[5])
-    assert cache.load("c5", stored[5]) is again
-    # an empty stored value is a fresh state and forgets the key
-    assert cache.load("c5", None).is_empty and cache.lru.get("c5", stored[5]) is None
+    again = table.get("c5")
+    assert table.get("c5") is again
+    # a value gone from the table is absent and forgets the key
+    table.pop("c5")
+    assert table.get("c5") is None and table.cache.get("c5", stored[5]) is None
 
 
 def test_the_size_estimate_tracks_the_real_decoded_size() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.core.cost import DEFAULT_PRICES, GIB, Prices, breakdown, hourly, monthly, savings
+from engine.core.cost import DEFAULT_PRICES, GIB, breakdown, hourly, monthly, savings
 from engine.core.model import Confidence, ContainerRecommendation, ContainerSpec, ResourcePair
 from engine.settings import Settings
 
@@ -83,7 +83,7 @@ def test_prices_from_settings_and_custom_currency() -> None:
     cfg = Settings.model_construct(
         price_cpu_core_hour=0.05, price_memory_gib_hour=0.01, currency="EUR"
     )
-    prices = Prices.from_settings(cfg)
+    prices = cfg.prices
     s = savings([rec(1.0, GIB, None, None)], replicas=1, prices=prices)
     assert s.currency == "EUR"
     assert s.current_monthly == pytest.approx((0.05 + 0.01) * 730)

@@ -25,11 +25,11 @@ def big_cycle(n: int) -> CycleSummary:
     held = {d.workload_id: "a human changed it concurrently" for d in to_apply[:40]}
     applied = to_apply[40:]
     execution = Execution(
-        id="c1", cycle="c1",
+        cycle="c1",
         workload_ids=[d.workload_id for d in applied],
         decision_ids=[d.id for d in applied],
         outcome="pushed", commit_sha="ab" * 20,
-        detail="; ".join(f"held {k}: {v}" for k, v in sorted(held.items())),
+        detail=f"{len(held)} workload(s) held", held=held,
         executed_at=T0,
     )  # fmt: skip
     return CycleSummary(
@@ -47,6 +47,7 @@ def test_a_five_thousand_decision_cycle_splits_into_bounded_parts_and_joins_back
         assert len(p.model_dump_json()) < MAX_PART_BYTES + 64 * 1024 < KAFKA_DEFAULT_LIMIT
         assert CycleSummary.model_validate_json(p.model_dump_json()) == p  # valid on its own
         assert set(p.execution.decision_ids) <= {d.id for d in p.decisions}
+        assert set(p.execution.held) <= {d.workload_id for d in p.decisions}
     shuffled = [*parts, parts[1]]  # any order, with a re-delivered duplicate
     random.Random(3).shuffle(shuffled)
     assert join_cycle(shuffled) == whole

@@ -9,19 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.core.estimators import (
-    MIB,
-    EstimatorParams,
-    ceil_cpu,
-    ceil_memory,
-    confidence,
-    estimate_container,
-    parse_cpu,
-    parse_duration,
-    parse_memory,
-    quantile,
-)
+from engine.core.estimators import EstimatorParams, confidence, estimate_container, quantile
 from engine.core.model import Confidence, ContainerSpec, ResourcePair, UsageSummary
+from engine.core.quantity import MIB, ceil_cpu, ceil_memory, parse_duration, parse_quantity
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -320,9 +310,10 @@ def test_max_step_factor_and_off() -> None:
 
 
 def test_quantity_and_duration_parsing() -> None:
-    assert parse_cpu("250m") == 0.25 and parse_cpu("2") == 2.0 and parse_cpu(1.5) == 1.5
-    assert parse_memory("512Mi") == 512 * MIB and parse_memory("1G") == 1e9
+    assert parse_quantity("250m") == 0.25 and parse_quantity("2") == 2.0
+    assert parse_quantity(1.5) == 1.5
+    assert parse_quantity("512Mi") == 512 * MIB and parse_quantity("1G") == 1e9
     assert parse_duration("24h") == 86400 and parse_duration("7d") == 7 * DAY
     for bad in ("ten", "-5m", "1.5x"):
         with pytest.raises(ValueError):
-            parse_cpu(bad)
+            parse_quantity(bad)

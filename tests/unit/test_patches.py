@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.core import patches
+from engine.core import patches, quantity
 from engine.core.model import (
     Action,
     ContainerRecommendation,
@@ -66,7 +66,7 @@ def dec(
     ],
 )
 def test_cpu_quantity(cores: float, text: str) -> None:
-    assert patches.cpu_quantity(cores) == text
+    assert quantity.cpu_quantity(cores) == text
 
 
 @pytest.mark.parametrize(
@@ -79,18 +79,18 @@ def test_cpu_quantity(cores: float, text: str) -> None:
     ],
 )
 def test_memory_quantity(num_bytes: float, text: str) -> None:
-    assert patches.memory_quantity(num_bytes) == text
+    assert quantity.memory_quantity(num_bytes) == text
 
 
 @given(st.floats(min_value=0.001, max_value=64, allow_nan=False))
 def test_cpu_rounds_up_by_less_than_a_millicore(cores: float) -> None:
-    back = patches.parse_quantity(patches.cpu_quantity(cores))
+    back = quantity.parse_quantity(quantity.cpu_quantity(cores))
     assert cores - 1e-9 <= back < cores + 0.001 + 1e-9
 
 
 @given(st.integers(min_value=1, max_value=2**40))
 def test_memory_rounds_up_by_less_than_a_mib(num_bytes: int) -> None:
-    back = patches.parse_quantity(patches.memory_quantity(num_bytes))
+    back = quantity.parse_quantity(quantity.memory_quantity(num_bytes))
     assert num_bytes <= back < num_bytes + MIB
 
 
@@ -107,12 +107,12 @@ def test_memory_rounds_up_by_less_than_a_mib(num_bytes: int) -> None:
     ],
 )
 def test_parse_quantity(text: str | int, value: float) -> None:
-    assert patches.parse_quantity(text) == pytest.approx(value)
+    assert quantity.parse_quantity(text) == pytest.approx(value)
 
 
 def test_parse_quantity_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="not a quantity"):
-        patches.parse_quantity("12 cores")
+        quantity.parse_quantity("12 cores")
 
 
 def test_patch_filename_is_deterministic_and_safe() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from engine.core.cost import Prices
-from engine.core.estimators import ceil_cpu
 from engine.core.model import (
     Confidence,
     ContainerSpec,
@@ -14,6 +13,7 @@ from engine.core.model import (
     WorkloadSpec,
 )
 from engine.core.policy import DEFAULT_POLICY, validate_policy
+from engine.core.quantity import ceil_cpu
 from engine.core.recommend import recommend
 
 NOW = 1_800_000_000.0

@@ -70,23 +70,16 @@ def make(
     cycle: str = "cycle-7",
 ) -> rp.CycleReport:
     ex = Execution(
-        id="e",
         cycle=cycle,
         workload_ids=applied,
         decision_ids=[],
         outcome=outcome,
         commit_sha="c0ffee" * 6 + "beef",
         branch="main",
+        held=held or {},
         executed_at=T0,
     )
-    return rp.CycleReport(
-        cycle_id=cycle,
-        generated_at=T0,
-        decisions=decisions,
-        execution=ex,
-        held=held or {},
-        inputs={"workloads": 7},
-    )
+    return rp.CycleReport(cycle_id=cycle, generated_at=T0, decisions=decisions, execution=ex)
 
 
 def test_keys_are_deterministic_and_dated_utc() -> None:
@@ -198,26 +191,32 @@ def test_markdown_escapes_table_breakers() -> None:
     assert "Monthly savings: **4.00 USD**" in md
 
 
-def test_audit_snapshot_has_policies_inputs_decisions_and_sha() -> None:
+def test_audit_snapshot_has_policies_decisions_and_sha() -> None:
     report = make([dec("patient-api")], ["smarthealth/Deployment/patient-api"])
     audit = json.loads(rp.audit_snapshot(report))
     assert audit["policy_versions"] == ["default@2"]
-    assert audit["inputs"] == {"workloads": 7}
     assert audit["commit_sha"] == report.execution.commit_sha  # type: ignore[union-attr]
     assert audit["decisions"][0]["id"] == "d-patient-api"
     assert audit["decisions"][0]["containers"][0]["cpu_request"] == 0.25
 
 
-def test_held_from_detail_parses_executor_detail() -> None:
-    detail = (
-        "held smarthealth/Deployment/a: human edit (not overwritten); "
-        "held smarthealth/StatefulSet/db: workload x is not in the overlay"
+def test_report_from_summary_takes_held_workloads_from_the_execution_data() -> None:
+    from engine.core.model import CycleSummary
+
+    why = "a human changed bot-owned kubefinops/deployment-frontend.yaml (not overwritten)"
+    ex = make([dec("frontend")], []).execution
+    assert ex is not None
+    ex = ex.model_copy(update={"held": {"smarthealth/Deployment/frontend": why}, "detail": ""})
+    summary = CycleSummary(cycle="c-9", decisions=[dec("frontend")], execution=ex)
+    report = rp.CycleReport.from_summary(summary, generated_at=1.0)
+    assert report.generated_at == ex.executed_at  # dated by the execution: replays same keys
+    row = rp.summarize(report)["not_applied"][0]
+    assert (row["workload"], row["action"], row["reason"]) == (
+        "smarthealth/Deployment/frontend",
+        "held",
+        why,
     )
-    assert rp.held_from_detail(detail) == {
-        "smarthealth/Deployment/a": "human edit (not overwritten)",
-        "smarthealth/StatefulSet/db": "workload x is not in the overlay",
-    }
-    assert rp.held_from_detail("cycle already on the remote") == {}
+    assert json.loads(rp.audit_snapshot(report))["held"] == {"smarthealth/Deployment/frontend": why}
 
 
 def test_reasons_name_their_container_unless_shared() -> None:

@@ -27,15 +27,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from engine.app import wait_for_assignment
+from engine.core.cycles import join_cycle
 from engine.core.model import CycleEnd, CycleSummary
-from engine.demo_data import load_estate, usage_batches
+from engine.core.report import CycleReport, documents
+from engine.demo.data import gitops_dir, load_estate, usage_batches
 from engine.logs import setup_logging
+from engine.services import Services
 from engine.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from agents import Assembly
+
 log = logging.getLogger("kubefinops.demo")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_POLICY: dict[str, Any] = {
     "id": "demo-autopilot",
     "name": "SmartHealth production: autopilot with guardrails",
@@ -102,8 +108,8 @@ def start_tansu(port: int, logfile: Path) -> subprocess.Popen[bytes]:
 
 def seed_git_remote(workdir: Path) -> str | None:
     """A bare repository holding the GitOps folder, as the executor's push target."""
-    source = REPO_ROOT / "smarthealth-gitops"
-    if not source.is_dir() or shutil.which("git") is None:
+    source = gitops_dir()
+    if source is None or shutil.which("git") is None:
         return None
     bare = workdir / "smarthealth-gitops.git"
     if not bare.exists():
@@ -137,26 +143,14 @@ class LocalReports:
         self._parts: dict[str, list[CycleSummary]] = {}  # a big cycle's parts (in memory: a demo)
 
     async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
-        from engine.core.cycles import join_cycle
-        from engine.core.report import CycleReport, documents, held_from_detail
-
         if summary.parts > 1:
             got = self._parts.setdefault(summary.cycle, [])
             got.append(summary)
             if len({p.part for p in got}) < summary.parts:
                 return []
             summary = join_cycle(self._parts.pop(summary.cycle))
-
-        report = CycleReport(
-            cycle_id=summary.cycle,
-            generated_at=summary.execution.executed_at or generated_at,
-            decisions=summary.decisions,
-            execution=summary.execution,
-            held=held_from_detail(summary.execution.detail),
-            policies=summary.policies,
-        )
         keys = []
-        for obj in documents(report):
+        for obj in documents(CycleReport.from_summary(summary, generated_at)):
             path = self.folder / obj.key
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(obj.body)
@@ -232,18 +226,17 @@ def demo_settings(workdir: Path, bootstrap: str, git_url: str | None) -> Setting
     )
 
 
-def install_feeder(rt: Any, specs_at: float) -> None:
+def install_feeder(assembly: Assembly, estate: Path, specs_at: float) -> None:
     """An app task that replays three days of usage, then the cycle-end markers."""
     from agents.policies import publish
 
-    @rt.app.task
+    rt = assembly.rt
+
+    @assembly.app.task
     async def feed() -> None:
-        for _ in range(600):
-            if not rt.app.rebalancing and rt.app.consumer.assignment():
-                break
-            await asyncio.sleep(0.1)
+        await wait_for_assignment(assembly.app, timeout=60.0)
         await publish(rt, DEMO_POLICY["id"], {**DEMO_POLICY, "version": 1, "updated_at": specs_at})
-        specs = load_estate(REPO_ROOT / "smarthealth-gitops", specs_at)
+        specs = load_estate(estate, specs_at)
         sent = 0
         for batch in usage_batches(specs, start=specs_at - 3 * 86400, end=specs_at):
             await rt.topics.metrics.send(
@@ -276,6 +269,11 @@ def stop_self(grace: float = 30.0) -> None:
 
 
 def run_demo(seconds: float = 0.0, workdir: Path | None = None, once: bool = False) -> int:
+    from engine.worker import run_worker
+
+    estate = gitops_dir()
+    if estate is None:
+        raise SystemExit("kubefinops: the demo's SmartHealth estate is missing from this install")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kubefinops-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -284,32 +282,29 @@ def run_demo(seconds: float = 0.0, workdir: Path | None = None, once: bool = Fal
     try:
         settings = demo_settings(workdir, f"127.0.0.1:{port}", seed_git_remote(workdir))
         redactor = setup_logging(settings)
-        from agents import build_runtime
-        from engine.cli import make_worker, preflight_or_exit
 
         def on_report(summary: CycleSummary, keys: list[str]) -> None:
             print_cycle(summary, keys)
             if once:
                 stop_self()
 
-        services: dict[str, Any] = {"reports": LocalReports(workdir / "reports", on_report)}
+        services = Services(reports=LocalReports(workdir / "reports", on_report))
         if settings.git_remote_url:
             from engine.adapters.gitops import GitOpsWriter
 
-            services["gitops"] = GitOpsWriter(settings)
-        preflight_or_exit(settings)  # creates the topics with their partition counts
-        rt = build_runtime(settings, services=services)
-        install_feeder(rt, time.time())
-        if seconds > 0:
+            services.git = GitOpsWriter(settings)
 
-            @rt.app.task
-            async def stop_later() -> None:
-                await asyncio.sleep(seconds)
-                stop_self()
+        def customize(assembly: Assembly) -> None:
+            install_feeder(assembly, estate, time.time())
+            if seconds > 0:
 
-        worker = make_worker(rt.app, settings, redactor)
+                @assembly.app.task
+                async def stop_later() -> None:
+                    await asyncio.sleep(seconds)
+                    stop_self()
+
         with contextlib.suppress(SystemExit):
-            worker.execute_from_commandline()
+            run_worker(settings, redactor, services=services, customize=customize)
         (workdir / "summary.json").write_text(json.dumps({"workdir": str(workdir)}))
         return 0
     finally:

@@ -1,5 +1,9 @@
 """Sample data for ``kubefinops demo``: the SmartHealth estate and a few days of usage.
 
+The estate is the repository's ``smarthealth-gitops`` folder.  A wheel ships a copy of it as
+package data (``engine/demo/smarthealth-gitops``, copied by ``setup.py`` at build time); a source
+checkout uses the folder itself.  :func:`gitops_dir` says which one this install has.
+
 Workloads come from the real manifests in ``smarthealth-gitops/base`` (names, containers, current
 requests, replicas, HPA); usage is generated with a fixed seed around realistic shapes — diurnal
 web traffic, a bursty queue worker, a JVM whose heap sits near its limit (and was OOMKilled once),
@@ -17,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from engine.core.model import ContainerSpec, HpaSpec, MetricsBatch, ResourcePair, WorkloadSpec
-from engine.core.patches import parse_quantity, parse_yaml_all
+from engine.core.patches import parse_yaml_all
+from engine.core.quantity import parse_quantity
 
 NAMESPACE = "smarthealth"
+ESTATE = "smarthealth-gitops"
 MiB = 1024.0 * 1024.0
 
 # (cpu usage as a fraction of the request, memory as a fraction of the request, shape)
@@ -32,6 +38,15 @@ PROFILES: dict[str, tuple[float, float, str]] = {
     "frontend": (0.05, 0.20, "diurnal"),
     "patients-db": (0.35, 0.70, "flat"),
 }
+
+
+def gitops_dir() -> Path | None:
+    """The SmartHealth GitOps folder: the wheel's package data, else the source checkout's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / ESTATE, here.parents[1] / ESTATE):
+        if (candidate / "base").is_dir():
+            return candidate
+    return None
 
 
 def _resources(container: dict[str, Any]) -> tuple[ResourcePair, ResourcePair]:

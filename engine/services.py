@@ -1,0 +1,105 @@
+"""The seams between the agents and the outside world: one Protocol per service an agent uses.
+
+The real adapters (:mod:`engine.adapters`) implement them structurally; unit tests pass in-memory
+fakes (``tests/fakes.py``).  :class:`Services` is what the bootstrap (:mod:`engine.worker`) builds
+from settings and what every agent handler receives; a service that is not configured is
+``None`` and the handler says what it skipped.  Every client opened for a service is closed by
+:meth:`Services.aclose` when the worker stops.
+
+===============  ===========================================  =====================================
+Protocol         used by                                      real adapter
+===============  ===========================================  =====================================
+UsageSource      collector (a cycle: usage chunks, specs)     ``prometheus.Collector``
+PolicySource     policy reconcile, the policy API             ``mongo.PolicyStore``
+HistoryStore     gate (recommendation + decision history)     ``mongo.RecordStore``
+GitWriter        executor (one commit per apply cycle)        ``gitops.GitOpsWriter``
+ReportSink       reporter (one report per apply cycle)        ``reports.ReportWriter``
+===============  ===========================================  =====================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from engine.core.model import CycleSummary, Decision, Execution, MetricsBatch, WorkloadSpec
+
+log = logging.getLogger("kubefinops.services")
+
+PolicyDoc = dict[str, Any]  # a stored policy document: the Policy fields + version metadata
+
+
+class UsageSource(Protocol):
+    async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
+        """One batch per container for the time range ``(start, end]``."""
+
+    async def collect_specs(self, at: float) -> list[WorkloadSpec]:
+        """Every workload's current spec."""
+
+
+class PolicySource(Protocol):
+    """The system of record for policies (raises ``InvalidPolicy`` / ``DependencyUnavailable``)."""
+
+    async def get(self, policy_id: str) -> PolicyDoc | None: ...
+
+    async def list(self) -> list[PolicyDoc]: ...
+
+    async def put(self, doc: PolicyDoc, by: str) -> PolicyDoc: ...
+
+    async def delete(self, policy_id: str, by: str) -> bool: ...
+
+
+class HistoryStore(Protocol):
+    async def save_recommendation(self, record: BaseModel) -> None: ...
+
+    async def save_decision(self, record: BaseModel) -> None: ...
+
+
+class GitWriter(Protocol):
+    async def apply_cycle(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
+        """Commit (and push) one apply cycle; raises ``RetryableError`` / ``PermanentError``."""
+
+
+class ReportSink(Protocol):
+    async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
+        """Write the cycle's report; returns where it is.  Raises ``RetryableError`` while the
+        store is down and ``PermanentError`` when it refuses the report."""
+
+
+Closer = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class Services:
+    """What the agents talk to besides Kafka.  ``None`` = not configured."""
+
+    usage: UsageSource | None = None
+    policies: PolicySource | None = None
+    history: HistoryStore | None = None
+    git: GitWriter | None = None
+    reports: ReportSink | None = None
+    closers: list[Closer] = field(default_factory=list)
+
+    def on_close(self, closer: Closer) -> None:
+        """Register a client to close when the worker stops (last opened, first closed)."""
+        self.closers.append(closer)
+
+    async def aclose(self) -> None:
+        while self.closers:
+            closer = self.closers.pop()
+            try:
+                await closer()
+            except Exception as exc:  # closing must go on for the other clients
+                log.warning("closing a client failed: %s", exc)
+
+    async def __aenter__(self) -> Services:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.aclose()

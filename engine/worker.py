@@ -1,0 +1,110 @@
+"""Bootstrap of a worker: settings -> pre-flight -> services -> app -> run -> close the clients.
+
+``kubefinops worker`` and the demo both start here, so there is one way to start the autopilot.
+Errors an operator can fix surface as :class:`~engine.errors.AuthenticationFailed` (not retried)
+or :class:`~engine.errors.DependencyUnavailable` (retried a few times first); the CLI turns them
+into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from engine.backoff import retry_sync
+from engine.errors import DependencyUnavailable
+from engine.services import Services
+from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from agents import Assembly
+
+log = logging.getLogger("kubefinops")
+
+
+def preflight(settings: Settings) -> None:
+    """Authenticate to Kafka and create every topic with its partitions, waiting for the broker
+    with backoff for ``settings.kafka_wait_seconds`` (one log line per failed attempt).
+
+    A refused password or a TLS failure raises at once: waiting does not fix them.
+    """
+    from engine.adapters.kafka import ensure_topics
+    from engine.adapters.kafka import preflight as check_broker
+
+    async def check() -> list[str]:
+        await check_broker(settings)
+        return await ensure_topics(settings)
+
+    try:
+        created = retry_sync(
+            lambda: asyncio.run(check()),
+            what="Kafka not reachable",
+            within=settings.kafka_wait_seconds,
+            retry_on=(DependencyUnavailable,),
+        )
+    except DependencyUnavailable as exc:
+        raise DependencyUnavailable(
+            f"{exc} (gave up after {settings.kafka_wait_seconds:.0f}s)"
+        ) from None
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+
+
+def build_services(settings: Settings) -> Services:
+    """The real adapters from settings; a dependency that is not configured stays ``None``.
+
+    Clients are created lazily-connecting (a worker starts while MongoDB is down) and registered
+    with :meth:`Services.on_close`, so stopping the worker closes every one of them.
+    """
+    from engine.adapters.gitops import GitOpsWriter
+    from engine.adapters.mongo import PolicyStore, RecordStore, connect
+    from engine.adapters.prometheus import Collector, PrometheusClient
+    from engine.adapters.reports import ReportWriter
+    from engine.core.policy import validate_policy
+
+    services = Services()
+    prometheus = PrometheusClient(settings)
+    services.on_close(prometheus.close)
+    services.usage = Collector(prometheus, settings)
+    db = connect(settings)
+    services.on_close(db.client.close)
+    services.policies = PolicyStore(db, validate=validate_policy)
+    services.history = RecordStore(db, retention_days=settings.history_retention_days)
+    if settings.git_remote_url:
+        services.git = GitOpsWriter(settings)
+    services.reports = ReportWriter(settings, park_on_failure=False)
+    return services
+
+
+def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
+    """A Faust worker whose log handlers (Faust installs its own) all redact secrets."""
+    import faust
+
+    class Worker(faust.Worker):
+        def _setup_logging(self) -> None:
+            super()._setup_logging()
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(redactor)
+
+    # redirect_stdouts=False: the demo prints its tables to the terminal, not into the log.
+    return Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+
+
+def run_worker(
+    settings: Settings,
+    redactor: logging.Filter,
+    *,
+    services: Services | None = None,
+    customize: Callable[[Assembly], None] | None = None,
+) -> None:
+    """Pre-flight, assemble the app over ``services`` (default: the real adapters), run it until
+    stopped; the services' clients are closed when the app stops."""
+    from agents import assemble
+
+    preflight(settings)
+    assembly = assemble(settings, build_services(settings) if services is None else services)
+    if customize is not None:
+        customize(assembly)
+    make_worker(assembly.app, settings, redactor).execute_from_commandline()

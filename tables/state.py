@@ -1,0 +1,213 @@
+"""Typed table values: what the agents read and write, as models (the tables store JSON dicts).
+
+A :class:`TypedTable` wraps any mutable mapping — a Faust table in a worker, a plain ``dict`` in a
+unit test — with a codec, so handlers get and put models while the changelog stays JSON that
+kcat can read.  Decoded values are cached (:class:`tables.cache.ByteLRU`) and reused while the
+mapping still holds the very object that was decoded (or written) last: a value recovered from
+the changelog after a rebalance is a new object and is decoded again.  This is what makes reading
+the usage sketches for every message affordable; the usage cache is bounded by
+``usage_cache_bytes`` so memory does not grow with the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from engine.core.model import WorkloadSpec
+from engine.core.policy import Policy, validate_policy
+from engine.core.usage import ContainerUsage
+from engine.errors import InvalidPolicy
+from engine.metrics import USAGE_CACHE_BYTES, USAGE_CACHE_EVICTIONS
+from tables.cache import ByteLRU
+
+DEFAULT_USAGE_CACHE_BYTES = 64 * 1024 * 1024
+
+log = logging.getLogger("kubefinops.tables")
+
+T = TypeVar("T")
+B = TypeVar("B", bound=BaseModel)
+
+
+class Codec(Protocol[T]):
+    def load(self, stored: Any) -> T: ...
+
+    def dump(self, value: T) -> Any: ...
+
+    def size(self, value: T) -> int:
+        """Estimated bytes of a decoded value (what the cache bound counts)."""
+
+
+class ModelCodec(Generic[B]):
+    """A pydantic model stored as its JSON-mode dict."""
+
+    def __init__(self, model: type[B]) -> None:
+        self.model = model
+
+    def load(self, stored: Any) -> B:
+        return self.model.model_validate(stored)
+
+    def dump(self, value: B) -> Any:
+        return value.model_dump(mode="json")
+
+    def size(self, value: B) -> int:
+        return 0  # small frozen models: cached without counting, one per key at most
+
+
+class PolicyCodec(ModelCodec[Policy]):
+    def __init__(self) -> None:
+        super().__init__(Policy)
+
+    def load(self, stored: Any) -> Policy:
+        if not isinstance(stored, dict):
+            raise InvalidPolicy("value", "not a JSON object")
+        return validate_policy(stored)
+
+
+class UsageCodec:
+    """The windowed usage sketches of one container (:class:`ContainerUsage`)."""
+
+    def load(self, stored: Any) -> ContainerUsage:
+        return ContainerUsage.from_dict(stored) if stored else ContainerUsage()
+
+    def dump(self, value: ContainerUsage) -> Any:
+        return value.to_dict()
+
+    def size(self, value: ContainerUsage) -> int:
+        return value.nbytes()
+
+
+class LastAction(BaseModel):
+    """The last change applied to a workload (the gate's cooldown and idempotency)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    applied_at: float
+    decision_id: str
+    commit_sha: str | None = None
+    cycle: str = ""  # the apply cycle that applied it
+
+
+_UNREADABLE = (ValueError, TypeError, KeyError, ValidationError, InvalidPolicy)
+
+
+UNBOUNDED = 2**62
+
+
+class TypedTable(Generic[T]):
+    """A mapping of ``str`` keys to ``T`` values over a mapping of JSON values."""
+
+    def __init__(
+        self,
+        store: MutableMapping[Any, Any],
+        codec: Codec[T],
+        name: str = "",
+        *,
+        max_cache_bytes: int = UNBOUNDED,
+    ) -> None:
+        self.store = store
+        self.codec = codec
+        self.name = name
+        self.cache: ByteLRU[T] = ByteLRU(max_cache_bytes)
+
+    def get(self, key: str) -> T | None:
+        """The value, or None when absent (or unreadable: logged, treated as absent)."""
+        stored = self.store.get(key)
+        if stored is None:
+            self.cache.discard(key)
+            return None
+        cached = self.cache.get(key, stored)
+        if cached is not None:
+            return cached
+        try:
+            value = self.codec.load(stored)
+        except _UNREADABLE as exc:
+            log.warning("table %s: ignoring unreadable value of %s: %s", self.name, key, exc)
+            return None
+        self._remember(key, stored, value)
+        return value
+
+    def __setitem__(self, key: str, value: T) -> None:
+        stored = self.codec.dump(value)
+        self.store[key] = stored
+        self._remember(key, stored, value)
+
+    def _remember(self, key: str, stored: Any, value: T) -> None:
+        self.cache.put(key, stored, value, self.codec.size(value))
+
+    def pop(self, key: str) -> None:
+        self.store.pop(key, None)
+        self.cache.discard(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.store
+
+    def keys(self) -> list[str]:
+        return [str(k) for k in list(self.store.keys())]
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        """Every readable value (unreadable ones are logged and skipped)."""
+        for key in self.keys():
+            value = self.get(key)
+            if value is not None:
+                yield key, value
+
+
+class UsageTable(TypedTable[ContainerUsage]):
+    """The ``usage`` table: decoded sketches bounded by bytes, with the cache's own metrics."""
+
+    def __init__(self, store: MutableMapping[Any, Any], max_cache_bytes: int) -> None:
+        super().__init__(store, UsageCodec(), "usage", max_cache_bytes=max_cache_bytes)
+
+    def _remember(self, key: str, stored: Any, value: ContainerUsage) -> None:
+        before = self.cache.evictions
+        super()._remember(key, stored, value)
+        USAGE_CACHE_BYTES.set(self.cache.bytes)
+        if self.cache.evictions > before:
+            USAGE_CACHE_EVICTIONS.inc(self.cache.evictions - before)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The agents' durable state (declared over Faust tables by :func:`tables.declare_tables`)."""
+
+    usage: UsageTable
+    workloads: TypedTable[WorkloadSpec]
+    last_action: TypedTable[LastAction]
+    watermarks: MutableMapping[str, float]
+    policies: TypedTable[Policy]
+
+    @classmethod
+    def over(
+        cls,
+        *,
+        usage: MutableMapping[Any, Any],
+        workloads: MutableMapping[Any, Any],
+        last_action: MutableMapping[Any, Any],
+        watermarks: MutableMapping[str, float],
+        policies: MutableMapping[Any, Any],
+        usage_cache_bytes: int = DEFAULT_USAGE_CACHE_BYTES,
+    ) -> Tables:
+        return cls(
+            usage=UsageTable(usage, usage_cache_bytes),
+            workloads=TypedTable(workloads, ModelCodec(WorkloadSpec), "workloads"),
+            last_action=TypedTable(last_action, ModelCodec(LastAction), "last-action"),
+            watermarks=watermarks,
+            policies=TypedTable(policies, PolicyCodec(), "policies"),
+        )
+
+    @classmethod
+    def in_memory(cls, usage_cache_bytes: int = DEFAULT_USAGE_CACHE_BYTES) -> Tables:
+        """Plain dicts: the tables of a unit test."""
+        return cls.over(
+            usage={},
+            workloads={},
+            last_action={},
+            watermarks={},
+            policies={},
+            usage_cache_bytes=usage_cache_bytes,
+        )
