@@ -11,9 +11,11 @@ Protocol         used by                                      real adapter
 ===============  ===========================================  =====================================
 UsageSource      collector (a cycle: usage chunks, specs)     ``prometheus.Collector``
 PolicySource     policy reconcile, the policy API             ``mongo.PolicyStore``
-HistoryStore     gate (recommendation + decision history)     ``mongo.RecordStore``
+HistoryStore     gate, ledger (recommendation, decision and    ``mongo.RecordStore``
+                 execution history)
 GitWriter        executor (one commit per apply cycle)        ``gitops.GitOpsWriter``
 ReportSink       reporter (one report per apply cycle)        ``reports.ReportWriter``
+StatsReader      the stats API and web UI (agents/stats_web)  ``engine.stats.StatsService``
 ===============  ===========================================  =====================================
 """
 
@@ -59,6 +61,8 @@ class HistoryStore(Protocol):
 
     async def save_decision(self, record: BaseModel) -> None: ...
 
+    async def save_execution(self, record: BaseModel) -> None: ...
+
 
 class GitWriter(Protocol):
     async def apply_cycle(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
@@ -69,6 +73,28 @@ class ReportSink(Protocol):
     async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
         """Write the cycle's report; returns where it is.  Raises ``RetryableError`` while the
         store is down and ``PermanentError`` when it refuses the report."""
+
+
+class StatsReader(Protocol):
+    """The fleet's global record for the stats API (MongoDB + Kafka; docs/api.md)."""
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def recommendations(
+        self, namespace: str | None = None, workload: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def decisions(
+        self,
+        namespace: str | None = None,
+        workload: str | None = None,
+        *,
+        action: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def workload_history(self, workload_id: str) -> dict[str, Any]: ...
 
 
 Closer = Callable[[], Awaitable[Any]]
@@ -83,6 +109,7 @@ class Services:
     history: HistoryStore | None = None
     git: GitWriter | None = None
     reports: ReportSink | None = None
+    stats: StatsReader | None = None
     closers: list[Closer] = field(default_factory=list)
 
     def on_close(self, closer: Closer) -> None:

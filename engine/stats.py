@@ -107,8 +107,8 @@ class StatsService:
             )
         )
         recs, decisions, applied, executions, by_action, by_guardrail, pipeline = results
-        recent = await self.history.page("executions", {}, limit=cycles)
-        started = await self._cycle_starts([str(e.get("cycle")) for e in recent])
+        recent = await self.history.cycles(cycles)
+        started = await self._cycle_starts(recent)
         doc = shape.fleet(recs, {d["workload_id"]: d for d in decisions}, applied, executions)
         doc.update(
             {
@@ -134,18 +134,23 @@ class StatsService:
         )
         return doc
 
-    async def _cycle_starts(self, cycle_ids: list[str]) -> dict[str, float]:
-        if not cycle_ids:
+    async def _cycle_starts(self, cycles: list[Doc]) -> dict[str, float]:
+        """Per apply cycle, when the collection behind its decisions started (the decisions'
+        ``collection_cycle`` id is that start time)."""
+        cycle_of = {d: str(c["cycle"]) for c in cycles for d in c.get("decision_ids", [])}
+        if not cycle_of:
             return {}
         rows = await self.history.find(
-            "recommendations",
-            {"cycle": {"$in": cycle_ids}},
-            projection={"cycle": 1, "generated_at": 1},
+            "decisions",
+            {"id": {"$in": sorted(cycle_of)}},
+            projection={"id": 1, "collection_cycle": 1},
         )
         out: dict[str, float] = {}
         for row in rows:
-            cycle, at = str(row.get("cycle")), float(row.get("generated_at", 0.0))
-            out[cycle] = min(at, out.get(cycle, at))
+            started = shape.collection_start(str(row.get("collection_cycle") or ""))
+            cycle = cycle_of.get(str(row.get("id")))
+            if started is not None and cycle is not None:
+                out[cycle] = min(started, out.get(cycle, started))
         return out
 
     async def recommendations(

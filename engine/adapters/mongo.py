@@ -264,8 +264,9 @@ class RecordStore:
             )
         self._indexed = True
 
-    async def save(self, kind: str, record: BaseModel | Doc) -> None:
-        """Upsert by ``id``: a re-delivered record replaces itself instead of duplicating."""
+    async def save(self, kind: str, record: BaseModel | Doc, *, key: str | None = None) -> None:
+        """Upsert by ``id`` (or ``key``): a re-delivered record replaces itself instead of
+        duplicating."""
         if kind not in RECORD_KINDS:
             raise ValueError(f"unknown record kind {kind!r}")
         doc = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
@@ -274,14 +275,14 @@ class RecordStore:
         at = float(doc.get(_TIME_FIELD[kind]) or self.clock())
         row = {
             **doc,
-            "_id": doc["id"],
+            "_id": key or doc["id"],
             "at": at,
             "stored_at": datetime.fromtimestamp(self.clock(), UTC),
         }
         if not self._indexed:
             await self.ensure_indexes()
         with mongo_errors(f"{kind} write"):
-            await self.db[kind].replace_one({"_id": doc["id"]}, row, upsert=True)
+            await self.db[kind].replace_one({"_id": row["_id"]}, row, upsert=True)
 
     async def save_recommendation(self, record: BaseModel | Doc) -> None:
         await self.save("recommendations", record)
@@ -290,7 +291,11 @@ class RecordStore:
         await self.save("decisions", record)
 
     async def save_execution(self, record: BaseModel | Doc) -> None:
-        await self.save("executions", record)
+        """The executor publishes one record per workload of a cycle, all with the cycle's
+        execution id: each is kept (keyed by id and workload)."""
+        doc = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
+        key = f"{doc.get('id')}/{','.join(doc.get('workload_ids') or [])}"
+        await self.save("executions", doc, key=key)
 
     async def save_verification(self, record: BaseModel | Doc) -> None:
         await self.save("verifications", record)
@@ -369,6 +374,40 @@ class HistoryReader:
         with mongo_errors(f"{kind} page"):
             rows = await self.db[kind].find(query).sort("at", DESCENDING).limit(limit).to_list()
         return [r for r in (_clean(r) for r in rows) if r is not None]
+
+    async def cycles(self, limit: int) -> builtins.list[Doc]:
+        """The newest ``limit`` executed cycles, one row each (the executor records one
+        execution per workload): outcome, time, commit, workload and decision ids."""
+        pipeline: builtins.list[Doc] = [
+            {"$sort": {"at": -1}},
+            {
+                "$group": {
+                    "_id": "$cycle",
+                    "at": {"$max": "$at"},
+                    "executed_at": {"$max": "$executed_at"},
+                    "outcome": {"$first": "$outcome"},
+                    "commit_sha": {"$first": "$commit_sha"},
+                    "workload_ids": {"$push": "$workload_ids"},
+                    "decision_ids": {"$push": "$decision_ids"},
+                }
+            },
+            {"$sort": {"at": -1}},
+            {"$limit": limit},
+        ]
+        with mongo_errors("executions by cycle"):
+            cursor = await self.db["executions"].aggregate(pipeline)
+            rows = await cursor.to_list()
+        return [
+            {
+                "cycle": row["_id"],
+                "executed_at": row.get("executed_at"),
+                "outcome": row.get("outcome"),
+                "commit_sha": row.get("commit_sha"),
+                "workload_ids": [w for ids in row.get("workload_ids", []) for w in ids or []],
+                "decision_ids": [d for ids in row.get("decision_ids", []) for d in ids or []],
+            }
+            for row in rows
+        ]
 
     async def group_count(self, kind: str, field: str) -> builtins.list[Doc]:
         """``[{"_id": value, "n": count}]`` of ``field`` over every record of ``kind``."""

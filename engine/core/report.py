@@ -354,7 +354,7 @@ def chart_data(report: CycleReport) -> list[dict[str, Any]]:
     """Per applied workload and container, per resource: usage over the history (P50…max)
     against the old and the new request and limit — what the report's charts draw."""
     ex = report.execution
-    applied = set(ex.workload_ids) if ex is not None and ex.outcome in _APPLIED else set()
+    applied = set(ex.workload_ids) if ex is not None and ex.applied else set()
     chosen = sorted(
         (d for d in report.decisions if d.action == Action.APPLY and d.workload_id in applied),
         key=lambda d: (-abs(d.savings.monthly_delta), d.workload_id),

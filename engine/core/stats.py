@@ -9,6 +9,8 @@ worker answers the same (docs/api.md).  Definitions:
   workload's newest decision is not an ``apply`` of that recommendation that was executed).
 * ``savings.realised_monthly``: Σ monthly savings of every ``apply`` decision whose execution
   was committed or pushed (each change saves relative to the spec before it, so they add up).
+* ``cycles``: duration from the start of the collection cycle behind the decisions (its id is
+  its start time) to the execution.
 * ``risks``: latest recommendations that raise a request (under-provisioned: the increase is a
   risk removed, not a saving) or whose container was OOMKilled.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -163,9 +166,18 @@ def risks(latest_recs: Sequence[Doc], now: float, oom_lookback: float = 7 * 8640
     return out
 
 
+def collection_start(cycle_id: str) -> float | None:
+    """The start time of a collection cycle from its id (``20261130T094000Z``), or None."""
+    try:
+        when = datetime.strptime(cycle_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return when.timestamp()
+
+
 def cycles(executions: Sequence[Doc], started: Mapping[str, float]) -> list[Doc]:
-    """Last cycles, newest first, with ``duration_seconds`` from the cycle's first
-    recommendation (``started``: cycle -> earliest ``generated_at``) to its execution."""
+    """Last cycles, newest first, with ``duration_seconds`` from the start of the collection
+    behind its decisions (``started``: cycle -> that time) to its execution."""
     out = []
     for e in executions:
         begin = started.get(str(e.get("cycle")))

@@ -15,6 +15,8 @@ function mem(bytes) {
   const mi = bytes / 1048576;
   return mi >= 1024 ? (+(mi / 1024).toFixed(2)) + "Gi" : Math.round(mi) + "Mi";
 }
+/* "current → next", or just "current (kept)" where nothing is recommended for it */
+function change(current, next, fmt) { return next == null ? fmt(current) + " (kept)" : fmt(current) + " → " + fmt(next); }
 function when(ts) { return ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 16) + "Z" : "-"; }
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -41,13 +43,21 @@ function chart(target, title, x, series, opts) {
   opts = opts || {};
   const width = Math.max(320, target.clientWidth || 560);
   const data = [x, ...series.map(s => s.values)];
+  const xs = { time: opts.time !== false };
+  if (opts.categories) xs.range = [-0.5, opts.categories.length - 0.5];
+  else if (x.length === 1) { const pad = opts.pad || (opts.time === false ? 1 : 3600); xs.range = [x[0] - pad, x[0] + pad]; }
+  const ys = { range: (u, lo, hi) => [Math.min(0, lo == null ? 0 : lo), Math.max(hi == null ? 1 : hi, 1e-9) * 1.1] };
+  const xaxis = opts.categories
+    ? { values: (u, vals) => vals.map(v => (Number.isInteger(v) && opts.categories[v] != null ? opts.categories[v] : "")) }
+    : {};
   const plot = new uPlot({
     title, width, height: opts.height || 240,
-    scales: { x: { time: opts.time !== false } },
-    axes: [{}, { values: opts.fmt ? (u, vals) => vals.map(opts.fmt) : undefined, size: 70 }],
-    series: [{ label: opts.xlabel || "time" }, ...series.map(s => ({
+    scales: { x: xs, y: ys },
+    axes: [xaxis, { values: opts.fmt ? (u, vals) => vals.map(opts.fmt) : undefined, size: 80 }],
+    series: [{ label: opts.xlabel || "time", value: opts.categories ? (u, v) => (v == null ? "-" : opts.categories[v]) : undefined },
+      ...series.map(s => ({
       label: s.label, stroke: s.stroke, width: 2, dash: s.dash, fill: s.fill,
-      paths: s.bars ? uPlot.paths.bars({ size: [0.6, 60] }) : undefined,
+      paths: s.bars ? uPlot.paths.bars({ size: [0.6 / series.length, 80], align: s.align || 0 }) : undefined,
       points: { show: x.length < 40 },
       value: opts.fmt ? (u, v) => (v == null ? "-" : opts.fmt(v)) : undefined,
     }))],

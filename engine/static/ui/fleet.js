@@ -17,11 +17,10 @@
     const axis = names.map((_, i) => i);
     const costChart = document.getElementById("chart-cost");
     chart(costChart, "", axis, [
-      { label: "now", stroke: "#486581", fill: "rgba(72,101,129,.35)", bars: true, values: names.map(n => +byNs[n].now.toFixed(2)) },
-      { label: "recommended", stroke: "#1a7f37", fill: "rgba(26,127,55,.35)", bars: true, values: names.map(n => +byNs[n].rec.toFixed(2)) },
-    ], { time: false, xlabel: "namespace", fmt: v => money(v, cur) });
+      { label: "now", stroke: "#486581", fill: "rgba(72,101,129,.35)", bars: true, align: -1, values: names.map(n => +byNs[n].now.toFixed(2)) },
+      { label: "recommended", stroke: "#1a7f37", fill: "rgba(26,127,55,.35)", bars: true, align: 1, values: names.map(n => +byNs[n].rec.toFixed(2)) },
+    ], { time: false, xlabel: "namespace", categories: names, fmt: v => money(v, cur) });
     costChart.dataset.namespaces = names.join("|");
-    costChart.append(el("div", { class: "muted" }, names.map((n, i) => i + ": " + n).join(" · ")));
 
     const cycles = stats.cycles.slice().reverse();
     chart(document.getElementById("chart-cycles"), "", cycles.map(c => c.executed_at), [
@@ -34,8 +33,8 @@
       stats.risks.map(r => [el("a", { href: "workload.html?id=" + encodeURIComponent(r.workload_id) }, r.workload_id), r.container,
         r.kind === "oom" ? "OOMKilled " + when(r.at) : r.resource + " " + (r.resource === "cpu" ? cpu(r.current) + " → " + cpu(r.recommended) : mem(r.current) + " → " + mem(r.recommended))]));
     const d = stats.decisions;
-    table(document.getElementById("decisions"), ["outcome / guardrail", "decisions"],
-      [...Object.entries(d.by_action).map(([k, v]) => [el("b", {}, k), v]), ...Object.entries(d.by_guardrail).map(([k, v]) => [k, v])], [1]);
+    table(document.getElementById("decisions"), ["", "decisions"],
+      [...Object.entries(d.by_action).map(([k, v]) => [el("b", {}, "outcome " + k), v]), ...Object.entries(d.by_guardrail).map(([k, v]) => ["guardrail " + k, v])], [1]);
     const p = stats.pipeline;
     const rows = Object.entries(p.lag || {}).map(([agent, l]) => ["lag " + agent, l.lag == null ? "-" : l.lag]);
     rows.push(["dead letters", (p.dead_letters || {}).total || 0]);

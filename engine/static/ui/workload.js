@@ -15,10 +15,10 @@
         " (", el("span", { id: "rec-delta", "data-value": rec.savings.monthly_delta }, money(rec.savings.monthly_delta, cur)), ")"));
       table(summary.appendChild(el("div")), ["container", "cpu request", "cpu limit", "memory request", "memory limit", "confidence", "reasons"],
         rec.containers.map(c => [c.name,
-          cpu(c.current.requests.cpu) + " → " + cpu(c.cpu_request) + (c.target && c.target.cpu_request != null && c.target.cpu_request !== c.cpu_request ? " (target " + cpu(c.target.cpu_request) + ")" : ""),
-          cpu(c.current.limits.cpu) + " → " + cpu(c.cpu_limit),
-          mem(c.current.requests.memory) + " → " + mem(c.memory_request) + (c.target && c.target.memory_request != null && c.target.memory_request !== c.memory_request ? " (target " + mem(c.target.memory_request) + ")" : ""),
-          mem(c.current.limits.memory) + " → " + mem(c.memory_limit),
+          change(c.current.requests.cpu, c.cpu_request, cpu) + (c.target && c.target.cpu_request != null && c.target.cpu_request !== c.cpu_request ? " (target " + cpu(c.target.cpu_request) + ")" : ""),
+          change(c.current.limits.cpu, c.cpu_limit, cpu),
+          change(c.current.requests.memory, c.memory_request, mem) + (c.target && c.target.memory_request != null && c.target.memory_request !== c.memory_request ? " (target " + mem(c.target.memory_request) + ")" : ""),
+          change(c.current.limits.memory, c.memory_limit, mem),
           c.confidence, el("ul", {}, ...c.reasons.map(r => el("li", {}, r)))]));
     } else summary.append(el("p", { class: "muted" }, "no recommendation yet"));
 
@@ -44,7 +44,7 @@
           { label: "request", stroke: "#102a43", dash: [6, 4], values: flat(c.requests[res]) },
           { label: "limit", stroke: "#829ab1", dash: [2, 4], values: flat(c.limits[res]) },
           { label: "target", stroke: "#1a7f37", dash: [10, 4], values: flat(tgt) },
-        ], { fmt: v => fmt(v) });
+        ], { fmt: v => fmt(v), pad: 43200 });
       }
     }
     table(document.getElementById("timeline"), ["decided", "action", "guardrail", "reason", "monthly delta", "execution", "commit"],
