@@ -13,6 +13,7 @@ from agents.policies import policy_for
 from agents.runtime import Runtime, park, parse_or_park
 from engine.core.guardrails import decide
 from engine.core.model import Decision, Recommendation
+from engine.core.verification import sync_hold
 from engine.errors import KubeFinOpsError
 from engine.metrics import DECISIONS, RECORDS_PROCESSED
 
@@ -44,14 +45,18 @@ async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> Decision 
         await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
         return None
     last = rt.tables.last_action.get(rec.workload_id)
+    now = rt.clock()
     decision = decide(
         rec,
         spec,
         policy_for(rt, spec),
         last_applied_at=last.applied_at if last else None,
         last_applied_id=last.decision_id if last else None,
-        now=rt.clock(),
+        now=now,
         prices=rt.prices,
+        # verified apply: no decrease under a penalty, no change while the last one is not live
+        penalty_until=last.penalty_until if last else None,
+        sync_hold=sync_hold(last.model_dump(), spec, now) if last else None,
     )
     decision = decision.model_copy(update={"collection_cycle": rec.collection_cycle})
     DECISIONS.labels(decision.action.value, decision.guardrail).inc()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from pydantic import ValidationError
+
 from agents.runtime import Runtime, park, parse_or_park
 from engine.backoff import retry_forever
 from engine.core.model import CycleSummary
-from engine.errors import PermanentError
+from engine.core.verification import Verification
+from engine.errors import KubeFinOpsError, PermanentError
 from engine.metrics import CYCLE_FAILURES, RECORDS_PROCESSED, REPORTS_PENDING, REPORTS_WRITTEN
 
 log = logging.getLogger("kubefinops.reporter")
@@ -30,16 +33,38 @@ async def deliver(rt: Runtime, summary: CycleSummary) -> list[str]:
         REPORTS_WRITTEN.labels("retry").inc()
         CYCLE_FAILURES.labels(AGENT, "s3").inc()
 
+    verified = await recent_verifications(rt, summary)
     REPORTS_PENDING.inc()
     try:
         return await retry_forever(
-            lambda: sink.write_cycle(summary, generated_at=rt.clock()),
+            lambda: sink.write_cycle(summary, generated_at=rt.clock(), verifications=verified),
             what=f"report for cycle {summary.cycle} delayed",
             cap=120.0,
             on_retry=count_retry,
         )  # the writer counts the objects it wrote
     finally:
         REPORTS_PENDING.dec()
+
+
+async def recent_verifications(rt: Runtime, summary: CycleSummary) -> list[Verification]:
+    """Outcomes of earlier changes recorded in the cycle interval before this one (MongoDB
+    history; best effort: a report is not held back for them)."""
+    store = rt.services.history
+    if store is None or not rt.settings.verification_enabled:
+        return []
+    end = summary.execution.executed_at
+    try:
+        docs = await store.verifications_between(end - rt.settings.collect_interval_seconds, end)
+    except KubeFinOpsError as exc:
+        log.warning("report of cycle %s without verification outcomes: %s", summary.cycle, exc)
+        return []
+    out = []
+    for doc in docs:
+        try:
+            out.append(Verification.model_validate(doc))
+        except ValidationError:
+            continue
+    return out
 
 
 async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[str] | None:

@@ -51,6 +51,8 @@ class Sinks:
     deadletter: Sink
     ticks: Sink
     cycles: Sink
+    verifications: Sink
+    verification_queue: Sink
 
     @classmethod
     def of(cls, topics: object) -> Sinks:

@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from agents import aggregator, collector, executor, gate, ledger, policies, reporter
+from agents import aggregator, collector, executor, gate, ledger, policies, reporter, verifier
 from agents.runtime import Runtime
 from engine.app import Topics, wait_for_assignment
 
@@ -68,6 +68,26 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         async for event in stream.events():
             await ledger.record(rt, event.key, event.value)
 
+    @app.agent(topics.verifications, name="kubefinops.agents.ledger_verifications")
+    async def ledger_verifications(stream: Any) -> None:
+        async for event in stream.events():
+            await ledger.record_verification(rt, event.key, event.value)
+
+    @app.agent(topics.cycles, name="kubefinops.agents.verifier_forward")
+    async def verifier_forward(stream: Any) -> None:
+        async for event in stream.events():
+            await verifier.forward(rt, event.key, event.value)
+
+    @app.timer(interval=rt.settings.verification_interval_seconds, on_leader=True)
+    async def verification_tick() -> None:
+        if rt.settings.verification_enabled:
+            await verifier.request_tick(rt)
+
+    @app.agent(topics.verification_queue, name="kubefinops.agents.verifier")
+    async def verify(stream: Any) -> None:
+        async for event in stream.events():
+            await verifier.handle(rt, event.key, event.value)
+
     @app.agent(topics.cycles, name="kubefinops.agents.reporter")
     async def report(stream: Any) -> None:
         async for event in stream.events():
@@ -82,4 +102,5 @@ AGENTS = (
     executor.AGENT,
     ledger.AGENT,
     reporter.AGENT,
+    verifier.AGENT,
 )

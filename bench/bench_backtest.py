@@ -105,7 +105,7 @@ def main() -> int:
         min_day_samples=144,
         cap_observed_memory=not args.uncapped,
     )
-    names = args.strategy or ["kubefinops", "kubefinops-tuned", "krr-simple", "vpa-like"]
+    names = args.strategy or ["kubefinops", "kubefinops-classic", "krr-simple", "vpa-like"]
     strategies = make_strategies(names, policy_file=args.policy)
     t1 = time.perf_counter()
     verified = VerifiedApply(frozenset({"kubefinops-verified"}))  # docs/verification.md
@@ -126,7 +126,7 @@ def main() -> int:
             print(f"verified apply: reverts {verified.reverts}")
     by = {f.strategy: f for f in results}
     krr = by.get("krr-simple")
-    for label_, ours in (("defaults", by.get("kubefinops")), ("tuned", by.get("kubefinops-tuned"))):
+    for label_, ours in (("defaults", by.get("kubefinops")),):
         if ours is None or args.output != "table":
             continue
         print(f"kubefinops ({label_}) against the bar of issue 9:")

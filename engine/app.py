@@ -41,6 +41,8 @@ class Topics:
     deadletter: faust.TopicT
     ticks: faust.TopicT  # internal: collector cycle trigger, one partition
     cycles: faust.TopicT  # internal: one record per executed cycle, for the reporter
+    verifications: faust.TopicT  # outcomes of pushed changes (docs/verification.md)
+    verification_queue: faust.TopicT  # internal: changes to watch + ticks, one partition
 
     def all(self) -> list[faust.TopicT]:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -153,6 +155,8 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("deadletter", 1, False),
         TopicSpec("collector-ticks", 1, False, "collector"),
         TopicSpec("cycles", 1, False, "reporter"),
+        TopicSpec("verifications", n, False, "ledger"),
+        TopicSpec("verification-queue", 1, False, "verifier"),
     ]
     return {spec.name: spec for spec in specs}
 
@@ -186,4 +190,6 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         deadletter=topic("deadletter"),
         ticks=topic("collector-ticks"),
         cycles=topic("cycles"),
+        verifications=topic("verifications"),
+        verification_queue=topic("verification-queue"),
     )

@@ -38,8 +38,8 @@ from engine.core.cost import DEFAULT_PRICES, Prices
 from engine.core.model import WorkloadSpec
 from engine.core.policy import validate_policy
 from engine.core.strategies import (
+    AUTOPILOT_CLASSIC,
     AUTOPILOT_DEFAULT,
-    AUTOPILOT_TUNED,
     Autopilot,
     KrrSimple,
     Replay,
@@ -51,7 +51,7 @@ from engine.settings import Settings
 
 STRATEGIES: dict[str, str] = {
     "kubefinops": "the autopilot: the real recommender and gate (policy or built-in autopilot)",
-    "kubefinops-tuned": "the autopilot with the backtest-tuned policy (docs/recommendations.md)",
+    "kubefinops-classic": "the autopilot with the estimator settings before the backtest tuning",
     "kubefinops-verified": "kubefinops + verified apply: an OOM within a day after lowering "
     "memory reverts the change and holds decreases for 7 d (docs/verification.md)",
     "krr-simple": "KRR simple: CPU P95 over 14 d, memory max x 1.15, floors 10m / 100Mi",
@@ -82,8 +82,8 @@ def make_strategies(
         if name in ("kubefinops", "kubefinops-verified"):
             policies = [load_policy(policy_file)] if policy_file else []
             out.append(Autopilot(policies, default=AUTOPILOT_DEFAULT, prices=prices, name=name))
-        elif name == "kubefinops-tuned":
-            out.append(Autopilot([], default=AUTOPILOT_TUNED, prices=prices, name=name))
+        elif name == "kubefinops-classic":
+            out.append(Autopilot([], default=AUTOPILOT_CLASSIC, prices=prices, name=name))
         elif name == "krr-simple":
             out.append(KrrSimple())
         elif name == "vpa-like":

@@ -11,10 +11,11 @@ Protocol         used by                                      real adapter
 ===============  ===========================================  =====================================
 UsageSource      collector (a cycle: usage chunks, specs)     ``prometheus.Collector``
 PolicySource     policy reconcile, the policy API             ``mongo.PolicyStore``
-HistoryStore     gate, ledger (recommendation, decision and    ``mongo.RecordStore``
-                 execution history)
-GitWriter        executor (one commit per apply cycle)        ``gitops.GitOpsWriter``
+HistoryStore     gate, ledger, verifier, reporter (history)   ``mongo.RecordStore``
+GitWriter        executor (one commit per apply cycle),       ``gitops.GitOpsWriter``
+                 verifier (one revert per regressed change)
 ReportSink       reporter (one report per apply cycle)        ``reports.ReportWriter``
+Telemetry        verifier (rollout and regression signals)    ``verification.ClusterTelemetry``
 StatsReader      the stats API and web UI (agents/stats_web)  ``engine.stats.StatsService``
 ===============  ===========================================  =====================================
 """
@@ -30,6 +31,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from engine.core.model import CycleSummary, Decision, Execution, MetricsBatch, WorkloadSpec
+from engine.core.rollout import Rollout, Signals
+from engine.core.verification import Verification
 
 log = logging.getLogger("kubefinops.services")
 
@@ -63,14 +66,43 @@ class HistoryStore(Protocol):
 
     async def save_execution(self, record: BaseModel) -> None: ...
 
+    async def save_verification(self, record: BaseModel) -> None: ...
+
+    async def verifications_between(self, start: float, end: float) -> list[dict[str, Any]]:
+        """Verification outcomes recorded in ``(start, end]``, oldest first."""
+
+
+class RevertOutcome(Protocol):
+    outcome: str  # pushed | committed | noop | failed
+    sha: str | None
+    detail: str
+
 
 class GitWriter(Protocol):
     async def apply_cycle(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
         """Commit (and push) one apply cycle; raises ``RetryableError`` / ``PermanentError``."""
 
+    async def revert(self, v: Verification) -> RevertOutcome:
+        """One revert commit of a regressed change (never twice); raises like ``apply_cycle``."""
+
+
+class Telemetry(Protocol):
+    """What the cluster's telemetry says about a pushed change (docs/verification.md)."""
+
+    async def rollout(self, v: Verification, at: float) -> Rollout: ...
+
+    async def signals(self, v: Verification, at: float) -> Signals: ...
+
+    async def baseline(self, v: Verification) -> dict[str, float]: ...
+
 
 class ReportSink(Protocol):
-    async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
+    async def write_cycle(
+        self,
+        summary: CycleSummary,
+        generated_at: float,
+        verifications: Sequence[Verification] = (),
+    ) -> list[str]:
         """Write the cycle's report; returns where it is.  Raises ``RetryableError`` while the
         store is down and ``PermanentError`` when it refuses the report."""
 
@@ -109,6 +141,7 @@ class Services:
     history: HistoryStore | None = None
     git: GitWriter | None = None
     reports: ReportSink | None = None
+    telemetry: Telemetry | None = None
     stats: StatsReader | None = None
     closers: list[Closer] = field(default_factory=list)
 

@@ -62,6 +62,7 @@ def build_services(settings: Settings) -> Services:
     from engine.adapters.mongo import HistoryReader, PolicyStore, RecordStore, connect
     from engine.adapters.prometheus import Collector, PrometheusClient
     from engine.adapters.reports import ReportWriter
+    from engine.adapters.verification import ClusterTelemetry
     from engine.core.policy import validate_policy
     from engine.stats import StatsService
 
@@ -69,6 +70,7 @@ def build_services(settings: Settings) -> Services:
     prometheus = PrometheusClient(settings)
     services.on_close(prometheus.close)
     services.usage = Collector(prometheus, settings)
+    services.telemetry = ClusterTelemetry(prometheus)  # verified apply
     db = connect(settings)
     services.on_close(db.client.close)
     services.policies = PolicyStore(db, validate=validate_policy)

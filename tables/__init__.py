@@ -12,6 +12,7 @@ usage                   container id  ``ContainerUsage``: windowed sketches     
 workloads               workload id   ``WorkloadSpec``                           N
 last-action             workload id   ``LastAction`` (cooldown, idempotency)     N
 watermarks              query name    collector watermark (Unix s)               1
+verifications           workload id   ``Verification``: watch of its last change  1
 policies (global)       policy id     ``Policy``, on every worker                1
 ======================  ============  =========================================  ==========
 
@@ -47,6 +48,12 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         ),
         watermarks=app.Table(
             "watermarks", partitions=1, help="Collector watermarks", schema=_json()
+        ),
+        verifications=app.Table(
+            "verifications",
+            partitions=1,  # written by the one-partition verifier (docs/verification.md)
+            help="Watch of the last pushed change per workload",
+            schema=_json(),
         ),
         policies=app.GlobalTable("policies", partitions=1, help="Policies by id", schema=_json()),
         usage_cache_bytes=settings.usage_cache_bytes,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from engine.core.model import WorkloadSpec
 from engine.core.policy import Policy, validate_policy
 from engine.core.usage import ContainerUsage
+from engine.core.verification import Verification
 from engine.errors import InvalidPolicy
 from engine.metrics import USAGE_CACHE_BYTES, USAGE_CACHE_EVICTIONS
 from tables.cache import ByteLRU
@@ -86,10 +87,18 @@ class LastAction(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    applied_at: float
-    decision_id: str
+    applied_at: float | None = None  # None: only a verification outcome recorded so far
+    decision_id: str | None = None
     commit_sha: str | None = None
     cycle: str = ""  # the apply cycle that applied it
+    # verified apply (docs/verification.md): written from kubefinops.verifications
+    verification: str | None = None  # the last outcome of its last change
+    verification_id: str | None = None
+    penalty_until: float | None = None  # no decrease before this time (a change regressed)
+    penalty_cause: str | None = None
+    hold_until: float | None = None  # not-synced: held until the cluster shows the change
+    hold_reason: str | None = None
+    hold_expected: list[dict[str, Any]] | None = None
 
 
 _UNREADABLE = (ValueError, TypeError, KeyError, ValidationError, InvalidPolicy)
@@ -180,6 +189,7 @@ class Tables:
     last_action: TypedTable[LastAction]
     watermarks: MutableMapping[str, float]
     policies: TypedTable[Policy]
+    verifications: TypedTable[Verification]
 
     @classmethod
     def over(
@@ -190,6 +200,7 @@ class Tables:
         last_action: MutableMapping[Any, Any],
         watermarks: MutableMapping[str, float],
         policies: MutableMapping[Any, Any],
+        verifications: MutableMapping[Any, Any],
         usage_cache_bytes: int = DEFAULT_USAGE_CACHE_BYTES,
     ) -> Tables:
         return cls(
@@ -198,6 +209,7 @@ class Tables:
             last_action=TypedTable(last_action, ModelCodec(LastAction), "last-action"),
             watermarks=watermarks,
             policies=TypedTable(policies, PolicyCodec(), "policies"),
+            verifications=TypedTable(verifications, ModelCodec(Verification), "verifications"),
         )
 
     @classmethod
@@ -209,5 +221,6 @@ class Tables:
             last_action={},
             watermarks={},
             policies={},
+            verifications={},
             usage_cache_bytes=usage_cache_bytes,
         )

@@ -300,6 +300,18 @@ class RecordStore:
     async def save_verification(self, record: BaseModel | Doc) -> None:
         await self.save("verifications", record)
 
+    async def verifications_between(self, start: float, end: float, limit: int = 500) -> list[Doc]:
+        """Verification outcomes recorded in ``(start, end]`` (their latest state), oldest first."""
+        with mongo_errors("verifications read"):
+            rows = (
+                await self.db["verifications"]
+                .find({"at": {"$gt": start, "$lte": end}})
+                .sort("at", ASCENDING)
+                .limit(limit)
+                .to_list()
+            )
+        return [r for r in (_strip(r) for r in rows) if r is not None]
+
     async def recent(self, kind: str, workload_id: str, limit: int = 20) -> list[Doc]:
         with mongo_errors(f"{kind} read"):
             rows = (

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from engine.core.report import (
     report_prefix,
     safe_cycle,
 )
+from engine.core.verification import Verification
 from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
 from engine.metrics import REPORTS_PENDING, REPORTS_WRITTEN
 from engine.settings import Settings
@@ -140,9 +142,13 @@ class ReportWriter:
         return [o.key for o in pending.objects]
 
     async def write_cycle(
-        self, summary: CycleSummary, generated_at: float | None = None
+        self,
+        summary: CycleSummary,
+        generated_at: float | None = None,
+        verifications: Sequence[Verification] = (),
     ) -> list[str]:
-        """Report a cycle as the executor summarised it (``kubefinops.cycles``).
+        """Report a cycle as the executor summarised it (``kubefinops.cycles``), with the
+        verification outcomes of earlier changes recorded since the previous cycle.
 
         Dated by the execution time, so a re-delivered summary overwrites the same keys.  A
         cycle in several parts: each part is stored under ``<prefix>/parts/`` as it arrives
@@ -155,7 +161,8 @@ class ReportWriter:
             if isinstance(whole, list):
                 return whole
             summary = whole
-        return await self.write(CycleReport.from_summary(summary, when))
+        report = CycleReport.from_summary(summary, when)
+        return await self.write(report.model_copy(update={"verifications": list(verifications)}))
 
     async def _collect_part(self, part: CycleSummary, when: float) -> CycleSummary | list[str]:
         """Store one part; the joined cycle once all parts are stored, else the part's key."""

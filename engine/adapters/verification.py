@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
 
 from engine.adapters.prometheus import PrometheusClient
 from engine.core.collect import Series
@@ -42,26 +41,9 @@ from engine.core.verification import (
     reverted,
 )
 from engine.errors import PermanentError
+from engine.services import GitWriter, Telemetry
 
 log = logging.getLogger("kubefinops.verification")
-
-
-class Telemetry(Protocol):
-    async def rollout(self, v: Verification, at: float) -> Rollout: ...
-
-    async def signals(self, v: Verification, at: float) -> Signals: ...
-
-    async def baseline(self, v: Verification) -> dict[str, float]: ...
-
-
-class RevertOutcome(Protocol):
-    outcome: str
-    sha: str | None
-    detail: str
-
-
-class Reverter(Protocol):
-    async def revert(self, v: Verification) -> RevertOutcome: ...
 
 
 class ClusterTelemetry:
@@ -129,7 +111,7 @@ async def check(
     return advance(v, now, live=live_verdict(v, rollout), evidence=found, autopilot=autopilot)
 
 
-async def settle(v: Verification, reverter: Reverter | None, now: float) -> Verification:
+async def settle(v: Verification, reverter: GitWriter | None, now: float) -> Verification:
     """Make the revert a regressed change is due, through Git.  A retryable failure (remote
     down) propagates and the revert stays due; a permanent one ends as ``regressed`` with why."""
     if not v.revert_pending:

@@ -64,28 +64,28 @@ class EstimatorParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     cpu_percentile: float = Field(95.0, ge=50, le=100)
-    cpu_headroom: float = Field(0.15, ge=0, le=5)
+    cpu_headroom: float = Field(0.05, ge=0, le=5)
     # "adaptive": the percentile (cpu_percentile..100) minimising request + cpu_burst_cost x
     # share of samples above it -- the tail is covered where that is cheap (small or steady
     # workloads), not where it costs many cores (large bursty ones).  "fixed": cpu_percentile.
-    cpu_percentile_mode: Literal["fixed", "adaptive"] = "fixed"
+    cpu_percentile_mode: Literal["fixed", "adaptive"] = "adaptive"
     cpu_burst_cost: CpuQuantity = 2.0  # cores one unit (100%) of samples above request is worth
     cpu_limit_strategy: Literal["none", "ratio", "percentile"] = "none"
     cpu_limit_ratio: float = Field(2.0, ge=1, le=100)
     cpu_limit_percentile: float = Field(99.0, ge=50, le=100)
     cpu_limit_headroom: float = Field(0.15, ge=0, le=5)
     memory_percentile: float = Field(100.0, ge=50, le=100)  # 100 = observed max
-    memory_buffer: float = Field(0.15, ge=0, le=5)
+    memory_buffer: float = Field(0.30, ge=0, le=5)
     cpu_floor: CpuQuantity = 0.010
     memory_floor: MemoryQuantity = 100 * MIB
     cpu_cap: CpuQuantity | None = None
     memory_cap: MemoryQuantity | None = None
     # at most x factor up or 1/factor down per change (the next step toward the target); None = off
-    max_step: float | None = Field(2.0, ge=1, le=1000)
+    max_step: float | None = Field(None, ge=1, le=1000)
     # growth-aware memory: the robust (Theil-Sen) trend of the window peaks, projected this far
-    memory_growth_horizon: Duration = 0.0
+    memory_growth_horizon: Duration = 7 * 86400.0
     memory_growth_min_windows: int = Field(3, ge=2, le=1000)
-    oom_bump_factor: float = Field(1.2, ge=1, le=10)  # after an OOMKill: x factor of the limit...
+    oom_bump_factor: float = Field(2.0, ge=1, le=10)  # after an OOMKill: x factor of the limit...
     oom_bump_min: MemoryQuantity = 100 * MIB  # ...and at least this much more (VPA: 1.2, 100Mi)
     min_samples: int = Field(100, ge=1, le=2**31)
     min_history: Duration = 3 * 3600.0

@@ -106,6 +106,21 @@ _FIELDS = (
 )
 
 
+def limits_over_requests(c: ContainerRecommendation) -> ContainerRecommendation:
+    """After fields were dropped (left unchanged) one by one, a limit may end up below the
+    request that will be in force: raise it to the request (an invalid spec otherwise)."""
+    update: dict[str, object] = {}
+    for resource in ("cpu", "memory"):
+        req_attr, lim_attr = f"{resource}_request", f"{resource}_limit"
+        req = getattr(c, req_attr)
+        req = req if req is not None else getattr(c.current.requests, resource)
+        lim = getattr(c, lim_attr)
+        lim_now = lim if lim is not None else getattr(c.current.limits, resource)
+        if req is not None and lim_now is not None and lim_now < req:
+            update[lim_attr] = req
+    return c.model_copy(update=update) if update else c
+
+
 def drop_decreases(c: ContainerRecommendation, why: str) -> ContainerRecommendation:
     """Targets below the current value become ``None`` (unchanged); increases stay."""
     update: dict[str, object] = {}
@@ -117,7 +132,7 @@ def drop_decreases(c: ContainerRecommendation, why: str) -> ContainerRecommendat
             update[attr] = None
     if not update:
         return c
-    return c.model_copy(update={**update, "reasons": [*c.reasons, why]})
+    return limits_over_requests(c.model_copy(update={**update, "reasons": [*c.reasons, why]}))
 
 
 def increases(c: ContainerRecommendation) -> bool:
@@ -162,22 +177,28 @@ def relative_changes(c: ContainerRecommendation) -> list[tuple[str, float]]:
 def drop_small_changes(
     c: ContainerRecommendation, min_decrease: float, min_increase: float
 ) -> ContainerRecommendation:
-    """Decreases by less than ``min_decrease`` and increases by less than ``min_increase`` of
-    the current value become ``None`` (unchanged): hysteresis, so workloads settle."""
+    """A resource (request and limit together) whose changes are all decreases by less than
+    ``min_decrease`` or increases by less than ``min_increase`` of the current value is left
+    unchanged (``None``): hysteresis, so workloads settle."""
     update: dict[str, object] = {}
-    for attr, section, resource in _FIELDS:
-        target = getattr(c, attr)
-        pair = c.current.requests if section == "requests" else c.current.limits
-        current = getattr(pair, resource)
-        if target is None or not current or target == current:
-            continue
-        change = (target - current) / current
-        if -min_decrease < change < 0 or 0 < change < min_increase:
-            update[attr] = None
-    if not update:
+    for resource in ("cpu", "memory"):
+        moves = []
+        for attr, section, res in _FIELDS:
+            target = getattr(c, attr)
+            if res != resource or target is None:
+                continue
+            pair = c.current.requests if section == "requests" else c.current.limits
+            current = getattr(pair, res)
+            change = (target - current) / current if current else float("inf")
+            moves.append((attr, change))
+        moving = [ch for _, ch in moves if ch != 0]
+        material = any(ch <= -min_decrease or ch >= min_increase for ch in moving)
+        if moving and not material:
+            update.update({attr: None for attr, _ in moves})
+    if not update or all(getattr(c, a) is None for a in update):
         return c
     why = f"changes under -{min_decrease:.0%} / +{min_increase:.0%} left unchanged (hysteresis)"
-    return c.model_copy(update={**update, "reasons": [*c.reasons, why]})
+    return limits_over_requests(c.model_copy(update={**update, "reasons": [*c.reasons, why]}))
 
 
 def oom_raise(

@@ -139,7 +139,7 @@ class Exclusions(_Doc):
 class Guardrails(_Doc):
     min_change: float = Field(0.10, ge=0, le=1)
     # a decrease smaller than this share is dropped (left unchanged): hysteresis against churn
-    min_decrease: float = Field(0.10, ge=0, le=1)
+    min_decrease: float = Field(0.30, ge=0, le=1)
     # an increase smaller than this share is dropped too (OOM fixes are never held)
     min_increase: float = Field(0.0, ge=0, le=10)
     cooldown: Duration = 86400.0

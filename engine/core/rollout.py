@@ -34,6 +34,7 @@ RESTARTS_METRIC = "kube_pod_container_status_restarts_total"
 THROTTLED_METRIC = "container_cpu_cfs_throttled_periods_total"
 PERIODS_METRIC = "container_cpu_cfs_periods_total"
 BASELINE_MAX_WINDOW = 3600.0
+MAX_EVIDENCE = 10  # per regression: a crash-looping fleet of pods must not grow a record
 
 # kind -> (label naming the workload, desired, updated, ready, unavailable expression or None)
 _STATUS: dict[str, tuple[str, str, str, str]] = {
@@ -342,7 +343,7 @@ def evidence(v: Verification, rollout: Rollout, signals: Signals, now: float) ->
                 )
             )
     if v.phase is not Phase.LIVE:
-        return out
+        return out[:MAX_EVIDENCE]
     base = v.baseline or {}
 
     def new(key: str, breaching: bool, before_breaching: bool) -> bool:
@@ -394,4 +395,4 @@ def evidence(v: Verification, rollout: Rollout, signals: Signals, now: float) ->
                     at=now,
                 )
             )
-    return out
+    return out[:MAX_EVIDENCE]

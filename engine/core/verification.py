@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.estimators import Duration
-from engine.core.model import ContainerSpec, Decision, Execution, Wire, WorkloadSpec
+from engine.core.model import ContainerSpec, Decision, Execution, Mode, Wire, WorkloadSpec
 from engine.core.patches import container_changes
 from engine.core.quantity import fmt_duration, fmt_time, parse_quantity
 
@@ -147,6 +147,7 @@ class Verification(Wire):
     commit_sha: str
     cycle: str
     policy_id: str | None = None
+    mode: Mode = Mode.AUTOPILOT  # the mode the change was decided under
     applied_at: float
     expected: list[Expected]
     params: VerificationParams = VerificationParams()
@@ -196,6 +197,7 @@ def start(
         commit_sha=execution.commit_sha,
         cycle=execution.cycle,
         policy_id=decision.policy_id,
+        mode=decision.mode,
         applied_at=execution.executed_at,
         expected=expected,
         params=params,

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from engine.app import wait_for_assignment
 from engine.core.cycles import join_cycle
 from engine.core.model import CycleEnd, CycleSummary
 from engine.core.report import CycleReport, documents
+from engine.core.verification import Verification
 from engine.demo.data import gitops_dir, load_estate, usage_batches
 from engine.logs import setup_logging
 from engine.services import Services
@@ -142,7 +144,12 @@ class LocalReports:
         self.on_report = on_report
         self._parts: dict[str, list[CycleSummary]] = {}  # a big cycle's parts (in memory: a demo)
 
-    async def write_cycle(self, summary: CycleSummary, generated_at: float) -> list[str]:
+    async def write_cycle(
+        self,
+        summary: CycleSummary,
+        generated_at: float,
+        verifications: Sequence[Verification] = (),
+    ) -> list[str]:
         if summary.parts > 1:
             got = self._parts.setdefault(summary.cycle, [])
             got.append(summary)
@@ -150,7 +157,9 @@ class LocalReports:
                 return []
             summary = join_cycle(self._parts.pop(summary.cycle))
         keys = []
-        for obj in documents(CycleReport.from_summary(summary, generated_at)):
+        report = CycleReport.from_summary(summary, generated_at)
+        report = report.model_copy(update={"verifications": list(verifications)})
+        for obj in documents(report):
             path = self.folder / obj.key
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(obj.body)

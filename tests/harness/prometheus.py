@@ -24,7 +24,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -482,7 +482,9 @@ def build_cluster_tsdb(cache_root: Path, now: float | None = None) -> tuple[Path
     return blocks, truth, start, end
 
 
-def start_prometheus(tsdb_dir: Path, workdir: Path, port: int | None = None) -> tuple[Server, str]:
+def start_prometheus(
+    tsdb_dir: Path, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+) -> tuple[Server, str]:
     port = port or free_port()
     config = workdir / "prometheus.yml"
     # Prometheus's own query log: what every query cost it (stats.samples.totalQueryableSamples)
@@ -499,6 +501,7 @@ def start_prometheus(tsdb_dir: Path, workdir: Path, port: int | None = None) -> 
             "--storage.tsdb.retention.time=30d",
             f"--web.listen-address=127.0.0.1:{port}",
             "--web.enable-admin-api",
+            *extra_args,
         ],
         log=workdir / "prometheus.log",
     ).start()

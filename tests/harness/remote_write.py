@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.proc import Server, free_port, wait_until
+from tests.harness.proc import Server
+from tests.harness.prometheus import start_prometheus
 
 STALE = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 
@@ -125,28 +126,11 @@ class LivePrometheus:
 
 
 def start_live_prometheus(workdir: Path) -> LivePrometheus:
-    port = free_port()
+    """An empty Prometheus whose remote-write receiver is on."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 30s\nscrape_configs: []\n")
-    server = Server(
-        "prometheus-live",
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-remote-write-receiver",
-        ],
-        log=workdir / "prometheus.log",
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
-            return bool(resp.status == 200)
-
-    wait_until(ready, 30, "prometheus (remote-write receiver)", server.log)
+    server, url = start_prometheus(
+        workdir / "tsdb", workdir, extra_args=["--web.enable-remote-write-receiver"]
+    )
     return LivePrometheus(url, RemoteWriter(url), server)
 
 

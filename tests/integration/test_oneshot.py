@@ -23,6 +23,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from engine.core.collect import plan_chunks
+from engine.core.estimators import cpu_request_base
+from engine.core.model import UsageSummary
 from engine.core.policy import DEFAULT_POLICY
 from engine.core.quantity import ceil_cpu
 from engine.core.render import CSV_COLUMNS
@@ -103,10 +105,22 @@ def truth_rates(prom: PromInfo, start: float, end: float, step: int) -> dict[str
     return out
 
 
-def expected_cpu(p95: float, current: float | None) -> float:
-    """The default policy's chain for CPU: P95 x (1 + headroom), max step, millicores, floor."""
+def expected_cpu(rates: list[float], current: float | None) -> float:
+    """The default policy's chain for CPU on the ground-truth quantiles: the (adaptive)
+    percentile x (1 + headroom), max step, millicores, floor."""
     params = DEFAULT_POLICY.estimator
-    target = p95 * (1 + params.cpu_headroom)
+    q = np.percentile(rates, [50, 90, 95, 99], method="lower")
+    truth = UsageSummary(
+        p50=q[0],
+        p90=q[1],
+        p95=q[2],
+        p99=q[3],
+        max=max(rates),
+        count=len(rates),
+        first_ts=0.0,
+        last_ts=float(params.min_history),
+    )
+    target = cpu_request_base(truth, params).value or 0.0
     if current and params.max_step:
         target = min(max(target, current / params.max_step), current * params.max_step)
     return max(ceil_cpu(target), params.cpu_floor)
@@ -151,7 +165,7 @@ def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
         assert c["confidence"] != "none", (cid, c["reasons"])
         p95 = float(np.percentile(rates[cid], 95))
         current = c["current"]["requests"]["cpu"]
-        want = expected_cpu(p95, current)
+        want = expected_cpu(rates[cid], current)
         assert abs(c["cpu_request"] - want) <= 0.01 * want + 0.001, (cid, c["cpu_request"], want)
         assert c["usage"]["cpu"]["p95"] == pytest.approx(p95, rel=0.015), cid
         if not any("max step: cpu" in r for r in c["reasons"]):

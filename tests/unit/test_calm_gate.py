@@ -13,6 +13,7 @@ from engine.core.model import Action, ContainerSpec, ResourcePair, UsageSummary
 from engine.core.policy import validate_policy
 from engine.core.recommend import recommend
 from engine.core.strategies import Autopilot
+from tests.unit.classic_params import classic_policy_doc
 from tests.unit.test_backtest import GIB, MIB, STEP, T0, history, in_force, params
 from tests.unit.test_guardrails import NOW, flat, spec
 
@@ -35,7 +36,8 @@ def summary(values: list[float], *, peaks: tuple[float, ...] = ()) -> UsageSumma
 
 
 def autopilot(**kw: object):
-    return validate_policy({"id": "p", "mode": "autopilot", **kw})
+    """The classic chain (P95 + 15%, peak + 15%...) so the arithmetic below is plain to read."""
+    return validate_policy(classic_policy_doc({"id": "p", "mode": "autopilot", **kw}))
 
 
 # --- target vs step ---------------------------------------------------------------------------
@@ -236,9 +238,55 @@ def test_autopilot_follows_a_step_change_in_cpu() -> None:
     rng = np.random.default_rng(7)
     noise = rng.uniform(0.9, 1.0, size=int(20 * DAY / STEP))
     h = history(20, lambda d: np.where(d >= 12, 0.6, 0.1) * noise, lambda d: 300 * MIB + 0 * d)
-    pol = autopilot(estimator={"max_step": None})
-    (run,) = Backtest([h], params(8, 20)).run([Autopilot([pol])])
+    (run,) = Backtest([h], params(8, 20)).run([Autopilot()])  # the defaults
     doc = export(run)
     assert in_force(doc, 11)["cpu_request"] < 0.2  # rightsized down before the step
     raised = [d for d in range(12, 20) if in_force(doc, d)["cpu_request"] >= 0.6 * 0.95]
-    assert raised and raised[0] == 13  # the first cycle after the step, cooldown or not
+    # the adaptive percentile covers the new level once it is over 10% of the 14-day window
+    # (P90): the second cycle after the step; the raise is not held by the day-old cooldown
+    assert raised and raised[0] == 14
+
+
+def test_hysteresis_moves_a_request_and_its_limit_together() -> None:
+    # the demo's envoy: request 128Mi, limit 256Mi, target 100Mi for both: the request alone
+    # moves -22% (not material) but the limit -61%: both go, never a limit below the request
+    p = autopilot(estimator={"max_step": None}, guardrails={"min_decrease": 0.3})
+    c = ContainerSpec(
+        name="app",
+        requests=ResourcePair(cpu=0.115, memory=128 * MIB),
+        limits=ResourcePair(memory=256 * MIB),
+    )
+    s = spec().model_copy(update={"containers": [c]})
+    d = _decide(s, p, cpu=0.1, mem=50 * MIB)
+    assert d.action is Action.APPLY
+    out = d.containers[0]
+    assert out.memory_request == out.memory_limit == 100 * MIB
+
+
+def test_dropping_a_request_decrease_never_leaves_the_limit_below_it() -> None:
+    from engine.core.guardrails import drop_decreases
+    from engine.core.model import ContainerRecommendation
+
+    c = ContainerRecommendation(
+        name="app",
+        current=ContainerSpec(
+            name="app",
+            requests=ResourcePair(memory=200 * MIB),
+            limits=ResourcePair(memory=512 * MIB),
+        ),
+        memory_request=100 * MIB,
+        memory_limit=150 * MIB,
+    )
+    kept = drop_decreases(c, "penalty")
+    # both were decreases: both dropped, nothing inconsistent
+    assert kept.memory_request is None and kept.memory_limit is None
+    # the request goes up past the current limit, the limit's own (small) decrease is dropped
+    up = c.model_copy(
+        update={
+            "current": c.current.model_copy(update={"limits": ResourcePair(memory=256 * MIB)}),
+            "memory_request": 300 * MIB,
+            "memory_limit": 250 * MIB,
+        }
+    )
+    fixed = drop_decreases(up, "cooldown")
+    assert fixed.memory_request == 300 * MIB and fixed.memory_limit == 300 * MIB

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from engine.core.estimators import EstimatorParams, confidence, estimate_container, quantile
 from engine.core.model import Confidence, ContainerSpec, ResourcePair, UsageSummary
 from engine.core.quantity import MIB, ceil_cpu, ceil_memory, parse_duration, parse_quantity
+from tests.unit.classic_params import classic
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
-P = EstimatorParams()
+P = classic()
 
 
 def summary_of(values: np.ndarray, span: float = 8 * DAY) -> UsageSummary:
@@ -99,7 +100,7 @@ def test_reason_spells_out_the_arithmetic() -> None:
 def test_property_request_is_ceil_of_p95_with_headroom(
     p95: float, headroom: float, peak: float
 ) -> None:
-    params = EstimatorParams(cpu_headroom=headroom)
+    params = classic(cpu_headroom=headroom)
     cpu_s = UsageSummary(
         p50=p95 / 2,
         p90=p95,
@@ -205,15 +206,15 @@ def test_cpu_limit_ratio_and_percentile() -> None:
     s = UsageSummary(
         p50=0.1, p90=0.15, p95=0.2, p99=0.4, max=1.0, count=500, first_ts=NOW - DAY, last_ts=NOW
     )
-    ratio = run(container(), s, flat(200 * MIB), EstimatorParams(cpu_limit_strategy="ratio"))
+    ratio = run(container(), s, flat(200 * MIB), classic(cpu_limit_strategy="ratio"))
     assert ratio.cpu_limit == 2 * ratio.cpu_request  # type: ignore[operator]
-    pct = run(container(), s, flat(200 * MIB), EstimatorParams(cpu_limit_strategy="percentile"))
+    pct = run(container(), s, flat(200 * MIB), classic(cpu_limit_strategy="percentile"))
     assert pct.cpu_limit == ceil_cpu(0.4 * 1.15)
     low = run(
         container(),
         flat(0.2),
         flat(200 * MIB),
-        EstimatorParams(cpu_limit_strategy="percentile", cpu_limit_headroom=0.0),
+        classic(cpu_limit_strategy="percentile", cpu_limit_headroom=0.0),
     )
     assert low.cpu_limit == low.cpu_request  # a limit never below the request
 
@@ -275,7 +276,7 @@ def test_floors_visible_in_reasons() -> None:
 
 
 def test_caps_applied_and_cap_below_peak_warned() -> None:
-    params = EstimatorParams(cpu_cap="500m", memory_cap="256Mi")
+    params = classic(cpu_cap="500m", memory_cap="256Mi")
     rec = run(container(), flat(2.0), flat(300 * MIB), params)
     assert rec.cpu_request == 0.5 and rec.memory_request == 256 * MIB
     assert "cap 500m applied" in rec.reasons
@@ -300,9 +301,9 @@ def test_max_step_halves_and_doubles_at_most() -> None:
 
 
 def test_max_step_factor_and_off() -> None:
-    four = run(container(1.0), flat(0.05), flat(100 * MIB), EstimatorParams(max_step=4))
+    four = run(container(1.0), flat(0.05), flat(100 * MIB), classic(max_step=4))
     assert four.cpu_request == 0.25
-    off = run(container(1.0), flat(0.05), flat(100 * MIB), EstimatorParams(max_step=None))
+    off = run(container(1.0), flat(0.05), flat(100 * MIB), classic(max_step=None))
     assert off.cpu_request == ceil_cpu(0.05 * 1.15)
 
 

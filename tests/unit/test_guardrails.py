@@ -19,6 +19,7 @@ from engine.core.model import (
 )
 from engine.core.policy import Policy, validate_policy
 from engine.core.recommend import recommend
+from tests.unit.classic_params import classic_policy_doc
 
 SAT_3AM = datetime(2026, 11, 28, 3, 0, tzinfo=UTC).timestamp()
 NOW = SAT_3AM
@@ -67,7 +68,7 @@ def spec(
 
 
 def policy(mode: str = "autopilot", **kw: Any) -> Policy:
-    return validate_policy({"id": "p", "mode": mode, **kw})
+    return validate_policy(classic_policy_doc({"id": "p", "mode": mode, **kw}))
 
 
 def run(

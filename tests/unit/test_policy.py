@@ -52,10 +52,18 @@ def test_minimal_document_gets_documented_defaults() -> None:
     p = validate_policy({"id": "p1"})
     assert p.mode is Mode.RECOMMEND and p.priority == 0 and p.version == 1
     e, g = p.estimator, p.guardrails
-    assert (e.cpu_percentile, e.cpu_headroom, e.memory_buffer) == (95, 0.15, 0.15)
-    assert (e.cpu_floor, e.memory_floor, e.max_step, e.min_samples) == (0.010, 100 * MIB, 2.0, 100)
-    assert (e.min_history, e.oom_lookback) == (3 * 3600, 7 * 86400)
+    # the backtest-tuned defaults (docs/recommendations.md)
+    assert (e.cpu_percentile, e.cpu_percentile_mode, e.cpu_burst_cost) == (95, "adaptive", 2.0)
+    assert (e.cpu_headroom, e.memory_buffer, e.memory_growth_horizon) == (0.05, 0.30, 7 * 86400)
+    assert (e.cpu_floor, e.memory_floor, e.max_step, e.min_samples) == (0.010, 100 * MIB, None, 100)
+    assert (e.min_history, e.oom_lookback, e.oom_bump_factor) == (3 * 3600, 7 * 86400, 2.0)
     assert (g.min_change, g.cooldown, g.hpa, g.oom) == (0.10, 86400, "memory-only", "protect")
+    assert (g.min_decrease, g.min_increase, g.cooldown_tolerance, g.cooldown_scope) == (
+        0.30,
+        0.0,
+        900,
+        "decreases",
+    )
     assert p.schedule is None
 
 

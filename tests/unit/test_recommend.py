@@ -15,6 +15,15 @@ from engine.core.model import (
 from engine.core.policy import DEFAULT_POLICY, validate_policy
 from engine.core.quantity import ceil_cpu
 from engine.core.recommend import recommend
+from tests.unit.classic_params import CLASSIC_GUARDRAILS, classic
+
+# the arithmetic below is the classic chain's (P95 + 15%, peak + 15%, x2 max step)
+CLASSIC_POLICY = DEFAULT_POLICY.model_copy(
+    update={
+        "estimator": classic(),
+        "guardrails": DEFAULT_POLICY.guardrails.model_copy(update=CLASSIC_GUARDRAILS),
+    }
+)
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -63,7 +72,7 @@ def usage(
 
 
 def test_composes_targets_and_savings() -> None:
-    rec = recommend(spec(), usage(), DEFAULT_POLICY, now=NOW)
+    rec = recommend(spec(), usage(), CLASSIC_POLICY, now=NOW)
     c = rec.containers[0]
     assert rec.workload_id == "smarthealth/Deployment/patient-api" and rec.replicas == 3
     assert c.cpu_request == ceil_cpu(0.6 * 1.15)
@@ -74,17 +83,17 @@ def test_composes_targets_and_savings() -> None:
 
 
 def test_ids_are_deterministic_and_content_based() -> None:
-    a = recommend(spec(), usage(), DEFAULT_POLICY, now=NOW)
-    b = recommend(spec(), usage(), DEFAULT_POLICY, now=NOW + 3600)
+    a = recommend(spec(), usage(), CLASSIC_POLICY, now=NOW)
+    b = recommend(spec(), usage(), CLASSIC_POLICY, now=NOW + 3600)
     assert a.id == b.id and a.id.startswith("rec-")
-    assert recommend(spec(), usage(cpu=0.3), DEFAULT_POLICY, now=NOW).id != a.id
-    bumped = DEFAULT_POLICY.model_copy(update={"version": 2})
+    assert recommend(spec(), usage(cpu=0.3), CLASSIC_POLICY, now=NOW).id != a.id
+    bumped = CLASSIC_POLICY.model_copy(update={"version": 2})
     assert recommend(spec(), usage(), bumped, now=NOW).id != a.id
-    assert recommend(spec(cpu=2.0), usage(), DEFAULT_POLICY, now=NOW).id != a.id
+    assert recommend(spec(cpu=2.0), usage(), CLASSIC_POLICY, now=NOW).id != a.id
 
 
 def test_no_data_container_keeps_current_cost() -> None:
-    rec = recommend(spec(), {}, DEFAULT_POLICY, now=NOW)
+    rec = recommend(spec(), {}, CLASSIC_POLICY, now=NOW)
     c = rec.containers[0]
     assert c.confidence is Confidence.NONE and c.cpu_request is None
     assert c.reasons[0].startswith("not enough data")
@@ -92,7 +101,7 @@ def test_no_data_container_keeps_current_cost() -> None:
 
 
 def test_missing_current_requests_are_said_and_cost_zero() -> None:
-    rec = recommend(spec(cpu=None, mem=None), usage(), DEFAULT_POLICY, now=NOW)
+    rec = recommend(spec(cpu=None, mem=None), usage(), CLASSIC_POLICY, now=NOW)
     reasons = rec.containers[0].reasons
     assert "no current cpu request: current cpu cost counted as 0" in reasons
     assert "no current memory request: current memory cost counted as 0" in reasons
@@ -100,7 +109,7 @@ def test_missing_current_requests_are_said_and_cost_zero() -> None:
 
 
 def test_zero_replicas() -> None:
-    rec = recommend(spec(replicas=0), usage(), DEFAULT_POLICY, now=NOW)
+    rec = recommend(spec(replicas=0), usage(), CLASSIC_POLICY, now=NOW)
     assert rec.containers[0].cpu_request is not None
     assert any(r.startswith("0 replicas") for r in rec.containers[0].reasons)
     assert rec.savings.current_monthly == 0 and rec.savings.recommended_monthly == 0
@@ -126,7 +135,7 @@ def test_prices_are_used() -> None:
     cheap = recommend(
         spec(),
         usage(),
-        DEFAULT_POLICY,
+        CLASSIC_POLICY,
         now=NOW,
         prices=Prices(cpu_core_hour=0.0, memory_gib_hour=0.0),
     )
@@ -134,7 +143,7 @@ def test_prices_are_used() -> None:
     dear = recommend(
         spec(),
         usage(),
-        DEFAULT_POLICY,
+        CLASSIC_POLICY,
         now=NOW,
         prices=Prices(cpu_core_hour=1.0, memory_gib_hour=0.0),
     )

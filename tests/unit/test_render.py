@@ -32,6 +32,15 @@ from engine.core.render import (
     rows,
     totals,
 )
+from tests.unit.classic_params import CLASSIC_GUARDRAILS, classic
+
+# the arithmetic below is the classic chain's (P95 + 15%, peak + 15%, x2 max step)
+CLASSIC_POLICY = DEFAULT_POLICY.model_copy(
+    update={
+        "estimator": classic(),
+        "guardrails": DEFAULT_POLICY.guardrails.model_copy(update=CLASSIC_GUARDRAILS),
+    }
+)
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -74,7 +83,7 @@ def workload(
         ],
     )
     summaries = {n: {"cpu": flat(c), "memory": flat(m)} for n, (c, m) in usage.items()}
-    return recommend(spec, summaries, DEFAULT_POLICY, now=NOW, prices=PRICES)
+    return recommend(spec, summaries, CLASSIC_POLICY, now=NOW, prices=PRICES)
 
 
 @pytest.fixture

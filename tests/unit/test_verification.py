@@ -354,6 +354,10 @@ def test_restarts_count_only_changed_containers_of_pods_with_new_values() -> Non
     found = evidence(v, rollout, signals, T0 + 60)
     assert [(e.signal, e.pod, e.value) for e in found] == [("restarts", "patient-api-abc-1", 2)]
     assert evidence(watch(restarts=2), rollout, signals, T0 + 60) == []
+    # a crash-looping fleet: the evidence stays bounded
+    many = [pod_series(f"patient-api-abc-{i}", **NEW) for i in range(30)]
+    storm = Signals(restarts={(f"patient-api-abc-{i}", "app"): 3 for i in range(30)})
+    assert len(evidence(v, parse_rollout(cluster(many, desired=30), v), storm, T0 + 60)) == 10
 
 
 def live_watch(**params: Any) -> Verification:

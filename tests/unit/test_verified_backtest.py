@@ -6,8 +6,10 @@ import numpy as np
 
 from engine.core.backtest import DAY, Backtest, Values
 from engine.core.backtest_score import export, figures
+from engine.core.policy import validate_policy
 from engine.core.strategies import Autopilot
 from engine.core.verified_backtest import VerifiedApply
+from tests.unit.classic_params import classic_policy_doc
 from tests.unit.test_backtest import GIB, MIB, T0, Scripted, history, in_force, params
 
 
@@ -51,7 +53,10 @@ def test_the_autopilot_under_penalty_does_not_lower_memory_again() -> None:
         lambda d: 0.2 + 0 * d,
         lambda d: np.where((d >= 10.5) & (d < 10.7), 1500 * MIB, 300 * MIB),
     )
-    plain, verified = Autopilot(name="kubefinops"), Autopilot(name="kubefinops-verified")
+    # the classic chain (x2 max step, x1.2 OOM bump) makes the cut-then-OOM story of this test
+    classic = validate_policy(classic_policy_doc({"id": "classic", "mode": "autopilot"}))
+    plain = Autopilot([classic], name="kubefinops")
+    verified = Autopilot([classic], name="kubefinops-verified")
     hook = VerifiedApply(frozenset({"kubefinops-verified"}))
     runs = Backtest([h], params(8, 16), hooks=[hook]).run([plain, verified])
     by_name = {r.name: r for r in runs}

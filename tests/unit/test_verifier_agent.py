@@ -1,0 +1,177 @@
+"""The verifier and the ledger's penalty, as plain handlers over in-memory tables and fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from agents import ledger, verifier
+from agents.runtime import Runtime, Sinks
+from engine.core.model import CycleSummary, Execution
+from engine.core.policy import validate_policy
+from engine.core.rollout import PodState, Rollout, Signals
+from engine.core.verification import Phase, Verification
+from engine.errors import DependencyUnavailable
+from engine.services import Services
+from engine.settings import load_settings
+from tables.state import LastAction, Tables
+from tests.unit.test_verification import T0, decision, execution
+
+
+@dataclass
+class Recorder:
+    sent: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
+
+    async def send(self, *, key: bytes | None = None, value: bytes | None = None) -> None:
+        self.sent.append((key, value))
+
+    def values(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for _, v in self.sent if v]
+
+
+@dataclass
+class FakeTelemetry:
+    live: bool = False
+    oom: bool = False
+
+    async def rollout(self, v: Verification, at: float) -> Rollout:
+        values = {
+            (e.container, e.section, e.resource): _q(e.new if self.live else e.old)
+            for e in v.expected
+        }
+        oom = {"app": v.applied_at + 5} if self.oom else {}
+        pod = PodState("patient-api-abc-1", ready=True, values=values, oom_at=oom)
+        return Rollout((pod,), desired=1, updated=1, ready=1)
+
+    async def signals(self, v: Verification, at: float) -> Signals:
+        return Signals()
+
+    async def baseline(self, v: Verification) -> dict[str, float]:
+        return {}
+
+
+def _q(text: str | None) -> float:
+    from engine.core.quantity import parse_quantity
+
+    return parse_quantity(text or "0")
+
+
+@dataclass
+class FakeGit:
+    reverts: list[str] = field(default_factory=list)
+    down: bool = False
+
+    async def apply_cycle(self, cycle_id: str, decisions: Any) -> Execution:
+        raise AssertionError("not used")
+
+    async def revert(self, v: Verification) -> Any:
+        if self.down:
+            raise DependencyUnavailable("git remote unreachable")
+        self.reverts.append(v.id)
+
+        @dataclass
+        class Result:
+            outcome: str = "pushed"
+            sha: str | None = "f" * 40
+            detail: str = ""
+
+        return Result()
+
+
+def runtime(mode: str = "autopilot", **services: Any) -> Runtime:
+    settings = load_settings(kafka_security_protocol="PLAINTEXT", verification_interval_seconds=1)
+    sinks = Sinks(**{f.name: Recorder() for f in fields(Sinks)})
+    tables = Tables.in_memory()
+    tables.policies["p"] = validate_policy({"id": "p", "mode": mode})
+    clock = iter(T0 + i for i in range(10_000))
+    return Runtime(settings, sinks, tables, Services(**services), clock=lambda: next(clock))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def start_record() -> bytes:
+    return (
+        verifier.VerifyStart(decision=decision(), execution=execution()).model_dump_json().encode()
+    )
+
+
+TICK = verifier.VerifyTick(at=T0).model_dump_json().encode()
+
+
+def test_forward_sends_one_start_per_pushed_workload_change() -> None:
+    rt = runtime(telemetry=FakeTelemetry())
+    summary = CycleSummary(cycle="c1", decisions=[decision()], execution=execution())
+    assert run(verifier.forward(rt, b"c1", summary.model_dump_json().encode())) == 1
+    (start,) = rt.topics.verification_queue.values()  # type: ignore[attr-defined]
+    assert start["type"] == "start" and start["decision"]["id"] == "dec-1"
+    held = summary.model_copy(
+        update={"execution": execution().model_copy(update={"outcome": "held"})}
+    )
+    assert run(verifier.forward(rt, b"c1", held.model_dump_json().encode())) == 0
+    blind = runtime()  # no telemetry configured: nothing is watched
+    assert run(verifier.forward(blind, b"c1", summary.model_dump_json().encode())) == 0
+
+
+def test_start_then_ticks_live_regressed_reverted_once() -> None:
+    telemetry, git = FakeTelemetry(), FakeGit()
+    rt = runtime(telemetry=telemetry, git=git)
+    (pending,) = run(verifier.handle(rt, b"w", start_record()))
+    assert pending.phase is Phase.PENDING
+    assert run(verifier.handle(rt, b"w", start_record())) == []  # redelivered: nothing new
+    assert run(verifier.handle(rt, b"tick", TICK)) == []  # old values still: pending
+    telemetry.live = True
+    (live,) = run(verifier.handle(rt, b"tick", TICK))
+    assert live.phase is Phase.LIVE
+    telemetry.oom = True
+    (done,) = run(verifier.handle(rt, b"tick", TICK))
+    assert done.phase is Phase.REVERTED and done.cause == "oom" and git.reverts == [done.id]
+    assert run(verifier.handle(rt, b"tick", TICK)) == [] and git.reverts == [done.id]
+    phases = [r["phase"] for r in rt.topics.verifications.values()]  # type: ignore[attr-defined]
+    assert phases == ["pending", "live", "reverted"]
+    stored = rt.tables.verifications.get(done.workload_id)
+    assert stored is not None and stored.phase is Phase.REVERTED
+
+
+def test_recommend_mode_reports_without_a_revert() -> None:
+    git = FakeGit()
+    rt = runtime("recommend", telemetry=FakeTelemetry(live=True, oom=True), git=git)
+    run(verifier.handle(rt, b"w", start_record()))
+    (out,) = run(verifier.handle(rt, b"tick", TICK))
+    assert out.phase is Phase.REGRESSED and not out.revert_pending and git.reverts == []
+    assert "revert recommended" in out.detail
+
+
+def test_a_git_outage_keeps_the_revert_due_until_it_is_made() -> None:
+    git = FakeGit(down=True)
+    rt = runtime(telemetry=FakeTelemetry(live=True, oom=True), git=git)
+    run(verifier.handle(rt, b"w", start_record()))
+    (regressed,) = run(verifier.handle(rt, b"tick", TICK))
+    assert regressed.phase is Phase.REGRESSED and regressed.revert_pending
+    git.down = False
+    (done,) = run(verifier.handle(rt, b"tick", TICK))
+    assert done.phase is Phase.REVERTED and git.reverts == [done.id]
+
+
+def test_a_malformed_queue_record_is_dead_lettered() -> None:
+    rt = runtime()
+    assert run(verifier.handle(rt, b"x", b'{"type": "start"}')) == []
+    (letter,) = rt.topics.deadletter.values()  # type: ignore[attr-defined]
+    assert letter["agent"] == "verifier" and "VerifyRecord" in letter["reason"]
+
+
+def test_the_ledger_keeps_the_penalty_across_a_later_change() -> None:
+    rt = runtime(telemetry=FakeTelemetry(live=True, oom=True), git=FakeGit())
+    run(verifier.handle(rt, b"w", start_record()))
+    (done,) = run(verifier.handle(rt, b"tick", TICK))
+    run(ledger.record_verification(rt, b"w", done.model_dump_json().encode()))
+    last = rt.tables.last_action.get(done.workload_id)
+    assert isinstance(last, LastAction) and last.penalty_until == done.penalty_until
+    later = execution("b" * 40).model_copy(update={"executed_at": T0 + 500})
+    run(ledger.record(rt, b"w", later.model_dump_json().encode()))
+    last = rt.tables.last_action.get(done.workload_id)
+    assert last is not None and last.applied_at == T0 + 500
+    assert last.penalty_until == done.penalty_until and last.penalty_cause == "oom"
