@@ -78,7 +78,9 @@ def build_services(settings: Settings) -> Services:
     services.stats = StatsService(settings, HistoryReader(db))
     if settings.git_remote_url:
         services.git = GitOpsWriter(settings)
-    services.reports = ReportWriter(settings, park_on_failure=False)
+    reports = ReportWriter(settings, park_on_failure=False)
+    services.on_close(reports.close)  # its one S3 client
+    services.reports = reports
     return services
 
 
