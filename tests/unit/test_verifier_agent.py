@@ -81,7 +81,7 @@ class FakeGit:
 
 
 def runtime(mode: str = "autopilot", **services: Any) -> Runtime:
-    settings = load_settings(kafka_security_protocol="PLAINTEXT", verification_interval_seconds=1)
+    settings = load_settings(kafka_security_protocol="PLAINTEXT", verification_interval_seconds=60)
     sinks = Sinks(**{f.name: Recorder() for f in fields(Sinks)})
     tables = Tables.in_memory()
     tables.policies["p"] = validate_policy({"id": "p", "mode": mode})
@@ -134,6 +134,16 @@ def test_start_then_ticks_live_regressed_reverted_once() -> None:
     assert phases == ["pending", "live", "reverted"]
     stored = rt.tables.verifications.get(done.workload_id)
     assert stored is not None and stored.phase is Phase.REVERTED
+
+
+def test_a_tick_queued_behind_a_slow_check_is_skipped() -> None:
+    telemetry = FakeTelemetry(live=True)
+    rt = runtime(telemetry=telemetry)
+    run(verifier.handle(rt, b"w", start_record()))
+    stale = verifier.VerifyTick(at=T0 - 600).model_dump_json().encode()
+    assert run(verifier.handle(rt, b"tick", stale)) == []  # would have gone live
+    (live,) = run(verifier.handle(rt, b"tick", TICK))
+    assert live.phase is Phase.LIVE
 
 
 def test_recommend_mode_reports_without_a_revert() -> None:
