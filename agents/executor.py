@@ -73,6 +73,7 @@ async def execute(rt: Runtime, decisions: Sequence[Decision]) -> Execution:
         execution = await retry_forever(
             lambda: writer.apply_cycle(cycle, applies),
             what=f"cycle {cycle}: Git unavailable",
+            first=rt.retry_first_seconds,
             on_retry=count_failure,
         )
     except PermanentError as exc:

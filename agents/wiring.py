@@ -55,8 +55,8 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
 
     @app.agent(topics.recommendations, name="kubefinops.agents.gate")
     async def decide(stream: Any) -> None:
-        async for event in stream.events():
-            await gate.handle(rt, event.key, event.value)
+        async for events in stream.take_events(gate.GATE_BATCH, within=gate.GATE_WITHIN):
+            await gate.handle_batch(rt, [(e.key, e.value) for e in events])
 
     @app.agent(topics.decisions, name="kubefinops.agents.executor")
     async def execute(stream: Any) -> None:

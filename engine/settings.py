@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     topic_replication: PositiveInt = 1
     topic_prefix: str = "kubefinops"
     broker_session_timeout: PositiveFloat = 30.0
+    # Static group membership (KIP-345): a worker restarted with the same id (a container restart
+    # keeps its pod name) takes its partitions back at once instead of waiting for the session
+    # timeout of its killed predecessor (bench/bench_scale.py measures both). A member that
+    # leaves for good is only noticed after the session timeout, so it is opt-in.
+    kafka_group_instance_id: str | None = None
+    # Standby copies of each table partition on other workers (Faust table_standby_replicas):
+    # with 2+ workers a failover promotes a warm standby instead of replaying the changelog.
+    table_standby_replicas: Annotated[int, Field(ge=0)] = 0
     consumer_auto_offset_reset: str = "earliest"
     # Per-partition fetch size. Faust's 1 MiB default holds ~26 of our ~38 KB batches and left the
     # aggregator waiting on the network half the time (bench/bench_pipeline.py: 2.4x with 16 MiB).

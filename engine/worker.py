@@ -76,7 +76,9 @@ def build_services(settings: Settings) -> Services:
     services.history = RecordStore(db, retention_days=settings.history_retention_days)
     if settings.git_remote_url:
         services.git = GitOpsWriter(settings)
-    services.reports = ReportWriter(settings, park_on_failure=False)
+    reports = ReportWriter(settings, park_on_failure=False)
+    services.on_close(reports.close)  # its one S3 client
+    services.reports = reports
     return services
 
 

@@ -34,11 +34,25 @@ def _json() -> faust.Schema[Any, Any]:
     return faust.Schema(key_serializer="json", value_serializer="json")
 
 
+# Every container's value is rewritten each hour: with Kafka's default 1 GiB / 7-day segments the
+# changelog keeps every version until a segment rolls, and a restart replays all of them.  Hourly
+# segments and an eager cleaner keep it near one value per container (set at topic creation).
+USAGE_CHANGELOG_CONFIG = {
+    "segment.ms": str(3600 * 1000),
+    "segment.bytes": str(64 * 1024 * 1024),
+    "min.cleanable.dirty.ratio": "0.2",
+}
+
+
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
     n = settings.topic_partitions
     return Tables.over(
         usage=app.Table(
-            "usage", partitions=n, help="Windowed usage sketches per container", schema=_json()
+            "usage",
+            partitions=n,
+            help="Windowed usage sketches per container",
+            schema=_json(),
+            extra_topic_configs=USAGE_CHANGELOG_CONFIG,
         ),
         workloads=app.Table(
             "workloads", partitions=n, help="Latest spec per workload", schema=_json()

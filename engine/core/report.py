@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,8 +44,14 @@ class CycleReport(BaseModel):
         return dict(self.execution.held) if self.execution is not None else {}
 
     @classmethod
-    def from_summary(cls, summary: CycleSummary, generated_at: float = 0.0) -> CycleReport:
-        """The report of a cycle as the executor summarised it (``kubefinops.cycles``).
+    def from_summary(
+        cls,
+        summary: CycleSummary,
+        generated_at: float = 0.0,
+        verifications: Sequence[Verification] = (),
+    ) -> CycleReport:
+        """The report of a cycle as the executor summarised it (``kubefinops.cycles``), with the
+        verification outcomes of earlier changes recorded since the previous cycle.
 
         Dated by the execution time, so a re-delivered summary gives the same object keys.
         """
@@ -54,6 +61,7 @@ class CycleReport(BaseModel):
             decisions=summary.decisions,
             execution=summary.execution,
             policies=summary.policies,
+            verifications=list(verifications),
         )
 
 

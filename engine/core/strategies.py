@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -162,10 +163,27 @@ class _Peer(BaseModel):
     )
     allow_hpa: bool = Field(False, description="recommend for workloads an HPA scales")
 
-    def hpa_skip(self, state: WorkloadState) -> Outcome | None:
-        if self.allow_hpa or not hpa_resources(state.spec):
-            return None
-        return Outcome("skip", "hpa-conflict", "an HPA scales this workload")
+    def decide(self, state: WorkloadState, now: float) -> Outcome:
+        if not self.allow_hpa and hpa_resources(state.spec):
+            return Outcome("skip", "hpa-conflict", "an HPA scales this workload")
+        targets = {}
+        for name, cs in state.containers.items():
+            ts, cpu, mem = cs.window(self.window_seconds(), now)
+            values = self.targets(state.container(name), ts, cpu, mem, now)
+            if values is not None:
+                targets[name] = values
+        return _peer_outcome(state, targets, self.update_threshold, self.not_enough)
+
+    # --- what a peer defines
+    not_enough: ClassVar[str] = "not enough data"
+
+    def window_seconds(self) -> float:
+        raise NotImplementedError
+
+    def targets(
+        self, c: ContainerSpec, ts: FloatArray, cpu: FloatArray, mem: FloatArray, now: float
+    ) -> Values | None:
+        raise NotImplementedError
 
 
 class KrrSimple(_Peer):
@@ -181,24 +199,22 @@ class KrrSimple(_Peer):
     min_history: float = Field(3 * 3600.0, ge=0, description="history span needed, seconds")
     oom_bump: bool = Field(False, description="KRR's optional OOM bump (x1.25 of the limit)")
 
-    def decide(self, state: WorkloadState, now: float) -> Outcome:
-        skip = self.hpa_skip(state)
-        if skip:
-            return skip
-        targets = {}
-        for name, cs in state.containers.items():
-            ts, cpu, mem = cs.window(self.history, now)
-            if ts.size < self.min_points or float(ts[-1] - ts[0]) < self.min_history:
-                continue
-            cpu_req = max(ceil_cpu(float(np.percentile(cpu, self.cpu_percentile))), self.cpu_floor)
-            memory = float(mem.max()) * (1 + self.memory_buffer)
-            c = state.container(name)
-            if self.oom_bump and c.last_oom_at is not None and c.oom_limit_bytes:
-                memory = max(memory, c.oom_limit_bytes * 1.25)
-            memory = max(ceil_memory(memory), self.memory_floor)
-            targets[name] = Values(cpu_request=cpu_req, memory_request=memory, memory_limit=memory)
-        why = f"fewer than {self.min_points} samples over {self.min_history / 3600:g} h"
-        return _peer_outcome(state, targets, self.update_threshold, why)
+    not_enough: ClassVar[str] = "fewer than the minimum points or history"
+
+    def window_seconds(self) -> float:
+        return self.history
+
+    def targets(
+        self, c: ContainerSpec, ts: FloatArray, cpu: FloatArray, mem: FloatArray, now: float
+    ) -> Values | None:
+        if ts.size < self.min_points or float(ts[-1] - ts[0]) < self.min_history:
+            return None
+        cpu_req = max(ceil_cpu(float(np.percentile(cpu, self.cpu_percentile))), self.cpu_floor)
+        memory = float(mem.max()) * (1 + self.memory_buffer)
+        if self.oom_bump and c.last_oom_at is not None and c.oom_limit_bytes:
+            memory = max(memory, c.oom_limit_bytes * 1.25)
+        memory = max(ceil_memory(memory), self.memory_floor)
+        return Values(cpu_request=cpu_req, memory_request=memory, memory_limit=memory)
 
 
 def weighted_quantile(values: FloatArray, weights: FloatArray, q: float) -> float:
@@ -229,31 +245,30 @@ class VpaLike(_Peer):
     memory_floor: float = Field(250 * MIB, ge=0, description="minimum memory, bytes (per pod)")
     oom_lookback: float = Field(8 * DAY, ge=0, description="an OOM counts this long, seconds")
 
-    def decide(self, state: WorkloadState, now: float) -> Outcome:
-        skip = self.hpa_skip(state)
-        if skip:
-            return skip
-        targets = {}
-        for name, cs in state.containers.items():
-            ts, cpu, mem = cs.window(self.history, now)
-            if ts.size == 0:
-                continue
-            weights = np.exp2((ts - now) / self.half_life)
-            cpu_t = weighted_quantile(cpu, weights, self.cpu_percentile) * (1 + self.margin)
-            day, peaks = daily_peaks(ts, mem)
-            peak_w = np.exp2((day + DAY - now) / self.half_life)
-            mem_t = weighted_quantile(peaks, peak_w, self.memory_percentile) * (1 + self.margin)
-            c = state.container(name)
-            mem_t = max(mem_t, _oom_floor(c, now, self.oom_lookback))
-            cpu_req = max(ceil_cpu(cpu_t), self.cpu_floor)
-            mem_req = max(ceil_memory(mem_t), self.memory_floor)
-            targets[name] = Values(
-                cpu_request=cpu_req,
-                cpu_limit=_proportional(c.limits.cpu, c.requests.cpu, cpu_req),
-                memory_request=mem_req,
-                memory_limit=_proportional(c.limits.memory, c.requests.memory, mem_req),
-            )
-        return _peer_outcome(state, targets, self.update_threshold, "no samples yet")
+    not_enough: ClassVar[str] = "no samples yet"
+
+    def window_seconds(self) -> float:
+        return self.history
+
+    def targets(
+        self, c: ContainerSpec, ts: FloatArray, cpu: FloatArray, mem: FloatArray, now: float
+    ) -> Values | None:
+        if ts.size == 0:
+            return None
+        weights = np.exp2((ts - now) / self.half_life)
+        cpu_t = weighted_quantile(cpu, weights, self.cpu_percentile) * (1 + self.margin)
+        day, peaks = daily_peaks(ts, mem)
+        peak_w = np.exp2((day + DAY - now) / self.half_life)
+        mem_t = weighted_quantile(peaks, peak_w, self.memory_percentile) * (1 + self.margin)
+        mem_t = max(mem_t, _oom_floor(c, now, self.oom_lookback))
+        cpu_req = max(ceil_cpu(cpu_t), self.cpu_floor)
+        mem_req = max(ceil_memory(mem_t), self.memory_floor)
+        return Values(
+            cpu_request=cpu_req,
+            cpu_limit=_proportional(c.limits.cpu, c.requests.cpu, cpu_req),
+            memory_request=mem_req,
+            memory_limit=_proportional(c.limits.memory, c.requests.memory, mem_req),
+        )
 
 
 def _proportional(limit: float | None, request: float | None, new_request: float) -> float | None:

@@ -157,9 +157,7 @@ class LocalReports:
                 return []
             summary = join_cycle(self._parts.pop(summary.cycle))
         keys = []
-        report = CycleReport.from_summary(summary, generated_at)
-        report = report.model_copy(update={"verifications": list(verifications)})
-        for obj in documents(report):
+        for obj in documents(CycleReport.from_summary(summary, generated_at, verifications)):
             path = self.folder / obj.key
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(obj.body)

@@ -235,3 +235,13 @@ async def test_changed_retention_updates_the_ttl_index(client: AsyncMongoClient[
     for kind in ("recommendations", "decisions", "executions"):
         info = await db[kind].index_information()
         assert info["ttl"]["expireAfterSeconds"] == 30 * 86400
+
+
+async def test_save_many_is_one_bulk_of_idempotent_upserts(records: RecordStore) -> None:
+    batch = [_decision(i, Action.APPLY if i % 2 else Action.HOLD, 1000.0 + i) for i in range(500)]
+    assert await records.save_many("decisions", list(batch)) == 500
+    assert await records.save_many("decisions", list(batch[:100])) == 100  # re-delivered
+    assert await records.db["decisions"].count_documents({}) == 500
+    assert await records.save_many("decisions", []) == 0
+    one = await records.db["decisions"].find_one({"_id": "d7"})
+    assert one is not None and one["decided_at"] == 1007.0 and one["action"] == "apply"

@@ -13,7 +13,7 @@ import pytest
 
 from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo
-from tests.integration.test_worker import batches, encode, workload
+from tests.integration.samples import batches, encode, workload
 from tests.integration.workers import Deployment, consume_all, http_json, produce
 
 pytestmark = pytest.mark.integration

@@ -307,7 +307,12 @@ async def test_a_five_thousand_decision_cycle_gives_one_complete_report(
     assert len(parts) > 2
     order = [*parts[1:], parts[1], parts[0]]  # out of order, with a duplicate
     writer = ReportWriter(settings_for(s3, tmp_path, bucket), park_on_failure=False)
-    results = [await writer.write_cycle(p) for p in order]
+    results = [await writer.write_cycle(order[0])]
+    opened = writer._s3
+    results += [await writer.write_cycle(p) for p in order[1:]]
+    assert opened is not None and writer._s3 is opened  # one S3 client for every write
+    await writer.close()
+    assert writer._s3 is None
     for keys in results[:-1]:
         assert len(keys) == 1 and "/parts/" in keys[0]  # stored, waiting for the rest
     keys = results[-1]

@@ -1,0 +1,389 @@
+"""Fleet-scale benchmark: one worker, N workloads x 2 containers x 14 days (not a test).
+
+    python bench/bench_scale.py [--sizes 1000,3000] [--days 14] [--step 300] [--burst 1000]
+                                [--session-timeout 30] [--timeout 1800]
+
+Starts a private Apache Kafka (KRaft, SASL_PLAINTEXT + SCRAM-SHA-256) and SecantusDB on loopback,
+then for each size (a fresh deployment: its own topics and app id):
+
+1. **Ingest**: pre-produces ``days`` of samples every ``step`` seconds for every container in the
+   collector's 6-hour chunks, starts ONE ``kubefinops worker`` with the production session
+   timeout and waits until every sample is in table state.
+2. **Decisions**: one cycle-end marker per workload (the collector's in-band marker with its
+   spec) and times the decisions on ``kubefinops.decisions``: decisions per second.
+3. **RSS** of the worker after ingest + decisions (VmRSS) and its peak (VmHWM); **changelog
+   bytes** of the usage table on the broker's disk; agent crashes and oversized-message errors
+   counted in the worker log.
+4. **Burst**: a collector-shaped burst — one new hourly chunk for ``burst`` workloads, each
+   followed by its cycle-end marker — and the latency from a workload's marker being
+   acknowledged by Kafka to its decision arriving (p50 / p99).
+5. **Recovery**: SIGKILL, then a new worker process; the time from process start until
+   ``/api/usage`` answers the pre-kill counts for a sample of workloads, with static group
+   membership (the same ``KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID`` as the killed worker) and without
+   (a plain member waits for the killed one's session to time out).
+
+Figures are printed, never asserted.  The producer runs before the worker starts (ingest) or
+concurrently (burst, on the same 2 cores: the latencies include that competition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    Stack,
+    container_names,
+    get_text,
+    proc_status,
+    produce_fast,
+    wait_ingested,
+)
+from engine.core.model import ContainerSpec, CycleEnd, ResourcePair, WorkloadSpec
+from tests.harness.kafka import create_topics
+from tests.harness.proc import Server
+from tests.harness.s3 import S3Info, start_s3, unique_bucket
+from tests.integration.workers import Deployment
+
+PARTITIONS = 4
+CHUNK = 6 * 3600
+MIB = 2**20
+
+
+def workloads(n: int) -> list[tuple[str, str]]:
+    """(namespace, name) of ``n`` workloads; containers ``app`` and ``sidecar`` each."""
+    names = container_names(2 * n, per_workload=2)
+    return [(ns, wl) for ns, wl, c in names if c == "app"]
+
+
+def spec_of(ns: str, name: str, at: float) -> WorkloadSpec:
+    return WorkloadSpec(
+        namespace=ns,
+        kind="Deployment",
+        name=name,
+        replicas=2,
+        containers=[
+            ContainerSpec(name=c, requests=ResourcePair(cpu=0.5, memory=512 * MIB))
+            for c in ("app", "sidecar")
+        ],
+        observed_at=at,
+    )
+
+
+def batch_doc(
+    rng: np.random.Generator, ns: str, wl: str, cont: str, start: int, end: int, step: int
+) -> tuple[bytes, bytes, int]:
+    ts = np.arange(start + step, end + 1, step, dtype=float)
+    cpu = np.round(rng.lognormal(math.log(0.2), 0.6, ts.size), 5)
+    mem = np.round(rng.uniform(2e8, 6e8, ts.size))
+    tl = ts.tolist()
+    doc = {
+        "namespace": ns,
+        "kind": "Deployment",
+        "workload": wl,
+        "container": cont,
+        "start": float(start),
+        "end": float(end),
+        "type": "usage",
+        "samples": {
+            "cpu": [list(p) for p in zip(tl, cpu.tolist(), strict=True)],
+            "memory": [list(p) for p in zip(tl, mem.tolist(), strict=True)],
+        },
+    }
+    return f"{ns}/Deployment/{wl}".encode(), json.dumps(doc).encode(), 2 * ts.size
+
+
+def history(wls: list[tuple[str, str]], chunks: list[tuple[int, int]], step: int) -> Any:
+    rng = np.random.default_rng(11)
+    for start, end in chunks:
+        yield [
+            batch_doc(rng, ns, wl, c, start, end, step)[:2]
+            for ns, wl in wls
+            for c in ("app", "sidecar")
+        ]
+
+
+def markers(wls: list[tuple[str, str]], cycle: str, at: float) -> list[tuple[bytes, bytes]]:
+    out = []
+    for ns, wl in wls:
+        marker = CycleEnd(cycle=cycle, spec=spec_of(ns, wl, at))
+        out.append((f"{ns}/Deployment/{wl}".encode(), marker.model_dump_json().encode()))
+    return out
+
+
+async def decisions_of(
+    dep: Deployment,
+    stack: Stack,
+    cycle: str,
+    expect: int,
+    send: list[tuple[bytes, bytes]],
+    timeout: float,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Produce ``send`` (in order) while consuming decisions of ``cycle``.
+
+    Returns (ack time per workload of its last record sent, arrival time per workload).
+    """
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    assert stack.kafka is not None
+    consumer = AIOKafkaConsumer(**stack.kafka.client_kwargs(), group_id=None)
+    await consumer.start()
+    tp = TopicPartition(dep.topic("decisions"), 0)
+    consumer.assign([tp])
+    await consumer.seek_to_end(tp)
+    arrived: dict[str, float] = {}
+    acked: dict[str, float] = {}
+
+    async def consume() -> None:
+        while len(arrived) < expect:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            now = time.monotonic()
+            for records in batch.values():
+                for r in records:
+                    doc = json.loads(r.value)
+                    if doc.get("cycle") == cycle:
+                        arrived.setdefault(doc["workload_id"], now)
+
+    producer = AIOKafkaProducer(
+        **stack.kafka.client_kwargs(), acks="all", linger_ms=2, max_request_size=8 << 20
+    )
+    await producer.start()
+    task = asyncio.create_task(consume())
+    try:
+        for i in range(0, len(send), 200):
+            part = send[i : i + 200]
+            futures = [await producer.send(dep.topic("metrics"), value=v, key=k) for k, v in part]
+            for (k, _), fut in zip(part, futures, strict=True):
+                await fut
+                acked[k.decode()] = time.monotonic()
+        await asyncio.wait_for(task, timeout)
+    except TimeoutError:
+        print(f"!! only {len(arrived)}/{expect} decisions of {cycle} within {timeout:.0f}s")
+    finally:
+        task.cancel()
+        await producer.stop()
+        await consumer.stop()
+    return acked, arrived
+
+
+def usage_count(port: int, ns: str, wl: str) -> int | None:
+    try:
+        text = get_text(f"http://127.0.0.1:{port}/api/usage/{ns}/Deployment/{wl}", timeout=5)
+    except OSError:
+        return None
+    doc = json.loads(text)
+    return int(sum(c["cpu"]["count"] for c in doc.get("containers", {}).values()))
+
+
+def changelog_bytes(stack: Stack, dep: Deployment) -> int:
+    total = 0
+    for part in stack.workdir.glob(f"kafka*/data/{dep.prefix}-usage-changelog-*"):
+        # segment data only: index files are preallocated (10 MiB each, sparse)
+        total += sum(f.stat().st_size for f in part.glob("*.log"))
+    return total
+
+
+def log_problems(server: Server) -> dict[str, int]:
+    text = Path(server.log).read_text(errors="replace")
+    return {
+        "agent crashes": len(re.findall(r"crashed|Traceback", text)),
+        "MessageSizeTooLarge": text.count("MessageSizeTooLarge"),
+        "producer buffer full": text.count("producer buffer full"),
+        "timer overlapping": text.count("Timer commit is overlapping"),
+    }
+
+
+def recover(
+    dep: Deployment, name: str, port: int, probe: list[tuple[str, str, int]], timeout: float
+) -> tuple[float | None, Server, int]:
+    """A new worker process on the killed one's port (a restarted container keeps its pod's
+    address, which Faust's assignor checks against a static member's previous assignment)."""
+    started = time.monotonic()
+    server = Server(
+        name=name,
+        argv=[sys.executable, "-m", "engine.cli", "worker"],
+        log=dep.workdir / f"{name}.log",
+        env=dep.env(port, name),
+    ).start()
+    dep.workers.append((server, port))
+    pending = list(probe)
+    while pending and time.monotonic() - started < timeout and server.alive():
+        pending = [(ns, wl, n) for ns, wl, n in pending if usage_count(port, ns, wl) != n]
+        if pending:
+            time.sleep(0.2)
+    return (None if pending else time.monotonic() - started), server, port
+
+
+def reports_in(s3: S3Info, bucket: str) -> tuple[int, int]:
+    """(report.json objects, decisions they list) in the bucket."""
+    client = s3.boto3_client()
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith("/report.json")]
+    decisions = 0
+    for key in keys:
+        doc = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        decisions += int(doc["totals"]["decisions"])
+    return len(keys), decisions
+
+
+def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    assert stack.kafka is not None
+    print(f"\n== {n:,} workloads x 2 containers x {args.days} days, {args.step}s samples")
+    bucket = unique_bucket("scale")
+    env = {
+        "KUBEFINOPS_S3_ENDPOINT_URL": s3.endpoint_url,
+        "KUBEFINOPS_S3_ACCESS_KEY": s3.access_key,
+        "KUBEFINOPS_S3_SECRET_KEY": s3.secret_key,
+        "KUBEFINOPS_S3_REGION": s3.region,
+        "KUBEFINOPS_S3_BUCKET": bucket,
+        "KUBEFINOPS_BROKER_SESSION_TIMEOUT": str(args.session_timeout),
+        "KUBEFINOPS_COLLECT_ON_START": "false",
+        "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "",  # the first worker is a plain member
+        "KUBEFINOPS_APPLY_BATCH_SECONDS": "5",
+    }
+    dep = stack.deployment(partitions=PARTITIONS, **env)
+    create_topics(stack.kafka, [dep.topic("metrics")], partitions=PARTITIONS)
+    wls = workloads(n)
+    end = int(time.time() // 3600 * 3600) - 3600
+    chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(args.days * 4)][::-1]
+    per_msg = 2 * (CHUNK // args.step)
+    total = len(chunks) * 2 * n * per_msg
+    batches = history(wls, chunks, args.step)
+    sent, took = asyncio.run(produce_fast(stack.kafka, dep.topic("metrics"), batches))
+    print(f"  produced {sent:,} batches ({total:,} samples) in {took:.0f}s")
+    t0 = time.monotonic()
+    server, port = dep.start_worker("w0")
+    dep.wait_ready(port, server=server, timeout=300)
+    prog, _ = wait_ingested(port, total, args.timeout, pid=server.pid, poll=1.0)
+    if prog.done_at is None:
+        print(f"!! ingest incomplete: {prog.last:,.0f}/{total:,}")
+    ingest_s = (prog.done_at or time.monotonic()) - t0
+    print(f"  MEASURED ingest: start->all {ingest_s:.0f}s ({total / ingest_s:,.0f} samples/s)")
+
+    cycle = "bench-full"
+    acked, arrived = asyncio.run(
+        decisions_of(dep, stack, cycle, n, markers(wls, cycle, time.time()), args.timeout)
+    )
+    if arrived:
+        span = max(arrived.values()) - min(acked.values())
+        print(
+            f"  MEASURED decisions: {len(arrived):,}/{n:,} in {span:.1f}s = "
+            f"{len(arrived) / span:,.0f} decisions/s"
+        )
+    deadline = time.monotonic() + args.apply_wait  # the executor and the reporter take it
+    n_reports, reported = reports_in(s3, bucket)
+    while reported < len(arrived) and time.monotonic() < deadline:
+        time.sleep(2)
+        n_reports, reported = reports_in(s3, bucket)
+    print(f"  reports in S3: {n_reports}, listing {reported:,} of {len(arrived):,} decisions")
+    t_scrape = time.monotonic()
+    scraped = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
+    print(f"  MEASURED /metrics: {len(scraped) / 1024:.0f} KiB, "
+          f"scraped in {time.monotonic() - t_scrape:.2f}s")  # fmt: skip
+    status = proc_status(server.pid)
+    rss, hwm = status.get("VmRSS", 0) / MIB, status.get("VmHWM", 0) / MIB
+    cl = changelog_bytes(stack, dep)
+    print(
+        f"  MEASURED RSS after ingest+decisions {rss:.0f} MiB, peak {hwm:.0f} MiB; "
+        f"usage changelog on disk {cl / MIB:.1f} MiB ({cl / (2 * n):,.0f} B per container)"
+    )
+
+    burst = min(args.burst, n)
+    b_end = end + 3600
+    rng = np.random.default_rng(5)
+    msgs: list[tuple[bytes, bytes]] = []
+    for ns, wl in wls[:burst]:
+        for c in ("app", "sidecar"):
+            msgs.append(batch_doc(rng, ns, wl, c, end, b_end, args.step)[:2])
+        msgs += markers([(ns, wl)], "bench-burst", time.time())
+    acked, arrived = asyncio.run(decisions_of(dep, stack, "bench-burst", burst, msgs, args.timeout))
+    lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
+    if lat.size:
+        print(
+            f"  MEASURED burst of {burst:,} workloads: {lat.size:,} decisions, marker ack -> "
+            f"decision p50 {np.percentile(lat, 50):.2f}s p99 {np.percentile(lat, 99):.2f}s "
+            f"max {lat.max():.2f}s"
+        )
+    problems = log_problems(server)
+    print(f"  worker log: {problems}")
+
+    probe = []
+    for ns, wl in wls[:: max(1, n // 20)][:20]:
+        count = usage_count(port, ns, wl)
+        if count:
+            probe.append((ns, wl, count))
+    rec: dict[str, float | None] = {}
+    # 1st restart: the killed worker was a plain member, so the group waits for its session to
+    # time out whatever the new one is; 2nd: the killed one was static, the new one takes over.
+    for mode in ("plain member", "static membership"):
+        server.kill()
+        dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = "bench-worker-0"
+        took_r, server, port = recover(dep, f"w-{len(rec) + 1}", port, probe, args.timeout)
+        rec[mode] = took_r
+        shown = "did not recover" if took_r is None else f"{took_r:.1f}s"
+        print(
+            f"  MEASURED recovery after SIGKILL ({mode}, session timeout "
+            f"{args.session_timeout:g}s): process start -> correct /api/usage {shown}"
+        )
+    dep.stop_all()
+    return {
+        "n": n,
+        "rss": rss,
+        "hwm": hwm,
+        "changelog": cl,
+        "ingest_s": ingest_s,
+        "burst_p99": float(np.percentile(lat, 99)) if lat.size else None,
+        "recovery": rec,
+        "problems": problems,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,3000")
+    ap.add_argument("--days", type=int, default=14)
+    ap.add_argument("--step", type=int, default=300, help="seconds between samples")
+    ap.add_argument("--burst", type=int, default=1000)
+    ap.add_argument("--session-timeout", type=float, default=30.0, help="production default 30")
+    ap.add_argument("--apply-wait", type=float, default=120.0, help="max wait for reports")
+    ap.add_argument("--timeout", type=float, default=1800.0)
+    args = ap.parse_args()
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    stack = Stack()
+    results = []
+    try:
+        stack.start()
+        s3 = start_s3(stack.workdir)
+        stack.servers.append(s3.server)
+        for n in (int(s) for s in args.sizes.split(",")):
+            results.append(one_size(stack, s3, n, args))
+    finally:
+        stack.close()
+    if len(results) >= 2:
+        a, b = results[-2], results[-1]
+        per = (b["rss"] - a["rss"]) / (b["n"] - a["n"])
+        print(
+            f"\nEXTRAPOLATED (linear in workloads from {a['n']} and {b['n']}): RSS at 10,000 "
+            f"workloads ~{a['rss'] + per * (10_000 - a['n']):.0f} MiB "
+            f"({per * 1024:.1f} KiB per workload)"
+        )
+
+
+if __name__ == "__main__":
+    main()
