@@ -90,13 +90,6 @@ def first_eval_time(start: float, step: int) -> float:
     return _floor(start, step) + step
 
 
-def advance(watermarks: Mapping[str, float], name: str, end: float) -> dict[str, float]:
-    """A copy of ``watermarks`` with ``name`` moved forward to ``end`` (never backwards)."""
-    out = dict(watermarks)
-    out[name] = max(end, out.get(name, end))
-    return out
-
-
 def cpu_expr(rate_window: int) -> str:
     return (
         "sum by (namespace, pod, container) (rate(container_cpu_usage_seconds_total"
