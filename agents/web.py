@@ -130,6 +130,9 @@ def _matches(given: str, token: SecretStr | None) -> bool:
 
 
 Scope = Literal["read", "write"]
+# The web UI's pages and their requests carry the read token in this cookie (HttpOnly,
+# SameSite=Strict), set by ``/ui/?token=…`` (agents/stats_web.py); only reads accept it.
+READ_COOKIE = "kubefinops_read"
 
 
 def auth_problem(
@@ -161,12 +164,10 @@ def bearer_required(scope: Scope = "write") -> Callable[[Method], Method]:
         @functools.wraps(method)
         async def guarded(self: RuntimeView, request: Request, **kwargs: Any) -> Response:
             settings = self.rt.settings
-            problem = auth_problem(
-                scope,
-                request.headers.get("Authorization", ""),
-                settings.api_token,
-                settings.api_read_token,
-            )
+            header = request.headers.get("Authorization", "")
+            if not header and scope == "read" and request.cookies.get(READ_COOKIE):
+                header = f"Bearer {request.cookies[READ_COOKIE]}"
+            problem = auth_problem(scope, header, settings.api_token, settings.api_read_token)
             if problem is not None:
                 status, message = problem
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -338,8 +339,14 @@ ROUTES: tuple[tuple[str, type[RuntimeView]], ...] = (
 )
 
 
-def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
-    """Serve every route of :data:`ROUTES` on the worker's web server, bound to ``rt``."""
-    for path, view in ROUTES:
+def register(
+    app: faust.App,
+    topics: Topics,
+    rt: Runtime,
+    routes: tuple[tuple[str, type[RuntimeView]], ...] = ROUTES,
+) -> None:
+    """Serve every route of ``routes`` (default :data:`ROUTES`) on the worker's web server,
+    bound to ``rt``."""
+    for path, view in routes:
         bound = type(view.__name__, (view,), {"rt": rt, "topics": topics})
         app.page(path)(bound)
