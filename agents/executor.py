@@ -45,15 +45,8 @@ def _local(
     held: bool = False,
 ) -> Execution:
     """An execution decided here, without the writer (nothing to apply, no remote, refused)."""
-    return Execution(
-        cycle=cycle,
-        workload_ids=[d.workload_id for d in applies],
-        decision_ids=[d.id for d in applies],
-        outcome=outcome,
-        detail=detail,
-        held={d.workload_id: detail for d in applies} if held else {},
-        executed_at=at,
-    )
+    why = {d.workload_id: detail for d in applies} if held else {}
+    return Execution.of(cycle, applies, outcome, executed_at=at, detail=detail, held=why)
 
 
 async def execute(rt: Runtime, decisions: Sequence[Decision]) -> Execution:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -20,13 +21,35 @@ log = logging.getLogger("kubefinops.wiring")
 RECONCILE_DELAY_SECONDS = 5.0  # let the global table recover before reconciling it
 
 
+Handler = Callable[[Runtime, bytes | None, bytes | None], Awaitable[object]]
+
+
+def per_event(
+    app: faust.App, topic: faust.TopicT, name: str, handler: Handler, rt: Runtime
+) -> None:
+    """A stream agent that hands each record (key, value) of ``topic`` to ``handler``."""
+
+    async def agent(stream: Any) -> None:
+        async for event in stream.events():
+            await handler(rt, event.key, event.value)
+
+    agent.__name__ = agent.__qualname__ = name.rsplit(".", 1)[-1]
+    app.agent(topic, name=name)(agent)
+
+
 def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
     """Register every stream agent, timer and start-up task of the autopilot on ``app``."""
-
-    @app.agent(topics.policies, name="kubefinops.agents.policy_sync")
-    async def policy_sync(stream: Any) -> None:
-        async for event in stream.events():
-            await policies.sync(rt, event.key, event.value)
+    record_handlers: tuple[tuple[faust.TopicT, str, Handler], ...] = (
+        (topics.policies, "policy_sync", policies.sync),
+        (topics.metrics, "aggregator", aggregator.ingest),
+        (topics.executions, "ledger", ledger.record),
+        (topics.verifications, "ledger_verifications", ledger.record_verification),
+        (topics.cycles, "verifier_forward", verifier.forward),
+        (topics.verification_queue, "verifier", verifier.handle),
+        (topics.cycles, "reporter", reporter.handle),
+    )
+    for topic, name, handler in record_handlers:
+        per_event(app, topic, f"kubefinops.agents.{name}", handler, rt)
 
     @app.task
     async def reconcile_on_start() -> None:
@@ -48,11 +71,6 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         async for _ in stream:
             await collector.on_tick(rt)
 
-    @app.agent(topics.metrics, name="kubefinops.agents.aggregator")
-    async def aggregate(stream: Any) -> None:
-        async for event in stream.events():
-            await aggregator.ingest(rt, event.key, event.value)
-
     @app.agent(topics.recommendations, name="kubefinops.agents.gate")
     async def decide(stream: Any) -> None:
         async for events in stream.take_events(gate.GATE_BATCH, within=gate.GATE_WITHIN):
@@ -63,35 +81,10 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         async for batch in stream.take(1000, within=rt.settings.apply_batch_seconds):
             await executor.handle_batch(rt, batch)
 
-    @app.agent(topics.executions, name="kubefinops.agents.ledger")
-    async def ledger_agent(stream: Any) -> None:
-        async for event in stream.events():
-            await ledger.record(rt, event.key, event.value)
-
-    @app.agent(topics.verifications, name="kubefinops.agents.ledger_verifications")
-    async def ledger_verifications(stream: Any) -> None:
-        async for event in stream.events():
-            await ledger.record_verification(rt, event.key, event.value)
-
-    @app.agent(topics.cycles, name="kubefinops.agents.verifier_forward")
-    async def verifier_forward(stream: Any) -> None:
-        async for event in stream.events():
-            await verifier.forward(rt, event.key, event.value)
-
     @app.timer(interval=rt.settings.verification_interval_seconds, on_leader=True)
     async def verification_tick() -> None:
         if rt.settings.verification_enabled:
             await verifier.request_tick(rt)
-
-    @app.agent(topics.verification_queue, name="kubefinops.agents.verifier")
-    async def verify(stream: Any) -> None:
-        async for event in stream.events():
-            await verifier.handle(rt, event.key, event.value)
-
-    @app.agent(topics.cycles, name="kubefinops.agents.reporter")
-    async def report(stream: Any) -> None:
-        async for event in stream.events():
-            await reporter.handle(rt, event.key, event.value)
 
 
 AGENTS = (

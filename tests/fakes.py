@@ -221,12 +221,22 @@ class FakePolicies(Failing):
 
 
 class FakeUsage(Failing):
+    """Prometheus as the collector sees it: the batches of a chunk, the specs; ``fail_after(n,
+    exc)`` lets ``n`` chunks through and then raises ``exc`` once (Prometheus went away)."""
+
     def __init__(self, batches: list[MetricsBatch], specs: list[WorkloadSpec]) -> None:
         super().__init__()
         self.batches, self.specs = batches, specs
         self.chunks: list[tuple[float, float]] = []
+        self._fail_at: tuple[int, Exception] | None = None
+
+    def fail_after(self, chunks: int, exc: Exception) -> None:
+        self._fail_at = (len(self.chunks) + chunks, exc)
 
     async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
+        if self._fail_at is not None and len(self.chunks) == self._fail_at[0]:
+            exc, self._fail_at = self._fail_at[1], None
+            raise exc
         self._maybe_fail()
         self.chunks.append((start, end))
         return [b for b in self.batches if start < b.end <= end]

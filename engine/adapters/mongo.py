@@ -341,31 +341,6 @@ class RecordStore:
             )
         return [r for r in (_strip(r) for r in rows) if r is not None]
 
-    async def last_applied(self, workload_id: str) -> Doc | None:
-        """The newest ``apply`` decision of a workload (cooldown / idempotency after restart)."""
-        with mongo_errors("decisions read"):
-            row = await self.db["decisions"].find_one(
-                {"workload_id": workload_id, "action": "apply"}, sort=[("at", DESCENDING)]
-            )
-        return _strip(row)
-
-    async def last_applied_all(self) -> dict[str, Doc]:
-        """Newest ``apply`` decision per workload, for warming the control-loop state."""
-        pipeline: list[Doc] = [
-            {"$match": {"action": "apply"}},
-            {"$sort": {"at": -1}},
-            {"$group": {"_id": "$workload_id", "doc": {"$first": "$$ROOT"}}},
-        ]
-        with mongo_errors("decisions aggregate"):
-            cursor = await self.db["decisions"].aggregate(pipeline)
-            rows = await cursor.to_list()
-        out: dict[str, Doc] = {}
-        for row in rows:
-            doc = _strip(row["doc"])
-            if doc is not None:
-                out[str(row["_id"])] = doc
-        return out
-
 
 def _clean(doc: Doc | None) -> Doc | None:
     """A stored record as the API shows it: no ``_id``, no ``stored_at`` (a TTL datetime)."""

@@ -9,6 +9,7 @@ seconds (float, UTC).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -359,6 +360,32 @@ class Execution(Wire):
     @property
     def id(self) -> str:
         return execution_id(self.cycle)
+
+    @classmethod
+    def of(
+        cls,
+        cycle: str,
+        applied: Sequence[Decision],
+        outcome: Outcome,
+        *,
+        executed_at: float,
+        detail: str = "",
+        held: Mapping[str, str] | None = None,
+        commit_sha: str | None = None,
+        branch: str | None = None,
+    ) -> Execution:
+        """The execution of ``cycle`` that applied (or tried) ``applied``."""
+        return cls(
+            cycle=cycle,
+            workload_ids=[d.workload_id for d in applied],
+            decision_ids=[d.id for d in applied],
+            outcome=outcome,
+            commit_sha=commit_sha,
+            branch=branch,
+            detail=detail,
+            held=dict(held or {}),
+            executed_at=executed_at,
+        )
 
     @property
     def applied(self) -> bool:

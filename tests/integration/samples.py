@@ -12,7 +12,7 @@ from engine.core.model import ContainerSpec, CycleEnd, MetricsBatch, ResourcePai
 MiB = 2**20
 
 
-def workload(name: str, replicas: int = 2) -> WorkloadSpec:
+def workload(name: str, replicas: int = 2, cpu: float = 0.6) -> WorkloadSpec:
     return WorkloadSpec(
         namespace="shop",
         kind="Deployment",
@@ -21,7 +21,7 @@ def workload(name: str, replicas: int = 2) -> WorkloadSpec:
         containers=[
             ContainerSpec(
                 name="app",
-                requests=ResourcePair(cpu=0.6, memory=512 * MiB),
+                requests=ResourcePair(cpu=cpu, memory=512 * MiB),
                 limits=ResourcePair(memory=512 * MiB),
             )
         ],

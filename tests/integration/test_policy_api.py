@@ -48,7 +48,7 @@ def test_policy_put_delete_validation_and_auth(kafka: KafkaInfo, mongo, tmp_path
         server, port = dep.start_worker("w1")
         dep.wait_ready(port, server=server)
         base = f"http://127.0.0.1:{port}/api/policies"
-        spec = workload("cart")
+        spec = workload("cart", cpu=2.0)  # far oversized: no hysteresis or min-change holds it
         sent, _, _ = batches(spec, np.random.default_rng(5))
 
         def cycle(name: str, expect: int) -> dict:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents import aggregator, executor, gate, ledger, policies, reporter
+from agents import aggregator, collector, executor, gate, ledger, policies, reporter
 from agents.runtime import Runtime
 from engine.backoff import retry_forever
 from engine.core.model import (
@@ -33,7 +33,16 @@ from engine.core.policy import validate_policy
 from engine.errors import DependencyUnavailable, PermanentError, RetryableError
 from engine.metrics import CYCLE_FAILURES
 from engine.services import Services
-from tests.fakes import FakeGit, FakeHistory, FakePolicies, FakeReports, dead_letters, runtime, sent
+from tests.fakes import (
+    FakeGit,
+    FakeHistory,
+    FakePolicies,
+    FakeReports,
+    FakeUsage,
+    dead_letters,
+    runtime,
+    sent,
+)
 
 NOW = 1_800_000_000.0
 MIB = 2.0**20
@@ -296,6 +305,32 @@ def test_reporter_waits_out_an_s3_outage_and_parks_a_refused_report() -> None:
     assert letter.reason == "report rejected: AccessDenied" and letter.agent == "reporter"
     summary = CycleSummary.model_validate_json(letter.value)  # the record, kept to replay
     assert summary.cycle == json.loads(raw)["cycle"]
+
+
+# --- collector ----------------------------------------------------------------------------------
+
+
+def test_collector_moves_the_watermark_only_past_published_chunks() -> None:
+    s = spec("api")
+    source = FakeUsage(usage(s, hours=30), [s])
+    rt = runtime(Services(usage=source), now=NOW, history_days=1)
+    source.fail_after(2, DependencyUnavailable("Prometheus went away"))
+    assert asyncio.run(collector.on_tick(rt)) == 0  # the cycle is skipped, logged, not raised
+    assert len(source.chunks) == 2
+    assert rt.tables.watermarks["usage"] == source.chunks[-1][1]  # the last published chunk
+    published = len(sent(rt, "metrics"))
+    first, last = source.chunks[0][0], source.chunks[-1][1]
+    assert published == sum(1 for b in source.batches if first < b.end <= last) > 0
+
+    sent_before = published
+    asyncio.run(collector.run_cycle(rt, NOW))  # resumes after the watermark: nothing twice
+    assert source.chunks[2][0] == source.chunks[1][1]
+    markers = [v for v in sent(rt, "metrics") if v.get("type") == "cycle-end"]
+    assert [m["spec"]["name"] for m in markers] == ["api"]
+    batches_now = [v for v in sent(rt, "metrics") if v.get("type") != "cycle-end"]
+    ends = [b["end"] for b in batches_now]
+    assert len(ends) == len(set(ends)) >= sent_before  # no chunk sent twice
+    assert [v["name"] for v in sent(rt, "workloads")] == ["api"]
 
 
 # --- policies -----------------------------------------------------------------------------------
