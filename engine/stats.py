@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
-from engine.adapters.mongo import HistoryReader
 from engine.core import stats as shape
 from engine.core.records import reason_class
 from engine.errors import KubeFinOpsError
@@ -39,11 +38,36 @@ def workload_match(namespace: str | None = None, workload: str | None = None) ->
     return match
 
 
+class HistoryQueries(Protocol):
+    """The read side of the history (MongoDB: ``engine.adapters.mongo.HistoryReader``; the
+    demo's in-memory store)."""
+
+    async def latest(self, kind: str, match: Doc | None = None) -> list[Doc]: ...
+
+    async def page(
+        self, kind: str, match: Doc, *, limit: int, before: float | None = None
+    ) -> list[Doc]: ...
+
+    async def group_count(self, kind: str, field: str) -> list[Doc]: ...
+
+    async def find(self, kind: str, match: Doc, *, projection: Doc | None = None) -> list[Doc]: ...
+
+    async def cycles(self, limit: int) -> list[Doc]: ...
+
+
 class StatsService:
     def __init__(
-        self, settings: Settings, history: HistoryReader, *, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        history: HistoryQueries,
+        *,
+        clock: Callable[[], float] = time.time,
+        lag: bool = True,
     ) -> None:
+        """``lag=False``: no consumer-group lag (the demo's embedded broker cannot answer
+        OffsetFetch for another group)."""
         self.settings = settings
+        self.lag = lag
         self.history = history
         self.clock = clock
         self._cache: dict[str, tuple[float, Any]] = {}
@@ -65,7 +89,7 @@ class StatsService:
             from engine.topics import describe_topics, read_dead_letters
 
             try:
-                infos = await describe_topics(self.settings)
+                infos = await describe_topics(self.settings) if self.lag else []
                 letters, broken = await read_dead_letters(self.settings)
             except KubeFinOpsError as exc:
                 return {"error": str(exc), "lag": {}, "dead_letters": {}}

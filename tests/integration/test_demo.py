@@ -88,6 +88,7 @@ def check_demo(argv: list[str], workdir: Path, cwd: Path) -> None:
     assert proc.returncode == 0, out[-3000:]
     assert "embedded broker (Tansu)" in out
     assert "replayed" in out and "SmartHealth workloads" in out
+    assert re.search(r"web UI http://127\.0\.0\.1:\d+/ui/ ", out), out[-3000:]
     assert "pushed" in out, out[-3000:]
 
     log = subprocess.run(
