@@ -156,7 +156,7 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("deadletter", 1, False),
         TopicSpec("collector-ticks", 1, False, "collector"),
         TopicSpec("cycles", 1, False, "reporter"),
-        TopicSpec("verifications", n, False, "ledger"),
+        TopicSpec("verifications", n, False, "ledger-verifications"),
         TopicSpec("verification-queue", 1, False, "verifier"),
     ]
     return {spec.name: spec for spec in specs}
