@@ -160,7 +160,7 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("cycles", 1, False, "reporter"),
         TopicSpec("history", n, False, "history"),
         TopicSpec("apply-control", 1, False, "executor"),
-        TopicSpec("verifications", n, False, "ledger"),
+        TopicSpec("verifications", n, False, "ledger-verifications"),
         TopicSpec("verification-queue", 1, False, "verifier"),
     ]
     return {spec.name: spec for spec in specs}
