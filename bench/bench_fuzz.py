@@ -231,7 +231,8 @@ def main() -> int:
                 doc = json.loads(value or b"{}")
             except (ValueError, RecursionError):
                 continue
-            if isinstance(doc, dict) and doc.get("cycle") == "bench-valid":
+            cycle = doc.get("collection_cycle", doc.get("cycle")) if isinstance(doc, dict) else None
+            if cycle == "bench-valid":
                 valid_recs[(key or b"").decode(errors="replace")] += 1
         exact = True
         wrong: list[str] = []

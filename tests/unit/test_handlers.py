@@ -337,6 +337,10 @@ def test_collector_moves_the_watermark_only_past_published_chunks() -> None:
     ends = [b["end"] for b in batches_now]
     assert len(ends) == len(set(ends)) >= sent_before  # no chunk sent twice
     assert [v["name"] for v in sent(rt, "workloads")] == ["api"]
+    # the manifest: how many decisions make this collection cycle (one commit for all of them)
+    (manifest,) = sent(rt, "apply_control")
+    assert manifest["type"] == "cycle-manifest" and manifest["workloads"] == 1
+    assert manifest["cycle"] == markers[0]["cycle"]
 
 
 # --- policies -----------------------------------------------------------------------------------
