@@ -131,9 +131,12 @@ class StatsService:
                 self.history.group_count("decisions", "action"),
                 self.history.group_count("decisions", "guardrail"),
                 self.pipeline(),
+                self.history.group_count("verifications", "phase"),
+                self.history.group_count("verifications", "cause"),
             )
         )
-        recs, decisions, applied, executions, by_action, by_guardrail, pipeline = results
+        recs, decisions, applied, executions, by_action, by_guardrail, pipeline = results[:7]
+        by_phase, by_cause = results[7:]
         recent = await self.history.cycles(cycles)
         started = await self._cycle_starts(recent)
         doc = shape.fleet(recs, {d["workload_id"]: d for d in decisions}, applied, executions)
@@ -154,6 +157,7 @@ class StatsService:
                     }
                     for c in shape.cycles(recent, started)
                 ],
+                "verifications": shape.verification_counts(by_phase, by_cause),
                 "top_opportunities": shape.top_opportunities(recs),
                 "risks": shape.risks(recs, self.clock()),
                 "pipeline": pipeline,

@@ -116,6 +116,18 @@ def counts(rows: Iterable[Doc]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def verification_counts(by_phase: Iterable[Doc], by_cause: Iterable[Doc]) -> Doc:
+    """Pushed changes by their verification's latest outcome, and regressions by first cause
+    (docs/verification.md): ``watching`` = pending or live."""
+    phases = counts(by_phase)
+    return {
+        "total": sum(phases.values()),
+        "watching": phases.get("pending", 0) + phases.get("live", 0),
+        "by_outcome": phases,
+        "by_cause": counts(r for r in by_cause if r["_id"] is not None),
+    }
+
+
 def top_opportunities(latest_recs: Sequence[Doc], n: int = 10) -> list[Doc]:
     """The biggest monthly savings among the latest recommendations."""
     ranked = sorted(

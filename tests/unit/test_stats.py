@@ -119,3 +119,21 @@ def test_daily_usage_is_one_point_per_window() -> None:
         assert point["p95"] == pytest.approx(np.percentile(values[day], 95), rel=0.02)
         assert point["p50"] == pytest.approx(np.percentile(values[day], 50), rel=0.02)
     assert daily["memory"] == []
+
+
+def test_verification_counts_by_outcome_and_cause() -> None:
+    out = stats.verification_counts(
+        [
+            {"_id": "healthy", "n": 3},
+            {"_id": "live", "n": 1},
+            {"_id": "pending", "n": 1},
+            {"_id": "reverted", "n": 2},
+        ],
+        [{"_id": None, "n": 5}, {"_id": "oom", "n": 2}],
+    )
+    assert out == {
+        "total": 7,
+        "watching": 2,
+        "by_outcome": {"healthy": 3, "reverted": 2, "live": 1, "pending": 1},
+        "by_cause": {"oom": 2},
+    }

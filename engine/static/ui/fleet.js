@@ -34,7 +34,9 @@
         r.kind === "oom" ? "OOMKilled " + when(r.at) : r.resource + " " + (r.resource === "cpu" ? cpu(r.current) + " → " + cpu(r.recommended) : mem(r.current) + " → " + mem(r.recommended))]));
     const d = stats.decisions;
     table(document.getElementById("decisions"), ["", "decisions"],
-      [...Object.entries(d.by_action).map(([k, v]) => [el("b", {}, "outcome " + k), v]), ...Object.entries(d.by_guardrail).map(([k, v]) => ["guardrail " + k, v])], [1]);
+      [...Object.entries(d.by_action).map(([k, v]) => [el("b", {}, "outcome " + k), v]), ...Object.entries(d.by_guardrail).map(([k, v]) => ["guardrail " + k, v]),
+        ...Object.entries((stats.verifications || {}).by_outcome || {}).map(([k, v]) => [el("b", {}, "verified change " + k), v]),
+        ...Object.entries((stats.verifications || {}).by_cause || {}).map(([k, v]) => ["regression " + k, v])], [1]);
     const p = stats.pipeline;
     const rows = Object.entries(p.lag || {}).map(([agent, l]) => ["lag " + agent, l.lag == null ? "-" : l.lag]);
     rows.push(["dead letters", (p.dead_letters || {}).total || 0]);
