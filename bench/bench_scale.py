@@ -153,7 +153,8 @@ async def decisions_of(
             for records in batch.values():
                 for r in records:
                     doc = json.loads(r.value)
-                    if doc.get("cycle") == cycle:
+                    # the collection cycle (``cycle`` in records written before issue 13)
+                    if doc.get("collection_cycle", doc.get("cycle")) == cycle:
                         arrived.setdefault(doc["workload_id"], now)
 
     producer = AIOKafkaProducer(
