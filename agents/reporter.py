@@ -39,6 +39,7 @@ async def deliver(rt: Runtime, summary: CycleSummary) -> list[str]:
         return await retry_forever(
             lambda: sink.write_cycle(summary, generated_at=rt.clock(), verifications=verified),
             what=f"report for cycle {summary.cycle} delayed",
+            first=rt.retry_first_seconds,
             cap=120.0,
             on_retry=count_retry,
         )  # the writer counts the objects it wrote

@@ -51,6 +51,8 @@ class Sinks:
     deadletter: Sink
     ticks: Sink
     cycles: Sink
+    history: Sink
+    apply_control: Sink
     verifications: Sink
     verification_queue: Sink
 
@@ -67,6 +69,7 @@ class Runtime:
     tables: Tables
     services: Services = field(default_factory=Services)
     clock: Callable[[], float] = time.time
+    retry_first_seconds: float = 1.0  # the first backoff step (doubling, capped); tests shrink it
 
     @property
     def prices(self) -> Prices:

@@ -163,8 +163,7 @@ class ReportWriter:
             if isinstance(whole, list):
                 return whole
             summary = whole
-        report = CycleReport.from_summary(summary, when)
-        return await self.write(report.model_copy(update={"verifications": list(verifications)}))
+        return await self.write(CycleReport.from_summary(summary, when, verifications))
 
     async def _collect_part(self, part: CycleSummary, when: float) -> CycleSummary | list[str]:
         """Store one part; the joined cycle once all parts are stored, else the part's key."""

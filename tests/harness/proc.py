@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -42,6 +43,22 @@ def wait_until(
     if log is not None and log.exists():
         tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:])
     raise TimeoutError(f"{what} not ready after {timeout}s{tail}")
+
+
+def wait_for(
+    check: Callable[[], Any], timeout: float, what: str, log: Path | None = None, poll: float = 0.5
+) -> Any:
+    """Poll ``check`` until it returns something truthy (returned) or ``timeout`` passes
+    (AssertionError naming ``what``, the last value and the tail of ``log``)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(poll)
+    tail = "\n" + log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}: {str(last)[:500]}{tail}")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from engine.adapters.mongo import PolicyStore, connect
 from engine.core.policy import validate_policy
 from engine.settings import load_settings
 from tests.harness.git_http import GitRemote
+from tests.harness.proc import wait_for
 from tests.harness.prometheus import WorkloadDef, generate, promtool_backfill, start_prometheus
 from tests.harness.s3 import S3Info
 from tests.integration.workers import Deployment, consume_all, http_json
@@ -81,16 +82,6 @@ def s3_objects(s3: S3Info, bucket: str) -> dict[str, bytes]:
     except client.exceptions.NoSuchBucket:
         return {}
     return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_closed_loop(
@@ -224,7 +215,23 @@ def test_closed_loop(
             "the second cycle's decisions",
         )
         assert decisions_after
-        time.sleep(5)
+        # The second apply cycle is over once its summary is on the cycles topic (the executor
+        # writes it after the Git step): only then can "no second commit" be asserted.
+        wait_for(
+            lambda: (
+                len(
+                    {
+                        key
+                        for key, _ in asyncio.run(
+                            consume_all(kafka, dep.topic("cycles"), expect=2, timeout=5)
+                        )
+                    }
+                )
+                >= 2
+            ),
+            120,
+            "the second cycle's execution summary",
+        )
         assert remote.log() == commits, "the second cycle must not commit again"
         s3_outage.start()
         objects = wait_for(

@@ -24,9 +24,8 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ import pytest
 from engine.core.model import ContainerSpec, CycleEnd, MetricsBatch, ResourcePair, WorkloadSpec
 from tests.harness.git_http import GitRemote
 from tests.harness.kafka import KafkaInfo
-from tests.harness.proc import Server, free_port, wait_until
+from tests.harness.proc import Server, free_port, wait_for, wait_until
 from tests.harness.prometheus import start_prometheus
 from tests.harness.s3 import S3Info, unique_bucket
 from tests.integration.workers import Deployment, consume_all, http_json, produce
@@ -123,17 +122,6 @@ def _records(items: list[MetricsBatch] | list[CycleEnd]) -> list[tuple[bytes, by
         wid = item.workload_id if isinstance(item, MetricsBatch) else item.spec.workload_id
         out.append((wid.encode(), item.model_dump_json().encode()))
     return out
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, log: Path | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 @dataclass

@@ -38,7 +38,7 @@ from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo, fetch_libs, start_kafka
 from tests.harness.proc import free_port
 from tests.harness.tls import make_ca, make_tls
-from tests.integration.test_worker import batches, encode, workload
+from tests.integration.samples import batches, encode, workload
 from tests.integration.workers import Deployment, consume_all, http_json, produce
 
 pytestmark = pytest.mark.integration

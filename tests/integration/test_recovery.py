@@ -16,8 +16,8 @@ import pytest
 from engine.core.model import RESOURCES
 from engine.core.usage import ContainerUsage
 from tests.harness.kafka import KafkaInfo
-from tests.integration.test_worker import batches, encode, workload
-from tests.integration.workers import Deployment, http_json, produce
+from tests.integration.samples import batches, encode, workload
+from tests.integration.workers import Deployment, http_json, produce, wait_consumed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -98,7 +98,8 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
             ]
             time.sleep(1)
         assert not pending, [s.name for s in pending]
-        time.sleep(3)  # let the re-delivered duplicates drain, then compare everything
+        # every record, the re-delivered duplicates included, processed and committed: compare
+        wait_consumed(kafka, dep.prefix, dep.topic("metrics"))
         for spec in specs:
             got = state(spec)
             assert got is not None

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,8 @@ import pytest
 
 from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo
-from tests.integration.test_worker import batches, encode, workload
+from tests.harness.proc import wait_for
+from tests.integration.samples import batches, encode, workload
 from tests.integration.workers import Deployment, http_json, produce
 
 pytestmark = pytest.mark.integration
@@ -59,17 +59,6 @@ def json_lines(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
 
 def topics(dep: Deployment) -> dict[str, dict[str, Any]]:
     return {t["topic"]: t for t in json_lines(cli(dep, "topics", "--output", "json"))}
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
 
 
 def usage_count(port: int) -> int | None:

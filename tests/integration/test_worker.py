@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import subprocess
 import sys
 import time
@@ -20,76 +19,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.core.model import (
-    ContainerSpec,
-    CycleEnd,
-    MetricsBatch,
-    ResourcePair,
-    WorkloadSpec,
-)
+from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo
-from tests.integration.workers import Deployment, consume_all, http_json, kcat_read, produce
+from tests.harness.proc import wait_until
+from tests.integration.samples import batches, encode, workload
+from tests.integration.workers import (
+    Deployment,
+    consume_all,
+    http_json,
+    kcat_read,
+    produce,
+    put_policy,
+)
+from tests.unit.classic_params import classic_policy_doc
 
 pytestmark = pytest.mark.integration
 
-MiB = 2**20
-
-
-def workload(name: str, replicas: int = 2) -> WorkloadSpec:
-    return WorkloadSpec(
-        namespace="shop",
-        kind="Deployment",
-        name=name,
-        replicas=replicas,
-        containers=[
-            ContainerSpec(
-                name="app",
-                requests=ResourcePair(cpu=0.6, memory=512 * MiB),
-                limits=ResourcePair(memory=512 * MiB),
-            )
-        ],
-        observed_at=time.time(),
-    )
-
-
-def batches(
-    spec: WorkloadSpec, rng: np.random.Generator, *, hours: int = 8, pods: int = 2
-) -> tuple[list[MetricsBatch], np.ndarray, np.ndarray]:
-    """Hourly chunks of minute samples; returns the batches and every cpu/memory value sent."""
-    end = math.floor(time.time() / 60) * 60 - 120
-    start = end - hours * 3600
-    out, cpu_all, mem_all = [], [], []
-    for h in range(hours):
-        t0, t1 = start + h * 3600, start + (h + 1) * 3600
-        ts = np.arange(t0 + 60, t1 + 1, 60, dtype=float)
-        cpu_s, mem_s = [], []
-        for _ in range(pods):
-            cpu = rng.lognormal(mean=math.log(0.2), sigma=0.5, size=ts.size)
-            mem = rng.uniform(300, 400, size=ts.size) * MiB
-            cpu_all.append(cpu)
-            mem_all.append(mem)
-            cpu_s += list(zip(ts.tolist(), cpu.tolist(), strict=True))
-            mem_s += list(zip(ts.tolist(), mem.tolist(), strict=True))
-        out.append(
-            MetricsBatch(
-                namespace=spec.namespace,
-                kind=spec.kind,
-                workload=spec.name,
-                container="app",
-                start=t0,
-                end=t1,
-                samples={"cpu": cpu_s, "memory": mem_s},
-            )
-        )
-    return out, np.concatenate(cpu_all), np.concatenate(mem_all)
-
-
-def encode(items: list[MetricsBatch | CycleEnd]) -> list[tuple[bytes, bytes]]:
-    out = []
-    for item in items:
-        wid = item.workload_id if isinstance(item, MetricsBatch) else item.spec.workload_id
-        out.append((wid.encode(), item.model_dump_json().encode()))
-    return out
+TOKEN = "worker-api-token-123"
+# The estimator step this test checks by hand (P95 + 15% headroom, no max step),
+# pinned in a policy so the test keeps checking the sketch's percentile through Kafka whatever
+# the defaults are (tests/unit/classic_params.py; the defaults are checked by test_oneshot).
+CLASSIC_SHOP = classic_policy_doc(
+    {
+        "name": "classic estimator for shop",
+        "selectors": {"namespaces": ["shop"]},
+        "mode": "recommend",
+        "estimator": {"cpu_percentile": 95.0, "max_step": None, "cpu_floor": 0.01, "cpu_cap": None},
+    }
+)
 
 
 @pytest.fixture
@@ -101,6 +58,7 @@ def deployment(kafka: KafkaInfo, mongo, tmp_path: Path):
             "KUBEFINOPS_MONGODB_URI": mongo.uri,
             "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",  # no collection in these tests
             "KUBEFINOPS_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            "KUBEFINOPS_API_TOKEN": TOKEN,
         },
     )
     yield dep
@@ -110,6 +68,7 @@ def deployment(kafka: KafkaInfo, mongo, tmp_path: Path):
 def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka: KafkaInfo):
     server, port = deployment.start_worker("w1")
     deployment.wait_ready(port, server=server)
+    put_policy(port, "classic-shop", CLASSIC_SHOP, TOKEN)
 
     spec = workload("checkout")
     sent, cpu, mem = batches(spec, np.random.default_rng(1))
@@ -143,7 +102,9 @@ def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka
     assert rec["workload_id"] == "shop/Deployment/checkout"
     app = rec["containers"][0]
     exact_p95 = float(np.percentile(cpu, 95, method="inverted_cdf"))
-    # P95 + 15% headroom, rounded up to millicores; the sketch is exact to 1%.
+    # The worker's state is exact to 1% (the sketch), and so is the request computed from it:
+    # P95 + 15% headroom (the pinned policy), rounded up to millicores.
+    assert app["usage"]["cpu"]["p95"] == pytest.approx(exact_p95, rel=0.01)
     assert exact_p95 * 1.15 * 0.99 <= app["cpu_request"] <= exact_p95 * 1.15 * 1.01 + 0.001
     assert app["memory_request"] >= float(mem.max())  # never below the observed peak
     assert app["usage"]["cpu"]["count"] == cpu.size
@@ -184,8 +145,11 @@ def test_wrong_password_exits_with_one_line(kafka: KafkaInfo, tmp_path: Path):
 def test_second_worker_splits_partitions_and_loses_nothing(
     deployment: Deployment, kafka: KafkaInfo
 ):
+    """Half the records before the second worker joins, half after the group is stable again;
+    every sample is counted once, whichever worker owns the workload (asked through either)."""
     s1, p1 = deployment.start_worker("w1")
     deployment.wait_ready(p1, server=s1)
+    deployment.wait_stable(members=1)
     rng = np.random.default_rng(2)
     specs = [workload(f"svc-{i}") for i in range(12)]
     first = [b for s in specs[:6] for b in batches(s, rng, hours=4)[0]]
@@ -193,35 +157,29 @@ def test_second_worker_splits_partitions_and_loses_nothing(
 
     s2, p2 = deployment.start_worker("w2")
     deployment.wait_ready(p2, server=s2)
+    deployment.wait_stable(members=2)  # the rebalance is over: both own partitions
     second = [b for s in specs[6:] for b in batches(s, rng, hours=4)[0]]
     asyncio.run(produce(kafka, deployment.topic("metrics"), encode(second)))
 
-    def states() -> list[dict]:
-        return [http_json(f"http://127.0.0.1:{p}/ready")[1] for p in (p1, p2)]
-
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        st = states()
-        if all(s.get("ready") and s["assigned_partitions"] > 0 for s in st):
-            break
-        time.sleep(1)
-    assert all(s["assigned_partitions"] > 0 for s in st), st
-
     expected = 4 * 60 * 2  # 4 hourly chunks x 60 samples x 2 pods
-    deadline = time.monotonic() + 90
-    missing: list[str] = []
-    while time.monotonic() < deadline:
-        missing = []
-        for spec in specs:
-            status, body = http_json(f"http://127.0.0.1:{p1}/api/usage/shop/Deployment/{spec.name}")
-            count = (
-                body.get("containers", {}).get("app", {}).get("cpu", {}).get("count")
-                if status == 200
-                else None
+    counts: dict[str, object] = {}
+
+    def all_counted() -> bool:
+        for i, spec in enumerate(specs):
+            port = (p1, p2)[i % 2]  # either worker answers, routing to the owner
+            status, body = http_json(
+                f"http://127.0.0.1:{port}/api/usage/shop/Deployment/{spec.name}"
             )
-            if count != expected:
-                missing.append(f"{spec.name}={count} (HTTP {status}: {str(body)[:160]})")
-        if not missing:
-            break
-        time.sleep(2)
-    assert not missing, missing
+            cpu = body.get("containers", {}).get("app", {}).get("cpu", {}) if status == 200 else {}
+            counts[spec.name] = cpu.get("count", f"HTTP {status}")
+        if all(c == expected for c in counts.values()):
+            return True
+        time.sleep(1.0)
+        return False
+
+    try:
+        wait_until(all_counted, 180, "every workload's samples counted once")
+    except TimeoutError:
+        raise AssertionError(f"counts (expected {expected}): {counts}") from None
+    owners = [http_json(f"http://127.0.0.1:{p}/ready")[1]["assigned_partitions"] for p in (p1, p2)]
+    assert all(n > 0 for n in owners), owners  # the partitions were split, not all on one

@@ -15,9 +15,10 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.harness.kafka import KafkaInfo, kcat_args
-from tests.harness.proc import Server, free_port, wait_until
+from tests.harness.proc import Server, free_port, wait_for, wait_until
 
 
 @dataclass
@@ -76,6 +77,21 @@ class Deployment:
         wait_until(ready, timeout, f"worker on :{port}", server.log if server else None)
         return state
 
+    def wait_stable(self, members: int, timeout: float = 120.0) -> None:
+        """Wait until the consumer group has ``members`` members, is ``Stable`` at the broker and
+        every worker answers ``/ready`` with partitions assigned: a rebalance is over."""
+        ports = [port for _, port in self.workers]
+
+        def stable() -> bool:
+            state, count = asyncio.run(group_state(self.kafka, self.prefix))
+            if state != "Stable" or count != members:
+                time.sleep(0.5)
+                return False
+            readies = [http_json(f"http://127.0.0.1:{p}/ready")[1] for p in ports]
+            return all(r.get("ready") and r.get("assigned_partitions", 0) > 0 for r in readies)
+
+        wait_until(stable, timeout, f"consumer group {self.prefix} stable with {members} members")
+
     def stop_all(self) -> None:
         for server, _ in self.workers:
             server.stop(timeout=20)
@@ -102,6 +118,70 @@ def http_json(
                 return resp.status, text
 
     return asyncio.run(go())
+
+
+def put_policy(port: int, policy_id: str, document: dict[str, Any], token: str) -> dict[str, Any]:
+    """PUT a policy through the worker's API and wait until the worker's global table holds that
+    version (the one the recommender and the gate read): the next cycle runs under it."""
+    base = f"http://127.0.0.1:{port}/api/policies"
+    auth = {"Authorization": f"Bearer {token}"}
+    status, stored = http_json(f"{base}/{policy_id}", "PUT", document, auth)
+    assert status == 200, stored
+
+    def in_table() -> bool:
+        listed = http_json(base, headers=auth)[1].get("policies", [])
+        return any(p["id"] == policy_id and p["version"] == stored["version"] for p in listed)
+
+    wait_for(in_table, 30, f"policy {policy_id} v{stored['version']} in the worker's table")
+    return dict(stored)
+
+
+async def group_state(info: KafkaInfo, group: str) -> tuple[str, int]:
+    """The consumer group's state at the broker (``Stable``, ``PreparingRebalance``, ...) and
+    how many members it has."""
+    admin = AIOKafkaAdminClient(**info.client_kwargs())
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    _error, _group, state, _ptype, _protocol, members, *_ = response.groups[0]
+    return str(state), len(members)
+
+
+async def consumer_lag(info: KafkaInfo, group: str, topic: str) -> int:
+    """End offsets minus the group's committed offsets, summed over ``topic``'s partitions: 0
+    once the group processed (and committed) every record on it."""
+    admin = AIOKafkaAdminClient(**info.client_kwargs())
+    consumer = AIOKafkaConsumer(**info.client_kwargs(), enable_auto_commit=False, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(parts)
+        committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+        return sum(
+            max(0, end - (committed[tp].offset if tp in committed else 0))
+            for tp, end in ends.items()
+        )
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def wait_consumed(info: KafkaInfo, group: str, topic: str, timeout: float = 120.0) -> None:
+    """Wait until the group committed every record on ``topic`` (an observable end, instead of
+    sleeping while re-deliveries may still be in flight)."""
+    lag: list[int] = []
+
+    def done() -> bool:
+        lag.append(asyncio.run(consumer_lag(info, group, topic)))
+        if lag[-1] == 0:
+            return True
+        time.sleep(0.5)
+        return False
+
+    wait_until(done, timeout, f"{group} to consume {topic} (lag {lag[-1:]})")
 
 
 async def produce(

@@ -1,0 +1,279 @@
+"""In-memory fakes of the agents' seams (:mod:`engine.services`, the output topics), for unit
+tests that drive an agent's handler without a broker.  Each fake records what it was given and can
+be told to fail the way the real dependency does (retryable, then permanent)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents.runtime import Runtime, Sinks
+from engine.core.model import (
+    CycleSummary,
+    DeadLetter,
+    Decision,
+    Execution,
+    MetricsBatch,
+    WorkloadSpec,
+)
+from engine.core.policy import validate_policy
+from engine.core.quantity import parse_quantity
+from engine.core.report import CycleReport, documents
+from engine.core.rollout import PodState, Rollout, Signals
+from engine.core.verification import Verification
+from engine.services import Services
+from engine.settings import Settings, load_settings
+from tables.state import Tables
+
+
+@dataclass
+class RecordingTopic:
+    """A topic that keeps every (key, value) sent; ``send`` returns an acknowledged future."""
+
+    sent: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
+
+    async def send(self, *, key: bytes | None = None, value: bytes | None = None) -> Any:
+        self.sent.append((key, value))
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack.set_result(None)
+        return ack
+
+    def values(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for _, v in self.sent if v is not None]
+
+
+def recording_sinks() -> Sinks:
+    return Sinks(**{name: RecordingTopic() for name in Sinks.__dataclass_fields__})
+
+
+class Failing:
+    """``fail(times, exc)``: the next ``times`` calls raise ``exc`` (a retryable outage)."""
+
+    def __init__(self) -> None:
+        self.failures: list[Exception] = []
+        self.calls = 0
+
+    def fail(self, times: int, exc: Exception) -> None:
+        self.failures.extend([exc] * times)
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+
+
+class FakeGit(Failing):
+    """Applies every decision except the workloads told to be held (e.g. a human edited them)."""
+
+    def __init__(self, held: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.held = dict(held or {})
+        self.cycles: list[tuple[str, list[Decision]]] = []
+
+    async def apply_cycle(self, cycle_id: str, decisions: Sequence[Decision]) -> Execution:
+        self._maybe_fail()
+        self.cycles.append((cycle_id, list(decisions)))
+        applied = [d for d in decisions if d.workload_id not in self.held]
+        return Execution(
+            cycle=cycle_id,
+            workload_ids=[d.workload_id for d in applied],
+            decision_ids=[d.id for d in applied],
+            outcome="pushed" if applied else "held",
+            commit_sha="ab" * 20 if applied else None,
+            branch="main",
+            held={
+                d.workload_id: self.held[d.workload_id]
+                for d in decisions
+                if d.workload_id in self.held
+            },
+            executed_at=1_800_000_000.0,
+        )
+
+
+@dataclass
+class RevertResult:
+    outcome: str = "pushed"
+    sha: str | None = "f" * 40
+    detail: str = ""
+
+
+class FakeReverts(FakeGit):
+    """A Git writer whose reverts are recorded (the verifier's seam)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reverts: list[str] = []
+
+    async def revert(self, v: Verification) -> RevertResult:
+        self._maybe_fail()
+        self.reverts.append(v.id)
+        return RevertResult()
+
+
+class FakeTelemetry:
+    """Cluster telemetry of one pod that runs the old or the new values, OOMKilled on demand."""
+
+    def __init__(self, *, live: bool = False, oom: bool = False) -> None:
+        self.live = live
+        self.oom = oom
+
+    async def rollout(self, v: Verification, at: float) -> Rollout:
+        values = {
+            (e.container, e.section, e.resource): parse_quantity(
+                (e.new if self.live else e.old) or "0"
+            )
+            for e in v.expected
+        }
+        oom: dict[str, float | None] = {"app": v.applied_at + 5} if self.oom else {}
+        pod = PodState("patient-api-abc-1", ready=True, values=values, oom_at=oom)
+        return Rollout((pod,), desired=1, updated=1, ready=1)
+
+    async def signals(self, v: Verification, at: float) -> Signals:
+        return Signals()
+
+    async def baseline(self, v: Verification) -> dict[str, float]:
+        return {}
+
+
+class FakeReports(Failing):
+    """Renders each cycle's report like the S3 writer and keeps the objects by key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.objects: dict[str, bytes] = {}
+
+    async def write_cycle(
+        self,
+        summary: CycleSummary,
+        generated_at: float,
+        verifications: Sequence[Verification] = (),
+    ) -> list[str]:
+        self._maybe_fail()
+        docs = documents(CycleReport.from_summary(summary, generated_at, verifications))
+        self.objects.update({d.key: d.body for d in docs})
+        return [d.key for d in docs]
+
+    def report(self) -> dict[str, Any]:
+        (key,) = [k for k in self.objects if k.endswith("report.json")]
+        loaded: dict[str, Any] = json.loads(self.objects[key])
+        return loaded
+
+
+class FakeHistory(Failing):
+    """MongoDB's history: what the history writer stored, by kind (``decisions``...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: list[tuple[str, Any]] = []
+
+    async def save(self, kind: str, record: Any) -> None:
+        self._maybe_fail()
+        self.saved.append((kind, record))
+
+    async def save_many(self, kind: str, records: list[Any]) -> int:
+        self._maybe_fail()
+        self.saved.extend((kind, r) for r in records)
+        return len(records)
+
+    async def save_verification(self, record: BaseModel) -> None:
+        self._maybe_fail()
+        self.saved.append(("verification", record))
+
+    async def verifications_between(self, start: float, end: float) -> list[dict[str, Any]]:
+        self._maybe_fail()
+        docs = [
+            r.model_dump(mode="json") if isinstance(r, BaseModel) else dict(r)
+            for kind, r in self.saved
+            if kind in ("verification", "verifications")  # direct, or through the outbox
+        ]
+        return [d for d in docs if start < float(d.get("updated_at", 0.0)) <= end]
+
+
+class FakePolicies(Failing):
+    """The policy system of record: validated documents by id, versioned like MongoDB's."""
+
+    def __init__(self, *docs: dict[str, Any]) -> None:
+        super().__init__()
+        self.docs: dict[str, dict[str, Any]] = {}
+        for doc in docs:
+            self.docs[doc["id"]] = {**validate_policy(doc).model_dump(mode="json"), "version": 1}
+
+    async def get(self, policy_id: str) -> dict[str, Any] | None:
+        self._maybe_fail()
+        return self.docs.get(policy_id)
+
+    async def list(self) -> list[dict[str, Any]]:
+        self._maybe_fail()
+        return list(self.docs.values())
+
+    async def put(self, doc: dict[str, Any], by: str) -> dict[str, Any]:
+        self._maybe_fail()
+        version = int(self.docs.get(doc["id"], {}).get("version", 0)) + 1
+        stored = {**validate_policy(doc).model_dump(mode="json"), "version": version}
+        self.docs[doc["id"]] = stored
+        return stored
+
+    async def delete(self, policy_id: str, by: str) -> bool:
+        self._maybe_fail()
+        return self.docs.pop(policy_id, None) is not None
+
+
+class FakeUsage(Failing):
+    """Prometheus as the collector sees it: the batches of a chunk, the specs; ``fail_after(n,
+    exc)`` lets ``n`` chunks through and then raises ``exc`` once (Prometheus went away)."""
+
+    def __init__(self, batches: list[MetricsBatch], specs: list[WorkloadSpec]) -> None:
+        super().__init__()
+        self.batches, self.specs = batches, specs
+        self.chunks: list[tuple[float, float]] = []
+        self._fail_at: tuple[int, Exception] | None = None
+
+    def fail_after(self, chunks: int, exc: Exception) -> None:
+        self._fail_at = (len(self.chunks) + chunks, exc)
+
+    async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
+        if self._fail_at is not None and len(self.chunks) == self._fail_at[0]:
+            exc, self._fail_at = self._fail_at[1], None
+            raise exc
+        self._maybe_fail()
+        self.chunks.append((start, end))
+        return [b for b in self.batches if start < b.end <= end]
+
+    async def collect_specs(self, at: float) -> list[WorkloadSpec]:
+        return list(self.specs)
+
+
+def settings(tmp: Path | None = None, **overrides: Any) -> Settings:
+    return load_settings(
+        kafka_security_protocol="PLAINTEXT",
+        data_dir=tmp or Path("/nonexistent-kubefinops-test"),
+        **overrides,
+    )
+
+
+def runtime(services: Services | None = None, *, now: float, **overrides: Any) -> Runtime:
+    """A handler runtime over dict tables and recording topics; the clock stands at ``now``."""
+    return Runtime(
+        settings=settings(**overrides),
+        topics=recording_sinks(),
+        tables=Tables.in_memory(),
+        services=services or Services(),
+        clock=lambda: now,
+        retry_first_seconds=0.001,
+    )
+
+
+def sent(rt: Runtime, topic: str) -> list[dict[str, Any]]:
+    sink = getattr(rt.topics, topic)
+    assert isinstance(sink, RecordingTopic)
+    return sink.values()
+
+
+def dead_letters(rt: Runtime) -> list[DeadLetter]:
+    return [DeadLetter.model_validate(v) for v in sent(rt, "deadletter")]

@@ -1,0 +1,382 @@
+"""The agents' handlers without a broker: bytes in, records out, over in-memory fakes.
+
+The real-server tests (tests/integration) run the same handlers inside Faust workers; these drive
+them directly — the recommender (through the aggregator's cycle-end), the gate, the executor and
+the reporter — including a workload the Git writer holds, all the way into the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agents import aggregator, collector, executor, gate, ledger, policies, reporter
+from agents import history as history_agent
+from agents.runtime import Runtime
+from engine.backoff import retry_forever
+from engine.core.model import (
+    Action,
+    ContainerSpec,
+    CycleEnd,
+    CycleSummary,
+    Decision,
+    Execution,
+    MetricsBatch,
+    Recommendation,
+    ResourcePair,
+    WorkloadSpec,
+)
+from engine.core.policy import validate_policy
+from engine.errors import DependencyUnavailable, PermanentError, RetryableError
+from engine.metrics import CYCLE_FAILURES
+from engine.services import Services
+from tests.fakes import (
+    FakeGit,
+    FakeHistory,
+    FakePolicies,
+    FakeReports,
+    FakeUsage,
+    dead_letters,
+    runtime,
+    sent,
+)
+
+NOW = 1_800_000_000.0
+MIB = 2.0**20
+AUTOPILOT = {"id": "shop-autopilot", "selectors": {"namespaces": ["shop"]}, "mode": "autopilot"}
+
+
+def spec(name: str) -> WorkloadSpec:
+    return WorkloadSpec(
+        namespace="shop",
+        kind="Deployment",
+        name=name,
+        replicas=2,
+        containers=[
+            ContainerSpec(
+                name="app",
+                requests=ResourcePair(cpu=1.0, memory=1024 * MIB),
+                limits=ResourcePair(memory=1024 * MIB),
+            )
+        ],
+        observed_at=NOW,
+    )
+
+
+def usage(s: WorkloadSpec, hours: int = 8, seed: int = 1) -> list[MetricsBatch]:
+    """Hourly batches of minute samples ending before NOW: ~0.2 cores, ~300 MiB (oversized)."""
+    rng = np.random.default_rng(seed)
+    end = NOW - 120
+    out = []
+    for h in range(hours):
+        t0 = end - (hours - h) * 3600
+        ts = np.arange(t0 + 60, t0 + 3601, 60, dtype=float).tolist()
+        cpu = rng.uniform(0.15, 0.25, len(ts)).tolist()
+        mem = rng.uniform(280, 320, len(ts)) * MIB
+        out.append(
+            MetricsBatch(
+                namespace=s.namespace,
+                kind=s.kind,
+                workload=s.name,
+                container="app",
+                start=t0,
+                end=t0 + 3600,
+                samples={
+                    "cpu": list(zip(ts, cpu, strict=True)),
+                    "memory": list(zip(ts, mem.tolist(), strict=True)),
+                },
+            )
+        )
+    return out
+
+
+def key(s: WorkloadSpec) -> bytes:
+    return s.workload_id.encode()
+
+
+def with_autopilot(rt: Runtime) -> Runtime:
+    rt.tables.policies[AUTOPILOT["id"]] = validate_policy(AUTOPILOT)
+    return rt
+
+
+async def recommend_for(rt: Runtime, *specs: WorkloadSpec) -> list[Recommendation]:
+    """What the collector sends for a cycle: usage batches, then the cycle-end marker."""
+    for s in specs:
+        for batch in usage(s):
+            await aggregator.ingest(rt, key(s), batch.model_dump_json().encode())
+        marker = CycleEnd(cycle="20261130T090000Z", spec=s)
+        await aggregator.ingest(rt, key(s), marker.model_dump_json().encode())
+    return [Recommendation.model_validate(v) for v in sent(rt, "recommendations")]
+
+
+# --- recommender --------------------------------------------------------------------------------
+
+
+def test_recommender_turns_the_cycle_end_into_a_recommendation_from_the_ingested_state() -> None:
+    rt = with_autopilot(runtime(now=NOW))
+    (rec,) = asyncio.run(recommend_for(rt, spec("api")))
+    assert rec.collection_cycle == "20261130T090000Z"  # which cycle: the collection's
+    assert rec.workload_id == "shop/Deployment/api"
+    (c,) = rec.containers
+    assert c.usage["cpu"]["count"] == 8 * 60  # every sample ingested once
+    # rightsized from 1 core towards ~0.2 used, at most halved in one step
+    assert c.cpu_request is not None and 0.2 <= c.cpu_request <= 0.5
+    assert rec.savings.monthly_savings > 0
+    assert rt.tables.workloads.get("shop/Deployment/api") == spec("api")  # typed, not a dict
+    usage_state = rt.tables.usage.get("shop/Deployment/api/app")
+    assert usage_state is not None and usage_state.summary("cpu").count == 8 * 60
+
+
+def test_a_batch_redelivered_after_a_rebalance_is_not_counted_twice() -> None:
+    rt = runtime(now=NOW)
+    s = spec("api")
+    first = usage(s)[0].model_dump_json().encode()
+    for _ in range(3):
+        asyncio.run(aggregator.ingest(rt, key(s), first))
+    state = rt.tables.usage.get("shop/Deployment/api/app")
+    assert state is not None and state.summary("cpu").count == 60
+
+
+def test_a_record_on_the_wrong_key_is_dead_lettered_with_the_reason() -> None:
+    rt = runtime(now=NOW)
+    batch = usage(spec("api"))[0].model_dump_json().encode()
+    asyncio.run(aggregator.ingest(rt, b"shop/Deployment/other", batch))
+    (letter,) = dead_letters(rt)
+    assert letter.reason.startswith("key-mismatch") and letter.agent == "aggregator"
+    assert rt.tables.usage.get("shop/Deployment/api/app") is None
+
+
+# --- gate ---------------------------------------------------------------------------------------
+
+
+def test_gate_decides_sends_and_archives() -> None:
+    history = FakeHistory()
+    rt = with_autopilot(runtime(Services(history=history), now=NOW))
+    (rec,) = asyncio.run(recommend_for(rt, spec("api")))
+    raw = rec.model_dump_json().encode()
+    decision = asyncio.run(gate.handle(rt, key(spec("api")), raw))
+    assert decision is not None
+    assert (decision.action, decision.guardrail) == (Action.APPLY, "autopilot")
+    assert decision.collection_cycle == rec.collection_cycle
+    assert [Decision.model_validate(v) for v in sent(rt, "decisions")] == [decision]
+    # the history goes through the outbox; the history writer stores it
+    outbox = rt.topics.history.sent  # type: ignore[attr-defined]
+    assert [json.loads(v)["kind"] for _, v in outbox] == ["recommendations", "decisions"]
+    assert history.saved == []
+    asyncio.run(history_agent.write_batch(rt, outbox))
+    assert [kind for kind, _ in history.saved] == ["recommendations", "decisions"]
+
+
+def test_gate_holds_inside_the_cooldown_of_the_last_applied_change() -> None:
+    rt = with_autopilot(runtime(now=NOW))
+    (rec,) = asyncio.run(recommend_for(rt, spec("api")))
+    asyncio.run(
+        ledger.record(
+            rt,
+            key(spec("api")),
+            Execution(
+                cycle="c0",
+                workload_ids=["shop/Deployment/api"],
+                decision_ids=["dec-earlier"],
+                outcome="pushed",
+                executed_at=NOW - 3600,
+            )
+            .model_dump_json()
+            .encode(),
+        )
+    )
+    last = rt.tables.last_action.get("shop/Deployment/api")
+    assert last is not None and (last.decision_id, last.cycle) == ("dec-earlier", "c0")
+    decision = asyncio.run(gate.handle(rt, key(spec("api")), rec.model_dump_json().encode()))
+    assert decision is not None and (decision.action, decision.guardrail) == (
+        Action.HOLD,
+        "cooldown",
+    )
+
+
+def test_gate_parks_a_recommendation_for_an_unknown_workload_and_keeps_going() -> None:
+    history = FakeHistory()
+    history.fail(2, DependencyUnavailable("MongoDB down"))  # the gate never waits on MongoDB
+    rt = with_autopilot(runtime(Services(history=history), now=NOW))
+    (rec,) = asyncio.run(recommend_for(rt, spec("api")))
+    ghost = rec.model_copy(update={"workload_id": "shop/Deployment/ghost", "name": "ghost"})
+    assert asyncio.run(gate.handle(rt, b"x", ghost.model_dump_json().encode())) is None
+    assert asyncio.run(gate.handle(rt, b"x", b"{not json")) is None
+    reasons = [d.reason for d in dead_letters(rt)]
+    assert reasons[0] == "unknown workload: no spec recorded"
+    assert reasons[1].startswith("Recommendation")
+    decision = asyncio.run(gate.handle(rt, key(spec("api")), rec.model_dump_json().encode()))
+    assert decision is not None and history.saved == []  # decided although MongoDB was down
+
+
+# --- executor and reporter: the held-workloads path into the report -------------------------------
+
+
+async def decisions_for(rt: Runtime, *specs: WorkloadSpec) -> list[bytes]:
+    for rec in await recommend_for(rt, *specs):
+        await gate.handle(rt, rec.workload_id.encode(), rec.model_dump_json().encode())
+    return [v for _, v in rt.topics.decisions.sent if v is not None]  # type: ignore[attr-defined]
+
+
+def test_a_workload_held_by_the_git_writer_reaches_the_report_with_its_reason() -> None:
+    why = "a human changed bot-owned kubefinops/deployment-web.yaml concurrently"
+    git, reports = FakeGit(held={"shop/Deployment/web": why}), FakeReports()
+    rt = with_autopilot(runtime(Services(git=git, reports=reports), now=NOW))
+    raws = asyncio.run(decisions_for(rt, spec("api"), spec("web")))
+    execution = asyncio.run(executor.handle_batch(rt, raws))
+    assert execution is not None and execution.outcome == "pushed"
+    assert execution.held == {"shop/Deployment/web": why}  # data, not text in the detail
+    assert execution.workload_ids == ["shop/Deployment/api"]
+    assert execution.id == f"exec-{execution.cycle}"  # built in one place
+    # one execution record per applied workload (the ledger's input), one cycle record
+    assert [v["workload_ids"] for v in sent(rt, "executions")] == [["shop/Deployment/api"]]
+    ((cycle_key, cycle_raw),) = rt.topics.cycles.sent  # type: ignore[attr-defined]
+    assert cycle_key == execution.cycle.encode()
+
+    keys = asyncio.run(reporter.handle(rt, cycle_key, cycle_raw))
+    assert keys is not None and len(keys) == 4
+    report = reports.report()
+    assert [c["workload"] for c in report["changed"]] == ["shop/Deployment/api"]
+    (held,) = report["not_applied"]
+    assert (held["workload"], held["action"], held["reason"]) == (
+        "shop/Deployment/web",
+        "held",
+        why,
+    )
+    audit = json.loads(next(v for k, v in reports.objects.items() if k.endswith("audit.json")))
+    assert audit["held"] == {"shop/Deployment/web": why}
+
+
+def test_executor_without_a_git_remote_holds_each_workload_and_says_why() -> None:
+    reports = FakeReports()
+    rt = with_autopilot(runtime(Services(reports=reports), now=NOW))
+    raws = asyncio.run(decisions_for(rt, spec("api")))
+    execution = asyncio.run(executor.handle_batch(rt, raws))
+    assert execution is not None and execution.outcome == "held"
+    assert execution.held == {"shop/Deployment/api": executor.NO_REMOTE}
+    asyncio.run(reporter.handle(rt, None, rt.topics.cycles.sent[0][1]))  # type: ignore[attr-defined]
+    assert reports.report()["not_applied"][0]["reason"] == executor.NO_REMOTE
+
+
+def test_executor_retries_a_git_outage_then_applies_once() -> None:
+    git = FakeGit()
+    git.fail(2, DependencyUnavailable("git remote unreachable"))
+    rt = with_autopilot(runtime(Services(git=git), now=NOW))
+    raws = asyncio.run(decisions_for(rt, spec("api")))
+    before = CYCLE_FAILURES.labels("executor", "git")._value.get()
+    execution = asyncio.run(executor.handle_batch(rt, raws))
+    assert execution is not None and execution.outcome == "pushed"
+    assert git.calls == 3 and len(git.cycles) == 1  # two failures, one apply
+    assert CYCLE_FAILURES.labels("executor", "git")._value.get() == before + 2
+
+
+def test_executor_records_a_refused_cycle_as_failed_and_a_replay_is_the_same_cycle() -> None:
+    git = FakeGit()
+    git.fail(1, PermanentError("rendered overlay is invalid"))
+    rt = with_autopilot(runtime(Services(git=git), now=NOW))
+    raws = asyncio.run(decisions_for(rt, spec("api")))
+    failed = asyncio.run(executor.handle_batch(rt, raws))
+    assert failed is not None and failed.outcome == "failed"
+    assert failed.detail == "rendered overlay is invalid"
+    replay = asyncio.run(executor.handle_batch(rt, list(reversed(raws))))
+    assert replay is not None and replay.cycle == failed.cycle  # same decisions, same cycle id
+
+
+def test_executor_parks_a_bad_decision_and_applies_the_rest() -> None:
+    git = FakeGit()
+    rt = with_autopilot(runtime(Services(git=git), now=NOW))
+    raws = asyncio.run(decisions_for(rt, spec("api")))
+    execution = asyncio.run(executor.handle_batch(rt, [b"{}", *raws]))
+    assert execution is not None and execution.workload_ids == ["shop/Deployment/api"]
+    assert [d.agent for d in dead_letters(rt)] == ["executor"]
+
+
+def test_reporter_waits_out_an_s3_outage_and_parks_a_refused_report() -> None:
+    reports = FakeReports()
+    reports.fail(2, DependencyUnavailable("S3 down"))
+    rt = with_autopilot(runtime(Services(git=FakeGit(), reports=reports), now=NOW))
+    raws = asyncio.run(decisions_for(rt, spec("api")))
+    asyncio.run(executor.handle_batch(rt, raws))
+    ((k, raw),) = rt.topics.cycles.sent  # type: ignore[attr-defined]
+    keys = asyncio.run(reporter.handle(rt, k, raw))
+    assert keys is not None and reports.calls == 3 and reports.report()["totals"]["changed"] == 1
+
+    reports.fail(1, PermanentError("AccessDenied"))
+    assert asyncio.run(reporter.handle(rt, k, raw)) is None
+    (letter,) = dead_letters(rt)
+    assert letter.reason == "report rejected: AccessDenied" and letter.agent == "reporter"
+    summary = CycleSummary.model_validate_json(letter.value)  # the record, kept to replay
+    assert summary.cycle == json.loads(raw)["cycle"]
+
+
+# --- collector ----------------------------------------------------------------------------------
+
+
+def test_collector_moves_the_watermark_only_past_published_chunks() -> None:
+    s = spec("api")
+    source = FakeUsage(usage(s, hours=30), [s])
+    rt = runtime(Services(usage=source), now=NOW, history_days=1)
+    source.fail_after(2, DependencyUnavailable("Prometheus went away"))
+    assert asyncio.run(collector.on_tick(rt)) == 0  # the cycle is skipped, logged, not raised
+    assert len(source.chunks) == 2
+    assert rt.tables.watermarks["usage"] == source.chunks[-1][1]  # the last published chunk
+    published = len(sent(rt, "metrics"))
+    first, last = source.chunks[0][0], source.chunks[-1][1]
+    assert published == sum(1 for b in source.batches if first < b.end <= last) > 0
+
+    sent_before = published
+    asyncio.run(collector.run_cycle(rt, NOW))  # resumes after the watermark: nothing twice
+    assert source.chunks[2][0] == source.chunks[1][1]
+    markers = [v for v in sent(rt, "metrics") if v.get("type") == "cycle-end"]
+    assert [m["spec"]["name"] for m in markers] == ["api"]
+    batches_now = [v for v in sent(rt, "metrics") if v.get("type") != "cycle-end"]
+    ends = [b["end"] for b in batches_now]
+    assert len(ends) == len(set(ends)) >= sent_before  # no chunk sent twice
+    assert [v["name"] for v in sent(rt, "workloads")] == ["api"]
+
+
+# --- policies -----------------------------------------------------------------------------------
+
+
+def test_policy_sync_and_reconcile_keep_the_table_equal_to_the_store() -> None:
+    store = FakePolicies(AUTOPILOT)
+    rt = runtime(Services(policies=store), now=NOW)
+    rt.tables.policies["stale"] = validate_policy({"id": "stale"})
+    store.fail(1, DependencyUnavailable("MongoDB down"))
+    assert asyncio.run(policies.reconcile_until_done(rt)) == 2  # retried, then published both
+    for k, v in rt.topics.policies.sent:  # type: ignore[attr-defined]
+        asyncio.run(policies.sync(rt, k, v))
+    assert [p.id for p in policies.current_policies(rt)] == ["shop-autopilot"]
+    asyncio.run(policies.sync(rt, b"bad", b'{"id": "bad", "mode": "yolo"}'))
+    assert dead_letters(rt)[0].reason.startswith("invalid policy")
+    assert rt.tables.policies.get("bad") is None
+
+
+# --- the one backoff ----------------------------------------------------------------------------
+
+
+def test_retry_forever_retries_only_retryable_errors_of_a_coroutine() -> None:
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RetryableError("not yet")
+        return "done"
+
+    seen: list[float] = []
+    got = asyncio.run(
+        retry_forever(flaky, what="t", first=0.001, on_retry=lambda e, d: seen.append(d))
+    )
+    assert (got, len(calls), len(seen)) == ("done", 3, 2)
+    assert seen[1] >= seen[0]  # exponential
+
+    async def refused() -> Any:
+        raise PermanentError("no")
+
+    with pytest.raises(PermanentError):
+        asyncio.run(retry_forever(lambda: refused(), what="t", first=0.001))
