@@ -6,6 +6,7 @@ a buffer.  The limit is what kills: the peak + buffer, the growth projection, th
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from engine.core.estimators import EstimatorParams, ceil_memory, estimate_container
@@ -115,3 +116,37 @@ def test_an_oom_fix_is_never_held_by_the_memory_increase_threshold() -> None:
     s = spec(cpu=0.575, mem=1000 * MIB, last_oom_at=NOW - 3600, oom_limit_bytes=1000 * MIB)
     _, d = run(s, p, cpu=0.5, mem=1000 * MIB)
     assert (d.action, d.guardrail) == (Action.APPLY, "oom")
+
+
+# --- in the closed loop -----------------------------------------------------------------------
+
+
+def test_memory_above_the_request_is_exposure_not_an_oom() -> None:
+    from engine.core.backtest import Backtest, Values
+    from engine.core.backtest_score import figures
+    from tests.unit.test_backtest import GIB, T0, Scripted, history, params
+
+    h = history(10, lambda d: 0.5 + 0 * d, lambda d: 1 * GIB + 0 * d)
+    plan = {5: Values(memory_request=0.5 * GIB, memory_limit=2 * GIB)}
+    (run,) = Backtest([h], params(3, 10)).run([Scripted(plan)])
+    total, _ = figures(run, start=T0 + 3 * DAY, end=T0 + 10 * DAY)
+    assert total.oom_days == 0
+    assert total.memory_above == pytest.approx(5 / 7, abs=0.01)
+
+
+def test_the_default_autopilot_sets_a_request_below_the_limit_and_never_ooms_a_flat_load() -> None:
+    from engine.core.backtest import Backtest
+    from engine.core.backtest_score import export, figures
+    from engine.core.strategies import Autopilot
+    from tests.unit.test_backtest import GIB, T0, history, in_force, params
+
+    # memory 300 MiB, 5% of the samples (one hour a day) at 400 MiB: p99 400, peak 400
+    h = history(14, lambda d: 0.2 + 0 * d, lambda d: np.where(d % 1 < 1 / 24, 400 * MIB, 300 * MIB))
+    (run,) = Backtest([h], params(7, 14)).run([Autopilot()])
+    total, _ = figures(run, start=T0 + 7 * DAY, end=T0 + 14 * DAY)
+    v = in_force(export(run), 13)
+    assert v["memory_limit"] == ceil_memory(400 * MIB * 1.6)  # peak + 60%
+    # p99 + 10% (the p99 read from the aggregator's quantile sketch: within 1%)
+    assert v["memory_request"] == pytest.approx(400 * MIB * 1.1, rel=0.01)
+    assert v["memory_request"] < v["memory_limit"] < 4 * GIB
+    assert total.oom_days == 0
