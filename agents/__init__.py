@@ -26,7 +26,7 @@ class Assembly:
 
 
 def assemble(settings: Settings, services: Services) -> Assembly:
-    from agents import lag, web, wiring
+    from agents import lag, stats_web, web, wiring
     from engine.app import create_app, declare_topics
     from engine.metrics import FLEET, init_series
     from tables import declare_tables
@@ -42,7 +42,7 @@ def assemble(settings: Settings, services: Services) -> Assembly:
         services=services,
     )
     wiring.register(app, topics, rt)
-    web.register(app, topics, rt)
+    web.register(app, topics, rt, (*web.ROUTES, *stats_web.ROUTES))
     lag.register(app)
     FLEET.top = settings.metrics_top_workloads
     FLEET.stale_seconds = 3 * settings.collect_interval_seconds

@@ -1,16 +1,32 @@
 """Ledger: executions -> ``last-action`` table (what was applied, when), for cooldown and
-idempotency in the gate; verification outcomes -> the penalty / not-synced hold in the same
-entry (docs/verification.md).  Co-partitioned with recommendations (keyed by workload id)."""
+idempotency in the gate, and -> MongoDB history (realised savings, cycles and commit links of
+the stats API); verification outcomes -> the penalty / not-synced hold in the same entry
+(docs/verification.md).  Co-partitioned with recommendations (keyed by workload id)."""
 
 from __future__ import annotations
+
+import logging
 
 from agents.runtime import Runtime, parse_or_park
 from engine.core.model import Execution
 from engine.core.verification import Verification, hold_state
+from engine.errors import KubeFinOpsError
 from engine.metrics import RECORDS_PROCESSED
 from tables.state import LastAction
 
+log = logging.getLogger("kubefinops.ledger")
 AGENT = "ledger"
+
+
+async def archive(rt: Runtime, execution: Execution) -> None:
+    """Best effort, like the gate's: MongoDB history must not stop the loop."""
+    store = rt.services.history
+    if store is None:
+        return
+    try:
+        await store.save_execution(execution)
+    except KubeFinOpsError as exc:
+        log.warning("execution %s not archived in MongoDB: %s", execution.id, exc)
 
 
 async def record(rt: Runtime, key: bytes | None, raw: bytes | None) -> Execution | None:
@@ -31,6 +47,7 @@ async def record(rt: Runtime, key: bytes | None, raw: bytes | None) -> Execution
                 penalty_until=previous.penalty_until if previous else None,
                 penalty_cause=previous.penalty_cause if previous else None,
             )
+    await archive(rt, execution)
     RECORDS_PROCESSED.labels(AGENT).inc()
     return execution
 

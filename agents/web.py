@@ -48,6 +48,7 @@ from engine.core.model import RESOURCES, workload_id
 from engine.core.usage import ContainerUsage
 from engine.errors import DependencyUnavailable, InvalidPolicy, KubeFinOpsError
 from engine.metrics import scrape
+from engine.services import PolicySource
 
 log = logging.getLogger("kubefinops.web")
 EXPOSITION = "text/plain; version=0.0.4"
@@ -69,6 +70,7 @@ class RuntimeView(View):
     topics: ClassVar[Topics]
 
     async def dispatch(self, request: Any) -> Any:
+        """The errors every view answers the same way: 400/413/415, 409, 503."""
         try:
             return await super().dispatch(request)
         except BadRequest as exc:
@@ -76,6 +78,16 @@ class RuntimeView(View):
                 {"error": "invalid request", "field": exc.field, "reason": exc.reason},
                 status=exc.status,
             )
+        except PolicyConflict as exc:
+            return self.error(409, str(exc))
+        except DependencyUnavailable as exc:
+            return self.error(503, str(exc))
+
+    def policy_store(self) -> PolicySource:
+        store = self.rt.services.policies
+        if store is None:
+            raise DependencyUnavailable("no policy store configured")
+        return store
 
 
 def audit_user(request: Request) -> str:
@@ -118,6 +130,9 @@ def _matches(given: str, token: SecretStr | None) -> bool:
 
 
 Scope = Literal["read", "write"]
+# The web UI's pages and their requests carry the read token in this cookie (HttpOnly,
+# SameSite=Strict), set by ``/ui/?token=…`` (agents/stats_web.py); only reads accept it.
+READ_COOKIE = "kubefinops_read"
 
 
 def auth_problem(
@@ -149,12 +164,10 @@ def bearer_required(scope: Scope = "write") -> Callable[[Method], Method]:
         @functools.wraps(method)
         async def guarded(self: RuntimeView, request: Request, **kwargs: Any) -> Response:
             settings = self.rt.settings
-            problem = auth_problem(
-                scope,
-                request.headers.get("Authorization", ""),
-                settings.api_token,
-                settings.api_read_token,
-            )
+            header = request.headers.get("Authorization", "")
+            if not header and scope == "read" and request.cookies.get(READ_COOKIE):
+                header = f"Bearer {request.cookies[READ_COOKIE]}"
+            problem = auth_problem(scope, header, settings.api_token, settings.api_read_token)
             if problem is not None:
                 status, message = problem
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -276,38 +289,27 @@ class PolicyItem(RuntimeView):
     @bearer_required()
     async def get(self, request: Request, policy_id: str) -> Response:
         check_policy_id(policy_id)
-        store = self.rt.services.policies
-        try:
-            if store is not None:
-                doc = await store.get(policy_id)
-            else:
-                policy = self.rt.tables.policies.get(policy_id)
-                doc = policy.model_dump(mode="json") if policy is not None else None
-        except DependencyUnavailable as exc:
-            return self.error(503, str(exc))
+        if self.rt.services.policies is not None:
+            doc = await self.rt.services.policies.get(policy_id)
+        else:
+            policy = self.rt.tables.policies.get(policy_id)
+            doc = policy.model_dump(mode="json") if policy is not None else None
         if doc is None:
             return self.error(404, f"policy {policy_id!r} not found")
         return self.json(doc)
 
     @bearer_required()
     async def put(self, request: Request, policy_id: str) -> Response:
-        store = self.rt.services.policies
-        if store is None:
-            return self.error(503, "no policy store configured")
+        store = self.policy_store()
         check_policy_id(policy_id)
         who = audit_user(request)
         body = await json_body(request)
         if not isinstance(body, dict):
             return invalid(self, "body", "must be a JSON object")
-        body["id"] = policy_id
         try:
-            stored = await store.put(body, by=who)
+            stored = await store.put({**body, "id": policy_id}, by=who)
         except InvalidPolicy as exc:
             return invalid(self, exc.field, exc.reason)
-        except PolicyConflict as exc:
-            return self.error(409, str(exc))
-        except DependencyUnavailable as exc:
-            return self.error(503, str(exc))
         try:
             await policy_mod.publish(self.rt, policy_id, stored)
         except (KubeFinOpsError, OSError, RuntimeError) as exc:  # Kafka refused or away
@@ -318,18 +320,9 @@ class PolicyItem(RuntimeView):
 
     @bearer_required()
     async def delete(self, request: Request, policy_id: str) -> Response:
-        store = self.rt.services.policies
-        if store is None:
-            return self.error(503, "no policy store configured")
+        store = self.policy_store()
         check_policy_id(policy_id)
-        who = audit_user(request)
-        try:
-            existed = await store.delete(policy_id, by=who)
-        except PolicyConflict as exc:
-            return self.error(409, str(exc))
-        except DependencyUnavailable as exc:
-            return self.error(503, str(exc))
-        if not existed:
+        if not await store.delete(policy_id, by=audit_user(request)):
             return self.error(404, f"policy {policy_id!r} not found")
         await policy_mod.publish(self.rt, policy_id, None)
         return self.json({"deleted": policy_id})
@@ -346,8 +339,14 @@ ROUTES: tuple[tuple[str, type[RuntimeView]], ...] = (
 )
 
 
-def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
-    """Serve every route of :data:`ROUTES` on the worker's web server, bound to ``rt``."""
-    for path, view in ROUTES:
+def register(
+    app: faust.App,
+    topics: Topics,
+    rt: Runtime,
+    routes: tuple[tuple[str, type[RuntimeView]], ...] = ROUTES,
+) -> None:
+    """Serve every route of ``routes`` (default :data:`ROUTES`) on the worker's web server,
+    bound to ``rt``."""
+    for path, view in routes:
         bound = type(view.__name__, (view,), {"rt": rt, "topics": topics})
         app.page(path)(bound)

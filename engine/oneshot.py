@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.adapters.prometheus import LOOKBACK_SECONDS, PrometheusClient, redact_url
 from engine.core.collect import (
@@ -144,7 +145,9 @@ def recommend_all(
     return sorted(recs, key=lambda r: r.workload_id), notes
 
 
-ONESHOT_CHUNK_SECONDS = 86400  # one query per resource and day: ~14x fewer round trips
+ONESHOT_CHUNK_SECONDS = (
+    43200  # 2 queries per half day: Python folds one while Prometheus reads the next
+)
 PREFETCH = 3  # chunks in flight while the previous ones are folded (in order)
 # Memory peaks are exact at any step (every raw sample is read once): 5-minute maxima are 2.5x
 # fewer points to evaluate, send and parse than the CPU's 2-minute rates.
@@ -239,7 +242,23 @@ async def collect(
     )
     if not chunks:
         return []
-    owners, matchers = await discover(client, selection, chunks[0][0], chunks[-1][1])
+    window = (chunks[0][0], chunks[-1][1])
+    at = window[1]
+    ns = selection.namespace_matcher()
+    pending: list[asyncio.Future[Any]] = []
+    # Round trips overlap: the owners (index only), the specs at the window's end and the first
+    # chunks are asked for at once; only a label selector needs its pods before the usage.
+    if selection.labels:
+        owners, matchers = await discover(client, selection, *window)
+        owners_ready: asyncio.Future[tuple[Owners, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        owners_ready.set_result((owners, matchers))
+    else:
+        matchers = ns
+        owners_ready = asyncio.ensure_future(discover(client, selection, *window))
+    specs_at_end = asyncio.ensure_future(client.query(spec_expr(ns), at))
+    pending += [owners_ready, specs_at_end]
     log.debug(
         "reading %d day(s) of history from %s in %d chunk(s) for %s",
         settings.history_days,
@@ -258,20 +277,23 @@ async def collect(
                 client.query_range(cpu_q, first - step, end, step),
                 client.query_range(mem_q, first_eval_time(start, mem_step), end, mem_step),
             )
+        owners, _ = await owners_ready
         cpu = [Series(s.labels, counter_rates(s.values, step)) for s in counters]
         return build_batches(cpu, memory, owners, start, end)
 
     tasks = [asyncio.ensure_future(fetch(start, end)) for start, end in chunks]
+    pending += tasks
     try:
+        await owners_ready  # a selection matching nothing fails here, before any folding
         for i, task in enumerate(tasks, 1):
             fold.add(await task, now)  # in chunk order: the fold keeps per-container marks
             if progress is not None:
                 progress(i, len(chunks))
             log.debug("chunk %d/%d: %d containers", i, len(chunks), len(fold.usage))
+        series = await specs_at_end
     finally:
-        for task in tasks:
-            task.cancel()
-    at = chunks[-1][1]
+        for future in pending:
+            future.cancel()
     newest = fold.newest_ts
     if newest is not None and newest < at - LOOKBACK_SECONDS:
         # A Prometheus whose data stops before the window does (a snapshot, a dead scrape):
@@ -282,7 +304,7 @@ async def collect(
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest)),
         )
         at = newest
-    series = await client.query(spec_expr(selection.namespace_matcher()), at)
+        series = await client.query(spec_expr(ns), at)
     return [s for s in build_specs(series, at) if selection.selects(s.namespace, s.labels)]
 
 

@@ -11,11 +11,12 @@ Protocol         used by                                      real adapter
 ===============  ===========================================  =====================================
 UsageSource      collector (a cycle: usage chunks, specs)     ``prometheus.Collector``
 PolicySource     policy reconcile, the policy API             ``mongo.PolicyStore``
-HistoryStore     gate, verifier, reporter (history)           ``mongo.RecordStore``
+HistoryStore     gate, ledger, verifier, reporter (history)   ``mongo.RecordStore``
 GitWriter        executor (one commit per apply cycle),       ``gitops.GitOpsWriter``
                  verifier (one revert per regressed change)
 ReportSink       reporter (one report per apply cycle)        ``reports.ReportWriter``
 Telemetry        verifier (rollout and regression signals)    ``verification.ClusterTelemetry``
+StatsReader      the stats API and web UI (agents/stats_web)  ``engine.stats.StatsService``
 ===============  ===========================================  =====================================
 """
 
@@ -59,9 +60,13 @@ class PolicySource(Protocol):
 
 
 class HistoryStore(Protocol):
-    async def save_recommendation(self, record: BaseModel) -> None: ...
+    async def save(self, kind: str, record: BaseModel | dict[str, Any]) -> None:
+        """Upsert one record by its id; ``DependencyUnavailable`` while MongoDB is away."""
 
-    async def save_decision(self, record: BaseModel) -> None: ...
+    async def save_many(self, kind: str, records: list[BaseModel | dict[str, Any]]) -> int:
+        """:meth:`save` for many records in one round trip."""
+
+    async def save_execution(self, record: BaseModel) -> None: ...
 
     async def save_verification(self, record: BaseModel) -> None: ...
 
@@ -104,6 +109,28 @@ class ReportSink(Protocol):
         store is down and ``PermanentError`` when it refuses the report."""
 
 
+class StatsReader(Protocol):
+    """The fleet's global record for the stats API (MongoDB + Kafka; docs/api.md)."""
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def recommendations(
+        self, namespace: str | None = None, workload: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def decisions(
+        self,
+        namespace: str | None = None,
+        workload: str | None = None,
+        *,
+        action: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def workload_history(self, workload_id: str) -> dict[str, Any]: ...
+
+
 Closer = Callable[[], Awaitable[Any]]
 
 
@@ -117,6 +144,7 @@ class Services:
     git: GitWriter | None = None
     reports: ReportSink | None = None
     telemetry: Telemetry | None = None
+    stats: StatsReader | None = None
     closers: list[Closer] = field(default_factory=list)
 
     def on_close(self, closer: Closer) -> None:

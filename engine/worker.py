@@ -59,11 +59,12 @@ def build_services(settings: Settings) -> Services:
     with :meth:`Services.on_close`, so stopping the worker closes every one of them.
     """
     from engine.adapters.gitops import GitOpsWriter
-    from engine.adapters.mongo import PolicyStore, RecordStore, connect
+    from engine.adapters.mongo import HistoryReader, PolicyStore, RecordStore, connect
     from engine.adapters.prometheus import Collector, PrometheusClient
     from engine.adapters.reports import ReportWriter
     from engine.adapters.verification import ClusterTelemetry
     from engine.core.policy import validate_policy
+    from engine.stats import StatsService
 
     services = Services()
     prometheus = PrometheusClient(settings)
@@ -74,6 +75,7 @@ def build_services(settings: Settings) -> Services:
     services.on_close(db.client.close)
     services.policies = PolicyStore(db, validate=validate_policy)
     services.history = RecordStore(db, retention_days=settings.history_retention_days)
+    services.stats = StatsService(settings, HistoryReader(db))
     if settings.git_remote_url:
         services.git = GitOpsWriter(settings)
     reports = ReportWriter(settings, park_on_failure=False)

@@ -23,7 +23,9 @@ from engine.core.model import (
     WorkloadSpec,
 )
 from engine.core.policy import validate_policy
+from engine.core.quantity import parse_quantity
 from engine.core.report import CycleReport, documents
+from engine.core.rollout import PodState, Rollout, Signals
 from engine.core.verification import Verification
 from engine.services import Services
 from engine.settings import Settings, load_settings
@@ -94,6 +96,51 @@ class FakeGit(Failing):
         )
 
 
+@dataclass
+class RevertResult:
+    outcome: str = "pushed"
+    sha: str | None = "f" * 40
+    detail: str = ""
+
+
+class FakeReverts(FakeGit):
+    """A Git writer whose reverts are recorded (the verifier's seam)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reverts: list[str] = []
+
+    async def revert(self, v: Verification) -> RevertResult:
+        self._maybe_fail()
+        self.reverts.append(v.id)
+        return RevertResult()
+
+
+class FakeTelemetry:
+    """Cluster telemetry of one pod that runs the old or the new values, OOMKilled on demand."""
+
+    def __init__(self, *, live: bool = False, oom: bool = False) -> None:
+        self.live = live
+        self.oom = oom
+
+    async def rollout(self, v: Verification, at: float) -> Rollout:
+        values = {
+            (e.container, e.section, e.resource): parse_quantity(
+                (e.new if self.live else e.old) or "0"
+            )
+            for e in v.expected
+        }
+        oom: dict[str, float | None] = {"app": v.applied_at + 5} if self.oom else {}
+        pod = PodState("patient-api-abc-1", ready=True, values=values, oom_at=oom)
+        return Rollout((pod,), desired=1, updated=1, ready=1)
+
+    async def signals(self, v: Verification, at: float) -> Signals:
+        return Signals()
+
+    async def baseline(self, v: Verification) -> dict[str, float]:
+        return {}
+
+
 class FakeReports(Failing):
     """Renders each cycle's report like the S3 writer and keeps the objects by key."""
 
@@ -119,17 +166,33 @@ class FakeReports(Failing):
 
 
 class FakeHistory(Failing):
+    """MongoDB's history: what the history writer stored, by kind (``decisions``...)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.saved: list[tuple[str, BaseModel]] = []
+        self.saved: list[tuple[str, Any]] = []
 
-    async def save_recommendation(self, record: BaseModel) -> None:
+    async def save(self, kind: str, record: Any) -> None:
         self._maybe_fail()
-        self.saved.append(("recommendation", record))
+        self.saved.append((kind, record))
 
-    async def save_decision(self, record: BaseModel) -> None:
+    async def save_many(self, kind: str, records: list[Any]) -> int:
         self._maybe_fail()
-        self.saved.append(("decision", record))
+        self.saved.extend((kind, r) for r in records)
+        return len(records)
+
+    async def save_verification(self, record: BaseModel) -> None:
+        self._maybe_fail()
+        self.saved.append(("verification", record))
+
+    async def verifications_between(self, start: float, end: float) -> list[dict[str, Any]]:
+        self._maybe_fail()
+        docs = [
+            r.model_dump(mode="json") if isinstance(r, BaseModel) else dict(r)
+            for kind, r in self.saved
+            if kind in ("verification", "verifications")  # direct, or through the outbox
+        ]
+        return [d for d in docs if start < float(d.get("updated_at", 0.0)) <= end]
 
 
 class FakePolicies(Failing):
@@ -162,12 +225,22 @@ class FakePolicies(Failing):
 
 
 class FakeUsage(Failing):
+    """Prometheus as the collector sees it: the batches of a chunk, the specs; ``fail_after(n,
+    exc)`` lets ``n`` chunks through and then raises ``exc`` once (Prometheus went away)."""
+
     def __init__(self, batches: list[MetricsBatch], specs: list[WorkloadSpec]) -> None:
         super().__init__()
         self.batches, self.specs = batches, specs
         self.chunks: list[tuple[float, float]] = []
+        self._fail_at: tuple[int, Exception] | None = None
+
+    def fail_after(self, chunks: int, exc: Exception) -> None:
+        self._fail_at = (len(self.chunks) + chunks, exc)
 
     async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
+        if self._fail_at is not None and len(self.chunks) == self._fail_at[0]:
+            exc, self._fail_at = self._fail_at[1], None
+            raise exc
         self._maybe_fail()
         self.chunks.append((start, end))
         return [b for b in self.batches if start < b.end <= end]

@@ -39,7 +39,7 @@ import git
 import kubernetes_validate
 
 from engine.core import patches
-from engine.core.model import Decision, Execution
+from engine.core.model import Decision, Execution, Outcome
 from engine.core.verification import Verification, revert_message
 from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
 from engine.metrics import GIT_PUSHES
@@ -326,7 +326,7 @@ class GitOpsWriter:
         upstream: str,
         todo: list[Decision],
         held: dict[str, str],
-    ) -> tuple[str | None, list[Decision], tuple[str, str]]:
+    ) -> tuple[str | None, list[Decision], tuple[Outcome, str]]:
         self._run(repo, "checkout", "--quiet", "--force", "-B", branch, upstream)
         self._run(repo, "clean", "-fdq")
         overlay = self.workdir / self.settings.gitops_overlay_path
@@ -517,17 +517,16 @@ class GitOpsWriter:
         self,
         cycle_id: str,
         todo: list[Decision],
-        outcome: str,
+        outcome: Outcome,
         sha: str | None,
         branch: str,
         detail: str,
         held: dict[str, str] | None = None,
     ) -> Execution:
-        return Execution(
-            cycle=cycle_id,
-            workload_ids=[d.workload_id for d in todo],
-            decision_ids=[d.id for d in todo],
-            outcome=outcome,
+        return Execution.of(
+            cycle_id,
+            todo,
+            outcome,
             commit_sha=sha,
             branch=branch,
             detail=redact(detail, self._token),

@@ -264,7 +264,7 @@ class RecordStore:
             )
         self._indexed = True
 
-    def _row(self, kind: str, record: BaseModel | Doc) -> Doc:
+    def _row(self, kind: str, record: BaseModel | Doc, key: str | None = None) -> Doc:
         if kind not in RECORD_KINDS:
             raise ValueError(f"unknown record kind {kind!r}")
         doc = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
@@ -273,14 +273,15 @@ class RecordStore:
         at = float(doc.get(_TIME_FIELD[kind]) or self.clock())
         return {
             **doc,
-            "_id": doc["id"],
+            "_id": key or doc["id"],
             "at": at,
             "stored_at": datetime.fromtimestamp(self.clock(), UTC),
         }
 
-    async def save(self, kind: str, record: BaseModel | Doc) -> None:
-        """Upsert by ``id``: a re-delivered record replaces itself instead of duplicating."""
-        row = self._row(kind, record)
+    async def save(self, kind: str, record: BaseModel | Doc, *, key: str | None = None) -> None:
+        """Upsert by ``id`` (or ``key``): a re-delivered record replaces itself instead of
+        duplicating."""
+        row = self._row(kind, record, key)
         if not self._indexed:
             await self.ensure_indexes()
         with mongo_errors(f"{kind} write"):
@@ -308,7 +309,11 @@ class RecordStore:
         await self.save("decisions", record)
 
     async def save_execution(self, record: BaseModel | Doc) -> None:
-        await self.save("executions", record)
+        """The executor publishes one record per workload of a cycle, all with the cycle's
+        execution id: each is kept (keyed by id and workload)."""
+        doc = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
+        key = f"{doc.get('id')}/{','.join(doc.get('workload_ids') or [])}"
+        await self.save("executions", doc, key=key)
 
     async def save_verification(self, record: BaseModel | Doc) -> None:
         await self.save("verifications", record)
@@ -336,27 +341,89 @@ class RecordStore:
             )
         return [r for r in (_strip(r) for r in rows) if r is not None]
 
-    async def last_applied(self, workload_id: str) -> Doc | None:
-        """The newest ``apply`` decision of a workload (cooldown / idempotency after restart)."""
-        with mongo_errors("decisions read"):
-            row = await self.db["decisions"].find_one(
-                {"workload_id": workload_id, "action": "apply"}, sort=[("at", DESCENDING)]
-            )
-        return _strip(row)
 
-    async def last_applied_all(self) -> dict[str, Doc]:
-        """Newest ``apply`` decision per workload, for warming the control-loop state."""
-        pipeline: list[Doc] = [
-            {"$match": {"action": "apply"}},
+def _clean(doc: Doc | None) -> Doc | None:
+    """A stored record as the API shows it: no ``_id``, no ``stored_at`` (a TTL datetime)."""
+    return None if doc is None else {k: v for k, v in doc.items() if k not in ("_id", "stored_at")}
+
+
+class HistoryReader:
+    """Read side of :class:`RecordStore` for the stats API: the fleet's global record.
+
+    Every answer comes from MongoDB, so any worker gives the same one (docs/api.md).
+    """
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.db = db
+
+    async def latest(self, kind: str, match: Doc | None = None) -> builtins.list[Doc]:
+        """The newest record of ``kind`` per workload (optionally among ``match``)."""
+        pipeline: builtins.list[Doc] = [
+            {"$match": match or {}},
             {"$sort": {"at": -1}},
             {"$group": {"_id": "$workload_id", "doc": {"$first": "$$ROOT"}}},
         ]
-        with mongo_errors("decisions aggregate"):
-            cursor = await self.db["decisions"].aggregate(pipeline)
+        with mongo_errors(f"{kind} latest"):
+            cursor = await self.db[kind].aggregate(pipeline)
             rows = await cursor.to_list()
-        out: dict[str, Doc] = {}
-        for row in rows:
-            doc = _strip(row["doc"])
-            if doc is not None:
-                out[str(row["_id"])] = doc
-        return out
+        docs = [_clean(row["doc"]) for row in rows]
+        return sorted((d for d in docs if d is not None), key=lambda d: str(d["workload_id"]))
+
+    async def page(
+        self, kind: str, match: Doc, *, limit: int, before: float | None = None
+    ) -> builtins.list[Doc]:
+        """Newest first, at most ``limit``, strictly older than ``before`` (the cursor)."""
+        query = dict(match)
+        if before is not None:
+            query["at"] = {"$lt": before}
+        with mongo_errors(f"{kind} page"):
+            rows = await self.db[kind].find(query).sort("at", DESCENDING).limit(limit).to_list()
+        return [r for r in (_clean(r) for r in rows) if r is not None]
+
+    async def cycles(self, limit: int) -> builtins.list[Doc]:
+        """The newest ``limit`` executed cycles, one row each (the executor records one
+        execution per workload): outcome, time, commit, workload and decision ids."""
+        pipeline: builtins.list[Doc] = [
+            {"$sort": {"at": -1}},
+            {
+                "$group": {
+                    "_id": "$cycle",
+                    "at": {"$max": "$at"},
+                    "executed_at": {"$max": "$executed_at"},
+                    "outcome": {"$first": "$outcome"},
+                    "commit_sha": {"$first": "$commit_sha"},
+                    "workload_ids": {"$push": "$workload_ids"},
+                    "decision_ids": {"$push": "$decision_ids"},
+                }
+            },
+            {"$sort": {"at": -1}},
+            {"$limit": limit},
+        ]
+        with mongo_errors("executions by cycle"):
+            cursor = await self.db["executions"].aggregate(pipeline)
+            rows = await cursor.to_list()
+        return [
+            {
+                "cycle": row["_id"],
+                "executed_at": row.get("executed_at"),
+                "outcome": row.get("outcome"),
+                "commit_sha": row.get("commit_sha"),
+                "workload_ids": [w for ids in row.get("workload_ids", []) for w in ids or []],
+                "decision_ids": [d for ids in row.get("decision_ids", []) for d in ids or []],
+            }
+            for row in rows
+        ]
+
+    async def group_count(self, kind: str, field: str) -> builtins.list[Doc]:
+        """``[{"_id": value, "n": count}]`` of ``field`` over every record of ``kind``."""
+        pipeline: builtins.list[Doc] = [{"$group": {"_id": f"${field}", "n": {"$sum": 1}}}]
+        with mongo_errors(f"{kind} counts"):
+            cursor = await self.db[kind].aggregate(pipeline)
+            return list(await cursor.to_list())
+
+    async def find(
+        self, kind: str, match: Doc, *, projection: Doc | None = None
+    ) -> builtins.list[Doc]:
+        with mongo_errors(f"{kind} read"):
+            rows = await self.db[kind].find(match, projection).to_list()
+        return [r for r in (_clean(r) for r in rows) if r is not None]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,14 +32,12 @@ from engine.core.collect import (
     Series,
     build_batches,
     build_specs,
-    count_samples,
     cpu_expr,
     first_eval_time,
     memory_expr,
     owner_expr,
     parse_result,
     parse_series,
-    plan_chunks,
     spec_expr,
 )
 from engine.core.model import MetricsBatch, WorkloadSpec
@@ -232,46 +228,3 @@ class Collector:
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         return build_specs(await self.client.query(spec_expr(), at), at)
-
-
-@dataclass(frozen=True)
-class History:
-    batches: list[MetricsBatch]
-    specs: list[WorkloadSpec]
-    samples_read: int
-    start: float
-    end: float
-
-
-async def fetch_history(
-    settings: Settings, *, now: float | None = None, client: PrometheusClient | None = None
-) -> History:
-    """One-shot read of the whole history window (``recommend --once``, no Kafka, no watermark)."""
-    now = time.time() if now is None else now
-    chunks = plan_chunks(
-        None,
-        now,
-        scrape_lag=settings.scrape_lag_seconds,
-        history=settings.history_seconds,
-        chunk=settings.prometheus_chunk_seconds,
-        step=settings.prometheus_step_seconds,
-    )
-    owned = client is None
-    client = client or PrometheusClient(settings)
-    try:
-        collector = Collector(client, settings)
-        batches: list[MetricsBatch] = []
-        for start, end in chunks:
-            batches.extend(await collector.collect_chunk(start, end))
-        at = chunks[-1][1] if chunks else now
-        specs = await collector.collect_specs(at)
-    finally:
-        if owned:
-            await client.close()
-    return History(
-        batches,
-        specs,
-        count_samples(batches),
-        chunks[0][0] if chunks else now,
-        chunks[-1][1] if chunks else now,
-    )

@@ -90,13 +90,6 @@ def first_eval_time(start: float, step: int) -> float:
     return _floor(start, step) + step
 
 
-def advance(watermarks: Mapping[str, float], name: str, end: float) -> dict[str, float]:
-    """A copy of ``watermarks`` with ``name`` moved forward to ``end`` (never backwards)."""
-    out = dict(watermarks)
-    out[name] = max(end, out.get(name, end))
-    return out
-
-
 def cpu_expr(rate_window: int) -> str:
     return (
         "sum by (namespace, pod, container) (rate(container_cpu_usage_seconds_total"
@@ -324,99 +317,141 @@ class _Container:
 _UNITS = {"cpu": "core", "memory": "byte"}
 
 
-def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
-    """Workload specs from one instant snapshot of :func:`spec_expr` (``__name__`` kept)."""
-    by_name: dict[str, list[Series]] = defaultdict(list)
-    for s in series:
-        by_name[s.labels.get("__name__", "")].append(s)
-    owners = Owners.build(
-        by_name["kube_pod_owner"], by_name["kube_replicaset_owner"], by_name["kube_job_owner"]
-    )
+WorkloadKey = tuple[str, str, str]  # namespace, kind, name
+PodContainer = tuple[str, str, str]  # namespace, pod, container
+ByName = Mapping[str, list[Series]]
 
-    def val(s: Series) -> float:
-        return s.values[-1][1] if s.values else 0.0
 
-    pod_res: dict[tuple[str, str, str], dict[str, dict[str, float]]] = defaultdict(
+def _last(s: Series) -> float:
+    return s.values[-1][1] if s.values else 0.0
+
+
+def _pod_resources(by_name: ByName) -> dict[PodContainer, dict[str, dict[str, float]]]:
+    """Requests and limits per pod container (kube-state-metrics, units checked)."""
+    pod_res: dict[PodContainer, dict[str, dict[str, float]]] = defaultdict(
         lambda: {"requests": {}, "limits": {}}
     )
     for kind in ("requests", "limits"):
-        for s in by_name[f"kube_pod_container_resource_{kind}"]:
+        for s in by_name.get(f"kube_pod_container_resource_{kind}", []):
             lab, res = s.labels, s.labels.get("resource", "")
             if _UNITS.get(res) == lab.get("unit", _UNITS.get(res)):
                 key = (lab.get("namespace", ""), lab.get("pod", ""), lab.get("container", ""))
-                pod_res[key][kind][res] = val(s)
+                pod_res[key][kind][res] = _last(s)
+    return pod_res
 
-    pods_of: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    containers: dict[tuple[str, str, str], dict[str, _Container]] = defaultdict(dict)
 
-    def slot(ns: str, pod: str, container: str) -> _Container | None:
+@dataclass
+class _Estate:
+    """Pod containers folded into their owning workloads (``Owners`` resolves pod -> owner)."""
+
+    owners: Owners
+    pods_of: dict[WorkloadKey, set[str]] = field(default_factory=lambda: defaultdict(set))
+    containers: dict[WorkloadKey, dict[str, _Container]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+
+    def slot(self, ns: str, pod: str, container: str) -> _Container | None:
         if not ns or not pod or container in SKIPPED_CONTAINERS:
             return None
-        kind, name = owners.resolve(ns, pod)
-        pods_of[(ns, kind, name)].add(pod)
-        return containers[(ns, kind, name)].setdefault(container, _Container())
+        kind, name = self.owners.resolve(ns, pod)
+        self.pods_of[(ns, kind, name)].add(pod)
+        return self.containers[(ns, kind, name)].setdefault(container, _Container())
 
-    for (ns, pod, container), both in sorted(pod_res.items()):
-        if (c := slot(ns, pod, container)) is not None:
-            for kind in ("requests", "limits"):
-                target = c.requests if kind == "requests" else c.limits
-                for r, v in both[kind].items():
-                    target[r] = max(v, target.get(r, v))
+    def each(
+        self, by_name: ByName, metric: str
+    ) -> Iterable[tuple[Series, PodContainer, _Container]]:
+        for s in by_name.get(metric, []):
+            where = tuple(s.labels.get(k, "") for k in ("namespace", "pod", "container"))
+            if (c := self.slot(*where)) is not None:
+                yield s, (where[0], where[1], where[2]), c
 
-    def each(metric: str) -> Iterable[tuple[Series, str, str, _Container]]:
-        for s in by_name[metric]:
-            ns, pod, cont = (s.labels.get(k, "") for k in ("namespace", "pod", "container"))
-            if (c := slot(ns, pod, cont)) is not None:
-                yield s, ns, pod, c
+    def add_resources(self, pod_res: Mapping[PodContainer, dict[str, dict[str, float]]]) -> None:
+        """The largest request/limit of any pod of the workload, per container."""
+        for (ns, pod, container), both in sorted(pod_res.items()):
+            if (c := self.slot(ns, pod, container)) is not None:
+                for kind, target in (("requests", c.requests), ("limits", c.limits)):
+                    for r, v in both[kind].items():
+                        target[r] = max(v, target.get(r, v))
 
-    for s, _, _, c in each("kube_pod_container_info"):
-        c.is_jvm = c.is_jvm or bool(_JVM.search(s.labels.get("image", "")))
-    for s, _, _, c in each("kube_pod_container_status_restarts_total"):
-        c.restarts += int(val(s))
-    oom_ts = {
-        (s.labels.get("namespace"), s.labels.get("pod"), s.labels.get("container")): val(s)
-        for s in by_name["kube_pod_container_status_last_terminated_timestamp"]
-    }
-    for s, ns, pod, c in each("kube_pod_container_status_last_terminated_reason"):
-        cont = s.labels.get("container", "")
-        if s.labels.get("reason") != "OOMKilled" or val(s) != 1:
-            continue
-        when = oom_ts.get((ns, pod, cont)) or at  # no timestamp metric: "by now" (conservative)
-        if c.last_oom_at is None or when >= c.last_oom_at:
-            c.last_oom_at = when
-            c.oom_limit = pod_res.get((ns, pod, cont), {}).get("limits", {}).get("memory")
+    def add_runtime_facts(
+        self,
+        by_name: ByName,
+        pod_res: Mapping[PodContainer, dict[str, dict[str, float]]],
+        at: float,
+    ) -> None:
+        """JVM image, restarts, and the last OOM kill with the memory limit it hit."""
+        for s, _, c in self.each(by_name, "kube_pod_container_info"):
+            c.is_jvm = c.is_jvm or bool(_JVM.search(s.labels.get("image", "")))
+        for s, _, c in self.each(by_name, "kube_pod_container_status_restarts_total"):
+            c.restarts += int(_last(s))
+        oom_ts = {
+            (s.labels.get("namespace"), s.labels.get("pod"), s.labels.get("container")): _last(s)
+            for s in by_name.get("kube_pod_container_status_last_terminated_timestamp", [])
+        }
+        for s, where, c in self.each(by_name, "kube_pod_container_status_last_terminated_reason"):
+            if s.labels.get("reason") != "OOMKilled" or _last(s) != 1:
+                continue
+            when = oom_ts.get(where) or at  # no timestamp metric: "by now" (conservative)
+            if c.last_oom_at is None or when >= c.last_oom_at:
+                c.last_oom_at = when
+                c.oom_limit = pod_res.get(where, {}).get("limits", {}).get("memory")
 
-    replicas: dict[tuple[str, str, str], int] = {}
-    labels: dict[tuple[str, str, str], dict[str, str]] = {}
-    annotations: dict[tuple[str, str, str], dict[str, str]] = {}
+
+@dataclass
+class _Meta:
+    replicas: dict[WorkloadKey, int] = field(default_factory=dict)
+    labels: dict[WorkloadKey, dict[str, str]] = field(default_factory=dict)
+    annotations: dict[WorkloadKey, dict[str, str]] = field(default_factory=dict)
+
+
+def _workload_meta(by_name: ByName) -> _Meta:
+    """Desired replicas, labels and annotations of Deployments, StatefulSets and DaemonSets."""
+    meta = _Meta()
     for kind, metric in (
         ("Deployment", "kube_deployment_spec_replicas"),
         ("StatefulSet", "kube_statefulset_replicas"),
         ("DaemonSet", "kube_daemonset_status_desired_number_scheduled"),
     ):
-        for s in by_name[metric]:
-            replicas[(s.labels.get("namespace", ""), kind, s.labels.get(kind.lower(), ""))] = int(
-                val(s)
-            )
-        for dest, prefix in ((labels, "label_"), (annotations, "annotation_")):
-            for s in by_name[f"kube_{kind.lower()}_{prefix[:-1]}s"]:
-                key = (s.labels.get("namespace", ""), kind, s.labels.get(kind.lower(), ""))
-                dest[key] = {
+
+        def key(s: Series, kind: str = kind) -> WorkloadKey:
+            return (s.labels.get("namespace", ""), kind, s.labels.get(kind.lower(), ""))
+
+        for s in by_name.get(metric, []):
+            meta.replicas[key(s)] = int(_last(s))
+        for dest, prefix in ((meta.labels, "label_"), (meta.annotations, "annotation_")):
+            for s in by_name.get(f"kube_{kind.lower()}_{prefix[:-1]}s", []):
+                dest[key(s)] = {
                     KNOWN_KEYS.get(k[len(prefix) :], k[len(prefix) :]): v
                     for k, v in s.labels.items()
                     if k.startswith(prefix)
                 }
-    hpas = _hpas(by_name)
+    return meta
 
+
+def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
+    """Workload specs from one instant snapshot of :func:`spec_expr` (``__name__`` kept)."""
+    by_name: dict[str, list[Series]] = defaultdict(list)
+    for s in series:
+        by_name[s.labels.get("__name__", "")].append(s)
+    estate = _Estate(
+        Owners.build(
+            by_name["kube_pod_owner"], by_name["kube_replicaset_owner"], by_name["kube_job_owner"]
+        )
+    )
+    pod_res = _pod_resources(by_name)
+    estate.add_resources(pod_res)
+    estate.add_runtime_facts(by_name, pod_res, at)
+    meta = _workload_meta(by_name)
+    hpas = _hpas(by_name)
     out = []
-    for key in sorted(containers):
+    for key in sorted(estate.containers):
         ns, kind, name = key
         try:
             spec = WorkloadSpec(
                 namespace=ns,
                 kind=kind,
                 name=name,
-                replicas=max(0, replicas.get(key, len(pods_of[key]))),
+                replicas=max(0, meta.replicas.get(key, len(estate.pods_of[key]))),
                 containers=[
                     ContainerSpec(
                         name=cname,
@@ -427,11 +462,11 @@ def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
                         restarts=c.restarts,
                         is_jvm=c.is_jvm or bool(_JVM.search(cname)),
                     )
-                    for cname, c in sorted(containers[key].items())
+                    for cname, c in sorted(estate.containers[key].items())
                 ],
                 hpa=hpas.get(key),
-                labels=labels.get(key, {}),
-                annotations=annotations.get(key, {}),
+                labels=meta.labels.get(key, {}),
+                annotations=meta.annotations.get(key, {}),
                 observed_at=at,
             )
         except ValidationError:  # see _valid: skip the one workload, not the snapshot
@@ -440,7 +475,7 @@ def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
     return out
 
 
-def _hpas(by_name: Mapping[str, list[Series]]) -> dict[tuple[str, str, str], HpaSpec]:
+def _hpas(by_name: ByName) -> dict[WorkloadKey, HpaSpec]:
     def per_hpa(metric: str) -> dict[tuple[str, str], list[Series]]:
         out: dict[tuple[str, str], list[Series]] = defaultdict(list)
         for s in by_name.get(metric, []):

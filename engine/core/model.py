@@ -9,6 +9,7 @@ seconds (float, UTC).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -360,6 +361,32 @@ class Execution(Wire):
     def id(self) -> str:
         return execution_id(self.cycle)
 
+    @classmethod
+    def of(
+        cls,
+        cycle: str,
+        applied: Sequence[Decision],
+        outcome: Outcome,
+        *,
+        executed_at: float,
+        detail: str = "",
+        held: Mapping[str, str] | None = None,
+        commit_sha: str | None = None,
+        branch: str | None = None,
+    ) -> Execution:
+        """The execution of ``cycle`` that applied (or tried) ``applied``."""
+        return cls(
+            cycle=cycle,
+            workload_ids=[d.workload_id for d in applied],
+            decision_ids=[d.id for d in applied],
+            outcome=outcome,
+            commit_sha=commit_sha,
+            branch=branch,
+            detail=detail,
+            held=dict(held or {}),
+            executed_at=executed_at,
+        )
+
     @property
     def applied(self) -> bool:
         return self.outcome in APPLIED_OUTCOMES
@@ -387,6 +414,23 @@ class CycleSummary(Wire):
         if self.part >= self.parts:
             raise ValueError(f"part {self.part} of {self.parts}")
         return self
+
+
+HistoryKind = Literal["recommendations", "decisions", "executions", "verifications"]
+
+
+class HistoryRecord(Wire):
+    """On ``kubefinops.history`` (the outbox of the MongoDB history): one record to upsert."""
+
+    kind: HistoryKind
+    record: dict[str, Any]
+
+    @field_validator("record")
+    @classmethod
+    def _has_id(cls, record: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(record.get("id"), str) or not record["id"]:
+            raise ValueError("must carry a non-empty string id")
+        return record
 
 
 class DeadLetter(Wire):

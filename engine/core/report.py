@@ -354,6 +354,100 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+MAX_CHARTED = 20  # changed workloads drawn (largest |monthly delta| first); the table lists all
+_QUANTILES = ("p50", "p90", "p95", "p99", "max")
+
+
+def chart_data(report: CycleReport) -> list[dict[str, Any]]:
+    """Per applied workload and container, per resource: usage over the history (P50…max)
+    against the old and the new request and limit — what the report's charts draw."""
+    ex = report.execution
+    applied = set(ex.workload_ids) if ex is not None and ex.applied else set()
+    chosen = sorted(
+        (d for d in report.decisions if d.action == Action.APPLY and d.workload_id in applied),
+        key=lambda d: (-abs(d.savings.monthly_delta), d.workload_id),
+    )[:MAX_CHARTED]
+    out = []
+    for d in chosen:
+        for c in d.containers:
+            for res in ("cpu", "memory"):
+                usage = c.usage.get(res) or {}
+                if not usage.get("count"):
+                    continue
+                out.append(
+                    {
+                        "workload": d.workload_id,
+                        "container": c.name,
+                        "resource": res,
+                        "usage": [usage.get(q) for q in _QUANTILES],
+                        "old_request": getattr(c.current.requests, res),
+                        "old_limit": getattr(c.current.limits, res),
+                        "new_request": c.cpu_request if res == "cpu" else c.memory_request,
+                        "new_limit": c.cpu_limit if res == "cpu" else c.memory_limit,
+                    }
+                )
+    return out
+
+
+_CHART_SCRIPT = r"""
+(function () {
+  const DATA = JSON.parse(document.getElementById('chart-data').textContent);
+  const host = document.getElementById('charts');
+  const Q = ['P50', 'P90', 'P95', 'P99', 'max'];
+  function fmt(res, v) {
+    if (v == null) return '-';
+    if (res === 'cpu') return v < 1 ? Math.round(v * 1000) + 'm' : (+v.toFixed(3)) + '';
+    const mi = v / 1048576;
+    return mi >= 1024 ? (+(mi / 1024).toFixed(2)) + 'Gi' : Math.round(mi) + 'Mi';
+  }
+  DATA.forEach(function (c, i) {
+    const div = document.createElement('div');
+    div.className = 'chart';
+    div.id = 'chart-' + i;
+    host.appendChild(div);
+    const flat = function (v) { return Q.map(function () { return v == null ? null : v; }); };
+    const series = [
+      ['usage', '#d64545', c.usage, null],
+      ['old request', '#829ab1', flat(c.old_request), [6, 4]],
+      ['new request', '#1a7f37', flat(c.new_request), null],
+      ['old limit', '#829ab1', flat(c.old_limit), [2, 4]],
+      ['new limit', '#1a7f37', flat(c.new_limit), [2, 4]],
+    ];
+    new uPlot({
+      title: c.workload + ' / ' + c.container + ' — ' + c.resource, width: 520, height: 220,
+      scales: {x: {time: false}},
+      axes: [{values: function (u, vals) { return vals.map(function (v) { return Q[v] || ''; }); }},
+             {size: 64, values: function (u, vals) {
+               return vals.map(function (v) { return fmt(c.resource, v); });
+             }}],
+      series: [{label: 'usage over the history'}].concat(series.map(function (s) {
+        return {label: s[0], stroke: s[1], width: 2, dash: s[3] || undefined,
+                value: function (u, v) { return fmt(c.resource, v); }};
+      })),
+    }, [[0, 1, 2, 3, 4]].concat(series.map(function (s) { return s[2]; })), div);
+    div.dataset.series = series.map(function (s) { return s[0]; }).join('|');
+  });
+})();
+"""
+
+
+def _charts_html(report: CycleReport) -> str:
+    data = chart_data(report)
+    if not data:
+        return ""
+    from engine.static import UPLOT_CSS, UPLOT_JS, asset
+
+    payload = json.dumps(data, sort_keys=True).replace("</", "<\\/")
+    return (
+        f"<h2>Usage vs old and new values ({len(data)} charts)</h2>\n"
+        f"<style>{asset(UPLOT_CSS)}\n"
+        ".chart { display: inline-block; margin: 0 1rem 1rem 0; }</style>\n"
+        f'<div id="charts"></div>\n'
+        f'<script type="application/json" id="chart-data">{payload}</script>\n'
+        f"<script>{asset(UPLOT_JS)}</script>\n<script>{_CHART_SCRIPT}</script>\n"
+    )
+
+
 def render_html(report: CycleReport) -> str:
     s = summarize(report)
     t, cur = s["totals"], s["currency"]
@@ -422,7 +516,7 @@ net monthly delta: {_h(_money(t["monthly_delta"], cur))}</p>
 <div id="increases">{risks}</div>
 <h2>Held and skipped ({t["not_applied"]})</h2>
 <div id="held">{held}</div>
-{verified}</body>
+{verified}{_charts_html(report)}</body>
 </html>
 """
 

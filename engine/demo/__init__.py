@@ -36,9 +36,11 @@ from engine.core.model import CycleEnd, CycleSummary
 from engine.core.report import CycleReport, documents
 from engine.core.verification import Verification
 from engine.demo.data import gitops_dir, load_estate, usage_batches
+from engine.demo.history import MemoryHistory
 from engine.logs import setup_logging
 from engine.services import Services
 from engine.settings import Settings, load_settings
+from engine.stats import StatsService
 
 if TYPE_CHECKING:
     from agents import Assembly
@@ -262,7 +264,8 @@ def install_feeder(assembly: Assembly, estate: Path, specs_at: float) -> None:
             )
         print(
             f"demo: replayed {sent:,} usage samples of {len(specs)} SmartHealth workloads; "
-            f"web endpoint http://127.0.0.1:{rt.settings.web_port}/metrics",
+            f"web UI http://127.0.0.1:{rt.settings.web_port}/ui/ "
+            f"(metrics: http://127.0.0.1:{rt.settings.web_port}/metrics)",
             flush=True,
         )
 
@@ -295,7 +298,12 @@ def run_demo(seconds: float = 0.0, workdir: Path | None = None, once: bool = Fal
             if once:
                 stop_self()
 
-        services = Services(reports=LocalReports(workdir / "reports", on_report))
+        history = MemoryHistory()
+        services = Services(
+            reports=LocalReports(workdir / "reports", on_report),
+            history=history,
+            stats=StatsService(settings, history, lag=False),  # Tansu: no OffsetFetch
+        )
         if settings.git_remote_url:
             from engine.adapters.gitops import GitOpsWriter
 

@@ -520,6 +520,7 @@ class QueryCost:
     queries: int
     samples: int  # sum of stats.samples.totalQueryableSamples
     exprs: tuple[str, ...]
+    seconds: float = 0.0  # sum of stats.timings.execTotalTime: Prometheus's own time
 
 
 def query_log_size(log: Path) -> int:
@@ -537,6 +538,7 @@ def query_cost(log: Path, since: int = 0) -> QueryCost:
         len(entries),
         sum(int(e["stats"]["samples"]["totalQueryableSamples"]) for e in entries),
         tuple(str(e["params"]["query"]) for e in entries),
+        sum(float(e["stats"]["timings"].get("execTotalTime", 0.0)) for e in entries),
     )
 
 

@@ -12,7 +12,10 @@ from engine.core.model import ContainerSpec, CycleEnd, MetricsBatch, ResourcePai
 MiB = 2**20
 
 
-def workload(name: str, replicas: int = 2) -> WorkloadSpec:
+def workload(
+    name: str, replicas: int = 2, *, cpu: float = 0.6, memory: float = 512 * MiB
+) -> WorkloadSpec:
+    """One container ``app`` with ``cpu``/``memory`` requests (memory limit = request)."""
     return WorkloadSpec(
         namespace="shop",
         kind="Deployment",
@@ -21,8 +24,8 @@ def workload(name: str, replicas: int = 2) -> WorkloadSpec:
         containers=[
             ContainerSpec(
                 name="app",
-                requests=ResourcePair(cpu=0.6, memory=512 * MiB),
-                limits=ResourcePair(memory=512 * MiB),
+                requests=ResourcePair(cpu=cpu, memory=memory),
+                limits=ResourcePair(memory=memory),
             )
         ],
         observed_at=time.time(),

@@ -174,21 +174,14 @@ async def test_records_ttl_index_and_time_index_exist(records: RecordStore) -> N
         assert info["workload_time"]["key"] == [("workload_id", 1), ("at", -1)]
 
 
-async def test_last_applied_per_workload(records: RecordStore) -> None:
+async def test_records_upsert_by_id_and_read_newest_first(records: RecordStore) -> None:
     await records.save_decision(_decision(1, Action.APPLY, 100.0).model_dump(mode="json"))
     await records.save("decisions", _decision(2, Action.APPLY, 300.0))
     await records.save("decisions", _decision(3, Action.HOLD, 400.0))
     await records.save("decisions", _decision(4, Action.APPLY, 200.0, "ns/StatefulSet/db"))
     await records.save("decisions", _decision(2, Action.APPLY, 300.0))  # re-delivered
     assert await records.db["decisions"].count_documents({}) == 4
-    last = await records.last_applied("ns/Deployment/web")
-    assert last is not None and last["id"] == "d2" and last["decided_at"] == 300.0
-    assert await records.last_applied("ns/Deployment/none") is None
-    everything = await records.last_applied_all()
-    assert {k: v["id"] for k, v in everything.items()} == {
-        "ns/Deployment/web": "d2",
-        "ns/StatefulSet/db": "d4",
-    }
+    assert await records.recent("decisions", "ns/Deployment/none") == []
     recent = await records.recent("decisions", "ns/Deployment/web")
     assert [r["id"] for r in recent] == ["d3", "d2", "d1"]
 
@@ -214,7 +207,7 @@ async def test_unreachable_mongo_is_dependency_unavailable_without_secrets() -> 
         with pytest.raises(DependencyUnavailable):
             await store.put(POLICY, by="alice")
         with pytest.raises(DependencyUnavailable):
-            await RecordStore(client["x"], retention_days=1).last_applied("w")
+            await RecordStore(client["x"], retention_days=1).recent("decisions", "w")
     finally:
         await client.close()
     assert "s3cr3t" not in str(info.value) and "bot" not in str(info.value)

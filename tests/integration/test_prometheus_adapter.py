@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from engine.adapters.prometheus import BadQuery, Collector, PrometheusClient, fetch_history
-from engine.core.collect import advance, count_samples, cpu_expr, plan_chunks
+from engine.adapters.prometheus import BadQuery, Collector, PrometheusClient
+from engine.core.collect import count_samples, cpu_expr, plan_chunks
 from engine.core.model import MetricsBatch
 from engine.errors import DependencyUnavailable
 from engine.settings import Settings, load_settings
@@ -177,8 +177,13 @@ async def test_hourly_cycle_reads_a_fraction_of_a_full_requery(
     prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
 ) -> None:
     _, end, _ = two_days
-    settings = _settings(prometheus.url, history_days=2)
-    full = await fetch_history(settings, now=end + 120, client=_client(prometheus.url))
+    now = end + 120
+    async with _client(prometheus.url) as client:  # what a collector without a watermark reads
+        full = Collector(client, step=STEP)
+        batches = []
+        for s, e in plan_chunks(None, now, scrape_lag=120, history=2 * DAY, chunk=6 * H, step=STEP):
+            batches.extend(await full.collect_chunk(s, e))
+        specs = await full.collect_specs(now)
     wm = end - H
     async with _client(prometheus.url) as client:
         collector = Collector(client, step=STEP)
@@ -192,9 +197,9 @@ async def test_hourly_cycle_reads_a_fraction_of_a_full_requery(
         f"full 2-day re-query {full.samples_read}, 14-day re-query ~{int(per_day * 14)} "
         f"(x{per_day * 14 / collector.samples_read:.0f})"
     )
-    assert count_samples(full.batches) == full.samples_read
+    assert count_samples(batches) == full.samples_read
     assert collector.samples_read * 40 < full.samples_read
-    assert len(full.specs) == len(CLUSTER)
+    assert len(specs) == len(CLUSTER)
 
 
 async def test_bad_query_is_permanent(prometheus: PromInfo) -> None:
@@ -213,7 +218,7 @@ async def test_unreachable_prometheus_raises_dependency_unavailable_without_secr
         with pytest.raises(DependencyUnavailable, match="after 3 attempts") as info:
             for s, e in plan:
                 await Collector(client, step=STEP).collect_chunk(s, e)
-                watermarks = advance(watermarks, "usage", e)
+                watermarks["usage"] = e  # as the collector agent: after the chunk
     assert "s3cr3t" not in str(info.value) and "bot" not in str(info.value)
     assert watermarks == {}
     assert plan_chunks(None, 10 * DAY, scrape_lag=120, history=DAY, chunk=6 * H, step=STEP) == plan
@@ -238,7 +243,7 @@ async def test_prometheus_stopping_mid_plan_keeps_the_watermark_at_the_last_good
                     if i == 2:
                         server.stop()
                     assert await collector.collect_chunk(s, e)
-                    watermarks = advance(watermarks, "usage", e)
+                    watermarks["usage"] = e  # as the collector agent: after the chunk
     finally:
         server.stop()
     assert watermarks["usage"] == plan[1][1]

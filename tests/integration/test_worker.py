@@ -23,9 +23,30 @@ from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo
 from tests.harness.proc import wait_until
 from tests.integration.samples import batches, encode, workload
-from tests.integration.workers import Deployment, consume_all, http_json, kcat_read, produce
+from tests.integration.workers import (
+    Deployment,
+    consume_all,
+    http_json,
+    kcat_read,
+    produce,
+    put_policy,
+)
+from tests.unit.classic_params import classic_policy_doc
 
 pytestmark = pytest.mark.integration
+
+TOKEN = "worker-api-token-123"
+# The estimator step this test checks by hand (P95 + 15% headroom, no max step),
+# pinned in a policy so the test keeps checking the sketch's percentile through Kafka whatever
+# the defaults are (tests/unit/classic_params.py; the defaults are checked by test_oneshot).
+CLASSIC_SHOP = classic_policy_doc(
+    {
+        "name": "classic estimator for shop",
+        "selectors": {"namespaces": ["shop"]},
+        "mode": "recommend",
+        "estimator": {"cpu_percentile": 95.0, "max_step": None, "cpu_floor": 0.01, "cpu_cap": None},
+    }
+)
 
 
 @pytest.fixture
@@ -37,6 +58,7 @@ def deployment(kafka: KafkaInfo, mongo, tmp_path: Path):
             "KUBEFINOPS_MONGODB_URI": mongo.uri,
             "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",  # no collection in these tests
             "KUBEFINOPS_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            "KUBEFINOPS_API_TOKEN": TOKEN,
         },
     )
     yield dep
@@ -46,6 +68,7 @@ def deployment(kafka: KafkaInfo, mongo, tmp_path: Path):
 def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka: KafkaInfo):
     server, port = deployment.start_worker("w1")
     deployment.wait_ready(port, server=server)
+    put_policy(port, "classic-shop", CLASSIC_SHOP, TOKEN)
 
     spec = workload("checkout")
     sent, cpu, mem = batches(spec, np.random.default_rng(1))
@@ -79,7 +102,9 @@ def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka
     assert rec["workload_id"] == "shop/Deployment/checkout"
     app = rec["containers"][0]
     exact_p95 = float(np.percentile(cpu, 95, method="inverted_cdf"))
-    # P95 + 15% headroom, rounded up to millicores; the sketch is exact to 1%.
+    # The worker's state is exact to 1% (the sketch), and so is the request computed from it:
+    # P95 + 15% headroom (the pinned policy), rounded up to millicores.
+    assert app["usage"]["cpu"]["p95"] == pytest.approx(exact_p95, rel=0.01)
     assert exact_p95 * 1.15 * 0.99 <= app["cpu_request"] <= exact_p95 * 1.15 * 1.01 + 0.001
     assert app["memory_request"] >= float(mem.max())  # never below the observed peak
     assert app["usage"]["cpu"]["count"] == cpu.size

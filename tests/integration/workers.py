@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.harness.kafka import KafkaInfo, kcat_args
-from tests.harness.proc import Server, free_port, wait_until
+from tests.harness.proc import Server, free_port, wait_for, wait_until
 
 
 @dataclass
@@ -118,6 +118,22 @@ def http_json(
                 return resp.status, text
 
     return asyncio.run(go())
+
+
+def put_policy(port: int, policy_id: str, document: dict[str, Any], token: str) -> dict[str, Any]:
+    """PUT a policy through the worker's API and wait until the worker's global table holds that
+    version (the one the recommender and the gate read): the next cycle runs under it."""
+    base = f"http://127.0.0.1:{port}/api/policies"
+    auth = {"Authorization": f"Bearer {token}"}
+    status, stored = http_json(f"{base}/{policy_id}", "PUT", document, auth)
+    assert status == 200, stored
+
+    def in_table() -> bool:
+        listed = http_json(base, headers=auth)[1].get("policies", [])
+        return any(p["id"] == policy_id and p["version"] == stored["version"] for p in listed)
+
+    wait_for(in_table, 30, f"policy {policy_id} v{stored['version']} in the worker's table")
+    return dict(stored)
 
 
 async def group_state(info: KafkaInfo, group: str) -> tuple[str, int]:

@@ -14,7 +14,6 @@ from engine.core.collect import (
     MalformedResponse,
     Owners,
     Series,
-    advance,
     build_batches,
     build_specs,
     first_eval_time,
@@ -78,16 +77,11 @@ def test_a_failed_chunk_leaves_the_rest_for_the_next_cycle() -> None:
     for i, (_, end) in enumerate(plan):
         if i == 5:  # Prometheus went away while collecting chunk 5
             break
-        watermarks = advance(watermarks, "usage", end)
+        watermarks["usage"] = end  # as the collector agent: after the chunk was published
     replan = plan_chunks(watermarks["usage"], NOW, **KW)
     assert replan == plan[5:]
     later = plan_chunks(watermarks["usage"], NOW + H, **KW)
     assert later[0][0] == plan[4][1] and later[-1][1] == _horizon(NOW + H)
-
-
-def test_watermark_never_moves_backwards() -> None:
-    assert advance({"usage": 200.0}, "usage", 100.0) == {"usage": 200.0}
-    assert advance({}, "usage", 100.0) == {"usage": 100.0}
 
 
 def test_bad_plan_arguments_are_rejected() -> None:

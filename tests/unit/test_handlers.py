@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents import aggregator, executor, gate, ledger, policies, reporter
+from agents import aggregator, collector, executor, gate, ledger, policies, reporter
+from agents import history as history_agent
 from agents.runtime import Runtime
 from engine.backoff import retry_forever
 from engine.core.model import (
@@ -33,7 +34,16 @@ from engine.core.policy import validate_policy
 from engine.errors import DependencyUnavailable, PermanentError, RetryableError
 from engine.metrics import CYCLE_FAILURES
 from engine.services import Services
-from tests.fakes import FakeGit, FakeHistory, FakePolicies, FakeReports, dead_letters, runtime, sent
+from tests.fakes import (
+    FakeGit,
+    FakeHistory,
+    FakePolicies,
+    FakeReports,
+    FakeUsage,
+    dead_letters,
+    runtime,
+    sent,
+)
 
 NOW = 1_800_000_000.0
 MIB = 2.0**20
@@ -153,7 +163,12 @@ def test_gate_decides_sends_and_archives() -> None:
     assert (decision.action, decision.guardrail) == (Action.APPLY, "autopilot")
     assert decision.collection_cycle == rec.collection_cycle
     assert [Decision.model_validate(v) for v in sent(rt, "decisions")] == [decision]
-    assert [kind for kind, _ in history.saved] == ["recommendation", "decision"]
+    # the history goes through the outbox; the history writer stores it
+    outbox = rt.topics.history.sent  # type: ignore[attr-defined]
+    assert [json.loads(v)["kind"] for _, v in outbox] == ["recommendations", "decisions"]
+    assert history.saved == []
+    asyncio.run(history_agent.write_batch(rt, outbox))
+    assert [kind for kind, _ in history.saved] == ["recommendations", "decisions"]
 
 
 def test_gate_holds_inside_the_cooldown_of_the_last_applied_change() -> None:
@@ -185,7 +200,7 @@ def test_gate_holds_inside_the_cooldown_of_the_last_applied_change() -> None:
 
 def test_gate_parks_a_recommendation_for_an_unknown_workload_and_keeps_going() -> None:
     history = FakeHistory()
-    history.fail(2, DependencyUnavailable("MongoDB down"))  # archiving is best effort
+    history.fail(2, DependencyUnavailable("MongoDB down"))  # the gate never waits on MongoDB
     rt = with_autopilot(runtime(Services(history=history), now=NOW))
     (rec,) = asyncio.run(recommend_for(rt, spec("api")))
     ghost = rec.model_copy(update={"workload_id": "shop/Deployment/ghost", "name": "ghost"})
@@ -296,6 +311,32 @@ def test_reporter_waits_out_an_s3_outage_and_parks_a_refused_report() -> None:
     assert letter.reason == "report rejected: AccessDenied" and letter.agent == "reporter"
     summary = CycleSummary.model_validate_json(letter.value)  # the record, kept to replay
     assert summary.cycle == json.loads(raw)["cycle"]
+
+
+# --- collector ----------------------------------------------------------------------------------
+
+
+def test_collector_moves_the_watermark_only_past_published_chunks() -> None:
+    s = spec("api")
+    source = FakeUsage(usage(s, hours=30), [s])
+    rt = runtime(Services(usage=source), now=NOW, history_days=1)
+    source.fail_after(2, DependencyUnavailable("Prometheus went away"))
+    assert asyncio.run(collector.on_tick(rt)) == 0  # the cycle is skipped, logged, not raised
+    assert len(source.chunks) == 2
+    assert rt.tables.watermarks["usage"] == source.chunks[-1][1]  # the last published chunk
+    published = len(sent(rt, "metrics"))
+    first, last = source.chunks[0][0], source.chunks[-1][1]
+    assert published == sum(1 for b in source.batches if first < b.end <= last) > 0
+
+    sent_before = published
+    asyncio.run(collector.run_cycle(rt, NOW))  # resumes after the watermark: nothing twice
+    assert source.chunks[2][0] == source.chunks[1][1]
+    markers = [v for v in sent(rt, "metrics") if v.get("type") == "cycle-end"]
+    assert [m["spec"]["name"] for m in markers] == ["api"]
+    batches_now = [v for v in sent(rt, "metrics") if v.get("type") != "cycle-end"]
+    ends = [b["end"] for b in batches_now]
+    assert len(ends) == len(set(ends)) >= sent_before  # no chunk sent twice
+    assert [v["name"] for v in sent(rt, "workloads")] == ["api"]
 
 
 # --- policies -----------------------------------------------------------------------------------

@@ -276,3 +276,30 @@ def test_a_step_short_of_its_target_shows_both_and_both_savings() -> None:
     md = rp.render_markdown(report)
     assert "at target: 7.00 USD" in md and "step 250m, target 100m" in md
     assert "step 250m, target 100m" in rp.render_html(report)
+
+
+def test_html_charts_usage_against_old_and_new_values_of_applied_workloads() -> None:
+    usage = {"p50": 0.1, "p90": 0.15, "p95": 0.2, "p99": 0.3, "max": 0.4, "count": 900.0}
+    a = dec("a", delta=-9.0)
+    a = a.model_copy(
+        update={"containers": [a.containers[0].model_copy(update={"usage": {"cpu": usage}})]}
+    )
+    skipped = dec("b", Action.SKIP)
+    data = rp.chart_data(make([a, skipped], ["smarthealth/Deployment/a"]))
+    assert data == [
+        {
+            "workload": "smarthealth/Deployment/a",
+            "container": "app",
+            "resource": "cpu",  # memory has no usage in this decision: no chart
+            "usage": [0.1, 0.15, 0.2, 0.3, 0.4],
+            "old_request": 0.5,
+            "old_limit": None,
+            "new_request": 0.25,
+            "new_limit": None,
+        }
+    ]
+    page = rp.render_html(make([a, skipped], ["smarthealth/Deployment/a"]))
+    assert '<div id="charts"></div>' in page and "uPlot" in page
+    assert "<script src=" not in page  # the library is inlined, no CDN
+    assert rp.chart_data(make([a], [], outcome="failed")) == []  # nothing applied: no charts
+    assert 'id="charts"' not in rp.render_html(make([a], [], outcome="failed"))

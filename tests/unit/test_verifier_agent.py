@@ -3,86 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agents import ledger, verifier
-from agents.runtime import Runtime, Sinks
-from engine.core.model import CycleSummary, Execution
+from agents.runtime import Runtime
+from engine.core.model import CycleSummary
 from engine.core.policy import validate_policy
-from engine.core.rollout import PodState, Rollout, Signals
-from engine.core.verification import Phase, Verification
+from engine.core.verification import Phase
 from engine.errors import DependencyUnavailable
 from engine.services import Services
 from engine.settings import load_settings
 from tables.state import LastAction, Tables
+from tests.fakes import FakeReverts, FakeTelemetry, recording_sinks, sent
 from tests.unit.test_verification import T0, decision, execution
 
 
-@dataclass
-class Recorder:
-    sent: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
-
-    async def send(self, *, key: bytes | None = None, value: bytes | None = None) -> None:
-        self.sent.append((key, value))
-
-    def values(self) -> list[dict[str, Any]]:
-        return [json.loads(v) for _, v in self.sent if v]
-
-
-@dataclass
-class FakeTelemetry:
-    live: bool = False
-    oom: bool = False
-
-    async def rollout(self, v: Verification, at: float) -> Rollout:
-        values = {
-            (e.container, e.section, e.resource): _q(e.new if self.live else e.old)
-            for e in v.expected
-        }
-        oom = {"app": v.applied_at + 5} if self.oom else {}
-        pod = PodState("patient-api-abc-1", ready=True, values=values, oom_at=oom)
-        return Rollout((pod,), desired=1, updated=1, ready=1)
-
-    async def signals(self, v: Verification, at: float) -> Signals:
-        return Signals()
-
-    async def baseline(self, v: Verification) -> dict[str, float]:
-        return {}
-
-
-def _q(text: str | None) -> float:
-    from engine.core.quantity import parse_quantity
-
-    return parse_quantity(text or "0")
-
-
-@dataclass
-class FakeGit:
-    reverts: list[str] = field(default_factory=list)
-    down: bool = False
-
-    async def apply_cycle(self, cycle_id: str, decisions: Any) -> Execution:
-        raise AssertionError("not used")
-
-    async def revert(self, v: Verification) -> Any:
-        if self.down:
-            raise DependencyUnavailable("git remote unreachable")
-        self.reverts.append(v.id)
-
-        @dataclass
-        class Result:
-            outcome: str = "pushed"
-            sha: str | None = "f" * 40
-            detail: str = ""
-
-        return Result()
-
-
 def runtime(mode: str = "autopilot", **services: Any) -> Runtime:
-    settings = load_settings(kafka_security_protocol="PLAINTEXT", verification_interval_seconds=1)
-    sinks = Sinks(**{f.name: Recorder() for f in fields(Sinks)})
+    settings = load_settings(kafka_security_protocol="PLAINTEXT", verification_interval_seconds=60)
+    sinks = recording_sinks()
     tables = Tables.in_memory()
     tables.policies["p"] = validate_policy({"id": "p", "mode": mode})
     clock = iter(T0 + i for i in range(10_000))
@@ -106,7 +44,7 @@ def test_forward_sends_one_start_per_pushed_workload_change() -> None:
     rt = runtime(telemetry=FakeTelemetry())
     summary = CycleSummary(cycle="c1", decisions=[decision()], execution=execution())
     assert run(verifier.forward(rt, b"c1", summary.model_dump_json().encode())) == 1
-    (start,) = rt.topics.verification_queue.values()  # type: ignore[attr-defined]
+    (start,) = sent(rt, "verification_queue")
     assert start["type"] == "start" and start["decision"]["id"] == "dec-1"
     held = summary.model_copy(
         update={"execution": execution().model_copy(update={"outcome": "held"})}
@@ -117,7 +55,7 @@ def test_forward_sends_one_start_per_pushed_workload_change() -> None:
 
 
 def test_start_then_ticks_live_regressed_reverted_once() -> None:
-    telemetry, git = FakeTelemetry(), FakeGit()
+    telemetry, git = FakeTelemetry(), FakeReverts()
     rt = runtime(telemetry=telemetry, git=git)
     (pending,) = run(verifier.handle(rt, b"w", start_record()))
     assert pending.phase is Phase.PENDING
@@ -136,8 +74,18 @@ def test_start_then_ticks_live_regressed_reverted_once() -> None:
     assert stored is not None and stored.phase is Phase.REVERTED
 
 
+def test_a_tick_queued_behind_a_slow_check_is_skipped() -> None:
+    telemetry = FakeTelemetry(live=True)
+    rt = runtime(telemetry=telemetry)
+    run(verifier.handle(rt, b"w", start_record()))
+    stale = verifier.VerifyTick(at=T0 - 600).model_dump_json().encode()
+    assert run(verifier.handle(rt, b"tick", stale)) == []  # would have gone live
+    (live,) = run(verifier.handle(rt, b"tick", TICK))
+    assert live.phase is Phase.LIVE
+
+
 def test_recommend_mode_reports_without_a_revert() -> None:
-    git = FakeGit()
+    git = FakeReverts()
     rt = runtime("recommend", telemetry=FakeTelemetry(live=True, oom=True), git=git)
     run(verifier.handle(rt, b"w", start_record()))
     (out,) = run(verifier.handle(rt, b"tick", TICK))
@@ -146,12 +94,13 @@ def test_recommend_mode_reports_without_a_revert() -> None:
 
 
 def test_a_git_outage_keeps_the_revert_due_until_it_is_made() -> None:
-    git = FakeGit(down=True)
+    git = FakeReverts()
+    git.fail(1, DependencyUnavailable("git remote unreachable"))
     rt = runtime(telemetry=FakeTelemetry(live=True, oom=True), git=git)
     run(verifier.handle(rt, b"w", start_record()))
     (regressed,) = run(verifier.handle(rt, b"tick", TICK))
     assert regressed.phase is Phase.REGRESSED and regressed.revert_pending
-    git.down = False
+
     (done,) = run(verifier.handle(rt, b"tick", TICK))
     assert done.phase is Phase.REVERTED and git.reverts == [done.id]
 
@@ -159,12 +108,12 @@ def test_a_git_outage_keeps_the_revert_due_until_it_is_made() -> None:
 def test_a_malformed_queue_record_is_dead_lettered() -> None:
     rt = runtime()
     assert run(verifier.handle(rt, b"x", b'{"type": "start"}')) == []
-    (letter,) = rt.topics.deadletter.values()  # type: ignore[attr-defined]
+    (letter,) = sent(rt, "deadletter")
     assert letter["agent"] == "verifier" and "VerifyRecord" in letter["reason"]
 
 
 def test_the_ledger_keeps_the_penalty_across_a_later_change() -> None:
-    rt = runtime(telemetry=FakeTelemetry(live=True, oom=True), git=FakeGit())
+    rt = runtime(telemetry=FakeTelemetry(live=True, oom=True), git=FakeReverts())
     run(verifier.handle(rt, b"w", start_record()))
     (done,) = run(verifier.handle(rt, b"tick", TICK))
     run(ledger.record_verification(rt, b"w", done.model_dump_json().encode()))

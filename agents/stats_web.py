@@ -1,0 +1,207 @@
+"""The read-only stats API and the web UI (docs/api.md).
+
+* ``GET /api/stats`` — fleet figures: cost now vs recommended, pending and realised savings,
+  decisions by outcome and guardrail, last cycles, lag per agent, dead letters by reason.
+* ``GET /api/recommendations?namespace=&workload=`` — latest recommendation per workload.
+* ``GET /api/decisions?namespace=&workload=&action=&limit=&before=`` — history, paginated.
+* ``GET /api/workloads/{namespace}/{kind}/{name}`` — spec, usage per container and day, the
+  recommendation, decisions and last action; routed to the worker owning the workload.
+* ``GET /ui/`` and ``/ui/{file}`` — the pages and their assets (the vendored uPlot), from the
+  package; ``/ui/?token=…`` trades the read token for a cookie.
+
+Fleet answers come from MongoDB and Kafka (:mod:`engine.stats`): the same on every worker.  All
+of it is behind the read token when one is set (the one decorator, ``bearer_required("read")``).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+from aiohttp import web as aioweb
+from faust.exceptions import SameNode
+from faust.web import Request, Response
+from faust.web.exceptions import ServiceUnavailable
+
+from agents.web import READ_COOKIE, RuntimeView, auth_problem, bearer_required, ready_state
+from engine.core import bounds
+from engine.core.model import workload_id
+from engine.core.stats import daily_usage
+from engine.errors import DependencyUnavailable
+from engine.static import STATIC_DIR
+
+UI_FILES = {
+    "": "ui/index.html",
+    "index.html": "ui/index.html",
+    "workload.html": "ui/workload.html",
+    "static/ui/app.js": "ui/app.js",
+    "static/ui/fleet.js": "ui/fleet.js",
+    "static/ui/workload.js": "ui/workload.js",
+    "static/ui/app.css": "ui/app.css",
+    "static/vendor/uplot/uPlot.iife.min.js": "vendor/uplot/uPlot.iife.min.js",
+    "static/vendor/uplot/uPlot.min.css": "vendor/uplot/uPlot.min.css",
+}
+
+
+def _float(value: str | None, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number") from None
+
+
+class StatsView(RuntimeView):
+    def stats_service(self) -> Any:
+        return self.rt.services.stats
+
+    def unavailable(self) -> Response:
+        return self.error(503, "no MongoDB configured: the stats API needs the history")
+
+
+class Stats(StatsView):
+    @bearer_required("read")
+    async def get(self, request: Request) -> Response:
+        svc = self.stats_service()
+        if svc is None:
+            return self.unavailable()
+        try:
+            return self.json(await svc.stats())
+        except DependencyUnavailable as exc:
+            return self.error(503, str(exc))
+
+
+class Recommendations(StatsView):
+    @bearer_required("read")
+    async def get(self, request: Request) -> Response:
+        svc = self.stats_service()
+        if svc is None:
+            return self.unavailable()
+        q = request.query
+        try:
+            return self.json(await svc.recommendations(q.get("namespace"), q.get("workload")))
+        except DependencyUnavailable as exc:
+            return self.error(503, str(exc))
+
+
+class Decisions(StatsView):
+    @bearer_required("read")
+    async def get(self, request: Request) -> Response:
+        svc = self.stats_service()
+        if svc is None:
+            return self.unavailable()
+        q = request.query
+        try:
+            limit = int(q.get("limit") or 50)
+            before = _float(q.get("before"), "before")
+        except ValueError as exc:
+            return self.error(400, f"invalid query: {exc}")
+        action = q.get("action")
+        if action not in (None, "", "apply", "hold", "skip"):
+            return self.error(400, "action must be apply, hold or skip")
+        try:
+            page = await svc.decisions(
+                q.get("namespace"),
+                q.get("workload"),
+                action=action or None,
+                limit=limit,
+                before=before,
+            )
+        except DependencyUnavailable as exc:
+            return self.error(503, str(exc))
+        return self.json(page)
+
+
+class Workload(StatsView):
+    @bearer_required("read")
+    async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
+        wid = workload_id(namespace, kind, name)
+        if not bounds.is_workload_id(wid):
+            return self.error(400, f"not a workload id: {wid[:300]!r}")
+        ok, state = ready_state(self.app)
+        if not ok:
+            return self.json(
+                {"error": "worker not ready: tables recovering or partitions unassigned", **state},
+                status=503,
+                headers={"Retry-After": "2"},
+            )
+        try:  # the worker consuming the workload's metrics partition holds its usage and spec
+            routed: Response = await self.app.router.route_topic_req(
+                self.topics.metrics, wid.encode(), self.web, request
+            )
+            return routed
+        except (SameNode, ServiceUnavailable):
+            pass
+        spec = self.rt.tables.workloads.get(wid)
+        usage: dict[str, Any] = {}
+        summary: dict[str, Any] = {}
+        names = [c.name for c in spec.containers] if spec is not None else []
+        for cname in names:
+            cu = self.rt.tables.usage.get(f"{wid}/{cname}")
+            if cu is not None:
+                usage[cname] = daily_usage(cu)
+                summary[cname] = {
+                    res: {**s.model_dump(mode="json"), "span_seconds": s.span_seconds}
+                    for res, s in ((r, cu.summary(r)) for r in ("cpu", "memory"))
+                }
+        svc = self.stats_service()
+        history: dict[str, Any] = {"recommendation": None, "decisions": [], "last_action": None}
+        if svc is not None:
+            try:
+                history = await svc.workload_history(wid)
+            except DependencyUnavailable as exc:
+                history["error"] = str(exc)
+        if spec is None and history["recommendation"] is None:
+            return self.error(404, f"unknown workload {wid}")
+        return self.json(
+            {
+                "workload_id": wid,
+                "spec": spec.model_dump(mode="json") if spec is not None else None,
+                "usage": usage,
+                "summary": summary,
+                **history,
+            }
+        )
+
+
+class Ui(RuntimeView):
+    """The pages and their assets, read from the package (never a CDN)."""
+
+    async def get(self, request: Request, path: str = "") -> Any:
+        rel = UI_FILES.get(path)
+        if rel is None:
+            return self.error(404, "not found")
+        settings = self.rt.settings
+        token = request.query.get("token")
+        if token is not None and path in ("", "index.html"):
+            problem = auth_problem(
+                "read", f"Bearer {token}", settings.api_token, settings.api_read_token
+            )
+            if problem is not None:
+                return self.error(*problem)
+            resp = aioweb.Response(status=303, headers={"Location": "./"})
+            resp.set_cookie(READ_COOKIE, token, httponly=True, samesite="Strict", path="/")
+            return resp
+        return await self.serve(request, rel=rel)
+
+    @bearer_required("read")
+    async def serve(self, request: Request, rel: str) -> Any:
+        body = (STATIC_DIR / rel).read_bytes()
+        ctype = mimetypes.guess_type(rel)[0] or "application/octet-stream"
+        return aioweb.Response(
+            body=body,
+            content_type=ctype,
+            charset="utf-8" if ctype.startswith(("text/", "application/javascript")) else None,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+
+ROUTES: tuple[tuple[str, type[RuntimeView]], ...] = (
+    ("/api/stats", Stats),
+    ("/api/recommendations", Recommendations),
+    ("/api/decisions", Decisions),
+    ("/api/workloads/{namespace}/{kind}/{name}", Workload),
+    ("/ui/", Ui),
+    ("/ui/{path:.+}", Ui),
+)
