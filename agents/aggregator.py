@@ -49,7 +49,7 @@ async def ingest(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
     clean = checked.batch
     for reason, count in checked.reasons:
         await park(
-            rt, topic=topic, key=key, raw=raw, reason=f"{reason} ({count} samples)", agent=AGENT
+            rt, topic=topic, key=key, raw=raw, reason=f"{reason}: {count} samples", agent=AGENT
         )
     cid = clean.container_id
     usage = rt.tables.usage.get(cid) or ContainerUsage()

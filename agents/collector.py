@@ -18,6 +18,7 @@ import logging
 import time
 
 from agents.runtime import Runtime
+from engine.core.apply_cycles import CycleManifest
 from engine.core.collect import plan_chunks
 from engine.core.model import CycleEnd
 from engine.errors import RetryableError
@@ -69,6 +70,12 @@ async def run_cycle(rt: Runtime, now: float) -> int:
         await rt.topics.workloads.send(key=key, value=spec.model_dump_json().encode())
         marker = CycleEnd(cycle=cycle, spec=spec)
         await rt.topics.metrics.send(key=key, value=marker.model_dump_json().encode())
+    # How many decisions make this cycle: the executor applies them as one commit, however far
+    # apart they arrive (engine/core/apply_cycles.py).
+    manifest = CycleManifest(cycle=cycle, workloads=len(specs), at=now)
+    await rt.topics.apply_control.send(
+        key=cycle.encode(), value=manifest.model_dump_json().encode()
+    )
     return sent
 
 

@@ -1,9 +1,13 @@
 """Executor: the single Git writer.  Decisions -> one commit per apply cycle in smarthealth-gitops.
 
 Consumes the one-partition ``kubefinops.decisions`` topic, so exactly one worker writes to Git at
-a time.  Decisions arriving within ``apply_batch_seconds`` form one *apply cycle*; its id is
-derived from the decision ids, so a replay of the same decisions is the same cycle and the
-writer's idempotency (cycle trailer on the remote, identical patch files) makes no second commit.
+a time.  Decisions are grouped by their collection cycle (engine/core/apply_cycles.py), not by
+arrival: the collector's manifest says how many to wait for, so one collection cycle makes one
+commit whatever the arrival spread (a MongoDB outage, a rebalance); without a manifest a cycle is
+applied once ``apply_batch_seconds`` pass without a new decision of it.  Pending decisions live in
+changelog-backed tables until their cycle is applied.  The *apply cycle* id is derived from the
+decision ids, so a replay of the same decisions is the same cycle and the writer's idempotency
+(cycle trailer on the remote, identical patch files) makes no second commit.
 
 A retryable failure (remote down, push rejected too often) blocks this stream with capped
 backoff: the decisions stay in Kafka uncommitted, nothing is lost and nothing is applied twice.
@@ -11,16 +15,25 @@ backoff: the decisions stay in Kafka uncommitted, nothing is lost and nothing is
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Sequence
 
+from agents.guard import dead_letter
 from agents.runtime import Runtime, parse_or_park
 from engine.backoff import retry_forever
+from engine.core.apply_cycles import (
+    CycleManifest,
+    PendingCycle,
+    cycle_key,
+    is_control,
+    ready_cycles,
+)
 from engine.core.cycles import split_cycle
 from engine.core.model import Action, CycleSummary, Decision, Execution, Outcome
-from engine.errors import PermanentError
+from engine.errors import PermanentError, RetryableError
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES, RECORDS_PROCESSED, SAVINGS_REALISED
 
 log = logging.getLogger("kubefinops.executor")
@@ -95,15 +108,8 @@ async def publish(rt: Runtime, decisions: Sequence[Decision], execution: Executi
         )
 
 
-async def handle_batch(rt: Runtime, raws: Sequence[bytes | None]) -> Execution | None:
-    """The decisions of one apply cycle (a batch of ``kubefinops.decisions`` values)."""
-    decisions: list[Decision] = []
-    for raw in raws:
-        decision = await parse_or_park(
-            rt, Decision, raw, key=None, agent=AGENT, topic=rt.settings.topic("decisions")
-        )
-        if decision is not None:
-            decisions.append(decision)
+async def run_cycle(rt: Runtime, decisions: Sequence[Decision]) -> Execution | None:
+    """Apply the decisions of one cycle: one commit, its execution records, its report parts."""
     if not decisions:
         return None
     execution = await execute(rt, decisions)
@@ -119,3 +125,108 @@ async def handle_batch(rt: Runtime, raws: Sequence[bytes | None]) -> Execution |
     await publish(rt, decisions, execution)
     RECORDS_PROCESSED.labels(AGENT).inc(len(decisions))
     return execution
+
+
+async def handle_batch(rt: Runtime, raws: Sequence[bytes | None]) -> Execution | None:
+    """Apply these ``kubefinops.decisions`` values as one cycle at once (bad ones dead-lettered):
+    what :func:`flush` does for a ready cycle, for a caller that already has the cycle."""
+    decisions: list[Decision] = []
+    topic = rt.settings.topic("decisions")
+    for raw in raws:
+        decision = await parse_or_park(rt, Decision, raw, key=None, agent=AGENT, topic=topic)
+        if decision is not None:
+            decisions.append(decision)
+    return await run_cycle(rt, decisions)
+
+
+# --- apply cycles keyed by collection cycle (engine/core/apply_cycles.py) ---------------------
+_SEP = "|"
+
+
+def _pending(rt: Runtime) -> dict[str, PendingCycle]:
+    """The pending cycles of this worker, rebuilt from the two changelog-backed tables."""
+    out: dict[str, PendingCycle] = {}
+    by_cycle: dict[str, list[Decision]] = {}
+    for key, stored in list(rt.tables.pending_decisions.items()):
+        ck = str(key).split(_SEP, 1)[0]
+        try:
+            by_cycle.setdefault(ck, []).append(Decision.model_validate(stored))
+        except ValueError:
+            log.warning("dropping an unreadable pending decision %s", key)
+    for ck, meta in list(rt.tables.pending_cycles.items()):
+        out[str(ck)] = PendingCycle.from_meta(meta, by_cycle.pop(str(ck), []))
+    for ck, decisions in by_cycle.items():  # decisions whose meta row is missing
+        out[ck] = PendingCycle.from_meta({"cycle": ck}, decisions)
+    return out
+
+
+async def accept(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[Execution]:
+    """One ``kubefinops.decisions`` record (or a manifest or tick of ``apply-control``) into
+    the pending cycles, then apply every cycle that is ready.  Everything is written to
+    changelog-backed tables first, so a crash between here and the commit loses nothing (and the
+    writer's cycle trailer makes the retry a no-op)."""
+    topic = rt.settings.topic("decisions")
+    now = rt.clock()
+    control = is_control(raw)
+    if control == "cycle-manifest":
+        manifest = await parse_or_park(rt, CycleManifest, raw, key=key, agent=AGENT, topic=topic)
+        if manifest is not None:
+            meta = rt.tables.pending_cycles.get(manifest.cycle) or {"cycle": manifest.cycle}
+            pending = PendingCycle.from_meta(meta, [])
+            pending.expect(manifest, now)
+            rt.tables.pending_cycles[manifest.cycle] = pending.meta()
+    elif control is None:
+        decision = await parse_or_park(rt, Decision, raw, key=key, agent=AGENT, topic=topic)
+        if decision is not None:
+            ck = cycle_key(decision)
+            meta = rt.tables.pending_cycles.get(ck) or {"cycle": ck}
+            pending = PendingCycle.from_meta(meta, [])
+            pending.add(decision, now)
+            rt.tables.pending_cycles[ck] = pending.meta()
+            dump = decision.model_dump(mode="json")
+            rt.tables.pending_decisions[f"{ck}{_SEP}{decision.workload_id}"] = dump
+    return await flush(rt, now)
+
+
+async def flush(rt: Runtime, now: float) -> list[Execution]:
+    """Apply every pending cycle that is ready (complete, quiet or timed out), oldest first."""
+    s = rt.settings
+    pending = _pending(rt)
+    done: list[Execution] = []
+    for ck, why in ready_cycles(
+        pending, now, quiet=s.apply_batch_seconds, timeout=s.apply_cycle_timeout_seconds
+    ):
+        cycle = pending[ck]
+        decisions = sorted(cycle.decisions.values(), key=lambda d: d.workload_id)
+        if decisions:
+            log.info("apply cycle for %s ready (%s): %d decisions", ck, why, len(decisions))
+            try:
+                execution = await run_cycle(rt, decisions)
+            except (asyncio.CancelledError, RetryableError):
+                raise  # shutdown, or a dependency still away: stays pending, retried
+            except Exception as exc:  # never silently: every decision of it is dead-lettered
+                for d in decisions:
+                    await dead_letter(
+                        rt,
+                        agent=AGENT,
+                        topic=s.topic("decisions"),
+                        key=d.workload_id.encode(),
+                        raw=d.model_dump_json(),
+                        exc=exc,
+                    )
+                execution = None
+            if execution is not None:
+                done.append(execution)
+        for wid in cycle.decisions:
+            rt.tables.pending_decisions.pop(f"{ck}{_SEP}{wid}", None)
+        rt.tables.pending_cycles.pop(ck, None)
+    return done
+
+
+def has_pending(rt: Runtime) -> bool:
+    return bool(len(rt.tables.pending_cycles) or len(rt.tables.pending_decisions))
+
+
+async def tick(rt: Runtime) -> None:
+    """Wake the executor's stream (where its tables may be written) while cycles wait."""
+    await rt.topics.apply_control.send(key=b"apply-tick", value=b'{"type":"apply-tick"}')

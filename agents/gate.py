@@ -2,26 +2,29 @@
 
 Co-partitioned with the recommendations: the workload spec and the last applied change are read
 from local tables.  Decisions go to the one-partition ``kubefinops.decisions`` topic (the Git
-executor is its single consumer) and, with the recommendation, to MongoDB for history.
+executor is its single consumer) and, with the recommendation, to the MongoDB history's outbox
+(:mod:`agents.history`): a produce per record, never a wait on MongoDB.
 
 Records are handled in batches (the wiring takes up to ``GATE_BATCH`` arriving within
-``GATE_WITHIN`` seconds): each decision is sent as soon as it is made, and the batch's history
-goes to MongoDB in one bulk write per collection when the store can (``save_many``) — one await
-per batch instead of two per workload, which was ~9 ms each and what limited a 10,000-workload
-cycle to ~50 decisions per second.
+``GATE_WITHIN`` seconds): each decision is sent as soon as it is made; each record is decided
+under the guard (:mod:`agents.guard`), so one that fails is dead-lettered and the rest of the
+batch goes on.  The history writer stores the outbox in bulk writes (one per collection and
+batch), which was what limited a 10,000-workload cycle when the gate wrote MongoDB itself.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 
+from agents import history
+from agents.guard import guarded
 from agents.policies import policy_for
 from agents.runtime import Runtime, park, parse_or_park
 from engine.core.guardrails import decide
 from engine.core.model import Decision, Recommendation
 from engine.core.verification import sync_hold
-from engine.errors import KubeFinOpsError
 from engine.metrics import DECISIONS, RECORDS_PROCESSED
 
 log = logging.getLogger("kubefinops.gate")
@@ -33,21 +36,11 @@ GATE_WITHIN = 0.05  # seconds: the most a lone record waits for company
 
 
 async def archive(rt: Runtime, pairs: Sequence[tuple[Recommendation, Decision]]) -> None:
-    """Best effort: MongoDB history must not stop the loop. Failures are logged and counted."""
-    store = rt.services.history
-    if store is None or not pairs:
-        return
-    try:
-        save_many = getattr(store, "save_many", None)
-        if save_many is not None:  # one bulk write per collection
-            await save_many("recommendations", [r for r, _ in pairs])
-            await save_many("decisions", [d for _, d in pairs])
-            return
-        for rec, decision in pairs:
-            await store.save_recommendation(rec)
-            await store.save_decision(decision)
-    except KubeFinOpsError as exc:
-        log.warning("%d decisions not archived in MongoDB: %s", len(pairs), exc)
+    """The MongoDB history, through the outbox (:mod:`agents.history`): a produce per record,
+    never a wait on MongoDB — an outage neither slows the gate nor loses a record."""
+    for rec, decision in pairs:
+        await history.record(rt, "recommendations", rec, rec.workload_id)
+        await history.record(rt, "decisions", decision, decision.workload_id)
 
 
 async def handle(rt: Runtime, key: bytes | None, raw: bytes | None) -> Decision | None:
@@ -62,14 +55,33 @@ async def handle_batch(
     """Decide every record (each decision sent at once), then archive the batch in bulk."""
     out: list[Decision | None] = []
     pairs: list[tuple[Recommendation, Decision]] = []
+    topic = rt.settings.topic("recommendations")
     for key, raw in records:
-        pair = await decide_one(rt, key, raw)
+        made: list[tuple[Recommendation, Decision] | None] = []
+        await guarded(
+            rt,
+            partial(_decide_into, made, rt, key, raw),
+            agent=AGENT,
+            topic=topic,
+            key=key,
+            raw=raw,
+        )
+        pair = made[0] if made else None
         out.append(None if pair is None else pair[1])
         if pair is not None:
             pairs.append(pair)
     await archive(rt, pairs)
     RECORDS_PROCESSED.labels(AGENT).inc(len(pairs))
     return out
+
+
+async def _decide_into(
+    into: list[tuple[Recommendation, Decision] | None],
+    rt: Runtime,
+    key: bytes | None,
+    raw: bytes | None,
+) -> None:
+    into.append(await decide_one(rt, key, raw))
 
 
 async def decide_one(

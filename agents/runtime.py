@@ -51,6 +51,8 @@ class Sinks:
     deadletter: Sink
     ticks: Sink
     cycles: Sink
+    history: Sink
+    apply_control: Sink
     verifications: Sink
     verification_queue: Sink
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
+from agents import history
 from agents.policies import current_policies
 from agents.runtime import Runtime, park, parse_or_park
 from engine.adapters.verification import check, settle
@@ -30,7 +31,7 @@ from engine.core.verification import (
     start,
     superseded,
 )
-from engine.errors import KubeFinOpsError, RetryableError
+from engine.errors import RetryableError
 from engine.metrics import (
     CYCLE_FAILURES,
     RECORDS_PROCESSED,
@@ -191,7 +192,7 @@ async def check_all(rt: Runtime, now: float) -> list[Verification]:
 
 
 async def publish(rt: Runtime, v: Verification) -> None:
-    """A transition: the record, the metrics, MongoDB history (best effort), a log line."""
+    """A transition: the record, the metrics, MongoDB history (via the outbox), a log line."""
     await rt.topics.verifications.send(
         key=v.workload_id.encode(), value=v.model_dump_json().encode()
     )
@@ -203,12 +204,9 @@ async def publish(rt: Runtime, v: Verification) -> None:
     elif v.phase is Phase.REGRESSED and not v.revert_pending:
         recommended = "revert recommended" in v.detail
         REVERTS.labels(outcome="recommended" if recommended else "failed").inc()
-    store = rt.services.history
-    if store is not None:
-        try:
-            await store.save_verification(v)
-        except KubeFinOpsError as exc:
-            log.warning("verification %s not archived in MongoDB: %s", v.id, exc)
+    # Through the history outbox (agents/history.py): never waits on MongoDB, never lost; keyed by
+    # workload, so a change's states are stored in the order they happened.
+    await history.record(rt, "verifications", v, v.workload_id)
     log.info(
         "%s %s: %s%s",
         v.workload_id,

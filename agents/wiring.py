@@ -2,6 +2,9 @@
 
 Nothing here decides anything; the handlers (``agents.<name>``) do, and unit tests call them
 without a broker.  This module is what a worker registers on its app.
+
+Every record goes through :func:`agents.guard.guarded`: whatever a handler raises, the record is
+dead-lettered with the exception's type and field and the agent goes on (issue 10).
 """
 
 from __future__ import annotations
@@ -9,11 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import faust
 
-from agents import aggregator, collector, executor, gate, ledger, policies, reporter, verifier
+from agents import (
+    aggregator,
+    collector,
+    executor,
+    gate,
+    history,
+    ledger,
+    policies,
+    reporter,
+    verifier,
+)
+from agents.guard import guarded
 from agents.runtime import Runtime
 from engine.app import Topics, wait_for_assignment
 
@@ -25,31 +40,57 @@ Handler = Callable[[Runtime, bytes | None, bytes | None], Awaitable[object]]
 
 
 def per_event(
-    app: faust.App, topic: faust.TopicT, name: str, handler: Handler, rt: Runtime
+    app: faust.App, topic: faust.TopicT, name: str, handler: Handler, rt: Runtime, agent: str
 ) -> None:
-    """A stream agent that hands each record (key, value) of ``topic`` to ``handler``."""
+    """A stream agent that hands each record (key, value) of ``topic`` to ``handler``, under
+    the guard: a record it fails on is dead-lettered (with the record's own topic) and the
+    stream goes on."""
 
-    async def agent(stream: Any) -> None:
+    async def consume(stream: Any) -> None:
         async for event in stream.events():
-            await handler(rt, event.key, event.value)
+            await guarded(
+                rt,
+                partial(handler, rt, event.key, event.value),
+                agent=agent,
+                topic=str(event.message.topic),
+                key=event.key,
+                raw=event.value,
+            )
 
-    agent.__name__ = agent.__qualname__ = name.rsplit(".", 1)[-1]
-    app.agent(topic, name=name)(agent)
+    consume.__name__ = consume.__qualname__ = name.rsplit(".", 1)[-1]
+    app.agent(topic, name=name)(consume)
+
+
+async def _collector_tick(rt: Runtime, key: bytes | None, value: bytes | None) -> None:
+    await collector.on_tick(rt)
 
 
 def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
     """Register every stream agent, timer and start-up task of the autopilot on ``app``."""
-    record_handlers: tuple[tuple[faust.TopicT, str, Handler], ...] = (
-        (topics.policies, "policy_sync", policies.sync),
-        (topics.metrics, "aggregator", aggregator.ingest),
-        (topics.executions, "ledger", ledger.record),
-        (topics.verifications, "ledger_verifications", ledger.record_verification),
-        (topics.cycles, "verifier_forward", verifier.forward),
-        (topics.verification_queue, "verifier", verifier.handle),
-        (topics.cycles, "reporter", reporter.handle),
+    # One stream over both one-partition topics: decisions, and the collector's manifests plus
+    # the apply ticks (kept off the decisions topic, which stays decisions only).
+    executor_input = app.topic(
+        rt.settings.topic("decisions"),
+        rt.settings.topic("apply-control"),
+        partitions=1,  # both are one-partition topics: the single Git writer
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
-    for topic, name, handler in record_handlers:
-        per_event(app, topic, f"kubefinops.agents.{name}", handler, rt)
+    record_handlers: tuple[tuple[faust.TopicT, str, Handler, str], ...] = (
+        (topics.policies, "policy_sync", policies.sync, policies.AGENT),
+        (topics.ticks, "collector", _collector_tick, collector.AGENT),
+        (topics.metrics, "aggregator", aggregator.ingest, aggregator.AGENT),
+        (executor_input, "executor", executor.accept, executor.AGENT),
+        (topics.executions, "ledger", ledger.record, ledger.AGENT),
+        (topics.verifications, "ledger_verifications", ledger.record_verification, ledger.AGENT),
+        (topics.cycles, "verifier_forward", verifier.forward, verifier.AGENT),
+        (topics.verification_queue, "verifier", verifier.handle, verifier.AGENT),
+        (topics.cycles, "reporter", reporter.handle, reporter.AGENT),
+    )
+    for topic, name, handler, agent in record_handlers:
+        per_event(app, topic, f"kubefinops.agents.{name}", handler, rt, agent)
 
     @app.task
     async def reconcile_on_start() -> None:
@@ -66,20 +107,30 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         if await wait_for_assignment(app) and rt.settings.collect_on_start and app.is_leader():
             await collector.request_cycle(rt, "start")
 
-    @app.agent(topics.ticks, name="kubefinops.agents.collector")
-    async def collect(stream: Any) -> None:
-        async for _ in stream:
-            await collector.on_tick(rt)
-
     @app.agent(topics.recommendations, name="kubefinops.agents.gate")
     async def decide(stream: Any) -> None:
         async for events in stream.take_events(gate.GATE_BATCH, within=gate.GATE_WITHIN):
+            # each record is decided under the guard inside (one bad member never costs the batch)
             await gate.handle_batch(rt, [(e.key, e.value) for e in events])
 
-    @app.agent(topics.decisions, name="kubefinops.agents.executor")
-    async def execute(stream: Any) -> None:
-        async for batch in stream.take(1000, within=rt.settings.apply_batch_seconds):
-            await executor.handle_batch(rt, batch)
+    @app.timer(interval=max(0.5, rt.settings.apply_batch_seconds / 3))
+    async def apply_tick() -> None:
+        # Tables are written only inside their stream: wake it while cycles wait to be applied.
+        if executor.has_pending(rt):
+            await executor.tick(rt)
+
+    @app.agent(topics.history, name="kubefinops.agents.history")
+    async def history_writer(stream: Any) -> None:
+        async for events in stream.take_events(history.BATCH, within=history.WITHIN):
+            records = [(e.key, e.value) for e in events]
+            await guarded(
+                rt,
+                partial(history.write_batch, rt, records),
+                agent=history.AGENT,
+                topic=rt.settings.topic("history"),
+                key=None,
+                raw=b"\n".join(v or b"" for _, v in records),
+            )
 
     @app.timer(interval=rt.settings.verification_interval_seconds, on_leader=True)
     async def verification_tick() -> None:
@@ -96,4 +147,5 @@ AGENTS = (
     ledger.AGENT,
     reporter.AGENT,
     verifier.AGENT,
+    history.AGENT,
 )

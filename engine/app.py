@@ -41,6 +41,8 @@ class Topics:
     deadletter: faust.TopicT
     ticks: faust.TopicT  # internal: collector cycle trigger, one partition
     cycles: faust.TopicT  # internal: one record per executed cycle, for the reporter
+    history: faust.TopicT  # internal: the outbox of the MongoDB history (gate -> history writer)
+    apply_control: faust.TopicT  # internal: cycle manifests and apply ticks for the executor
     verifications: faust.TopicT  # outcomes of pushed changes (docs/verification.md)
     verification_queue: faust.TopicT  # internal: changes to watch + ticks, one partition
 
@@ -156,6 +158,8 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("deadletter", 1, False),
         TopicSpec("collector-ticks", 1, False, "collector"),
         TopicSpec("cycles", 1, False, "reporter"),
+        TopicSpec("history", n, False, "history"),
+        TopicSpec("apply-control", 1, False, "executor"),
         TopicSpec("verifications", n, False, "ledger-verifications"),
         TopicSpec("verification-queue", 1, False, "verifier"),
     ]
@@ -191,6 +195,8 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         deadletter=topic("deadletter"),
         ticks=topic("collector-ticks"),
         cycles=topic("cycles"),
+        history=topic("history"),
+        apply_control=topic("apply-control"),
         verifications=topic("verifications"),
         verification_queue=topic("verification-queue"),
     )

@@ -30,6 +30,18 @@ DEAD_LETTERS = Counter(
     ["agent", "reason"],
     registry=REGISTRY,
 )
+AGENT_FAILURES = Counter(
+    f"{_NS}_agent_failures_total",
+    "Records whose handler raised: dead-lettered by the guard, the agent went on.",
+    ["agent", "exception"],
+    registry=REGISTRY,
+)
+HISTORY_WRITES = Counter(
+    f"{_NS}_history_writes_total",
+    "MongoDB history writes of the outbox writer, by outcome (ok, retry).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 SAMPLES_INGESTED = Counter(
     f"{_NS}_samples_ingested_total",
     "Usage samples merged into table state.",
@@ -198,6 +210,8 @@ def init_series(agents: tuple[str, ...]) -> None:
         CYCLE_FAILURES.labels(agent=agent, dependency=dependency)
     for agent in agents:
         RECORDS_PROCESSED.labels(agent=agent)
+    for outcome in ("ok", "retry"):
+        HISTORY_WRITES.labels(outcome=outcome)
     for resource in ("cpu", "memory"):
         SAMPLES_INGESTED.labels(resource=resource)
     for outcome in ("ok", "retry", "error", "unavailable"):

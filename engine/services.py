@@ -60,9 +60,11 @@ class PolicySource(Protocol):
 
 
 class HistoryStore(Protocol):
-    async def save_recommendation(self, record: BaseModel) -> None: ...
+    async def save(self, kind: str, record: BaseModel | dict[str, Any]) -> None:
+        """Upsert one record by its id; ``DependencyUnavailable`` while MongoDB is away."""
 
-    async def save_decision(self, record: BaseModel) -> None: ...
+    async def save_many(self, kind: str, records: list[BaseModel | dict[str, Any]]) -> int:
+        """:meth:`save` for many records in one round trip."""
 
     async def save_execution(self, record: BaseModel) -> None: ...
 

@@ -160,7 +160,12 @@ class Settings(BaseSettings):
     git_token_file: Path | None = None
     git_author_name: str = "KubeFinOps Autopilot"
     git_author_email: str = "kubefinops-bot@users.noreply.local"
-    apply_batch_seconds: PositiveFloat = 10.0  # decisions arriving within this form one cycle
+    # Decisions are applied per collection cycle: once the collector's manifest count is reached,
+    # or (no manifest) after this long without a new decision of the cycle...
+    apply_batch_seconds: PositiveFloat = 10.0
+    # ...or, when the manifest count is never reached (a dead-lettered recommendation), this long
+    # after the cycle's first decision, with what it has.
+    apply_cycle_timeout_seconds: PositiveFloat = 900.0
 
     # --- verified apply (docs/verification.md; a policy's "verification" block overrides) ------
     verification_enabled: bool = True

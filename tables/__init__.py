@@ -14,6 +14,8 @@ last-action             workload id   ``LastAction`` (cooldown, idempotency)    
 watermarks              query name    collector watermark (Unix s)               1
 verifications           workload id   ``Verification``: watch of its last change  1
 policies (global)       policy id     ``Policy``, on every worker                1
+pending-cycles          cycle id      the executor's waiting cycle: expected...  1
+pending-decisions       cycle|wid     a decision waiting for its cycle           1
 ======================  ============  =========================================  ==========
 
 The N-partition tables are written from streams of N-partition topics keyed by workload id,
@@ -71,4 +73,14 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         ),
         policies=app.GlobalTable("policies", partitions=1, help="Policies by id", schema=_json()),
         usage_cache_bytes=settings.usage_cache_bytes,
+        # written by the executor's stream of the one-partition decisions topic
+        pending_cycles=app.Table(
+            "pending-cycles", partitions=1, help="Cycles waiting to be applied", schema=_json()
+        ),
+        pending_decisions=app.Table(
+            "pending-decisions",
+            partitions=1,
+            help="Decisions waiting for their cycle",
+            schema=_json(),
+        ),
     )

@@ -189,6 +189,11 @@ class Tables:
     last_action: TypedTable[LastAction]
     watermarks: MutableMapping[str, float]
     policies: TypedTable[Policy]
+    # The executor's decisions waiting for their cycle (agents/executor.py): cycle -> facts, and
+    # "<cycle>|<workload id>" -> the decision (JSON dicts: one row per decision, never one
+    # value that grows with the fleet).
+    pending_cycles: MutableMapping[str, Any]
+    pending_decisions: MutableMapping[str, Any]
     verifications: TypedTable[Verification]
 
     @classmethod
@@ -202,6 +207,8 @@ class Tables:
         policies: MutableMapping[Any, Any],
         verifications: MutableMapping[Any, Any],
         usage_cache_bytes: int = DEFAULT_USAGE_CACHE_BYTES,
+        pending_cycles: MutableMapping[Any, Any] | None = None,
+        pending_decisions: MutableMapping[Any, Any] | None = None,
     ) -> Tables:
         return cls(
             usage=UsageTable(usage, usage_cache_bytes),
@@ -209,6 +216,8 @@ class Tables:
             last_action=TypedTable(last_action, ModelCodec(LastAction), "last-action"),
             watermarks=watermarks,
             policies=TypedTable(policies, PolicyCodec(), "policies"),
+            pending_cycles={} if pending_cycles is None else pending_cycles,
+            pending_decisions={} if pending_decisions is None else pending_decisions,
             verifications=TypedTable(verifications, ModelCodec(Verification), "verifications"),
         )
 

@@ -166,17 +166,20 @@ class FakeReports(Failing):
 
 
 class FakeHistory(Failing):
+    """MongoDB's history: what the history writer stored, by kind (``decisions``...)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.saved: list[tuple[str, BaseModel]] = []
+        self.saved: list[tuple[str, Any]] = []
 
-    async def save_recommendation(self, record: BaseModel) -> None:
+    async def save(self, kind: str, record: Any) -> None:
         self._maybe_fail()
-        self.saved.append(("recommendation", record))
+        self.saved.append((kind, record))
 
-    async def save_decision(self, record: BaseModel) -> None:
+    async def save_many(self, kind: str, records: list[Any]) -> int:
         self._maybe_fail()
-        self.saved.append(("decision", record))
+        self.saved.extend((kind, r) for r in records)
+        return len(records)
 
     async def save_verification(self, record: BaseModel) -> None:
         self._maybe_fail()
@@ -184,11 +187,12 @@ class FakeHistory(Failing):
 
     async def verifications_between(self, start: float, end: float) -> list[dict[str, Any]]:
         self._maybe_fail()
-        return [
-            r.model_dump(mode="json")
+        docs = [
+            r.model_dump(mode="json") if isinstance(r, BaseModel) else dict(r)
             for kind, r in self.saved
-            if kind == "verification" and start < getattr(r, "updated_at", 0.0) <= end
+            if kind in ("verification", "verifications")  # direct, or through the outbox
         ]
+        return [d for d in docs if start < float(d.get("updated_at", 0.0)) <= end]
 
 
 class FakePolicies(Failing):

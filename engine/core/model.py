@@ -416,6 +416,23 @@ class CycleSummary(Wire):
         return self
 
 
+HistoryKind = Literal["recommendations", "decisions", "executions", "verifications"]
+
+
+class HistoryRecord(Wire):
+    """On ``kubefinops.history`` (the outbox of the MongoDB history): one record to upsert."""
+
+    kind: HistoryKind
+    record: dict[str, Any]
+
+    @field_validator("record")
+    @classmethod
+    def _has_id(cls, record: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(record.get("id"), str) or not record["id"]:
+            raise ValueError("must carry a non-empty string id")
+        return record
+
+
 class DeadLetter(Wire):
     topic: str
     key: str | None

@@ -46,6 +46,14 @@ class MemoryHistory:
         doc["at"] = float(doc.get(_TIME_FIELD[kind]) or self.clock())
         self.rows[kind][key or str(doc["id"])] = doc
 
+    async def save(self, kind: str, record: BaseModel | Doc) -> None:
+        self._save(kind, record)
+
+    async def save_many(self, kind: str, records: list[BaseModel | Doc]) -> int:
+        for record in records:
+            self._save(kind, record)
+        return len(records)
+
     async def save_recommendation(self, record: BaseModel) -> None:
         self._save("recommendations", record)
 

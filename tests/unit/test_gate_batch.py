@@ -1,4 +1,5 @@
-"""The gate decides a batch of recommendations and archives it in one bulk write per kind."""
+"""The gate decides a batch of recommendations; its history goes to the outbox, which the
+history writer stores in one bulk write per kind."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from agents import gate
+from agents import gate, history
 from agents.runtime import Runtime, Sinks
 from engine.core.model import (
     Confidence,
@@ -38,10 +39,13 @@ class _Store:
     calls: list[tuple[str, int]] = field(default_factory=list)
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    async def save(self, kind: str, record: Any) -> None:
+        await self.save_many(kind, [record])
+
     async def save_many(self, kind: str, records: list[Any]) -> int:
         self.calls.append((kind, len(records)))
         for r in records:
-            self.rows[f"{kind}/{r.id}"] = r
+            self.rows[f"{kind}/{r['id']}"] = r
         return len(records)
 
 
@@ -91,6 +95,8 @@ def test_a_batch_is_decided_record_by_record_and_archived_in_two_bulk_writes() -
     assert out[-1] is None and out[-2] is None  # bad JSON; no spec
     assert all(isinstance(d, Decision) for d in out[:-2])
     assert len(sinks["decisions"].sent) == n - 1 and len(sinks["deadletter"].sent) == 2
+    assert store.calls == []  # the gate never waits on MongoDB
+    asyncio.run(history.write_batch(rt, sinks["history"].sent))
     assert store.calls == [("recommendations", n - 1), ("decisions", n - 1)]
     assert {d.id for d in out[:-2] if d} == {
         k.split("/", 1)[1] for k in store.rows if k.startswith("decisions/")
@@ -102,17 +108,15 @@ def test_a_store_without_bulk_writes_gets_one_save_per_record() -> None:
     class _Plain:
         saved: list[str] = field(default_factory=list)
 
-        async def save_recommendation(self, record: Any) -> None:
-            self.saved.append(record.id)
-
-        async def save_decision(self, record: Any) -> None:
-            self.saved.append(record.id)
+        async def save(self, kind: str, record: Any) -> None:
+            self.saved.append(record["id"])
 
     store = _Plain()
-    rt, _ = _runtime(store)
+    rt, sinks = _runtime(store)
     spec, rec = _rec(1)
     rt.tables.workloads[spec.workload_id] = spec
     decision = asyncio.run(
         gate.handle(rt, rec.workload_id.encode(), rec.model_dump_json().encode())
     )
+    asyncio.run(history.write_batch(rt, sinks["history"].sent))
     assert decision is not None and store.saved == [rec.id, decision.id]
