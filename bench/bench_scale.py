@@ -195,13 +195,7 @@ def recover(
     """A new worker process on the killed one's port (a restarted container keeps its pod's
     address, which Faust's assignor checks against a static member's previous assignment)."""
     started = time.monotonic()
-    server = Server(
-        name=name,
-        argv=[sys.executable, "-m", "engine.cli", "worker"],
-        log=dep.workdir / f"{name}.log",
-        env=dep.env(port, name),
-    ).start()
-    dep.workers.append((server, port))
+    server, port = dep.start_worker(name, port)
     pending = list(probe)
     while pending and time.monotonic() - started < timeout and server.alive():
         pending = [(ns, wl, n) for ns, wl, n in pending if usage_count(port, ns, wl) != n]
