@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from engine.core.cost import Prices
 from engine.core.model import DeadLetter, Wire, parse
+from engine.core.records import reason_class  # the metric's label = the CLI's and API's group
 from engine.errors import InvalidRecord
 from engine.metrics import DEAD_LETTERS
 from engine.services import Services
@@ -74,12 +75,6 @@ class Runtime:
     @property
     def prices(self) -> Prices:
         return self.settings.prices
-
-
-def reason_class(reason: str) -> str:
-    """A low-cardinality label for a reason: the text before the first ':'."""
-    head = reason.split(":", 1)[0].strip()
-    return head[:60] or "unknown"
 
 
 async def park(

@@ -16,6 +16,7 @@ of it is behind the read token when one is set (the one decorator, ``bearer_requ
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web as aioweb
@@ -56,61 +57,49 @@ class StatsView(RuntimeView):
     def stats_service(self) -> Any:
         return self.rt.services.stats
 
-    def unavailable(self) -> Response:
-        return self.error(503, "no MongoDB configured: the stats API needs the history")
+    async def answer(self, ask: Callable[[Any], Awaitable[dict[str, Any]]]) -> Response:
+        """``ask(service)`` as JSON; 503 without MongoDB or while it is unreachable."""
+        svc = self.stats_service()
+        if svc is None:
+            return self.error(503, "no MongoDB configured: the stats API needs the history")
+        try:
+            return self.json(await ask(svc))
+        except DependencyUnavailable as exc:
+            return self.error(503, str(exc))
 
 
 class Stats(StatsView):
     @bearer_required("read")
     async def get(self, request: Request) -> Response:
-        svc = self.stats_service()
-        if svc is None:
-            return self.unavailable()
-        try:
-            return self.json(await svc.stats())
-        except DependencyUnavailable as exc:
-            return self.error(503, str(exc))
+        return await self.answer(lambda svc: svc.stats())
 
 
 class Recommendations(StatsView):
     @bearer_required("read")
     async def get(self, request: Request) -> Response:
-        svc = self.stats_service()
-        if svc is None:
-            return self.unavailable()
         q = request.query
-        try:
-            return self.json(await svc.recommendations(q.get("namespace"), q.get("workload")))
-        except DependencyUnavailable as exc:
-            return self.error(503, str(exc))
+        return await self.answer(
+            lambda svc: svc.recommendations(q.get("namespace"), q.get("workload"))
+        )
 
 
 class Decisions(StatsView):
     @bearer_required("read")
     async def get(self, request: Request) -> Response:
-        svc = self.stats_service()
-        if svc is None:
-            return self.unavailable()
         q = request.query
         try:
             limit = int(q.get("limit") or 50)
             before = _float(q.get("before"), "before")
         except ValueError as exc:
             return self.error(400, f"invalid query: {exc}")
-        action = q.get("action")
-        if action not in (None, "", "apply", "hold", "skip"):
+        action = q.get("action") or None
+        if action not in (None, "apply", "hold", "skip"):
             return self.error(400, "action must be apply, hold or skip")
-        try:
-            page = await svc.decisions(
-                q.get("namespace"),
-                q.get("workload"),
-                action=action or None,
-                limit=limit,
-                before=before,
+        return await self.answer(
+            lambda svc: svc.decisions(
+                q.get("namespace"), q.get("workload"), action=action, limit=limit, before=before
             )
-        except DependencyUnavailable as exc:
-            return self.error(503, str(exc))
-        return self.json(page)
+        )
 
 
 class Workload(StatsView):

@@ -122,6 +122,8 @@ def main() -> int:
             f" load {loaded:.1f} s, backtest {ran:.1f} s for {len(runs)} strategies"
             f" ({ran / max(len(runs), 1):.1f} s each)"
         )
+        exposure = ", ".join(f"{f.strategy} {f.memory_above:.1%}" for f in results)
+        print(f"memory samples above the memory request (eviction exposure): {exposure}")
         if verified.reverts:
             print(f"verified apply: reverts {verified.reverts}")
     by = {f.strategy: f for f in results}

@@ -45,6 +45,7 @@ from bench.common import (
     build_messages,
     consume_count,
     end_offsets,
+    ingested,
     proc_status,
     produce_fast,
     samples_per_message,
@@ -243,6 +244,42 @@ def part_throughput(
         print_profile(prof)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (/proc/<pid>/stat, clock ticks -> seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def part_cpu(stack: Stack, containers: int, chunks: int, workers: int, timeout: float) -> None:
+    """CPU-seconds per million samples ingested, summed over ``workers`` worker processes
+    (from all ready to all ingested), on a fresh deployment with the same kind of messages."""
+    assert stack.kafka is not None
+    chunk_seconds = 500 * 60
+    total = containers * chunks * samples_per_message(chunk_seconds)
+    dep = stack.deployment(partitions=PARTITIONS)
+    topic = precreate(stack, dep)
+    asyncio.run(produce_fast(stack.kafka, topic, build_messages(containers, chunks, chunk_seconds)))
+    procs = [dep.start_worker(f"c{i}") for i in range(workers)]
+    for server, port in procs:
+        dep.wait_ready(port, server=server, timeout=120)
+    cpu0 = sum(cpu_seconds(server.pid) for server, _ in procs)
+    started = time.monotonic()
+    done = 0.0
+    while time.monotonic() - started < timeout:
+        done = sum(ingested(port) for _, port in procs)
+        if done >= total:
+            break
+        time.sleep(0.2)
+    wall = time.monotonic() - started
+    cpu = sum(cpu_seconds(server.pid) for server, _ in procs) - cpu0
+    print(
+        f"  {workers} worker(s): {done:,.0f}/{total:,} samples in {wall:.1f}s "
+        f"({done / wall:,.0f} samples/s together), {cpu:.1f} CPU-s = "
+        f"{cpu / max(done / 1e6, 1e-9):.2f} CPU-s per million samples"
+    )
+    dep.stop_all()
+
+
 def print_sizes(sizes: dict[str, Any], span: str) -> None:
     for r in ("cpu", "memory"):
         arr = sizes[r]
@@ -360,6 +397,9 @@ def main() -> None:
     ap.add_argument("--backfill-days", type=int, default=14)
     ap.add_argument("--timeout", type=float, default=300.0, help="per worker wait, seconds")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument(
+        "--cpu-workers", default="", help="e.g. 1,2: CPU-s per million samples for 1 and 2 workers"
+    )
     ap.add_argument("--skip-backfill", action="store_true")
     ap.add_argument(
         "--worker-env",
@@ -388,6 +428,10 @@ def main() -> None:
             print(f"# extra worker environment: {env}")
         if not args.skip_throughput:
             part_throughput(stack, args.containers, args.chunks, args.timeout, args.profile, env)
+        if args.cpu_workers:
+            print("\n== CPU-seconds per million samples (all workers ready -> all ingested)")
+            for n in (int(w) for w in args.cpu_workers.split(",")):
+                part_cpu(stack, args.containers, args.chunks, n, args.timeout)
         if not args.skip_backfill:
             sizes = [int(c) for c in args.backfill_containers.split(",")]
             part_backfill(stack, sizes, args.backfill_days, args.timeout, env)

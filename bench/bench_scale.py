@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import re
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (
     Stack,
     container_names,
+    encode_batch,
     get_text,
     proc_status,
     produce_fast,
@@ -85,24 +85,7 @@ def spec_of(ns: str, name: str, at: float) -> WorkloadSpec:
 def batch_doc(
     rng: np.random.Generator, ns: str, wl: str, cont: str, start: int, end: int, step: int
 ) -> tuple[bytes, bytes, int]:
-    ts = np.arange(start + step, end + 1, step, dtype=float)
-    cpu = np.round(rng.lognormal(math.log(0.2), 0.6, ts.size), 5)
-    mem = np.round(rng.uniform(2e8, 6e8, ts.size))
-    tl = ts.tolist()
-    doc = {
-        "namespace": ns,
-        "kind": "Deployment",
-        "workload": wl,
-        "container": cont,
-        "start": float(start),
-        "end": float(end),
-        "type": "usage",
-        "samples": {
-            "cpu": [list(p) for p in zip(tl, cpu.tolist(), strict=True)],
-            "memory": [list(p) for p in zip(tl, mem.tolist(), strict=True)],
-        },
-    }
-    return f"{ns}/Deployment/{wl}".encode(), json.dumps(doc).encode(), 2 * ts.size
+    return encode_batch(rng, ns, wl, cont, start, end, step=step)
 
 
 def history(wls: list[tuple[str, str]], chunks: list[tuple[int, int]], step: int) -> Any:
@@ -153,7 +136,8 @@ async def decisions_of(
             for records in batch.values():
                 for r in records:
                     doc = json.loads(r.value)
-                    if doc.get("cycle") == cycle:
+                    # the collection cycle (``cycle`` in records written before issue 13)
+                    if doc.get("collection_cycle", doc.get("cycle")) == cycle:
                         arrived.setdefault(doc["workload_id"], now)
 
     producer = AIOKafkaProducer(
@@ -211,13 +195,7 @@ def recover(
     """A new worker process on the killed one's port (a restarted container keeps its pod's
     address, which Faust's assignor checks against a static member's previous assignment)."""
     started = time.monotonic()
-    server = Server(
-        name=name,
-        argv=[sys.executable, "-m", "engine.cli", "worker"],
-        log=dep.workdir / f"{name}.log",
-        env=dep.env(port, name),
-    ).start()
-    dep.workers.append((server, port))
+    server, port = dep.start_worker(name, port)
     pending = list(probe)
     while pending and time.monotonic() - started < timeout and server.alive():
         pending = [(ns, wl, n) for ns, wl, n in pending if usage_count(port, ns, wl) != n]

@@ -200,14 +200,21 @@ def chunk_plan(chunks: int, chunk_seconds: int, now: float | None = None) -> lis
 
 
 def encode_batch(
-    rng: np.random.Generator, ns: str, wl: str, cont: str, start: int, end: int, pods: int = 1
+    rng: np.random.Generator,
+    ns: str,
+    wl: str,
+    cont: str,
+    start: int,
+    end: int,
+    pods: int = 1,
+    step: int = MINUTE,
 ) -> tuple[bytes, bytes, int]:
-    """A MetricsBatch (wire JSON) with 1-minute samples of ``pods`` pods in ``(start, end]``.
+    """A MetricsBatch (wire JSON): samples every ``step`` s of ``pods`` pods in ``(start, end]``.
 
     Built as a plain dict (the wire format of ``engine.core.model.MetricsBatch``) because pydantic
     serialisation of millions of samples would dominate the benchmark's set-up time.
     """
-    ts = np.arange(start + MINUTE, end + 1, MINUTE, dtype=float)
+    ts = np.arange(start + step, end + 1, step, dtype=float)
     n = ts.size * pods
     cpu = np.round(rng.lognormal(math.log(0.2), 0.6, n), 5)
     mem = np.round(rng.uniform(2e8, 6e8, n))

@@ -94,9 +94,12 @@ class StatsService:
             except KubeFinOpsError as exc:
                 return {"error": str(exc), "lag": {}, "dead_letters": {}}
             lag: dict[str, Doc] = {}
-            for info in infos:
+            for info in infos:  # an agent may consume several topics: their lags add up
                 if info.consumer:
-                    lag[info.consumer] = {"topic": info.name, "lag": info.lag}
+                    row = lag.setdefault(info.consumer, {"topics": [], "lag": None})
+                    row["topics"].append(info.name)
+                    if info.lag is not None:
+                        row["lag"] = (row["lag"] or 0) + info.lag
             reasons: dict[str, int] = {}
             for item in letters:
                 cls = reason_class(item.letter.reason)

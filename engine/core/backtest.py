@@ -181,6 +181,7 @@ CycleHook = Callable[[str, float, Mapping[str, WorkloadState], Mapping[str, Outc
 class DayScore:
     samples: int = 0
     cpu_above: int = 0
+    memory_above: int = 0  # samples whose memory exceeds the memory request (not the limit)
     oom: bool = False
     cost: float = 0.0  # sum over samples of the hourly cost in force (x replicas)
     provisioned_cost: float = 0.0
@@ -447,6 +448,8 @@ class Backtest:
         day = (ts // DAY).astype(np.int64)
         req = spec.requests.cpu
         above = h.cpu[lo:hi] > (req if req is not None else 0.0)
+        mem_req = spec.requests.memory
+        mem_above = h.memory[lo:hi] > (mem_req if mem_req is not None else 0.0)
         cost = _cost_of(spec.requests.cpu, spec.requests.memory, replicas, p.prices)
         prov = _provisioned_costs(h, lo, hi, replicas, p.prices)
         per_day = days.setdefault(h.key, {})
@@ -459,6 +462,7 @@ class Backtest:
             k = int(np.count_nonzero(sel))
             score.samples += k
             score.cpu_above += int(np.count_nonzero(above & sel))
+            score.memory_above += int(np.count_nonzero(mem_above & sel))
             score.oom = score.oom or bool((over & sel).any())
             score.cost += cost * k
             score.provisioned_cost += float(prov[sel].sum())

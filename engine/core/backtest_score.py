@@ -4,6 +4,9 @@
   requests, over the scored container-days (OpenCost prices, :mod:`engine.core.cost`);
 * **CPU samples above request** = share of scored samples whose CPU usage exceeds the request
   in force;
+* **memory samples above request** = share of scored samples whose memory (as used, uncapped)
+  exceeds the memory request in force -- not a failure: with request < limit (QoS Burstable)
+  it is the time a container is first in line for eviction under node memory pressure;
 * **OOM workload-days** = share of scored container-days whose peak memory exceeded the limit
   in force;
 * **rollouts** = applies per workload per 30 days of its presence in the window (median over
@@ -31,6 +34,7 @@ class WorkloadFigures:
     container_days: int
     saving: float
     cpu_above: float
+    memory_above: float
     oom_days: int
     applies: int
     rollouts_per_30d: float
@@ -49,6 +53,7 @@ class Figures:
     provisioned_cost: float
     saving: float
     cpu_above: float
+    memory_above: float
     oom_days: int
     oom_share: float
     applies: int
@@ -80,11 +85,13 @@ def figures(run: StrategyRun, *, start: float, end: float) -> tuple[Figures, lis
     for key, _day, s in run.scored():
         wid = key.rsplit("/", 1)[0]
         acc = per_wl.setdefault(
-            wid, {"days": 0, "samples": 0, "above": 0, "oom": 0, "cost": 0.0, "prov": 0.0}
+            wid,
+            {"days": 0, "samples": 0, "above": 0, "mem": 0, "oom": 0, "cost": 0.0, "prov": 0.0},
         )
         acc["days"] += 1
         acc["samples"] += s.samples
         acc["above"] += s.cpu_above
+        acc["mem"] += s.memory_above
         acc["oom"] += int(s.oom)
         acc["cost"] += s.cost
         acc["prov"] += s.provisioned_cost
@@ -101,6 +108,7 @@ def figures(run: StrategyRun, *, start: float, end: float) -> tuple[Figures, lis
                 container_days=int(acc["days"]),
                 saving=1 - _share(acc["cost"], acc["prov"]) if acc["prov"] else 0.0,
                 cpu_above=_share(acc["above"], acc["samples"]),
+                memory_above=_share(acc["mem"], acc["samples"]),
                 oom_days=int(acc["oom"]),
                 applies=len(applies),
                 rollouts_per_30d=len(applies) / present * 30.0,
@@ -130,6 +138,7 @@ def figures(run: StrategyRun, *, start: float, end: float) -> tuple[Figures, lis
         provisioned_cost=prov,
         saving=1 - _share(cost, prov) if prov else 0.0,
         cpu_above=_share(sum(a["above"] for a in per_wl.values()), samples),
+        memory_above=_share(sum(a["mem"] for a in per_wl.values()), samples),
         oom_days=oom,
         oom_share=_share(oom, days),
         applies=sum(r.applies for r in rows),

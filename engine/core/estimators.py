@@ -75,7 +75,17 @@ class EstimatorParams(BaseModel):
     cpu_limit_percentile: float = Field(99.0, ge=50, le=100)
     cpu_limit_headroom: float = Field(0.15, ge=0, le=5)
     memory_percentile: float = Field(100.0, ge=50, le=100)  # 100 = observed max
-    memory_buffer: float = Field(0.30, ge=0, le=5)
+    memory_buffer: float = Field(0.60, ge=0, le=5)
+    # Memory request and limit apart (QoS Burstable): the limit carries the OOM safety (peak +
+    # buffer, growth, OOM bump), the request -- what the scheduler reserves and what costs -- is
+    # memory_request_percentile of the samples + memory_request_buffer, never above the limit.
+    # True: request = limit (QoS Guaranteed for memory, as KRR; no eviction risk under node
+    # memory pressure, at the cost of reserving the peak).
+    memory_limit_equals_request: bool = False
+    memory_request_percentile: float = Field(99.0, ge=50, le=100)
+    # "samples": the percentile of the working-set samples; "daily-peaks": of the daily peaks
+    memory_request_basis: Literal["samples", "daily-peaks"] = "samples"
+    memory_request_buffer: float = Field(0.10, ge=0, le=5)
     cpu_floor: CpuQuantity = 0.010
     memory_floor: MemoryQuantity = 100 * MIB
     cpu_cap: CpuQuantity | None = None
@@ -85,7 +95,7 @@ class EstimatorParams(BaseModel):
     # growth-aware memory: the robust (Theil-Sen) trend of the window peaks, projected this far
     memory_growth_horizon: Duration = 7 * 86400.0
     memory_growth_min_windows: int = Field(3, ge=2, le=1000)
-    oom_bump_factor: float = Field(2.0, ge=1, le=10)  # after an OOMKill: x factor of the limit...
+    oom_bump_factor: float = Field(3.0, ge=1, le=10)  # after an OOMKill: x factor of the limit...
     oom_bump_min: MemoryQuantity = 100 * MIB  # ...and at least this much more (VPA: 1.2, 100Mi)
     min_samples: int = Field(100, ge=1, le=2**31)
     min_history: Duration = 3 * 3600.0
@@ -257,13 +267,50 @@ def throttling_note(summary: UsageSummary, current: ContainerSpec) -> str | None
 def memory_base(summary: UsageSummary, params: EstimatorParams) -> Estimate:
     value, label = quantile(summary, params.memory_percentile)
     target = value * (1 + params.memory_buffer)
+    what = "memory request = limit" if params.memory_limit_equals_request else "memory limit"
     return Estimate(
         target,
         (
-            f"memory request = limit = {label} {fmt_memory(value)} + {params.memory_buffer:.0%}"
+            f"{what} = {label} {fmt_memory(value)} + {params.memory_buffer:.0%}"
             f" buffer = {fmt_memory(ceil_memory(target))}",
         ),
     )
+
+
+def memory_request(
+    limit: Estimate,
+    summary: UsageSummary,
+    current: ContainerSpec,
+    now: float,
+    params: EstimatorParams,
+) -> Estimate:
+    """The memory request when it is not the limit: a high percentile of the working set +
+    buffer, never above the limit; not lowered after a recent OOMKill."""
+    if params.memory_limit_equals_request or limit.value is None:
+        return limit
+    peaks = summary.window_max
+    if params.memory_request_basis == "daily-peaks" and peaks:
+        pct = params.memory_request_percentile
+        value = float(np.percentile(np.asarray(peaks, dtype=np.float64), pct))
+        label = f"p{pct:g} of {len(peaks)} daily peaks"
+    else:
+        value, label = quantile(summary, params.memory_request_percentile)
+    target = value * (1 + params.memory_request_buffer)
+    est = Estimate(
+        target,
+        (
+            f"memory request = {label} {fmt_memory(value)} +"
+            f" {params.memory_request_buffer:.0%} = {fmt_memory(ceil_memory(target))}"
+            " (QoS Burstable: the limit carries the OOM margin)",
+        ),
+    )
+    at, had = current.last_oom_at, current.requests.memory
+    if at is not None and now - at <= params.oom_lookback and had and target < had:
+        est = est.then(had, f"OOMKilled at {fmt_time(at)}: memory request not lowered")
+    est = jvm_guard(est, current)
+    if est.value is not None and est.value > limit.value:
+        est = est.then(limit.value, "memory request = the limit (never above it)")
+    return est
 
 
 def current_memory(current: ContainerSpec) -> float | None:
@@ -309,8 +356,8 @@ def oom_bump(
     at = current.last_oom_at
     if at is None or now - at > params.oom_lookback or est.value is None:
         return est
-    oom_limit = current.oom_limit_bytes or current_memory(current)
-    floor = current_memory(current) or 0.0
+    oom_limit = current.oom_limit_bytes or current.limits.memory or current_memory(current)
+    floor = current.limits.memory or current_memory(current) or 0.0
     if oom_limit:
         floor = max(floor, oom_limit * params.oom_bump_factor, oom_limit + params.oom_bump_min)
     if est.value >= floor:
@@ -414,14 +461,28 @@ def estimate_container(
     mem = oom_bump(mem, current, now, params)
     mem = jvm_guard(mem, current)
     mem_target = bounds(mem, params.memory_floor, params.memory_cap, "memory")
+    req_target = bounds(
+        memory_request(mem_target, mem_s, current, now, params),
+        params.memory_floor,
+        mem_target.value,
+        "memory",
+    )
     # the next step toward it: the max-step guardrail, never below the observed peak
     cpu = max_step(cpu_target, current.requests.cpu, params.max_step, "cpu")
     cpu = bounds(cpu, params.cpu_floor, params.cpu_cap, "cpu")
     assert cpu.value is not None and cpu_target.value is not None
     limit = cpu_limit(cpu.value, cpu_s, current, params)
-    mem = max_step(mem_target, current_memory(current), params.max_step, "memory")
+    mem_now = current.limits.memory or current_memory(current)
+    mem = max_step(mem_target, mem_now, params.max_step, "memory")
     mem = not_below_peak(mem, mem_s)
     mem = bounds(mem, params.memory_floor, params.memory_cap, "memory")
+    assert mem.value is not None and req_target.value is not None
+    req = req_target
+    if not params.memory_limit_equals_request:
+        req = max_step(req_target, current.requests.memory, params.max_step, "memory")
+        req = bounds(req, params.memory_floor, mem.value, "memory")
+    else:
+        req = mem
     if params.memory_cap is not None and mem_s.max > params.memory_cap:
         mem = mem.then(
             mem.value,
@@ -429,16 +490,17 @@ def estimate_container(
             f" peak {fmt_memory(mem_s.max)}: OOM risk",
         )
     target = None
-    if (cpu.value, mem.value) != (cpu_target.value, mem_target.value):
+    if (cpu.value, mem.value, req.value) != (cpu_target.value, mem_target.value, req_target.value):
         target_limit = cpu_limit(cpu_target.value, cpu_s, current, params)
         target = Targets(
             cpu_request=cpu_target.value,
             cpu_limit=target_limit.value,
-            memory_request=mem_target.value,
+            memory_request=req_target.value,
             memory_limit=mem_target.value,
         )
 
-    reasons = [why, *cpu.reasons, *limit.reasons, *mem.reasons]
+    req_reasons = () if req is mem else req.reasons
+    reasons = [why, *cpu.reasons, *limit.reasons, *mem.reasons, *req_reasons]
     note = throttling_note(cpu_s, current)
     if note:
         reasons.append(note)
@@ -449,7 +511,7 @@ def estimate_container(
         confidence=level,
         cpu_request=cpu.value,
         cpu_limit=limit.value,
-        memory_request=mem.value,
+        memory_request=req.value,
         memory_limit=mem.value,
         target=target,
         reasons=reasons,

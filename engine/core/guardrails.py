@@ -79,22 +79,26 @@ def drop_cpu(c: ContainerRecommendation, why: str) -> ContainerRecommendation:
 def protect_memory(
     c: ContainerRecommendation, lookback: float, now: float
 ) -> ContainerRecommendation:
-    """Never decrease memory of a container OOMKilled within ``lookback``."""
+    """Never decrease memory (request or limit, each against its own current value) of a
+    container OOMKilled within ``lookback``."""
     at = c.current.last_oom_at
-    floor = current_memory(c.current)
-    if at is None or floor is None or c.memory_request is None:
+    cur_req, cur_lim = c.current.requests.memory, c.current.limits.memory
+    if at is None or (cur_req is None and cur_lim is None) or c.memory_request is None:
         return c
     if math.isfinite(at) and now - at > lookback:  # an unreadable time protects (conservative)
         return c
-    if c.memory_request >= floor and (c.memory_limit is None or c.memory_limit >= floor):
+    req_floor = cur_req if cur_req is not None else current_memory(c.current) or 0.0
+    lim_floor = cur_lim if cur_lim is not None else req_floor
+    if c.memory_request >= req_floor and (c.memory_limit is None or c.memory_limit >= lim_floor):
         return c
-    why = f"oom guardrail: OOMKilled at {fmt_time(at)}, memory kept at {fmt_memory(floor)}"
+    request = max(c.memory_request, req_floor)
+    limit = max(c.memory_limit or lim_floor, lim_floor, request)
+    why = (
+        f"oom guardrail: OOMKilled at {fmt_time(at)}, memory kept at"
+        f" {fmt_memory(request)} request / {fmt_memory(limit)} limit"
+    )
     return c.model_copy(
-        update={
-            "memory_request": max(c.memory_request, floor),
-            "memory_limit": max(c.memory_limit or floor, floor),
-            "reasons": [*c.reasons, why],
-        }
+        update={"memory_request": request, "memory_limit": limit, "reasons": [*c.reasons, why]}
     )
 
 
@@ -175,7 +179,10 @@ def relative_changes(c: ContainerRecommendation) -> list[tuple[str, float]]:
 
 
 def drop_small_changes(
-    c: ContainerRecommendation, min_decrease: float, min_increase: float
+    c: ContainerRecommendation,
+    min_decrease: float,
+    min_increase: float,
+    min_memory_increase: float | None = None,
 ) -> ContainerRecommendation:
     """A resource (request and limit together) whose changes are all decreases by less than
     ``min_decrease`` or increases by less than ``min_increase`` of the current value is left
@@ -192,7 +199,10 @@ def drop_small_changes(
             change = (target - current) / current if current else float("inf")
             moves.append((attr, change))
         moving = [ch for _, ch in moves if ch != 0]
-        material = any(ch <= -min_decrease or ch >= min_increase for ch in moving)
+        up = min_increase
+        if resource == "memory" and min_memory_increase is not None:
+            up = min_memory_increase
+        material = any(ch <= -min_decrease or ch >= up for ch in moving)
         if moving and not material:
             update.update({attr: None for attr, _ in moves})
     if not update or all(getattr(c, a) is None for a in update):
@@ -306,9 +316,10 @@ def _gate(
     verdict = _min_change(containers, rails.min_change)
     if verdict:
         return containers, verdict
-    if rails.min_decrease > 0 or rails.min_increase > 0:
+    if rails.min_decrease > 0 or rails.min_increase > 0 or rails.min_memory_increase:
         containers = [
-            drop_small_changes(c, rails.min_decrease, rails.min_increase) for c in containers
+            drop_small_changes(c, rails.min_decrease, rails.min_increase, rails.min_memory_increase)
+            for c in containers
         ]
         if _min_change(containers, rails.min_change) is not None:
             return containers, (

@@ -139,9 +139,12 @@ class Exclusions(_Doc):
 class Guardrails(_Doc):
     min_change: float = Field(0.10, ge=0, le=1)
     # a decrease smaller than this share is dropped (left unchanged): hysteresis against churn
-    min_decrease: float = Field(0.30, ge=0, le=1)
+    min_decrease: float = Field(0.40, ge=0, le=1)
     # an increase smaller than this share is dropped too (OOM fixes are never held)
     min_increase: float = Field(0.0, ge=0, le=10)
+    # memory increases only (None = min_increase): memory below the limit is never killed, so a
+    # small rise of a memory request/limit with no OOMKill can wait for a material one
+    min_memory_increase: float | None = Field(0.35, ge=0, le=10)
     cooldown: Duration = 86400.0
     # the gate's clock and the ledger's executed_at differ by the apply latency: a cooldown is
     # over when this close to its end (a daily cycle must not wait two days for 24 h)

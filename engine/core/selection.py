@@ -16,10 +16,11 @@ CPU costs Prometheus one sample per step instead of every sample of a ``rate()``
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from engine.errors import ConfigError
 
@@ -178,11 +179,13 @@ def counter_rates(values: Sequence[tuple[float, float]], step: float) -> list[tu
     """Per-step rates of a counter sampled once per ``step``: ``(t, increase / step)`` for each
     pair of consecutive steps; a decrease is a reset (the increase is the value after it, as
     PromQL's ``rate``); a gap longer than one step (a pod that was not there) gives no rate."""
-    out: list[tuple[float, float]] = []
-    for (t0, v0), (t1, v1) in itertools.pairwise(values):
-        dt = t1 - t0
-        if dt <= 0 or dt > step * 1.5:
-            continue
-        increase = v1 - v0 if v1 >= v0 else v1
-        out.append((t1, increase / dt))
-    return out
+    if len(values) < 2:
+        return []
+    arr = np.asarray(values, dtype=np.float64)
+    t, v = arr[:, 0], arr[:, 1]
+    dt = np.diff(t)
+    increase = np.diff(v)
+    increase = np.where(increase >= 0, increase, v[1:])
+    keep = (dt > 0) & (dt <= step * 1.5)
+    rates = increase[keep] / dt[keep]
+    return list(zip(t[1:][keep].tolist(), rates.tolist(), strict=True))

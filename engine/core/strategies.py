@@ -46,6 +46,7 @@ AUTOPILOT_DEFAULT = DEFAULT_POLICY.model_copy(
 # memory, x2 max step, VPA's x1.2 OOM bump, 10% decrease hysteresis), for before/after runs.
 CLASSIC = {
     "estimator": {
+        "memory_limit_equals_request": True,
         "cpu_percentile_mode": "fixed",
         "cpu_headroom": 0.15,
         "memory_buffer": 0.15,
@@ -53,7 +54,7 @@ CLASSIC = {
         "oom_bump_factor": 1.2,
         "max_step": 2.0,
     },
-    "guardrails": {"min_decrease": 0.10},
+    "guardrails": {"min_decrease": 0.10, "min_memory_increase": None},
 }
 AUTOPILOT_CLASSIC = Policy.model_validate(
     {

@@ -482,8 +482,10 @@ def test_estate_renders_and_passes_strict_validation(tmp_path: Path) -> None:
     ).stdout
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(out)
+    # The CLI of the interpreter running the tests: found without the venv's bin on PATH.
+    cli = [sys.executable, "-m", "kubernetes_validate"]
     check = subprocess.run(
-        ["kubernetes-validate", "--strict", "-k", "1.31.0", "--quiet", str(rendered)],
+        [*cli, "--strict", "-k", "1.31.0", "--quiet", str(rendered)],
         capture_output=True,
         text=True,
         check=False,

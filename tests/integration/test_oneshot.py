@@ -173,7 +173,7 @@ def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
     assert unbound >= 3  # the P95 rule itself, not only the step rule, was checked
 
 
-def test_memory_never_below_the_observed_peak(
+def test_memory_limit_never_below_the_observed_peak(
     prometheus: PromInfo,
     full_run: tuple[list[dict[str, Any]], str],
 ) -> None:
@@ -183,8 +183,10 @@ def test_memory_never_below_the_observed_peak(
         ns, kind, name, cont = cid.split("/")
         peak = prometheus.truth.memory_max(ns, kind, name, cont, start, end)
         assert peak > 0
-        assert c["memory_request"] >= peak, cid
-        assert c["memory_limit"] >= c["memory_request"]
+        # QoS Burstable by default: the limit (what kills) covers the peak, the request (what
+        # costs) is the P99 + 10% and may be below it, never above the limit
+        assert c["memory_limit"] >= peak, cid
+        assert c["memory_limit"] >= c["memory_request"] > 0
         assert c["usage"]["memory"]["max"] >= peak
 
 

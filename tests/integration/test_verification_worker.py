@@ -107,7 +107,7 @@ def test_sigkill_during_the_watch_resumes_it_and_reverts_once(
     wid = change.workload_id
     try:
         server, port = dep.start_worker("w1")
-        dep.wait_ready(port, server=server)
+        dep.wait_ready(port, server=server, timeout=150)  # a loaded CI machine: Kafka group joins
         asyncio.run(
             produce(kafka, dep.topic("cycles"), [(b"c-worker", summary.model_dump_json().encode())])
         )
@@ -117,7 +117,7 @@ def test_sigkill_during_the_watch_resumes_it_and_reverts_once(
         server.kill()  # SIGKILL during the watch: no flush, no goodbye
 
         server, port = dep.start_worker("w2")
-        dep.wait_ready(port, server=server, timeout=120)
+        dep.wait_ready(port, server=server, timeout=150)
         sim.oom(0)
         out = wait_phase(kafka, topic, "reverted", 90)
         time.sleep(3)  # a few more ticks of the restarted worker: nothing more may happen

@@ -106,7 +106,8 @@ def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka
     # P95 + 15% headroom (the pinned policy), rounded up to millicores.
     assert app["usage"]["cpu"]["p95"] == pytest.approx(exact_p95, rel=0.01)
     assert exact_p95 * 1.15 * 0.99 <= app["cpu_request"] <= exact_p95 * 1.15 * 1.01 + 0.001
-    assert app["memory_request"] >= float(mem.max())  # never below the observed peak
+    # never below the observed peak: the limit never, the request neither (request = limit, pinned)
+    assert app["memory_limit"] >= app["memory_request"] >= float(mem.max())
     assert app["usage"]["cpu"]["count"] == cpu.size
 
     letters = asyncio.run(consume_all(kafka, deployment.topic("deadletter"), expect=3, timeout=30))

@@ -54,8 +54,9 @@ class Deployment:
             **self.extra_env,
         }
 
-    def start_worker(self, name: str = "w1") -> tuple[Server, int]:
-        port = free_port()
+    def start_worker(self, name: str = "w1", port: int | None = None) -> tuple[Server, int]:
+        """A worker process; ``port``: reuse an address (a container restarted in its pod)."""
+        port = port or free_port()
         server = Server(
             name=name,
             argv=[sys.executable, "-m", "engine.cli", "worker"],

@@ -12,6 +12,7 @@ from typing import Any
 from engine.core.estimators import EstimatorParams
 
 CLASSIC: dict[str, Any] = {
+    "memory_limit_equals_request": True,
     "cpu_percentile_mode": "fixed",
     "cpu_headroom": 0.15,
     "memory_buffer": 0.15,
@@ -19,7 +20,7 @@ CLASSIC: dict[str, Any] = {
     "memory_growth_horizon": 0.0,
     "oom_bump_factor": 1.2,
 }
-CLASSIC_GUARDRAILS: dict[str, Any] = {"min_decrease": 0.10}
+CLASSIC_GUARDRAILS: dict[str, Any] = {"min_decrease": 0.10, "min_memory_increase": None}
 
 
 def classic(**overrides: Any) -> EstimatorParams:

@@ -99,6 +99,7 @@ def test_an_applied_value_is_in_force_from_its_cycle_and_scored_against_usage() 
     assert total.container_days == 7
     assert total.oom_days == 5
     assert total.cpu_above == pytest.approx(5 / 7, abs=0.01)
+    assert total.memory_above == pytest.approx(5 / 7, abs=0.01)  # 1 GiB used, 0.5 GiB requested
     assert wl.applies == 1 and total.decreases == 1 and total.increases == 0
 
 

@@ -22,14 +22,7 @@ from engine.core.model import (
 from engine.services import Services
 from engine.settings import load_settings
 from tables.state import Tables
-
-
-@dataclass
-class _Topic:
-    sent: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
-
-    async def send(self, *, key: bytes | None = None, value: bytes | None = None) -> Any:
-        self.sent.append((key, value))
+from tests.fakes import RecordingTopic
 
 
 @dataclass
@@ -70,8 +63,8 @@ def _rec(i: int) -> tuple[WorkloadSpec, Recommendation]:
     return spec, rec
 
 
-def _runtime(store: Any) -> tuple[Runtime, dict[str, _Topic]]:
-    sinks = {f.name: _Topic() for f in fields(Sinks)}
+def _runtime(store: Any) -> tuple[Runtime, dict[str, RecordingTopic]]:
+    sinks = {f.name: RecordingTopic() for f in fields(Sinks)}
     rt = Runtime(
         load_settings(kafka_username=None),
         Sinks(**sinks),

@@ -54,12 +54,15 @@ def test_minimal_document_gets_documented_defaults() -> None:
     e, g = p.estimator, p.guardrails
     # the backtest-tuned defaults (docs/recommendations.md)
     assert (e.cpu_percentile, e.cpu_percentile_mode, e.cpu_burst_cost) == (95, "adaptive", 2.0)
-    assert (e.cpu_headroom, e.memory_buffer, e.memory_growth_horizon) == (0.05, 0.30, 7 * 86400)
+    assert (e.cpu_headroom, e.memory_buffer, e.memory_growth_horizon) == (0.05, 0.60, 7 * 86400)
+    assert (e.memory_limit_equals_request, e.memory_request_basis) == (False, "samples")
+    assert (e.memory_request_percentile, e.memory_request_buffer) == (99.0, 0.10)
     assert (e.cpu_floor, e.memory_floor, e.max_step, e.min_samples) == (0.010, 100 * MIB, None, 100)
-    assert (e.min_history, e.oom_lookback, e.oom_bump_factor) == (3 * 3600, 7 * 86400, 2.0)
+    assert (e.min_history, e.oom_lookback, e.oom_bump_factor) == (3 * 3600, 7 * 86400, 3.0)
     assert (g.min_change, g.cooldown, g.hpa, g.oom) == (0.10, 86400, "memory-only", "protect")
+    assert g.min_memory_increase == 0.35
     assert (g.min_decrease, g.min_increase, g.cooldown_tolerance, g.cooldown_scope) == (
-        0.30,
+        0.40,
         0.0,
         900,
         "decreases",
