@@ -18,7 +18,7 @@ from engine.core.model import CycleEnd, parse_metrics_record
 from engine.core.samples import validate_batch
 from engine.core.usage import ContainerUsage
 from engine.errors import InvalidRecord
-from engine.metrics import RECORDS_PROCESSED, SAMPLES_DUPLICATE, SAMPLES_INGESTED
+from engine.metrics import RECORDS_PROCESSED, SAMPLES_DUPLICATE, SAMPLES_INGESTED, SAMPLES_LATE
 
 log = logging.getLogger("kubefinops.aggregator")
 AGENT = "aggregator"
@@ -61,6 +61,8 @@ async def ingest(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
     )
     if result.duplicates:
         SAMPLES_DUPLICATE.inc(result.duplicates)
+    if result.late:
+        SAMPLES_LATE.inc(result.late)
     if result.accepted:
         for resource, accepted in result.accepted_by_resource.items():
             SAMPLES_INGESTED.labels(resource).inc(accepted)

@@ -53,6 +53,11 @@ SAMPLES_DUPLICATE = Counter(
     "Samples skipped because their chunk was already ingested (re-delivery).",
     registry=REGISTRY,
 )
+SAMPLES_LATE = Counter(
+    f"{_NS}_samples_late_total",
+    "Samples of late chunks (older than the newest stored, never stored before) that were stored.",
+    registry=REGISTRY,
+)
 CYCLE_DURATION = Histogram(
     f"{_NS}_cycle_duration_seconds",
     "Wall time of one cycle of a periodic agent.",

@@ -23,6 +23,18 @@ batch with ``end <= high_water`` changes nothing; an overlapping one only contri
 with ``ts > high_water``; samples outside the batch's ``(start, end]`` are rejected.  The mark
 moves only when samples are actually stored (a batch whose samples are all rejected, or whose
 ``end`` lies in the future, leaves the state untouched) and only as far as the newest of them.
+
+Late chunks: the mark alone cannot tell a re-delivery from a *late* chunk (older data never
+stored, e.g. arriving after a newer chunk).  So the state also keeps the ``(start, end]`` ranges
+of the chunks it accepted, merged where they touch (consecutive chunks make one range), at most
+:data:`MAX_RANGES` of them, plus a ``floor``: when a range ends before the history horizon, or a
+new range would exceed the bound, the oldest is dropped and the floor raised to its end.  A
+sample at or before the mark is a duplicate iff it is covered (``ts <= floor`` or inside an
+accepted range); an uncovered one is *late* and is stored -- windows are mergeable and counted
+per day, so adding samples that were never stored keeps every daily window exact
+(``IngestResult.late``); too old for the history it is refused as ``older-than-history``.
+States written before this (no ranges) decode with ``floor = high_water``: everything at or
+before their mark stays a duplicate, as it was.
 """
 
 from __future__ import annotations
@@ -62,6 +74,8 @@ FORMAT_VERSION = 2
 _WINDOW_OVERHEAD = 620
 _OBJECT_OVERHEAD = 1_200
 READABLE_VERSIONS = (1, 2)  # v1: one packed blob per resource (still read, never written)
+# accepted chunk ranges kept per container (bounded state: ~16 floats in the table value)
+MAX_RANGES = 8
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class IngestResult:
     duplicates: int = 0
     rejected: list[tuple[str, int]] = field(default_factory=list)
     accepted_by_resource: dict[str, int] = field(default_factory=dict)
+    # of ``accepted``: samples at or before the mark that no accepted chunk covered (late chunk)
+    late: int = 0
 
     @property
     def rejected_count(self) -> int:
@@ -456,10 +472,14 @@ def _size(samples: object) -> int:
 class ContainerUsage:
     """Usage state of one workload container: a high-water mark and one window set per resource."""
 
-    __slots__ = ("high_water", "resources")
+    __slots__ = ("floor", "high_water", "ranges", "resources")
 
     def __init__(self, window_seconds: int = DEFAULT_WINDOW_SECONDS) -> None:
         self.high_water: float | None = None
+        # every sample at or before ``floor`` counts as already seen (see the module docstring)
+        self.floor: float = -math.inf
+        # disjoint, sorted ``(start, end]`` ranges of accepted chunks, at most MAX_RANGES
+        self.ranges: list[tuple[float, float]] = []
         self.resources: dict[str, WindowedUsage] = {
             r: WindowedUsage(window_seconds) for r in RESOURCES
         }
@@ -479,9 +499,10 @@ class ContainerUsage:
         """
         total = sum(_size(s) for s in batch.samples.values())
         hw = self.high_water
-        if hw is not None and batch.end <= hw:
+        if hw is not None and batch.end <= hw and self._covers(batch.start, batch.end):
             return IngestResult(duplicates=total)
         duplicates = 0
+        late = 0
         rejected: dict[str, int] = {}
         fresh: dict[str, tuple[FloatArray, FloatArray]] = {}
 
@@ -505,9 +526,11 @@ class ContainerUsage:
             inside = good & (ts > batch.start) & (ts <= batch.end)
             reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
             if hw is not None:
-                new = inside & (ts > hw)
-                duplicates += int(np.count_nonzero(inside) - np.count_nonzero(new))
-                inside = new
+                old = inside & (ts <= hw)
+                seen = old & self._covered(ts)
+                duplicates += int(np.count_nonzero(seen))
+                late += int(np.count_nonzero(old) - np.count_nonzero(seen))
+                inside = inside & ~seen
             if not inside.all():
                 ts, values = ts[inside], values[inside]
             if ts.size:
@@ -524,18 +547,53 @@ class ContainerUsage:
             reject("older-than-history", expired)
             by_resource[resource] = int(ts.size) - expired
             accepted += by_resource[resource]
+            if hw is not None and expired:  # the oldest samples are the ones that expire
+                late -= min(expired, int(np.count_nonzero(ts <= hw)))
             if by_resource[resource]:  # the newest samples are the last to expire
                 newest_accepted = max(newest_accepted, float(ts.max()))
         if accepted:
             # The mark is the newest sample actually stored, never the batch's claimed ``end``:
             # a chunk that says it ends in ten years moves nothing it did not deliver.
             self.high_water = newest_accepted if hw is None else max(hw, newest_accepted)
+            self._remember(batch.start, batch.end, self.high_water - history_seconds)
             # Keep every resource on the same horizon, even one that got no samples this time.
             newest = max((w.newest_ts or -math.inf) for w in self.resources.values())
             if math.isfinite(newest):
                 for wu in self.resources.values():
                     wu.expire(newest, history_seconds)
-        return IngestResult(accepted, duplicates, sorted(rejected.items()), by_resource)
+        else:
+            late = 0
+        return IngestResult(accepted, duplicates, sorted(rejected.items()), by_resource, late)
+
+    def _covers(self, start: float, end: float) -> bool:
+        """Whether ``(start, end]`` lies wholly at or below the floor or in one accepted range."""
+        if end <= self.floor:
+            return True
+        lo = max(start, self.floor)
+        return any(s <= lo and end <= e for s, e in self.ranges)
+
+    def _covered(self, ts: FloatArray) -> Any:
+        mask = ts <= self.floor
+        for s, e in self.ranges:
+            mask |= (ts > s) & (ts <= e)
+        return mask
+
+    def _remember(self, start: float, end: float, horizon: float) -> None:
+        """Add an accepted chunk's range; merge touching ranges; keep at most MAX_RANGES."""
+        start = max(start, self.floor)
+        if end <= start:
+            return
+        merged: list[tuple[float, float]] = []
+        for s, e in sorted([*self.ranges, (start, end)]):
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        while merged and merged[0][1] <= horizon:  # wholly past the horizon: fold into the floor
+            self.floor = max(self.floor, merged.pop(0)[1])
+        while len(merged) > MAX_RANGES:
+            self.floor = max(self.floor, merged.pop(0)[1])
+        self.ranges = merged
 
     def summary(self, resource: str) -> UsageSummary:
         wu = self.resources.get(resource)
@@ -559,6 +617,9 @@ class ContainerUsage:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": FORMAT_VERSION, "hw": self.high_water}
+        if self.ranges or math.isfinite(self.floor):
+            out["f"] = self.floor if math.isfinite(self.floor) else None
+            out["rg"] = [[s, e] for s, e in self.ranges]
         for r, wu in self.resources.items():
             out[r] = wu.to_dict()
         return out
@@ -570,6 +631,12 @@ class ContainerUsage:
         cu = cls()
         hw = data.get("hw")
         cu.high_water = None if hw is None else float(hw)
+        if "rg" in data:
+            f = data.get("f")
+            cu.floor = -math.inf if f is None else float(f)
+            cu.ranges = [(float(s), float(e)) for s, e in data["rg"]][:MAX_RANGES]
+        elif cu.high_water is not None:  # written before ranges: all up to the mark was seen
+            cu.floor = cu.high_water
         for r in RESOURCES:
             if r in data:
                 cu.resources[r] = WindowedUsage.from_dict(data[r])
@@ -578,6 +645,11 @@ class ContainerUsage:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ContainerUsage):
             return NotImplemented
-        return self.high_water == other.high_water and self.resources == other.resources
+        return (
+            self.high_water == other.high_water
+            and self.floor == other.floor
+            and self.ranges == other.ranges
+            and self.resources == other.resources
+        )
 
     __hash__ = None  # type: ignore[assignment]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine.core.model import MetricsBatch
 from engine.core.sketch import exact_quantile
-from engine.core.usage import ContainerUsage, IngestResult, WindowedUsage
+from engine.core.usage import MAX_RANGES, ContainerUsage, IngestResult, WindowedUsage
 
 DAY = 86_400
 T0 = 1_750_032_000.0  # a UTC midnight
@@ -272,6 +272,12 @@ def test_fourteen_days_of_one_minute_samples_fit_in_4_kib_per_resource() -> None
     for r in ("cpu", "memory"):
         size = len(json.dumps(cu.resources[r].to_dict(), separators=(",", ":")))
         assert size <= 4096, (r, size)
+    # the container-level accepted ranges at their bound stay within the same budget
+    for h in range(0, 4 * MAX_RANGES, 2):
+        cu.ingest(_hour(14 * 24 + 1 + h, seed=h))  # every other hour after the series: gaps
+    assert len(cu.ranges) == MAX_RANGES
+    whole = len(json.dumps(cu.to_dict(), separators=(",", ":")))
+    assert whole <= 4096 * len(cu.resources), whole
 
 
 def test_empty_state_summarizes_to_no_data() -> None:
@@ -332,3 +338,78 @@ def test_a_late_sample_for_a_packed_day_lands_in_that_day() -> None:
         assert wu.add(late_ts, late_v, history_seconds=14 * DAY) == 0
     assert lazy == plain and lazy.windows[int(T0) + DAY].max == 7.5
     assert lazy.summary() == plain.summary()
+
+
+def _hour(h: int, seed: int) -> MetricsBatch:
+    """One hourly chunk ``(T0 + h h, T0 + (h+1) h]`` of 1-minute samples."""
+    rng = np.random.default_rng(seed)
+    ts = T0 + h * 3600 + 60.0 * np.arange(1, 61)
+    cpu = rng.uniform(0.01, 2.0, 60)
+    return _batch(T0 + h * 3600, T0 + (h + 1) * 3600, {"cpu": list(zip(ts, cpu, strict=True))})
+
+
+def test_redelivery_changes_nothing_and_a_late_chunk_is_ingested_exactly_once() -> None:
+    chunks = [_hour(h, seed=h) for h in range(6)]
+    in_order = ContainerUsage()
+    for b in chunks:
+        in_order.ingest(b)
+    # hour 2 arrives after hours 3-5: it is late, not a duplicate
+    cu = ContainerUsage()
+    for b in (chunks[0], chunks[1], chunks[3], chunks[4], chunks[5]):
+        cu.ingest(b)
+    before = json.dumps(cu.to_dict())
+    res = cu.ingest(chunks[4])  # a re-delivery: counted, changes nothing
+    assert res.duplicates == 60 and res.accepted == 0 and res.late == 0
+    assert json.dumps(cu.to_dict()) == before
+    res = cu.ingest(chunks[2])
+    assert (res.accepted, res.late, res.duplicates) == (60, 60, 0)
+    res = cu.ingest(chunks[2])  # the late chunk redelivered is now a duplicate
+    assert (res.accepted, res.late, res.duplicates) == (0, 0, 60)
+    assert cu.high_water == in_order.high_water
+    s, ref = cu.summary("cpu"), in_order.summary("cpu")
+    assert s.count == ref.count == 360
+    assert s.mean == pytest.approx(ref.mean) and s.max == ref.max and s.p95 == ref.p95
+    # the three accepted pieces merged into one range once the gap was filled
+    assert cu.ranges == [(T0, T0 + 6 * 3600)]
+    assert ContainerUsage.from_dict(json.loads(json.dumps(cu.to_dict()))) == cu
+
+
+def test_a_half_late_chunk_stores_only_its_missing_samples() -> None:
+    cu = ContainerUsage()
+    cu.ingest(_hour(0, seed=0))
+    cu.ingest(_hour(2, seed=2))
+    h1 = _hour(1, seed=1)
+    both = _batch(
+        T0 + 1800, T0 + 3 * 3600, {"cpu": h1.samples["cpu"][30:] + _hour(2, 2).samples["cpu"]}
+    )
+    res = cu.ingest(both)  # 30 never-stored samples of hour 1, 60 already stored of hour 2
+    assert (res.accepted, res.late, res.duplicates) == (30, 30, 60)
+    assert cu.summary("cpu").count == 150
+
+
+def test_ranges_stay_bounded_and_what_they_forget_counts_as_seen() -> None:
+    cu = ContainerUsage()
+    for h in range(0, 40, 2):  # 20 disjoint chunks, every other hour
+        cu.ingest(_hour(h, seed=h))
+    assert len(cu.ranges) == MAX_RANGES
+    assert cu.floor == T0 + (2 * (20 - MAX_RANGES) - 1) * 3600  # end of the last forgotten one
+    n = cu.summary("cpu").count
+    old = cu.ingest(_hour(1, seed=1))  # under the floor: cannot be told apart, so not stored twice
+    assert (old.accepted, old.duplicates) == (0, 60)
+    recent = cu.ingest(_hour(37, seed=37))  # a gap still tracked: a late chunk, stored
+    assert (recent.accepted, recent.late) == (60, 60)
+    assert cu.summary("cpu").count == n + 60
+    assert cu.ingest(_hour(36, seed=36)).duplicates == 60
+
+
+def test_states_written_before_ranges_keep_everything_up_to_their_mark_a_duplicate() -> None:
+    cu = ContainerUsage()
+    cu.ingest(_hour(0, seed=0))
+    cu.ingest(_hour(2, seed=2))
+    old = cu.to_dict()
+    del old["f"], old["rg"]  # the layout written before ranges existed
+    back = ContainerUsage.from_dict(json.loads(json.dumps(old)))
+    assert back.floor == back.high_water and back.ranges == []
+    assert back.ingest(_hour(1, seed=1)).duplicates == 60
+    fresh = ContainerUsage.from_dict(json.loads(json.dumps(cu.to_dict())))
+    assert fresh.ingest(_hour(1, seed=1)).late == 60
