@@ -155,6 +155,13 @@ NAMESPACE_COST_RECOMMENDED = Gauge(
     ["namespace"],
     registry=REGISTRY,
 )
+NAMESPACE_COST_TARGET = Gauge(
+    f"{_NS}_namespace_monthly_cost_target",
+    "Monthly cost at the recommendations' targets (where the max step per change would lead), "
+    "all workloads of a namespace this worker owns; _recommended is the next step's.",
+    ["namespace"],
+    registry=REGISTRY,
+)
 NAMESPACE_REQUEST_RECOMMENDED = Gauge(
     f"{_NS}_namespace_request_recommended",
     "Recommended requests (cores or bytes, per pod), summed over a namespace's containers.",
@@ -236,7 +243,8 @@ class _Entry:
     kind: str
     name: str
     current: float
-    recommended: float
+    recommended: float  # at the next step
+    target: float  # at the target (the step, when the step reaches it)
     # (container, resource, current request, recommended request, p95)
     rows: tuple[tuple[str, str, float | None, float | None, float | None], ...]
     seen_at: float
@@ -280,6 +288,7 @@ class FleetGauges:
             rec.name,
             rec.savings.current_monthly,
             rec.savings.recommended_monthly,
+            (rec.target_savings or rec.savings).recommended_monthly,
             tuple(rows),
             now,
         )
@@ -294,21 +303,25 @@ class FleetGauges:
             entries = list(self._entries.items())
         cost_cur: dict[str, float] = {}
         cost_rec: dict[str, float] = {}
+        cost_target: dict[str, float] = {}
         req_rec: dict[tuple[str, str], float] = {}
         for _, e in entries:
             cost_cur[e.namespace] = cost_cur.get(e.namespace, 0.0) + e.current
             cost_rec[e.namespace] = cost_rec.get(e.namespace, 0.0) + e.recommended
+            cost_target[e.namespace] = cost_target.get(e.namespace, 0.0) + e.target
             for _, res, _, new, _ in e.rows:
                 if new is not None:
                     req_rec[e.namespace, res] = req_rec.get((e.namespace, res), 0.0) + new
         top = heapq.nsmallest(self.top, entries, key=lambda kv: (-kv[1].pending, kv[0]))
-        for family in (NAMESPACE_COST_CURRENT, NAMESPACE_COST_RECOMMENDED):
+        for family in (NAMESPACE_COST_CURRENT, NAMESPACE_COST_RECOMMENDED, NAMESPACE_COST_TARGET):
             family.clear()
         NAMESPACE_REQUEST_RECOMMENDED.clear()
         for ns, v in cost_cur.items():
             NAMESPACE_COST_CURRENT.labels(ns).set(v)
         for ns, v in cost_rec.items():
             NAMESPACE_COST_RECOMMENDED.labels(ns).set(v)
+        for ns, v in cost_target.items():
+            NAMESPACE_COST_TARGET.labels(ns).set(v)
         for (ns, res), v in req_rec.items():
             NAMESPACE_REQUEST_RECOMMENDED.labels(ns, res).set(v)
         for family in (

@@ -316,6 +316,8 @@ def cycle(prometheus: str, worker: Worker, kafka: KafkaInfo, s3: S3Info) -> Cycl
         "priority": 5,
         "mode": "autopilot",
         "selectors": {"namespaces": [WORKLOAD_NS]},
+        # steps of at most 2x: over-provisioned workloads get a step short of their target
+        "estimator": {"max_step": 2.0},
     }
     status, body = http_json(f"{base}/api/policies/smarthealth-autopilot", "PUT", policy, AUTH)
     assert status == 200, body
@@ -386,16 +388,28 @@ def test_workload_labels_survive_the_scrape(prometheus: str, cycle: Cycle) -> No
 
 
 def test_money_panels_match_the_recommendations(prometheus: str, cycle: Cycle) -> None:
-    """The cost panels add up the costs of the recommendations the worker published."""
+    """The cost panels add up the costs of the recommendations the worker published: pending
+    savings at the next step (``savings``) and at the target (``target_savings``, or the step's
+    when the step reaches the target)."""
     queries = dict(dashboard_queries())
     (current,) = [q for w, q in queries.items() if "Monthly cost at current requests" in w]
-    (pending,) = [q for w, q in queries.items() if "Pending savings" in w]
-    latest = {r["workload_id"]: r["savings"] for r in cycle.recommendations}
-    expected_current = sum(s["current_monthly"] for s in latest.values())
-    expected_rec = sum(s["recommended_monthly"] for s in latest.values())
-    assert expected_current > expected_rec > 0
+    (pending,) = [q for w, q in queries.items() if "Pending savings (net" in w]
+    (at_step,) = [q for w, q in queries.items() if "next step vs target/A" in w]
+    (at_target,) = [q for w, q in queries.items() if "next step vs target/B" in w]
+    latest = {r["workload_id"]: r for r in cycle.recommendations}
+    expected_current = sum(r["savings"]["current_monthly"] for r in latest.values())
+    expected_rec = sum(r["savings"]["recommended_monthly"] for r in latest.values())
+    expected_target = sum(
+        (r["target_savings"] or r["savings"])["recommended_monthly"] for r in latest.values()
+    )
+    # the max step holds the step back: the target saves more (both figures are checked)
+    assert expected_current > expected_rec > expected_target > 0
     assert finite(query(prometheus, current)) == [pytest.approx(expected_current)]
     assert finite(query(prometheus, pending)) == [pytest.approx(expected_current - expected_rec)]
+    assert finite(query(prometheus, at_step)) == [pytest.approx(expected_current - expected_rec)]
+    assert finite(query(prometheus, at_target)) == [
+        pytest.approx(expected_current - expected_target)
+    ]
 
 
 def test_realised_savings_match_the_pushed_decisions(

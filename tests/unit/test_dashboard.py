@@ -117,6 +117,7 @@ def test_dashboard_covers_the_brief() -> None:
         "recommended",
         "monthly cost",
         "pending savings",
+        "pending savings: next step vs target",
         "realised savings",
         "decisions by outcome and guardrail",
         "p95",

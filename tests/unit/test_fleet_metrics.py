@@ -122,3 +122,28 @@ def test_scrape_refreshes_the_module_fleet_first() -> None:
         FLEET.stale_seconds, saved = -1.0, FLEET.stale_seconds
         FLEET.refresh(10.0)  # expires everything
         FLEET.stale_seconds = saved
+
+
+def _ns_totals(text: str, name: str) -> dict[str, float]:
+    pattern = rf'^{name}\{{namespace="([^"]+)"\}} (\S+)$'
+    return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text, re.M)}
+
+
+def test_namespace_cost_at_target_next_to_the_step() -> None:
+    """A step that falls short of its target: the target's cost is exported beside the step's;
+    a recommendation without a separate target counts its step as its target."""
+    short = _rec(40)  # team-0: 50.0 now, next step 49.5, target 30.0
+    short = short.model_copy(
+        update={"target_savings": Savings(current_monthly=50.0, recommended_monthly=30.0)}
+    )
+    reached = _rec(20)  # team-0: 30.0 now, step = target 26.5
+    other = _rec(1)  # team-1: 11.0 now, step = target 10.5
+    fleet = FleetGauges(top=1)  # the namespace totals cover workloads outside the top
+    for r in (short, reached, other):
+        fleet.observe(r, now=0.0)
+    fleet.refresh(0.0)
+    text = generate_latest(REGISTRY).decode()
+    step = _ns_totals(text, "kubefinops_namespace_monthly_cost_recommended")
+    target = _ns_totals(text, "kubefinops_namespace_monthly_cost_target")
+    assert step == {"team-0": pytest.approx(49.5 + 26.5), "team-1": pytest.approx(10.5)}
+    assert target == {"team-0": pytest.approx(30.0 + 26.5), "team-1": pytest.approx(10.5)}
