@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 
+from agents import history
 from agents.runtime import Runtime, parse_or_park
 from engine.core.model import Execution
 from engine.core.verification import Verification, hold_state
-from engine.errors import KubeFinOpsError
 from engine.metrics import RECORDS_PROCESSED
 from tables.state import LastAction
 
@@ -19,14 +19,9 @@ AGENT = "ledger"
 
 
 async def archive(rt: Runtime, execution: Execution) -> None:
-    """Best effort, like the gate's: MongoDB history must not stop the loop."""
-    store = rt.services.history
-    if store is None:
-        return
-    try:
-        await store.save_execution(execution)
-    except KubeFinOpsError as exc:
-        log.warning("execution %s not archived in MongoDB: %s", execution.id, exc)
+    """To the MongoDB history through its outbox (:mod:`agents.history`), like the gate's
+    records: a produce, never a wait on MongoDB, and nothing lost while MongoDB is away."""
+    await history.record(rt, "executions", execution, key=execution.id)
 
 
 async def record(rt: Runtime, key: bytes | None, raw: bytes | None) -> Execution | None:

@@ -30,6 +30,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
+from engine.core.model import history_key
 from engine.errors import (
     AuthenticationFailed,
     DependencyUnavailable,
@@ -273,7 +274,7 @@ class RecordStore:
         at = float(doc.get(_TIME_FIELD[kind]) or self.clock())
         return {
             **doc,
-            "_id": key or doc["id"],
+            "_id": key or history_key(kind, doc),
             "at": at,
             "stored_at": datetime.fromtimestamp(self.clock(), UTC),
         }
@@ -309,11 +310,8 @@ class RecordStore:
         await self.save("decisions", record)
 
     async def save_execution(self, record: BaseModel | Doc) -> None:
-        """The executor publishes one record per workload of a cycle, all with the cycle's
-        execution id: each is kept (keyed by id and workload)."""
-        doc = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
-        key = f"{doc.get('id')}/{','.join(doc.get('workload_ids') or [])}"
-        await self.save("executions", doc, key=key)
+        """One record per workload of a cycle, each kept (:func:`history_key`)."""
+        await self.save("executions", record)
 
     async def save_verification(self, record: BaseModel | Doc) -> None:
         await self.save("verifications", record)

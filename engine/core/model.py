@@ -419,6 +419,15 @@ class CycleSummary(Wire):
 HistoryKind = Literal["recommendations", "decisions", "executions", "verifications"]
 
 
+def history_key(kind: str, doc: Mapping[str, Any]) -> str:
+    """The key a history record is stored under, the same in MongoDB and the demo's memory:
+    its ``id``, except executions — the executor publishes one record per workload of a cycle,
+    all with the cycle's execution id, and each is kept."""
+    if kind == "executions":
+        return f"{doc['id']}/{','.join(doc.get('workload_ids') or [])}"
+    return str(doc["id"])
+
+
 class HistoryRecord(Wire):
     """On ``kubefinops.history`` (the outbox of the MongoDB history): one record to upsert."""
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from engine.adapters.mongo import _TIME_FIELD, RECORD_KINDS
+from engine.core.model import history_key
 
 Doc = dict[str, Any]
 
@@ -44,7 +45,7 @@ class MemoryHistory:
     def _save(self, kind: str, record: BaseModel | Doc, key: str | None = None) -> None:
         doc = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
         doc["at"] = float(doc.get(_TIME_FIELD[kind]) or self.clock())
-        self.rows[kind][key or str(doc["id"])] = doc
+        self.rows[kind][key or history_key(kind, doc)] = doc
 
     async def save(self, kind: str, record: BaseModel | Doc) -> None:
         self._save(kind, record)
@@ -61,8 +62,7 @@ class MemoryHistory:
         self._save("decisions", record)
 
     async def save_execution(self, record: BaseModel) -> None:
-        doc = record.model_dump(mode="json")
-        self._save("executions", doc, f"{doc['id']}/{','.join(doc['workload_ids'])}")
+        self._save("executions", record)
 
     async def save_verification(self, record: BaseModel) -> None:
         self._save("verifications", record)

@@ -4,11 +4,12 @@ returns (issue 10).
 The campaign's failure: a 26 s outage gave 3 commits for one cycle and 3 of 6 decisions were never
 stored — the gate waited ~5 s per failed history write, decisions missed the apply window, and the
 history was best effort.  Now the gate hands history to the ``kubefinops.history`` outbox (a
-produce, never slowed by MongoDB), the history writer drains it with backoff, and the executor
-applies per collection cycle: the cycle's manifest says how many decisions to wait for.
+produce, never slowed by MongoDB; the ledger's execution records go the same way), the history
+writer drains it with backoff, and the executor applies per collection cycle: the cycle's manifest
+says how many decisions to wait for.
 
-The outage is 15 s — three times the driver's 5 s server-selection timeout and five times the
-apply window (3 s) — and the cycle's decisions arrive 6 s apart inside it.
+The outage is 30 s, as in the issue — six times the driver's 5 s server-selection timeout and ten
+times the apply window (3 s) — and the cycle's decisions arrive 6 s apart inside it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tests.integration.workers import Deployment, consume_all, produce
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_SECONDS = 15.0
+OUTAGE_SECONDS = 30.0
 SPREAD_SECONDS = 6.0
 CYCLE = "20261130T120000Z"
 
@@ -125,6 +126,20 @@ def test_mongodb_down_during_a_cycle(kafka, git_remote: GitRemote, tmp_path: Pat
         assert len(commits) == 1, commits
         applied = {json.loads(v)["workload_ids"][0] for _, v in executions if v}
         assert applied <= {s.workload_id for s in specs}
+        # the ledger's execution records went through the outbox too: one stored per record
+        # the executor published (one per applied workload), none lost to the outage
+        published = asyncio.run(
+            consume_all(kafka, dep.topic("executions"), expect=len(specs), timeout=30)
+        )
+        wanted = sorted(tuple(json.loads(v)["workload_ids"]) for _, v in published if v)
+        wait_until(
+            lambda: db["executions"].count_documents({}) >= len(wanted),
+            60,
+            "every execution stored after MongoDB returned",
+            server.log,
+        )
+        stored = sorted(tuple(e["workload_ids"]) for e in db["executions"].find({}))
+        assert stored == wanted
         assert server.alive()
     finally:
         dep.stop_all()

@@ -384,3 +384,28 @@ def test_retry_forever_retries_only_retryable_errors_of_a_coroutine() -> None:
 
     with pytest.raises(PermanentError):
         asyncio.run(retry_forever(lambda: refused(), what="t", first=0.001))
+
+
+def test_ledger_archives_executions_through_the_outbox_even_while_mongodb_is_down() -> None:
+    history = FakeHistory()
+    history.fail(1, DependencyUnavailable("mongodb down"))
+    rt = runtime(Services(history=history), now=NOW)
+    execution = Execution(
+        cycle="c1",
+        workload_ids=["shop/Deployment/api"],
+        decision_ids=["dec-1"],
+        outcome="pushed",
+        executed_at=NOW,
+    )
+    done = asyncio.run(
+        ledger.record(rt, b"shop/Deployment/api", execution.model_dump_json().encode())
+    )
+    assert done == execution
+    assert history.calls == 0  # the ledger never waits on MongoDB
+    outbox = rt.topics.history.sent  # type: ignore[attr-defined]
+    assert [json.loads(v)["kind"] for _, v in outbox] == ["executions"]
+    assert history.saved == []
+    asyncio.run(history_agent.write_batch(rt, outbox))  # fails once, retried, then stored
+    assert [(kind, rec["workload_ids"]) for kind, rec in history.saved] == [
+        ("executions", ["shop/Deployment/api"])
+    ]
