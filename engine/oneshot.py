@@ -270,12 +270,21 @@ async def collect(
     cpu_q, mem_q = cpu_counter_expr(matchers), memory_peak_expr(matchers, mem_step)
     gate = asyncio.Semaphore(PREFETCH)
 
+    async def no_series() -> list[Series]:
+        return []
+
     async def fetch(start: float, end: float) -> list[MetricsBatch]:
         first = first_eval_time(start, step)
-        async with gate:
+        mem_first = first_eval_time(start, mem_step)
+        # A chunk shorter than the memory step (the window's last, when ``now`` falls just past
+        # a 5-minute boundary) has no memory evaluation time of its own: Prometheus refuses an
+        # end before the start, and the next run's window covers those seconds anyway.
+        async with gate:  # coroutines made here, awaited at once: none left unawaited
             counters, memory = await asyncio.gather(
                 client.query_range(cpu_q, first - step, end, step),
-                client.query_range(mem_q, first_eval_time(start, mem_step), end, mem_step),
+                client.query_range(mem_q, mem_first, end, mem_step)
+                if mem_first <= end
+                else no_series(),
             )
         owners, _ = await owners_ready
         cpu = [Series(s.labels, counter_rates(s.values, step)) for s in counters]
