@@ -164,6 +164,7 @@ def one_worker(stack: Stack, args: argparse.Namespace) -> None:
         args.days,
         args.session_timeout,
         KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID="",
+        KUBEFINOPS_LOG_LEVEL="info",
     )
     server, port = dep.start_worker("w0")
     dep.wait_ready(port, server=server, timeout=600)
@@ -189,7 +190,10 @@ def one_worker(stack: Stack, args: argparse.Namespace) -> None:
         if how == "kill":
             server.kill()
         else:
+            t_stop = time.monotonic()
             server.stop(timeout=60)
+            code = server.proc.returncode if server.proc is not None else None
+            print(f"  graceful stop took {time.monotonic() - t_stop:.1f}s (exit code {code})")
         dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = instance
         marks, server, port = recover(dep, f"w{i + 1}", port, probe, 300)
         print(f"MEASURED {label}: {show_recovery(marks)}")
