@@ -421,8 +421,10 @@ def main() -> None:
     ap.add_argument(
         "--live-hours",
         type=int,
-        default=24,
-        help="hours ingested through the worker; older days are seeded (days*24: no seeding)",
+        default=6,
+        help="hours ingested through the worker (one 6-hour chunk: the changelog then holds two "
+        "versions per container, as in production between compactions); older days are "
+        "seeded (days*24: no seeding)",
     )
     ap.add_argument("--templates", type=int, default=64, help="distinct seeded histories")
     ap.add_argument("--burst", type=int, default=1000)
