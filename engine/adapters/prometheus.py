@@ -31,6 +31,7 @@ from engine.core.collect import (
     Owners,
     Series,
     build_batches,
+    build_chunks,
     build_specs,
     cpu_expr,
     first_eval_time,
@@ -40,7 +41,7 @@ from engine.core.collect import (
     parse_series,
     spec_expr,
 )
-from engine.core.model import MetricsBatch, WorkloadSpec
+from engine.core.model import MetricsBatch, MetricsChunk, WorkloadSpec
 from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
 from engine.metrics import PROMETHEUS_QUERIES, PROMETHEUS_SAMPLES_READ
 from engine.settings import Settings
@@ -225,6 +226,24 @@ class Collector:
         self.samples_read += read
         PROMETHEUS_SAMPLES_READ.inc(read)
         return batches
+
+    async def collect_records(self, start: float, end: float) -> list[MetricsChunk]:
+        """Every workload's samples in ``(start, end]`` as one columnar record each (what the
+        collector sends on ``kubefinops.metrics``); same chunk, same records."""
+        first = first_eval_time(start, self.step)
+        if first > end:
+            return []
+        window = int(end - start) + LOOKBACK_SECONDS
+        cpu, memory, *owners = await asyncio.gather(
+            self.client.query_range(cpu_expr(self.rate_window), first, end, self.step),
+            self.client.query_range(memory_expr(self.step), first, end, self.step),
+            *(self.client.query(owner_expr(m, window), end) for m in OWNER_METRICS),
+        )
+        records = build_chunks(cpu, memory, Owners.build(*owners), start, end, self.step)
+        read = sum(len(s.values) for s in (*cpu, *memory))
+        self.samples_read += read
+        PROMETHEUS_SAMPLES_READ.inc(read)
+        return records
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         return build_specs(await self.client.query(spec_expr(), at), at)

@@ -497,41 +497,105 @@ class ContainerUsage:
         ``arrays`` (from :func:`engine.core.samples.validate_batch`) are the batch's samples
         already converted to numpy; without them the samples are converted here.
         """
-        total = sum(_size(s) for s in batch.samples.values())
+        rejected: dict[str, int] = {}
+        pairs: dict[str, tuple[FloatArray, FloatArray]] = {}
+        total = 0
+        for resource, samples in batch.samples.items():
+            total += _size(samples)
+            if resource not in self.resources:
+                rejected["unknown-resource"] = rejected.get("unknown-resource", 0) + _size(samples)
+                continue
+            pair = arrays.get(resource) if arrays is not None else None
+            if pair is None:
+                pair = to_arrays(samples)
+            if pair is None:
+                rejected["wrong-type"] = rejected.get("wrong-type", 0) + _size(samples)
+                continue
+            pairs[resource] = pair
+        return self._ingest(
+            batch.start,
+            batch.end,
+            pairs,
+            total,
+            rejected,
+            history_seconds=history_seconds,
+            window_seconds=window_seconds,
+            validated=False,
+        )
+
+    def ingest_arrays(
+        self,
+        start: float,
+        end: float,
+        arrays: Mapping[str, tuple[FloatArray, FloatArray]],
+        *,
+        history_seconds: float = DEFAULT_HISTORY_SECONDS,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        validated: bool = False,
+    ) -> IngestResult:
+        """Add the samples of chunk ``(start, end]`` given as ``{resource: (ts, values)}``;
+        the same rules as :meth:`ingest`.  ``validated``: the arrays come from
+        :func:`engine.core.samples.validate_chunk` (finite, in range, inside the chunk), so
+        those checks are not repeated."""
+        rejected: dict[str, int] = {}
+        pairs: dict[str, tuple[FloatArray, FloatArray]] = {}
+        total = 0
+        for resource, pair in arrays.items():
+            total += int(pair[0].size)
+            if resource not in self.resources:
+                rejected["unknown-resource"] = rejected.get("unknown-resource", 0) + pair[0].size
+                continue
+            pairs[resource] = pair
+        return self._ingest(
+            start,
+            end,
+            pairs,
+            total,
+            rejected,
+            history_seconds=history_seconds,
+            window_seconds=window_seconds,
+            validated=validated,
+        )
+
+    def _ingest(
+        self,
+        start: float,
+        end: float,
+        pairs: Mapping[str, tuple[FloatArray, FloatArray]],
+        total: int,
+        rejected: dict[str, int],
+        *,
+        history_seconds: float,
+        window_seconds: int,
+        validated: bool,
+    ) -> IngestResult:
         hw = self.high_water
-        if hw is not None and batch.end <= hw and self._covers(batch.start, batch.end):
+        if hw is not None and end <= hw and self._covers(start, end):
             return IngestResult(duplicates=total)
         duplicates = 0
         late = 0
-        rejected: dict[str, int] = {}
         fresh: dict[str, tuple[FloatArray, FloatArray]] = {}
 
         def reject(reason: str, n: int) -> None:
             if n:
                 rejected[reason] = rejected.get(reason, 0) + n
 
-        for resource, samples in batch.samples.items():
-            if resource not in self.resources:
-                reject("unknown-resource", _size(samples))
-                continue
-            pair = arrays.get(resource) if arrays is not None else None
-            if pair is None:
-                pair = to_arrays(samples)
-            if pair is None:
-                reject("wrong-type", _size(samples))
-                continue
-            ts, values = pair
-            good = np.isfinite(ts) & np.isfinite(values) & (values >= 0)
-            reject("invalid-value", int(ts.size - np.count_nonzero(good)))
-            inside = good & (ts > batch.start) & (ts <= batch.end)
-            reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
+        for resource, (ts, values) in pairs.items():
+            if validated:
+                inside = None
+            else:
+                good = np.isfinite(ts) & np.isfinite(values) & (values >= 0)
+                reject("invalid-value", int(ts.size - np.count_nonzero(good)))
+                inside = good & (ts > start) & (ts <= end)
+                reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
             if hw is not None:
-                old = inside & (ts <= hw)
-                seen = old & self._covered(ts)
-                duplicates += int(np.count_nonzero(seen))
-                late += int(np.count_nonzero(old) - np.count_nonzero(seen))
-                inside = inside & ~seen
-            if not inside.all():
+                old = ts <= hw if inside is None else inside & (ts <= hw)
+                if old.any():
+                    seen = old & self._covered(ts)
+                    duplicates += int(np.count_nonzero(seen))
+                    late += int(np.count_nonzero(old) - np.count_nonzero(seen))
+                    inside = ~seen if inside is None else inside & ~seen
+            if inside is not None and not inside.all():
                 ts, values = ts[inside], values[inside]
             if ts.size:
                 fresh[resource] = (ts, values)
@@ -555,7 +619,7 @@ class ContainerUsage:
             # The mark is the newest sample actually stored, never the batch's claimed ``end``:
             # a chunk that says it ends in ten years moves nothing it did not deliver.
             self.high_water = newest_accepted if hw is None else max(hw, newest_accepted)
-            self._remember(batch.start, batch.end, self.high_water - history_seconds)
+            self._remember(start, end, self.high_water - history_seconds)
             # Keep every resource on the same horizon, even one that got no samples this time.
             newest = max((w.newest_ts or -math.inf) for w in self.resources.values())
             if math.isfinite(newest):
