@@ -205,18 +205,19 @@ def _grid(rows: Any, n: int, nan_tokens: bool) -> tuple[FloatArray, Any, int]:
     if isinstance(rows, list) and not rows:
         return np.zeros((0, n), dtype=np.float64), np.zeros((0, n), dtype=bool), 0
     if isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == n:  # in-process
-        grid = rows.astype(np.float64, copy=False)
-        return grid, ~np.isnan(grid), 0
+        arr = rows.astype(np.float64, copy=False)
+        return arr, ~np.isnan(arr), 0
     if isinstance(rows, list) and all(isinstance(r, list) for r in rows):
+        fast: FloatArray | None
         try:
-            grid = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+            fast = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
         except (TypeError, ValueError, OverflowError):
-            grid = None
-        if grid is not None and grid.shape[1] == n:
-            present = ~np.isnan(grid)
+            fast = None
+        if fast is not None and fast.shape[1] == n:
+            present = ~np.isnan(fast)
             if nan_tokens and not present.all():
                 present = np.asarray([[x is not None for x in r] for r in rows], dtype=bool)
-            return grid, present.reshape(grid.shape), 0
+            return fast, present.reshape(fast.shape), 0
     if not isinstance(rows, list):
         return np.zeros((0, n), dtype=np.float64), np.zeros((0, n), dtype=bool), 1
     vals: list[list[float]] = []
