@@ -118,7 +118,7 @@ class Window:
     def add(self, ts: FloatArray, values: FloatArray) -> None:
         self._raw = None
         self.gen += 1
-        self.sketch.add_many(values)
+        self.sketch.add_valid(values)  # validated by ContainerUsage.ingest*
         self.count += int(values.size)
         self.sum += float(values.sum())
         self.min = min(self.min, float(values.min()))
