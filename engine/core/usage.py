@@ -498,10 +498,8 @@ class ContainerUsage:
         already converted to numpy; without them the samples are converted here.
         """
         rejected: dict[str, int] = {}
-        pairs: dict[str, tuple[FloatArray, FloatArray]] = {}
-        total = 0
+        converted: dict[str, tuple[FloatArray, FloatArray]] = {}
         for resource, samples in batch.samples.items():
-            total += _size(samples)
             if resource not in self.resources:
                 rejected["unknown-resource"] = rejected.get("unknown-resource", 0) + _size(samples)
                 continue
@@ -511,16 +509,15 @@ class ContainerUsage:
             if pair is None:
                 rejected["wrong-type"] = rejected.get("wrong-type", 0) + _size(samples)
                 continue
-            pairs[resource] = pair
-        return self._ingest(
+            converted[resource] = pair
+        return self.ingest_arrays(
             batch.start,
             batch.end,
-            pairs,
-            total,
-            rejected,
+            converted,
             history_seconds=history_seconds,
             window_seconds=window_seconds,
-            validated=False,
+            total=sum(_size(s) for s in batch.samples.values()),
+            rejected=rejected,
         )
 
     def ingest_arrays(
@@ -531,59 +528,35 @@ class ContainerUsage:
         *,
         history_seconds: float = DEFAULT_HISTORY_SECONDS,
         window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        total: int | None = None,
+        rejected: dict[str, int] | None = None,
         validated: bool = False,
     ) -> IngestResult:
-        """Add the samples of chunk ``(start, end]`` given as ``{resource: (ts, values)}``;
-        the same rules as :meth:`ingest`.  ``validated``: the arrays come from
+        """:meth:`ingest` of chunk ``(start, end]`` whose samples are already numpy arrays per
+        resource (``(timestamps, values)``): the aggregator's columnar records and the one-shot
+        fold samples without a Python object per sample.  ``validated``: the arrays come from
         :func:`engine.core.samples.validate_chunk` (finite, in range, inside the chunk), so
         those checks are not repeated."""
-        rejected: dict[str, int] = {}
-        pairs: dict[str, tuple[FloatArray, FloatArray]] = {}
-        total = 0
-        for resource, pair in arrays.items():
-            total += int(pair[0].size)
-            if resource not in self.resources:
-                rejected["unknown-resource"] = rejected.get("unknown-resource", 0) + pair[0].size
-                continue
-            pairs[resource] = pair
-        return self._ingest(
-            start,
-            end,
-            pairs,
-            total,
-            rejected,
-            history_seconds=history_seconds,
-            window_seconds=window_seconds,
-            validated=validated,
-        )
-
-    def _ingest(
-        self,
-        start: float,
-        end: float,
-        pairs: Mapping[str, tuple[FloatArray, FloatArray]],
-        total: int,
-        rejected: dict[str, int],
-        *,
-        history_seconds: float,
-        window_seconds: int,
-        validated: bool,
-    ) -> IngestResult:
+        if total is None:
+            total = sum(int(ts.size) for ts, _ in arrays.values())
         hw = self.high_water
         if hw is not None and end <= hw and self._covers(start, end):
             return IngestResult(duplicates=total)
         duplicates = 0
         late = 0
+        rejected = dict(rejected or {})
         fresh: dict[str, tuple[FloatArray, FloatArray]] = {}
 
         def reject(reason: str, n: int) -> None:
             if n:
                 rejected[reason] = rejected.get(reason, 0) + n
 
-        for resource, (ts, values) in pairs.items():
-            if validated:
-                inside = None
-            else:
+        for resource, (ts, values) in arrays.items():
+            if resource not in self.resources:
+                reject("unknown-resource", int(ts.size))
+                continue
+            inside: Any = None
+            if not validated:
                 good = np.isfinite(ts) & np.isfinite(values) & (values >= 0)
                 reject("invalid-value", int(ts.size - np.count_nonzero(good)))
                 inside = good & (ts > start) & (ts <= end)
