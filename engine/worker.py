@@ -94,6 +94,13 @@ def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
             for handler in logging.getLogger().handlers:
                 handler.addFilter(redactor)
 
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # No terminal spinner: at log level WARNING or above Faust adds one as a DEBUG
+            # handler and sets the ROOT logger to DEBUG, so every ``log.debug`` of Faust's hot
+            # paths (one f-string and LogRecord per changelog record in table recovery) is built
+            # and handled — ~half of the recovery loop's time in a py-spy profile (issue 11).
+            self.spinner = None
+
     # redirect_stdouts=False: the demo prints its tables to the terminal, not into the log.
     return Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
 
