@@ -364,6 +364,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "bench-worker-0",  # the chart's default: pod name
         "KUBEFINOPS_APPLY_BATCH_SECONDS": "5",
     }
+    env.update(kv.split("=", 1) for kv in args.env)  # type: ignore[misc]
     dep = stack.deployment(partitions=PARTITIONS, **env)
     create_topics(stack.kafka, [dep.topic("metrics")], partitions=PARTITIONS)
     wls = workloads(n)
@@ -538,6 +539,13 @@ def main() -> None:
         "seeded (days*24: no seeding)",
     )
     ap.add_argument("--templates", type=int, default=64, help="distinct seeded histories")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra worker environment, e.g. KUBEFINOPS_USAGE_CACHE_BYTES=16777216",
+    )
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
     ap.add_argument(

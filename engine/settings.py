@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     # Decoded usage state kept in memory, least recently used dropped first (the table keeps
     # every container's compact value; a dropped one is decoded again when next needed).
     usage_cache_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    # Return freed heap memory to the OS this often (glibc malloc_trim, engine/memory.py); 0: off.
+    malloc_trim_interval_seconds: Annotated[float, Field(ge=0)] = 60.0
     # Per-workload series on /metrics only for this many workloads (top by pending savings);
     # per-namespace totals cover all of them, /api/usage and the reports every one.
     metrics_top_workloads: Annotated[int, Field(ge=0)] = 100
