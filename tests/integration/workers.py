@@ -67,15 +67,26 @@ class Deployment:
         return server, port
 
     def wait_ready(self, port: int, timeout: float = 90.0, server: Server | None = None) -> dict:
+        """Poll ``/ready`` until it says ready.  Every answer on the way must be a probe's: 200
+        when ready, else 503 with a ``reason`` — never a 500 from Faust's half-started state."""
         state: dict[str, Any] = {}
+        wrong: list[tuple[int, Any]] = []
 
         def ready() -> bool:
             if server is not None and not server.alive():
                 raise RuntimeError(f"worker exited: {server.log.read_text()[-3000:]}")
-            state.update(http_json(f"http://127.0.0.1:{port}/ready")[1])
-            return bool(state.get("ready"))
+            status, body = http_json(f"http://127.0.0.1:{port}/ready")
+            ok = isinstance(body, dict) and body.get("ready") is True
+            if not (status == 200 and ok) and not (
+                status == 503 and isinstance(body, dict) and body.get("reason")
+            ):
+                wrong.append((status, body if isinstance(body, dict) else str(body)[:300]))
+            state.clear()
+            state.update(body if isinstance(body, dict) else {})
+            return status == 200 and ok
 
         wait_until(ready, timeout, f"worker on :{port}", server.log if server else None)
+        assert not wrong, f"/ready answered other than 200 or 503 with a reason: {wrong[:3]}"
         return state
 
     def wait_stable(self, members: int, timeout: float = 120.0) -> None:
