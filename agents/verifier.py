@@ -178,6 +178,7 @@ async def check_all(rt: Runtime, now: float) -> list[Verification]:
     moved: list[Verification] = []
     watching = 0
     down: str | None = None  # why Prometheus failed in this tick
+    failed_at = 0.0
     postponed_ids: list[str] = []
     for wid, v in list(rt.tables.verifications.items()):
         if v.finished:
@@ -201,7 +202,8 @@ async def check_all(rt: Runtime, now: float) -> list[Verification]:
             if not postponed_ids or failure != down:
                 log.warning("verification of %s postponed: %s", wid, failure)
             CYCLE_FAILURES.labels(AGENT, "prometheus-or-git").inc()
-            new = postponed(new, now, interval)
+            failed_at = failed_at or rt.clock()  # the backoff starts after the failed attempt
+            new = postponed(new, failed_at, interval)
             postponed_ids.append(wid)
         else:
             new = resumed(new)

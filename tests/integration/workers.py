@@ -17,6 +17,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from engine.topics import partitions
 from tests.harness.kafka import KafkaInfo, kcat_args
 from tests.harness.proc import Server, free_port, wait_for, wait_until
 
@@ -169,7 +170,12 @@ async def consumer_lag(info: KafkaInfo, group: str, topic: str) -> int:
     await admin.start()
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        # From the broker: an unsubscribed consumer's metadata does not know the topic, and
+        # its ``partitions_for_topic`` was None — every lag was 0, whatever the group did.
+        parts = [
+            TopicPartition(topic, p) for p in (await partitions(admin, [topic])).get(topic, [])
+        ]
+        assert parts, f"topic {topic} has no partitions"
         ends = await consumer.end_offsets(parts)
         committed = await admin.list_consumer_group_offsets(group, partitions=parts)
         return sum(
