@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 
 from engine.core.model import (
@@ -33,6 +35,7 @@ from engine.core.model import (
 )
 from engine.errors import PermanentError
 
+FloatArray = npt.NDArray[np.float64]
 MAX_POINTS_PER_SERIES = 11_000  # Prometheus refuses range queries with more points per series
 SKIPPED_CONTAINERS = frozenset({"", "POD"})
 _JVM = re.compile(
@@ -88,6 +91,15 @@ def plan_chunks(
 def first_eval_time(start: float, step: int) -> float:
     """First step-aligned evaluation time strictly after ``start`` (chunks are left-open)."""
     return _floor(start, step) + step
+
+
+def eval_start(start: float, end: float, step: int) -> float | None:
+    """The first step-aligned evaluation time of chunk ``(start, end]``, or None when the chunk
+    holds none: a chunk shorter than ``step`` that does not cross a multiple of it (e.g. the
+    window's last when ``now`` falls just past a boundary) has nothing to ask for, and
+    Prometheus refuses a range query whose end is before its start."""
+    first = first_eval_time(start, step)
+    return first if first <= end else None
 
 
 def cpu_expr(rate_window: int) -> str:
@@ -174,11 +186,17 @@ def _values(raw: list[Any], where: str) -> list[tuple[float, float]]:
     return list(zip(arr[keep, 0].tolist(), arr[keep, 1].tolist(), strict=True))
 
 
-def parse_result(doc: Any, expect: str) -> list[Series]:
-    """Series of a decoded query body whose ``resultType`` must be ``expect``.
+class SeriesArrays(NamedTuple):
+    """A matrix series as numpy arrays (timestamps, values): no Python object per sample."""
 
-    Non-finite values (NaN, ±Inf: e.g. a rate over a single sample) are dropped.
-    """
+    labels: dict[str, str]
+    ts: FloatArray
+    values: FloatArray
+
+
+def _items(doc: Any, expect: str) -> Iterator[tuple[str, dict[str, str], list[Any]]]:
+    """``(where, labels, raw pairs)`` of each series of a decoded query body whose
+    ``resultType`` must be ``expect``; anything malformed raises :class:`MalformedResponse`."""
     if not isinstance(doc, dict):
         raise MalformedResponse("response is not a JSON object")
     if doc.get("status") != "success":
@@ -190,7 +208,6 @@ def parse_result(doc: Any, expect: str) -> list[Series]:
         raise MalformedResponse(
             f"data.resultType is {data.get('resultType')!r:.40}, expected {expect!r}"
         )
-    out: list[Series] = []
     for i, item in enumerate(data["result"]):
         where = f"data.result[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
@@ -204,7 +221,100 @@ def parse_result(doc: Any, expect: str) -> list[Series]:
                 raise MalformedResponse(f"{where}.values missing or not a list")
         else:
             raw = [item.get("value")]
-        out.append(Series(dict(labels), _values(raw, where)))
+        yield where, dict(labels), raw
+
+
+def parse_result(doc: Any, expect: str) -> list[Series]:
+    """Series of a decoded query body whose ``resultType`` must be ``expect``.
+
+    Non-finite values (NaN, ±Inf: e.g. a rate over a single sample) are dropped.
+    """
+    return [Series(labels, _values(raw, where)) for where, labels, raw in _items(doc, expect)]
+
+
+_EMPTY = np.zeros(0, dtype=np.float64)
+
+
+def _arrays(raw: list[Any], where: str) -> tuple[FloatArray, FloatArray]:
+    """Finite ``(timestamps, values)`` of ``[[ts, "value"], ...]`` in two C-speed conversions
+    (~0.3 µs a point against ~1.3 µs for a 2-D ``np.array`` of the pairs); anything odd takes
+    the checked path that names the bad sample."""
+    if not raw:
+        return _EMPTY, _EMPTY
+    try:
+        if sum(map(len, raw)) != 2 * len(raw):
+            raise ValueError("not pairs")
+        ts = np.array([p[0] for p in raw], dtype=np.float64)
+        values = np.array([p[1] for p in raw], dtype=np.float64)
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError):
+        pairs = _values(raw, where)
+        if not pairs:
+            return _EMPTY, _EMPTY
+        arr = np.asarray(pairs, dtype=np.float64)
+        return arr[:, 0].copy(), arr[:, 1].copy()
+    if ts.ndim != 1 or values.ndim != 1:
+        raise MalformedResponse(f'{where}: a sample must be [timestamp, "value"]')
+    keep = np.isfinite(ts) & np.isfinite(values)
+    if keep.all():
+        return ts, values
+    return ts[keep], values[keep]
+
+
+def parse_matrix(doc: Any) -> list[SeriesArrays]:
+    """:func:`parse_result` of a matrix body, each series as numpy arrays."""
+    return [
+        SeriesArrays(labels, *_arrays(raw, where)) for where, labels, raw in _items(doc, "matrix")
+    ]
+
+
+_VALUES = b'"values":['
+
+
+def parse_matrix_body(body: bytes, loads: Callable[[bytes], Any]) -> list[SeriesArrays]:
+    """:func:`parse_matrix` of a raw matrix body without a Python object per sample.
+
+    Prometheus writes each series' samples as ``"values":[[ts,"v"],...]``, numbers only: those
+    runs are cut out and read by numpy's C parser (``np.fromstring``), the rest (the labels) is
+    decoded with ``loads``.  A body of any other layout, or a run numpy cannot read whole, takes
+    the checked path (``loads`` then :func:`parse_matrix`), so the answer and the errors are
+    the same.
+    """
+    parts: list[bytes] = []
+    runs: list[bytes] = []
+    pos = 0
+    while (at := body.find(_VALUES, pos)) >= 0:
+        begin = at + len(_VALUES)
+        stop = body.find(b"]]", begin)
+        if stop < 0:
+            break
+        parts.append(body[pos:begin])
+        runs.append(body[begin : stop + 1])
+        pos = stop + 1
+    if not runs:
+        return parse_matrix(loads(body))
+    parts.append(body[pos:])
+    try:
+        skeleton = parse_matrix(loads(b"".join(parts)))
+    except (MalformedResponse, ValueError):
+        return parse_matrix(loads(body))
+    if len(skeleton) != len(runs):
+        return parse_matrix(loads(body))
+    out = []
+    for series, run in zip(skeleton, runs, strict=True):
+        n = run.count(b"],[") + 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                flat = np.fromstring(run.translate(None, b'[]"').decode("ascii"), sep=",")
+        except (ValueError, UnicodeDecodeError, DeprecationWarning):
+            return parse_matrix(loads(body))
+        if flat.size != 2 * n:
+            return parse_matrix(loads(body))
+        ts, values = flat[0::2], flat[1::2]
+        keep = np.isfinite(ts) & np.isfinite(values)
+        if not keep.all():
+            ts, values = ts[keep], values[keep]
+        out.append(SeriesArrays(series.labels, ts, values))
     return out
 
 
@@ -288,6 +398,58 @@ def build_batches(
         for (ns, kind, name, container), samples in sorted(grouped.items())
     )
     return [b for b in batches if b is not None]
+
+
+ContainerArrays = tuple[MetricsBatch, dict[str, tuple[FloatArray, FloatArray]]]
+
+
+def build_batch_arrays(
+    cpu: Iterable[SeriesArrays],
+    memory: Iterable[SeriesArrays],
+    owners: Owners,
+    start: float,
+    end: float,
+) -> list[ContainerArrays]:
+    """:func:`build_batches` with the samples as numpy arrays: per workload container, the
+    batch's envelope (its ``samples`` empty) and every pod's ``(timestamps, values)`` in
+    ``(start, end]`` per resource, sorted by time then value as :func:`build_batches` sorts
+    them; sorted by container id."""
+    grouped: dict[tuple[str, str, str, str], dict[str, list[SeriesArrays]]] = {}
+    for resource, series_list in (("cpu", cpu), ("memory", memory)):
+        for s in series_list:
+            ns, pod, container = (s.labels.get(k, "") for k in ("namespace", "pod", "container"))
+            if not ns or not pod or container in SKIPPED_CONTAINERS:
+                continue
+            kind, name = owners.resolve(ns, pod)
+            bucket = grouped.setdefault((ns, kind, name, container), {"cpu": [], "memory": []})
+            bucket[resource].append(s)
+    out: list[ContainerArrays] = []
+    for (ns, kind, name, container), by_resource in sorted(grouped.items()):
+        envelope = _valid(
+            MetricsBatch,
+            namespace=ns,
+            kind=kind,
+            workload=name,
+            container=container,
+            start=start,
+            end=end,
+            samples={},
+        )
+        if envelope is None:
+            continue
+        arrays: dict[str, tuple[FloatArray, FloatArray]] = {}
+        for resource, parts in by_resource.items():
+            if not parts:
+                arrays[resource] = (_EMPTY, _EMPTY)
+                continue
+            ts = np.concatenate([p.ts for p in parts]) if len(parts) > 1 else parts[0].ts
+            val = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
+            inside = (ts > start) & (ts <= end)
+            ts, val = ts[inside], val[inside]
+            order = np.lexsort((val, ts))
+            arrays[resource] = (ts[order], val[order])
+        out.append((envelope, arrays))
+    return out
 
 
 def _valid(model: Any, **fields: Any) -> Any:

@@ -23,6 +23,7 @@ them to ``ingest(..., arrays=...)`` so the batch is converted only once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from numbers import Real
@@ -143,22 +144,7 @@ def validate_batch(
             changed = True
         else:
             ts, val = pair
-        keep = np.ones(ts.size, dtype=bool)
-        checks = (
-            ("bad-timestamp", ~np.isfinite(ts) | (ts < MIN_TIME)),
-            ("future-timestamp", ts > now + future_slack),
-            ("outside-chunk", (ts <= batch.start) | (ts > batch.end)),
-            ("nan", np.isnan(val)),
-            ("inf", np.isinf(val)),
-            ("negative", val < 0),
-            ("absurd-value", val > MAX_VALUE[resource]),
-        )
-        for reason, hit in checks:
-            hit_now = hit & keep
-            n = int(np.count_nonzero(hit_now))
-            if n:
-                bad(reason, n)
-                keep &= ~hit_now
+        keep = _keep(resource, ts, val, batch.start, batch.end, now + future_slack, bad)
         if pair is not None and keep.all():
             clean[resource] = samples
             arrays[resource] = (ts, val)
@@ -170,6 +156,67 @@ def validate_batch(
     if not changed:
         return Validated(batch, [], arrays)
     return Validated(batch.model_copy(update={"samples": clean}), sorted(counts.items()), arrays)
+
+
+def _keep(
+    resource: str,
+    ts: FloatArray,
+    val: FloatArray,
+    start: float,
+    end: float,
+    latest: float,
+    bad: Callable[[str, int], None],
+) -> npt.NDArray[np.bool_]:
+    """The mask of the samples that pass every check (each dropped one counted once, under the
+    first reason that applies; see the module docstring)."""
+    keep = np.ones(ts.size, dtype=bool)
+    checks = (
+        ("bad-timestamp", ~np.isfinite(ts) | (ts < MIN_TIME)),
+        ("future-timestamp", ts > latest),
+        ("outside-chunk", (ts <= start) | (ts > end)),
+        ("nan", np.isnan(val)),
+        ("inf", np.isinf(val)),
+        ("negative", val < 0),
+        ("absurd-value", val > MAX_VALUE[resource]),
+    )
+    for reason, hit in checks:
+        hit_now = hit & keep
+        n = int(np.count_nonzero(hit_now))
+        if n:
+            bad(reason, n)
+            keep &= ~hit_now
+    return keep
+
+
+def validate_arrays(
+    start: float,
+    end: float,
+    arrays: dict[str, tuple[FloatArray, FloatArray]],
+    *,
+    now: float,
+    future_slack: float = FUTURE_SLACK_SECONDS,
+) -> tuple[dict[str, tuple[FloatArray, FloatArray]], Reasons]:
+    """:func:`validate_batch` for samples already held as numpy arrays per resource (the
+    one-shot's path): the clean arrays and the reasons, sorted."""
+    counts: dict[str, int] = {}
+
+    def bad(reason: str, n: int) -> None:
+        if n:
+            counts[reason] = counts.get(reason, 0) + n
+
+    if not end <= now + future_slack:
+        for ts, _ in arrays.values():
+            bad("future-chunk", int(ts.size))
+        empty = np.zeros(0, dtype=np.float64)
+        return {r: (empty, empty) for r in arrays if r in RESOURCES}, sorted(counts.items())
+    clean: dict[str, tuple[FloatArray, FloatArray]] = {}
+    for resource, (ts, val) in arrays.items():
+        if resource not in RESOURCES:
+            bad("unknown-resource", int(ts.size))
+            continue
+        keep = _keep(resource, ts, val, start, end, now + future_slack, bad)
+        clean[resource] = (ts, val) if keep.all() else (ts[keep], val[keep])
+    return clean, sorted(counts.items())
 
 
 def sample_count(batch: MetricsBatch) -> int:

@@ -497,33 +497,64 @@ class ContainerUsage:
         ``arrays`` (from :func:`engine.core.samples.validate_batch`) are the batch's samples
         already converted to numpy; without them the samples are converted here.
         """
-        total = sum(_size(s) for s in batch.samples.values())
+        rejected: dict[str, int] = {}
+        converted: dict[str, tuple[FloatArray, FloatArray]] = {}
+        for resource, samples in batch.samples.items():
+            if resource not in self.resources:
+                rejected["unknown-resource"] = rejected.get("unknown-resource", 0) + _size(samples)
+                continue
+            pair = arrays.get(resource) if arrays is not None else None
+            if pair is None:
+                pair = to_arrays(samples)
+            if pair is None:
+                rejected["wrong-type"] = rejected.get("wrong-type", 0) + _size(samples)
+                continue
+            converted[resource] = pair
+        return self.ingest_arrays(
+            batch.start,
+            batch.end,
+            converted,
+            history_seconds=history_seconds,
+            window_seconds=window_seconds,
+            total=sum(_size(s) for s in batch.samples.values()),
+            rejected=rejected,
+        )
+
+    def ingest_arrays(
+        self,
+        start: float,
+        end: float,
+        arrays: Mapping[str, tuple[FloatArray, FloatArray]],
+        *,
+        history_seconds: float = DEFAULT_HISTORY_SECONDS,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        total: int | None = None,
+        rejected: dict[str, int] | None = None,
+    ) -> IngestResult:
+        """:meth:`ingest` of chunk ``(start, end]`` whose samples are already numpy arrays per
+        resource (``(timestamps, values)``): the one-shot folds Prometheus's answers without a
+        Python object per sample."""
+        if total is None:
+            total = sum(int(ts.size) for ts, _ in arrays.values())
         hw = self.high_water
-        if hw is not None and batch.end <= hw and self._covers(batch.start, batch.end):
+        if hw is not None and end <= hw and self._covers(start, end):
             return IngestResult(duplicates=total)
         duplicates = 0
         late = 0
-        rejected: dict[str, int] = {}
+        rejected = dict(rejected or {})
         fresh: dict[str, tuple[FloatArray, FloatArray]] = {}
 
         def reject(reason: str, n: int) -> None:
             if n:
                 rejected[reason] = rejected.get(reason, 0) + n
 
-        for resource, samples in batch.samples.items():
+        for resource, (ts, values) in arrays.items():
             if resource not in self.resources:
-                reject("unknown-resource", _size(samples))
+                reject("unknown-resource", int(ts.size))
                 continue
-            pair = arrays.get(resource) if arrays is not None else None
-            if pair is None:
-                pair = to_arrays(samples)
-            if pair is None:
-                reject("wrong-type", _size(samples))
-                continue
-            ts, values = pair
             good = np.isfinite(ts) & np.isfinite(values) & (values >= 0)
             reject("invalid-value", int(ts.size - np.count_nonzero(good)))
-            inside = good & (ts > batch.start) & (ts <= batch.end)
+            inside = good & (ts > start) & (ts <= end)
             reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
             if hw is not None:
                 old = inside & (ts <= hw)
@@ -555,7 +586,7 @@ class ContainerUsage:
             # The mark is the newest sample actually stored, never the batch's claimed ``end``:
             # a chunk that says it ends in ten years moves nothing it did not deliver.
             self.high_water = newest_accepted if hw is None else max(hw, newest_accepted)
-            self._remember(batch.start, batch.end, self.high_water - history_seconds)
+            self._remember(start, end, self.high_water - history_seconds)
             # Keep every resource on the same horizon, even one that got no samples this time.
             newest = max((w.newest_ts or -math.inf) for w in self.resources.values())
             if math.isfinite(newest):
