@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -237,16 +238,68 @@ def encode_batch(
     return key, json.dumps(doc, separators=(",", ":")).encode(), 2 * n
 
 
+def encode_chunk(
+    rng: np.random.Generator,
+    ns: str,
+    wl: str,
+    conts: list[str],
+    start: int,
+    end: int,
+    pods: int = 1,
+    step: int = MINUTE,
+) -> tuple[bytes, bytes, int]:
+    """A MetricsChunk (wire JSON, what the collector sends): every container of one workload,
+    ``pods`` rows each, on the grid ``start + step, ..., end`` — the same values
+    :func:`encode_batch` draws for each container."""
+    n = (end - start) // step
+    containers = {}
+    for cont in conts:
+        cpu = np.round(rng.lognormal(math.log(0.2), 0.6, n * pods), 5).reshape(pods, n)
+        mem = np.round(rng.uniform(2e8, 6e8, n * pods)).reshape(pods, n)
+        containers[cont] = {"cpu": cpu, "memory": mem}
+    doc = {
+        "type": "chunk",
+        "namespace": ns,
+        "kind": "Deployment",
+        "workload": wl,
+        "start": float(start),
+        "end": float(end),
+        "t0": float(start + step),
+        "step": float(step),
+        "n": n,
+        "containers": containers,
+        "source": "prometheus",
+    }
+    key = f"{ns}/Deployment/{wl}".encode()
+    return key, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), 2 * n * pods * len(conts)
+
+
 def build_messages(
-    containers: int, chunks: int, chunk_seconds: int, pods: int = 1, seed: int = 7
+    containers: int,
+    chunks: int,
+    chunk_seconds: int,
+    pods: int = 1,
+    seed: int = 7,
+    fmt: str = "batch",
 ) -> Iterator[list[tuple[bytes, bytes]]]:
-    """Messages in time order, one list per chunk (every container's chunk k, then k+1).
+    """Messages in time order, one list per chunk (every container's chunk k, then k+1):
+    ``fmt`` "batch", one MetricsBatch per container, or "chunk", one columnar MetricsChunk per
+    workload (the collector's record since issue 11) — the same samples either way.
 
     A generator so a large backfill is never held in memory at once."""
     rng = np.random.default_rng(seed)
     names = container_names(containers)
+    workloads: dict[tuple[str, str], list[str]] = {}
+    for ns, wl, cont in names:
+        workloads.setdefault((ns, wl), []).append(cont)
     for start, end in chunk_plan(chunks, chunk_seconds):
-        yield [encode_batch(rng, ns, wl, cont, start, end, pods)[:2] for ns, wl, cont in names]
+        if fmt == "chunk":
+            yield [
+                encode_chunk(rng, ns, wl, conts, start, end, pods)[:2]
+                for (ns, wl), conts in workloads.items()
+            ]
+        else:
+            yield [encode_batch(rng, ns, wl, cont, start, end, pods)[:2] for ns, wl, cont in names]
 
 
 def samples_per_message(chunk_seconds: int, pods: int = 1) -> int:

@@ -32,6 +32,7 @@ from engine.core.collect import (
     Series,
     SeriesArrays,
     build_batches,
+    build_chunks,
     build_specs,
     cpu_expr,
     eval_start,
@@ -43,7 +44,7 @@ from engine.core.collect import (
     parse_series,
     spec_expr,
 )
-from engine.core.model import MetricsBatch, WorkloadSpec
+from engine.core.model import MetricsBatch, MetricsChunk, WorkloadSpec
 from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
 from engine.metrics import PROMETHEUS_QUERIES, PROMETHEUS_SAMPLES_READ
 from engine.settings import Settings
@@ -254,22 +255,35 @@ class Collector:
         self.rate_window = rate_window or max(2 * step, 60)
         self.samples_read = 0
 
-    async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
-        """Every workload container's samples in ``(start, end]``; same chunk, same batches."""
+    async def _query_chunk(
+        self, start: float, end: float
+    ) -> tuple[list[Series], list[Series], Owners] | None:
+        """The cpu and memory series of ``(start, end]`` and the pods' owners (None: the chunk
+        holds no evaluation time of the step)."""
         first = eval_start(start, end, self.step)
         if first is None:
-            return []
+            return None
         window = int(end - start) + LOOKBACK_SECONDS
         cpu, memory, *owners = await asyncio.gather(
             self.client.query_range(cpu_expr(self.rate_window), first, end, self.step),
             self.client.query_range(memory_expr(self.step), first, end, self.step),
             *(self.client.query(owner_expr(m, window), end) for m in OWNER_METRICS),
         )
-        batches = build_batches(cpu, memory, Owners.build(*owners), start, end)
         read = sum(len(s.values) for s in (*cpu, *memory))
         self.samples_read += read
         PROMETHEUS_SAMPLES_READ.inc(read)
-        return batches
+        return cpu, memory, Owners.build(*owners)
+
+    async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
+        """Every workload container's samples in ``(start, end]``; same chunk, same batches."""
+        answer = await self._query_chunk(start, end)
+        return [] if answer is None else build_batches(*answer, start, end)
+
+    async def collect_records(self, start: float, end: float) -> list[MetricsChunk]:
+        """Every workload's samples in ``(start, end]`` as one columnar record each (what the
+        collector sends on ``kubefinops.metrics``); same chunk, same records."""
+        answer = await self._query_chunk(start, end)
+        return [] if answer is None else build_chunks(*answer, start, end, self.step)
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         return build_specs(await self.client.query(spec_expr(), at), at)

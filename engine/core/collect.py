@@ -7,8 +7,12 @@
   anything malformed raises :class:`MalformedResponse` (never ``KeyError``).
 * :class:`Owners` — pod -> ReplicaSet -> Deployment, Job -> CronJob, StatefulSet, DaemonSet,
   bare pod.
+* :func:`build_chunks` — one columnar :class:`MetricsChunk` per workload per chunk (what the
+  collector sends): every container's series on the query's time grid, one row per pod;
+  :func:`split_chunk` keeps each record under Kafka's message size.
 * :func:`build_batches` — one :class:`MetricsBatch` per workload container per chunk, holding
-  every pod's samples under ``samples["cpu"]`` (cores) and ``samples["memory"]`` (bytes).
+  every pod's samples under ``samples["cpu"]`` (cores) and ``samples["memory"]`` (bytes): the
+  format before chunks, still used in-process by the one-shot mode and the backtest.
 * :func:`build_specs` — one :class:`WorkloadSpec` per workload from kube-state-metrics series.
 """
 
@@ -25,10 +29,13 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
+from engine.core.bounds import MAX_RECORD_BYTES
 from engine.core.model import (
+    RESOURCES,
     ContainerSpec,
     HpaSpec,
     MetricsBatch,
+    MetricsChunk,
     ResourcePair,
     WorkloadSpec,
 )
@@ -461,6 +468,176 @@ def _valid(model: Any, **fields: Any) -> Any:
         return model(**fields)
     except ValidationError:
         return None
+
+
+# --- columnar chunks ----------------------------------------------------------------------------
+Pairs = list[tuple[float, float]]
+
+
+def grid_rows(series: Iterable[Pairs], t0: float, step: float, n: int) -> np.ndarray:
+    """Series of ``(t, v)`` pairs on the grid ``t0 + i * step`` (``i < n``) as rows of ``n``
+    values, NaN where a series has no sample (``null`` on the wire).  A series holding one
+    timestamp several times (several pods merged) takes a row per repetition.  Points off the
+    grid or outside it raise :class:`ValueError` (Prometheus' range queries never give any)."""
+    rows: list[np.ndarray] = []
+    for pairs in series:
+        if not pairs:
+            continue
+        arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+        pos = (arr[:, 0] - t0) / step
+        idx = np.rint(pos).astype(np.int64)
+        if np.any(np.abs(pos - idx) > 1e-6) or idx.min() < 0 or idx.max() >= n:
+            raise ValueError("a sample is not on the chunk's time grid")
+        order = np.argsort(idx, kind="stable")
+        idx, vals = idx[order], arr[order, 1]
+        # the k-th repetition of a grid point goes to the k-th row of this series
+        first = np.r_[0, np.flatnonzero(np.diff(idx)) + 1]
+        rank = np.arange(idx.size) - np.repeat(first, np.diff(np.r_[first, idx.size]))
+        block = np.full((int(rank.max()) + 1, n), np.nan)
+        block[rank, idx] = vals
+        rows.extend(block)
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), n)
+
+
+def grid_of(start: float, end: float, step: int) -> tuple[float, int]:
+    """``(t0, n)`` of a range query's grid over chunk ``(start, end]`` (see collect_chunk)."""
+    t0 = first_eval_time(start, step)
+    return t0, 0 if t0 > end else int((end - t0) // step) + 1
+
+
+def build_chunks(
+    cpu: Iterable[Series],
+    memory: Iterable[Series],
+    owners: Owners,
+    start: float,
+    end: float,
+    step: int,
+) -> list[MetricsChunk]:
+    """One columnar record per workload for chunk ``(start, end]``, every container and pod on
+    the query grid (one row per series), sorted by workload id; what the collector sends."""
+    t0, n = grid_of(start, end, step)
+    grouped: dict[tuple[str, str, str], dict[str, dict[str, list[Pairs]]]] = {}
+    for resource, series_list in (("cpu", cpu), ("memory", memory)):
+        for s in series_list:
+            ns, pod, container = (s.labels.get(k, "") for k in ("namespace", "pod", "container"))
+            if not ns or not pod or container in SKIPPED_CONTAINERS:
+                continue
+            kind, name = owners.resolve(ns, pod)
+            values = [(t, v) for t, v in s.values if start < t <= end]
+            by_res = grouped.setdefault((ns, kind, name), {}).setdefault(container, {})
+            by_res.setdefault(resource, []).append(values)
+    out = []
+    for (ns, kind, name), containers in sorted(grouped.items()):
+        try:
+            rows = {
+                c: {r: grid_rows(res[r], t0, step, n) for r in RESOURCES if r in res}
+                for c, res in sorted(containers.items())
+            }
+        except ValueError:
+            continue  # off the grid: not Prometheus' range answer (see grid_rows)
+        chunk = _valid(
+            MetricsChunk,
+            type="chunk",
+            namespace=ns,
+            kind=kind,
+            workload=name,
+            start=start,
+            end=end,
+            t0=t0,
+            step=float(step),
+            n=n,
+            containers=rows,
+        )
+        if chunk is not None:
+            out.append(chunk)
+    return out
+
+
+def chunks_from_batches(batches: Iterable[MetricsBatch]) -> list[MetricsChunk]:
+    """The columnar records of per-container batches (one per workload and chunk): the grid is
+    the coarsest one holding every timestamp of the workload's batches (whole seconds)."""
+    grouped: dict[tuple[str, str, str, float, float], list[MetricsBatch]] = {}
+    for b in batches:
+        grouped.setdefault((b.namespace, b.kind, b.workload, b.start, b.end), []).append(b)
+    out = []
+    for (ns, kind, name, start, end), group in sorted(grouped.items()):
+        times = np.asarray(
+            [t for b in group for pairs in b.samples.values() for t, _ in pairs], dtype=np.float64
+        )
+        if times.size:
+            t0 = float(times.min())
+            offsets = np.unique(np.rint(times - t0).astype(np.int64))
+            step = max(int(np.gcd.reduce(offsets)), 1) if offsets.size > 1 else 60
+            n = int(np.rint((times.max() - t0) / step)) + 1
+        else:
+            t0, step, n = float(end), 60, 0
+        containers = {
+            b.container: {r: grid_rows([v], t0, step, n) for r, v in b.samples.items()}
+            for b in group
+        }
+        out.append(
+            MetricsChunk(
+                type="chunk",
+                namespace=ns,
+                kind=kind,
+                workload=name,
+                start=start,
+                end=end,
+                t0=t0,
+                step=float(step),
+                n=n,
+                containers=containers,
+                source=group[0].source,
+            )
+        )
+    return out
+
+
+def split_chunk(chunk: MetricsChunk, max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
+    """``chunk`` encoded as records of at most ``max_bytes`` (Kafka refuses larger messages):
+    by containers first, then — for one container too large alone — by halves of its time
+    range, each part a chunk of its own ``(start, end]`` (the aggregator's accepted ranges
+    merge touching parts, so the whole is still remembered as one chunk)."""
+    raw = chunk.encode()
+    if len(raw) <= max_bytes:
+        return [raw]
+    names = list(chunk.containers)
+    if len(names) > 1:
+        half = len(names) // 2
+        return [
+            part
+            for group in (names[:half], names[half:])
+            for part in split_chunk(
+                chunk.model_copy(update={"containers": {c: chunk.containers[c] for c in group}}),
+                max_bytes,
+            )
+        ]
+    if chunk.n < 2:
+        return [raw]  # one grid point of one container: nothing left to split
+    h = chunk.n // 2
+    mid = chunk.t0 + (h - 1) * chunk.step
+    first = {
+        c: {r: [row[:h] for row in rows] for r, rows in res.items()}
+        for c, res in chunk.containers.items()
+    }
+    second = {
+        c: {r: [row[h:] for row in rows] for r, rows in res.items()}
+        for c, res in chunk.containers.items()
+    }
+    return [
+        *split_chunk(chunk.model_copy(update={"end": mid, "n": h, "containers": first}), max_bytes),
+        *split_chunk(
+            chunk.model_copy(
+                update={
+                    "start": mid,
+                    "t0": mid + chunk.step,
+                    "n": chunk.n - h,
+                    "containers": second,
+                }
+            ),
+            max_bytes,
+        ),
+    ]
 
 
 def count_samples(batches: Iterable[MetricsBatch]) -> int:

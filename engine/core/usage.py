@@ -118,7 +118,7 @@ class Window:
     def add(self, ts: FloatArray, values: FloatArray) -> None:
         self._raw = None
         self.gen += 1
-        self.sketch.add_many(values)
+        self.sketch.add_valid(values)  # validated by ContainerUsage.ingest*
         self.count += int(values.size)
         self.sum += float(values.sum())
         self.min = min(self.min, float(values.min()))
@@ -530,10 +530,13 @@ class ContainerUsage:
         window_seconds: int = DEFAULT_WINDOW_SECONDS,
         total: int | None = None,
         rejected: dict[str, int] | None = None,
+        validated: bool = False,
     ) -> IngestResult:
         """:meth:`ingest` of chunk ``(start, end]`` whose samples are already numpy arrays per
-        resource (``(timestamps, values)``): the one-shot folds Prometheus's answers without a
-        Python object per sample."""
+        resource (``(timestamps, values)``): the aggregator's columnar records and the one-shot
+        fold samples without a Python object per sample.  ``validated``: the arrays come from
+        :func:`engine.core.samples.validate_chunk` (finite, in range, inside the chunk), so
+        those checks are not repeated."""
         if total is None:
             total = sum(int(ts.size) for ts, _ in arrays.values())
         hw = self.high_water
@@ -552,17 +555,20 @@ class ContainerUsage:
             if resource not in self.resources:
                 reject("unknown-resource", int(ts.size))
                 continue
-            good = np.isfinite(ts) & np.isfinite(values) & (values >= 0)
-            reject("invalid-value", int(ts.size - np.count_nonzero(good)))
-            inside = good & (ts > start) & (ts <= end)
-            reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
+            inside: Any = None
+            if not validated:
+                good = np.isfinite(ts) & np.isfinite(values) & (values >= 0)
+                reject("invalid-value", int(ts.size - np.count_nonzero(good)))
+                inside = good & (ts > start) & (ts <= end)
+                reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
             if hw is not None:
-                old = inside & (ts <= hw)
-                seen = old & self._covered(ts)
-                duplicates += int(np.count_nonzero(seen))
-                late += int(np.count_nonzero(old) - np.count_nonzero(seen))
-                inside = inside & ~seen
-            if not inside.all():
+                old = ts <= hw if inside is None else inside & (ts <= hw)
+                if old.any():
+                    seen = old & self._covered(ts)
+                    duplicates += int(np.count_nonzero(seen))
+                    late += int(np.count_nonzero(old) - np.count_nonzero(seen))
+                    inside = ~seen if inside is None else inside & ~seen
+            if inside is not None and not inside.all():
                 ts, values = ts[inside], values[inside]
             if ts.size:
                 fresh[resource] = (ts, values)
