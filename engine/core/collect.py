@@ -12,7 +12,8 @@
   :func:`split_chunk` keeps each record under Kafka's message size.
 * :func:`build_batches` — one :class:`MetricsBatch` per workload container per chunk, holding
   every pod's samples under ``samples["cpu"]`` (cores) and ``samples["memory"]`` (bytes): the
-  format before chunks, still used in-process by the one-shot mode and the backtest.
+  format before chunks, still used in-process by the backtest; :func:`build_batch_arrays` is
+  the same with numpy arrays (the one-shot's path, read by :func:`parse_matrix_body`).
 * :func:`build_specs` — one :class:`WorkloadSpec` per workload from kube-state-metrics series.
 """
 
