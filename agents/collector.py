@@ -1,4 +1,7 @@
-"""Collector: Prometheus -> ``kubefinops.metrics`` batches and ``kubefinops.workloads`` specs.
+"""Collector: Prometheus -> ``kubefinops.metrics`` records and ``kubefinops.workloads`` specs.
+
+One columnar record (:class:`~engine.core.model.MetricsChunk`) per workload and chunk, every
+container and pod on the query's time grid (docs/collector.md "The metrics record").
 
 A leader-only timer drops a tick on the one-partition ``collector-ticks`` topic every
 ``collect_interval_seconds``; the agent consuming it is therefore a single collector for the whole
@@ -19,7 +22,7 @@ import time
 
 from agents.runtime import Runtime
 from engine.core.apply_cycles import CycleManifest
-from engine.core.collect import plan_chunks
+from engine.core.collect import plan_chunks, split_chunk
 from engine.core.model import CycleEnd
 from engine.errors import RetryableError
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES
@@ -35,7 +38,7 @@ def collection_cycle_id(now: float) -> str:
 
 
 async def run_cycle(rt: Runtime, now: float) -> int:
-    """One collection cycle. Returns the number of batches published."""
+    """One collection cycle. Returns the number of metrics records published."""
     source = rt.services.usage
     if source is None:
         return 0
@@ -50,19 +53,18 @@ async def run_cycle(rt: Runtime, now: float) -> int:
         step=s.prometheus_step_seconds,
     )
     for i, (start, end) in enumerate(chunks, 1):
-        batches = await source.collect_chunk(start, end)
+        records = await source.collect_records(start, end)
         futures = [
-            await rt.topics.metrics.send(
-                key=b.workload_id.encode(), value=b.model_dump_json().encode()
-            )
-            for b in batches
+            await rt.topics.metrics.send(key=r.workload_id.encode(), value=raw)
+            for r in records
+            for raw in split_chunk(r)  # one record per workload, unless over Kafka's limit
         ]
         for fut in futures:
             await fut  # the chunk counts as published only once Kafka acknowledged it
         rt.tables.watermarks[USAGE_WATERMARK] = end
-        sent += len(batches)
+        sent += len(futures)
         if len(chunks) > 1:
-            log.info("backfill %d/%d chunks (%s batches)", i, len(chunks), len(batches))
+            log.info("backfill %d/%d chunks (%s records)", i, len(chunks), len(futures))
     specs = await source.collect_specs(now)
     cycle = collection_cycle_id(now)
     for spec in specs:

@@ -143,21 +143,59 @@ async def handle_batch(rt: Runtime, raws: Sequence[bytes | None]) -> Execution |
 _SEP = "|"
 
 
-def _pending(rt: Runtime) -> dict[str, PendingCycle]:
-    """The pending cycles of this worker, rebuilt from the two changelog-backed tables."""
-    out: dict[str, PendingCycle] = {}
-    by_cycle: dict[str, list[Decision]] = {}
-    for key, stored in list(rt.tables.pending_decisions.items()):
+def _row_counts(rt: Runtime) -> dict[str, int]:
+    """Stored decision rows per pending cycle, from the keys alone (nothing decoded)."""
+    counts: dict[str, int] = {}
+    for key in list(rt.tables.pending_decisions.keys()):
         ck = str(key).split(_SEP, 1)[0]
-        try:
-            by_cycle.setdefault(ck, []).append(Decision.model_validate(stored))
-        except ValueError:
-            log.warning("dropping an unreadable pending decision %s", key)
-    for ck, meta in list(rt.tables.pending_cycles.items()):
-        out[str(ck)] = PendingCycle.from_meta(meta, by_cycle.pop(str(ck), []))
-    for ck, decisions in by_cycle.items():  # decisions whose meta row is missing
-        out[ck] = PendingCycle.from_meta({"cycle": ck}, decisions)
+        counts[ck] = counts.get(ck, 0) + 1
+    return counts
+
+
+def _rows_of(rt: Runtime, ck: str) -> list[str]:
+    prefix = f"{ck}{_SEP}"
+    return [str(k) for k in list(rt.tables.pending_decisions.keys()) if str(k).startswith(prefix)]
+
+
+def _pending(rt: Runtime, *, recount: bool = False) -> dict[str, PendingCycle]:
+    """The pending cycles of this worker from their meta rows: when they start, how many
+    workloads they expect and have.  The decisions themselves are decoded only when a cycle is
+    applied (:func:`_decisions_of`) — decoding every pending decision on every record made a
+    cycle of n decisions cost n²/2 decodes (a 1,000-workload burst: ~0.5 M).  ``recount``
+    (on control records: the manifest, the apply ticks) counts the rows again from the table's
+    keys, which also corrects a count left behind by a crash between a row and its meta."""
+    metas = {str(ck): meta for ck, meta in list(rt.tables.pending_cycles.items())}
+    counts = (
+        _row_counts(rt) if recount or any("stored" not in meta for meta in metas.values()) else None
+    )
+    out: dict[str, PendingCycle] = {}
+    for ck, meta in metas.items():
+        out[ck] = PendingCycle.from_meta(meta, [])
+        if counts is not None:
+            out[ck].stored = counts.pop(ck, 0)
+    for ck, n in (counts or {}).items():  # decisions whose meta row is missing
+        out[ck] = PendingCycle(cycle=ck, stored=n)
     return out
+
+
+def _decisions_of(rt: Runtime, ck: str) -> tuple[list[Decision], list[str]]:
+    """A cycle's stored decisions (by workload id) and every row key they were read from."""
+    rows = _rows_of(rt, ck)
+    decisions: list[Decision] = []
+    for key in rows:
+        try:
+            decisions.append(Decision.model_validate(rt.tables.pending_decisions[key]))
+        except (KeyError, ValueError):
+            log.warning("dropping an unreadable pending decision %s", key)
+    return sorted(decisions, key=lambda d: d.workload_id), rows
+
+
+def _cycle_meta(rt: Runtime, ck: str) -> PendingCycle:
+    meta = rt.tables.pending_cycles.get(ck)
+    pending = PendingCycle.from_meta(meta or {"cycle": ck}, [])
+    if meta is None or "stored" not in meta:  # first decision of the cycle, or an older meta
+        pending.stored = len(_rows_of(rt, ck))
+    return pending
 
 
 async def accept(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[Execution]:
@@ -171,33 +209,34 @@ async def accept(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[Exec
     if control == "cycle-manifest":
         manifest = await parse_or_park(rt, CycleManifest, raw, key=key, agent=AGENT, topic=topic)
         if manifest is not None:
-            meta = rt.tables.pending_cycles.get(manifest.cycle) or {"cycle": manifest.cycle}
-            pending = PendingCycle.from_meta(meta, [])
+            pending = _cycle_meta(rt, manifest.cycle)
             pending.expect(manifest, now)
             rt.tables.pending_cycles[manifest.cycle] = pending.meta()
     elif control is None:
         decision = await parse_or_park(rt, Decision, raw, key=key, agent=AGENT, topic=topic)
         if decision is not None:
             ck = cycle_key(decision)
-            meta = rt.tables.pending_cycles.get(ck) or {"cycle": ck}
-            pending = PendingCycle.from_meta(meta, [])
+            row = f"{ck}{_SEP}{decision.workload_id}"
+            pending = _cycle_meta(rt, ck)
+            new = row not in rt.tables.pending_decisions  # a re-delivery replaces its row
+            # the row first: a crash before the meta leaves the count short (made good by the
+            # next recount), never long (which would apply the cycle without its last decision)
+            rt.tables.pending_decisions[row] = decision.model_dump(mode="json")
             pending.add(decision, now)
+            pending.stored += new
             rt.tables.pending_cycles[ck] = pending.meta()
-            dump = decision.model_dump(mode="json")
-            rt.tables.pending_decisions[f"{ck}{_SEP}{decision.workload_id}"] = dump
-    return await flush(rt, now)
+    return await flush(rt, now, recount=control is not None)
 
 
-async def flush(rt: Runtime, now: float) -> list[Execution]:
+async def flush(rt: Runtime, now: float, *, recount: bool = False) -> list[Execution]:
     """Apply every pending cycle that is ready (complete, quiet or timed out), oldest first."""
     s = rt.settings
-    pending = _pending(rt)
+    pending = _pending(rt, recount=recount)
     done: list[Execution] = []
     for ck, why in ready_cycles(
         pending, now, quiet=s.apply_batch_seconds, timeout=s.apply_cycle_timeout_seconds
     ):
-        cycle = pending[ck]
-        decisions = sorted(cycle.decisions.values(), key=lambda d: d.workload_id)
+        decisions, rows = _decisions_of(rt, ck)
         if decisions:
             log.info("apply cycle for %s ready (%s): %d decisions", ck, why, len(decisions))
             try:
@@ -217,8 +256,8 @@ async def flush(rt: Runtime, now: float) -> list[Execution]:
                 execution = None
             if execution is not None:
                 done.append(execution)
-        for wid in cycle.decisions:
-            rt.tables.pending_decisions.pop(f"{ck}{_SEP}{wid}", None)
+        for row in rows:
+            rt.tables.pending_decisions.pop(row, None)
         rt.tables.pending_cycles.pop(ck, None)
     return done
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import pstats
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,8 +52,8 @@ from bench.common import (
     state_bytes,
     wait_ingested,
 )
-from engine.core.model import MetricsBatch, parse_metrics_record
-from engine.core.samples import validate_batch
+from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
+from engine.core.samples import validate_batch, validate_chunk
 from engine.core.usage import ContainerUsage
 from tables.state import DEFAULT_USAGE_CACHE_BYTES, UsageTable
 from tests.harness.kafka import create_topics
@@ -65,38 +65,57 @@ BACKFILL_CHUNK = 6 * 3600  # settings.prometheus_chunk_seconds default
 FULL_CONTAINERS, FULL_DAYS = 2000, 14
 
 
-def pure_ingest(containers: int, chunks: int, chunk_seconds: int) -> tuple[float, float]:
-    """samples/s of the aggregator's per-message work, in-process, on the same kind of messages.
+def pure_ingest(
+    containers: int, chunks: int, chunk_seconds: int, fmt: str = "chunk"
+) -> tuple[float, float]:
+    """samples/s of the aggregator's per-record work, in-process, on the same kind of records.
 
     Returns (core path, agent path). Core: ``parse_metrics_record`` (the agent's one parse of a
-    record) + ``validate_batch`` + ``ContainerUsage.ingest`` + ``to_dict`` + ``json.dumps`` (the
-    changelog value). Agent path: the same through the typed ``usage`` table
-    (``tables.state.UsageTable``, its bounded decoded-value cache), as the agent does it — the gap
-    between the worker and this line is Faust and Kafka.
+    record) + ``validate_chunk`` (``validate_batch`` for the old format) + ``ContainerUsage``
+    ingest + ``to_dict`` + ``orjson.dumps`` (the changelog value). Agent path: the same through
+    the typed ``usage`` table (``tables.state.UsageTable``: its bounded decoded-value cache and
+    its pre-encoded values), as the agent does it — the gap between the worker and this line is
+    Faust and Kafka.
     """
-    msgs = [m for part in build_messages(containers, chunks, chunk_seconds, seed=11) for m in part]
-    total = len(msgs) * samples_per_message(chunk_seconds)
+    msgs = [
+        m
+        for part in build_messages(containers, chunks, chunk_seconds, seed=11, fmt=fmt)
+        for m in part
+    ]
+    total = containers * chunks * samples_per_message(chunk_seconds)
     now = time.time()
 
     def once(agent_path: bool) -> float:
         states: dict[str, ContainerUsage] = {}
         table = UsageTable({}, DEFAULT_USAGE_CACHE_BYTES)
-        started = time.perf_counter()
-        for _, raw in msgs:
-            batch = parse_metrics_record(raw)
-            assert isinstance(batch, MetricsBatch)
-            checked = validate_batch(batch, now=now)
-            cid = checked.batch.container_id
+
+        def store(cid: str, ingest: Any) -> None:
             if agent_path:
                 usage = table.get(cid) or ContainerUsage()
             else:
                 usage = states.setdefault(cid, ContainerUsage())
-            usage.ingest(checked.batch, arrays=checked.arrays)
+            ingest(usage)
             if agent_path:
                 table[cid] = usage
-                json.dumps(table.store[cid])
             else:
-                json.dumps(usage.to_dict())
+                orjson.dumps(usage.to_dict())
+
+        started = time.perf_counter()
+        for _, raw in msgs:
+            record = parse_metrics_record(raw)
+            if isinstance(record, MetricsChunk):
+                checked = validate_chunk(record, now=now)
+                for cont, arrays in checked.arrays.items():
+                    store(
+                        record.container_id(cont),
+                        lambda u, a=arrays, r=record: u.ingest_arrays(
+                            r.start, r.end, a, validated=True
+                        ),
+                    )
+            else:
+                assert isinstance(record, MetricsBatch)
+                v = validate_batch(record, now=now)
+                store(v.batch.container_id, lambda u, v=v: u.ingest(v.batch, arrays=v.arrays))
         return total / (time.perf_counter() - started)
 
     return once(False), once(True)
@@ -169,6 +188,9 @@ def run_worker(
     return out
 
 
+TARGET = 1_000_000  # samples/s per worker (issue 11)
+
+
 def part_throughput(
     stack: Stack,
     containers: int,
@@ -176,18 +198,20 @@ def part_throughput(
     timeout: float,
     profile: bool = False,
     env: dict[str, str] | None = None,
+    fmt: str = "chunk",
 ) -> None:
     assert stack.kafka is not None
-    chunk_seconds = 500 * 60  # 500 one-minute samples per resource: 1000 per message
-    n_msgs = containers * chunks
-    per_msg = samples_per_message(chunk_seconds)
-    total = n_msgs * per_msg
+    chunk_seconds = 500 * 60  # 500 one-minute samples per resource and container
+    total = containers * chunks * samples_per_message(chunk_seconds)
+    n_msgs = (containers // 2 if fmt == "chunk" else containers) * chunks
+    per_msg = total // n_msgs
     print(
-        f"\n== 1. throughput: {n_msgs:,} messages x {per_msg} samples = {total:,} samples, "
-        f"{containers} containers x {chunks} chunks, {PARTITIONS} partitions"
+        f"\n== 1. throughput ({fmt} records): {n_msgs:,} messages x {per_msg} samples = "
+        f"{total:,} samples, {containers} containers (2 per workload) x {chunks} chunks, "
+        f"{PARTITIONS} partitions"
     )
 
-    pure, agent_path = pure_ingest(min(containers, 100), min(chunks, 3), chunk_seconds)
+    pure, agent_path = pure_ingest(min(containers, 100), min(chunks, 3), chunk_seconds, fmt)
     print(f"pure core (parse+validate+ingest+to_dict+json, no Kafka) {pure:12,.0f} samples/s")
     print(
         f"pure agent path (+ the agent's typed table, no Kafka)      {agent_path:12,.0f} samples/s"
@@ -196,8 +220,9 @@ def part_throughput(
     dep = stack.deployment(partitions=PARTITIONS, **(env or {}))
     topic = precreate(stack, dep)
     sent, took = asyncio.run(
-        produce_fast(stack.kafka, topic, build_messages(containers, chunks, chunk_seconds))
+        produce_fast(stack.kafka, topic, build_messages(containers, chunks, chunk_seconds, fmt=fmt))
     )
+    assert sent == n_msgs, (sent, n_msgs)
     print(
         f"producer (build JSON + aiokafka send, acks=all)  {sent / took:12,.0f} msg/s "
         f"({sent * per_msg / took:,.0f} samples/s, {took:.1f}s)"
@@ -216,7 +241,7 @@ def part_throughput(
         steady = r["steady_seconds"]
         print(
             f"worker (1 process): first->last sample ingested  {n_msgs / steady:12,.0f}"
-            f" msg/s = {rate:,.0f} samples/s  (target 500,000; {r['steady_seconds']:.1f}s)"
+            f" msg/s = {rate:,.0f} samples/s  (target {TARGET:,}; {r['steady_seconds']:.1f}s)"
         )
         print(
             f"  worker ready->all ingested {r['ready_to_done']:.1f}s "
@@ -227,7 +252,7 @@ def part_throughput(
             f"  ratios: worker/plain-consumer {rate / (n * per_msg / secs):.3f}, "
             f"worker/pure-core {rate / pure:.2f}, "
             f"worker/pure-agent-path {rate / agent_path:.2f}, "
-            f"worker/target {rate / 500_000:.2f}"
+            f"worker/target {rate / TARGET:.2f}"
         )
     changelog = f"{dep.prefix}-usage-changelog"
     expect = end_offsets(stack.kafka, changelog)
@@ -250,7 +275,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def part_cpu(stack: Stack, containers: int, chunks: int, workers: int, timeout: float) -> None:
+def part_cpu(
+    stack: Stack, containers: int, chunks: int, workers: int, timeout: float, fmt: str = "chunk"
+) -> None:
     """CPU-seconds per million samples ingested, summed over ``workers`` worker processes
     (from all ready to all ingested), on a fresh deployment with the same kind of messages."""
     assert stack.kafka is not None
@@ -258,7 +285,9 @@ def part_cpu(stack: Stack, containers: int, chunks: int, workers: int, timeout: 
     total = containers * chunks * samples_per_message(chunk_seconds)
     dep = stack.deployment(partitions=PARTITIONS)
     topic = precreate(stack, dep)
-    asyncio.run(produce_fast(stack.kafka, topic, build_messages(containers, chunks, chunk_seconds)))
+    asyncio.run(
+        produce_fast(stack.kafka, topic, build_messages(containers, chunks, chunk_seconds, fmt=fmt))
+    )
     procs = [dep.start_worker(f"c{i}") for i in range(workers)]
     for server, port in procs:
         dep.wait_ready(port, server=server, timeout=120)
@@ -311,7 +340,9 @@ def backfill_once(
     dep = stack.deployment(partitions=PARTITIONS, **(env or {}))
     topic = precreate(stack, dep)
     sent, took = asyncio.run(
-        produce_fast(stack.kafka, topic, build_messages(containers, chunks, BACKFILL_CHUNK))
+        produce_fast(
+            stack.kafka, topic, build_messages(containers, chunks, BACKFILL_CHUNK, fmt="chunk")
+        )
     )
     print(f"  pre-produced in {took:.1f}s ({sent / took:,.0f} msg/s)")
     r = run_worker(dep, total, timeout)
@@ -398,6 +429,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="per worker wait, seconds")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument(
+        "--format",
+        choices=("chunk", "batch"),
+        default="chunk",
+        help="chunk: one columnar record per workload (what the collector sends); batch: one "
+        "record per container (the format before issue 11)",
+    )
+    ap.add_argument(
         "--cpu-workers", default="", help="e.g. 1,2: CPU-s per million samples for 1 and 2 workers"
     )
     ap.add_argument("--skip-backfill", action="store_true")
@@ -427,11 +465,13 @@ def main() -> None:
         if env:
             print(f"# extra worker environment: {env}")
         if not args.skip_throughput:
-            part_throughput(stack, args.containers, args.chunks, args.timeout, args.profile, env)
+            part_throughput(
+                stack, args.containers, args.chunks, args.timeout, args.profile, env, args.format
+            )
         if args.cpu_workers:
             print("\n== CPU-seconds per million samples (all workers ready -> all ingested)")
             for n in (int(w) for w in args.cpu_workers.split(",")):
-                part_cpu(stack, args.containers, args.chunks, n, args.timeout)
+                part_cpu(stack, args.containers, args.chunks, n, args.timeout, args.format)
         if not args.skip_backfill:
             sizes = [int(c) for c in args.backfill_containers.split(",")]
             part_backfill(stack, sizes, args.backfill_days, args.timeout, env)

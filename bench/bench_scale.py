@@ -6,9 +6,13 @@
 Starts a private Apache Kafka (KRaft, SASL_PLAINTEXT + SCRAM-SHA-256) and SecantusDB on loopback,
 then for each size (a fresh deployment: its own topics and app id):
 
-1. **Ingest**: pre-produces ``days`` of samples every ``step`` seconds for every container in the
-   collector's 6-hour chunks, starts ONE ``kubefinops worker`` with the production session
-   timeout and waits until every sample is in table state.
+1. **Ingest**: the older days are SEEDED (unless ``--live-hours`` covers all ``days``): each
+   container's state after them — built in-process by the worker's own code (validate,
+   ``ContainerUsage.ingest``, ``to_dict``, Faust's JSON codec) from ``--templates`` distinct
+   synthetic histories — is written straight to the usage changelog, on its workload's partition.
+   The last ``--live-hours`` of samples every ``step`` seconds for every container are
+   pre-produced in the collector's 6-hour chunks; then ONE ``kubefinops worker`` starts with the
+   production session timeout, recovers the seeded changelog and ingests the live hours.
 2. **Decisions**: one cycle-end marker per workload (the collector's in-band marker with its
    spec) and times the decisions on ``kubefinops.decisions``: decisions per second.
 3. **RSS** of the worker after ingest + decisions (VmRSS) and its peak (VmHWM); **changelog
@@ -18,9 +22,11 @@ then for each size (a fresh deployment: its own topics and app id):
    followed by its cycle-end marker — and the latency from a workload's marker being
    acknowledged by Kafka to its decision arriving (p50 / p99).
 5. **Recovery**: SIGKILL, then a new worker process; the time from process start until
-   ``/api/usage`` answers the pre-kill counts for a sample of workloads, with static group
-   membership (the same ``KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID`` as the killed worker) and without
-   (a plain member waits for the killed one's session to time out).
+   ``/api/usage`` answers the pre-kill counts for a sample of workloads: as the same static member
+   (the same ``KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID``: the chart's default is the pod name, so a
+   container restarted in its pod), then as a new member (a replaced pod, or plain membership:
+   the group waits for the killed member's session to time out), split into: web up, partitions
+   assigned (group join), tables recovered (``/ready``), correct answers.
 
 Figures are printed, never asserted.  The producer runs before the worker starts (ingest) or
 concurrently (burst, on the same 2 cores: the latencies include that competition).
@@ -33,6 +39,9 @@ import asyncio
 import json
 import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,13 +58,16 @@ from bench.common import (
     get_text,
     proc_status,
     produce_fast,
+    seed_usage_changelog,
+    usage_templates,
     wait_ingested,
 )
 from engine.core.model import ContainerSpec, CycleEnd, ResourcePair, WorkloadSpec
+from tables import USAGE_CHANGELOG_CONFIG
 from tests.harness.kafka import create_topics
 from tests.harness.proc import Server
 from tests.harness.s3 import S3Info, start_s3, unique_bucket
-from tests.integration.workers import Deployment
+from tests.integration.workers import Deployment, http_json
 
 PARTITIONS = 4
 CHUNK = 6 * 3600
@@ -162,6 +174,91 @@ async def decisions_of(
     return acked, arrived
 
 
+def burst_messages(
+    wls: list[tuple[str, str]], start: int, end: int, cycle: str, rng: np.random.Generator
+) -> list[tuple[bytes, bytes]]:
+    """A collector-shaped burst: per workload its containers' chunk, then its cycle-end marker."""
+    msgs: list[tuple[bytes, bytes]] = []
+    for ns, wl in wls:
+        for c in ("app", "sidecar"):
+            msgs.append(batch_doc(rng, ns, wl, c, start, end, STEP[0])[:2])
+        msgs += markers([(ns, wl)], cycle, time.time())
+    return msgs
+
+
+STEP = [300]  # the run's sample step (set from --step)
+
+
+def in_process_burst(
+    wls: list[tuple[str, str]], end: int, args: argparse.Namespace
+) -> dict[str, float]:
+    """The baseline, measured in the same run: the burst's path through the handlers themselves
+    (aggregator ingest of the chunks, recommender on the marker, gate) on in-memory tables and
+    recording topics — what a workload costs without Faust, Kafka or the event loop's company.
+    The workloads first get the run's ``days`` of history (not timed) so the state is as big as
+    the worker's."""
+    from agents import aggregator, gate
+    from tests.fakes import runtime
+
+    rt = runtime(now=time.time())  # the worker's settings (14 days of history kept)
+    rng = np.random.default_rng(3)
+    chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(args.days * 4)][::-1]
+
+    async def go() -> float:
+        for start, stop in chunks:
+            for ns, wl in wls:
+                for c in ("app", "sidecar"):
+                    key, raw, _ = batch_doc(rng, ns, wl, c, start, stop, args.step)
+                    await aggregator.ingest(rt, key, raw)
+        msgs = burst_messages(wls, end, end + 3600, "baseline", rng)
+        recs = rt.topics.recommendations
+        t0 = time.perf_counter()
+        for key, raw in msgs:
+            await aggregator.ingest(rt, key, raw)
+        sent = recs.sent  # type: ignore[attr-defined]
+        for i in range(0, len(sent), gate.GATE_BATCH):
+            await gate.handle_batch(rt, sent[i : i + gate.GATE_BATCH])
+        return time.perf_counter() - t0
+
+    took = asyncio.run(go())
+    decided = len(rt.topics.decisions.sent)  # type: ignore[attr-defined]
+    assert decided == len(wls), f"in-process baseline: {decided} decisions of {len(wls)}"
+    return {"workloads": len(wls), "ms_per_workload": 1000 * took / len(wls)}
+
+
+class Profiler:
+    """``--profile DIR``: py-spy (when on PATH) samples the worker while a phase runs and writes
+    collapsed stacks to ``DIR/<name>.txt`` (``--nonblocking``: the worker is never paused)."""
+
+    def __init__(self, out: str | None, pid: int, name: str) -> None:
+        self.cmd = None
+        if out and shutil.which("py-spy"):
+            Path(out).mkdir(parents=True, exist_ok=True)
+            path = str(Path(out) / f"{name}.txt")
+            self.cmd = ["py-spy", "record", "--nonblocking", "--format", "raw", "-r", "200",
+                        "-p", str(pid), "-o", path]  # fmt: skip
+        elif out:
+            print("!! --profile: py-spy is not on PATH (pip install py-spy); not profiling")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Profiler:
+        if self.cmd:
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(0.5)  # attached before the phase starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def usage_count(port: int, ns: str, wl: str) -> int | None:
     try:
         text = get_text(f"http://127.0.0.1:{port}/api/usage/{ns}/Deployment/{wl}", timeout=5)
@@ -191,25 +288,60 @@ def log_problems(server: Server) -> dict[str, int]:
 
 def recover(
     dep: Deployment, name: str, port: int, probe: list[tuple[str, str, int]], timeout: float
-) -> tuple[float | None, Server, int]:
+) -> tuple[dict[str, float] | None, Server, int]:
     """A new worker process on the killed one's port (a restarted container keeps its pod's
-    address, which Faust's assignor checks against a static member's previous assignment)."""
+    address, which Faust's assignor checks against a static member's previous assignment).
+
+    Returns the times from process start (None: not recovered within ``timeout``) of: ``web``
+    (first HTTP answer), ``assigned`` (partitions assigned: the group join is over), ``ready``
+    (tables recovered), ``answers`` (every probed workload has its pre-kill count)."""
     started = time.monotonic()
     server, port = dep.start_worker(name, port)
+    marks: dict[str, float] = {}
     pending = list(probe)
     while pending and time.monotonic() - started < timeout and server.alive():
-        pending = [(ns, wl, n) for ns, wl, n in pending if usage_count(port, ns, wl) != n]
+        try:
+            state = http_json(f"http://127.0.0.1:{port}/ready")[1]
+        except OSError:
+            state = None
+        now = time.monotonic() - started
+        if isinstance(state, dict):
+            marks.setdefault("web", now)
+            if state.get("assigned_partitions"):
+                marks.setdefault("assigned", now)
+            if state.get("ready"):
+                marks.setdefault("ready", now)
+                pending = [(ns, wl, n) for ns, wl, n in pending if usage_count(port, ns, wl) != n]
         if pending:
-            time.sleep(0.2)
-    return (None if pending else time.monotonic() - started), server, port
+            time.sleep(0.1)
+    if pending:
+        return None, server, port
+    marks["answers"] = time.monotonic() - started
+    for key in ("web", "assigned", "ready"):
+        marks.setdefault(key, marks["answers"])
+    return marks, server, port
+
+
+def show_recovery(marks: dict[str, float] | None) -> str:
+    if marks is None:
+        return "did not recover"
+    return (
+        f"{marks['answers']:.1f}s (web up {marks['web']:.1f}s, partitions assigned "
+        f"{marks['assigned']:.1f}s, tables recovered {marks['ready']:.1f}s)"
+    )
 
 
 def reports_in(s3: S3Info, bucket: str) -> tuple[int, int]:
     """(report.json objects, decisions they list) in the bucket."""
     client = s3.boto3_client()
     keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith("/report.json")]
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys += [
+                o["Key"] for o in page.get("Contents", []) if o["Key"].endswith("/report.json")
+            ]
+    except client.exceptions.NoSuchBucket:  # the worker creates it with the first report
+        return 0, 0
     decisions = 0
     for key in keys:
         doc = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -229,7 +361,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "KUBEFINOPS_S3_BUCKET": bucket,
         "KUBEFINOPS_BROKER_SESSION_TIMEOUT": str(args.session_timeout),
         "KUBEFINOPS_COLLECT_ON_START": "false",
-        "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "",  # the first worker is a plain member
+        "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "bench-worker-0",  # the chart's default: pod name
         "KUBEFINOPS_APPLY_BATCH_SECONDS": "5",
     }
     dep = stack.deployment(partitions=PARTITIONS, **env)
@@ -237,26 +369,53 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     wls = workloads(n)
     end = int(time.time() // 3600 * 3600) - 3600
     chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(args.days * 4)][::-1]
+    live = max(1, min(len(chunks), -(-args.live_hours * 3600 // CHUNK)))
+    seeded, chunks = chunks[:-live], chunks[-live:]
+    if seeded:
+        t_seed = time.monotonic()
+        templates = usage_templates(seeded, args.step, min(args.templates, 2 * n))
+        containers = [(ns, wl, c) for ns, wl in wls for c in ("app", "sidecar")]
+        written, took = asyncio.run(
+            seed_usage_changelog(
+                stack.kafka, dep.prefix, PARTITIONS, containers, templates, USAGE_CHANGELOG_CONFIG
+            )
+        )
+        print(
+            f"  SEEDED (not ingested by the worker): the first {len(seeded) * CHUNK / 86400:g} "
+            f"days as table state written to the usage changelog — {len(containers):,} values "
+            f"from {len(templates)} synthetic 14-day histories built with the worker's own "
+            f"ingest + encode code, {written / MIB:.0f} MiB, in {time.monotonic() - t_seed:.0f}s"
+        )
     per_msg = 2 * (CHUNK // args.step)
     total = len(chunks) * 2 * n * per_msg
     batches = history(wls, chunks, args.step)
     sent, took = asyncio.run(produce_fast(stack.kafka, dep.topic("metrics"), batches))
-    print(f"  produced {sent:,} batches ({total:,} samples) in {took:.0f}s")
+    print(
+        f"  produced {sent:,} batches ({total:,} samples, the last "
+        f"{len(chunks) * CHUNK / 3600:g} h) in {took:.0f}s"
+    )
     t0 = time.monotonic()
     server, port = dep.start_worker("w0")
-    dep.wait_ready(port, server=server, timeout=300)
+    dep.wait_ready(port, server=server, timeout=args.timeout)
+    ready_s = time.monotonic() - t0
     prog, _ = wait_ingested(port, total, args.timeout, pid=server.pid, poll=1.0)
     if prog.done_at is None:
         print(f"!! ingest incomplete: {prog.last:,.0f}/{total:,}")
     ingest_s = (prog.done_at or time.monotonic()) - t0
-    print(f"  MEASURED ingest: start->all {ingest_s:.0f}s ({total / ingest_s:,.0f} samples/s)")
+    print(
+        f"  MEASURED first start: ready (seeded changelog recovered) {ready_s:.0f}s; "
+        f"start->all live samples ingested {ingest_s:.0f}s ({total / ingest_s:,.0f} samples/s)"
+    )
 
     cycle = "bench-full"
-    acked, arrived = asyncio.run(
-        decisions_of(dep, stack, cycle, n, markers(wls, cycle, time.time()), args.timeout)
-    )
+    with Profiler(args.profile, server.pid, f"decisions-{n}"):
+        acked, arrived = asyncio.run(
+            decisions_of(dep, stack, cycle, n, markers(wls, cycle, time.time()), args.timeout)
+        )
+    dps, decided = None, len(arrived)
     if arrived:
         span = max(arrived.values()) - min(acked.values())
+        dps = len(arrived) / span
         print(
             f"  MEASURED decisions: {len(arrived):,}/{n:,} in {span:.1f}s = "
             f"{len(arrived) / span:,.0f} decisions/s"
@@ -280,21 +439,43 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     )
 
     burst = min(args.burst, n)
-    b_end = end + 3600
-    rng = np.random.default_rng(5)
-    msgs: list[tuple[bytes, bytes]] = []
-    for ns, wl in wls[:burst]:
-        for c in ("app", "sidecar"):
-            msgs.append(batch_doc(rng, ns, wl, c, end, b_end, args.step)[:2])
-        msgs += markers([(ns, wl)], "bench-burst", time.time())
-    acked, arrived = asyncio.run(decisions_of(dep, stack, "bench-burst", burst, msgs, args.timeout))
-    lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
-    if lat.size:
-        print(
-            f"  MEASURED burst of {burst:,} workloads: {lat.size:,} decisions, marker ack -> "
-            f"decision p50 {np.percentile(lat, 50):.2f}s p99 {np.percentile(lat, 99):.2f}s "
-            f"max {lat.max():.2f}s"
+    base = in_process_burst(wls[: min(burst, args.baseline_workloads)], end, args)
+    print(
+        f"  MEASURED in-process baseline ({base['workloads']} workloads, same run): "
+        f"{base['ms_per_workload']:.2f} ms per workload (chunks + marker + recommendation + "
+        f"decision through the handlers, no broker)"
+    )
+    bursts: list[dict[str, float]] = []
+    for i in range(args.bursts):
+        b_end = end + 3600 * (i + 1)
+        cycle = f"bench-burst-{i}"
+        msgs = burst_messages(
+            wls[:burst], end + 3600 * i, b_end, cycle, np.random.default_rng(5 + i)
         )
+        with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
+            acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
+        lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
+        if lat.size:
+            span = max(arrived.values()) - min(acked.values())
+            row = {
+                "p50": float(np.percentile(lat, 50)),
+                "p99": float(np.percentile(lat, 99)),
+                "max": float(lat.max()),
+                "rate": len(arrived) / span,
+                "per_workload_ms": 1000 * span / len(arrived),
+            }
+            bursts.append(row)
+            print(
+                f"  MEASURED burst {i + 1}/{args.bursts} of {burst:,} workloads "
+                f"(load {os.getloadavg()[0]:.1f}): {lat.size:,} decisions, marker ack -> "
+                f"decision p50 {row['p50']:.2f}s p99 {row['p99']:.2f}s max {row['max']:.2f}s; "
+                f"{row['rate']:,.0f} decisions/s = {row['per_workload_ms']:.1f} ms per workload "
+                f"({row['per_workload_ms'] / base['ms_per_workload']:.1f}x in-process)"
+            )
+    if args.bursts_only:
+        dep.stop_all()
+        return {"n": n, "bursts": bursts, "baseline": base}
+    lat = np.array([b["p99"] for b in bursts])
     problems = log_problems(server)
     print(f"  worker log: {problems}")
 
@@ -303,19 +484,31 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         count = usage_count(port, ns, wl)
         if count:
             probe.append((ns, wl, count))
-    rec: dict[str, float | None] = {}
-    # 1st restart: the killed worker was a plain member, so the group waits for its session to
-    # time out whatever the new one is; 2nd: the killed one was static, the new one takes over.
-    for mode in ("plain member", "static membership"):
+    if probe:
+        print(
+            f"  probe: {len(probe)} workloads, e.g. {probe[0][2]:,} cpu samples held for "
+            f"{probe[0][0]}/{probe[0][1]} (2 containers)"
+        )
+    rec: dict[str, dict[str, float] | None] = {}
+    # The worker so far is a static member (the chart's default: its pod name). 1st restart:
+    # a container restarted in the same pod (the same instance id) takes its partitions back at
+    # once; 2nd: a new member (a replaced pod, or plain membership) waits until the killed
+    # member's session times out.
+    for mode, instance in (("static member", "bench-worker-0"), ("new member", "")):
         server.kill()
-        dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = "bench-worker-0"
-        took_r, server, port = recover(dep, f"w-{len(rec) + 1}", port, probe, args.timeout)
-        rec[mode] = took_r
-        shown = "did not recover" if took_r is None else f"{took_r:.1f}s"
+        dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = instance
+        marks, server, port = recover(dep, f"w-{len(rec) + 1}", port, probe, args.timeout)
+        rec[mode] = marks
         print(
             f"  MEASURED recovery after SIGKILL ({mode}, session timeout "
-            f"{args.session_timeout:g}s): process start -> correct /api/usage {shown}"
+            f"{args.session_timeout:g}s): process start -> correct /api/usage "
+            f"{show_recovery(marks)}"
         )
+    status = proc_status(server.pid)
+    print(
+        f"  MEASURED RSS right after recovery {status.get('VmRSS', 0) / MIB:.0f} MiB, "
+        f"peak {status.get('VmHWM', 0) / MIB:.0f} MiB"
+    )
     dep.stop_all()
     return {
         "n": n,
@@ -323,7 +516,9 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "hwm": hwm,
         "changelog": cl,
         "ingest_s": ingest_s,
-        "burst_p99": float(np.percentile(lat, 99)) if lat.size else None,
+        "decisions_per_s": dps,
+        "reports": (n_reports, reported, decided),
+        "burst_p99": float(lat.max()) if lat.size else None,  # the worst burst's p99
         "recovery": rec,
         "problems": problems,
     }
@@ -334,11 +529,29 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,3000")
     ap.add_argument("--days", type=int, default=14)
     ap.add_argument("--step", type=int, default=300, help="seconds between samples")
+    ap.add_argument(
+        "--live-hours",
+        type=int,
+        default=6,
+        help="hours ingested through the worker (one 6-hour chunk: the changelog then holds two "
+        "versions per container, as in production between compactions); older days are "
+        "seeded (days*24: no seeding)",
+    )
+    ap.add_argument("--templates", type=int, default=64, help="distinct seeded histories")
     ap.add_argument("--burst", type=int, default=1000)
+    ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
+    ap.add_argument(
+        "--bursts-only", action="store_true", help="stop after the bursts (no SIGKILL/recovery)"
+    )
+    ap.add_argument(
+        "--baseline-workloads", type=int, default=200, help="workloads in the in-process baseline"
+    )
+    ap.add_argument("--profile", metavar="DIR", help="py-spy the worker in each phase into DIR")
     ap.add_argument("--session-timeout", type=float, default=30.0, help="production default 30")
     ap.add_argument("--apply-wait", type=float, default=120.0, help="max wait for reports")
     ap.add_argument("--timeout", type=float, default=1800.0)
     args = ap.parse_args()
+    STEP[0] = args.step
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f}"
@@ -353,14 +566,34 @@ def main() -> None:
             results.append(one_size(stack, s3, n, args))
     finally:
         stack.close()
+    results = [r for r in results if "recovery" in r]  # --bursts-only stops before these
+    if not results:
+        return
+    print(
+        "\nworkloads | RSS after ingest+decisions | peak | changelog | decisions/s | "
+        "recovery static / new member (s) | crashes | reported/decided"
+    )
+    for r in results:
+        rec = r["recovery"]
+        times = " / ".join(
+            "-" if rec.get(m) is None else f"{rec[m]['answers']:.1f}"
+            for m in ("static member", "new member")
+        )
+        dps = "-" if r["decisions_per_s"] is None else f"{r['decisions_per_s']:.0f}"
+        print(
+            f"{r['n']:,} | {r['rss']:.0f} MiB | {r['hwm']:.0f} MiB | "
+            f"{r['changelog'] / MIB:.0f} MiB | {dps} | {times} | "
+            f"{r['problems']['agent crashes']} | {r['reports'][1]:,}/{r['reports'][2]:,}"
+        )
     if len(results) >= 2:
         a, b = results[-2], results[-1]
         per = (b["rss"] - a["rss"]) / (b["n"] - a["n"])
-        print(
-            f"\nEXTRAPOLATED (linear in workloads from {a['n']} and {b['n']}): RSS at 10,000 "
-            f"workloads ~{a['rss'] + per * (10_000 - a['n']):.0f} MiB "
-            f"({per * 1024:.1f} KiB per workload)"
-        )
+        if b["n"] < 10_000:
+            print(
+                f"\nEXTRAPOLATED (linear in workloads from {a['n']} and {b['n']}): RSS at 10,000 "
+                f"workloads ~{a['rss'] + per * (10_000 - a['n']):.0f} MiB "
+                f"({per * 1024:.1f} KiB per workload)"
+            )
 
 
 if __name__ == "__main__":

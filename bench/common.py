@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -237,16 +238,68 @@ def encode_batch(
     return key, json.dumps(doc, separators=(",", ":")).encode(), 2 * n
 
 
+def encode_chunk(
+    rng: np.random.Generator,
+    ns: str,
+    wl: str,
+    conts: list[str],
+    start: int,
+    end: int,
+    pods: int = 1,
+    step: int = MINUTE,
+) -> tuple[bytes, bytes, int]:
+    """A MetricsChunk (wire JSON, what the collector sends): every container of one workload,
+    ``pods`` rows each, on the grid ``start + step, ..., end`` — the same values
+    :func:`encode_batch` draws for each container."""
+    n = (end - start) // step
+    containers = {}
+    for cont in conts:
+        cpu = np.round(rng.lognormal(math.log(0.2), 0.6, n * pods), 5).reshape(pods, n)
+        mem = np.round(rng.uniform(2e8, 6e8, n * pods)).reshape(pods, n)
+        containers[cont] = {"cpu": cpu, "memory": mem}
+    doc = {
+        "type": "chunk",
+        "namespace": ns,
+        "kind": "Deployment",
+        "workload": wl,
+        "start": float(start),
+        "end": float(end),
+        "t0": float(start + step),
+        "step": float(step),
+        "n": n,
+        "containers": containers,
+        "source": "prometheus",
+    }
+    key = f"{ns}/Deployment/{wl}".encode()
+    return key, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), 2 * n * pods * len(conts)
+
+
 def build_messages(
-    containers: int, chunks: int, chunk_seconds: int, pods: int = 1, seed: int = 7
+    containers: int,
+    chunks: int,
+    chunk_seconds: int,
+    pods: int = 1,
+    seed: int = 7,
+    fmt: str = "batch",
 ) -> Iterator[list[tuple[bytes, bytes]]]:
-    """Messages in time order, one list per chunk (every container's chunk k, then k+1).
+    """Messages in time order, one list per chunk (every container's chunk k, then k+1):
+    ``fmt`` "batch", one MetricsBatch per container, or "chunk", one columnar MetricsChunk per
+    workload (the collector's record since issue 11) — the same samples either way.
 
     A generator so a large backfill is never held in memory at once."""
     rng = np.random.default_rng(seed)
     names = container_names(containers)
+    workloads: dict[tuple[str, str], list[str]] = {}
+    for ns, wl, cont in names:
+        workloads.setdefault((ns, wl), []).append(cont)
     for start, end in chunk_plan(chunks, chunk_seconds):
-        yield [encode_batch(rng, ns, wl, cont, start, end, pods)[:2] for ns, wl, cont in names]
+        if fmt == "chunk":
+            yield [
+                encode_chunk(rng, ns, wl, conts, start, end, pods)[:2]
+                for (ns, wl), conts in workloads.items()
+            ]
+        else:
+            yield [encode_batch(rng, ns, wl, cont, start, end, pods)[:2] for ns, wl, cont in names]
 
 
 def samples_per_message(chunk_seconds: int, pods: int = 1) -> int:
@@ -358,3 +411,97 @@ def state_bytes(latest: dict[bytes, bytes]) -> dict[str, Any]:
         "value_bytes": np.array(whole),
         **{r: np.array(v) for r, v in per_res.items()},
     }
+
+
+# ---- seeded state: older days written straight to the usage changelog ----------------------
+
+
+def usage_changelog(app_id: str) -> str:
+    """The usage table's changelog topic (Faust names it ``<app id>-<table>-changelog``)."""
+    return f"{app_id}-usage-changelog"
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the producers' default partitioner (murmur2, as Java's) picks for ``key``:
+    where the worker keeps that workload's table state (co-partitioned with the metrics)."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def usage_templates(
+    chunks: list[tuple[int, int]], step: int, count: int, seed: int = 3
+) -> list[bytes]:
+    """``count`` usage-table values, each a container's state after ``chunks``, built with the
+    worker's own code path (validate, ``ContainerUsage.ingest``, ``to_dict``) and encoded with
+    the table's Faust JSON codec — byte for byte what the aggregator would have written."""
+    from faust.serializers import codecs
+
+    from engine.core.model import parse_metrics_record
+    from engine.core.samples import validate_batch
+    from engine.core.usage import ContainerUsage
+    from engine.settings import Settings
+
+    fields = Settings.model_fields  # the worker's defaults (no broker credentials needed)
+    history_seconds = int(fields["history_days"].default) * DAY
+    window_seconds = int(fields["usage_window_seconds"].default)
+    rng = np.random.default_rng(seed)
+    now = time.time()
+    out = []
+    for i in range(count):
+        usage = ContainerUsage()
+        for start, end in chunks:
+            _, raw, _ = encode_batch(rng, "ns0", f"tpl-{i}", "app", start, end, step=step)
+            checked = validate_batch(parse_metrics_record(raw), now=now)  # type: ignore[arg-type]
+            usage.ingest(
+                checked.batch,
+                arrays=checked.arrays,
+                history_seconds=history_seconds,
+                window_seconds=window_seconds,
+            )
+        out.append(bytes(codecs.dumps("json", usage.to_dict())))
+    return out
+
+
+async def seed_usage_changelog(
+    info: KafkaInfo,
+    app_id: str,
+    partitions: int,
+    containers: list[tuple[str, str, str]],
+    templates: list[bytes],
+    config: dict[str, str],
+) -> tuple[int, float]:
+    """Create the usage changelog (compacted, with the table's topic config) and write one value
+    per container (template ``i % len(templates)``) to its workload's partition: the state a
+    worker would hold after ingesting the templates' days.  Returns (bytes written, seconds)."""
+    from aiokafka import AIOKafkaProducer
+    from faust.serializers import codecs
+
+    from tests.harness.kafka import acreate_topics
+
+    topic = usage_changelog(app_id)
+    await acreate_topics(info, [topic], partitions, {"cleanup.policy": "compact", **config}, 30.0)
+    producer = AIOKafkaProducer(
+        **info.client_kwargs(),
+        acks="all",
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        max_request_size=8 << 20,
+    )
+    await producer.start()
+    started, written = time.monotonic(), 0
+    try:
+        pending = []
+        for i, (ns, wl, cont) in enumerate(containers):
+            value = templates[i % len(templates)]
+            key = bytes(codecs.dumps("json", f"{ns}/Deployment/{wl}/{cont}"))
+            part = key_partition(f"{ns}/Deployment/{wl}".encode(), partitions)
+            pending.append(await producer.send(topic, value=value, key=key, partition=part))
+            written += len(value) + len(key)
+            if len(pending) >= 500:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        return written, time.monotonic() - started
+    finally:
+        await producer.stop()

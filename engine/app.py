@@ -18,16 +18,20 @@ exactly one worker owns it at a time and hand-over on rebalance is Kafka's job.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, cast
 
 import faust
 from aiokafka.helpers import create_ssl_context
 from faust.types.auth import SASLMechanism
 
 from engine.settings import SecurityProtocol, Settings
+
+log = logging.getLogger("kubefinops.app")
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,35 @@ def create_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         logging_config=None,
     )
+    if settings.kafka_group_instance_id:
+        # cast: mode types handlers with mypy_extensions' NamedArg, which no plain def matches
+        app.on_before_shutdown.connect(cast(Any, leave_group_on_stop))
     return app
+
+
+def _group_coordinator(app: faust.App) -> object | None:
+    """aiokafka's group coordinator under Faust's consumer (None when not started)."""
+    thread = getattr(app.consumer, "_thread", None)
+    consumer = getattr(thread, "_consumer", None)
+    return getattr(consumer, "_coordinator", None)
+
+
+def leave_group_on_stop(app: faust.App, *_: Any, **__: Any) -> None:
+    """A static member leaves the group when it stops GRACEFULLY, like a plain member.
+
+    aiokafka never sends LeaveGroup for a static member (``group_instance_id``), so a rolling
+    update would leave the stopped pod's partitions unserved until its session timed out (30 s).
+    Faust stops the aiokafka consumer after this signal; with the instance id cleared there,
+    aiokafka sends its ordinary LeaveGroup (by member id, which the broker honours for a static
+    member too) and the group rebalances at once.  A crash (SIGKILL, OOM kill) sends nothing: the
+    container restarted in the same pod rejoins with the same id and takes its partitions back
+    without waiting, which is what static membership is for (docs/deploy.md, "Crash recovery").
+    """
+    coordinator = _group_coordinator(app)
+    if coordinator is None or not hasattr(coordinator, "_group_instance_id"):
+        log.warning("static member: no group coordinator found; not leaving the group on stop")
+        return
+    coordinator._group_instance_id = None
 
 
 async def wait_for_assignment(app: faust.App, timeout: float = 120.0, poll: float = 0.1) -> bool:

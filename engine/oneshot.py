@@ -15,34 +15,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from engine.adapters.prometheus import LOOKBACK_SECONDS, PrometheusClient, redact_url
 from engine.core.collect import (
     OWNER_METRICS,
+    ContainerArrays,
     Owners,
-    Series,
-    build_batches,
+    SeriesArrays,
+    build_batch_arrays,
     build_specs,
-    first_eval_time,
+    eval_start,
     plan_chunks,
     spec_expr,
 )
 from engine.core.guardrails import hpa_resources
-from engine.core.model import RESOURCES, MetricsBatch, Recommendation, UsageSummary, WorkloadSpec
+from engine.core.model import RESOURCES, Recommendation, UsageSummary, WorkloadSpec
 from engine.core.policy import exclusion, policy_for
 from engine.core.recommend import recommend
 from engine.core.render import render
-from engine.core.samples import validate_batch
+from engine.core.samples import validate_arrays
 from engine.core.selection import (
     LABEL_METRICS,
     Selection,
-    counter_rates,
+    counter_rate_arrays,
     join_matchers,
+    max_per_time,
     pod_matcher,
+    window_maxima,
 )
 from engine.core.usage import ContainerUsage
 from engine.errors import PermanentError
@@ -65,18 +71,19 @@ class Fold:
     def wanted(self, namespace: str) -> bool:
         return not self.namespaces or namespace in self.namespaces
 
-    def add(self, batches: Iterable[MetricsBatch], now: float) -> None:
-        for batch in batches:
+    def add(self, batches: Iterable[ContainerArrays], now: float) -> None:
+        """Fold one chunk's containers (the aggregator's checks, then its ingest)."""
+        for batch, arrays in batches:
             if not self.wanted(batch.namespace):
                 continue
-            checked = validate_batch(batch, now=now)
-            for reason, n in checked.reasons:
+            clean, reasons = validate_arrays(batch.start, batch.end, arrays, now=now)
+            for reason, n in reasons:
                 self.rejected[reason] = self.rejected.get(reason, 0) + n
-            clean = checked.batch
-            cu = self.usage.setdefault(clean.container_id, ContainerUsage(self.window_seconds))
-            result = cu.ingest(
+            cu = self.usage.setdefault(batch.container_id, ContainerUsage(self.window_seconds))
+            result = cu.ingest_arrays(
+                batch.start,
+                batch.end,
                 clean,
-                arrays=checked.arrays,
                 history_seconds=self.history_seconds,
                 window_seconds=self.window_seconds,
             )
@@ -145,20 +152,21 @@ def recommend_all(
     return sorted(recs, key=lambda r: r.workload_id), notes
 
 
-ONESHOT_CHUNK_SECONDS = (
-    43200  # 2 queries per half day: Python folds one while Prometheus reads the next
-)
+ONESHOT_CHUNK_SECONDS = 43200  # 2 chunks a day: Python folds one while Prometheus reads the next
 PREFETCH = 3  # chunks in flight while the previous ones are folded (in order)
-# Memory peaks are exact at any step (every raw sample is read once): 5-minute maxima are 2.5x
-# fewer points to evaluate, send and parse than the CPU's 2-minute rates.
-MEMORY_STEP_SECONDS = 300
 Progress = Callable[[int, int], None]
 
 
 def oneshot_step(settings: Settings) -> int:
-    """The one-shot's resolution: the worker's CPU rate window (2 collector steps), so the CPU
-    percentiles are of the same 2-minute rates; memory peaks stay exact at any step."""
-    return max(2 * settings.prometheus_step_seconds, 60)
+    """The one-shot's resolution: the worker's collector step, so its samples are the worker's
+    (a CPU rate and a memory peak per step) and so is the recommendation."""
+    return settings.prometheus_step_seconds
+
+
+def rate_steps(settings: Settings) -> int:
+    """Steps in the worker's CPU rate window (the collector's ``max(2 * step, 60 s)``)."""
+    step = settings.prometheus_step_seconds
+    return max(1, math.ceil(max(2 * step, 60) / step))
 
 
 class NoMatch(PermanentError):
@@ -167,19 +175,62 @@ class NoMatch(PermanentError):
 
 def cpu_counter_expr(matchers: str) -> str:
     """The CPU counter sampled once per step (rates are taken client-side: one sample per series
-    and step instead of every sample of a ``rate()`` window)."""
+    and step instead of every sample of a ``rate()`` window).  No ``max by`` here: aggregating
+    cost Prometheus 10x the selection itself; :func:`cpu_rates` takes the max client-side."""
     sel = join_matchers('container!=""', 'container!="POD"', matchers)
-    return f"max by (namespace, pod, container) (container_cpu_usage_seconds_total{{{sel}}})"
+    return f"container_cpu_usage_seconds_total{{{sel}}}"
 
 
-def memory_peak_expr(matchers: str, step: int) -> str:
-    """The working set's peak per step window of ``step`` s minus 1 ms: every raw sample is read
-    exactly once (2.x windows are closed at both ends) and the peak is exact."""
+def memory_raw_expr(matchers: str, seconds: int) -> str:
+    """Every raw working-set sample of the last ``seconds`` (an instant range selector: no
+    per-step evaluation, the cheapest read Prometheus has); the client takes the per-step peaks
+    the worker's ``max_over_time(...[step])`` takes."""
     sel = join_matchers('container!=""', 'container!="POD"', matchers)
-    return (
-        "max by (namespace, pod, container) (max_over_time(container_memory_working_set_bytes"
-        f"{{{sel}}}[{step * 1000 - 1}ms]))"
-    )
+    return f"container_memory_working_set_bytes{{{sel}}}[{seconds}s]"
+
+
+def group_by_container(
+    series: list[SeriesArrays],
+) -> dict[tuple[str, str, str], list[SeriesArrays]]:
+    """Raw series per (namespace, pod, container): cAdvisor may expose several (a restart)."""
+    out: dict[tuple[str, str, str], list[SeriesArrays]] = {}
+    for s in series:
+        key = (
+            s.labels.get("namespace", ""),
+            s.labels.get("pod", ""),
+            s.labels.get("container", ""),
+        )
+        out.setdefault(key, []).append(s)
+    return out
+
+
+def cpu_rates(counters: list[SeriesArrays], step: int, steps: int) -> list[SeriesArrays]:
+    """The worker's CPU samples: per (namespace, pod, container), the rate over ``steps`` steps
+    of ``max by (namespace, pod, container)`` of the counters sampled once per step."""
+    out = []
+    for (ns, pod, container), parts in group_by_container(counters).items():
+        if len(parts) == 1:
+            ts, values = parts[0].ts, parts[0].values
+        else:
+            ts, values = max_per_time(
+                np.concatenate([p.ts for p in parts]), np.concatenate([p.values for p in parts])
+            )
+        labels = {"namespace": ns, "pod": pod, "container": container}
+        out.append(SeriesArrays(labels, *counter_rate_arrays(ts, values, step, steps)))
+    return out
+
+
+def memory_peaks(
+    raw: list[SeriesArrays], first: float, end: float, step: int
+) -> list[SeriesArrays]:
+    """The worker's memory samples (the peak of each ``[t - step, t]``) from the raw ones."""
+    out = []
+    for (ns, pod, container), parts in group_by_container(raw).items():
+        ts = np.concatenate([p.ts for p in parts])
+        values = np.concatenate([p.values for p in parts])
+        labels = {"namespace": ns, "pod": pod, "container": container}
+        out.append(SeriesArrays(labels, *window_maxima(ts, values, first, end, step)))
+    return out
 
 
 async def discover(
@@ -266,29 +317,25 @@ async def collect(
         len(chunks),
         selection.describe(),
     )
-    mem_step = MEMORY_STEP_SECONDS
-    cpu_q, mem_q = cpu_counter_expr(matchers), memory_peak_expr(matchers, mem_step)
+    steps = rate_steps(settings)
+    cpu_q = cpu_counter_expr(matchers)
     gate = asyncio.Semaphore(PREFETCH)
 
-    async def no_series() -> list[Series]:
-        return []
-
-    async def fetch(start: float, end: float) -> list[MetricsBatch]:
-        first = first_eval_time(start, step)
-        mem_first = first_eval_time(start, mem_step)
-        # A chunk shorter than the memory step (the window's last, when ``now`` falls just past
-        # a 5-minute boundary) has no memory evaluation time of its own: Prometheus refuses an
-        # end before the start, and the next run's window covers those seconds anyway.
+    async def fetch(start: float, end: float) -> list[ContainerArrays]:
+        first = eval_start(start, end, step)
+        if first is None:
+            return []
         async with gate:  # coroutines made here, awaited at once: none left unawaited
             counters, memory = await asyncio.gather(
-                client.query_range(cpu_q, first - step, end, step),
-                client.query_range(mem_q, mem_first, end, mem_step)
-                if mem_first <= end
-                else no_series(),
+                # the counter from one rate window before the chunk: its first rate is whole
+                client.query_range_arrays(cpu_q, first - steps * step, end, step),
+                # raw samples from the first window's left end ([t - step, t] is closed)
+                client.query_arrays(memory_raw_expr(matchers, int(end - first) + step), end),
             )
         owners, _ = await owners_ready
-        cpu = [Series(s.labels, counter_rates(s.values, step)) for s in counters]
-        return build_batches(cpu, memory, owners, start, end)
+        cpu = cpu_rates(counters, step, steps)
+        peaks = memory_peaks(memory, first, end, step)
+        return build_batch_arrays(cpu, peaks, owners, start, end)
 
     tasks = [asyncio.ensure_future(fetch(start, end)) for start, end in chunks]
     pending += tasks
@@ -360,7 +407,7 @@ async def run_once(
         namespaces=frozenset(selection.namespaces),
     )
     owned = client is None
-    client = client or PrometheusClient(settings)
+    client = client or PrometheusClient(settings, compress=False)
     try:
         specs = await collect(
             settings, fold, now=now, client=client, selection=selection, progress=progress

@@ -30,7 +30,14 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from engine.core.model import CycleSummary, Decision, Execution, MetricsBatch, WorkloadSpec
+from engine.core.model import (
+    CycleSummary,
+    Decision,
+    Execution,
+    MetricsBatch,
+    MetricsChunk,
+    WorkloadSpec,
+)
 from engine.core.rollout import Rollout, Signals
 from engine.core.verification import Verification
 
@@ -41,7 +48,10 @@ PolicyDoc = dict[str, Any]  # a stored policy document: the Policy fields + vers
 
 class UsageSource(Protocol):
     async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
-        """One batch per container for the time range ``(start, end]``."""
+        """One batch per container for the time range ``(start, end]`` (in-process users)."""
+
+    async def collect_records(self, start: float, end: float) -> list[MetricsChunk]:
+        """One columnar record per workload for ``(start, end]``: what the collector sends."""
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         """Every workload's current spec."""

@@ -14,12 +14,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents.runtime import Runtime, Sinks
+from engine.core.collect import chunks_from_batches
 from engine.core.model import (
     CycleSummary,
     DeadLetter,
     Decision,
     Execution,
     MetricsBatch,
+    MetricsChunk,
     WorkloadSpec,
 )
 from engine.core.policy import validate_policy
@@ -244,6 +246,9 @@ class FakeUsage(Failing):
         self._maybe_fail()
         self.chunks.append((start, end))
         return [b for b in self.batches if start < b.end <= end]
+
+    async def collect_records(self, start: float, end: float) -> list[MetricsChunk]:
+        return chunks_from_batches(await self.collect_chunk(start, end))
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         return list(self.specs)

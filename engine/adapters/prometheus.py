@@ -11,12 +11,12 @@ functions of :mod:`engine.core.collect`; the watermarks live with the caller (a 
 from __future__ import annotations
 
 import asyncio
-import json
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import orjson
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -30,17 +30,21 @@ from engine.core.collect import (
     MalformedResponse,
     Owners,
     Series,
+    SeriesArrays,
     build_batches,
+    build_chunks,
     build_specs,
     cpu_expr,
-    first_eval_time,
+    eval_start,
     memory_expr,
     owner_expr,
+    parse_matrix,
+    parse_matrix_body,
     parse_result,
     parse_series,
     spec_expr,
 )
-from engine.core.model import MetricsBatch, WorkloadSpec
+from engine.core.model import MetricsBatch, MetricsChunk, WorkloadSpec
 from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
 from engine.metrics import PROMETHEUS_QUERIES, PROMETHEUS_SAMPLES_READ
 from engine.settings import Settings
@@ -76,8 +80,13 @@ class PrometheusClient:
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
         session: aiohttp.ClientSession | None = None,
+        compress: bool = True,
     ) -> None:
         self.base_url = settings.prometheus_url.rstrip("/")
+        # ``compress=False`` asks for identity encoding: gzipping a large matrix costs Prometheus
+        # ~10 µs a point (7-10x the query itself, bench/bench_oneshot.py) to save bandwidth a
+        # loopback or in-cluster link does not need.
+        self._headers = {} if compress else {"Accept-Encoding": "identity"}
         self.timeout = settings.prometheus_timeout_seconds
         self.attempts = attempts
         self.backoff_initial = backoff_initial
@@ -118,6 +127,25 @@ class PrometheusClient:
         }
         return await self._call("/api/v1/query_range", form, "matrix")
 
+    async def query_range_arrays(
+        self, expr: str, start: float, end: float, step: int
+    ) -> list[SeriesArrays]:
+        """:meth:`query_range` with each series' samples as numpy arrays."""
+        form = {
+            "query": expr,
+            "start": f"{start:.3f}",
+            "end": f"{end:.3f}",
+            "step": str(step),
+            "timeout": f"{self.timeout:g}s",
+        }
+        return await self._call("/api/v1/query_range", form, "matrix-arrays")
+
+    async def query_arrays(self, expr: str, at: float) -> list[SeriesArrays]:
+        """An instant query whose answer is a matrix (a range selector: raw samples), each
+        series' samples as numpy arrays."""
+        form = {"query": expr, "time": f"{at:.3f}", "timeout": f"{self.timeout:g}s"}
+        return await self._call("/api/v1/query", form, "matrix-arrays")
+
     async def series(self, matchers: list[str], start: float, end: float) -> list[Series]:
         """Label sets of the series matching any of ``matchers`` in ``[start, end]``.
 
@@ -133,7 +161,7 @@ class PrometheusClient:
 
     async def _call(
         self, path: str, form: dict[str, str] | list[tuple[str, str]], expect: str
-    ) -> list[Series]:
+    ) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
@@ -154,9 +182,11 @@ class PrometheusClient:
 
     async def _once(
         self, path: str, form: dict[str, str] | list[tuple[str, str]], expect: str
-    ) -> list[Series]:
+    ) -> Any:
         try:
-            async with self._client().post(self.base_url + path, data=form) as resp:
+            async with self._client().post(
+                self.base_url + path, data=form, headers=self._headers
+            ) as resp:
                 body = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -170,8 +200,19 @@ class PrometheusClient:
             raise AuthenticationFailed(
                 f"Prometheus at {self._where} refused access (HTTP {status})"
             )
+        if expect == "matrix-arrays" and status < 400:
+            try:
+                result: Any = parse_matrix_body(body, orjson.loads)
+            except ValueError:
+                PROMETHEUS_QUERIES.labels(outcome="retry").inc()
+                raise _Transient(f"HTTP {status} with a body that is not JSON") from None
+            except MalformedResponse as exc:
+                PROMETHEUS_QUERIES.labels(outcome="retry").inc()
+                raise _Transient(f"malformed response: {exc}") from None
+            PROMETHEUS_QUERIES.labels(outcome="ok").inc()
+            return result
         try:
-            doc: Any = json.loads(body)
+            doc: Any = orjson.loads(body)
         except ValueError:
             PROMETHEUS_QUERIES.labels(outcome="retry").inc()
             raise _Transient(f"HTTP {status} with a body that is not JSON") from None
@@ -180,7 +221,12 @@ class PrometheusClient:
             err = doc.get("error", "") if isinstance(doc, dict) else ""
             raise BadQuery(f"Prometheus rejected query (HTTP {status}): {str(err)[:300]}")
         try:
-            result = parse_series(doc) if expect == "series" else parse_result(doc, expect)
+            if expect == "series":
+                result = parse_series(doc)
+            elif expect == "matrix-arrays":
+                result = parse_matrix(doc)
+            else:
+                result = parse_result(doc, expect)
         except MalformedResponse as exc:
             PROMETHEUS_QUERIES.labels(outcome="retry").inc()
             raise _Transient(f"malformed response: {exc}") from None
@@ -209,22 +255,35 @@ class Collector:
         self.rate_window = rate_window or max(2 * step, 60)
         self.samples_read = 0
 
-    async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
-        """Every workload container's samples in ``(start, end]``; same chunk, same batches."""
-        first = first_eval_time(start, self.step)
-        if first > end:
-            return []
+    async def _query_chunk(
+        self, start: float, end: float
+    ) -> tuple[list[Series], list[Series], Owners] | None:
+        """The cpu and memory series of ``(start, end]`` and the pods' owners (None: the chunk
+        holds no evaluation time of the step)."""
+        first = eval_start(start, end, self.step)
+        if first is None:
+            return None
         window = int(end - start) + LOOKBACK_SECONDS
         cpu, memory, *owners = await asyncio.gather(
             self.client.query_range(cpu_expr(self.rate_window), first, end, self.step),
             self.client.query_range(memory_expr(self.step), first, end, self.step),
             *(self.client.query(owner_expr(m, window), end) for m in OWNER_METRICS),
         )
-        batches = build_batches(cpu, memory, Owners.build(*owners), start, end)
         read = sum(len(s.values) for s in (*cpu, *memory))
         self.samples_read += read
         PROMETHEUS_SAMPLES_READ.inc(read)
-        return batches
+        return cpu, memory, Owners.build(*owners)
+
+    async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
+        """Every workload container's samples in ``(start, end]``; same chunk, same batches."""
+        answer = await self._query_chunk(start, end)
+        return [] if answer is None else build_batches(*answer, start, end)
+
+    async def collect_records(self, start: float, end: float) -> list[MetricsChunk]:
+        """Every workload's samples in ``(start, end]`` as one columnar record each (what the
+        collector sends on ``kubefinops.metrics``); same chunk, same records."""
+        answer = await self._query_chunk(start, end)
+        return [] if answer is None else build_chunks(*answer, start, end, self.step)
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         return build_specs(await self.client.query(spec_expr(), at), at)

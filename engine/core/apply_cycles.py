@@ -44,6 +44,14 @@ class PendingCycle:
     first_seen: float | None = None
     last_seen: float | None = None
     decisions: dict[str, Decision] = field(default_factory=dict)  # workload id -> last decision
+    # workloads with a stored decision: the executor keeps each decision as its own table row and
+    # decodes the rows only when the cycle is applied, so readiness counts rows, not objects
+    stored: int = 0
+
+    @property
+    def size(self) -> int:
+        """Distinct workloads with a decision in this cycle."""
+        return max(self.stored, len(self.decisions))
 
     def add(self, decision: Decision, now: float) -> None:
         self.decisions[decision.workload_id] = decision
@@ -58,7 +66,7 @@ class PendingCycle:
     def ready(self, now: float, *, quiet: float, timeout: float) -> str | None:
         """Why the cycle is ready to apply now (``complete``/``quiet``/``timeout``), or None."""
         if self.expected is not None:
-            if len(self.decisions) >= self.expected:
+            if self.size >= self.expected:
                 return "complete"
             if self.first_seen is not None and now - self.first_seen >= timeout:
                 return "timeout"
@@ -75,6 +83,7 @@ class PendingCycle:
             "expected": self.expected,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
+            "stored": self.size,
         }
 
     @classmethod
@@ -84,6 +93,7 @@ class PendingCycle:
             expected=data.get("expected"),
             first_seen=data.get("first_seen"),
             last_seen=data.get("last_seen"),
+            stored=int(data.get("stored") or 0),
         )
         for d in decisions:
             pending.decisions[d.workload_id] = d

@@ -13,12 +13,15 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
+import numpy as np
+import orjson
 from pydantic import (
     AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     SkipValidation,
     Tag,
     TypeAdapter,
@@ -135,6 +138,127 @@ class MetricsBatch(Wire):
             if len(pairs) > b.MAX_SAMPLES:
                 raise ValueError(f"{resource}: more than {b.MAX_SAMPLES} samples in one batch")
         return samples
+
+
+# One row of a columnar grid: a value per grid point, ``None`` (JSON ``null``) where the series
+# has no sample.
+GridRow = list[float | None]
+MAX_CHUNK_STEP = 86_400.0  # a grid step longer than a day is not a usage series
+
+
+class MetricsChunk(Wire):
+    """Usage samples of every container of ONE workload for one collection chunk ``(start, end]``,
+    columnar (``type: "chunk"``, docs/collector.md "The metrics record").
+
+    Every series shares one time grid: point ``i`` is at ``t0 + i * step`` for ``i < n``
+    (Prometheus' range queries answer on exactly that grid).  ``containers`` maps a container
+    name to ``{resource: rows}``; each row is one series (one pod) of ``n`` values, ``null``
+    where that series has no sample (a pod that did not exist yet, a scrape gap): a ``null`` is
+    not a sample and is counted nowhere.  A non-standard ``NaN``/``Infinity`` token is a bad
+    sample, counted under ``nan``/``inf`` like in :class:`MetricsBatch`.
+
+    The aggregator treats each container exactly like a :class:`MetricsBatch` of the same chunk
+    (the same per-container high-water mark and accepted ranges, the same per-sample reasons);
+    the record only saves per-event work: one record, one parse, one numpy conversion per
+    container-resource instead of a record and a list of pairs per container.
+    """
+
+    type: Literal["chunk"]
+    namespace: Namespace
+    kind: Kind
+    workload: Name
+    start: Annotated[float, Field(ge=0, le=b.MAX_TIME)]
+    end: Annotated[float, Field(ge=0, le=b.MAX_TIME)]
+    t0: Annotated[float, Field(ge=0, le=b.MAX_TIME)]
+    step: Annotated[float, Field(gt=0, le=MAX_CHUNK_STEP)]
+    n: Annotated[int, Field(ge=0, le=b.MAX_SAMPLES)]
+    # The rows are checked by engine.core.samples.validate_chunk with numpy (per-sample reasons);
+    # pydantic checks the envelope and the sizes only.
+    containers: Annotated[
+        dict[
+            ContainerName,
+            Annotated[
+                dict[
+                    Annotated[str, Field(max_length=64)],
+                    Annotated[list[GridRow], SkipValidation],
+                ],
+                Field(max_length=b.MAX_RESOURCES),
+            ],
+        ],
+        Field(max_length=b.MAX_CONTAINERS),
+    ]
+    source: Annotated[str, Field(max_length=64)] = "prometheus"
+    # Set by parse_metrics_record when the JSON held non-standard NaN/Infinity tokens: only then
+    # can a NaN in a row be a bad sample rather than a null (validate_chunk tells them apart).
+    _nan_tokens: bool = PrivateAttr(default=False)
+
+    @property
+    def workload_id(self) -> str:
+        return workload_id(self.namespace, self.kind, self.workload)
+
+    def container_id(self, container: str) -> str:
+        return container_id(self.namespace, self.kind, self.workload, container)
+
+    def times(self) -> list[float]:
+        """The grid's timestamps (for display; the aggregator computes them with numpy)."""
+        return [self.t0 + i * self.step for i in range(self.n)]
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, end: float, info: object) -> float:
+        start = getattr(info, "data", {}).get("start")
+        if start is not None and end < start:
+            raise ValueError("end must not be before start")
+        return end
+
+    @field_validator("containers")
+    @classmethod
+    def _bounded_rows(cls, containers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, resources in containers.items():
+            for resource, rows in resources.items():
+                if isinstance(rows, np.ndarray) and rows.ndim == 2:  # built in-process
+                    size = rows.size
+                elif isinstance(rows, list):
+                    size = sum(len(r) if isinstance(r, list | np.ndarray) else 1 for r in rows)
+                else:
+                    raise ValueError(f"{name}.{resource}: must be a list of rows")
+                if size > b.MAX_SAMPLES:
+                    raise ValueError(
+                        f"{name}.{resource}: more than {b.MAX_SAMPLES} values in one chunk"
+                    )
+        return containers
+
+    def sample_count(self) -> int:
+        """Values that are not ``null`` (what the record carries, before validation)."""
+        total = 0
+        for resources in self.containers.values():
+            for rows in resources.values():
+                for row in rows:
+                    if isinstance(row, np.ndarray):
+                        total += int(np.count_nonzero(~np.isnan(row)))
+                    elif isinstance(row, list):
+                        total += sum(1 for v in row if v is not None)
+                    else:
+                        total += 1
+        return total
+
+    def encode(self) -> bytes:
+        """The wire JSON.  Rows may be numpy arrays (the collector builds them so): ``orjson``
+        writes them in C and a ``NaN`` (no sample) as ``null``."""
+        doc = {
+            "type": self.type,
+            "namespace": self.namespace,
+            "kind": self.kind,
+            "workload": self.workload,
+            "start": self.start,
+            "end": self.end,
+            "t0": self.t0,
+            "step": self.step,
+            "n": self.n,
+            "containers": self.containers,
+            "source": self.source,
+        }
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class UsageSummary(Wire):
@@ -476,28 +600,46 @@ def _metrics_kind(value: Any) -> str:
     return str(getattr(value, "type", "usage"))
 
 
-# A ``kubefinops.metrics`` value is a usage batch or a cycle-end marker: one JSON parse decides
-# and validates both (parsing once to peek at "type" and again to validate cost a third of the
-# aggregator's time in the benchmark).
-_METRICS_RECORD: TypeAdapter[MetricsBatch | CycleEnd] = TypeAdapter(
+MetricsRecord = MetricsChunk | MetricsBatch | CycleEnd
+
+# A ``kubefinops.metrics`` value is a columnar chunk, a (v1) usage batch or a cycle-end marker:
+# one JSON parse decides and validates all three (parsing once to peek at "type" and again to
+# validate cost a third of the aggregator's time in the benchmark).
+_METRICS_RECORD: TypeAdapter[MetricsRecord] = TypeAdapter(
     Annotated[
-        Annotated[MetricsBatch, Tag("usage")] | Annotated[CycleEnd, Tag("cycle-end")],
+        Annotated[MetricsChunk, Tag("chunk")]
+        | Annotated[MetricsBatch, Tag("usage")]
+        | Annotated[CycleEnd, Tag("cycle-end")],
         Discriminator(_metrics_kind),
     ]
 )
 
 
-def parse_metrics_record(raw: bytes | str | None) -> MetricsBatch | CycleEnd:
+def load_json(raw: bytes | str) -> tuple[Any, bool]:
+    """Parse JSON: ``(document, lenient)``.  ``orjson`` is the fast path; what it refuses goes
+    to pydantic's parser (``lenient`` True), which also accepts what a producer may still send:
+    ``NaN``/``Infinity`` tokens (bad samples counted downstream, not a broken record) and
+    integers beyond 64 bits (refused by the bounds).  :class:`ValueError` if neither parses."""
+    try:
+        return orjson.loads(raw), False
+    except orjson.JSONDecodeError:
+        return from_json(raw), True
+
+
+def parse_metrics_record(raw: bytes | str | None) -> MetricsRecord:
     """Validate a ``kubefinops.metrics`` value; :class:`InvalidRecord` with a one-line reason."""
     if raw is None:
         raise InvalidRecord("empty value")
     try:
         # One JSON parse, then validation of Python objects: the union's own JSON mode measured
         # ~1.5x slower than this on 1000-sample batches.
-        document = from_json(raw)
+        document, lenient = load_json(raw)
     except ValueError as exc:
         raise InvalidRecord(f"MetricsRecord: invalid JSON: {exc}") from None
     try:
-        return _METRICS_RECORD.validate_python(document)
+        record = _METRICS_RECORD.validate_python(document)
     except ValidationError as exc:
         raise _invalid("MetricsRecord", exc) from None
+    if lenient and isinstance(record, MetricsChunk):
+        record._nan_tokens = True
+    return record

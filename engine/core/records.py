@@ -110,6 +110,12 @@ def summarize(model: BaseModel) -> str:
     """A one-line description of a decoded record."""
     m: Any = model
     name = type(model).__name__
+    if name == "MetricsChunk":
+        series = sum(len(rows) for res in m.containers.values() for rows in res.values())
+        return (
+            f"usage {m.workload_id} ({m.start:.0f}, {m.end:.0f}]: {len(m.containers)} containers, "
+            f"{series} series x {m.n} points every {m.step:g}s, {m.sample_count()} samples"
+        )
     if name == "MetricsBatch":
         n = {r: len(v) for r, v in m.samples.items()}
         counts = ", ".join(f"{k} {v}" for k, v in sorted(n.items()))

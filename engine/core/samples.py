@@ -19,10 +19,17 @@ counted once, under the first reason that applies):
 The common case (everything clean) costs one numpy conversion per resource and returns the
 batch object unchanged.  :func:`validate_batch` also returns the clean samples as arrays; pass
 them to ``ingest(..., arrays=...)`` so the batch is converted only once.
+
+:func:`validate_chunk` does the same for a columnar :class:`MetricsChunk` (one workload, every
+container): the same reasons in the same order, per container, with the timestamp checks done
+once per grid column; a ``null`` grid point is no sample and is counted nowhere.  Its clean
+arrays go to ``ContainerUsage.ingest_arrays(..., validated=True)``: validated once.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from numbers import Real
@@ -32,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.core.bounds import FUTURE_SLACK_SECONDS, MIN_TIME
-from engine.core.model import RESOURCES, MetricsBatch
+from engine.core.model import RESOURCES, MetricsBatch, MetricsChunk
 
 MAX_VALUE: dict[str, float] = {"cpu": 1024.0, "memory": 16.0 * 2**40}
 
@@ -143,22 +150,7 @@ def validate_batch(
             changed = True
         else:
             ts, val = pair
-        keep = np.ones(ts.size, dtype=bool)
-        checks = (
-            ("bad-timestamp", ~np.isfinite(ts) | (ts < MIN_TIME)),
-            ("future-timestamp", ts > now + future_slack),
-            ("outside-chunk", (ts <= batch.start) | (ts > batch.end)),
-            ("nan", np.isnan(val)),
-            ("inf", np.isinf(val)),
-            ("negative", val < 0),
-            ("absurd-value", val > MAX_VALUE[resource]),
-        )
-        for reason, hit in checks:
-            hit_now = hit & keep
-            n = int(np.count_nonzero(hit_now))
-            if n:
-                bad(reason, n)
-                keep &= ~hit_now
+        keep = _keep(resource, ts, val, batch.start, batch.end, now + future_slack, bad)
         if pair is not None and keep.all():
             clean[resource] = samples
             arrays[resource] = (ts, val)
@@ -172,5 +164,185 @@ def validate_batch(
     return Validated(batch.model_copy(update={"samples": clean}), sorted(counts.items()), arrays)
 
 
+def _keep(
+    resource: str,
+    ts: FloatArray,
+    val: FloatArray,
+    start: float,
+    end: float,
+    latest: float,
+    bad: Callable[[str, int], None],
+) -> npt.NDArray[np.bool_]:
+    """The mask of the samples that pass every check (each dropped one counted once, under the
+    first reason that applies; see the module docstring)."""
+    keep = np.ones(ts.size, dtype=bool)
+    checks = (
+        ("bad-timestamp", ~np.isfinite(ts) | (ts < MIN_TIME)),
+        ("future-timestamp", ts > latest),
+        ("outside-chunk", (ts <= start) | (ts > end)),
+        ("nan", np.isnan(val)),
+        ("inf", np.isinf(val)),
+        ("negative", val < 0),
+        ("absurd-value", val > MAX_VALUE[resource]),
+    )
+    for reason, hit in checks:
+        hit_now = hit & keep
+        n = int(np.count_nonzero(hit_now))
+        if n:
+            bad(reason, n)
+            keep &= ~hit_now
+    return keep
+
+
+def validate_arrays(
+    start: float,
+    end: float,
+    arrays: dict[str, tuple[FloatArray, FloatArray]],
+    *,
+    now: float,
+    future_slack: float = FUTURE_SLACK_SECONDS,
+) -> tuple[dict[str, tuple[FloatArray, FloatArray]], Reasons]:
+    """:func:`validate_batch` for samples already held as numpy arrays per resource (the
+    one-shot's path): the clean arrays and the reasons, sorted."""
+    counts: dict[str, int] = {}
+
+    def bad(reason: str, n: int) -> None:
+        if n:
+            counts[reason] = counts.get(reason, 0) + n
+
+    if not end <= now + future_slack:
+        for ts, _ in arrays.values():
+            bad("future-chunk", int(ts.size))
+        empty = np.zeros(0, dtype=np.float64)
+        return {r: (empty, empty) for r in arrays if r in RESOURCES}, sorted(counts.items())
+    clean: dict[str, tuple[FloatArray, FloatArray]] = {}
+    for resource, (ts, val) in arrays.items():
+        if resource not in RESOURCES:
+            bad("unknown-resource", int(ts.size))
+            continue
+        keep = _keep(resource, ts, val, start, end, now + future_slack, bad)
+        clean[resource] = (ts, val) if keep.all() else (ts[keep], val[keep])
+    return clean, sorted(counts.items())
+
+
 def sample_count(batch: MetricsBatch) -> int:
     return sum(len(s) for s in batch.samples.values())
+
+
+# --- columnar chunks ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValidatedChunk:
+    """Clean samples of a :class:`MetricsChunk` per container (``{resource: (ts, values)}``,
+    only containers and resources with a known resource name), and the counted reasons for
+    what was dropped, over the whole record."""
+
+    arrays: dict[str, dict[str, tuple[FloatArray, FloatArray]]]
+    reasons: Reasons
+    samples: int  # non-null values in the record (clean or not)
+
+
+def _grid(rows: Any, n: int, nan_tokens: bool) -> tuple[FloatArray, Any, int]:
+    """``rows`` as an ``(r, n)`` float matrix, the mask of its points that hold a sample (not
+    ``null``) and the count of values of the wrong type (not in the matrix).
+
+    Fast path: one ``np.asarray`` (``null`` -> NaN; a NaN token is possible only when the
+    record was parsed leniently, then the nulls are located in Python).  Anything else (a ragged
+    row, a string) takes the checked path: every well-typed value of every well-shaped row,
+    the rest counted (a row that is not a list of ``n`` values: all its values)."""
+    if isinstance(rows, list) and not rows:
+        return np.zeros((0, n), dtype=np.float64), np.zeros((0, n), dtype=bool), 0
+    if isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == n:  # in-process
+        arr = rows.astype(np.float64, copy=False)
+        return arr, ~np.isnan(arr), 0
+    if isinstance(rows, list) and all(isinstance(r, list) for r in rows):
+        fast: FloatArray | None
+        try:
+            fast = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+        except (TypeError, ValueError, OverflowError):
+            fast = None
+        if fast is not None and fast.shape[1] == n:
+            present = ~np.isnan(fast)
+            if nan_tokens and not present.all():
+                present = np.asarray([[x is not None for x in r] for r in rows], dtype=bool)
+            return fast, present.reshape(fast.shape), 0
+    if not isinstance(rows, list):
+        return np.zeros((0, n), dtype=np.float64), np.zeros((0, n), dtype=bool), 1
+    vals: list[list[float]] = []
+    mask: list[list[bool]] = []
+    wrong = 0
+    for row in rows:
+        if not isinstance(row, list) or len(row) != n:
+            wrong += len(row) if isinstance(row, list) else 1
+            continue
+        floats = [math.nan if x is None else _as_float(x) for x in row]
+        wrong += sum(1 for x, f in zip(row, floats, strict=True) if x is not None and f is None)
+        vals.append([math.nan if f is None else f for f in floats])
+        mask.append([f is not None and x is not None for x, f in zip(row, floats, strict=True)])
+    grid = np.asarray(vals, dtype=np.float64).reshape(len(vals), n)
+    return grid, np.asarray(mask, dtype=bool).reshape(len(vals), n), wrong
+
+
+def validate_chunk(
+    chunk: MetricsChunk,
+    *,
+    now: float,
+    future_slack: float = FUTURE_SLACK_SECONDS,
+) -> ValidatedChunk:
+    """Split a chunk into clean arrays per container and counted reasons (see module doc)."""
+    counts: dict[str, int] = {}
+    arrays: dict[str, dict[str, tuple[FloatArray, FloatArray]]] = {}
+    total = 0
+
+    def bad(reason: str, k: int) -> None:
+        if k:
+            counts[reason] = counts.get(reason, 0) + k
+
+    n = chunk.n
+    ts = chunk.t0 + chunk.step * np.arange(n, dtype=np.float64)
+    future_chunk = not chunk.end <= now + future_slack
+    # timestamp checks once per grid column, in the order of the module doc
+    col_checks = (
+        ("bad-timestamp", ~np.isfinite(ts) | (ts < MIN_TIME)),
+        ("future-timestamp", ts > now + future_slack),
+        ("outside-chunk", (ts <= chunk.start) | (ts > chunk.end)),
+    )
+    col_ok = ~(col_checks[0][1] | col_checks[1][1] | col_checks[2][1])
+    all_cols_ok = bool(col_ok.all())
+    for container, resources in chunk.containers.items():
+        clean: dict[str, tuple[FloatArray, FloatArray]] = {}
+        for resource, rows in resources.items():
+            grid, present, wrong = _grid(rows, n, chunk._nan_tokens)
+            k = int(np.count_nonzero(present)) + wrong
+            total += k
+            if future_chunk:
+                bad("future-chunk", k)
+                continue
+            if resource not in RESOURCES:
+                bad("unknown-resource", k)
+                continue
+            bad("wrong-type", wrong)
+            limit = MAX_VALUE[resource]
+            good = (grid >= 0) & (grid <= limit)  # False for NaN, +-inf, negative, absurd
+            if all_cols_ok and int(np.count_nonzero(good)) == k - wrong:
+                clean[resource] = (np.broadcast_to(ts, grid.shape)[good], grid[good])
+                continue
+            keep = present.copy()
+            for reason, hit_cols in col_checks:
+                hit = keep & hit_cols[np.newaxis, :]
+                bad(reason, int(np.count_nonzero(hit)))
+                keep &= ~hit
+            for reason, hit in (
+                ("nan", np.isnan(grid)),
+                ("inf", np.isinf(grid)),
+                ("negative", grid < 0),
+                ("absurd-value", grid > limit),
+            ):
+                hit_now = keep & hit
+                bad(reason, int(np.count_nonzero(hit_now)))
+                keep &= ~hit_now
+            clean[resource] = (np.broadcast_to(ts, grid.shape)[keep], grid[keep])
+        if clean:
+            arrays[container] = clean
+    if future_chunk and not counts:
+        counts["future-chunk"] = 0
+    return ValidatedChunk(arrays, sorted(counts.items()), total)

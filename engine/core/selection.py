@@ -21,8 +21,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from engine.errors import ConfigError
+
+FloatArray = npt.NDArray[np.float64]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _KEY = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -173,6 +176,76 @@ def pod_matcher(pods: Iterable[str]) -> str:
     """An exact ``pod`` matcher (Prometheus anchors regexes) for the selected pods."""
     names = sorted(set(pods))
     return f'pod=~"{"|".join(_regex_literal(p) for p in names)}"' if names else ""
+
+
+def counter_rate_arrays(
+    t: FloatArray, v: FloatArray, step: float, steps: int = 1
+) -> tuple[FloatArray, FloatArray]:
+    """Rates of a counter sampled once per ``step`` over windows of ``steps`` steps, in one
+    numpy pass: at each sample time ``t``, the increase over the last ``steps`` steps divided by
+    their duration (``rate(x[steps*step])`` evaluated at ``t`` when the scrapes fall on the
+    steps).  Each step's decrease is a reset (its increase is the value after it, as PromQL's
+    ``rate``); a window holding a gap longer than one step (a pod that was not there) gives no
+    rate."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if t.size <= steps:
+        return t[:0], v[:0]
+    dt = np.diff(t)
+    increase = np.diff(v)
+    increase = np.where(increase >= 0, increase, v[1:])
+    ok = (dt > 0) & (dt <= step * 1.5)
+    if steps == 1:
+        return t[1:][ok], increase[ok] / dt[ok]
+
+    def window_sum(x: FloatArray) -> FloatArray:
+        summed: FloatArray = np.lib.stride_tricks.sliding_window_view(x, steps).sum(axis=1)
+        return summed
+
+    full = np.lib.stride_tricks.sliding_window_view(ok, steps).all(axis=1)
+    inc = window_sum(np.where(ok, increase, 0.0))[full]
+    span = window_sum(np.where(ok, dt, 0.0))[full]
+    return t[steps:][full], inc / span
+
+
+def max_per_time(t: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The max of the values at each distinct time, sorted by time (``max by`` over series
+    evaluated at the same step times)."""
+    if not t.size:
+        return t, v
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    starts = np.flatnonzero(np.concatenate(([True], t[1:] != t[:-1])))
+    peaks: FloatArray = np.maximum.reduceat(v, starts)
+    return t[starts], peaks
+
+
+def window_maxima(
+    t: FloatArray, v: FloatArray, first: float, end: float, step: int
+) -> tuple[FloatArray, FloatArray]:
+    """``max_over_time(x[step])`` at every ``step``-aligned time from ``first`` to ``end``, from
+    the raw samples, in one numpy pass: the window of time ``t`` is ``[t - step, t]``, closed at
+    both ends as Prometheus 2.x reads it (a sample on a boundary counts in both windows); a
+    window without samples gives no point.  The samples may come from several series (it is
+    then ``max by (...)`` of the per-series maxima)."""
+    ms = np.round(t * 1000).astype(np.int64)
+    step_ms, first_ms = int(step) * 1000, round(first * 1000)
+    offset = ms - first_ms
+    k = -((-offset) // step_ms)  # ceil: the first window whose right end is at or after ts
+    boundary = offset % step_ms == 0
+    k = np.concatenate((k, k[boundary] + 1))
+    v = np.concatenate((v, v[boundary]))
+    last = (round(end * 1000) - first_ms) // step_ms
+    inside = (k >= 0) & (k <= last)
+    k, v = k[inside], v[inside]
+    if not k.size:
+        return t[:0], v[:0]
+    order = np.argsort(k, kind="stable")
+    k, v = k[order], v[order]
+    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+    peaks: FloatArray = np.maximum.reduceat(v, starts)
+    times: FloatArray = first + k[starts].astype(np.float64) * step
+    return times, peaks
 
 
 def counter_rates(values: Sequence[tuple[float, float]], step: float) -> list[tuple[float, float]]:

@@ -61,27 +61,27 @@ def unzigzag(values: IntArray) -> IntArray:
 
 
 def encode_uvarints(values: IntArray) -> bytes:
-    """LEB128 unsigned varints of non-negative integers, vectorized."""
+    """LEB128 unsigned varints of non-negative integers, vectorized: one column of 7-bit groups
+    per byte length, then the bytes each value needs, row by row (an open day's bins are
+    encoded on every changelog write, so this is on the ingest hot path)."""
     v = np.asarray(values, dtype=np.uint64)
     if v.size == 0:
         return b""
-    nbytes = np.ones(v.size, dtype=np.int64)
+    groups = [v]
     rest = v >> np.uint64(7)
     while rest.any():
-        nbytes += rest > 0
+        groups.append(rest)
         rest = rest >> np.uint64(7)
-    total = int(nbytes.sum())
-    out = np.empty(total, dtype=np.uint8)
-    starts = np.cumsum(nbytes) - nbytes
-    rest = v.copy()
-    for i in range(int(nbytes.max())):
-        live = nbytes > i
-        pos = starts[live] + i
-        chunk = (rest[live] & np.uint64(0x7F)).astype(np.uint8)
-        more = (nbytes[live] > i + 1).astype(np.uint8) << 7
-        out[pos] = chunk | more
-        rest[live] = rest[live] >> np.uint64(7)
-    return out.tobytes()
+    if len(groups) == 1:  # every value below 128: one byte each
+        return v.astype(np.uint8).tobytes()
+    nbytes = np.ones(v.size, dtype=np.int64)
+    for g in groups[1:]:
+        nbytes += g > 0
+    out = np.empty((v.size, len(groups)), dtype=np.uint8)
+    for i, g in enumerate(groups):
+        more = (nbytes > i + 1).astype(np.uint8) << np.uint8(7)
+        out[:, i] = (g & np.uint64(0x7F)).astype(np.uint8) | more
+    return out[np.arange(len(groups)) < nbytes[:, np.newaxis]].tobytes()
 
 
 def decode_uvarints(data: bytes) -> IntArray:
@@ -211,6 +211,11 @@ class QuantileSketch:
             return
         if not np.isfinite(arr).all() or (arr < 0).any():
             raise ValueError("sketch values must be finite and non-negative")
+        self.add_valid(arr)
+
+    def add_valid(self, arr: FloatArray) -> None:
+        """:meth:`add_many` of a 1-D float array already known finite and >= 0 (the usage
+        state's windows: their samples were validated before)."""
         pos = arr[arr > self.zero_threshold]
         self._zero += int(arr.size - pos.size)
         if pos.size == 0:

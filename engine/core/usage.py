@@ -118,7 +118,7 @@ class Window:
     def add(self, ts: FloatArray, values: FloatArray) -> None:
         self._raw = None
         self.gen += 1
-        self.sketch.add_many(values)
+        self.sketch.add_valid(values)  # validated by ContainerUsage.ingest*
         self.count += int(values.size)
         self.sum += float(values.sum())
         self.min = min(self.min, float(values.min()))
@@ -497,41 +497,78 @@ class ContainerUsage:
         ``arrays`` (from :func:`engine.core.samples.validate_batch`) are the batch's samples
         already converted to numpy; without them the samples are converted here.
         """
-        total = sum(_size(s) for s in batch.samples.values())
+        rejected: dict[str, int] = {}
+        converted: dict[str, tuple[FloatArray, FloatArray]] = {}
+        for resource, samples in batch.samples.items():
+            if resource not in self.resources:
+                rejected["unknown-resource"] = rejected.get("unknown-resource", 0) + _size(samples)
+                continue
+            pair = arrays.get(resource) if arrays is not None else None
+            if pair is None:
+                pair = to_arrays(samples)
+            if pair is None:
+                rejected["wrong-type"] = rejected.get("wrong-type", 0) + _size(samples)
+                continue
+            converted[resource] = pair
+        return self.ingest_arrays(
+            batch.start,
+            batch.end,
+            converted,
+            history_seconds=history_seconds,
+            window_seconds=window_seconds,
+            total=sum(_size(s) for s in batch.samples.values()),
+            rejected=rejected,
+        )
+
+    def ingest_arrays(
+        self,
+        start: float,
+        end: float,
+        arrays: Mapping[str, tuple[FloatArray, FloatArray]],
+        *,
+        history_seconds: float = DEFAULT_HISTORY_SECONDS,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        total: int | None = None,
+        rejected: dict[str, int] | None = None,
+        validated: bool = False,
+    ) -> IngestResult:
+        """:meth:`ingest` of chunk ``(start, end]`` whose samples are already numpy arrays per
+        resource (``(timestamps, values)``): the aggregator's columnar records and the one-shot
+        fold samples without a Python object per sample.  ``validated``: the arrays come from
+        :func:`engine.core.samples.validate_chunk` (finite, in range, inside the chunk), so
+        those checks are not repeated."""
+        if total is None:
+            total = sum(int(ts.size) for ts, _ in arrays.values())
         hw = self.high_water
-        if hw is not None and batch.end <= hw and self._covers(batch.start, batch.end):
+        if hw is not None and end <= hw and self._covers(start, end):
             return IngestResult(duplicates=total)
         duplicates = 0
         late = 0
-        rejected: dict[str, int] = {}
+        rejected = dict(rejected or {})
         fresh: dict[str, tuple[FloatArray, FloatArray]] = {}
 
         def reject(reason: str, n: int) -> None:
             if n:
                 rejected[reason] = rejected.get(reason, 0) + n
 
-        for resource, samples in batch.samples.items():
+        for resource, (ts, values) in arrays.items():
             if resource not in self.resources:
-                reject("unknown-resource", _size(samples))
+                reject("unknown-resource", int(ts.size))
                 continue
-            pair = arrays.get(resource) if arrays is not None else None
-            if pair is None:
-                pair = to_arrays(samples)
-            if pair is None:
-                reject("wrong-type", _size(samples))
-                continue
-            ts, values = pair
-            good = np.isfinite(ts) & np.isfinite(values) & (values >= 0)
-            reject("invalid-value", int(ts.size - np.count_nonzero(good)))
-            inside = good & (ts > batch.start) & (ts <= batch.end)
-            reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
+            inside: Any = None
+            if not validated:
+                good = np.isfinite(ts) & np.isfinite(values) & (values >= 0)
+                reject("invalid-value", int(ts.size - np.count_nonzero(good)))
+                inside = good & (ts > start) & (ts <= end)
+                reject("outside-chunk", int(np.count_nonzero(good) - np.count_nonzero(inside)))
             if hw is not None:
-                old = inside & (ts <= hw)
-                seen = old & self._covered(ts)
-                duplicates += int(np.count_nonzero(seen))
-                late += int(np.count_nonzero(old) - np.count_nonzero(seen))
-                inside = inside & ~seen
-            if not inside.all():
+                old = ts <= hw if inside is None else inside & (ts <= hw)
+                if old.any():
+                    seen = old & self._covered(ts)
+                    duplicates += int(np.count_nonzero(seen))
+                    late += int(np.count_nonzero(old) - np.count_nonzero(seen))
+                    inside = ~seen if inside is None else inside & ~seen
+            if inside is not None and not inside.all():
                 ts, values = ts[inside], values[inside]
             if ts.size:
                 fresh[resource] = (ts, values)
@@ -555,7 +592,7 @@ class ContainerUsage:
             # The mark is the newest sample actually stored, never the batch's claimed ``end``:
             # a chunk that says it ends in ten years moves nothing it did not deliver.
             self.high_water = newest_accepted if hw is None else max(hw, newest_accepted)
-            self._remember(batch.start, batch.end, self.high_water - history_seconds)
+            self._remember(start, end, self.high_water - history_seconds)
             # Keep every resource on the same horizon, even one that got no samples this time.
             newest = max((w.newest_ts or -math.inf) for w in self.resources.values())
             if math.isfinite(newest):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.app import wait_for_assignment
+from engine.core.collect import chunks_from_batches, split_chunk
 from engine.core.cycles import join_cycle
 from engine.core.model import CycleEnd, CycleSummary
 from engine.core.report import CycleReport, documents
@@ -247,11 +248,11 @@ def install_feeder(assembly: Assembly, estate: Path, specs_at: float) -> None:
         await publish(rt, DEMO_POLICY["id"], {**DEMO_POLICY, "version": 1, "updated_at": specs_at})
         specs = load_estate(estate, specs_at)
         sent = 0
-        for batch in usage_batches(specs, start=specs_at - 3 * 86400, end=specs_at):
-            await rt.topics.metrics.send(
-                key=batch.workload_id.encode(), value=batch.model_dump_json().encode()
-            )
-            sent += sum(len(v) for v in batch.samples.values())
+        batches = usage_batches(specs, start=specs_at - 3 * 86400, end=specs_at)
+        for record in chunks_from_batches(batches):  # the collector's columnar records
+            for raw in split_chunk(record):
+                await rt.topics.metrics.send(key=record.workload_id.encode(), value=raw)
+            sent += record.sample_count()
         await asyncio.sleep(2.0)  # let the policy reach the global table
         cycle = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(specs_at))
         for spec in specs:

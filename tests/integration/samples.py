@@ -1,4 +1,5 @@
-"""Records the worker tests send: workload specs and hourly usage batches with known values."""
+"""Records the worker tests send: workload specs and hourly usage with known values, as
+per-container batches (the format before columnar chunks, still read) or as chunks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 
 import numpy as np
 
+from engine.core.collect import chunks_from_batches
 from engine.core.model import ContainerSpec, CycleEnd, MetricsBatch, ResourcePair, WorkloadSpec
 
 MiB = 2**20
@@ -62,6 +64,11 @@ def batches(
             )
         )
     return out, np.concatenate(cpu_all), np.concatenate(mem_all)
+
+
+def encode_chunks(items: list[MetricsBatch]) -> list[tuple[bytes, bytes]]:
+    """The same samples as the collector sends them: one columnar record per workload/chunk."""
+    return [(c.workload_id.encode(), c.encode()) for c in chunks_from_batches(items)]
 
 
 def encode(items: list[MetricsBatch | CycleEnd]) -> list[tuple[bytes, bytes]]:

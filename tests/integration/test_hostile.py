@@ -1,7 +1,8 @@
 """Hostile input and faults against real servers (issue 10).
 
-* a chunk dated ten years ahead and a chunk on another workload's key are dead-lettered with
-  their reasons and leave the container's later data intact (exact sample count afterwards);
+* a chunk dated ten years ahead and a chunk on another workload's key, in the columnar format
+  and in the per-container one before it, are dead-lettered with their reasons and leave the
+  container's data intact (exact sample count afterwards, old and new records mixed);
 * the policy API: a 1 MB policy gets 413 and nothing reaches MongoDB; nested bodies, unknown
   charsets, 2^64 integers, Infinity, ids like ``../../etc/passwd`` or with a newline, an 8 KB
   audit user get 400/413/415; concurrent PUTs on one id get 200 or 409, never 500;
@@ -38,7 +39,7 @@ from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo, fetch_libs, start_kafka
 from tests.harness.proc import free_port
 from tests.harness.tls import make_ca, make_tls
-from tests.integration.samples import batches, encode, workload
+from tests.integration.samples import batches, encode, encode_chunks, workload
 from tests.integration.workers import Deployment, consume_all, http_json, produce
 
 pytestmark = pytest.mark.integration
@@ -91,18 +92,24 @@ def test_hostile_chunks_and_requests_against_one_worker(kafka: KafkaInfo, mongo,
                 "samples": {"cpu": [(early[-1].end + 30, 0.5)], "memory": []},
             }
         )
+        # the early hours in the format before columnar chunks (left in the topic by an
+        # upgrade), the later ones as the collector sends them now; hostile records in both
+        (future_chunk,) = encode_chunks([future])
+        (wrong_key,) = encode_chunks([late[0]])
         records = [
             *encode(early),
             (spec.workload_id.encode(), future.model_dump_json().encode()),
+            (spec.workload_id.encode(), future_chunk[1]),
             (other.workload_id.encode(), late[0].model_dump_json().encode()),  # wrong key
-            *encode(late),
+            (other.workload_id.encode(), wrong_key[1]),
+            *encode_chunks(late),
             *encode([CycleEnd(cycle="c1", spec=spec)]),
         ]
         asyncio.run(produce(kafka, dep.topic("metrics"), records))
-        letters = asyncio.run(consume_all(kafka, dep.topic("deadletter"), expect=2, timeout=60))
+        letters = asyncio.run(consume_all(kafka, dep.topic("deadletter"), expect=4, timeout=60))
         reasons = sorted(json.loads(v)["reason"] for _, v in letters)
-        assert any(r.startswith("future-chunk") for r in reasons), reasons
-        assert any(r.startswith("key-mismatch") for r in reasons), reasons
+        assert sum(r.startswith("future-chunk") for r in reasons) == 2, reasons
+        assert sum(r.startswith("key-mismatch") for r in reasons) == 2, reasons
         recs = asyncio.run(consume_all(kafka, dep.topic("recommendations"), expect=1))
         assert len(recs) == 1
 

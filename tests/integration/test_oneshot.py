@@ -8,8 +8,10 @@ is rounded up to millicores after the default policy's step and floor rules.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -22,13 +24,23 @@ import numpy as np
 import pytest
 from ruamel.yaml import YAML
 
+from engine.adapters.prometheus import Collector, PrometheusClient
 from engine.core.collect import plan_chunks
 from engine.core.estimators import cpu_request_base
 from engine.core.model import UsageSummary
 from engine.core.policy import DEFAULT_POLICY
 from engine.core.quantity import ceil_cpu
 from engine.core.render import CSV_COLUMNS
-from engine.oneshot import ONESHOT_CHUNK_SECONDS, oneshot_step
+from engine.core.samples import validate_batch
+from engine.core.usage import ContainerUsage
+from engine.oneshot import (
+    ONESHOT_CHUNK_SECONDS,
+    Fold,
+    collect,
+    oneshot_step,
+    rate_steps,
+    recommend_all,
+)
 from engine.settings import Settings, load_settings
 from tests.harness.proc import free_port
 from tests.harness.prometheus import CLUSTER, PromInfo, query_cost, query_log_size
@@ -85,23 +97,27 @@ def window(s: Settings, now: float) -> tuple[float, float]:
     return chunks[0][0], chunks[-1][1]
 
 
-def truth_rates(prom: PromInfo, start: float, end: float, step: int) -> dict[str, list[float]]:
-    """Per container id, every pod's CPU rate over each step ``(t - step, t]`` at the
-    step-aligned times in ``(start, end]``: the counter's increase (a decrease is a reset, the
-    increase is the value after it, as PromQL's ``rate``) over the step."""
+def truth_rates(
+    prom: PromInfo, start: float, end: float, step: int, window: int
+) -> dict[str, list[float]]:
+    """Per container id, every pod's CPU rate over ``(t - window, t]`` at the step-aligned times
+    in ``(start, end]``: the counter's increase (a decrease is a reset, the increase is the
+    value after it, as PromQL's ``rate``) scrape by scrape over the window."""
     truth = prom.truth
     out: dict[str, list[float]] = defaultdict(list)
     for (ns, pod, cont), points in truth.cpu_counter.items():
         kind, name = truth.pod_owner[(ns, pod)]
-        by_time = dict(points)
+        times = [t for t, _ in points]
+        values = [v for _, v in points]
+        index = {t: i for i, t in enumerate(times)}
         first_t = start - start % step + step
         for t in np.arange(first_t, end + 1, step):
-            lo = float(t - step)
+            lo = float(t - window)
             if lo < prom.start_ts or t > prom.end_ts:
                 continue
-            now, before = by_time[float(t)], by_time[lo]
-            increase = now - before if now >= before else now
-            out[f"{ns}/{kind}/{name}/{cont}"].append(increase / step)
+            i, j = index[lo], index[float(t)]
+            increase = sum(b - a if b >= a else b for a, b in itertools.pairwise(values[i : j + 1]))
+            out[f"{ns}/{kind}/{name}/{cont}"].append(increase / window)
     return out
 
 
@@ -159,7 +175,8 @@ def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
     recs, _ = full_run
     s = settings(prometheus.url)
     start, end = window(s, recs[0]["generated_at"])
-    rates = truth_rates(prometheus, start, end, oneshot_step(s))
+    step = oneshot_step(s)
+    rates = truth_rates(prometheus, start, end, step, step * rate_steps(s))
     unbound = 0
     for cid, c in containers(recs).items():
         assert c["confidence"] != "none", (cid, c["reasons"])
@@ -310,3 +327,69 @@ def test_a_selection_matching_nothing_is_one_line_and_exit_5(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kubefinops: no workloads match"), done.stderr
     assert named in lines[0]
+
+
+def test_the_recommendation_is_the_workers(prometheus: PromInfo) -> None:
+    """The one-shot's targets and usage percentiles equal the worker's (its collector's queries,
+    chunks and step, folded by the aggregator's checks and ingest) on the same Prometheus and
+    window, within the sketch's relative accuracy (1%) and the rounding to 1m / 1Mi."""
+    s = load_settings(
+        prometheus_url=prometheus.url,
+        history_days=HISTORY_DAYS,
+        scrape_lag_seconds=0,
+        kafka_security_protocol="PLAINTEXT",
+    )
+    now = float(prometheus.end_ts)
+
+    async def worker() -> list[Any]:
+        fold = Fold(history_seconds=s.history_seconds, window_seconds=s.usage_window_seconds)
+        async with PrometheusClient(s) as client:
+            collector = Collector(client, s)
+            for start, end in plan_chunks(
+                None,
+                now,
+                scrape_lag=0,
+                history=s.history_seconds,
+                chunk=s.prometheus_chunk_seconds,
+                step=s.prometheus_step_seconds,
+            ):
+                for batch in await collector.collect_chunk(start, end):
+                    checked = validate_batch(batch, now=now)
+                    usage = fold.usage.setdefault(
+                        checked.batch.container_id, ContainerUsage(s.usage_window_seconds)
+                    )
+                    usage.ingest(
+                        checked.batch,
+                        arrays=checked.arrays,
+                        history_seconds=s.history_seconds,
+                        window_seconds=s.usage_window_seconds,
+                    )
+            specs = await collector.collect_specs(now)
+        return recommend_all(specs, fold, s, now=now)[0]
+
+    async def oneshot() -> list[Any]:
+        fold = Fold(history_seconds=s.history_seconds, window_seconds=s.usage_window_seconds)
+        async with PrometheusClient(s, compress=False) as client:
+            specs = await collect(s, fold, now=now, client=client)
+        return recommend_all(specs, fold, s, now=now)[0]
+
+    def by_container(recs: list[Any]) -> dict[str, Any]:
+        return {f"{r.workload_id}/{c.name}": c for r in recs for c in r.containers}
+
+    theirs, ours = by_container(asyncio.run(worker())), by_container(asyncio.run(oneshot()))
+    assert set(ours) == set(theirs) == ALL_CONTAINERS
+    for cid, want in theirs.items():
+        got = ours[cid]
+        assert got.confidence == want.confidence, cid
+        assert got.cpu_request == pytest.approx(want.cpu_request, rel=0.01, abs=0.001), cid
+        for field in ("memory_request", "memory_limit"):
+            assert getattr(got, field) == pytest.approx(
+                getattr(want, field), rel=0.01, abs=2**20
+            ), (cid, field)
+        for resource in ("cpu", "memory"):
+            for q in ("p50", "p95", "p99", "max", "count"):
+                assert got.usage[resource][q] == pytest.approx(want.usage[resource][q], rel=0.01), (
+                    cid,
+                    resource,
+                    q,
+                )

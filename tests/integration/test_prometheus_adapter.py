@@ -13,7 +13,8 @@ from aiohttp import web
 
 from engine.adapters.prometheus import BadQuery, Collector, PrometheusClient
 from engine.core.collect import count_samples, cpu_expr, plan_chunks
-from engine.core.model import MetricsBatch
+from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
+from engine.core.samples import validate_chunk
 from engine.errors import DependencyUnavailable
 from engine.settings import Settings, load_settings
 from tests.harness.proc import free_port
@@ -146,6 +147,29 @@ async def test_recollecting_a_window_gives_identical_batches(
         again = await Collector(client, step=STEP).collect_chunk(start, end)
     assert again == [b for b in batches if b.start == start and b.end == end]
     assert again and all(b.samples["cpu"] and b.samples["memory"] for b in again)
+
+
+async def test_columnar_records_carry_the_samples_of_the_batches(
+    prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
+) -> None:
+    """What the collector sends (one columnar record per workload, every pod on the query grid)
+    holds exactly the samples of the per-container batches of the same chunk."""
+    batches, end, _ = two_days
+    start = end - 6 * H
+    async with _client(prometheus.url) as client:
+        records = await Collector(client, step=STEP).collect_records(start, end)
+    mine = [b for b in batches if b.start == start and b.end == end]
+    assert {r.workload_id for r in records} == {b.workload_id for b in mine}
+    for record in records:
+        wire = parse_metrics_record(record.encode())
+        assert isinstance(wire, MetricsChunk) and wire.step == STEP
+        checked = validate_chunk(wire, now=end)
+        assert checked.reasons == []
+        for b in (b for b in mine if b.workload_id == record.workload_id):
+            for resource, pairs in b.samples.items():
+                ts, values = checked.arrays[b.container][resource]
+                got = sorted(zip(ts.tolist(), values.tolist(), strict=True))
+                assert got == sorted(pairs)
 
 
 async def test_specs_reflect_the_cluster(prometheus: PromInfo) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import Any
 
@@ -16,7 +17,10 @@ from engine.core.collect import (
     Series,
     build_batches,
     build_specs,
+    eval_start,
     first_eval_time,
+    parse_matrix,
+    parse_matrix_body,
     parse_result,
     plan_chunks,
 )
@@ -115,7 +119,67 @@ def test_first_eval_time_is_strictly_after_start_and_aligned() -> None:
     assert first_eval_time(601.5, 60) == 660.0
 
 
+def test_a_last_chunk_shorter_than_the_step_has_nothing_to_ask() -> None:
+    """CI found it when ``now`` fell just past a boundary: the window's last chunk (12:00,
+    12:02] holds no 5-minute evaluation time, and a range query from 12:05 to 12:02 is refused
+    by Prometheus; the helper says "nothing" instead."""
+    noon = 1_800_000_000.0 // 3600 * 3600
+    assert eval_start(noon, noon + 120, 300) is None
+    assert eval_start(noon, noon + 120, 60) == noon + 60
+    assert eval_start(noon, noon + 300, 300) == noon + 300  # exactly one: the end itself
+    chunks = plan_chunks(None, noon + 120 + 7, scrape_lag=0, history=DAY, chunk=H, step=60)
+    assert chunks[-1] == (noon, noon + 120)
+    assert eval_start(*chunks[-1], 300) is None
+    assert all(eval_start(s, e, 60) is not None for s, e in chunks)
+
+
 # --- parsing --------------------------------------------------------------------------------
+def _same_arrays(a: Any, b: Any) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.labels == y.labels
+        assert x.ts.tolist() == y.ts.tolist() and x.values.tolist() == y.values.tolist()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Prometheus's own compact layout, with non-finite values dropped
+        b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"pod":"a]]"},'
+        b'"values":[[1700000000,"1.5"],[1700000060.5,"NaN"],[1700000120,"2e+3"]]},'
+        b'{"metric":{},"values":[[1,"+Inf"],[2,"0"]]}]}}',
+        # an empty series between two others
+        b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"1"},'
+        b'"values":[[1,"2"]]},{"metric":{"b":"2"},"values":[]},{"metric":{"c":"3"},'
+        b'"values":[[3,"4"],[5,"6e-3"]]}]}}',
+        # any other layout takes the checked path and gives the same answer
+        b'{"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {"p": '
+        b'"x"}, "values": [[1, "3"]]}]}}',
+        b'{"status":"success","data":{"resultType":"matrix","result":[]}}',
+    ],
+)
+def test_the_matrix_body_parser_equals_the_checked_one(body: bytes) -> None:
+    _same_arrays(parse_matrix_body(body, json.loads), parse_matrix(json.loads(body)))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},'
+        b'"values":[[1,"x1"]]}]}}',
+        b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},'
+        b'"values":[[1,"2",3]]}]}}',
+        b'{"status":"error","error":"boom","data":{"resultType":"matrix","result":[{"metric"'
+        b':{},"values":[[1,"2"]]}]}}',
+    ],
+)
+def test_the_matrix_body_parser_refuses_what_the_checked_one_refuses(body: bytes) -> None:
+    with pytest.raises(MalformedResponse):
+        parse_matrix(json.loads(body))
+    with pytest.raises(MalformedResponse):
+        parse_matrix_body(body, json.loads)
+
+
 def _matrix(*series: tuple[dict[str, str], list[Any]]) -> dict[str, Any]:
     return {
         "status": "success",

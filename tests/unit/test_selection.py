@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from engine.core.selection import Selection, counter_rates, parse_selector, pod_matcher
+from engine.core.selection import (
+    Selection,
+    counter_rate_arrays,
+    counter_rates,
+    max_per_time,
+    parse_selector,
+    pod_matcher,
+    window_maxima,
+)
 from engine.errors import ConfigError
 
 
@@ -55,3 +64,34 @@ def test_pod_matcher_escapes_regex_metacharacters() -> None:
 def test_counter_rates_with_a_reset_and_a_gap() -> None:
     values = [(0.0, 10.0), (60.0, 16.0), (120.0, 28.0), (180.0, 3.0), (360.0, 9.0), (420.0, 15.0)]
     assert counter_rates(values, 60) == [(60.0, 0.1), (120.0, 0.2), (180.0, 0.05), (420.0, 0.1)]
+
+
+def test_counter_rates_over_two_steps_are_promql_rates_over_the_window() -> None:
+    t = np.array([0.0, 60, 120, 180, 240, 420, 480, 540])
+    v = np.array([0.0, 6, 18, 3, 9, 21, 27, 33])  # a reset at 180, a gap 240 -> 420
+    ts, rates = counter_rate_arrays(t, v, 60, 2)
+    assert ts.tolist() == [120.0, 180.0, 240.0, 540.0]
+    # (0->6->18) / 120; (6->18, reset: 3) / 120; (reset: 3, 3->9) / 120; (21->27->33) / 120
+    assert rates.tolist() == [18 / 120, 15 / 120, 9 / 120, 12 / 120]
+    one_t, one = counter_rate_arrays(t, v, 60, 1)
+    assert list(zip(one_t.tolist(), one.tolist(), strict=True)) == counter_rates(
+        list(zip(t.tolist(), v.tolist(), strict=True)), 60
+    )
+
+
+def test_window_maxima_are_max_over_time_of_closed_windows() -> None:
+    """[t - 60, t] as Prometheus 2.x reads it: the sample on a boundary counts in both windows;
+    several series of one container are max-ed; an empty window gives no point."""
+    t = np.array([30.0, 60, 90, 120, 150, 300, 95])
+    v = np.array([5.0, 9, 1, 2, 3, 4, 7])  # the last one from a second series
+    times, peaks = window_maxima(t, v, 60, 300, 60)
+    assert times.tolist() == [60.0, 120.0, 180.0, 300.0]
+    assert peaks.tolist() == [9.0, 9.0, 3.0, 4.0]
+
+
+def test_max_per_time_is_max_by_over_series_at_the_same_steps() -> None:
+    t = np.array([120.0, 60, 180, 60, 120])
+    v = np.array([5.0, 1, 7, 3, 2])
+    times, peaks = max_per_time(t, v)
+    assert times.tolist() == [60.0, 120.0, 180.0]
+    assert peaks.tolist() == [3.0, 5.0, 7.0]

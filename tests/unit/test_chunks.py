@@ -1,0 +1,365 @@
+"""The columnar metrics record (MetricsChunk): same state, same reasons, same marks as the
+per-container MetricsBatch it replaces, and the old format still ingested identically.
+
+The oracle everywhere is the other path, not a hard-coded answer: the same samples sent as
+MetricsBatch records (the format before chunks, whose behaviour tests/unit/test_samples.py and
+test_usage.py pin down) must give the same state and the same dead-letter reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents import aggregator
+from agents.runtime import Runtime
+from engine.core.bounds import MAX_SAMPLES
+from engine.core.collect import (
+    Owners,
+    Series,
+    build_batches,
+    build_chunks,
+    chunks_from_batches,
+    grid_rows,
+    split_chunk,
+)
+from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
+from engine.core.samples import validate_batch, validate_chunk
+from engine.errors import InvalidRecord
+from tests.fakes import dead_letters, runtime
+
+NOW = 1_800_000_000.0
+STEP = 60
+START = NOW - 6 * 3600 - 120  # a multiple of 60: the grid starts at START + 60
+END = START + 6 * 3600
+WID = "shop/Deployment/api"
+
+
+def _series(
+    rng: np.random.Generator, pods: int, gaps: float = 0.1
+) -> tuple[list[Series], list[Series]]:
+    """Prometheus-shaped answers: per pod and container a cpu and a memory series on the grid,
+    with random gaps (a pod that started late, missed scrapes)."""
+    ts = np.arange(START + STEP, END + 1, STEP, dtype=float)
+    cpu, mem = [], []
+    for p in range(pods):
+        for container in ("app", "sidecar"):
+            labels = {"namespace": "shop", "pod": f"api-{p}", "container": container}
+            keep = rng.random(ts.size) >= gaps
+            c = rng.lognormal(math.log(0.2), 0.6, ts.size)
+            m = rng.uniform(2e8, 6e8, ts.size).round()
+            cpu.append(Series(labels, list(zip(ts[keep].tolist(), c[keep].tolist(), strict=True))))
+            mem.append(Series(labels, list(zip(ts[keep].tolist(), m[keep].tolist(), strict=True))))
+    return cpu, mem
+
+
+OWNERS = Owners(
+    pods={("shop", f"api-{p}"): ("ReplicaSet", "api-7d9") for p in range(8)},
+    replicasets={("shop", "api-7d9"): ("Deployment", "api")},
+)
+
+
+def _ingest(rt: Runtime, records: list[bytes], key: bytes = WID.encode()) -> None:
+    async def run() -> None:
+        for raw in records:
+            await aggregator.ingest(rt, key, raw)
+
+    asyncio.run(run())
+
+
+def _state(rt: Runtime, container: str) -> dict[str, Any]:
+    usage = rt.tables.usage.get(f"{WID}/{container}")
+    assert usage is not None
+    return usage.to_dict()
+
+
+def test_one_record_per_workload_holds_every_container_and_pod_on_the_grid() -> None:
+    cpu, mem = _series(np.random.default_rng(1), pods=3)
+    (chunk,) = build_chunks(cpu, mem, OWNERS, START, END, STEP)
+    batches = build_batches(cpu, mem, OWNERS, START, END)
+    assert chunk.workload_id == WID and set(chunk.containers) == {"app", "sidecar"}
+    assert chunk.t0 == START + STEP and chunk.n == 360
+    assert all(len(rows) == 3 for res in chunk.containers.values() for rows in res.values())
+    # the same samples as the per-container batches, nulls where a pod had none
+    assert chunk.sample_count() == sum(len(v) for b in batches for v in b.samples.values())
+    wire = parse_metrics_record(chunk.encode())
+    assert isinstance(wire, MetricsChunk) and wire.sample_count() == chunk.sample_count()
+    assert b"null" in chunk.encode() and b"NaN" not in chunk.encode()
+
+
+def test_a_chunk_gives_the_state_of_the_same_samples_sent_as_batches() -> None:
+    """One pod: the order of samples is the same, so the states are equal byte for byte."""
+    cpu, mem = _series(np.random.default_rng(2), pods=1)
+    batches = build_batches(cpu, mem, OWNERS, START, END)
+    (chunk,) = build_chunks(cpu, mem, OWNERS, START, END, STEP)
+    old, new = runtime(now=NOW), runtime(now=NOW)
+    _ingest(old, [b.model_dump_json().encode() for b in batches])
+    _ingest(new, [chunk.encode()])
+    for container in ("app", "sidecar"):
+        assert _state(old, container) == _state(new, container)
+    assert not dead_letters(old) and not dead_letters(new)
+
+
+def test_several_pods_give_the_same_distribution_as_batches() -> None:
+    """Several pods: the samples arrive in another order, so float sums may differ in the last
+    bits; counts, extremes and quantiles are those of the batches."""
+    cpu, mem = _series(np.random.default_rng(3), pods=4, gaps=0.3)
+    batches = build_batches(cpu, mem, OWNERS, START, END)
+    (chunk,) = build_chunks(cpu, mem, OWNERS, START, END, STEP)
+    old, new = runtime(now=NOW), runtime(now=NOW)
+    _ingest(old, [b.model_dump_json().encode() for b in batches])
+    _ingest(new, [chunk.encode()])
+    for container in ("app", "sidecar"):
+        a = old.tables.usage.get(f"{WID}/{container}")
+        b = new.tables.usage.get(f"{WID}/{container}")
+        assert a is not None and b is not None and a.high_water == b.high_water
+        for resource in ("cpu", "memory"):
+            sa, sb = a.summary(resource), b.summary(resource)
+            assert (sa.count, sa.p50, sa.p95, sa.p99, sa.max) == (
+                sb.count,
+                sb.p50,
+                sb.p95,
+                sb.p99,
+                sb.max,
+            )
+            assert sb.mean == pytest.approx(sa.mean, rel=1e-12)
+
+
+def test_a_redelivered_chunk_changes_nothing_and_an_old_batch_of_it_is_a_duplicate() -> None:
+    cpu, mem = _series(np.random.default_rng(4), pods=2)
+    (chunk,) = build_chunks(cpu, mem, OWNERS, START, END, STEP)
+    rt = runtime(now=NOW)
+    _ingest(rt, [chunk.encode()])
+    before = {c: _state(rt, c) for c in ("app", "sidecar")}
+    # the same chunk again, then the same samples in the old format (an upgrade's leftovers)
+    _ingest(
+        rt,
+        [
+            chunk.encode(),
+            *(b.model_dump_json().encode() for b in build_batches(cpu, mem, OWNERS, START, END)),
+        ],
+    )
+    assert {c: _state(rt, c) for c in ("app", "sidecar")} == before
+
+
+def _hostile_grid() -> tuple[bytes, list[bytes]]:
+    """A chunk with every kind of bad sample, and the same samples as per-container batches."""
+    n = 10
+    t0 = START + STEP
+    ts = [t0 + i * STEP for i in range(n)]
+    cpu_rows = [
+        [0.5, None, "NaN", "Infinity", -1.0, 2000.0, 0.1, True, "x", 0.3],
+        [None] * n,
+        [0.2] * n,
+    ]
+    mem_rows = [[1e8] * n, [1e8, 2e8]]  # the second row is ragged: all its values wrong-type
+    doc = {
+        "type": "chunk",
+        "namespace": "shop",
+        "kind": "Deployment",
+        "workload": "api",
+        "start": START,
+        "end": t0 + 7 * STEP,  # the last two grid points are outside the chunk
+        "t0": t0,
+        "step": STEP,
+        "n": n,
+        "containers": {"app": {"cpu": cpu_rows, "memory": mem_rows, "gpu": [[1.0] * n]}},
+    }
+    raw = json.dumps(doc).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity").encode()
+    pairs = {
+        "cpu": [[t, v] for row in cpu_rows for t, v in zip(ts, row, strict=True) if v is not None],
+        "memory": [[t, v] for t, v in zip(ts, mem_rows[0], strict=True)] + [["x", 1e8]] * 2,
+        "gpu": [[t, 1.0] for t in ts],
+    }
+    batch = {
+        **{k: doc[k] for k in ("namespace", "kind", "workload", "start", "end")},
+        "container": "app",
+        "samples": pairs,
+    }
+    text = json.dumps(batch).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity")
+    return raw, [text.encode()]
+
+
+def test_bad_samples_get_the_same_per_sample_reasons_as_in_a_batch() -> None:
+    raw, old = _hostile_grid()
+    chunk = parse_metrics_record(raw)
+    assert isinstance(chunk, MetricsChunk)
+    checked = validate_chunk(chunk, now=NOW)
+    batch = parse_metrics_record(old[0])
+    assert isinstance(batch, MetricsBatch)
+    assert checked.reasons == validate_batch(batch, now=NOW).reasons
+    assert dict(checked.reasons)["nan"] == 1 and dict(checked.reasons)["inf"] == 1
+    # and through the agent: the same dead letters, the same clean state
+    a, b = runtime(now=NOW), runtime(now=NOW)
+    _ingest(a, [raw])
+    _ingest(b, old)
+    assert sorted(d.reason for d in dead_letters(a)) == sorted(d.reason for d in dead_letters(b))
+    assert _state(a, "app") == _state(b, "app")
+
+
+def test_a_chunk_from_the_future_or_all_rejected_moves_no_mark() -> None:
+    cpu, mem = _series(np.random.default_rng(5), pods=1)
+    (chunk,) = build_chunks(cpu, mem, OWNERS, START, END, STEP)
+    rt = runtime(now=NOW)
+    _ingest(rt, [chunk.encode()])
+    before = _state(rt, "app")
+    # claims to end in ten years: refused whole, nothing it carries is stored
+    future = chunk.model_copy(update={"end": NOW + 10 * 365 * 86400})
+    # every value negative: nothing stored, the mark stays
+    bad = chunk.model_copy(
+        update={
+            "start": START - 3600,
+            "end": START,
+            "t0": START - 3600 + STEP,
+            "n": 60,
+            "containers": {"app": {"cpu": [[-1.0] * 60], "memory": [[-5.0] * 60]}},
+        }
+    )
+    _ingest(rt, [future.encode(), bad.encode()])
+    assert _state(rt, "app") == before
+    reasons = [d.reason for d in dead_letters(rt)]
+    assert any(r.startswith("future-chunk") for r in reasons)
+    assert "negative: 120 samples" in reasons
+
+
+def test_a_chunk_on_the_wrong_key_is_parked_and_ingests_nothing() -> None:
+    cpu, mem = _series(np.random.default_rng(6), pods=1)
+    (chunk,) = build_chunks(cpu, mem, OWNERS, START, END, STEP)
+    rt = runtime(now=NOW)
+    _ingest(rt, [chunk.encode()], key=b"shop/Deployment/other")
+    (letter,) = dead_letters(rt)
+    assert letter.reason.startswith("key-mismatch")
+    assert rt.tables.usage.get(f"{WID}/app") is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"step": 0},
+        {"n": MAX_SAMPLES + 1},
+        {"end": START - 1},
+        {"containers": {"Bad_Name": {}}},
+        {"containers": {"app": {"cpu": "not rows"}}},
+        {"type": "chunk", "t0": 1e300},
+    ],
+)
+def test_a_malformed_envelope_is_invalid(change: dict[str, Any]) -> None:
+    doc = {
+        "type": "chunk",
+        "namespace": "shop",
+        "kind": "Deployment",
+        "workload": "api",
+        "start": START,
+        "end": END,
+        "t0": START + STEP,
+        "step": STEP,
+        "n": 1,
+        "containers": {"app": {"cpu": [[0.1]]}},
+        **change,
+    }
+    with pytest.raises(InvalidRecord):
+        parse_metrics_record(json.dumps(doc).encode())
+
+
+def test_too_many_values_in_one_container_resource_is_invalid() -> None:
+    rows = [[0.1] * 1000] * (MAX_SAMPLES // 1000 + 1)
+    doc = {
+        "type": "chunk",
+        "namespace": "shop",
+        "kind": "Deployment",
+        "workload": "api",
+        "start": START,
+        "end": END,
+        "t0": START + STEP,
+        "step": 1,
+        "n": 1000,
+        "containers": {"app": {"cpu": rows}},
+    }
+    with pytest.raises(InvalidRecord, match="more than"):
+        parse_metrics_record(json.dumps(doc).encode())
+
+
+def test_a_record_over_the_size_limit_is_split_and_ingests_the_same_state() -> None:
+    cpu, mem = _series(np.random.default_rng(7), pods=6)
+    (chunk,) = build_chunks(cpu, mem, OWNERS, START, END, STEP)
+    parts = split_chunk(chunk, max_bytes=8_000)
+    assert len(parts) > 2 and all(len(p) <= 8_000 for p in parts)
+    whole, split = runtime(now=NOW), runtime(now=NOW)
+    _ingest(whole, [chunk.encode()])
+    _ingest(split, parts)
+    for container in ("app", "sidecar"):
+        a = whole.tables.usage.get(f"{WID}/{container}")
+        b = split.tables.usage.get(f"{WID}/{container}")
+        assert a is not None and b is not None
+        assert (a.high_water, a.ranges) == (b.high_water, b.ranges)  # parts merged: one chunk
+        for r in ("cpu", "memory"):
+            assert a.summary(r).count == b.summary(r).count
+            assert a.summary(r).p99 == b.summary(r).p99
+    # the whole chunk re-collected after its parts: every sample a duplicate
+    before = _state(split, "app")
+    _ingest(split, [chunk.encode()])
+    assert _state(split, "app") == before
+
+
+def test_batches_convert_to_chunks_with_every_sample() -> None:
+    cpu, mem = _series(np.random.default_rng(8), pods=3, gaps=0.4)
+    batches = build_batches(cpu, mem, OWNERS, START, END)
+    (chunk,) = chunks_from_batches(batches)
+    assert chunk.sample_count() == sum(len(v) for b in batches for v in b.samples.values())
+    assert chunk.step == STEP
+
+
+def test_off_grid_samples_are_refused_by_the_grid() -> None:
+    with pytest.raises(ValueError, match="grid"):
+        grid_rows([[(START + 90.0, 1.0)]], START + 60, 60, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 5),
+    st.integers(1, 400),
+    st.floats(0.0, 0.6),
+    st.integers(0, 2**32 - 1),
+)
+def test_quantiles_through_chunks_stay_within_one_percent(
+    pods: int, n: int, gaps: float, seed: int
+) -> None:
+    """Property: whatever the pods, gaps and sizes, the sketch behind a chunk answers every
+    quantile within 1% of the exact quantile of the samples it was given."""
+    rng = np.random.default_rng(seed)
+    grid = rng.lognormal(math.log(0.3), 1.0, (pods, n))
+    grid[rng.random((pods, n)) < gaps] = np.nan
+    t0 = END - n * STEP + STEP
+    chunk = MetricsChunk(
+        type="chunk",
+        namespace="shop",
+        kind="Deployment",
+        workload="api",
+        start=t0 - STEP,
+        end=END,
+        t0=t0,
+        step=STEP,
+        n=n,
+        containers={"app": {"cpu": grid}},
+    )
+    rt = runtime(now=NOW)
+    _ingest(rt, [chunk.encode()])
+    values = grid[~np.isnan(grid)]
+    usage = rt.tables.usage.get(f"{WID}/app")
+    if values.size == 0:
+        assert usage is None
+        return
+    assert usage is not None
+    s = usage.summary("cpu")
+    assert s.count == values.size and s.max == values.max()
+    for q, got in ((0.5, s.p50), (0.9, s.p90), (0.95, s.p95), (0.99, s.p99)):
+        exact = float(np.quantile(values, q, method="lower"))
+        upper = float(np.quantile(values, q, method="higher"))
+        assert exact * 0.99 <= got <= upper * 1.01
