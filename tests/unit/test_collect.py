@@ -148,6 +148,10 @@ def _same_arrays(a: Any, b: Any) -> None:
         b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"pod":"a]]"},'
         b'"values":[[1700000000,"1.5"],[1700000060.5,"NaN"],[1700000120,"2e+3"]]},'
         b'{"metric":{},"values":[[1,"+Inf"],[2,"0"]]}]}}',
+        # an empty series between two others
+        b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"1"},'
+        b'"values":[[1,"2"]]},{"metric":{"b":"2"},"values":[]},{"metric":{"c":"3"},'
+        b'"values":[[3,"4"],[5,"6e-3"]]}]}}',
         # any other layout takes the checked path and gives the same answer
         b'{"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {"p": '
         b'"x"}, "values": [[1, "3"]]}]}}',
