@@ -127,6 +127,27 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+def readiness(app: faust.types.AppT) -> tuple[bool, dict[str, Any]]:
+    """Whether the worker can serve: partitions assigned, no rebalance, tables recovered — and,
+    when it cannot, a ``reason``.  Total: while a worker starts (or stops) Faust's consumer
+    raises (``ConsumerNotStarted`` from ``assignment()`` before its thread runs); that is "not
+    ready" with the exception named, never an exception out of a probe."""
+    state: dict[str, Any] = {"rebalancing": False, "assigned_partitions": 0, "recovering": False}
+    try:
+        state["rebalancing"] = bool(app.rebalancing)
+        state["recovering"] = bool(getattr(app, "in_recovery", False))
+        state["assigned_partitions"] = len(app.consumer.assignment())
+    except Exception as exc:  # any failure of Faust's state is "not ready"
+        return False, {**state, "reason": f"consumer not available ({type(exc).__name__})"}
+    if state["rebalancing"]:
+        return False, {**state, "reason": "consumer group rebalancing"}
+    if state["recovering"]:
+        return False, {**state, "reason": "tables recovering from their changelogs"}
+    if not state["assigned_partitions"]:
+        return False, {**state, "reason": "no partitions assigned yet"}
+    return True, state
+
+
 def _group_coordinator(app: faust.App) -> object | None:
     """aiokafka's group coordinator under Faust's consumer (None when not started)."""
     thread = getattr(app.consumer, "_thread", None)
@@ -153,13 +174,14 @@ def leave_group_on_stop(app: faust.App, *_: Any, **__: Any) -> None:
 
 
 async def wait_for_assignment(app: faust.App, timeout: float = 120.0, poll: float = 0.1) -> bool:
-    """Wait until this worker has partitions assigned and no rebalance is running.
+    """Wait until this worker is ready (:func:`readiness`: partitions assigned, no rebalance,
+    tables recovered).
 
-    True once assigned, False when ``timeout`` passed first (the caller decides what that means).
+    True once ready, False when ``timeout`` passed first (the caller decides what that means).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not app.rebalancing and app.consumer.assignment():
+        if readiness(app)[0]:
             return True
         await asyncio.sleep(poll)
     return False
