@@ -6,9 +6,13 @@
 Starts a private Apache Kafka (KRaft, SASL_PLAINTEXT + SCRAM-SHA-256) and SecantusDB on loopback,
 then for each size (a fresh deployment: its own topics and app id):
 
-1. **Ingest**: pre-produces ``days`` of samples every ``step`` seconds for every container in the
-   collector's 6-hour chunks, starts ONE ``kubefinops worker`` with the production session
-   timeout and waits until every sample is in table state.
+1. **Ingest**: the older days are SEEDED (unless ``--live-hours`` covers all ``days``): each
+   container's state after them — built in-process by the worker's own code (validate,
+   ``ContainerUsage.ingest``, ``to_dict``, Faust's JSON codec) from ``--templates`` distinct
+   synthetic histories — is written straight to the usage changelog, on its workload's partition.
+   The last ``--live-hours`` of samples every ``step`` seconds for every container are
+   pre-produced in the collector's 6-hour chunks; then ONE ``kubefinops worker`` starts with the
+   production session timeout, recovers the seeded changelog and ingests the live hours.
 2. **Decisions**: one cycle-end marker per workload (the collector's in-band marker with its
    spec) and times the decisions on ``kubefinops.decisions``: decisions per second.
 3. **RSS** of the worker after ingest + decisions (VmRSS) and its peak (VmHWM); **changelog
@@ -18,9 +22,11 @@ then for each size (a fresh deployment: its own topics and app id):
    followed by its cycle-end marker — and the latency from a workload's marker being
    acknowledged by Kafka to its decision arriving (p50 / p99).
 5. **Recovery**: SIGKILL, then a new worker process; the time from process start until
-   ``/api/usage`` answers the pre-kill counts for a sample of workloads, with static group
-   membership (the same ``KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID`` as the killed worker) and without
-   (a plain member waits for the killed one's session to time out).
+   ``/api/usage`` answers the pre-kill counts for a sample of workloads: as the same static member
+   (the same ``KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID``: the chart's default is the pod name, so a
+   container restarted in its pod), then as a new member (a replaced pod, or plain membership:
+   the group waits for the killed member's session to time out), split into: web up, partitions
+   assigned (group join), tables recovered (``/ready``), correct answers.
 
 Figures are printed, never asserted.  The producer runs before the worker starts (ingest) or
 concurrently (burst, on the same 2 cores: the latencies include that competition).
@@ -49,16 +55,20 @@ from bench.common import (
     Stack,
     container_names,
     encode_batch,
+    encode_chunk,
     get_text,
     proc_status,
     produce_fast,
+    seed_usage_changelog,
+    usage_templates,
     wait_ingested,
 )
 from engine.core.model import ContainerSpec, CycleEnd, ResourcePair, WorkloadSpec
+from tables import USAGE_CHANGELOG_CONFIG
 from tests.harness.kafka import create_topics
 from tests.harness.proc import Server
 from tests.harness.s3 import S3Info, start_s3, unique_bucket
-from tests.integration.workers import Deployment
+from tests.integration.workers import Deployment, http_json
 
 PARTITIONS = 4
 CHUNK = 6 * 3600
@@ -168,11 +178,11 @@ async def decisions_of(
 def burst_messages(
     wls: list[tuple[str, str]], start: int, end: int, cycle: str, rng: np.random.Generator
 ) -> list[tuple[bytes, bytes]]:
-    """A collector-shaped burst: per workload its containers' chunk, then its cycle-end marker."""
+    """A collector-shaped burst: per workload its chunk (the collector's columnar record, both
+    containers), then its cycle-end marker."""
     msgs: list[tuple[bytes, bytes]] = []
     for ns, wl in wls:
-        for c in ("app", "sidecar"):
-            msgs.append(batch_doc(rng, ns, wl, c, start, end, STEP[0])[:2])
+        msgs.append(encode_chunk(rng, ns, wl, ["app", "sidecar"], start, end, step=STEP[0])[:2])
         msgs += markers([(ns, wl)], cycle, time.time())
     return msgs
 
@@ -198,9 +208,9 @@ def in_process_burst(
     async def go() -> float:
         for start, stop in chunks:
             for ns, wl in wls:
-                for c in ("app", "sidecar"):
-                    key, raw, _ = batch_doc(rng, ns, wl, c, start, stop, args.step)
-                    await aggregator.ingest(rt, key, raw)
+                conts = ["app", "sidecar"]
+                key, raw, _ = encode_chunk(rng, ns, wl, conts, start, stop, step=args.step)
+                await aggregator.ingest(rt, key, raw)
         msgs = burst_messages(wls, end, end + 3600, "baseline", rng)
         recs = rt.topics.recommendations
         t0 = time.perf_counter()
@@ -279,17 +289,47 @@ def log_problems(server: Server) -> dict[str, int]:
 
 def recover(
     dep: Deployment, name: str, port: int, probe: list[tuple[str, str, int]], timeout: float
-) -> tuple[float | None, Server, int]:
+) -> tuple[dict[str, float] | None, Server, int]:
     """A new worker process on the killed one's port (a restarted container keeps its pod's
-    address, which Faust's assignor checks against a static member's previous assignment)."""
+    address, which Faust's assignor checks against a static member's previous assignment).
+
+    Returns the times from process start (None: not recovered within ``timeout``) of: ``web``
+    (first HTTP answer), ``assigned`` (partitions assigned: the group join is over), ``ready``
+    (tables recovered), ``answers`` (every probed workload has its pre-kill count)."""
     started = time.monotonic()
     server, port = dep.start_worker(name, port)
+    marks: dict[str, float] = {}
     pending = list(probe)
     while pending and time.monotonic() - started < timeout and server.alive():
-        pending = [(ns, wl, n) for ns, wl, n in pending if usage_count(port, ns, wl) != n]
+        try:
+            state = http_json(f"http://127.0.0.1:{port}/ready")[1]
+        except OSError:
+            state = None
+        now = time.monotonic() - started
+        if isinstance(state, dict):
+            marks.setdefault("web", now)
+            if state.get("assigned_partitions"):
+                marks.setdefault("assigned", now)
+            if state.get("ready"):
+                marks.setdefault("ready", now)
+                pending = [(ns, wl, n) for ns, wl, n in pending if usage_count(port, ns, wl) != n]
         if pending:
-            time.sleep(0.2)
-    return (None if pending else time.monotonic() - started), server, port
+            time.sleep(0.1)
+    if pending:
+        return None, server, port
+    marks["answers"] = time.monotonic() - started
+    for key in ("web", "assigned", "ready"):
+        marks.setdefault(key, marks["answers"])
+    return marks, server, port
+
+
+def show_recovery(marks: dict[str, float] | None) -> str:
+    if marks is None:
+        return "did not recover"
+    return (
+        f"{marks['answers']:.1f}s (web up {marks['web']:.1f}s, partitions assigned "
+        f"{marks['assigned']:.1f}s, tables recovered {marks['ready']:.1f}s)"
+    )
 
 
 def reports_in(s3: S3Info, bucket: str) -> tuple[int, int]:
@@ -303,7 +343,6 @@ def reports_in(s3: S3Info, bucket: str) -> tuple[int, int]:
             ]
     except client.exceptions.NoSuchBucket:  # the worker creates it with the first report
         return 0, 0
-    keys = [k for k in keys if k.endswith("/report.json")]
     decisions = 0
     for key in keys:
         doc = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -323,7 +362,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "KUBEFINOPS_S3_BUCKET": bucket,
         "KUBEFINOPS_BROKER_SESSION_TIMEOUT": str(args.session_timeout),
         "KUBEFINOPS_COLLECT_ON_START": "false",
-        "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "",  # the first worker is a plain member
+        "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "bench-worker-0",  # the chart's default: pod name
         "KUBEFINOPS_APPLY_BATCH_SECONDS": "5",
     }
     dep = stack.deployment(partitions=PARTITIONS, **env)
@@ -331,27 +370,53 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     wls = workloads(n)
     end = int(time.time() // 3600 * 3600) - 3600
     chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(args.days * 4)][::-1]
+    live = max(1, min(len(chunks), -(-args.live_hours * 3600 // CHUNK)))
+    seeded, chunks = chunks[:-live], chunks[-live:]
+    if seeded:
+        t_seed = time.monotonic()
+        templates = usage_templates(seeded, args.step, min(args.templates, 2 * n))
+        containers = [(ns, wl, c) for ns, wl in wls for c in ("app", "sidecar")]
+        written, took = asyncio.run(
+            seed_usage_changelog(
+                stack.kafka, dep.prefix, PARTITIONS, containers, templates, USAGE_CHANGELOG_CONFIG
+            )
+        )
+        print(
+            f"  SEEDED (not ingested by the worker): the first {len(seeded) * CHUNK / 86400:g} "
+            f"days as table state written to the usage changelog — {len(containers):,} values "
+            f"from {len(templates)} synthetic 14-day histories built with the worker's own "
+            f"ingest + encode code, {written / MIB:.0f} MiB, in {time.monotonic() - t_seed:.0f}s"
+        )
     per_msg = 2 * (CHUNK // args.step)
     total = len(chunks) * 2 * n * per_msg
     batches = history(wls, chunks, args.step)
     sent, took = asyncio.run(produce_fast(stack.kafka, dep.topic("metrics"), batches))
-    print(f"  produced {sent:,} batches ({total:,} samples) in {took:.0f}s")
+    print(
+        f"  produced {sent:,} batches ({total:,} samples, the last "
+        f"{len(chunks) * CHUNK / 3600:g} h) in {took:.0f}s"
+    )
     t0 = time.monotonic()
     server, port = dep.start_worker("w0")
-    dep.wait_ready(port, server=server, timeout=300)
+    dep.wait_ready(port, server=server, timeout=args.timeout)
+    ready_s = time.monotonic() - t0
     prog, _ = wait_ingested(port, total, args.timeout, pid=server.pid, poll=1.0)
     if prog.done_at is None:
         print(f"!! ingest incomplete: {prog.last:,.0f}/{total:,}")
     ingest_s = (prog.done_at or time.monotonic()) - t0
-    print(f"  MEASURED ingest: start->all {ingest_s:.0f}s ({total / ingest_s:,.0f} samples/s)")
+    print(
+        f"  MEASURED first start: ready (seeded changelog recovered) {ready_s:.0f}s; "
+        f"start->all live samples ingested {ingest_s:.0f}s ({total / ingest_s:,.0f} samples/s)"
+    )
 
     cycle = "bench-full"
     with Profiler(args.profile, server.pid, f"decisions-{n}"):
         acked, arrived = asyncio.run(
             decisions_of(dep, stack, cycle, n, markers(wls, cycle, time.time()), args.timeout)
         )
+    dps, decided = None, len(arrived)
     if arrived:
         span = max(arrived.values()) - min(acked.values())
+        dps = len(arrived) / span
         print(
             f"  MEASURED decisions: {len(arrived):,}/{n:,} in {span:.1f}s = "
             f"{len(arrived) / span:,.0f} decisions/s"
@@ -420,19 +485,31 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         count = usage_count(port, ns, wl)
         if count:
             probe.append((ns, wl, count))
-    rec: dict[str, float | None] = {}
-    # 1st restart: the killed worker was a plain member, so the group waits for its session to
-    # time out whatever the new one is; 2nd: the killed one was static, the new one takes over.
-    for mode in ("plain member", "static membership"):
+    if probe:
+        print(
+            f"  probe: {len(probe)} workloads, e.g. {probe[0][2]:,} cpu samples held for "
+            f"{probe[0][0]}/{probe[0][1]} (2 containers)"
+        )
+    rec: dict[str, dict[str, float] | None] = {}
+    # The worker so far is a static member (the chart's default: its pod name). 1st restart:
+    # a container restarted in the same pod (the same instance id) takes its partitions back at
+    # once; 2nd: a new member (a replaced pod, or plain membership) waits until the killed
+    # member's session times out.
+    for mode, instance in (("static member", "bench-worker-0"), ("new member", "")):
         server.kill()
-        dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = "bench-worker-0"
-        took_r, server, port = recover(dep, f"w-{len(rec) + 1}", port, probe, args.timeout)
-        rec[mode] = took_r
-        shown = "did not recover" if took_r is None else f"{took_r:.1f}s"
+        dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = instance
+        marks, server, port = recover(dep, f"w-{len(rec) + 1}", port, probe, args.timeout)
+        rec[mode] = marks
         print(
             f"  MEASURED recovery after SIGKILL ({mode}, session timeout "
-            f"{args.session_timeout:g}s): process start -> correct /api/usage {shown}"
+            f"{args.session_timeout:g}s): process start -> correct /api/usage "
+            f"{show_recovery(marks)}"
         )
+    status = proc_status(server.pid)
+    print(
+        f"  MEASURED RSS right after recovery {status.get('VmRSS', 0) / MIB:.0f} MiB, "
+        f"peak {status.get('VmHWM', 0) / MIB:.0f} MiB"
+    )
     dep.stop_all()
     return {
         "n": n,
@@ -440,6 +517,8 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "hwm": hwm,
         "changelog": cl,
         "ingest_s": ingest_s,
+        "decisions_per_s": dps,
+        "reports": (n_reports, reported, decided),
         "burst_p99": float(lat.max()) if lat.size else None,  # the worst burst's p99
         "recovery": rec,
         "problems": problems,
@@ -451,6 +530,15 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,3000")
     ap.add_argument("--days", type=int, default=14)
     ap.add_argument("--step", type=int, default=300, help="seconds between samples")
+    ap.add_argument(
+        "--live-hours",
+        type=int,
+        default=6,
+        help="hours ingested through the worker (one 6-hour chunk: the changelog then holds two "
+        "versions per container, as in production between compactions); older days are "
+        "seeded (days*24: no seeding)",
+    )
+    ap.add_argument("--templates", type=int, default=64, help="distinct seeded histories")
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
     ap.add_argument(
@@ -479,14 +567,34 @@ def main() -> None:
             results.append(one_size(stack, s3, n, args))
     finally:
         stack.close()
+    results = [r for r in results if "recovery" in r]  # --bursts-only stops before these
+    if not results:
+        return
+    print(
+        "\nworkloads | RSS after ingest+decisions | peak | changelog | decisions/s | "
+        "recovery static / new member (s) | crashes | reported/decided"
+    )
+    for r in results:
+        rec = r["recovery"]
+        times = " / ".join(
+            "-" if rec.get(m) is None else f"{rec[m]['answers']:.1f}"
+            for m in ("static member", "new member")
+        )
+        dps = "-" if r["decisions_per_s"] is None else f"{r['decisions_per_s']:.0f}"
+        print(
+            f"{r['n']:,} | {r['rss']:.0f} MiB | {r['hwm']:.0f} MiB | "
+            f"{r['changelog'] / MIB:.0f} MiB | {dps} | {times} | "
+            f"{r['problems']['agent crashes']} | {r['reports'][1]:,}/{r['reports'][2]:,}"
+        )
     if len(results) >= 2:
         a, b = results[-2], results[-1]
         per = (b["rss"] - a["rss"]) / (b["n"] - a["n"])
-        print(
-            f"\nEXTRAPOLATED (linear in workloads from {a['n']} and {b['n']}): RSS at 10,000 "
-            f"workloads ~{a['rss'] + per * (10_000 - a['n']):.0f} MiB "
-            f"({per * 1024:.1f} KiB per workload)"
-        )
+        if b["n"] < 10_000:
+            print(
+                f"\nEXTRAPOLATED (linear in workloads from {a['n']} and {b['n']}): RSS at 10,000 "
+                f"workloads ~{a['rss'] + per * (10_000 - a['n']):.0f} MiB "
+                f"({per * 1024:.1f} KiB per workload)"
+            )
 
 
 if __name__ == "__main__":

@@ -411,3 +411,97 @@ def state_bytes(latest: dict[bytes, bytes]) -> dict[str, Any]:
         "value_bytes": np.array(whole),
         **{r: np.array(v) for r, v in per_res.items()},
     }
+
+
+# ---- seeded state: older days written straight to the usage changelog ----------------------
+
+
+def usage_changelog(app_id: str) -> str:
+    """The usage table's changelog topic (Faust names it ``<app id>-<table>-changelog``)."""
+    return f"{app_id}-usage-changelog"
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the producers' default partitioner (murmur2, as Java's) picks for ``key``:
+    where the worker keeps that workload's table state (co-partitioned with the metrics)."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def usage_templates(
+    chunks: list[tuple[int, int]], step: int, count: int, seed: int = 3
+) -> list[bytes]:
+    """``count`` usage-table values, each a container's state after ``chunks``, built with the
+    worker's own code path (validate, ``ContainerUsage.ingest``, ``to_dict``) and encoded with
+    the table's Faust JSON codec — byte for byte what the aggregator would have written."""
+    from faust.serializers import codecs
+
+    from engine.core.model import parse_metrics_record
+    from engine.core.samples import validate_batch
+    from engine.core.usage import ContainerUsage
+    from engine.settings import Settings
+
+    fields = Settings.model_fields  # the worker's defaults (no broker credentials needed)
+    history_seconds = int(fields["history_days"].default) * DAY
+    window_seconds = int(fields["usage_window_seconds"].default)
+    rng = np.random.default_rng(seed)
+    now = time.time()
+    out = []
+    for i in range(count):
+        usage = ContainerUsage()
+        for start, end in chunks:
+            _, raw, _ = encode_batch(rng, "ns0", f"tpl-{i}", "app", start, end, step=step)
+            checked = validate_batch(parse_metrics_record(raw), now=now)  # type: ignore[arg-type]
+            usage.ingest(
+                checked.batch,
+                arrays=checked.arrays,
+                history_seconds=history_seconds,
+                window_seconds=window_seconds,
+            )
+        out.append(bytes(codecs.dumps("json", usage.to_dict())))
+    return out
+
+
+async def seed_usage_changelog(
+    info: KafkaInfo,
+    app_id: str,
+    partitions: int,
+    containers: list[tuple[str, str, str]],
+    templates: list[bytes],
+    config: dict[str, str],
+) -> tuple[int, float]:
+    """Create the usage changelog (compacted, with the table's topic config) and write one value
+    per container (template ``i % len(templates)``) to its workload's partition: the state a
+    worker would hold after ingesting the templates' days.  Returns (bytes written, seconds)."""
+    from aiokafka import AIOKafkaProducer
+    from faust.serializers import codecs
+
+    from tests.harness.kafka import acreate_topics
+
+    topic = usage_changelog(app_id)
+    await acreate_topics(info, [topic], partitions, {"cleanup.policy": "compact", **config}, 30.0)
+    producer = AIOKafkaProducer(
+        **info.client_kwargs(),
+        acks="all",
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        max_request_size=8 << 20,
+    )
+    await producer.start()
+    started, written = time.monotonic(), 0
+    try:
+        pending = []
+        for i, (ns, wl, cont) in enumerate(containers):
+            value = templates[i % len(templates)]
+            key = bytes(codecs.dumps("json", f"{ns}/Deployment/{wl}/{cont}"))
+            part = key_partition(f"{ns}/Deployment/{wl}".encode(), partitions)
+            pending.append(await producer.send(topic, value=value, key=key, partition=part))
+            written += len(value) + len(key)
+            if len(pending) >= 500:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        return written, time.monotonic() - started
+    finally:
+        await producer.stop()

@@ -18,16 +18,20 @@ exactly one worker owns it at a time and hand-over on rebalance is Kafka's job.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, cast
 
 import faust
 from aiokafka.helpers import create_ssl_context
 from faust.types.auth import SASLMechanism
 
 from engine.settings import SecurityProtocol, Settings
+
+log = logging.getLogger("kubefinops.app")
 
 
 @dataclass(frozen=True)
@@ -117,17 +121,67 @@ def create_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         logging_config=None,
     )
+    if settings.kafka_group_instance_id:
+        # cast: mode types handlers with mypy_extensions' NamedArg, which no plain def matches
+        app.on_before_shutdown.connect(cast(Any, leave_group_on_stop))
     return app
 
 
-async def wait_for_assignment(app: faust.App, timeout: float = 120.0, poll: float = 0.1) -> bool:
-    """Wait until this worker has partitions assigned and no rebalance is running.
+def readiness(app: faust.types.AppT) -> tuple[bool, dict[str, Any]]:
+    """Whether the worker can serve: partitions assigned, no rebalance, tables recovered — and,
+    when it cannot, a ``reason``.  Total: while a worker starts (or stops) Faust's consumer
+    raises (``ConsumerNotStarted`` from ``assignment()`` before its thread runs); that is "not
+    ready" with the exception named, never an exception out of a probe."""
+    state: dict[str, Any] = {"rebalancing": False, "assigned_partitions": 0, "recovering": False}
+    try:
+        state["rebalancing"] = bool(app.rebalancing)
+        state["recovering"] = bool(getattr(app, "in_recovery", False))
+        state["assigned_partitions"] = len(app.consumer.assignment())
+    except Exception as exc:  # any failure of Faust's state is "not ready"
+        return False, {**state, "reason": f"consumer not available ({type(exc).__name__})"}
+    if state["rebalancing"]:
+        return False, {**state, "reason": "consumer group rebalancing"}
+    if state["recovering"]:
+        return False, {**state, "reason": "tables recovering from their changelogs"}
+    if not state["assigned_partitions"]:
+        return False, {**state, "reason": "no partitions assigned yet"}
+    return True, state
 
-    True once assigned, False when ``timeout`` passed first (the caller decides what that means).
+
+def _group_coordinator(app: faust.App) -> object | None:
+    """aiokafka's group coordinator under Faust's consumer (None when not started)."""
+    thread = getattr(app.consumer, "_thread", None)
+    consumer = getattr(thread, "_consumer", None)
+    return getattr(consumer, "_coordinator", None)
+
+
+def leave_group_on_stop(app: faust.App, *_: Any, **__: Any) -> None:
+    """A static member leaves the group when it stops GRACEFULLY, like a plain member.
+
+    aiokafka never sends LeaveGroup for a static member (``group_instance_id``), so a rolling
+    update would leave the stopped pod's partitions unserved until its session timed out (30 s).
+    Faust stops the aiokafka consumer after this signal; with the instance id cleared there,
+    aiokafka sends its ordinary LeaveGroup (by member id, which the broker honours for a static
+    member too) and the group rebalances at once.  A crash (SIGKILL, OOM kill) sends nothing: the
+    container restarted in the same pod rejoins with the same id and takes its partitions back
+    without waiting, which is what static membership is for (docs/deploy.md, "Crash recovery").
+    """
+    coordinator = _group_coordinator(app)
+    if coordinator is None or not hasattr(coordinator, "_group_instance_id"):
+        log.warning("static member: no group coordinator found; not leaving the group on stop")
+        return
+    coordinator._group_instance_id = None
+
+
+async def wait_for_assignment(app: faust.App, timeout: float = 120.0, poll: float = 0.1) -> bool:
+    """Wait until this worker is ready (:func:`readiness`: partitions assigned, no rebalance,
+    tables recovered).
+
+    True once ready, False when ``timeout`` passed first (the caller decides what that means).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not app.rebalancing and app.consumer.assignment():
+        if readiness(app)[0]:
             return True
         await asyncio.sleep(poll)
     return False

@@ -105,9 +105,10 @@ class Settings(BaseSettings):
     topic_prefix: str = "kubefinops"
     broker_session_timeout: PositiveFloat = 30.0
     # Static group membership (KIP-345): a worker restarted with the same id (a container restart
-    # keeps its pod name) takes its partitions back at once instead of waiting for the session
-    # timeout of its killed predecessor (bench/bench_scale.py measures both). A member that
-    # leaves for good is only noticed after the session timeout, so it is opt-in.
+    # keeps its pod name; the chart sets it by default) takes its partitions back at once instead
+    # of waiting for the session timeout of its killed predecessor (bench/bench_recovery.py
+    # measures both). A graceful stop still leaves the group (engine.app.leave_group_on_stop); a
+    # member lost without a stop is noticed after the session timeout, as a plain one.
     kafka_group_instance_id: str | None = None
     # Standby copies of each table partition on other workers (Faust table_standby_replicas):
     # with 2+ workers a failover promotes a warm standby instead of replaying the changelog.

@@ -118,14 +118,17 @@ class FakeReverts(FakeGit):
         return RevertResult()
 
 
-class FakeTelemetry:
-    """Cluster telemetry of one pod that runs the old or the new values, OOMKilled on demand."""
+class FakeTelemetry(Failing):
+    """Cluster telemetry of one pod that runs the old or the new values, OOMKilled on demand;
+    ``fail``: Prometheus unreachable for the next checks (``calls`` counts them)."""
 
     def __init__(self, *, live: bool = False, oom: bool = False) -> None:
+        super().__init__()
         self.live = live
         self.oom = oom
 
     async def rollout(self, v: Verification, at: float) -> Rollout:
+        self._maybe_fail()
         values = {
             (e.container, e.section, e.resource): parse_quantity(
                 (e.new if self.live else e.old) or "0"

@@ -17,7 +17,7 @@ from engine.core.model import RESOURCES
 from engine.core.usage import ContainerUsage
 from tests.harness.kafka import KafkaInfo
 from tests.integration.samples import batches, encode, workload
-from tests.integration.workers import Deployment, http_json, produce, wait_consumed
+from tests.integration.workers import Deployment, group_state, http_json, produce, wait_consumed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -113,5 +113,40 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
                         name,
                         f"killed at {at_kill:.0f}/{total_cpu} samples",
                     )
+    finally:
+        dep.stop_all()
+
+
+def test_static_member_stays_on_a_crash_and_leaves_on_a_graceful_stop(
+    kafka: KafkaInfo, tmp_path: Path
+):
+    """Static membership (the chart's default: the pod name as group instance id): a SIGKILLed
+    member stays in the group (its container restarted in the same pod takes its partitions back
+    without a session timeout), and a gracefully stopped one leaves it at once — aiokafka alone
+    would not send LeaveGroup for a static member, and a rolling update would then wait out the
+    session timeout for every replaced pod."""
+    dep = Deployment(
+        kafka=kafka,
+        workdir=tmp_path,
+        extra_env={
+            "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",
+            "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "pod-a",
+            # far longer than the test: a member seen gone left; it did not time out
+            "KUBEFINOPS_BROKER_SESSION_TIMEOUT": "120",
+        },
+    )
+    try:
+        server, port = dep.start_worker("w1")
+        dep.wait_stable(1)
+        server.kill()
+        state, members = asyncio.run(group_state(kafka, dep.prefix))
+        assert members == 1, (state, members)  # the crashed static member keeps its place
+
+        server, port = dep.start_worker("w1-restarted", port)  # same pod: same id and address
+        dep.wait_stable(1)
+        server.stop(timeout=60)  # SIGTERM: a graceful stop
+        assert server.proc is not None and server.proc.returncode is not None
+        state, members = asyncio.run(group_state(kafka, dep.prefix))
+        assert members == 0, (state, members)
     finally:
         dep.stop_all()

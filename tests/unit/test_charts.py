@@ -675,3 +675,21 @@ def test_argocd_application_tracks_the_gitops_overlay(app_chart: helm.Chart) -> 
     assert "finalizers" not in app["metadata"]
     manual = render(app_chart, {"argocd": {"syncPolicy": {"automated": None}}}, "kubefinops")
     assert "automated" not in one(manual, "Application")["spec"]["syncPolicy"]
+
+
+@pytest.mark.parametrize(("values", "static"), [(None, True), ({"staticMembership": False}, False)])
+def test_static_membership_by_default_keyed_by_pod_name(
+    app_chart: helm.Chart, values: dict[str, Any] | None, static: bool
+) -> None:
+    """By default each pod is a static group member named after itself: a container restarted in
+    its pod (crash, OOM kill) takes its partitions back without waiting out the session timeout
+    (docs/deploy.md, "Crash recovery"); ``staticMembership: false`` turns it off."""
+    container = one(render(app_chart, values, "kubefinops"), "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    if static:
+        ref = env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]
+        assert ref == {"fieldPath": "metadata.name"}
+    else:
+        assert "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID" not in env
