@@ -70,12 +70,12 @@ def pure_ingest(
 ) -> tuple[float, float]:
     """samples/s of the aggregator's per-record work, in-process, on the same kind of records.
 
-    Returns (core path, agent path), each the best of two runs. Core: ``parse_metrics_record`` (the agent's one parse of a
-    record) + ``validate_chunk`` (``validate_batch`` for the old format) + ``ContainerUsage``
-    ingest + ``to_dict`` + ``orjson.dumps`` (the changelog value). Agent path: the same through
-    the typed ``usage`` table (``tables.state.UsageTable``: its bounded decoded-value cache and
-    its pre-encoded values), as the agent does it — the gap between the worker and this line is
-    Faust and Kafka.
+    Returns (core path, agent path), each the best of two runs.  Core: ``parse_metrics_record``
+    (the agent's one parse of a record) + ``validate_chunk`` (``validate_batch`` for the old
+    format) + ``ContainerUsage`` ingest + ``to_dict`` + ``orjson.dumps`` (the changelog value).
+    Agent path: the same through the typed ``usage`` table (``tables.state.UsageTable``: its
+    bounded decoded-value cache and its pre-encoded values), as the agent does it; the gap
+    between the worker and this line is Faust and Kafka.
     """
     msgs = [
         m
