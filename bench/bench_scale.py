@@ -459,11 +459,15 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
 
     burst = min(args.burst, n)
     bursts: list[dict[str, float]] = []
+    # the bursts share the time since the history's end (1-2 h: never a chunk in the future,
+    # which the worker would dead-letter): one hour for one burst, half an hour each for two
+    step = args.step
+    span = max(step, min(3600, (int(time.time()) - 120 - end) // args.bursts) // step * step)
     for i in range(args.bursts):
-        b_end = end + 3600 * (i + 1)
+        b_start, b_end = end + i * span, end + (i + 1) * span
         cycle = f"bench-burst-{i}"
-        base = in_process_burst(wls[:burst], b_end - 3600, b_end, args, templates)
-        msgs = burst_messages(wls[:burst], b_end - 3600, b_end, cycle, np.random.default_rng(5 + i))
+        base = in_process_burst(wls[:burst], b_start, b_end, args, templates)
+        msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
@@ -479,7 +483,8 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
             }
             bursts.append(row)
             print(
-                f"  MEASURED burst {i + 1}/{args.bursts} of {burst:,} workloads "
+                f"  MEASURED burst {i + 1}/{args.bursts} of {burst:,} workloads, "
+                f"{span // 60} min chunks "
                 f"(load {os.getloadavg()[0]:.1f}): {lat.size:,} decisions, marker ack -> "
                 f"decision p50 {row['p50']:.2f}s p99 {row['p99']:.2f}s max {row['max']:.2f}s; "
                 f"{row['rate']:,.0f} decisions/s = {row['per_workload_ms']:.1f} ms per workload; "
