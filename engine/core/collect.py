@@ -281,7 +281,7 @@ def parse_matrix_body(body: bytes, loads: Callable[[bytes], Any]) -> list[Series
     """:func:`parse_matrix` of a raw matrix body without a Python list per sample.
 
     Prometheus writes each series' samples as ``"values":[[ts,"v"],...]``, numbers only: those
-    runs are cut out, stripped of brackets and quotes, and read as ONE flat JSON array of numbers
+    runs are cut out, stripped of brackets and quotes, and read as a flat JSON array of numbers
     (``loads``, orjson in production: ~0.1 µs a number, half numpy's text parser); the rest, the
     labels, is decoded on its own.  A body of any other layout, or numbers that are not plain
     (``"NaN"``, ``"+Inf"``), take the checked path (``loads`` then :func:`parse_matrix`), so the
@@ -304,27 +304,24 @@ def parse_matrix_body(body: bytes, loads: Callable[[bytes], Any]) -> list[Series
     if not runs:
         return parse_matrix(loads(body))
     parts.append(body[pos:])
+    out = []
     try:
         skeleton = parse_matrix(loads(b"".join(parts)))
         if len(skeleton) != len(runs):
             raise MalformedResponse("layout")
-        counts = [run.count(b"],[") + 1 if run else 0 for run in runs]
-        numbers = b",".join(run.translate(None, b'[]"') for run in runs if run)
-        flat = np.array(loads(b"[" + numbers + b"]"), dtype=np.float64)
-        if flat.ndim != 1 or flat.size != 2 * sum(counts):
-            raise MalformedResponse("layout")
+        for series, run in zip(skeleton, runs, strict=True):
+            # one series at a time: a Python float per number lives only that long
+            numbers = run.translate(None, b'[]"')
+            flat = np.array(loads(b"[" + numbers + b"]"), dtype=np.float64)
+            if flat.ndim != 1 or flat.size != (2 * (run.count(b"],[") + 1) if run else 0):
+                raise MalformedResponse("layout")
+            ts, values = flat[0::2], flat[1::2]
+            keep = np.isfinite(ts) & np.isfinite(values)
+            if not keep.all():
+                ts, values = ts[keep], values[keep]
+            out.append(SeriesArrays(series.labels, ts, values))
     except (MalformedResponse, ValueError, TypeError, OverflowError):
         return parse_matrix(loads(body))
-    out = []
-    offset = 0
-    for series, n in zip(skeleton, counts, strict=True):
-        pairs = flat[2 * offset : 2 * (offset + n)]
-        offset += n
-        ts, values = pairs[0::2], pairs[1::2]
-        keep = np.isfinite(ts) & np.isfinite(values)
-        if not keep.all():
-            ts, values = ts[keep], values[keep]
-        out.append(SeriesArrays(series.labels, ts, values))
     return out
 
 
