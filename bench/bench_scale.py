@@ -55,6 +55,7 @@ from bench.common import (
     Stack,
     container_names,
     encode_batch,
+    encode_chunk,
     get_text,
     proc_status,
     produce_fast,
@@ -177,11 +178,11 @@ async def decisions_of(
 def burst_messages(
     wls: list[tuple[str, str]], start: int, end: int, cycle: str, rng: np.random.Generator
 ) -> list[tuple[bytes, bytes]]:
-    """A collector-shaped burst: per workload its containers' chunk, then its cycle-end marker."""
+    """A collector-shaped burst: per workload its chunk (the collector's columnar record, both
+    containers), then its cycle-end marker."""
     msgs: list[tuple[bytes, bytes]] = []
     for ns, wl in wls:
-        for c in ("app", "sidecar"):
-            msgs.append(batch_doc(rng, ns, wl, c, start, end, STEP[0])[:2])
+        msgs.append(encode_chunk(rng, ns, wl, ["app", "sidecar"], start, end, step=STEP[0])[:2])
         msgs += markers([(ns, wl)], cycle, time.time())
     return msgs
 
@@ -207,9 +208,9 @@ def in_process_burst(
     async def go() -> float:
         for start, stop in chunks:
             for ns, wl in wls:
-                for c in ("app", "sidecar"):
-                    key, raw, _ = batch_doc(rng, ns, wl, c, start, stop, args.step)
-                    await aggregator.ingest(rt, key, raw)
+                conts = ["app", "sidecar"]
+                key, raw, _ = encode_chunk(rng, ns, wl, conts, start, stop, step=args.step)
+                await aggregator.ingest(rt, key, raw)
         msgs = burst_messages(wls, end, end + 3600, "baseline", rng)
         recs = rt.topics.recommendations
         t0 = time.perf_counter()

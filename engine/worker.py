@@ -89,6 +89,14 @@ def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
     import faust
 
     class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # No terminal spinner in a service: at a level of WARN or above Faust's spinner set
+            # the root logger to DEBUG (and added a DEBUG handler), so every library's debug
+            # record was built and passed through the redaction filter — Faust alone logs each
+            # produced record's value with %r (~4 % of a worker's time in a burst, py-spy).
+            self.spinner = None
+            super().on_setup_root_logger(logger, level)
+
         def _setup_logging(self) -> None:
             super()._setup_logging()
             for handler in logging.getLogger().handlers:
