@@ -307,8 +307,10 @@ CLASSIC_POLICY = DEFAULT_POLICY.model_copy(
 )
 
 
-def flat_summary(value: float, count: int = 2000, span: float = 8 * DAY) -> UsageSummary:
-    """Usage that sat at ``value`` for ``span`` up to :data:`REC_NOW`."""
+def flat_summary(
+    value: float, count: int = 2000, span: float = 8 * DAY, now: float = REC_NOW
+) -> UsageSummary:
+    """Usage that sat at ``value`` for ``span`` up to ``now``."""
     return UsageSummary(
         p50=value,
         p90=value,
@@ -317,8 +319,8 @@ def flat_summary(value: float, count: int = 2000, span: float = 8 * DAY) -> Usag
         max=value,
         mean=value,
         count=count,
-        first_ts=REC_NOW - span,
-        last_ts=REC_NOW,
+        first_ts=now - span,
+        last_ts=now,
     )
 
 
