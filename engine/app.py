@@ -94,6 +94,8 @@ def broker_credentials(
 
 def create_app(settings: Settings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    request_timeout = max(40.0, settings.broker_session_timeout + 10)
+    rebalance_timeout = min(60.0, request_timeout - 10)  # Faust's 60 s when the request outlives it
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")],
@@ -112,7 +114,15 @@ def create_app(settings: Settings) -> faust.App:
         web_in_thread=False,
         broker_session_timeout=settings.broker_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
-        broker_request_timeout=max(40.0, settings.broker_session_timeout + 10),
+        # The broker answers a JoinGroup only when every member rejoined or the rebalance timeout
+        # passed; aiokafka waits for that answer no longer than the request timeout.  Faust's
+        # default rebalance timeout (60 s) was above our request timeout (40 s): a rebalance held
+        # by a slow member timed the others' JoinGroup out, they marked the coordinator dead and
+        # joined again — one more rebalance round each time.  Request timeout > rebalance timeout,
+        # as Kafka's own client does; a healthy member rejoins within a heartbeat or two (streams
+        # are not waited for, stream_wait_empty=False).
+        broker_rebalance_timeout=rebalance_timeout,
+        broker_request_timeout=request_timeout,
         consumer_auto_offset_reset=settings.consumer_auto_offset_reset,
         consumer_max_fetch_size=settings.kafka_max_fetch_bytes,
         producer_acks=-1,

@@ -55,3 +55,23 @@ def test_each_not_ready_state_has_its_reason(
 def test_ready_when_assigned_settled_and_recovered() -> None:
     ok, state = readiness(App(assigned=2, rebalancing=False, in_recovery=False))  # type: ignore[arg-type]
     assert ok and "reason" not in state and state["assigned_partitions"] == 2
+
+
+@pytest.mark.parametrize("session_timeout", [10.0, 30.0, 120.0])
+def test_a_join_request_outlives_the_rebalance_it_waits_for(
+    session_timeout: float, tmp_path: Any
+) -> None:
+    """The broker holds a JoinGroup until every member rejoined or the rebalance timeout passed;
+    a request timeout shorter than that (Faust's 60 s default against our 40 s) timed the
+    waiting members out and cost one more rebalance round."""
+    from engine.app import create_app
+    from engine.settings import load_settings
+
+    settings = load_settings(
+        kafka_security_protocol="PLAINTEXT",
+        broker_session_timeout=session_timeout,
+        data_dir=tmp_path,
+    )
+    conf = create_app(settings).conf
+    assert conf.broker_request_timeout > conf.broker_rebalance_timeout >= min(session_timeout, 30)
+    assert conf.broker_heartbeat_interval < conf.broker_session_timeout / 2
