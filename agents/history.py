@@ -17,9 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents.runtime import Runtime, parse_or_park
+from agents.runtime import Runtime, park, parse_or_park
 from engine.backoff import retry_forever
+from engine.core import outbox
 from engine.core.model import HistoryKind, HistoryRecord
+from engine.core.outbox import is_batch, pack_history
+from engine.errors import InvalidRecord
 from engine.metrics import HISTORY_WRITES, RECORDS_PROCESSED
 
 log = logging.getLogger("kubefinops.history")
@@ -37,6 +40,19 @@ async def record(rt: Runtime, kind: HistoryKind, item: BaseModel, key: str) -> N
     await rt.topics.history.send(key=key.encode(), value=value.model_dump_json().encode())
 
 
+async def record_many(rt: Runtime, items: Sequence[tuple[HistoryKind, BaseModel, str]]) -> None:
+    """Queue many records (kind, item, key) in as few outbox messages as fit the size bound
+    (:func:`engine.core.outbox.pack_history`); never waits for MongoDB."""
+    if rt.services.history is None or not items:
+        return
+    records = [
+        HistoryRecord(kind=kind, record=item.model_dump(mode="json")) for kind, item, _ in items
+    ]
+    key = items[0][2].encode()  # any key: upserts by id, so partition and order do not matter
+    for value in pack_history(records):
+        await rt.topics.history.send(key=key, value=value)
+
+
 async def write(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
     """One outbox record -> MongoDB, retried until MongoDB takes it."""
     await write_batch(rt, [(key, raw)])
@@ -46,11 +62,9 @@ async def write_batch(rt: Runtime, records: Sequence[tuple[bytes | None, bytes |
     """Outbox records -> MongoDB in one bulk write per kind, retried (all of it, idempotent
     upserts) until MongoDB takes it; a record that is not a history record is dead-lettered."""
     store = rt.services.history
-    topic = rt.settings.topic("history")
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for key, raw in records:
-        item = await parse_or_park(rt, HistoryRecord, raw, key=key, agent=AGENT, topic=topic)
-        if item is not None:
+        for item in await _records_of(rt, key, raw):
             by_kind.setdefault(item.kind, []).append(item.record)
     if store is None or not by_kind:
         return
@@ -77,3 +91,25 @@ async def write_batch(rt: Runtime, records: Sequence[tuple[bytes | None, bytes |
     )
     HISTORY_WRITES.labels("ok").inc(count)
     RECORDS_PROCESSED.labels(AGENT).inc(count)
+
+
+async def _records_of(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[HistoryRecord]:
+    """The history records of one outbox message (one, or a batch's members); what is not a
+    history record is dead-lettered — a bad member of a batch alone, with its reason."""
+    topic = rt.settings.topic("history")
+    if not is_batch(raw):
+        item = await parse_or_park(rt, HistoryRecord, raw, key=key, agent=AGENT, topic=topic)
+        return [] if item is None else [item]
+    try:
+        docs = outbox.members(raw or b"")
+    except InvalidRecord as exc:
+        await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=AGENT)
+        return []
+    out = []
+    for doc in docs:
+        try:
+            out.append(outbox.member(doc))
+        except InvalidRecord as exc:
+            raw_member = outbox.member_raw(doc)
+            await park(rt, topic=topic, key=key, raw=raw_member, reason=str(exc), agent=AGENT)
+    return out

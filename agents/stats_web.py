@@ -29,7 +29,7 @@ from engine.core import bounds
 from engine.core.model import workload_id
 from engine.core.stats import daily_usage
 from engine.errors import DependencyUnavailable
-from engine.static import STATIC_DIR
+from engine.static import STATIC_DIR, page
 
 UI_FILES = {
     "": "ui/index.html",
@@ -176,7 +176,10 @@ class Ui(RuntimeView):
 
     @bearer_required("read")
     async def serve(self, request: Request, rel: str) -> Any:
-        body = (STATIC_DIR / rel).read_bytes()
+        if rel.endswith(".html"):  # a page: its shared partials (the <head>) included
+            body = page(rel.removeprefix("ui/")).encode()
+        else:
+            body = (STATIC_DIR / rel).read_bytes()
         ctype = mimetypes.guess_type(rel)[0] or "application/octet-stream"
         return aioweb.Response(
             body=body,

@@ -28,6 +28,9 @@ from engine.core.verification import (
     Phase,
     Verification,
     VerificationParams,
+    due,
+    postponed,
+    resumed,
     start,
     superseded,
 )
@@ -162,31 +165,56 @@ async def begin(rt: Runtime, record: VerifyStart, now: float) -> list[Verificati
 
 
 async def check_all(rt: Runtime, now: float) -> list[Verification]:
-    """Check every unfinished watch; make the reverts that are due.  A dependency down skips
-    that watch until the next tick (nothing is lost: the state is in the table)."""
+    """Check every unfinished watch that is due; make the reverts that are due.
+
+    A dependency down (Prometheus, or Git for a revert) never holds the queue: the watch is
+    re-scheduled in the durable table with backoff (:func:`~engine.core.verification.postponed`)
+    and the tick is acknowledged.  One Prometheus failure postpones every other watch of the tick
+    too, without asking it again (each failed check costs the client's retries).  Nothing is
+    lost: the state is in the table, and checks resume at the normal pace once it answers."""
     telemetry = rt.services.telemetry
     reverter = rt.services.git
+    interval = rt.settings.verification_interval_seconds
     moved: list[Verification] = []
     watching = 0
+    down: str | None = None  # why Prometheus failed in this tick
+    failed_at = 0.0
+    postponed_ids: list[str] = []
     for wid, v in list(rt.tables.verifications.items()):
         if v.finished:
             continue
-        new = v
-        try:
-            if telemetry is not None:
+        watching += 1
+        if not due(v, now):
+            continue
+        new, failure = v, down
+        if failure is None and telemetry is not None:
+            try:
                 new = await check(telemetry, v, now, autopilot=autopilot(rt, v))
-            if new.revert_pending:
-                _store(rt, new)  # the regression is recorded before the revert is attempted
+            except RetryableError as exc:
+                failure = down = f"Prometheus: {exc}"
+        if failure is None and new.revert_pending:
+            _store(rt, new)  # the regression is recorded before the revert is attempted
+            try:
                 new = await settle(new, reverter, now)
-        except RetryableError as exc:
+            except RetryableError as exc:
+                failure = f"Git: {exc}"
+        if failure is not None:
+            if not postponed_ids or failure != down:
+                log.warning("verification of %s postponed: %s", wid, failure)
             CYCLE_FAILURES.labels(AGENT, "prometheus-or-git").inc()
-            log.warning("verification of %s postponed: %s", wid, exc)
+            failed_at = failed_at or rt.clock()  # the backoff starts after the failed attempt
+            new = postponed(new, failed_at, interval)
+            postponed_ids.append(wid)
+        else:
+            new = resumed(new)
         if new != v:
             _store(rt, new)
         if new.phase is not v.phase or new.revert_pending != v.revert_pending:
             await publish(rt, new)
             moved.append(new)
-        watching += not new.finished
+        watching -= new.finished
+    if len(postponed_ids) > 1:
+        log.warning("%d verifications postponed with backoff", len(postponed_ids))
     VERIFICATIONS_WATCHING.set(watching)
     return moved
 

@@ -42,7 +42,7 @@ from agents import collector
 from agents import policies as policy_mod
 from agents.runtime import Runtime
 from engine.adapters.mongo import PolicyConflict
-from engine.app import Topics
+from engine.app import Topics, readiness
 from engine.core import bounds
 from engine.core.model import RESOURCES, workload_id
 from engine.core.usage import ContainerUsage
@@ -180,14 +180,8 @@ def bearer_required(scope: Scope = "write") -> Callable[[Method], Method]:
 
 
 def ready_state(app: faust.types.AppT) -> tuple[bool, dict[str, Any]]:
-    assigned = list(app.consumer.assignment()) if app.consumer is not None else []
-    recovering = bool(getattr(app, "in_recovery", False))
-    state = {
-        "rebalancing": bool(app.rebalancing),
-        "assigned_partitions": len(assigned),
-        "recovering": recovering,
-    }
-    return bool(assigned) and not app.rebalancing and not recovering, state
+    """:func:`engine.app.readiness` (total: never raises, says why it is not ready)."""
+    return readiness(app)
 
 
 def summary_json(usage: ContainerUsage) -> dict[str, Any]:

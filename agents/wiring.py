@@ -9,7 +9,6 @@ dead-lettered with the exception's type and field and the agent goes on (issue 1
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -34,7 +33,10 @@ from engine import memory
 from engine.app import Topics, wait_for_assignment
 
 log = logging.getLogger("kubefinops.wiring")
-RECONCILE_DELAY_SECONDS = 5.0  # let the global table recover before reconciling it
+# Reconcile once the tables are recovered (the tombstones of ids MongoDB no longer has read the
+# global table), and at the latest after this long — a fixed delay was a guess that a loaded
+# worker, still joining its group, could miss.
+RECONCILE_WAIT_SECONDS = 120.0
 
 
 Handler = Callable[[Runtime, bytes | None, bytes | None], Awaitable[object]]
@@ -95,7 +97,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
 
     @app.task
     async def reconcile_on_start() -> None:
-        await asyncio.sleep(RECONCILE_DELAY_SECONDS)
+        await wait_for_assignment(app, timeout=RECONCILE_WAIT_SECONDS)
         await policies.reconcile_until_done(rt)
 
     @app.timer(interval=rt.settings.collect_interval_seconds, on_leader=True)

@@ -70,12 +70,12 @@ def pure_ingest(
 ) -> tuple[float, float]:
     """samples/s of the aggregator's per-record work, in-process, on the same kind of records.
 
-    Returns (core path, agent path). Core: ``parse_metrics_record`` (the agent's one parse of a
-    record) + ``validate_chunk`` (``validate_batch`` for the old format) + ``ContainerUsage``
-    ingest + ``to_dict`` + ``orjson.dumps`` (the changelog value). Agent path: the same through
-    the typed ``usage`` table (``tables.state.UsageTable``: its bounded decoded-value cache and
-    its pre-encoded values), as the agent does it — the gap between the worker and this line is
-    Faust and Kafka.
+    Returns (core path, agent path), each the best of two runs.  Core: ``parse_metrics_record``
+    (the agent's one parse of a record) + ``validate_chunk`` (``validate_batch`` for the old
+    format) + ``ContainerUsage`` ingest + ``to_dict`` + ``orjson.dumps`` (the changelog value).
+    Agent path: the same through the typed ``usage`` table (``tables.state.UsageTable``: its
+    bounded decoded-value cache and its pre-encoded values), as the agent does it; the gap
+    between the worker and this line is Faust and Kafka.
     """
     msgs = [
         m
@@ -118,7 +118,11 @@ def pure_ingest(
                 store(v.batch.container_id, lambda u, v=v: u.ingest(v.batch, arrays=v.arrays))
         return total / (time.perf_counter() - started)
 
-    return once(False), once(True)
+    # best of two runs each: the first run of a process pays one-time costs
+    # (allocations, caches) that made the core path look slower than the agent path
+    core = max(once(False), once(False))
+    agent = max(once(True), once(True))
+    return core, agent
 
 
 def precreate(stack: Stack, dep: Deployment) -> str:

@@ -55,6 +55,7 @@ from bench.common import (
     Stack,
     container_names,
     encode_batch,
+    encode_chunk,
     get_text,
     proc_status,
     produce_fast,
@@ -177,11 +178,11 @@ async def decisions_of(
 def burst_messages(
     wls: list[tuple[str, str]], start: int, end: int, cycle: str, rng: np.random.Generator
 ) -> list[tuple[bytes, bytes]]:
-    """A collector-shaped burst: per workload its containers' chunk, then its cycle-end marker."""
+    """A collector-shaped burst: per workload its chunk (the collector's columnar record, both
+    containers), then its cycle-end marker."""
     msgs: list[tuple[bytes, bytes]] = []
     for ns, wl in wls:
-        for c in ("app", "sidecar"):
-            msgs.append(batch_doc(rng, ns, wl, c, start, end, STEP[0])[:2])
+        msgs.append(encode_chunk(rng, ns, wl, ["app", "sidecar"], start, end, step=STEP[0])[:2])
         msgs += markers([(ns, wl)], cycle, time.time())
     return msgs
 
@@ -190,27 +191,43 @@ STEP = [300]  # the run's sample step (set from --step)
 
 
 def in_process_burst(
-    wls: list[tuple[str, str]], end: int, args: argparse.Namespace
+    wls: list[tuple[str, str]],
+    start: int,
+    end: int,
+    args: argparse.Namespace,
+    templates: list[bytes] | None,
 ) -> dict[str, float]:
-    """The baseline, measured in the same run: the burst's path through the handlers themselves
-    (aggregator ingest of the chunks, recommender on the marker, gate) on in-memory tables and
-    recording topics — what a workload costs without Faust, Kafka or the event loop's company.
-    The workloads first get the run's ``days`` of history (not timed) so the state is as big as
-    the worker's."""
+    """The baseline, measured in the same run next to each burst: the same burst (a chunk and a
+    marker per workload) through the handlers themselves — aggregator ingest, recommender, gate
+    in batches of ``GATE_BATCH`` with the history outbox — on in-memory tables and recording
+    topics: what the workloads cost without Faust, Kafka, the executor or the event loop's
+    company.  The state is the worker's: the seeded templates (decoded before timing, as the
+    worker's cache holds them), or the run's ``days`` ingested here when nothing was seeded."""
     from agents import aggregator, gate
-    from tests.fakes import runtime
+    from engine.core.model import RESOURCES, container_id
+    from engine.services import Services
+    from tests.fakes import FakeHistory, runtime
 
-    rt = runtime(now=time.time())  # the worker's settings (14 days of history kept)
+    rt = runtime(Services(history=FakeHistory()), now=time.time())  # the worker's settings
     rng = np.random.default_rng(3)
-    chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(args.days * 4)][::-1]
+    conts = ["app", "sidecar"]
 
     async def go() -> float:
-        for start, stop in chunks:
-            for ns, wl in wls:
-                for c in ("app", "sidecar"):
-                    key, raw, _ = batch_doc(rng, ns, wl, c, start, stop, args.step)
+        if templates:
+            for i, (ns, wl) in enumerate(wls):
+                for j, c in enumerate(conts):
+                    cid = container_id(ns, "Deployment", wl, c)
+                    rt.tables.usage.store[cid] = templates[(2 * i + j) % len(templates)]
+                    usage = rt.tables.usage.get(cid)
+                    for res in RESOURCES if usage is not None else ():
+                        usage.summary(res)  # warm, as the decisions phase left the worker's
+        else:
+            chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(args.days * 4)]
+            for s, e in chunks[::-1]:
+                for ns, wl in wls:
+                    key, raw, _ = encode_chunk(rng, ns, wl, conts, s, e, step=args.step)
                     await aggregator.ingest(rt, key, raw)
-        msgs = burst_messages(wls, end, end + 3600, "baseline", rng)
+        msgs = burst_messages(wls, start, end, "baseline", rng)
         recs = rt.topics.recommendations
         t0 = time.perf_counter()
         for key, raw in msgs:
@@ -364,7 +381,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "bench-worker-0",  # the chart's default: pod name
         "KUBEFINOPS_APPLY_BATCH_SECONDS": "5",
     }
-    env.update(kv.split("=", 1) for kv in args.env)  # type: ignore[misc]
+    env.update(kv.split("=", 1) for kv in args.worker_env)  # e.g. PRODUCER_LINGER=0.01
     dep = stack.deployment(partitions=PARTITIONS, **env)
     create_topics(stack.kafka, [dep.topic("metrics")], partitions=PARTITIONS)
     wls = workloads(n)
@@ -372,6 +389,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(args.days * 4)][::-1]
     live = max(1, min(len(chunks), -(-args.live_hours * 3600 // CHUNK)))
     seeded, chunks = chunks[:-live], chunks[-live:]
+    templates: list[bytes] | None = None
     if seeded:
         t_seed = time.monotonic()
         templates = usage_templates(seeded, args.step, min(args.templates, 2 * n))
@@ -445,25 +463,23 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     )
 
     burst = min(args.burst, n)
-    base = in_process_burst(wls[: min(burst, args.baseline_workloads)], end, args)
-    print(
-        f"  MEASURED in-process baseline ({base['workloads']} workloads, same run): "
-        f"{base['ms_per_workload']:.2f} ms per workload (chunks + marker + recommendation + "
-        f"decision through the handlers, no broker)"
-    )
     bursts: list[dict[str, float]] = []
+    # the bursts share the time since the history's end (1-2 h: never a chunk in the future,
+    # which the worker would dead-letter): one hour for one burst, half an hour each for two
+    step = args.step
+    span = max(step, min(3600, (int(time.time()) - 120 - end) // args.bursts) // step * step)
     for i in range(args.bursts):
-        b_end = end + 3600 * (i + 1)
+        b_start, b_end = end + i * span, end + (i + 1) * span
         cycle = f"bench-burst-{i}"
-        msgs = burst_messages(
-            wls[:burst], end + 3600 * i, b_end, cycle, np.random.default_rng(5 + i)
-        )
+        base = in_process_burst(wls[:burst], b_start, b_end, args, templates)
+        msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
         if lat.size:
             span = max(arrived.values()) - min(acked.values())
             row = {
+                "in_process_ms": base["ms_per_workload"],
                 "p50": float(np.percentile(lat, 50)),
                 "p99": float(np.percentile(lat, 99)),
                 "max": float(lat.max()),
@@ -472,15 +488,17 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
             }
             bursts.append(row)
             print(
-                f"  MEASURED burst {i + 1}/{args.bursts} of {burst:,} workloads "
+                f"  MEASURED burst {i + 1}/{args.bursts} of {burst:,} workloads, "
+                f"{span // 60} min chunks "
                 f"(load {os.getloadavg()[0]:.1f}): {lat.size:,} decisions, marker ack -> "
                 f"decision p50 {row['p50']:.2f}s p99 {row['p99']:.2f}s max {row['max']:.2f}s; "
-                f"{row['rate']:,.0f} decisions/s = {row['per_workload_ms']:.1f} ms per workload "
-                f"({row['per_workload_ms'] / base['ms_per_workload']:.1f}x in-process)"
+                f"{row['rate']:,.0f} decisions/s = {row['per_workload_ms']:.1f} ms per workload; "
+                f"in-process baseline just before, same burst: {base['ms_per_workload']:.2f} ms "
+                f"per workload (worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x)"
             )
     if args.bursts_only:
         dep.stop_all()
-        return {"n": n, "bursts": bursts, "baseline": base}
+        return {"n": n, "bursts": bursts}
     lat = np.array([b["p99"] for b in bursts])
     problems = log_problems(server)
     print(f"  worker log: {problems}")
@@ -544,22 +562,15 @@ def main() -> None:
         "seeded (days*24: no seeding)",
     )
     ap.add_argument("--templates", type=int, default=64, help="distinct seeded histories")
-    ap.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra worker environment, e.g. KUBEFINOPS_USAGE_CACHE_BYTES=16777216",
-    )
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
     ap.add_argument(
         "--bursts-only", action="store_true", help="stop after the bursts (no SIGKILL/recovery)"
     )
-    ap.add_argument(
-        "--baseline-workloads", type=int, default=200, help="workloads in the in-process baseline"
-    )
     ap.add_argument("--profile", metavar="DIR", help="py-spy the worker in each phase into DIR")
+    ap.add_argument(
+        "--worker-env", action="append", default=[], metavar="K=V", help="extra worker env"
+    )
     ap.add_argument("--session-timeout", type=float, default=30.0, help="production default 30")
     ap.add_argument("--apply-wait", type=float, default=120.0, help="max wait for reports")
     ap.add_argument("--timeout", type=float, default=1800.0)

@@ -94,6 +94,8 @@ def broker_credentials(
 
 def create_app(settings: Settings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    request_timeout = max(40.0, settings.broker_session_timeout + 10)
+    rebalance_timeout = min(60.0, request_timeout - 10)  # Faust's 60 s when the request outlives it
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")],
@@ -112,7 +114,15 @@ def create_app(settings: Settings) -> faust.App:
         web_in_thread=False,
         broker_session_timeout=settings.broker_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
-        broker_request_timeout=max(40.0, settings.broker_session_timeout + 10),
+        # The broker answers a JoinGroup only when every member rejoined or the rebalance timeout
+        # passed; aiokafka waits for that answer no longer than the request timeout.  Faust's
+        # default rebalance timeout (60 s) was above our request timeout (40 s): a rebalance held
+        # by a slow member timed the others' JoinGroup out, they marked the coordinator dead and
+        # joined again — one more rebalance round each time.  Request timeout > rebalance timeout,
+        # as Kafka's own client does; a healthy member rejoins within a heartbeat or two (streams
+        # are not waited for, stream_wait_empty=False).
+        broker_rebalance_timeout=rebalance_timeout,
+        broker_request_timeout=request_timeout,
         consumer_auto_offset_reset=settings.consumer_auto_offset_reset,
         consumer_max_fetch_size=settings.kafka_max_fetch_bytes,
         producer_acks=-1,
@@ -125,6 +135,27 @@ def create_app(settings: Settings) -> faust.App:
         # cast: mode types handlers with mypy_extensions' NamedArg, which no plain def matches
         app.on_before_shutdown.connect(cast(Any, leave_group_on_stop))
     return app
+
+
+def readiness(app: faust.types.AppT) -> tuple[bool, dict[str, Any]]:
+    """Whether the worker can serve: partitions assigned, no rebalance, tables recovered — and,
+    when it cannot, a ``reason``.  Total: while a worker starts (or stops) Faust's consumer
+    raises (``ConsumerNotStarted`` from ``assignment()`` before its thread runs); that is "not
+    ready" with the exception named, never an exception out of a probe."""
+    state: dict[str, Any] = {"rebalancing": False, "assigned_partitions": 0, "recovering": False}
+    try:
+        state["rebalancing"] = bool(app.rebalancing)
+        state["recovering"] = bool(getattr(app, "in_recovery", False))
+        state["assigned_partitions"] = len(app.consumer.assignment())
+    except Exception as exc:  # any failure of Faust's state is "not ready"
+        return False, {**state, "reason": f"consumer not available ({type(exc).__name__})"}
+    if state["rebalancing"]:
+        return False, {**state, "reason": "consumer group rebalancing"}
+    if state["recovering"]:
+        return False, {**state, "reason": "tables recovering from their changelogs"}
+    if not state["assigned_partitions"]:
+        return False, {**state, "reason": "no partitions assigned yet"}
+    return True, state
 
 
 def _group_coordinator(app: faust.App) -> object | None:
@@ -153,13 +184,14 @@ def leave_group_on_stop(app: faust.App, *_: Any, **__: Any) -> None:
 
 
 async def wait_for_assignment(app: faust.App, timeout: float = 120.0, poll: float = 0.1) -> bool:
-    """Wait until this worker has partitions assigned and no rebalance is running.
+    """Wait until this worker is ready (:func:`readiness`: partitions assigned, no rebalance,
+    tables recovered).
 
-    True once assigned, False when ``timeout`` passed first (the caller decides what that means).
+    True once ready, False when ``timeout`` passed first (the caller decides what that means).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not app.rebalancing and app.consumer.assignment():
+        if readiness(app)[0]:
             return True
         await asyncio.sleep(poll)
     return False

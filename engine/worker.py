@@ -89,17 +89,19 @@ def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
     import faust
 
     class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # No terminal spinner in a service: at a level of WARN or above Faust's spinner set
+            # the root logger to DEBUG (and added a DEBUG handler), so every library's debug
+            # record was built and passed through the redaction filter — Faust alone logs each
+            # produced record's value with %r (~4 % of a worker's time in a burst, py-spy), and
+            # table recovery one f-string record per changelog record (~half of its loop).
+            self.spinner = None
+            super().on_setup_root_logger(logger, level)
+
         def _setup_logging(self) -> None:
             super()._setup_logging()
             for handler in logging.getLogger().handlers:
                 handler.addFilter(redactor)
-
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            # No terminal spinner: at log level WARNING or above Faust adds one as a DEBUG
-            # handler and sets the ROOT logger to DEBUG, so every ``log.debug`` of Faust's hot
-            # paths (one f-string and LogRecord per changelog record in table recovery) is built
-            # and handled — ~half of the recovery loop's time in a py-spy profile (issue 11).
-            self.spinner = None
 
     # redirect_stdouts=False: the demo prints its tables to the terminal, not into the log.
     return Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)

@@ -79,7 +79,18 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             help="Watch of the last pushed change per workload",
             schema=_json(),
         ),
-        policies=app.GlobalTable("policies", partitions=1, help="Policies by id", schema=_json()),
+        policies=app.GlobalTable(
+            "policies",
+            partitions=1,
+            help="Policies by id",
+            schema=_json(),
+            # Faust gives a global table's changelog partition to every worker as active (and, on
+            # the workers that do not write it, as standby too); an active partition's records are
+            # buffered up to ``recovery_buffer_size`` and flushed only when a recovery ends, so with
+            # the default (1000) a policy written after start sat in the other workers' buffers
+            # until the next rebalance.  1: applied as it arrives (Faust's GlobalTable docstring).
+            recovery_buffer_size=1,
+        ),
         usage_cache_bytes=settings.usage_cache_bytes,
         # written by the executor's stream of the one-partition decisions topic
         pending_cycles=app.Table(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,23 +15,30 @@ from pydantic import BaseModel
 
 from agents.runtime import Runtime, Sinks
 from engine.core.collect import chunks_from_batches
+from engine.core.cost import Prices
 from engine.core.model import (
+    ContainerSpec,
     CycleSummary,
     DeadLetter,
     Decision,
     Execution,
     MetricsBatch,
     MetricsChunk,
+    Recommendation,
+    ResourcePair,
+    UsageSummary,
     WorkloadSpec,
 )
-from engine.core.policy import validate_policy
+from engine.core.policy import DEFAULT_POLICY, Policy, validate_policy
 from engine.core.quantity import parse_quantity
+from engine.core.recommend import recommend
 from engine.core.report import CycleReport, documents
 from engine.core.rollout import PodState, Rollout, Signals
 from engine.core.verification import Verification
 from engine.services import Services
 from engine.settings import Settings, load_settings
 from tables.state import Tables
+from tests.unit.classic_params import CLASSIC_GUARDRAILS, classic
 
 
 @dataclass
@@ -118,14 +125,17 @@ class FakeReverts(FakeGit):
         return RevertResult()
 
 
-class FakeTelemetry:
-    """Cluster telemetry of one pod that runs the old or the new values, OOMKilled on demand."""
+class FakeTelemetry(Failing):
+    """Cluster telemetry of one pod that runs the old or the new values, OOMKilled on demand;
+    ``fail``: Prometheus unreachable for the next checks (``calls`` counts them)."""
 
     def __init__(self, *, live: bool = False, oom: bool = False) -> None:
+        super().__init__()
         self.live = live
         self.oom = oom
 
     async def rollout(self, v: Verification, at: float) -> Rollout:
+        self._maybe_fail()
         values = {
             (e.container, e.section, e.resource): parse_quantity(
                 (e.new if self.live else e.old) or "0"
@@ -282,3 +292,75 @@ def sent(rt: Runtime, topic: str) -> list[dict[str, Any]]:
 
 def dead_letters(rt: Runtime) -> list[DeadLetter]:
     return [DeadLetter.model_validate(v) for v in sent(rt, "deadletter")]
+
+
+# --- recommendations as the recommender builds them (test_recommend, test_render) ---------------
+REC_NOW = 1_800_000_000.0
+DAY = 86400.0
+MIB = 1024.0 * 1024.0
+# the classic chain's arithmetic (P95 + 15%, peak + 15%, x2 max step), whatever the defaults are
+CLASSIC_POLICY = DEFAULT_POLICY.model_copy(
+    update={
+        "estimator": classic(),
+        "guardrails": DEFAULT_POLICY.guardrails.model_copy(update=CLASSIC_GUARDRAILS),
+    }
+)
+
+
+def flat_summary(
+    value: float, count: int = 2000, span: float = 8 * DAY, now: float = REC_NOW
+) -> UsageSummary:
+    """Usage that sat at ``value`` for ``span`` up to ``now``."""
+    return UsageSummary(
+        p50=value,
+        p90=value,
+        p95=value,
+        p99=value,
+        max=value,
+        mean=value,
+        count=count,
+        first_ts=now - span,
+        last_ts=now,
+    )
+
+
+def workload_spec(
+    containers: Mapping[str, tuple[float | None, float | None]],
+    *,
+    namespace: str = "smarthealth",
+    name: str = "patient-api",
+    replicas: int = 3,
+) -> WorkloadSpec:
+    """A Deployment; ``containers``: name -> (cpu request, memory request = memory limit)."""
+    return WorkloadSpec(
+        namespace=namespace,
+        kind="Deployment",
+        name=name,
+        replicas=replicas,
+        containers=[
+            ContainerSpec(
+                name=n, requests=ResourcePair(cpu=c, memory=m), limits=ResourcePair(memory=m)
+            )
+            for n, (c, m) in containers.items()
+        ],
+    )
+
+
+def flat_usage(usage: Mapping[str, tuple[float, float]]) -> dict[str, dict[str, UsageSummary]]:
+    """``usage``: container -> (cpu, memory), each flat over the window."""
+    return {n: {"cpu": flat_summary(c), "memory": flat_summary(m)} for n, (c, m) in usage.items()}
+
+
+def recommendation(
+    containers: Mapping[str, tuple[float | None, float | None]],
+    usage: Mapping[str, tuple[float, float]],
+    *,
+    namespace: str = "smarthealth",
+    name: str = "patient-api",
+    replicas: int = 3,
+    policy: Policy = CLASSIC_POLICY,
+    prices: Prices | None = None,
+) -> Recommendation:
+    """:func:`recommend` over :func:`workload_spec` and :func:`flat_usage` at :data:`REC_NOW`."""
+    spec = workload_spec(containers, namespace=namespace, name=name, replicas=replicas)
+    return recommend(spec, flat_usage(usage), policy, now=REC_NOW, prices=prices)

@@ -117,27 +117,24 @@ class PrometheusClient:
             self._own_session = True
         return self._session
 
-    async def query_range(self, expr: str, start: float, end: float, step: int) -> list[Series]:
-        form = {
+    def _range_form(self, expr: str, start: float, end: float, step: int) -> dict[str, str]:
+        return {
             "query": expr,
             "start": f"{start:.3f}",
             "end": f"{end:.3f}",
             "step": str(step),
             "timeout": f"{self.timeout:g}s",
         }
+
+    async def query_range(self, expr: str, start: float, end: float, step: int) -> list[Series]:
+        form = self._range_form(expr, start, end, step)
         return await self._call("/api/v1/query_range", form, "matrix")
 
     async def query_range_arrays(
         self, expr: str, start: float, end: float, step: int
     ) -> list[SeriesArrays]:
         """:meth:`query_range` with each series' samples as numpy arrays."""
-        form = {
-            "query": expr,
-            "start": f"{start:.3f}",
-            "end": f"{end:.3f}",
-            "step": str(step),
-            "timeout": f"{self.timeout:g}s",
-        }
+        form = self._range_form(expr, start, end, step)
         return await self._call("/api/v1/query_range", form, "matrix-arrays")
 
     async def query_arrays(self, expr: str, at: float) -> list[SeriesArrays]:

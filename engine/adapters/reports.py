@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,30 +185,42 @@ class ReportWriter:
                 log.warning("report part %s parked in the outbox: %s", key, exc)
                 self._park(pending)
                 return [key]
-            bodies = await self._read_all(parts_prefix, suffix)
-        if len(bodies) < part.parts:
-            log.info("cycle %s: %d of %d parts stored", part.cycle, len(bodies), part.parts)
-            return [key]
+            keys = await self._list(parts_prefix, suffix)
+            if len(keys) < part.parts:  # read the parts once, when the last one is stored
+                log.info("cycle %s: %d of %d parts stored", part.cycle, len(keys), part.parts)
+                return [key]
+            bodies = await self._read(keys)
         try:
             return join_cycle([CycleSummary.model_validate_json(b) for b in bodies])
         except (ValueError, IncompleteCycle) as exc:
             raise PermanentError(f"cycle {part.cycle}: unreadable parts: {exc}") from None
 
-    async def _read_all(self, prefix: str, suffix: str) -> list[bytes]:
-        """Bodies of every object under ``prefix`` whose key ends with ``suffix``."""
-        try:
+    async def _list(self, prefix: str, suffix: str) -> list[str]:
+        """Keys under ``prefix`` that end with ``suffix``, sorted."""
+        async with self._s3_errors():
             s3 = await self._client()
             keys: list[str] = []
             paginator = s3.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 found = [o["Key"] for o in page.get("Contents", [])]
                 keys += [k for k in found if k.endswith(suffix)]
-            bodies = []
-            for key in sorted(keys):
+        return sorted(keys)
+
+    async def _read(self, keys: Sequence[str]) -> list[bytes]:
+        """The bodies of ``keys``, in order."""
+        bodies = []
+        async with self._s3_errors():
+            s3 = await self._client()
+            for key in keys:
                 obj = await s3.get_object(Bucket=self.bucket, Key=key)
                 async with obj["Body"] as stream:
                     bodies.append(await stream.read())
-            return bodies
+        return bodies
+
+    @contextlib.asynccontextmanager
+    async def _s3_errors(self) -> AsyncIterator[None]:
+        try:
+            yield
         except ClientError as exc:
             raise _translate(exc) from None
         except (TimeoutError, BotoCoreError, OSError) as exc:

@@ -208,6 +208,18 @@ def counter_rate_arrays(
     return t[steps:][full], inc / span
 
 
+def max_per_time(t: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The max of the values at each distinct time, sorted by time (``max by`` over series
+    evaluated at the same step times)."""
+    if not t.size:
+        return t, v
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    starts = np.flatnonzero(np.concatenate(([True], t[1:] != t[:-1])))
+    peaks: FloatArray = np.maximum.reduceat(v, starts)
+    return t[starts], peaks
+
+
 def window_maxima(
     t: FloatArray, v: FloatArray, first: float, end: float, step: int
 ) -> tuple[FloatArray, FloatArray]:

@@ -162,6 +162,10 @@ class Verification(Wire):
     revert_pending: bool = False
     revert_sha: str | None = None
     penalty_until: float | None = None
+    # Telemetry (or Git) unreachable: consecutive failed checks, and when to try again (the
+    # backoff lives in the durable watch, so the queue's ticks are acknowledged, not stuck).
+    check_failures: int = 0
+    next_check_at: float | None = None
 
     @property
     def watching(self) -> bool:
@@ -270,6 +274,31 @@ def revert_failed(v: Verification, now: float, why: str) -> Verification:
     return v.model_copy(
         update={"revert_pending": False, "detail": f"revert not made: {why}", "updated_at": now}
     )
+
+
+BACKOFF_CAP_INTERVALS = 10  # the longest wait between two failed checks, in check intervals
+
+
+def due(v: Verification, now: float) -> bool:
+    """Whether a tick at ``now`` checks this watch (not while it backs off after failures)."""
+    return v.next_check_at is None or now >= v.next_check_at
+
+
+def postponed(v: Verification, now: float, interval: float) -> Verification:
+    """A check that could not be made (a dependency down): try again after ``interval`` doubled
+    per consecutive failure, at most :data:`BACKOFF_CAP_INTERVALS` intervals.  Nothing else of
+    the watch moves: the deadline and the window are judged from the cluster's own telemetry
+    once it answers (a change that went live meanwhile is live, whatever the outage)."""
+    failures = v.check_failures + 1
+    delay = interval * min(2 ** min(failures - 1, 30), BACKOFF_CAP_INTERVALS)
+    return v.model_copy(update={"check_failures": failures, "next_check_at": now + delay})
+
+
+def resumed(v: Verification) -> Verification:
+    """A check made after failures: back to the normal pace."""
+    if not v.check_failures and v.next_check_at is None:
+        return v
+    return v.model_copy(update={"check_failures": 0, "next_check_at": None})
 
 
 def superseded(v: Verification, by: str, now: float) -> Verification:

@@ -160,8 +160,17 @@ def test_topics_tail_and_dead_letters(deployment: Deployment, kafka: KafkaInfo, 
         assert got == expected, (short, got)
     recs = json_lines(cli(dep, "tail", "recommendations", "--key", WID, "--output", "json"))
     assert recs and all(r["key"] == WID for r in recs)
-    # one recommendation per cycle-end: c1 after the first chunks, c2 after one more
-    counts = [r["value"]["containers"][0]["usage"]["cpu"]["count"] for r in recs]
+    # one recommendation per cycle-end: c1 after the first chunks, c2 after one more. Delivery is
+    # at-least-once: a rebalance while the restarted worker joins may recompute a cycle-end, and
+    # then the copy must be the same recommendation (same id, same usage), never a different one.
+    by_cycle: dict[str, set[tuple[str, float]]] = {}
+    for r in recs:
+        value = r["value"]
+        usage = (value["id"], value["containers"][0]["usage"]["cpu"]["count"])
+        by_cycle.setdefault(value["collection_cycle"], set()).add(usage)
+    assert sorted(by_cycle) == ["c1", "c2"], by_cycle
+    assert all(len(copies) == 1 for copies in by_cycle.values()), by_cycle
+    counts = [next(iter(by_cycle[c]))[1] for c in ("c1", "c2")]
     assert counts == [per_chunk * len(first), per_chunk * (len(first) + 1)], counts
     table = cli(dep, "tail", "metrics", "--limit", "3")
     assert table.returncode == 0, table.stderr
@@ -171,7 +180,11 @@ def test_topics_tail_and_dead_letters(deployment: Deployment, kafka: KafkaInfo, 
     # --- 4. dead letters: listed, refused while invalid, replayed once fixed ----------------------
     letters = json_lines(cli(dep, "deadletters", "--output", "json"))
     mine = [d for d in letters if d["letter"]["topic"] == dep.topic("metrics")]
-    assert len(mine) == 1 and "workload" in mine[0]["letter"]["reason"], letters
+    # At-least-once: faust-streaming resumes a partition before seeking it to the committed
+    # offset (tables/recovery.py), so a record read at start can be handled twice — and then
+    # dead-lettered twice, as the same letter.
+    assert mine and "workload" in mine[0]["letter"]["reason"], letters
+    assert len({(d["letter"]["value"], d["letter"]["reason"]) for d in mine}) == 1, mine
     listing = cli(dep, "deadletters", "--reason", "MetricsRecord")
     assert listing.returncode == 0 and "MetricsRecord" in listing.stdout, listing.stdout
     refused = cli(dep, "deadletters", "--replay", "--reason", "workload")
@@ -196,9 +209,9 @@ def test_topics_tail_and_dead_letters(deployment: Deployment, kafka: KafkaInfo, 
     ]
     assert len(replayed) == 1 and replayed[0]["kind"] == "MetricsBatch"
     assert replayed[0]["headers"]["kubefinops-replayed-from"].startswith(dep.topic("deadletter"))
-    # the agent accepted it: still only the one dead letter from the metrics topic
+    # the agent accepted it: no new dead letter from the metrics topic
     again = json_lines(cli(dep, "deadletters", "--output", "json"))
-    assert len([d for d in again if d["letter"]["topic"] == dep.topic("metrics")]) == 1
+    assert len([d for d in again if d["letter"]["topic"] == dep.topic("metrics")]) == len(mine)
     assert cpu.size >= (before or 0) + per_chunk
 
 

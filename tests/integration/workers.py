@@ -17,6 +17,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from engine.topics import partitions
 from tests.harness.kafka import KafkaInfo, kcat_args
 from tests.harness.proc import Server, free_port, wait_for, wait_until
 
@@ -67,15 +68,26 @@ class Deployment:
         return server, port
 
     def wait_ready(self, port: int, timeout: float = 90.0, server: Server | None = None) -> dict:
+        """Poll ``/ready`` until it says ready.  Every answer on the way must be a probe's: 200
+        when ready, else 503 with a ``reason`` — never a 500 from Faust's half-started state."""
         state: dict[str, Any] = {}
+        wrong: list[tuple[int, Any]] = []
 
         def ready() -> bool:
             if server is not None and not server.alive():
                 raise RuntimeError(f"worker exited: {server.log.read_text()[-3000:]}")
-            state.update(http_json(f"http://127.0.0.1:{port}/ready")[1])
-            return bool(state.get("ready"))
+            status, body = http_json(f"http://127.0.0.1:{port}/ready")
+            ok = isinstance(body, dict) and body.get("ready") is True
+            if not (status == 200 and ok) and not (
+                status == 503 and isinstance(body, dict) and body.get("reason")
+            ):
+                wrong.append((status, body if isinstance(body, dict) else str(body)[:300]))
+            state.clear()
+            state.update(body if isinstance(body, dict) else {})
+            return status == 200 and ok
 
         wait_until(ready, timeout, f"worker on :{port}", server.log if server else None)
+        assert not wrong, f"/ready answered other than 200 or 503 with a reason: {wrong[:3]}"
         return state
 
     def wait_stable(self, members: int, timeout: float = 120.0) -> None:
@@ -158,7 +170,12 @@ async def consumer_lag(info: KafkaInfo, group: str, topic: str) -> int:
     await admin.start()
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        # From the broker: an unsubscribed consumer's metadata does not know the topic, and
+        # its ``partitions_for_topic`` was None — every lag was 0, whatever the group did.
+        parts = [
+            TopicPartition(topic, p) for p in (await partitions(admin, [topic])).get(topic, [])
+        ]
+        assert parts, f"topic {topic} has no partitions"
         ends = await consumer.end_offsets(parts)
         committed = await admin.list_consumer_group_offsets(group, partitions=parts)
         return sum(

@@ -14,6 +14,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from agents import executor, gate, history
 from agents.guard import failure_reason, guarded
 from agents.runtime import Runtime, Sinks
+from engine.core import outbox
 from engine.core.apply_cycles import CycleManifest
 from engine.core.model import Decision, HistoryRecord, WorkloadSpec
 from engine.errors import DependencyUnavailable
@@ -283,3 +284,52 @@ async def test_an_outbox_record_without_an_id_is_dead_lettered() -> None:
     await history.write(rt, None, b'{"kind": "decisions", "record": {"x": 1}}')
     [letter] = sinks["deadletter"].values()
     assert "record" in letter["reason"]
+
+
+async def test_the_gates_batch_goes_out_in_few_bounded_messages_and_is_stored_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two outbox messages per workload made a 1,000-workload burst 2,000 produced and 2,000
+    # consumed records; now the gate's batch is packed into messages under the size bound.
+    monkeypatch.setattr(outbox, "MAX_BATCH_BYTES", 8 * 1024)
+    store = Store()
+    rt, sinks, _ = runtime(history=store)
+    decisions = [decision(f"w{i:03d}") for i in range(60)]
+    items = [("decisions", d, d.workload_id) for d in decisions]
+    await history.record_many(rt, items)  # type: ignore[arg-type]
+    sent = sinks["history"].sent
+    assert 1 < len(sent) < len(decisions) / 4
+    assert all(len(v or b"") <= 8 * 1024 for _, v in sent)
+    await history.write_batch(rt, sent)
+    await history.write_batch(rt, sent[:2])  # a re-delivery replaces itself
+    assert sorted(store.rows) == sorted(("decisions", d.id) for d in decisions)
+    assert sinks["deadletter"].sent == []
+
+
+async def test_a_bad_member_of_an_outbox_batch_is_dead_lettered_alone() -> None:
+    store = Store()
+    rt, sinks, _ = runtime(history=store)
+    good = HistoryRecord(kind="decisions", record=decision("a").model_dump(mode="json"))
+    bad = b'{"kind":"decisions","record":{"no_id":1}}'
+    raw = b'{"type":"history-batch","records":[' + good.model_dump_json().encode()
+    raw += b"," + bad + b"]}"
+    await history.write_batch(rt, [(b"k", raw), (b"k", b'{"type":"history-batch","records":7}')])
+    assert list(store.rows) == [("decisions", "dec-a")]
+    first, second = sinks["deadletter"].values()
+    assert "record" in first["reason"] and json.loads(first["value"]) == json.loads(bad)
+    assert "records" in second["reason"]
+
+
+def test_pack_history_round_trips_in_order_and_a_big_record_goes_alone() -> None:
+    records = [
+        HistoryRecord(
+            kind="decisions", record={"id": f"d{i}", "pad": "x" * (900 if i == 3 else 50)}
+        )
+        for i in range(10)
+    ]
+    packed = outbox.pack_history(records, max_bytes=400)
+    assert all(outbox.is_batch(m) for m in packed)
+    assert [len(outbox.members(m)) for m in packed] == [3, 1, 3, 3]
+    back = [outbox.member(doc) for m in packed for doc in outbox.members(m)]
+    assert back == records
+    assert not outbox.is_batch(records[0].model_dump_json().encode())

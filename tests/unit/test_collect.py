@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -148,6 +149,10 @@ def _same_arrays(a: Any, b: Any) -> None:
         b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"pod":"a]]"},'
         b'"values":[[1700000000,"1.5"],[1700000060.5,"NaN"],[1700000120,"2e+3"]]},'
         b'{"metric":{},"values":[[1,"+Inf"],[2,"0"]]}]}}',
+        # an empty series between two others
+        b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"1"},'
+        b'"values":[[1,"2"]]},{"metric":{"b":"2"},"values":[]},{"metric":{"c":"3"},'
+        b'"values":[[3,"4"],[5,"6e-3"]]}]}}',
         # any other layout takes the checked path and gives the same answer
         b'{"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {"p": '
         b'"x"}, "values": [[1, "3"]]}]}}',
@@ -503,3 +508,46 @@ def test_parser_survives_a_well_formed_envelope_with_garbage_inside(doc: Any) ->
         parse_result(envelope, "matrix")
     except MalformedResponse as exc:
         assert "data.result[0]" in str(exc)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.sampled_from(["pod", "a]]", 'q"values":[']), st.text(max_size=8)),
+            st.lists(
+                st.tuples(
+                    st.integers(0, 2**40),
+                    st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**70), 2**70),
+                ),
+                max_size=6,
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_the_matrix_body_parser_agrees_on_any_series(
+    series: list[tuple[dict[str, str], list[tuple[int, float]]]],
+) -> None:
+    """Prometheus's compact layout, any labels (brackets and quotes included), any numbers
+    (as Prometheus writes them: ``"NaN"``, ``"+Inf"``, exponents, huge integers)."""
+
+    def text(v: float) -> str:
+        if isinstance(v, float) and math.isnan(v):
+            return "NaN"
+        if isinstance(v, float) and math.isinf(v):
+            return "+Inf" if v > 0 else "-Inf"
+        return repr(v)
+
+    doc = {
+        "status": "success",
+        "data": {
+            "resultType": "matrix",
+            "result": [
+                {"metric": labels, "values": [[t, text(v)] for t, v in values]}
+                for labels, values in series
+            ],
+        },
+    }
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    for loads in (json.loads, orjson.loads):  # orjson refuses integers past 64 bits: fallback
+        _same_arrays(parse_matrix_body(body, loads), parse_matrix(json.loads(body)))

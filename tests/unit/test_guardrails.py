@@ -19,6 +19,7 @@ from engine.core.model import (
 )
 from engine.core.policy import Policy, validate_policy
 from engine.core.recommend import recommend
+from tests.fakes import flat_summary
 from tests.unit.classic_params import classic_policy_doc
 
 SAT_3AM = datetime(2026, 11, 28, 3, 0, tzinfo=UTC).timestamp()
@@ -28,17 +29,7 @@ MIB = 1024.0 * 1024.0
 
 
 def flat(value: float) -> UsageSummary:
-    return UsageSummary(
-        p50=value,
-        p90=value,
-        p95=value,
-        p99=value,
-        max=value,
-        mean=value,
-        count=2000,
-        first_ts=NOW - 8 * DAY,
-        last_ts=NOW,
-    )
+    return flat_summary(value, now=NOW)
 
 
 def spec(

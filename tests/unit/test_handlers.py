@@ -165,10 +165,12 @@ def test_gate_decides_sends_and_archives() -> None:
     assert [Decision.model_validate(v) for v in sent(rt, "decisions")] == [decision]
     # the history goes through the outbox; the history writer stores it
     outbox = rt.topics.history.sent  # type: ignore[attr-defined]
-    assert [json.loads(v)["kind"] for _, v in outbox] == ["recommendations", "decisions"]
+    [(_, batch)] = outbox  # the gate's batch in one outbox message
+    assert [m["kind"] for m in json.loads(batch)["records"]] == ["recommendations", "decisions"]
     assert history.saved == []
     asyncio.run(history_agent.write_batch(rt, outbox))
     assert [kind for kind, _ in history.saved] == ["recommendations", "decisions"]
+    assert [doc["id"] for _, doc in history.saved] == [rec.id, decision.id]
 
 
 def test_gate_holds_inside_the_cooldown_of_the_last_applied_change() -> None:

@@ -5,43 +5,13 @@ from __future__ import annotations
 import pytest
 
 from engine.core.cost import Prices
-from engine.core.model import (
-    Confidence,
-    ContainerSpec,
-    ResourcePair,
-    UsageSummary,
-    WorkloadSpec,
-)
-from engine.core.policy import DEFAULT_POLICY, validate_policy
+from engine.core.model import Confidence, UsageSummary, WorkloadSpec
+from engine.core.policy import validate_policy
 from engine.core.quantity import ceil_cpu
 from engine.core.recommend import recommend
-from tests.unit.classic_params import CLASSIC_GUARDRAILS, classic
+from tests.fakes import CLASSIC_POLICY, MIB, REC_NOW, flat_usage, workload_spec
 
-# the arithmetic below is the classic chain's (P95 + 15%, peak + 15%, x2 max step)
-CLASSIC_POLICY = DEFAULT_POLICY.model_copy(
-    update={
-        "estimator": classic(),
-        "guardrails": DEFAULT_POLICY.guardrails.model_copy(update=CLASSIC_GUARDRAILS),
-    }
-)
-
-NOW = 1_800_000_000.0
-DAY = 86400.0
-MIB = 1024.0 * 1024.0
-
-
-def flat(value: float, count: int = 2000, span: float = 8 * DAY) -> UsageSummary:
-    return UsageSummary(
-        p50=value,
-        p90=value,
-        p95=value,
-        p99=value,
-        max=value,
-        mean=value,
-        count=count,
-        first_ts=NOW - span,
-        last_ts=NOW,
-    )
+NOW = REC_NOW
 
 
 def spec(
@@ -51,24 +21,13 @@ def spec(
     mem: float | None = 1024 * MIB,
     names: tuple[str, ...] = ("app",),
 ) -> WorkloadSpec:
-    return WorkloadSpec(
-        namespace="smarthealth",
-        kind="Deployment",
-        name="patient-api",
-        replicas=replicas,
-        containers=[
-            ContainerSpec(
-                name=n, requests=ResourcePair(cpu=cpu, memory=mem), limits=ResourcePair(memory=mem)
-            )
-            for n in names
-        ],
-    )
+    return workload_spec({n: (cpu, mem) for n in names}, replicas=replicas)
 
 
 def usage(
     cpu: float = 0.6, mem: float = 600 * MIB, names: tuple[str, ...] = ("app",)
 ) -> dict[str, dict[str, UsageSummary]]:
-    return {n: {"cpu": flat(cpu), "memory": flat(mem)} for n in names}
+    return flat_usage({n: (cpu, mem) for n in names})
 
 
 def test_composes_targets_and_savings() -> None:

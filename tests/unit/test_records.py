@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from engine.core.collect import chunks_from_batches
 from engine.core.model import DeadLetter, MetricsBatch
 from engine.core.records import Letter, decode, group_dead_letters, replay_check
 
@@ -66,3 +67,15 @@ def test_replay_only_what_is_valid_now() -> None:
     )
     other = letter("x", BATCH.model_dump_json(), topic="other.metrics")
     assert "not a topic of this app" in (replay_check(other, "kubefinops", 10_000) or "")
+
+
+def test_a_columnar_chunk_decodes_with_its_shape_and_sample_count() -> None:
+    chunk = chunks_from_batches([BATCH])[0]
+    decoded = decode("metrics", chunk.encode())
+    assert decoded.kind == "MetricsChunk" and decoded.error is None
+    # the batch's two cpu samples and one memory sample, on a 30 s grid from t=30
+    assert decoded.summary == (
+        "usage shop/Deployment/checkout (0, 60]: 1 containers, "
+        "2 series x 2 points every 30s, 3 samples"
+    )
+    assert decoded.value["containers"]["app"] == {"cpu": [[0.5, 0.7]], "memory": [[None, 1e8]]}

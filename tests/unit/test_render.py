@@ -10,16 +10,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from engine.core.cost import Prices
-from engine.core.model import (
-    Confidence,
-    ContainerSpec,
-    Recommendation,
-    ResourcePair,
-    UsageSummary,
-    WorkloadSpec,
-)
-from engine.core.policy import DEFAULT_POLICY
-from engine.core.recommend import recommend
+from engine.core.model import Confidence, Recommendation
 from engine.core.render import (
     CSV_COLUMNS,
     TABLE_HEADERS,
@@ -32,34 +23,9 @@ from engine.core.render import (
     rows,
     totals,
 )
-from tests.unit.classic_params import CLASSIC_GUARDRAILS, classic
+from tests.fakes import MIB, recommendation
 
-# the arithmetic below is the classic chain's (P95 + 15%, peak + 15%, x2 max step)
-CLASSIC_POLICY = DEFAULT_POLICY.model_copy(
-    update={
-        "estimator": classic(),
-        "guardrails": DEFAULT_POLICY.guardrails.model_copy(update=CLASSIC_GUARDRAILS),
-    }
-)
-
-NOW = 1_800_000_000.0
-DAY = 86400.0
-MIB = 1024.0 * 1024.0
 PRICES = Prices(cpu_core_hour=0.04, memory_gib_hour=0.005)
-
-
-def flat(value: float, count: int = 2000, span: float = 8 * DAY) -> UsageSummary:
-    return UsageSummary(
-        p50=value,
-        p90=value,
-        p95=value,
-        p99=value,
-        max=value,
-        mean=value,
-        count=count,
-        first_ts=NOW - span,
-        last_ts=NOW,
-    )
 
 
 def workload(
@@ -70,20 +36,9 @@ def workload(
     replicas: int = 2,
 ) -> Recommendation:
     """``containers``: name -> (cpu request, memory request); ``usage``: name -> (cpu, mem)."""
-    spec = WorkloadSpec(
-        namespace=namespace,
-        kind="Deployment",
-        name=name,
-        replicas=replicas,
-        containers=[
-            ContainerSpec(
-                name=n, requests=ResourcePair(cpu=c, memory=m), limits=ResourcePair(memory=m)
-            )
-            for n, (c, m) in containers.items()
-        ],
+    return recommendation(
+        containers, usage, namespace=namespace, name=name, replicas=replicas, prices=PRICES
     )
-    summaries = {n: {"cpu": flat(c), "memory": flat(m)} for n, (c, m) in usage.items()}
-    return recommend(spec, summaries, CLASSIC_POLICY, now=NOW, prices=PRICES)
 
 
 @pytest.fixture

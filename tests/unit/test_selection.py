@@ -9,6 +9,7 @@ from engine.core.selection import (
     Selection,
     counter_rate_arrays,
     counter_rates,
+    max_per_time,
     parse_selector,
     pod_matcher,
     window_maxima,
@@ -86,3 +87,11 @@ def test_window_maxima_are_max_over_time_of_closed_windows() -> None:
     times, peaks = window_maxima(t, v, 60, 300, 60)
     assert times.tolist() == [60.0, 120.0, 180.0, 300.0]
     assert peaks.tolist() == [9.0, 9.0, 3.0, 4.0]
+
+
+def test_max_per_time_is_max_by_over_series_at_the_same_steps() -> None:
+    t = np.array([120.0, 60, 180, 60, 120])
+    v = np.array([5.0, 1, 7, 3, 2])
+    times, peaks = max_per_time(t, v)
+    assert times.tolist() == [60.0, 120.0, 180.0]
+    assert peaks.tolist() == [3.0, 5.0, 7.0]

@@ -120,6 +120,29 @@ def test_log_records_are_redacted() -> None:
     assert text.count("****") >= 3
 
 
+@pytest.mark.parametrize("level", ["info", "warning", "error"])
+def test_the_worker_logs_at_its_level_and_no_lower(level: str) -> None:
+    # Faust's terminal spinner set the root logger to DEBUG for WARN and above: every debug
+    # record of every library (Faust's logs each produced value) was built and filtered.
+    import faust
+
+    from engine.worker import make_worker
+
+    root = logging.getLogger()
+    saved = (root.level, root.handlers[:])
+    try:
+        s = load_settings(kafka_security_protocol="PLAINTEXT", log_level=level)
+        redactor = setup_logging(s, stream=io.StringIO())
+        app = faust.App("test-log-level", broker="kafka://127.0.0.1:1")
+        make_worker(app, s, redactor)._setup_logging()
+        assert root.getEffectiveLevel() == getattr(logging, level.upper())
+        assert not logging.getLogger("faust.topics").isEnabledFor(logging.DEBUG)
+        assert all(redactor in h.filters for h in root.handlers)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+
+
 def test_short_values_are_not_treated_as_secrets() -> None:
     assert RedactSecrets(["ab"]).redact("ab cd") == "ab cd"
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from engine.static import STATIC_DIR, UPLOT_CSS, UPLOT_JS, UPLOT_VERSION, asset
+from engine.static import STATIC_DIR, UPLOT_CSS, UPLOT_JS, UPLOT_VERSION, asset, page
 
 VENDORED = STATIC_DIR / "vendor" / "uplot" / "VENDORED.md"
 
@@ -30,3 +30,16 @@ def test_version_and_licence() -> None:
 def test_asset_refuses_paths_outside_the_static_dir() -> None:
     with pytest.raises(ValueError):
         asset("../settings.py")
+
+
+PAGES = [("index.html", "fleet"), ("workload.html", "workload")]
+
+
+@pytest.mark.parametrize(("name", "title"), PAGES)
+def test_each_page_gets_the_shared_head_once(name: str, title: str) -> None:
+    html = page(name)
+    head = html[html.index("<head>") : html.index("</head>")]
+    assert asset("ui/head.html") in head and "#include" not in html
+    assert head.count(f'src="static/{UPLOT_JS}"') == 1 and head.count("app.css") == 1
+    assert head.index('<meta charset="utf-8">') < head.index("<title>")
+    assert f"<title>KubeFinOps — {title}</title>" in head

@@ -9,7 +9,7 @@ from agents import ledger, verifier
 from agents.runtime import Runtime
 from engine.core.model import CycleSummary
 from engine.core.policy import validate_policy
-from engine.core.verification import Phase
+from engine.core.verification import Phase, Verification
 from engine.errors import DependencyUnavailable
 from engine.services import Services
 from engine.settings import load_settings
@@ -18,13 +18,33 @@ from tests.fakes import FakeReverts, FakeTelemetry, recording_sinks, sent
 from tests.unit.test_verification import T0, decision, execution
 
 
-def runtime(mode: str = "autopilot", **services: Any) -> Runtime:
+class StepClock:
+    """T0, then one second later at every reading; ``jump`` moves it further on."""
+
+    def __init__(self) -> None:
+        self.t = T0 - 1
+
+    def __call__(self) -> float:
+        self.t += 1
+        return self.t
+
+    def jump(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def runtime(mode: str = "autopilot", clock: StepClock | None = None, **services: Any) -> Runtime:
     settings = load_settings(kafka_security_protocol="PLAINTEXT", verification_interval_seconds=60)
     sinks = recording_sinks()
     tables = Tables.in_memory()
     tables.policies["p"] = validate_policy({"id": "p", "mode": mode})
-    clock = iter(T0 + i for i in range(10_000))
-    return Runtime(settings, sinks, tables, Services(**services), clock=lambda: next(clock))
+    return Runtime(settings, sinks, tables, Services(**services), clock=clock or StepClock())
+
+
+def tick(rt: Runtime) -> list[Verification]:
+    """A fresh tick (stamped now, so never skipped as stale)."""
+    record = verifier.VerifyTick(at=rt.clock()).model_dump_json().encode()
+    out: list[Verification] = run(verifier.handle(rt, b"tick", record))
+    return out
 
 
 def run(coro: Any) -> Any:
@@ -94,15 +114,65 @@ def test_recommend_mode_reports_without_a_revert() -> None:
 
 
 def test_a_git_outage_keeps_the_revert_due_until_it_is_made() -> None:
-    git = FakeReverts()
+    git, clock = FakeReverts(), StepClock()
     git.fail(1, DependencyUnavailable("git remote unreachable"))
-    rt = runtime(telemetry=FakeTelemetry(live=True, oom=True), git=git)
+    rt = runtime(telemetry=FakeTelemetry(live=True, oom=True), git=git, clock=clock)
     run(verifier.handle(rt, b"w", start_record()))
-    (regressed,) = run(verifier.handle(rt, b"tick", TICK))
+    (regressed,) = tick(rt)
     assert regressed.phase is Phase.REGRESSED and regressed.revert_pending
+    assert tick(rt) == [] and git.reverts == []  # backing off: not tried again at once
 
-    (done,) = run(verifier.handle(rt, b"tick", TICK))
+    clock.jump(60)  # one check interval later
+    (done,) = tick(rt)
     assert done.phase is Phase.REVERTED and git.reverts == [done.id]
+
+
+def test_prometheus_down_postpones_every_watch_with_backoff_and_loses_nothing() -> None:
+    telemetry, clock = FakeTelemetry(), StepClock()
+    rt = runtime(telemetry=telemetry, clock=clock)
+    run(verifier.handle(rt, b"w", start_record()))
+    other = decision().model_copy(
+        update={"id": "dec-2", "workload_id": "smarthealth/Deployment/billing", "name": "billing"}
+    )
+    start2 = verifier.VerifyStart(decision=other, execution=execution())
+    run(verifier.handle(rt, b"w2", start2.model_dump_json().encode()))
+    telemetry.fail(100, DependencyUnavailable("Prometheus at http://prom unavailable"))
+
+    # One tick asks Prometheus once (not once per watch) and re-schedules both watches.
+    assert tick(rt) == [] and telemetry.calls == 1
+    watches = list((w for _, w in rt.tables.verifications.items()))
+    assert [(w.phase, w.check_failures) for w in watches] == [(Phase.PENDING, 1)] * 2
+    first_retry = watches[0].next_check_at
+    assert first_retry is not None and first_retry > clock.t
+
+    # Ticks before the retry time ask nothing (the queue drains); each failure doubles the wait,
+    # up to ten intervals.
+    assert tick(rt) == [] and telemetry.calls == 1
+    waits = []
+    for _ in range(6):
+        w = next(iter((w for _, w in rt.tables.verifications.items())))
+        assert w.next_check_at is not None
+        before = w.next_check_at
+        clock.t = before - 2  # the tick's record reads the clock once, the handler at `before`
+        assert tick(rt) == []
+        w = next(iter((w for _, w in rt.tables.verifications.items())))
+        assert w.next_check_at is not None
+        waits.append(round(w.next_check_at - (before + 1)))  # from the failure, a reading later
+    assert waits == [120, 240, 480, 600, 600, 600], waits
+    assert telemetry.calls == 7
+
+    # Prometheus back: both watches checked at the next due tick, at the normal pace again.
+    telemetry.failures.clear()
+    telemetry.live = True
+    clock.jump(600)
+    moved = tick(rt)
+    assert sorted(v.phase for v in moved) == [Phase.LIVE, Phase.LIVE]
+    assert all(
+        w.check_failures == 0 and w.next_check_at is None
+        for w in (w for _, w in rt.tables.verifications.items())
+    )
+    phases = [r["phase"] for r in rt.topics.verifications.values()]  # type: ignore[attr-defined]
+    assert phases == ["pending", "pending", "live", "live"]
 
 
 def test_a_malformed_queue_record_is_dead_lettered() -> None:
