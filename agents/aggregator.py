@@ -9,26 +9,14 @@ that container's windowed state idempotently (the chunk is remembered per contai
 re-delivered after a rebalance changes nothing) and writes the value back so the changelog holds
 the complete state.  A ``cycle-end`` marker, which the collector sends after a workload's records
 on the same partition, triggers the recommendation for that workload from complete state.
-
-The wiring hands records over in batches (:func:`ingest_batch`: up to :data:`BATCH` arriving
-within :data:`WITHIN` seconds).  Each record is handled alone under the guard, in order, but a
-container's state is written back to the table once per batch, after its last record (and before
-any cycle-end marker, so a recommendation always reads the written state): during a backfill or
-a catch-up a container's consecutive chunks cost one encoding and one changelog record.  The
-write goes to the changelog partition of that container's own records (``scope``), never of
-another member of the batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Mapping
 
 from agents import recommender
-from agents.guard import guarded
 from agents.runtime import Runtime, park
 from engine.core.model import CycleEnd, MetricsBatch, MetricsChunk, parse_metrics_record
 from engine.core.samples import FloatArray, validate_batch, validate_chunk
@@ -38,80 +26,6 @@ from engine.metrics import RECORDS_PROCESSED, SAMPLES_DUPLICATE, SAMPLES_INGESTE
 
 log = logging.getLogger("kubefinops.aggregator")
 AGENT = "aggregator"
-BATCH = 500  # records per batch at most
-WITHIN = 0.05  # seconds: the most a lone record waits for company
-
-# ``scope(i)``: a context in which table writes belong to the i-th record of the batch (its
-# changelog partition); the Faust wiring provides it, a plain call needs none.
-Scope = Callable[[int], AbstractContextManager[object]]
-
-
-@dataclass
-class _Writes:
-    """Container states changed in this batch, written back once (see the module doc)."""
-
-    scope: Scope
-    index: int = 0  # the record being handled
-    pending: dict[str, tuple[int, ContainerUsage]] = field(default_factory=dict)
-
-    def get(self, rt: Runtime, cid: str) -> ContainerUsage:
-        held = self.pending.get(cid)
-        if held is not None:
-            return held[1]
-        return rt.tables.usage.get(cid) or ContainerUsage()
-
-    def put(self, cid: str, usage: ContainerUsage) -> None:
-        self.pending[cid] = (self.index, usage)
-
-    def flush(self, rt: Runtime) -> None:
-        pending, self.pending = self.pending, {}
-        for cid, (index, usage) in pending.items():
-            with self.scope(index):
-                rt.tables.usage[cid] = usage
-
-
-def _no_scope(index: int) -> AbstractContextManager[object]:
-    return nullcontext()
-
-
-async def ingest_batch(
-    rt: Runtime,
-    records: Sequence[tuple[bytes | None, bytes | None]],
-    scope: Scope = _no_scope,
-) -> None:
-    """A batch of ``kubefinops.metrics`` records, in order; each under the guard (a record that
-    fails is dead-lettered alone), the changed states written once at the end."""
-    topic = rt.settings.topic("metrics")
-    writes = _Writes(scope)
-    for i, (key, raw) in enumerate(records):
-        writes.index = i
-        with scope(i):  # what the record writes itself (a cycle-end's spec) is on its partition
-            await guarded(
-                rt,
-                partial(_handle, rt, key, raw, writes),
-                agent=AGENT,
-                topic=topic,
-                key=key,
-                raw=raw,
-            )
-    # each write under the guard too: a state that cannot be written dead-letters the record
-    # that last changed it, and the others are still written
-    pending, writes.pending = writes.pending, {}
-    for cid, (index, usage) in pending.items():
-        key, raw = records[index]
-        await guarded(
-            rt,
-            partial(_write, rt, writes.scope, index, cid, usage),
-            agent=AGENT,
-            topic=topic,
-            key=key,
-            raw=raw,
-        )
-
-
-async def _write(rt: Runtime, scope: Scope, index: int, cid: str, usage: ContainerUsage) -> None:
-    with scope(index):
-        rt.tables.usage[cid] = usage
 
 
 def key_mismatch(key: bytes | None, expected: str) -> bool:
@@ -120,14 +34,6 @@ def key_mismatch(key: bytes | None, expected: str) -> bool:
 
 async def ingest(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
     """One ``kubefinops.metrics`` record: usage into the table, or a cycle-end marker."""
-    writes = _Writes(_no_scope)
-    try:
-        await _handle(rt, key, raw, writes)
-    finally:
-        writes.flush(rt)
-
-
-async def _handle(rt: Runtime, key: bytes | None, raw: bytes | None, writes: _Writes) -> None:
     topic = rt.settings.topic("metrics")
     try:
         record = parse_metrics_record(raw)
@@ -141,13 +47,12 @@ async def _handle(rt: Runtime, key: bytes | None, raw: bytes | None, writes: _Wr
         await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
         return
     if isinstance(record, CycleEnd):
-        writes.flush(rt)  # the recommendation reads complete, written state
         await recommender.on_cycle_end(rt, record)
         return
     if isinstance(record, MetricsChunk):
-        await _ingest_chunk(rt, record, key, raw, writes)
+        await _ingest_chunk(rt, record, key, raw)
     else:
-        await _ingest_batch(rt, record, key, raw, writes)
+        await _ingest_batch(rt, record, key, raw)
     RECORDS_PROCESSED.labels(AGENT).inc()
 
 
@@ -162,39 +67,38 @@ async def _park_reasons(
 
 
 async def _ingest_chunk(
-    rt: Runtime, chunk: MetricsChunk, key: bytes | None, raw: bytes | None, writes: _Writes
+    rt: Runtime, chunk: MetricsChunk, key: bytes | None, raw: bytes | None
 ) -> None:
     checked = validate_chunk(chunk, now=rt.clock())
     await _park_reasons(rt, checked.reasons, key, raw)
     for container, arrays in checked.arrays.items():
-        _store(rt, writes, chunk.container_id(container), chunk.start, chunk.end, arrays)
+        _store(rt, chunk.container_id(container), chunk.start, chunk.end, arrays)
 
 
 async def _ingest_batch(
-    rt: Runtime, batch: MetricsBatch, key: bytes | None, raw: bytes | None, writes: _Writes
+    rt: Runtime, batch: MetricsBatch, key: bytes | None, raw: bytes | None
 ) -> None:
     checked = validate_batch(batch, now=rt.clock())
     await _park_reasons(rt, checked.reasons, key, raw)
     cid = checked.batch.container_id
-    usage = writes.get(rt, cid)
+    usage = rt.tables.usage.get(cid) or ContainerUsage()
     result = usage.ingest(
         checked.batch,
         arrays=checked.arrays,
         history_seconds=rt.settings.history_seconds,
         window_seconds=rt.settings.usage_window_seconds,
     )
-    _account(writes, cid, usage, result)
+    _account(rt, cid, usage, result)
 
 
 def _store(
     rt: Runtime,
-    writes: _Writes,
     cid: str,
     start: float,
     end: float,
     arrays: Mapping[str, tuple[FloatArray, FloatArray]],
 ) -> None:
-    usage = writes.get(rt, cid)
+    usage = rt.tables.usage.get(cid) or ContainerUsage()
     result = usage.ingest_arrays(
         start,
         end,
@@ -203,10 +107,10 @@ def _store(
         window_seconds=rt.settings.usage_window_seconds,
         validated=True,
     )
-    _account(writes, cid, usage, result)
+    _account(rt, cid, usage, result)
 
 
-def _account(writes: _Writes, cid: str, usage: ContainerUsage, result: IngestResult) -> None:
+def _account(rt: Runtime, cid: str, usage: ContainerUsage, result: IngestResult) -> None:
     if result.duplicates:
         SAMPLES_DUPLICATE.inc(result.duplicates)
     if result.late:
@@ -214,4 +118,4 @@ def _account(writes: _Writes, cid: str, usage: ContainerUsage, result: IngestRes
     if result.accepted:
         for resource, accepted in result.accepted_by_resource.items():
             SAMPLES_INGESTED.labels(resource).inc(accepted)
-        writes.put(cid, usage)
+        rt.tables.usage[cid] = usage

@@ -10,14 +10,11 @@ dead-lettered with the exception's type and field and the agent goes on (issue 1
 from __future__ import annotations
 
 import logging
-import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import faust
-from faust.streams import _current_event  # the context a table write takes its partition from
 
 from agents import (
     aggregator,
@@ -66,19 +63,6 @@ def per_event(
     app.agent(topic, name=name)(consume)
 
 
-@contextmanager
-def writing_as(events: Sequence[Any], index: int) -> Iterator[None]:
-    """Table writes in this block belong to ``events[index]``: Faust sends a table's changelog
-    record to the partition of the *current event*, which in a ``take_events`` batch is not the
-    member being handled (a batch mixes partitions).  Setting it per write keeps every state on
-    its own key's partition (co-partitioning, recovery)."""
-    token = _current_event.set(weakref.ref(events[index]))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 async def _collector_tick(rt: Runtime, key: bytes | None, value: bytes | None) -> None:
     await collector.on_tick(rt)
 
@@ -99,6 +83,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
     record_handlers: tuple[tuple[faust.TopicT, str, Handler, str], ...] = (
         (topics.policies, "policy_sync", policies.sync, policies.AGENT),
         (topics.ticks, "collector", _collector_tick, collector.AGENT),
+        (topics.metrics, "aggregator", aggregator.ingest, aggregator.AGENT),
         (executor_input, "executor", executor.accept, executor.AGENT),
         (topics.executions, "ledger", ledger.record, ledger.AGENT),
         (topics.verifications, "ledger_verifications", ledger.record_verification, ledger.AGENT),
@@ -123,14 +108,6 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         # Collect right after start instead of one interval later.
         if await wait_for_assignment(app) and rt.settings.collect_on_start and app.is_leader():
             await collector.request_cycle(rt, "start")
-
-    @app.agent(topics.metrics, name="kubefinops.agents.aggregator")
-    async def aggregate(stream: Any) -> None:
-        async for events in stream.take_events(aggregator.BATCH, within=aggregator.WITHIN):
-            # every member handled under the guard inside; table writes once per container
-            await aggregator.ingest_batch(
-                rt, [(e.key, e.value) for e in events], partial(writing_as, events)
-            )
 
     @app.agent(topics.recommendations, name="kubefinops.agents.gate")
     async def decide(stream: Any) -> None:

@@ -533,22 +533,36 @@ def build_chunks(
             }
         except ValueError:
             continue  # off the grid: not Prometheus' range answer (see grid_rows)
-        chunk = _valid(
-            MetricsChunk,
-            type="chunk",
-            namespace=ns,
-            kind=kind,
-            workload=name,
-            start=start,
-            end=end,
-            t0=t0,
-            step=float(step),
-            n=n,
-            containers=rows,
-        )
-        if chunk is not None:
+        if (chunk := _chunk((ns, kind, name), (start, end), (t0, step, n), rows)) is not None:
             out.append(chunk)
     return out
+
+
+def _chunk(
+    workload: tuple[str, str, str],
+    bounds: tuple[float, float],
+    grid: tuple[float, float, int],
+    containers: Mapping[str, Any],
+    source: str = "prometheus",
+) -> MetricsChunk | None:
+    """The record of ``workload`` (namespace, kind, name) for chunk ``bounds`` on ``grid``
+    (``t0``, ``step``, ``n``), or None for what the wire schema refuses (see :func:`_valid`)."""
+    (ns, kind, name), (start, end), (t0, step, n) = workload, bounds, grid
+    chunk: MetricsChunk | None = _valid(
+        MetricsChunk,
+        type="chunk",
+        namespace=ns,
+        kind=kind,
+        workload=name,
+        start=start,
+        end=end,
+        t0=t0,
+        step=float(step),
+        n=n,
+        containers=containers,
+        source=source,
+    )
+    return chunk
 
 
 def chunks_from_batches(batches: Iterable[MetricsBatch]) -> list[MetricsChunk]:
@@ -573,21 +587,9 @@ def chunks_from_batches(batches: Iterable[MetricsBatch]) -> list[MetricsChunk]:
             b.container: {r: grid_rows([v], t0, step, n) for r, v in b.samples.items()}
             for b in group
         }
-        out.append(
-            MetricsChunk(
-                type="chunk",
-                namespace=ns,
-                kind=kind,
-                workload=name,
-                start=start,
-                end=end,
-                t0=t0,
-                step=float(step),
-                n=n,
-                containers=containers,
-                source=group[0].source,
-            )
-        )
+        chunk = _chunk((ns, kind, name), (start, end), (t0, step, n), containers, group[0].source)
+        if chunk is not None:
+            out.append(chunk)
     return out
 
 
