@@ -417,7 +417,12 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     server, port = dep.start_worker("w0")
     dep.wait_ready(port, server=server, timeout=args.timeout)
     ready_s = time.monotonic() - t0
-    prog, _ = wait_ingested(port, total, args.timeout, pid=server.pid, poll=1.0)
+    prog, _ = wait_ingested(port, total, 120, pid=server.pid, poll=1.0)
+    while prog.done_at is None and time.monotonic() - t0 < args.timeout:
+        before = prog.last  # go on while it moves; a stalled count is reported, not waited on
+        prog, _ = wait_ingested(port, total, 60, pid=server.pid, poll=1.0)
+        if prog.last == before:
+            break
     if prog.done_at is None:
         print(f"!! ingest incomplete: {prog.last:,.0f}/{total:,}")
     ingest_s = (prog.done_at or time.monotonic()) - t0
