@@ -29,6 +29,7 @@ from agents import (
 )
 from agents.guard import guarded
 from agents.runtime import Runtime
+from engine import memory
 from engine.app import Topics, wait_for_assignment
 
 log = logging.getLogger("kubefinops.wiring")
@@ -133,6 +134,13 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
                 key=None,
                 raw=b"\n".join(v or b"" for _, v in records),
             )
+
+    if rt.settings.malloc_trim_interval_seconds > 0:
+
+        @app.timer(interval=rt.settings.malloc_trim_interval_seconds)
+        async def memory_trim() -> None:
+            # glibc keeps freed blocks mapped: without this RSS stays at the last burst's peak
+            memory.trim()
 
     @app.timer(interval=rt.settings.verification_interval_seconds, on_leader=True)
     async def verification_tick() -> None:
