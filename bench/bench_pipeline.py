@@ -74,7 +74,8 @@ def pure_ingest(
     (the agent's one parse of a record) + ``validate_chunk`` (``validate_batch`` for the old
     format) + ``ContainerUsage`` ingest + ``to_dict`` + ``orjson.dumps`` (the changelog value).
     Agent path: the same through the typed ``usage`` table (``tables.state.UsageTable``: its
-    bounded decoded-value cache and its pre-encoded values), as the agent does it; the gap
+    bounded decoded-value cache) + ``orjson.dumps`` of the stored value, as the agent and Faust's
+    JSON serializer do it; the gap
     between the worker and this line is Faust and Kafka.
     """
     msgs = [
@@ -97,6 +98,7 @@ def pure_ingest(
             ingest(usage)
             if agent_path:
                 table[cid] = usage
+                orjson.dumps(table.store[cid])  # Faust's JSON serializer (orjson when installed)
             else:
                 orjson.dumps(usage.to_dict())
 
@@ -334,9 +336,8 @@ def backfill_once(
 ) -> dict[str, float] | None:
     assert stack.kafka is not None
     chunks = days * 86_400 // BACKFILL_CHUNK
-    per_msg = samples_per_message(BACKFILL_CHUNK)
-    n_msgs = containers * chunks
-    total = n_msgs * per_msg
+    total = containers * chunks * samples_per_message(BACKFILL_CHUNK)
+    n_msgs = containers // 2 * chunks  # one columnar record per workload (2 containers) and chunk
     print(
         f"-- {containers} containers x {days} days of 1-minute samples in 6h chunks = "
         f"{n_msgs:,} messages, {total:,} samples ({total // 2:,} per resource)"

@@ -467,9 +467,9 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     # the bursts share the time since the history's end (1-2 h: never a chunk in the future,
     # which the worker would dead-letter): one hour for one burst, half an hour each for two
     step = args.step
-    span = max(step, min(3600, (int(time.time()) - 120 - end) // args.bursts) // step * step)
+    chunk_s = max(step, min(3600, (int(time.time()) - 120 - end) // args.bursts) // step * step)
     for i in range(args.bursts):
-        b_start, b_end = end + i * span, end + (i + 1) * span
+        b_start, b_end = end + i * chunk_s, end + (i + 1) * chunk_s
         cycle = f"bench-burst-{i}"
         base = in_process_burst(wls[:burst], b_start, b_end, args, templates)
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
@@ -489,7 +489,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
             bursts.append(row)
             print(
                 f"  MEASURED burst {i + 1}/{args.bursts} of {burst:,} workloads, "
-                f"{span // 60} min chunks "
+                f"{chunk_s // 60} min chunks "
                 f"(load {os.getloadavg()[0]:.1f}): {lat.size:,} decisions, marker ack -> "
                 f"decision p50 {row['p50']:.2f}s p99 {row['p99']:.2f}s max {row['max']:.2f}s; "
                 f"{row['rate']:,.0f} decisions/s = {row['per_workload_ms']:.1f} ms per workload; "

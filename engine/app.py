@@ -126,6 +126,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset=settings.consumer_auto_offset_reset,
         consumer_max_fetch_size=settings.kafka_max_fetch_bytes,
         producer_acks=-1,
+        producer_linger=settings.kafka_producer_linger_ms / 1000,
+        producer_max_batch_size=settings.kafka_producer_batch_bytes,
         table_standby_replicas=settings.table_standby_replicas,
         consumer_group_instance_id=settings.kafka_group_instance_id or None,
         stream_wait_empty=False,

@@ -8,7 +8,7 @@ for str keys after recovery).  Values are JSON dicts; the agents see them as mod
 ======================  ============  =========================================  ==========
 table                   key           value                                      partitions
 ======================  ============  =========================================  ==========
-usage                   container id  ``ContainerUsage``: windowed sketches (*)   N
+usage                   container id  ``ContainerUsage``: windowed sketches       N
 workloads               workload id   ``WorkloadSpec``                           N
 last-action             workload id   ``LastAction`` (cooldown, idempotency)     N
 watermarks              query name    collector watermark (Unix s)               1
@@ -17,9 +17,6 @@ policies (global)       policy id     ``Policy``, on every worker               
 pending-cycles          cycle id      the executor's waiting cycle: expected...  1
 pending-decisions       cycle|wid     a decision waiting for its cycle           1
 ======================  ============  =========================================  ==========
-
-(*) its values are JSON too, but encoded by the codec (``orjson``) before they reach Faust: the
-hot path encodes each value once.
 
 The N-partition tables are written from streams of N-partition topics keyed by workload id,
 so they are co-partitioned with ``kubefinops.metrics`` and ``kubefinops.recommendations``.
@@ -39,11 +36,6 @@ def _json() -> faust.Schema[Any, Any]:
     return faust.Schema(key_serializer="json", value_serializer="json")
 
 
-def _json_key_raw_value() -> faust.Schema[Any, Any]:
-    """Values already JSON-encoded by their codec (tables.state.UsageCodec): sent as they are."""
-    return faust.Schema(key_serializer="json", value_serializer="raw")
-
-
 # Every container's value is rewritten each hour: with Kafka's default 1 GiB / 7-day segments the
 # changelog keeps every version until a segment rolls, and a restart replays all of them.  Hourly
 # segments and an eager cleaner keep it near one value per container (set at topic creation).
@@ -61,7 +53,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             "usage",
             partitions=n,
             help="Windowed usage sketches per container",
-            schema=_json_key_raw_value(),
+            schema=_json(),
             extra_topic_configs=USAGE_CHANGELOG_CONFIG,
         ),
         workloads=app.Table(

@@ -71,12 +71,14 @@ class PolicyCodec(ModelCodec[Policy]):
 
 
 class UsageCodec:
-    """The windowed usage sketches of one container (:class:`ContainerUsage`).
+    """The windowed usage sketches of one container (:class:`ContainerUsage`), stored as the
+    JSON dict of ``to_dict()`` (Faust encodes it, with ``orjson`` when installed).
 
-    Stored pre-encoded: the JSON bytes of ``to_dict()`` (``orjson``), which the ``usage`` table
-    sends to its changelog as they are (``raw`` value serializer) instead of Faust encoding a
-    dict again.  The changelog holds the same JSON as before, so values written by an earlier
-    version (and dicts, in a unit test's plain-dict table) still load."""
+    Pre-encoding the value to bytes with a ``raw`` changelog serializer was tried for issue 11
+    and reverted: with it, two workers sharing the metrics topic stalled in 2 of 3 benchmark
+    runs (one stayed idle with a lag after the rebalance; bench/bench_pipeline.py
+    ``--cpu-workers 2``), never without it, for no measurable gain (Faust's JSON codec is orjson
+    too).  Bytes still load, in case such a value is in a changelog."""
 
     def load(self, stored: Any) -> ContainerUsage:
         if isinstance(stored, bytes | bytearray | memoryview | str):
@@ -84,7 +86,7 @@ class UsageCodec:
         return ContainerUsage.from_dict(stored) if stored else ContainerUsage()
 
     def dump(self, value: ContainerUsage) -> Any:
-        return orjson.dumps(value.to_dict())
+        return value.to_dict()
 
     def size(self, value: ContainerUsage) -> int:
         return value.nbytes()
