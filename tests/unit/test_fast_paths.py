@@ -1,0 +1,97 @@
+"""The hot-path shortcuts of the recommender (issue 11, burst latency) give exactly what the
+generic code they replace gives: the Theil-Sen median and index pairs against numpy's own,
+a sketch's first merge and its batched quantiles against the general merge and one-at-a-time
+rank lookups.  Exact equality (signed zeros and NaN included), so recommendations stay byte for
+byte what they were."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.core.estimators import _median, _pairs
+from engine.core.sketch import QuantileSketch
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or (
+        a == b and math.copysign(1, a) == math.copysign(1, b)
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 1.0]),
+        min_size=0,
+        max_size=40,
+    )
+)
+def test_median_is_numpys_bit_for_bit(values: list[float]) -> None:
+    arr = np.asarray(values, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns on empty / overflowing input
+        expected = float(np.median(arr))
+    assert same(_median(arr), expected), (values, _median(arr), expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 14, 15, 40])
+def test_pairs_are_numpys_and_read_only(n: int) -> None:
+    x, i, j, dx = _pairs(n)
+    ri, rj = np.triu_indices(n, k=1)
+    rx = np.arange(n, dtype=np.float64)
+    assert np.array_equal(x, rx) and np.array_equal(i, ri) and np.array_equal(j, rj)
+    assert np.array_equal(dx, rx[rj] - rx[ri])
+    with pytest.raises(ValueError):
+        dx[...] = 0.0  # shared between calls: must not be writable
+
+
+def reference_quantiles(sk: QuantileSketch, qs: list[float]) -> list[float | None]:
+    """The one-rank-at-a-time lookup the batched version replaced."""
+    n = sk.count
+    if n == 0:
+        return [None for _ in qs]
+    cum = np.cumsum(sk._counts)
+    out: list[float | None] = []
+    for q in qs:
+        rank = (n - 1) * q
+        if rank < sk._zero:
+            out.append(0.0)
+            continue
+        idx = int(np.searchsorted(cum, rank - sk._zero, side="right"))
+        out.append(sk.value(sk._min_key + min(idx, cum.size - 1)))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=1e12), min_size=0, max_size=300),
+    st.lists(st.floats(min_value=0.0, max_value=1e6), min_size=0, max_size=300),
+    st.sampled_from([8, 64, 2048]),
+)
+def test_first_merge_and_batched_quantiles_match_the_general_path(
+    a: list[float], b: list[float], limit: int
+) -> None:
+    qs = [0.0, 0.5, 0.9, 0.95, 0.99, 1.0]
+    src = QuantileSketch(bin_limit=limit)
+    src.add_many(a)
+    fast = QuantileSketch(bin_limit=limit)
+    fast.merge(src)  # into an empty sketch: the copy shortcut
+    # the general path: merge into a sketch that already has bins, then compare with the union
+    seeded = QuantileSketch(bin_limit=limit)
+    seeded.add_many(b)
+    seeded.merge(src)
+    union = QuantileSketch(bin_limit=limit)
+    union.add_many(b)
+    union.merge(fast)
+    assert fast._min_key == src._min_key or src.num_bins == 0
+    assert np.array_equal(fast._counts, src._counts) and fast._zero == src._zero
+    assert fast._counts is not src._counts or src.num_bins == 0
+    assert np.array_equal(seeded._counts, union._counts) and seeded._min_key == union._min_key
+    for sk in (src, fast, seeded):
+        assert sk.quantiles(qs) == reference_quantiles(sk, qs)
