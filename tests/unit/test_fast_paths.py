@@ -95,3 +95,38 @@ def test_first_merge_and_batched_quantiles_match_the_general_path(
     assert np.array_equal(seeded._counts, union._counts) and seeded._min_key == union._min_key
     for sk in (src, fast, seeded):
         assert sk.quantiles(qs) == reference_quantiles(sk, qs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(min_value=0.0, max_value=64.0),
+    st.floats(min_value=0.0, max_value=2.0**40),
+    st.sampled_from(["autopilot", "observe", "recommend"]),
+    st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?\Z", fullmatch=True),
+)
+def test_history_raw_is_the_validated_record_byte_for_byte(
+    cpu: float, mem: float, mode: str, name: str
+) -> None:
+    from engine.core.guardrails import decide
+    from engine.core.model import ContainerSpec, HistoryRecord, ResourcePair, WorkloadSpec
+    from engine.core.outbox import history_raw
+    from engine.core.policy import validate_policy
+    from engine.core.recommend import recommend
+    from tests.fakes import flat_summary
+    from tests.unit.classic_params import classic_policy_doc
+
+    now = 1_764_300_000.0
+    spec = WorkloadSpec(
+        namespace="smarthealth",
+        kind="Deployment",
+        name="api",
+        replicas=2,
+        containers=[ContainerSpec(name=name, requests=ResourcePair(cpu=0.5, memory=512.0 * 2**20))],
+    )
+    policy = validate_policy(classic_policy_doc({"id": "p", "mode": mode}))
+    usage = {name: {"cpu": flat_summary(cpu, now=now), "memory": flat_summary(mem, now=now)}}
+    rec = recommend(spec, usage, policy, now=now)
+    decision = decide(rec, spec, policy, last_applied_at=None, last_applied_id=None, now=now)
+    for kind, item in (("recommendations", rec), ("decisions", decision)):
+        slow = HistoryRecord(kind=kind, record=item.model_dump(mode="json"))  # type: ignore[arg-type]
+        assert history_raw(kind, item) == slow.model_dump_json().encode()  # type: ignore[arg-type]
