@@ -138,10 +138,10 @@ class Estimate:
 
 def quantile(summary: UsageSummary, percentile: float) -> tuple[float, str]:
     """The value at ``percentile`` (50..100), interpolated between the summary's quantiles."""
-    points = [(p, float(getattr(summary, name)), name) for p, name in _QUANTILES]
-    for p, value, name in points:
+    for p, name in _QUANTILES:  # a stored quantile (the common case): no interpolation
         if math.isclose(percentile, p):
-            return value, name
+            return float(getattr(summary, name)), name
+    points = [(p, float(getattr(summary, name)), name) for p, name in _QUANTILES]
     for (lo_p, lo_v, lo_n), (hi_p, hi_v, hi_n) in itertools.pairwise(points):
         if lo_p < percentile < hi_p:
             weight = (percentile - lo_p) / (hi_p - lo_p)

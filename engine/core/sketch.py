@@ -152,6 +152,11 @@ def _mapping(relative_accuracy: float) -> LogarithmicMapping:
     return LogarithmicMapping(relative_accuracy)
 
 
+# bucket values by mapping (one per accuracy, shared) and key; bounded, cleared when full
+_VALUES: dict[LogarithmicMapping, dict[int, float]] = {}
+_VALUES_MAX = 65_536
+
+
 # --- the sketch -------------------------------------------------------------------------------
 
 
@@ -198,7 +203,19 @@ class QuantileSketch:
         return np.ceil(np.log2(values) * mult).astype(np.int64)
 
     def value(self, key: int) -> float:
-        return float(self._mapping.value(key))
+        """The library mapping's value of ``key`` (memoized: a pure function of the shared
+        mapping and the key, asked for again by every summary of every container)."""
+        memo = _VALUES.get(self._mapping)
+        if memo is None:
+            if len(_VALUES) >= 32:  # mappings are shared per accuracy: a handful at most
+                _VALUES.clear()
+            memo = _VALUES.setdefault(self._mapping, {})
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= _VALUES_MAX:
+                memo.clear()
+            found = memo[key] = float(self._mapping.value(key))
+        return found
 
     # --- updates
     def add(self, value: float) -> None:

@@ -130,3 +130,27 @@ def test_history_raw_is_the_validated_record_byte_for_byte(
     for kind, item in (("recommendations", rec), ("decisions", decision)):
         slow = HistoryRecord(kind=kind, record=item.model_dump(mode="json"))  # type: ignore[arg-type]
         assert history_raw(kind, item) == slow.model_dump_json().encode()  # type: ignore[arg-type]
+
+
+def test_memoized_bucket_values_are_the_mappings_and_survive_a_full_memo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine.core import sketch
+
+    monkeypatch.setattr(sketch, "_VALUES_MAX", 50)
+    for accuracy in (0.01, 0.005):
+        sk = QuantileSketch(relative_accuracy=accuracy)
+        for key in [*range(-300, 300, 7), *range(-300, 300, 7)]:  # twice: memo hits
+            assert sk.value(key) == float(sk._mapping.value(key))
+        assert len(sketch._VALUES[sk._mapping]) <= 50
+
+
+def test_estimator_quantile_reads_stored_points_and_interpolates_between() -> None:
+    from engine.core.estimators import quantile
+    from tests.fakes import flat_summary
+
+    s = flat_summary(2.0).model_copy(update={"p50": 1.0, "p90": 2.0, "p95": 3.0, "p99": 4.0})
+    assert quantile(s, 95.0) == (3.0, "p95") and quantile(s, 100.0) == (s.max, "max")
+    value, label = quantile(s, 97.0)
+    assert value == 3.0 + (97.0 - 95.0) / (99.0 - 95.0) * (4.0 - 3.0)
+    assert label == "p97 (between p95 and p99)"
