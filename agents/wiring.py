@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -141,6 +141,9 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         async def memory_trim() -> None:
             # glibc keeps freed blocks mapped: without this RSS stays at the last burst's peak
             memory.trim()
+
+        # and once the tables are recovered: the replayed changelog's older versions are garbage
+        app.on_rebalance_complete.connect(cast(Any, memory.after_signal))
 
     @app.timer(interval=rt.settings.verification_interval_seconds, on_leader=True)
     async def verification_tick() -> None:

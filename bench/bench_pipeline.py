@@ -336,9 +336,8 @@ def backfill_once(
 ) -> dict[str, float] | None:
     assert stack.kafka is not None
     chunks = days * 86_400 // BACKFILL_CHUNK
-    per_msg = samples_per_message(BACKFILL_CHUNK)
-    n_msgs = containers * chunks
-    total = n_msgs * per_msg
+    total = containers * chunks * samples_per_message(BACKFILL_CHUNK)
+    n_msgs = containers // 2 * chunks  # one columnar record per workload (2 containers) and chunk
     print(
         f"-- {containers} containers x {days} days of 1-minute samples in 6h chunks = "
         f"{n_msgs:,} messages, {total:,} samples ({total // 2:,} per resource)"

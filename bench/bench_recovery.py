@@ -133,7 +133,7 @@ def probes(port: int, n: int) -> list[tuple[str, str, int]]:
 
 
 def survivor_answers(
-    port: int, probe: list[tuple[str, str, int]], started: float, timeout: float
+    port: int, probe: list[tuple[str, str, int]], started: float, timeout: float, before: int
 ) -> dict[str, float] | None:
     """From ``started`` (the kill): the survivor owns every partition again (``assigned``),
     is ready, and answers every probed workload with its count."""
@@ -143,8 +143,8 @@ def survivor_answers(
         state = http_json(f"http://127.0.0.1:{port}/ready")[1]
         now = time.monotonic() - started
         if isinstance(state, dict):
-            if state.get("assigned_partitions", 0) >= 2 * PARTITIONS and "assigned" not in marks:
-                marks["assigned"] = now  # every partition of the two co-partitioned topics
+            if state.get("assigned_partitions", 0) > before and "assigned" not in marks:
+                marks["assigned"] = now  # it took over the killed worker's partitions
             if state.get("ready") and "assigned" in marks:
                 marks.setdefault("ready", now)
                 pending = [(ns, wl, c) for ns, wl, c in pending if usage_count(port, ns, wl) != c]
@@ -228,12 +228,13 @@ def two_workers(stack: Stack, args: argparse.Namespace, standby: int, how: str) 
     if standby:
         time.sleep(5)  # let the standby copies catch up with the last writes
     victim = workers[0][0]
+    before = int(http_json(f"http://127.0.0.1:{survivor}/ready")[1]["assigned_partitions"])
     started = time.monotonic()
     if how == "kill":
         victim.kill()
     else:
         victim.stop(timeout=60)
-    marks = survivor_answers(survivor, probe, started, 300)
+    marks = survivor_answers(survivor, probe, started, 300, before)
     word = "SIGKILL (pod gone)" if how == "kill" else "SIGTERM (graceful)"
     shown = (
         "did not recover"

@@ -311,12 +311,8 @@ def iter_chunked(msgs: list[tuple[bytes, bytes]], size: int) -> Iterator[list[tu
         yield msgs[i : i + size]
 
 
-async def produce_fast(
-    info: KafkaInfo, topic: str, parts: Iterator[list[tuple[bytes, bytes]]]
-) -> tuple[int, float]:
-    """Send everything with pipelined ``send`` (acks=all, no compression): (messages, seconds).
-
-    Includes the time to build the messages (the generator runs inside the timed loop)."""
+async def fast_producer(info: KafkaInfo) -> Any:
+    """A started producer for bulk sends: acks=all, 5 ms linger, 1 MiB batches, no compression."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
@@ -327,6 +323,16 @@ async def produce_fast(
         max_request_size=8 << 20,
     )
     await producer.start()
+    return producer
+
+
+async def produce_fast(
+    info: KafkaInfo, topic: str, parts: Iterator[list[tuple[bytes, bytes]]]
+) -> tuple[int, float]:
+    """Send everything with pipelined ``send`` (acks=all, no compression): (messages, seconds).
+
+    Includes the time to build the messages (the generator runs inside the timed loop)."""
+    producer = await fast_producer(info)
     try:
         started = time.monotonic()
         n = 0
@@ -474,21 +480,13 @@ async def seed_usage_changelog(
     """Create the usage changelog (compacted, with the table's topic config) and write one value
     per container (template ``i % len(templates)``) to its workload's partition: the state a
     worker would hold after ingesting the templates' days.  Returns (bytes written, seconds)."""
-    from aiokafka import AIOKafkaProducer
     from faust.serializers import codecs
 
     from tests.harness.kafka import acreate_topics
 
     topic = usage_changelog(app_id)
     await acreate_topics(info, [topic], partitions, {"cleanup.policy": "compact", **config}, 30.0)
-    producer = AIOKafkaProducer(
-        **info.client_kwargs(),
-        acks="all",
-        linger_ms=5,
-        max_batch_size=1 << 20,
-        max_request_size=8 << 20,
-    )
-    await producer.start()
+    producer = await fast_producer(info)
     started, written = time.monotonic(), 0
     try:
         pending = []

@@ -36,3 +36,8 @@ def trim() -> bool:
     if libc is None:
         return False
     return bool(libc.malloc_trim(0))
+
+
+def after_signal(*_: object, **__: object) -> None:
+    """``trim`` as a Faust/mode signal receiver (e.g. ``app.on_rebalance_complete``)."""
+    trim()

@@ -33,3 +33,10 @@ def test_trim_returns_freed_pages_that_glibc_keeps_mapped() -> None:
 def test_trim_without_glibc_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "_libc", lambda: None)
     assert memory.trim() is False
+
+
+def test_after_signal_trims_whatever_the_signal_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "trim", lambda: calls.append(1) or True)
+    memory.after_signal(object(), signal=object())
+    assert calls == [1]
