@@ -21,7 +21,7 @@ from agents.runtime import Runtime, park, parse_or_park
 from engine.backoff import retry_forever
 from engine.core import outbox
 from engine.core.model import HistoryKind, HistoryRecord
-from engine.core.outbox import is_batch, pack_history
+from engine.core.outbox import history_raw, is_batch, pack_raw
 from engine.errors import InvalidRecord
 from engine.metrics import HISTORY_WRITES, RECORDS_PROCESSED
 
@@ -45,11 +45,9 @@ async def record_many(rt: Runtime, items: Sequence[tuple[HistoryKind, BaseModel,
     (:func:`engine.core.outbox.pack_history`); never waits for MongoDB."""
     if rt.services.history is None or not items:
         return
-    records = [
-        HistoryRecord(kind=kind, record=item.model_dump(mode="json")) for kind, item, _ in items
-    ]
+    records = [history_raw(kind, item) for kind, item, _ in items]
     key = items[0][2].encode()  # any key: upserts by id, so partition and order do not matter
-    for value in pack_history(records):
+    for value in pack_raw(records):
         await rt.topics.history.send(key=key, value=value)
 
 

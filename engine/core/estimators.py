@@ -8,6 +8,7 @@ it), so a recommendation can always say *why*: ``"cpu request = p95 0.231 cores 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from engine.core.quantity import (
     fmt_time,
     memory_field,
 )
+from engine.core.sketch import FloatArray, IntArray
 
 # Finite and bounded (engine/core/bounds.py): "Infinity", 1e300 or a 400-digit number is refused.
 CpuQuantity = Annotated[
@@ -136,10 +138,10 @@ class Estimate:
 
 def quantile(summary: UsageSummary, percentile: float) -> tuple[float, str]:
     """The value at ``percentile`` (50..100), interpolated between the summary's quantiles."""
-    points = [(p, float(getattr(summary, name)), name) for p, name in _QUANTILES]
-    for p, value, name in points:
+    for p, name in _QUANTILES:  # a stored quantile (the common case): no interpolation
         if math.isclose(percentile, p):
-            return value, name
+            return float(getattr(summary, name)), name
+    points = [(p, float(getattr(summary, name)), name) for p, name in _QUANTILES]
     for (lo_p, lo_v, lo_n), (hi_p, hi_v, hi_n) in itertools.pairwise(points):
         if lo_p < percentile < hi_p:
             weight = (percentile - lo_p) / (hi_p - lo_p)
@@ -318,6 +320,34 @@ def current_memory(current: ContainerSpec) -> float | None:
     return max(values) if values else None
 
 
+@functools.lru_cache(maxsize=64)
+def _pairs(n: int) -> tuple[FloatArray, IntArray, IntArray, FloatArray]:
+    """``x = 0..n-1``, the index pairs ``i < j`` and ``x[j] - x[i]`` (read-only, shared: the
+    Theil-Sen fit of every container with ``n`` peaks uses the same ones)."""
+    x = np.arange(n, dtype=np.float64)
+    i, j = np.triu_indices(n, k=1)
+    dx = x[j] - x[i]
+    for a in (x, i, j, dx):
+        a.flags.writeable = False
+    return x, i, j, dx
+
+
+def _median(values: FloatArray) -> float:
+    """``float(np.median(values))`` of a 1-D array, bit for bit (the middle value, or the two
+    middle values' sum / 2; NaN if any is NaN), without numpy's generic-axis overhead."""
+    if values.size == 0:
+        return math.nan
+    s = np.sort(values)
+    last = float(s[-1])
+    if math.isnan(last):
+        return math.nan
+    mid = s.size // 2
+    # numpy's mean of the middle value(s): a sum from 0.0 (so -0.0 comes out 0.0), then / count
+    if s.size % 2:
+        return 0.0 + float(s[mid])
+    return (0.0 + float(s[mid - 1]) + float(s[mid])) / 2.0
+
+
 def growth(est: Estimate, summary: UsageSummary, params: EstimatorParams) -> Estimate:
     """Memory that grows: the Theil-Sen trend of the window peaks projected ``horizon`` ahead.
 
@@ -330,12 +360,11 @@ def growth(est: Estimate, summary: UsageSummary, params: EstimatorParams) -> Est
     if est.value is None or horizon <= 0 or len(peaks) < params.memory_growth_min_windows:
         return est
     y = np.asarray(peaks, dtype=np.float64)
-    x = np.arange(y.size, dtype=np.float64)
-    i, j = np.triu_indices(y.size, k=1)
-    slope = float(np.median((y[j] - y[i]) / (x[j] - x[i])))
+    x, i, j, dx = _pairs(y.size)
+    slope = _median((y[j] - y[i]) / dx)
     if slope <= 0:
         return est
-    level = float(np.median(y - slope * x)) + slope * x[-1]
+    level = _median(y - slope * x) + slope * x[-1]
     per_day = slope * 86_400.0 / summary.window_seconds
     projected = (level + slope * horizon / summary.window_seconds) * (1 + params.memory_buffer)
     if projected <= est.value:

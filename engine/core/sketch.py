@@ -152,6 +152,11 @@ def _mapping(relative_accuracy: float) -> LogarithmicMapping:
     return LogarithmicMapping(relative_accuracy)
 
 
+# bucket values by mapping (one per accuracy, shared) and key; bounded, cleared when full
+_VALUES: dict[LogarithmicMapping, dict[int, float]] = {}
+_VALUES_MAX = 65_536
+
+
 # --- the sketch -------------------------------------------------------------------------------
 
 
@@ -198,7 +203,19 @@ class QuantileSketch:
         return np.ceil(np.log2(values) * mult).astype(np.int64)
 
     def value(self, key: int) -> float:
-        return float(self._mapping.value(key))
+        """The library mapping's value of ``key`` (memoized: a pure function of the shared
+        mapping and the key, asked for again by every summary of every container)."""
+        memo = _VALUES.get(self._mapping)
+        if memo is None:
+            if len(_VALUES) >= 32:  # mappings are shared per accuracy: a handful at most
+                _VALUES.clear()
+            memo = _VALUES.setdefault(self._mapping, {})
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= _VALUES_MAX:
+                memo.clear()
+            found = memo[key] = float(self._mapping.value(key))
+        return found
 
     # --- updates
     def add(self, value: float) -> None:
@@ -227,6 +244,17 @@ class QuantileSketch:
 
     def _add_counts(self, lo: int, counts: IntArray) -> None:
         if counts.size == 0:
+            return
+        if (
+            self._counts.size == 0
+            and counts.size <= self.bin_limit
+            and counts[0] != 0
+            and counts[-1] != 0
+        ):
+            # into an empty sketch, bins already trimmed and within the limit: what the general
+            # path below would compute, as a plain copy (a summary's first merge)
+            self._min_key = lo
+            self._counts = counts.astype(np.int64, copy=True)
             return
         if self._counts.size == 0:
             new_lo, new_hi = lo, lo + counts.size - 1
@@ -276,19 +304,19 @@ class QuantileSketch:
         """Value at each quantile (0..1); ``None`` when empty."""
         if any(not 0.0 <= q <= 1.0 for q in qs):
             raise ValueError(f"quantiles must be in [0, 1]: {qs}")
-        n = self.count
+        cum = np.cumsum(self._counts)
+        n = self._zero + (int(cum[-1]) if cum.size else 0)  # == self.count
         if n == 0:
             return [None for _ in qs]
-        cum = np.cumsum(self._counts)
-        out: list[float | None] = []
-        for q in qs:
-            rank = (n - 1) * q  # same float expression as numpy's method="lower"
-            if rank < self._zero:
-                out.append(0.0)
-                continue
-            idx = int(np.searchsorted(cum, rank - self._zero, side="right"))
-            out.append(self.value(self._min_key + min(idx, cum.size - 1)))
-        return out
+        ranks = [(n - 1) * q for q in qs]  # same float expression as numpy's method="lower"
+        # one searchsorted for every quantile above the zero bucket
+        above = [r - self._zero for r in ranks if r >= self._zero]
+        found = iter(np.searchsorted(cum, above, side="right").tolist() if above else [])
+        last = cum.size - 1
+        return [
+            0.0 if r < self._zero else self.value(self._min_key + min(next(found), last))
+            for r in ranks
+        ]
 
     def quantile(self, q: float) -> float | None:
         return self.quantiles([q])[0]

@@ -1,0 +1,156 @@
+"""The hot-path shortcuts of the recommender (issue 11, burst latency) give exactly what the
+generic code they replace gives: the Theil-Sen median and index pairs against numpy's own,
+a sketch's first merge and its batched quantiles against the general merge and one-at-a-time
+rank lookups.  Exact equality (signed zeros and NaN included), so recommendations stay byte for
+byte what they were."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.core.estimators import _median, _pairs
+from engine.core.sketch import QuantileSketch
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or (
+        a == b and math.copysign(1, a) == math.copysign(1, b)
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 1.0]),
+        min_size=0,
+        max_size=40,
+    )
+)
+def test_median_is_numpys_bit_for_bit(values: list[float]) -> None:
+    arr = np.asarray(values, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns on empty / overflowing input
+        expected = float(np.median(arr))
+    assert same(_median(arr), expected), (values, _median(arr), expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 14, 15, 40])
+def test_pairs_are_numpys_and_read_only(n: int) -> None:
+    x, i, j, dx = _pairs(n)
+    ri, rj = np.triu_indices(n, k=1)
+    rx = np.arange(n, dtype=np.float64)
+    assert np.array_equal(x, rx) and np.array_equal(i, ri) and np.array_equal(j, rj)
+    assert np.array_equal(dx, rx[rj] - rx[ri])
+    with pytest.raises(ValueError):
+        dx[...] = 0.0  # shared between calls: must not be writable
+
+
+def reference_quantiles(sk: QuantileSketch, qs: list[float]) -> list[float | None]:
+    """The one-rank-at-a-time lookup the batched version replaced."""
+    n = sk.count
+    if n == 0:
+        return [None for _ in qs]
+    cum = np.cumsum(sk._counts)
+    out: list[float | None] = []
+    for q in qs:
+        rank = (n - 1) * q
+        if rank < sk._zero:
+            out.append(0.0)
+            continue
+        idx = int(np.searchsorted(cum, rank - sk._zero, side="right"))
+        out.append(sk.value(sk._min_key + min(idx, cum.size - 1)))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=1e12), min_size=0, max_size=300),
+    st.lists(st.floats(min_value=0.0, max_value=1e6), min_size=0, max_size=300),
+    st.sampled_from([8, 64, 2048]),
+)
+def test_first_merge_and_batched_quantiles_match_the_general_path(
+    a: list[float], b: list[float], limit: int
+) -> None:
+    qs = [0.0, 0.5, 0.9, 0.95, 0.99, 1.0]
+    src = QuantileSketch(bin_limit=limit)
+    src.add_many(a)
+    fast = QuantileSketch(bin_limit=limit)
+    fast.merge(src)  # into an empty sketch: the copy shortcut
+    # the general path: merge into a sketch that already has bins, then compare with the union
+    seeded = QuantileSketch(bin_limit=limit)
+    seeded.add_many(b)
+    seeded.merge(src)
+    union = QuantileSketch(bin_limit=limit)
+    union.add_many(b)
+    union.merge(fast)
+    assert fast._min_key == src._min_key or src.num_bins == 0
+    assert np.array_equal(fast._counts, src._counts) and fast._zero == src._zero
+    assert fast._counts is not src._counts or src.num_bins == 0
+    assert np.array_equal(seeded._counts, union._counts) and seeded._min_key == union._min_key
+    for sk in (src, fast, seeded):
+        assert sk.quantiles(qs) == reference_quantiles(sk, qs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(min_value=0.0, max_value=64.0),
+    st.floats(min_value=0.0, max_value=2.0**40),
+    st.sampled_from(["autopilot", "observe", "recommend"]),
+    st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?\Z", fullmatch=True),
+)
+def test_history_raw_is_the_validated_record_byte_for_byte(
+    cpu: float, mem: float, mode: str, name: str
+) -> None:
+    from engine.core.guardrails import decide
+    from engine.core.model import ContainerSpec, HistoryRecord, ResourcePair, WorkloadSpec
+    from engine.core.outbox import history_raw
+    from engine.core.policy import validate_policy
+    from engine.core.recommend import recommend
+    from tests.fakes import flat_summary
+    from tests.unit.classic_params import classic_policy_doc
+
+    now = 1_764_300_000.0
+    spec = WorkloadSpec(
+        namespace="smarthealth",
+        kind="Deployment",
+        name="api",
+        replicas=2,
+        containers=[ContainerSpec(name=name, requests=ResourcePair(cpu=0.5, memory=512.0 * 2**20))],
+    )
+    policy = validate_policy(classic_policy_doc({"id": "p", "mode": mode}))
+    usage = {name: {"cpu": flat_summary(cpu, now=now), "memory": flat_summary(mem, now=now)}}
+    rec = recommend(spec, usage, policy, now=now)
+    decision = decide(rec, spec, policy, last_applied_at=None, last_applied_id=None, now=now)
+    for kind, item in (("recommendations", rec), ("decisions", decision)):
+        slow = HistoryRecord(kind=kind, record=item.model_dump(mode="json"))  # type: ignore[arg-type]
+        assert history_raw(kind, item) == slow.model_dump_json().encode()  # type: ignore[arg-type]
+
+
+def test_memoized_bucket_values_are_the_mappings_and_survive_a_full_memo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine.core import sketch
+
+    monkeypatch.setattr(sketch, "_VALUES_MAX", 50)
+    for accuracy in (0.01, 0.005):
+        sk = QuantileSketch(relative_accuracy=accuracy)
+        for key in [*range(-300, 300, 7), *range(-300, 300, 7)]:  # twice: memo hits
+            assert sk.value(key) == float(sk._mapping.value(key))
+        assert len(sketch._VALUES[sk._mapping]) <= 50
+
+
+def test_estimator_quantile_reads_stored_points_and_interpolates_between() -> None:
+    from engine.core.estimators import quantile
+    from tests.fakes import flat_summary
+
+    s = flat_summary(2.0).model_copy(update={"p50": 1.0, "p90": 2.0, "p95": 3.0, "p99": 4.0})
+    assert quantile(s, 95.0) == (3.0, "p95") and quantile(s, 100.0) == (s.max, "max")
+    value, label = quantile(s, 97.0)
+    assert value == 3.0 + (97.0 - 95.0) / (99.0 - 95.0) * (4.0 - 3.0)
+    assert label == "p97 (between p95 and p99)"
