@@ -461,6 +461,11 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         f"  MEASURED RSS after ingest+decisions {rss:.0f} MiB, peak {hwm:.0f} MiB; "
         f"usage changelog on disk {cl / MIB:.1f} MiB ({cl / (2 * n):,.0f} B per container)"
     )
+    settled = None
+    if args.settle > 0:  # idle, past the worker's next malloc_trim: what it holds between cycles
+        time.sleep(args.settle)
+        settled = proc_status(server.pid).get("VmRSS", 0) / MIB
+        print(f"  MEASURED RSS {args.settle:g}s later, idle (between cycles): {settled:.0f} MiB")
 
     burst = min(args.burst, n)
     bursts: list[dict[str, float]] = []
@@ -541,6 +546,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "changelog": cl,
         "ingest_s": ingest_s,
         "decisions_per_s": dps,
+        "settled": settled,
         "reports": (n_reports, reported, decided),
         "burst_p99": float(lat.max()) if lat.size else None,  # the worst burst's p99
         "recovery": rec,
@@ -562,6 +568,13 @@ def main() -> None:
         "seeded (days*24: no seeding)",
     )
     ap.add_argument("--templates", type=int, default=64, help="distinct seeded histories")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=65.0,
+        help="seconds idle after the decisions before RSS is read again (past the worker's "
+        "60 s malloc_trim); 0: skip",
+    )
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
     ap.add_argument(
