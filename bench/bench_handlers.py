@@ -1,0 +1,105 @@
+"""In-process cost of the decision path per workload: recommender + gate (not a test).
+
+    python bench/bench_handlers.py [--workloads 300] [--repeat 5] [--profile]
+    ROOT=/path/to/other/checkout python bench/bench_handlers.py   # the same, on other code
+
+The handlers themselves, as ``bench_scale.py``'s in-process baseline runs them (no Kafka, no
+Faust): every workload (2 containers) gets the seeded 14-day usage state the worker would hold
+(built by the worker's own code, decoded and its summaries warmed as after the decisions phase),
+then its cycle-end marker goes through ``aggregator.ingest`` (-> recommender) and the resulting
+recommendations through ``gate.handle_batch`` (with the history outbox).  CPU time
+(``process_time``), the minimum over ``--repeat`` runs (the box is shared).  Same run baseline:
+the whole collector-shaped burst in-process (``bench_scale.in_process_burst``: a chunk + a
+marker per workload, i.e. ingest + the above), wall time, so the ratio says what share of a
+burst the decision path is.  A digest of every recommendation, decision and outbox message is
+printed: two checkouts giving the same digest produced byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import hashlib
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.environ.get("ROOT") or str(Path(__file__).resolve().parents[1]))
+
+from bench import bench_scale as bs
+from bench.common import usage_templates
+
+CHUNK = 6 * 3600
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", type=int, default=300)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--templates", type=int, default=8)
+    ap.add_argument("--profile", action="store_true", help="cProfile the last run (top 40)")
+    args = ap.parse_args()
+
+    from agents import aggregator, gate
+    from engine.core.model import RESOURCES, container_id
+    from engine.services import Services
+    from tests.fakes import FakeHistory, runtime
+
+    end = (int(time.time()) // 3600) * 3600 - 3600
+    chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(14 * 4)][::-1]
+    templates = usage_templates(chunks, 300, args.templates)
+    wls = bs.workloads(args.workloads)
+    now = float(end + 1800)
+
+    async def once(prof: cProfile.Profile | None) -> tuple[float, float, str]:
+        rt = runtime(Services(history=FakeHistory()), now=now)
+        for i, (ns, wl) in enumerate(wls):
+            for j, c in enumerate(("app", "sidecar")):
+                cid = container_id(ns, "Deployment", wl, c)
+                rt.tables.usage.store[cid] = templates[(2 * i + j) % len(templates)]
+                usage = rt.tables.usage.get(cid)
+                for res in RESOURCES if usage is not None else ():
+                    usage.summary(res)
+        msgs = bs.markers(wls, "bench", now)
+        if prof:
+            prof.enable()
+        t0 = time.process_time()
+        for key, raw in msgs:
+            await aggregator.ingest(rt, key, raw)
+        t1 = time.process_time()
+        sent = rt.topics.recommendations.sent  # type: ignore[attr-defined]
+        for i in range(0, len(sent), gate.GATE_BATCH):
+            await gate.handle_batch(rt, sent[i : i + gate.GATE_BATCH])
+        t2 = time.process_time()
+        if prof:
+            prof.disable()
+        digest = hashlib.sha256()
+        for topic in (rt.topics.recommendations, rt.topics.decisions, rt.topics.history):
+            for _, value in topic.sent:  # type: ignore[attr-defined]
+                digest.update(value or b"")
+        assert len(rt.topics.decisions.sent) == len(wls)  # type: ignore[attr-defined]
+        return t1 - t0, t2 - t1, digest.hexdigest()[:16]
+
+    runs = []
+    for k in range(args.repeat):
+        prof = cProfile.Profile() if args.profile and k == args.repeat - 1 else None
+        runs.append(asyncio.run(once(prof)))
+        if prof:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+    rec = min(r[0] for r in runs) * 1000 / len(wls)
+    gat = min(r[1] for r in runs) * 1000 / len(wls)
+    bs.STEP[0] = 300
+    burst = bs.in_process_burst(
+        wls, end, end + 2700, argparse.Namespace(days=14, step=300), templates
+    )["ms_per_workload"]
+    print(f"code: {os.environ.get('ROOT') or 'this checkout'}; load {os.getloadavg()[0]:.2f}")
+    print(f"recommender {rec:.3f} ms/workload, gate {gat:.3f}, decision path {rec + gat:.3f}")
+    print(f"same run, whole in-process burst (chunk ingest + decision path): {burst:.2f} ms/wl")
+    print(f"decision path / burst: {(rec + gat) / burst:.2f}; digest {runs[-1][2]}")
+
+
+if __name__ == "__main__":
+    main()
