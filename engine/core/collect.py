@@ -24,7 +24,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -378,19 +378,32 @@ class Owners:
 
 
 # --- batches ------------------------------------------------------------------------------------
-def build_batches(
-    cpu: Iterable[Series], memory: Iterable[Series], owners: Owners, start: float, end: float
-) -> list[MetricsBatch]:
-    """One batch per workload container for chunk ``(start, end]``, sorted by container id."""
-    grouped: dict[tuple[str, str, str, str], dict[str, list[tuple[float, float]]]] = {}
+S = TypeVar("S", Series, SeriesArrays)
+
+
+def owned_series(
+    cpu: Iterable[S], memory: Iterable[S], owners: Owners
+) -> Iterator[tuple[str, tuple[str, str, str, str], S]]:
+    """Every usable series with its resource and owner ``(namespace, kind, workload,
+    container)``: series without a namespace or pod, and the skipped containers (the pause
+    container, cAdvisor's pod-level total), are left out — the one filter of every builder."""
     for resource, series_list in (("cpu", cpu), ("memory", memory)):
         for s in series_list:
             ns, pod, container = (s.labels.get(k, "") for k in ("namespace", "pod", "container"))
             if not ns or not pod or container in SKIPPED_CONTAINERS:
                 continue
             kind, name = owners.resolve(ns, pod)
-            bucket = grouped.setdefault((ns, kind, name, container), {"cpu": [], "memory": []})
-            bucket[resource].extend((t, v) for t, v in s.values if start < t <= end)
+            yield resource, (ns, kind, name, container), s
+
+
+def build_batches(
+    cpu: Iterable[Series], memory: Iterable[Series], owners: Owners, start: float, end: float
+) -> list[MetricsBatch]:
+    """One batch per workload container for chunk ``(start, end]``, sorted by container id."""
+    grouped: dict[tuple[str, str, str, str], dict[str, list[tuple[float, float]]]] = {}
+    for resource, owner, s in owned_series(cpu, memory, owners):
+        bucket = grouped.setdefault(owner, {"cpu": [], "memory": []})
+        bucket[resource].extend((t, v) for t, v in s.values if start < t <= end)
     batches = (
         _valid(
             MetricsBatch,
@@ -422,14 +435,9 @@ def build_batch_arrays(
     ``(start, end]`` per resource, sorted by time then value as :func:`build_batches` sorts
     them; sorted by container id."""
     grouped: dict[tuple[str, str, str, str], dict[str, list[SeriesArrays]]] = {}
-    for resource, series_list in (("cpu", cpu), ("memory", memory)):
-        for s in series_list:
-            ns, pod, container = (s.labels.get(k, "") for k in ("namespace", "pod", "container"))
-            if not ns or not pod or container in SKIPPED_CONTAINERS:
-                continue
-            kind, name = owners.resolve(ns, pod)
-            bucket = grouped.setdefault((ns, kind, name, container), {"cpu": [], "memory": []})
-            bucket[resource].append(s)
+    for resource, owner, series in owned_series(cpu, memory, owners):
+        bucket = grouped.setdefault(owner, {"cpu": [], "memory": []})
+        bucket[resource].append(series)
     out: list[ContainerArrays] = []
     for (ns, kind, name, container), by_resource in sorted(grouped.items()):
         envelope = _valid(
@@ -515,15 +523,10 @@ def build_chunks(
     the query grid (one row per series), sorted by workload id; what the collector sends."""
     t0, n = grid_of(start, end, step)
     grouped: dict[tuple[str, str, str], dict[str, dict[str, list[Pairs]]]] = {}
-    for resource, series_list in (("cpu", cpu), ("memory", memory)):
-        for s in series_list:
-            ns, pod, container = (s.labels.get(k, "") for k in ("namespace", "pod", "container"))
-            if not ns or not pod or container in SKIPPED_CONTAINERS:
-                continue
-            kind, name = owners.resolve(ns, pod)
-            values = [(t, v) for t, v in s.values if start < t <= end]
-            by_res = grouped.setdefault((ns, kind, name), {}).setdefault(container, {})
-            by_res.setdefault(resource, []).append(values)
+    for resource, (ns, kind, name, container), s in owned_series(cpu, memory, owners):
+        values = [(t, v) for t, v in s.values if start < t <= end]
+        by_res = grouped.setdefault((ns, kind, name), {}).setdefault(container, {})
+        by_res.setdefault(resource, []).append(values)
     out = []
     for (ns, kind, name), containers in sorted(grouped.items()):
         try:
