@@ -405,19 +405,32 @@ def build_batches(
         bucket = grouped.setdefault(owner, {"cpu": [], "memory": []})
         bucket[resource].extend((t, v) for t, v in s.values if start < t <= end)
     batches = (
-        _valid(
-            MetricsBatch,
-            namespace=ns,
-            kind=kind,
-            workload=name,
-            container=container,
-            start=start,
-            end=end,
-            samples={r: sorted(v) for r, v in samples.items()},
-        )
-        for (ns, kind, name, container), samples in sorted(grouped.items())
+        _batch(owner, start, end, {r: sorted(v) for r, v in samples.items()})
+        for owner, samples in sorted(grouped.items())
     )
     return [b for b in batches if b is not None]
+
+
+def _batch(
+    owner: tuple[str, str, str, str],
+    start: float,
+    end: float,
+    samples: dict[str, list[tuple[float, float]]],
+) -> MetricsBatch | None:
+    """The batch of one workload container ``(namespace, kind, workload, container)``, or None
+    when its envelope is not valid (see :func:`_valid`)."""
+    ns, kind, name, container = owner
+    batch: MetricsBatch | None = _valid(
+        MetricsBatch,
+        namespace=ns,
+        kind=kind,
+        workload=name,
+        container=container,
+        start=start,
+        end=end,
+        samples=samples,
+    )
+    return batch
 
 
 ContainerArrays = tuple[MetricsBatch, dict[str, tuple[FloatArray, FloatArray]]]
@@ -439,17 +452,8 @@ def build_batch_arrays(
         bucket = grouped.setdefault(owner, {"cpu": [], "memory": []})
         bucket[resource].append(series)
     out: list[ContainerArrays] = []
-    for (ns, kind, name, container), by_resource in sorted(grouped.items()):
-        envelope = _valid(
-            MetricsBatch,
-            namespace=ns,
-            kind=kind,
-            workload=name,
-            container=container,
-            start=start,
-            end=end,
-            samples={},
-        )
+    for owner, by_resource in sorted(grouped.items()):
+        envelope = _batch(owner, start, end, {})
         if envelope is None:
             continue
         arrays: dict[str, tuple[FloatArray, FloatArray]] = {}
