@@ -523,21 +523,27 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     # a container restarted in the same pod (the same instance id) takes its partitions back at
     # once; 2nd: a new member (a replaced pod, or plain membership) waits until the killed
     # member's session times out.
-    for mode, instance in (("static member", "bench-worker-0"), ("new member", "")):
+    # The data dir goes with the pod (emptyDir): the container restarted in its pod finds the
+    # killed one's (with the RocksDB table store: its tables, so only the changelog's tail is
+    # replayed); a new pod starts with an empty one.
+    rss_after: dict[str, float] = {}
+    for mode, instance, data in (
+        ("static member", "bench-worker-0", str(dep.workdir / "w0")),
+        ("new member", "", str(dep.workdir / "w-new")),
+    ):
         server.kill()
         dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = instance
+        dep.extra_env["KUBEFINOPS_DATA_DIR"] = data
         marks, server, port = recover(dep, f"w-{len(rec) + 1}", port, probe, args.timeout)
         rec[mode] = marks
+        status = proc_status(server.pid)
+        rss_after[mode] = status.get("VmRSS", 0) / MIB
         print(
             f"  MEASURED recovery after SIGKILL ({mode}, session timeout "
             f"{args.session_timeout:g}s): process start -> correct /api/usage "
-            f"{show_recovery(marks)}"
+            f"{show_recovery(marks)}; RSS right after {rss_after[mode]:.0f} MiB, "
+            f"peak {status.get('VmHWM', 0) / MIB:.0f} MiB"
         )
-    status = proc_status(server.pid)
-    print(
-        f"  MEASURED RSS right after recovery {status.get('VmRSS', 0) / MIB:.0f} MiB, "
-        f"peak {status.get('VmHWM', 0) / MIB:.0f} MiB"
-    )
     dep.stop_all()
     return {
         "n": n,
@@ -550,6 +556,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "reports": (n_reports, reported, decided),
         "burst_p99": float(lat.max()) if lat.size else None,  # the worst burst's p99
         "recovery": rec,
+        "rss_after_restart": rss_after,
         "problems": problems,
     }
 

@@ -47,6 +47,11 @@ class GitMode(StrEnum):
     BRANCH = "branch"
 
 
+class TableStore(StrEnum):
+    MEMORY = "memory"
+    ROCKSDB = "rocksdb"
+
+
 def _check_url(value: str, *, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
@@ -155,6 +160,17 @@ class Settings(BaseSettings):
     # (~2,000 containers; ~24 MiB real, the estimate counts arrays, not every object) instead
     # of 64 MiB (~93 MiB real), which at 10,000 workloads was the largest part that could go.
     usage_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    # Where the tables keep their values (tables/store.py). ``memory``: every value decoded in the
+    # Python heap, rebuilt from the whole changelog on every start. ``rocksdb``: on disk under
+    # ``data_dir`` with bounded caches (the heap holds only ``usage_cache_bytes`` of decoded
+    # state), and a worker restarted on the same data dir replays only the changelog's tail.
+    # The chart uses rocksdb with an emptyDir (docs/deploy.md, "Table store").
+    table_store: TableStore = TableStore.MEMORY
+    # RocksDB memory, shared by every table partition of the worker (each partition is its own
+    # database): one LRU block cache and one write-buffer (memtable) budget. Faust's own defaults
+    # are 2 GiB of block cache and 3 x 64 MiB of memtables PER partition database.
+    rocksdb_block_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    rocksdb_write_buffer_bytes: Annotated[int, Field(ge=1024 * 1024)] = 16 * 1024 * 1024
     # Return freed heap memory to the OS this often (glibc malloc_trim, engine/memory.py); 0: off.
     malloc_trim_interval_seconds: Annotated[float, Field(ge=0)] = 60.0
     # Per-workload series on /metrics only for this many workloads (top by pending savings);
