@@ -276,6 +276,15 @@ class Profiler:
                 self.proc.wait()
 
 
+def heap_dump(args: argparse.Namespace, pid: int, when: str) -> None:
+    """``--heap-dumps``: SIGUSR2 makes a worker started with
+    ``KUBEFINOPS_DEBUG_TRACEMALLOC_FRAMES`` write a tracemalloc dump into its data dir (heap/)."""
+    if args.heap_dumps:
+        os.kill(pid, signal.SIGUSR2)
+        time.sleep(3)  # the dump takes the worker a moment; not measured
+        print(f"  heap dump: {when} (RSS {proc_status(pid).get('VmRSS', 0) / MIB:.0f} MiB)")
+
+
 def usage_count(port: int, ns: str, wl: str) -> int | None:
     try:
         text = get_text(f"http://127.0.0.1:{port}/api/usage/{ns}/Deployment/{wl}", timeout=5)
@@ -417,6 +426,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     server, port = dep.start_worker("w0")
     dep.wait_ready(port, server=server, timeout=args.timeout)
     ready_s = time.monotonic() - t0
+    heap_dump(args, server.pid, "recovered")
     prog, _ = wait_ingested(port, total, 120, pid=server.pid, poll=1.0)
     while prog.done_at is None and time.monotonic() - t0 < args.timeout:
         before = prog.last  # go on while it moves; a stalled count is reported, not waited on
@@ -431,6 +441,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         f"start->all live samples ingested {ingest_s:.0f}s ({total / ingest_s:,.0f} samples/s)"
     )
 
+    heap_dump(args, server.pid, "ingested")
     cycle = "bench-full"
     with Profiler(args.profile, server.pid, f"decisions-{n}"):
         acked, arrived = asyncio.run(
@@ -461,11 +472,13 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         f"  MEASURED RSS after ingest+decisions {rss:.0f} MiB, peak {hwm:.0f} MiB; "
         f"usage changelog on disk {cl / MIB:.1f} MiB ({cl / (2 * n):,.0f} B per container)"
     )
+    heap_dump(args, server.pid, "decided")
     settled = None
     if args.settle > 0:  # idle, past the worker's next malloc_trim: what it holds between cycles
         time.sleep(args.settle)
         settled = proc_status(server.pid).get("VmRSS", 0) / MIB
         print(f"  MEASURED RSS {args.settle:g}s later, idle (between cycles): {settled:.0f} MiB")
+        heap_dump(args, server.pid, "settled")
 
     burst = min(args.burst, n)
     bursts: list[dict[str, float]] = []
@@ -586,6 +599,12 @@ def main() -> None:
     ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
     ap.add_argument(
         "--bursts-only", action="store_true", help="stop after the bursts (no SIGKILL/recovery)"
+    )
+    ap.add_argument(
+        "--heap-dumps",
+        action="store_true",
+        help="SIGUSR2 the worker after recovery, ingest, decisions and settle (start it with "
+        "--worker-env KUBEFINOPS_DEBUG_TRACEMALLOC_FRAMES=N: tracemalloc dumps in its data dir)",
     )
     ap.add_argument("--profile", metavar="DIR", help="py-spy the worker in each phase into DIR")
     ap.add_argument(

@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     rocksdb_write_buffer_bytes: Annotated[int, Field(ge=1024 * 1024)] = 16 * 1024 * 1024
     # Return freed heap memory to the OS this often (glibc malloc_trim, engine/memory.py); 0: off.
     malloc_trim_interval_seconds: Annotated[float, Field(ge=0)] = 60.0
+    # Debug only: trace allocations with this many frames and write a heap dump to
+    # ``data_dir/heap`` on SIGUSR2 (engine/memory.HeapDumps); 0 (default): off.
+    debug_tracemalloc_frames: Annotated[int, Field(ge=0, le=100)] = 0
     # Per-workload series on /metrics only for this many workloads (top by pending savings);
     # per-namespace totals cover all of them, /api/usage and the reports every one.
     metrics_top_workloads: Annotated[int, Field(ge=0)] = 100

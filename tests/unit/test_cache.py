@@ -96,3 +96,26 @@ def test_the_size_estimate_tracks_the_real_decoded_size() -> None:
     estimate = decoded[0].nbytes()
     assert 0.5 * real <= estimate <= 2.0 * real, (estimate, real)
     assert real < 16 * 1024  # it was ~54 KiB with every daily sketch decoded
+
+
+def test_the_per_workload_model_caches_are_bounded_whatever_the_fleet() -> None:
+    from engine.core.model import ContainerSpec, ResourcePair, WorkloadSpec
+    from tables.state import MODEL_CACHE_ENTRIES, Tables
+
+    tables = Tables.in_memory()
+    n = MODEL_CACHE_ENTRIES + 500
+    for i in range(n):
+        spec = WorkloadSpec(
+            namespace="ns",
+            kind="Deployment",
+            name=f"w{i}",
+            containers=[ContainerSpec(name="app", requests=ResourcePair(cpu=0.5, memory=2**29))],
+        )
+        tables.workloads[spec.workload_id] = spec
+    assert len(tables.workloads.cache) == MODEL_CACHE_ENTRIES
+    assert tables.workloads.cache.evictions == 500
+    # an evicted spec is decoded again from the table, equal to what was written
+    first = tables.workloads.get("ns/Deployment/w0")
+    assert first is not None and first.name == "w0" and first.containers[0].name == "app"
+    last = tables.workloads.get(f"ns/Deployment/w{n - 1}")
+    assert last is not None and tables.workloads.get(f"ns/Deployment/w{n - 1}") is last  # a hit
