@@ -354,6 +354,30 @@ class QuantileSketch:
         self._min_key = int(min_key) + int(nz[0])
         self._counts = counts[nz[0] : nz[-1] + 1].copy()
 
+    def set_folded(self, zero: int, spans: list[tuple[int, IntArray]]) -> None:
+        """Set this (empty) sketch to the merge of sketches given as their zero counts' sum and
+        their trimmed ``(min_key, counts)``: the bins added into one array and the lowest folded
+        once, to what merging them in a row gives (the fold floor depends only on the largest
+        key: ``hi - bin_limit + 1`` as soon as any merge folded)."""
+        self._zero = int(zero)
+        if not spans:
+            self._min_key, self._counts = 0, _EMPTY
+            return
+        lo = min(key for key, _ in spans)
+        hi = max(key + counts.size - 1 for key, counts in spans)
+        floor_key = max(lo, hi - self.bin_limit + 1)
+        out = np.zeros(hi - floor_key + 1, dtype=np.int64)
+        for start, cnt in spans:
+            cut = floor_key - start  # bins below floor_key fold into the first kept bin
+            if cut > 0:
+                out[0] += int(cnt[:cut].sum())
+                cnt = cnt[cut:]
+                start = floor_key
+            out[start - floor_key : start - floor_key + cnt.size] += cnt
+        nz = np.flatnonzero(out)
+        self._min_key = floor_key + int(nz[0])
+        self._counts = out[nz[0] : nz[-1] + 1]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: parameters + ``b`` = base64 of zigzag-varint [zero, min_key, counts...]."""
         head = np.asarray([self._zero, self._min_key], dtype=np.int64)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from engine.core.estimators import _median, _pairs
 from engine.core.sketch import QuantileSketch
+from engine.core.usage import Window, WindowedUsage
 
 
 def same(a: float, b: float) -> bool:
@@ -154,3 +156,96 @@ def test_estimator_quantile_reads_stored_points_and_interpolates_between() -> No
     value, label = quantile(s, 97.0)
     assert value == 3.0 + (97.0 - 95.0) / (99.0 - 95.0) * (4.0 - 3.0)
     assert label == "p97 (between p95 and p99)"
+
+
+def _windowed(days: list[list[float]], limit: int, window: int = 100) -> WindowedUsage:
+    """Closed windows (one per list, ``window`` s apart, empty lists skipped) + an open one."""
+    wu = WindowedUsage(window, bin_limit=limit)
+    for d, values in enumerate([*days, [1.0]]):
+        if values:
+            ts = d * window + np.linspace(1.0, window - 1.0, len(values))
+            wu.add(ts, np.asarray(values, dtype=np.float64), history_seconds=1e9)
+    return wu
+
+
+def _reference_merge(wu: WindowedUsage, text: str) -> tuple[Window, tuple[tuple[int, float], ...]]:
+    """What the closed days' merge was: every packed window decoded, then merged in a row."""
+    packed: dict[int, Window] = {}
+    wu._unpack(text, 0, packed)
+    return wu._merge(packed), tuple((s, packed[s].max) for s in sorted(packed))
+
+
+def _same_window(a: Window, b: Window) -> None:
+    for name in ("count", "sum", "min", "max", "first_ts", "last_ts", "gen"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert same(float(x), float(y)), (name, x, y)
+    za, ka, ca = a.sketch.bins()
+    zb, kb, cb = b.sketch.bins()
+    assert (za, ka) == (zb, kb) and np.array_equal(ca, cb) and ca.dtype == cb.dtype
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.floats(min_value=0.0, max_value=1e12) | st.sampled_from([0.0, 1e-12, 0.5]),
+            max_size=60,
+        ),
+        min_size=1,
+        max_size=16,
+    ),
+    st.sampled_from([4, 16, 64, 1024]),
+)
+def test_packed_closed_days_merge_as_one_array_like_day_by_day(
+    days: list[list[float]], limit: int
+) -> None:
+    wu = _windowed(days, limit)
+    wu.to_dict()  # packs the closed windows (held packed: a summary merges them)
+    text = wu._lazy
+    if text is None:  # a single window: nothing closed to merge
+        return
+    fast, fast_peaks = wu._merge_packed(text)
+    slow, slow_peaks = _reference_merge(wu, text)
+    _same_window(fast, slow)
+    assert fast_peaks == slow_peaks
+    assert fast.sketch.quantiles([0.5, 0.99]) == slow.sketch.quantiles([0.5, 0.99])
+    # and the summary a cold (just decoded) state gives is the one a warm state gives
+    cold = WindowedUsage.from_dict(wu.to_dict())
+    assert cold.summary() == _windowed(days, limit).summary()
+
+
+def test_packed_merge_of_repeated_or_odd_windows_is_the_day_by_day_merge() -> None:
+    wu = _windowed([[1.0, 2.0], [3.0], [5.0, 1e9]], 16)
+    wins = wu.windows
+    starts = sorted(wins)
+    # a start repeated (the later window replaces the earlier when decoded one by one), and
+    # bins with zeros at their ends (set_bins trims them)
+    for order in ([starts[0], starts[0], starts[1]], [starts[1], starts[1]], starts):
+        text = wu._pack(wins, order)
+        fast, fast_peaks = wu._merge_packed(text)
+        slow, slow_peaks = _reference_merge(wu, text)
+        _same_window(fast, slow)
+        assert fast_peaks == slow_peaks
+    empty = WindowedUsage(100)
+    _same_window(empty._merge_packed(empty._pack({}, []))[0], empty._merge({}))
+
+
+@pytest.mark.parametrize("cut", [3, 10, 20, 45])
+def test_a_corrupt_packed_payload_fails_the_same_way_merged_or_decoded(cut: int) -> None:
+    from engine.core.sketch import pack_raw, unpack_raw
+
+    wu = _windowed([[1.0, 2.0, 3.0], [4.0, 5.0]], 1024)
+    wu.to_dict()
+    assert wu._lazy is not None
+    raw = unpack_raw(wu._lazy)
+    for bad in (pack_raw(raw[:cut]), pack_raw(raw + b"\x05"), "x", pack_raw(raw[:1])):
+        errors = []
+        for merge in (wu._merge_packed, partial(_reference_merge, wu)):
+            with pytest.raises(ValueError) as exc:
+                merge(bad)
+            errors.append(str(exc.value))
+        assert errors[0] == errors[1]
+    limited = WindowedUsage(100, bin_limit=2)  # more bins than its limit: what set_bins refuses
+    for merge in (limited._merge_packed, partial(_reference_merge, limited)):
+        with pytest.raises(ValueError, match="corrupt sketch bins"):
+            merge(wu._lazy)
