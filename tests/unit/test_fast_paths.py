@@ -249,3 +249,48 @@ def test_a_corrupt_packed_payload_fails_the_same_way_merged_or_decoded(cut: int)
     for merge in (limited._merge_packed, partial(_reference_merge, limited)):
         with pytest.raises(ValueError, match="corrupt sketch bins"):
             merge(wu._lazy)
+
+
+def _reference_decode_uvarints(data: bytes) -> np.ndarray:
+    """The byte-position loop :func:`decode_uvarints` was (per position: a mask and a gather)."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if b[-1] & 0x80:
+        raise ValueError("truncated varint stream")
+    ends = np.flatnonzero((b & 0x80) == 0)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 9:
+        raise ValueError("varint too long")
+    payload = (b & 0x7F).astype(np.int64)
+    out = np.zeros(ends.size, dtype=np.int64)
+    for i in range(int(lengths.max())):
+        live = lengths > i
+        out[live] |= payload[starts[live] + i] << (7 * i)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.integers(0, 127) | st.integers(0, 2**14) | st.integers(0, 2**63 - 1), max_size=80)
+    | st.binary(max_size=40)
+)
+def test_varint_decoding_is_the_byte_position_loop(values: list[int] | bytes) -> None:
+    from engine.core.sketch import decode_uvarints, encode_uvarints
+
+    data = (
+        values
+        if isinstance(values, bytes)  # any bytes: valid, truncated or too long
+        else encode_uvarints(np.asarray(values, dtype=np.int64))
+    )
+    try:
+        expected = _reference_decode_uvarints(data)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=str(exc)):
+            decode_uvarints(data)
+        return
+    got = decode_uvarints(data)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    if not isinstance(values, bytes):
+        assert got.tolist() == values
