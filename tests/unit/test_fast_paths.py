@@ -294,3 +294,15 @@ def test_varint_decoding_is_the_byte_position_loop(values: list[int] | bytes) ->
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
     if not isinstance(values, bytes):
         assert got.tolist() == values
+
+
+def test_estimator_knobs_dumped_once_per_policy_object_are_each_ones_own_dump() -> None:
+    from engine.core.estimators import EstimatorParams
+    from engine.core.recommend import _estimator_doc
+
+    zero, negative = EstimatorParams(cpu_headroom=0.0), EstimatorParams(cpu_headroom=-0.0)
+    assert zero == negative  # equal params (0.0 == -0.0) that dump differently: never shared
+    for params in (zero, negative, zero, EstimatorParams(cpu_percentile=90)):
+        doc = _estimator_doc(params)
+        assert doc == params.model_dump(mode="json")
+        assert str(doc["cpu_headroom"]) == str(params.cpu_headroom)
