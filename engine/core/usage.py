@@ -117,7 +117,7 @@ class Window:
             head = b"".join(
                 uvarint_zigzag(int(v)) for v in (self.count, zero, min_key, counts.size)
             )
-            self._raw = head + encode_uvarints(counts.astype(np.uint64) << np.uint64(1))
+            self._raw = head + encode_uvarints(counts << 1)  # zigzag of a count >= 0
         return self._raw
 
     def add(self, ts: FloatArray, values: FloatArray) -> None:
