@@ -117,11 +117,15 @@ class Settings(BaseSettings):
     # Per-partition fetch size. Faust's 1 MiB default holds ~26 of our ~38 KB batches and left the
     # aggregator waiting on the network half the time (bench/bench_pipeline.py: 2.4x with 16 MiB).
     kafka_max_fetch_bytes: PositiveInt = 16 * 1024 * 1024
-    # Producer batching (Faust's defaults: send at once, 16 KiB batches). In the 1,000-workload
-    # burst of bench/bench_scale.py 10 ms / 256 KiB gave the worker 1.2-3.6x its in-process cost
-    # against 1.6-3.6x at the defaults: within the shared machine's noise, so the defaults stay.
-    # Offsets are committed only after the producer is flushed, whatever the linger.
-    kafka_producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 0
+    # Producer batching. The aggregator writes two changelog records per metrics record (one per
+    # container); at Faust's linger of 0 nearly each went out as its own produce request (1.16
+    # records per stored batch) and the socket writes alone were ~8 % of the worker's CPU. 20 ms:
+    # ~3.5 records per batch and 0.86-0.92x the worker's CPU per sample (bench/bench_pipeline.py,
+    # docs/benchmarks.md "Ingest: value codec and producer linger"). In the 1,000-workload burst
+    # of bench/bench_scale.py 10 ms / 256 KiB gave 1.2-3.6x the in-process cost against 1.6-3.6x
+    # at linger 0: no measurable latency cost. Offsets are committed only after the producer is
+    # flushed, whatever the linger.
+    kafka_producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 20
     kafka_producer_batch_bytes: Annotated[int, Field(ge=16 * 1024, le=1024 * 1024)] = 16 * 1024
 
     # --- MongoDB -------------------------------------------------------------------------------
