@@ -2,12 +2,16 @@
 
     python bench/bench_handlers.py [--workloads 300] [--repeat 5] [--profile]
     ROOT=/path/to/other/checkout python bench/bench_handlers.py   # the same, on other code
+    python bench/bench_handlers.py --cold   # every state decoded at its marker (a cache miss)
 
 The handlers themselves, as ``bench_scale.py``'s in-process baseline runs them (no Kafka, no
 Faust): every workload (2 containers) gets the seeded 14-day usage state the worker would hold
 (built by the worker's own code, decoded and its summaries warmed as after the decisions phase),
 then its cycle-end marker goes through ``aggregator.ingest`` (-> recommender) and the resulting
-recommendations through ``gate.handle_batch`` (with the history outbox).  CPU time
+recommendations through ``gate.handle_batch`` (with the history outbox).  ``--cold``: the
+states are not decoded beforehand, so each marker decodes its containers' states and merges
+their closed days, as after a decoded-state cache miss (every container of a fleet larger than
+``usage_cache_bytes``, every cycle; a 1,000-workload burst on the 16 MiB default).  CPU time
 (``process_time``), the minimum over ``--repeat`` runs (the box is shared).  Same run baseline:
 the whole collector-shaped burst in-process (``bench_scale.in_process_burst``: a chunk + a
 marker per workload, i.e. ingest + the above), wall time, so the ratio says what share of a
@@ -41,6 +45,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--templates", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="cProfile the last run (top 40)")
+    ap.add_argument("--cold", action="store_true", help="states decoded at their marker")
     args = ap.parse_args()
 
     from agents import aggregator, gate
@@ -60,6 +65,8 @@ def main() -> None:
             for j, c in enumerate(("app", "sidecar")):
                 cid = container_id(ns, "Deployment", wl, c)
                 rt.tables.usage.store[cid] = templates[(2 * i + j) % len(templates)]
+                if args.cold:
+                    continue
                 usage = rt.tables.usage.get(cid)
                 for res in RESOURCES if usage is not None else ():
                     usage.summary(res)
@@ -95,7 +102,11 @@ def main() -> None:
     burst = bs.in_process_burst(
         wls, end, end + 2700, argparse.Namespace(days=14, step=300), templates
     )["ms_per_workload"]
-    print(f"code: {os.environ.get('ROOT') or 'this checkout'}; load {os.getloadavg()[0]:.2f}")
+    state = "cold (decoded at the marker)" if args.cold else "warm"
+    print(
+        f"code: {os.environ.get('ROOT') or 'this checkout'}; states {state}; "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     print(f"recommender {rec:.3f} ms/workload, gate {gat:.3f}, decision path {rec + gat:.3f}")
     print(f"same run, whole in-process burst (chunk ingest + decision path): {burst:.2f} ms/wl")
     print(f"decision path / burst: {(rec + gat) / burst:.2f}; digest {runs[-1][2]}")

@@ -30,7 +30,10 @@ import asyncio
 import io
 import os
 import pstats
+import shutil
+import struct
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -268,6 +271,11 @@ def part_throughput(
         f"  changelog {changelog}: {expect:,} records for {sizes['keys']} containers "
         f"({expect / max(n_msgs, 1):.2f} per input message)"
     )
+    batches, records = log_batches(stack, changelog)
+    print(
+        f"  changelog as stored: {records:,} records in {batches:,} record batches "
+        f"({records / max(batches, 1):.2f} records per batch; at least one produce request each)"
+    )
     print_sizes(sizes, f"{chunks * chunk_seconds / 86_400:.1f} days")
     dep.stop_all()
     if prof is not None:
@@ -282,14 +290,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def part_cpu(
-    stack: Stack, containers: int, chunks: int, workers: int, timeout: float, fmt: str = "chunk"
+    stack: Stack,
+    containers: int,
+    chunks: int,
+    workers: int,
+    timeout: float,
+    fmt: str = "chunk",
+    env: dict[str, str] | None = None,
 ) -> None:
     """CPU-seconds per million samples ingested, summed over ``workers`` worker processes
     (from all ready to all ingested), on a fresh deployment with the same kind of messages."""
     assert stack.kafka is not None
     chunk_seconds = 500 * 60
     total = containers * chunks * samples_per_message(chunk_seconds)
-    dep = stack.deployment(partitions=PARTITIONS)
+    dep = stack.deployment(partitions=PARTITIONS, **(env or {}))
     topic = precreate(stack, dep)
     asyncio.run(
         produce_fast(stack.kafka, topic, build_messages(containers, chunks, chunk_seconds, fmt=fmt))
@@ -312,7 +326,31 @@ def part_cpu(
         f"({done / wall:,.0f} samples/s together), {cpu:.1f} CPU-s = "
         f"{cpu / max(done / 1e6, 1e-9):.2f} CPU-s per million samples"
     )
+    if done < total:  # a stall: say which worker stopped, and keep its log for a post-mortem
+        for server, port in procs:
+            print(f"  !! {server.name}: {ingested(port):,.0f} samples ingested; log {server.log}")
+        keep = Path(tempfile.mkdtemp(prefix="kfo-stall-"))
+        for server, _ in procs:
+            shutil.copy(server.log, keep)
+        print(f"  !! worker logs kept in {keep}")
     dep.stop_all()
+
+
+def log_batches(stack: Stack, topic: str) -> tuple[int, int]:
+    """(record batches, records) of ``topic`` as the broker stored them, read from its log
+    segments (record batch v2: base offset, length, ..., record count at byte 57).  One produce
+    request carries at least one batch per partition, so batches / records tells how well the
+    producer batched (e.g. the changelog: one request per table write, or several writes each)."""
+    batches = records = 0
+    for seg in stack.workdir.glob(f"kafka*/data/{topic}-*/*.log"):
+        data = seg.read_bytes()
+        pos = 0
+        while pos + 61 <= len(data):
+            (length,) = struct.unpack_from(">i", data, pos + 8)
+            (count,) = struct.unpack_from(">i", data, pos + 57)
+            batches, records = batches + 1, records + count
+            pos += 12 + length
+    return batches, records
 
 
 def print_sizes(sizes: dict[str, Any], span: str) -> None:
@@ -476,7 +514,7 @@ def main() -> None:
         if args.cpu_workers:
             print("\n== CPU-seconds per million samples (all workers ready -> all ingested)")
             for n in (int(w) for w in args.cpu_workers.split(",")):
-                part_cpu(stack, args.containers, args.chunks, n, args.timeout, args.format)
+                part_cpu(stack, args.containers, args.chunks, n, args.timeout, args.format, env)
         if not args.skip_backfill:
             sizes = [int(c) for c in args.backfill_containers.split(",")]
             part_backfill(stack, sizes, args.backfill_days, args.timeout, env)

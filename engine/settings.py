@@ -122,11 +122,15 @@ class Settings(BaseSettings):
     # Per-partition fetch size. Faust's 1 MiB default holds ~26 of our ~38 KB batches and left the
     # aggregator waiting on the network half the time (bench/bench_pipeline.py: 2.4x with 16 MiB).
     kafka_max_fetch_bytes: PositiveInt = 16 * 1024 * 1024
-    # Producer batching (Faust's defaults: send at once, 16 KiB batches). In the 1,000-workload
-    # burst of bench/bench_scale.py 10 ms / 256 KiB gave the worker 1.2-3.6x its in-process cost
-    # against 1.6-3.6x at the defaults: within the shared machine's noise, so the defaults stay.
-    # Offsets are committed only after the producer is flushed, whatever the linger.
-    kafka_producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 0
+    # Producer batching. The aggregator writes two changelog records per metrics record (one per
+    # container); at Faust's linger of 0 nearly each went out as its own produce request (1.16
+    # records per stored batch) and the socket writes alone were ~8 % of the worker's CPU. 20 ms:
+    # ~3.5 records per batch and 0.86-0.92x the worker's CPU per sample (bench/bench_pipeline.py,
+    # docs/benchmarks.md "Ingest: value codec and producer linger"). In the 1,000-workload burst
+    # of bench/bench_scale.py 10 ms / 256 KiB gave 1.2-3.6x the in-process cost against 1.6-3.6x
+    # at linger 0: no measurable latency cost. Offsets are committed only after the producer is
+    # flushed, whatever the linger.
+    kafka_producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 20
     kafka_producer_batch_bytes: Annotated[int, Field(ge=16 * 1024, le=1024 * 1024)] = 16 * 1024
 
     # --- MongoDB -------------------------------------------------------------------------------
@@ -156,10 +160,14 @@ class Settings(BaseSettings):
     usage_window_seconds: PositiveInt = 86400
     # Decoded usage state kept in memory, least recently used dropped first (the table keeps
     # every container's compact value; a dropped one is decoded again when next needed). A
-    # cycle reads each container right after its chunk, so a small cache serves it: 16 MiB
-    # (~2,000 containers; ~24 MiB real, the estimate counts arrays, not every object) instead
-    # of 64 MiB (~93 MiB real), which at 10,000 workloads was the largest part that could go.
-    usage_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    # cycle reads each container right after its chunk, so a small cache serves the marker;
+    # but the chunk's own read hits only if the worker's containers fit, and a state decoded
+    # again must merge its closed days again for the summary.  24 MiB (~2,900 14-day
+    # containers by the estimate, ~8.5 KiB each; ~36 MiB real) holds a 1,000-workload worker:
+    # 16 MiB held 1,947 of its 2,000 containers, so in every cycle LRU evicted each one before
+    # its next read (0 hits) and a burst cost 1.6x the CPU (docs/benchmarks.md, "Burst").  At
+    # 64 MiB (~93 MiB real) it was the largest part of a 10,000-workload worker's memory.
+    usage_cache_bytes: Annotated[int, Field(ge=0)] = 24 * 1024 * 1024
     # Where the tables keep their values (tables/store.py). ``memory``: every value decoded in the
     # Python heap, rebuilt from the whole changelog on every start. ``rocksdb``: on disk under
     # ``data_dir`` with bounded caches (the heap holds only ``usage_cache_bytes`` of decoded

@@ -27,7 +27,7 @@ from engine.errors import InvalidPolicy
 from engine.metrics import USAGE_CACHE_BYTES, USAGE_CACHE_EVICTIONS
 from tables.cache import ByteLRU
 
-DEFAULT_USAGE_CACHE_BYTES = 16 * 1024 * 1024
+DEFAULT_USAGE_CACHE_BYTES = 24 * 1024 * 1024  # = Settings.usage_cache_bytes
 # Decoded specs / last actions / verifications kept per table (least recently used dropped and
 # decoded again from the table when next read: ~20-50 us each).  Unbounded, the workloads cache
 # held every workload's decoded spec: ~4.7 KB each, ~47 MiB at 10,000 workloads (tracemalloc of

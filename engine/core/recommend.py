@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from engine.core.cost import DEFAULT_PRICES, Prices, savings, target_savings
-from engine.core.estimators import estimate_container
+from engine.core.estimators import EstimatorParams, estimate_container
 from engine.core.model import (
     Confidence,
     ContainerRecommendation,
@@ -63,12 +64,28 @@ def recommend_container(
     return rec.model_copy(update={"reasons": [*rec.reasons, *notes]}) if notes else rec
 
 
+# id(params) -> (params, its JSON dump): the params are held, so an id is never reused while
+# its entry lives; by identity, not equality (0.0 == -0.0, but they dump differently)
+_ESTIMATOR_DOCS: dict[int, tuple[EstimatorParams, dict[str, Any]]] = {}
+
+
+def _estimator_doc(params: EstimatorParams) -> dict[str, Any]:
+    """The estimator knobs as JSON, dumped once per policy object (policies are decoded once per
+    stored value) instead of once per workload; callers only serialize the dict."""
+    found = _ESTIMATOR_DOCS.get(id(params))
+    if found is None or found[0] is not params:
+        if len(_ESTIMATOR_DOCS) >= 256:
+            _ESTIMATOR_DOCS.clear()
+        found = _ESTIMATOR_DOCS[id(params)] = (params, params.model_dump(mode="json"))
+    return found[1]
+
+
 def recommendation_id(
     spec: WorkloadSpec, policy: Policy, containers: list[ContainerRecommendation]
 ) -> str:
     payload = {
         "workload": spec.workload_id,
-        "policy": [policy.id, policy.version, policy.estimator.model_dump(mode="json")],
+        "policy": [policy.id, policy.version, _estimator_doc(policy.estimator)],
         "containers": [
             [
                 c.name,

@@ -85,22 +85,34 @@ def encode_uvarints(values: IntArray) -> bytes:
 
 
 def decode_uvarints(data: bytes) -> IntArray:
-    """Inverse of :func:`encode_uvarints`; raises ValueError on a truncated stream."""
+    """Inverse of :func:`encode_uvarints`; raises ValueError on a truncated stream.
+
+    Vectorized from each value's last byte back (Horner's rule on the 7-bit groups), on the
+    values still longer than the bytes read so far: most are one or two bytes, so this is a
+    pass or two over the stream (every summary after a decoded-state cache miss decodes its
+    closed days' bins: ~2,000 varints per container-resource)."""
     b = np.frombuffer(data, dtype=np.uint8)
     if b.size == 0:
         return _EMPTY.copy()
     if b[-1] & 0x80:
         raise ValueError("truncated varint stream")
-    ends = np.flatnonzero((b & 0x80) == 0)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > 9:
-        raise ValueError("varint too long")
+    last = b < 0x80  # the last byte of a value
+    ends = np.flatnonzero(last)
+    out = b[ends].astype(np.int64)
+    if ends.size == b.size:
+        return out
     payload = (b & 0x7F).astype(np.int64)
-    out = np.zeros(ends.size, dtype=np.int64)
-    for i in range(int(lengths.max())):
-        live = lengths > i
-        out[live] |= payload[starts[live] + i] << (7 * i)
+    # values with a byte before their last one (ends[0] - 1 == -1 reads the stream's last
+    # byte, a last byte: the first value never looks past its start)
+    longer = np.flatnonzero(~last[ends - 1])
+    read = 1
+    while longer.size:
+        if read == 9:
+            raise ValueError("varint too long")
+        pos = ends[longer] - read
+        out[longer] = (out[longer] << 7) | payload[pos]
+        read += 1
+        longer = longer[~last[pos - 1]]
     return out
 
 
@@ -353,6 +365,30 @@ class QuantileSketch:
         nz = np.flatnonzero(counts)
         self._min_key = int(min_key) + int(nz[0])
         self._counts = counts[nz[0] : nz[-1] + 1].copy()
+
+    def set_folded(self, zero: int, spans: list[tuple[int, IntArray]]) -> None:
+        """Set this (empty) sketch to the merge of sketches given as their zero counts' sum and
+        their trimmed ``(min_key, counts)``: the bins added into one array and the lowest folded
+        once, to what merging them in a row gives (the fold floor depends only on the largest
+        key: ``hi - bin_limit + 1`` as soon as any merge folded)."""
+        self._zero = int(zero)
+        if not spans:
+            self._min_key, self._counts = 0, _EMPTY
+            return
+        lo = min(key for key, _ in spans)
+        hi = max(key + counts.size - 1 for key, counts in spans)
+        floor_key = max(lo, hi - self.bin_limit + 1)
+        out = np.zeros(hi - floor_key + 1, dtype=np.int64)
+        for start, cnt in spans:
+            cut = floor_key - start  # bins below floor_key fold into the first kept bin
+            if cut > 0:
+                out[0] += int(cnt[:cut].sum())
+                cnt = cnt[cut:]
+                start = floor_key
+            out[start - floor_key : start - floor_key + cnt.size] += cnt
+        nz = np.flatnonzero(out)
+        self._min_key = floor_key + int(nz[0])
+        self._counts = out[nz[0] : nz[-1] + 1]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: parameters + ``b`` = base64 of zigzag-varint [zero, min_key, counts...]."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from engine.core.estimators import _median, _pairs
 from engine.core.sketch import QuantileSketch
+from engine.core.usage import Window, WindowedUsage
 
 
 def same(a: float, b: float) -> bool:
@@ -154,3 +156,153 @@ def test_estimator_quantile_reads_stored_points_and_interpolates_between() -> No
     value, label = quantile(s, 97.0)
     assert value == 3.0 + (97.0 - 95.0) / (99.0 - 95.0) * (4.0 - 3.0)
     assert label == "p97 (between p95 and p99)"
+
+
+def _windowed(days: list[list[float]], limit: int, window: int = 100) -> WindowedUsage:
+    """Closed windows (one per list, ``window`` s apart, empty lists skipped) + an open one."""
+    wu = WindowedUsage(window, bin_limit=limit)
+    for d, values in enumerate([*days, [1.0]]):
+        if values:
+            ts = d * window + np.linspace(1.0, window - 1.0, len(values))
+            wu.add(ts, np.asarray(values, dtype=np.float64), history_seconds=1e9)
+    return wu
+
+
+def _reference_merge(wu: WindowedUsage, text: str) -> tuple[Window, tuple[tuple[int, float], ...]]:
+    """What the closed days' merge was: every packed window decoded, then merged in a row."""
+    packed: dict[int, Window] = {}
+    wu._unpack(text, 0, packed)
+    return wu._merge(packed), tuple((s, packed[s].max) for s in sorted(packed))
+
+
+def _same_window(a: Window, b: Window) -> None:
+    for name in ("count", "sum", "min", "max", "first_ts", "last_ts", "gen"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert same(float(x), float(y)), (name, x, y)
+    za, ka, ca = a.sketch.bins()
+    zb, kb, cb = b.sketch.bins()
+    assert (za, ka) == (zb, kb) and np.array_equal(ca, cb) and ca.dtype == cb.dtype
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.floats(min_value=0.0, max_value=1e12) | st.sampled_from([0.0, 1e-12, 0.5]),
+            max_size=60,
+        ),
+        min_size=1,
+        max_size=16,
+    ),
+    st.sampled_from([4, 16, 64, 1024]),
+)
+def test_packed_closed_days_merge_as_one_array_like_day_by_day(
+    days: list[list[float]], limit: int
+) -> None:
+    wu = _windowed(days, limit)
+    wu.to_dict()  # packs the closed windows (held packed: a summary merges them)
+    text = wu._lazy
+    if text is None:  # a single window: nothing closed to merge
+        return
+    fast, fast_peaks = wu._merge_packed(text)
+    slow, slow_peaks = _reference_merge(wu, text)
+    _same_window(fast, slow)
+    assert fast_peaks == slow_peaks
+    assert fast.sketch.quantiles([0.5, 0.99]) == slow.sketch.quantiles([0.5, 0.99])
+    # and the summary a cold (just decoded) state gives is the one a warm state gives
+    cold = WindowedUsage.from_dict(wu.to_dict())
+    assert cold.summary() == _windowed(days, limit).summary()
+
+
+def test_packed_merge_of_repeated_or_odd_windows_is_the_day_by_day_merge() -> None:
+    wu = _windowed([[1.0, 2.0], [3.0], [5.0, 1e9]], 16)
+    wins = wu.windows
+    starts = sorted(wins)
+    # a start repeated (the later window replaces the earlier when decoded one by one), and
+    # bins with zeros at their ends (set_bins trims them)
+    for order in ([starts[0], starts[0], starts[1]], [starts[1], starts[1]], starts):
+        text = wu._pack(wins, order)
+        fast, fast_peaks = wu._merge_packed(text)
+        slow, slow_peaks = _reference_merge(wu, text)
+        _same_window(fast, slow)
+        assert fast_peaks == slow_peaks
+    empty = WindowedUsage(100)
+    _same_window(empty._merge_packed(empty._pack({}, []))[0], empty._merge({}))
+
+
+@pytest.mark.parametrize("cut", [3, 10, 20, 45])
+def test_a_corrupt_packed_payload_fails_the_same_way_merged_or_decoded(cut: int) -> None:
+    from engine.core.sketch import pack_raw, unpack_raw
+
+    wu = _windowed([[1.0, 2.0, 3.0], [4.0, 5.0]], 1024)
+    wu.to_dict()
+    assert wu._lazy is not None
+    raw = unpack_raw(wu._lazy)
+    for bad in (pack_raw(raw[:cut]), pack_raw(raw + b"\x05"), "x", pack_raw(raw[:1])):
+        errors = []
+        for merge in (wu._merge_packed, partial(_reference_merge, wu)):
+            with pytest.raises(ValueError) as exc:
+                merge(bad)
+            errors.append(str(exc.value))
+        assert errors[0] == errors[1]
+    limited = WindowedUsage(100, bin_limit=2)  # more bins than its limit: what set_bins refuses
+    for merge in (limited._merge_packed, partial(_reference_merge, limited)):
+        with pytest.raises(ValueError, match="corrupt sketch bins"):
+            merge(wu._lazy)
+
+
+def _reference_decode_uvarints(data: bytes) -> np.ndarray:
+    """The byte-position loop :func:`decode_uvarints` was (per position: a mask and a gather)."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if b[-1] & 0x80:
+        raise ValueError("truncated varint stream")
+    ends = np.flatnonzero((b & 0x80) == 0)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 9:
+        raise ValueError("varint too long")
+    payload = (b & 0x7F).astype(np.int64)
+    out = np.zeros(ends.size, dtype=np.int64)
+    for i in range(int(lengths.max())):
+        live = lengths > i
+        out[live] |= payload[starts[live] + i] << (7 * i)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.integers(0, 127) | st.integers(0, 2**14) | st.integers(0, 2**63 - 1), max_size=80)
+    | st.binary(max_size=40)
+)
+def test_varint_decoding_is_the_byte_position_loop(values: list[int] | bytes) -> None:
+    from engine.core.sketch import decode_uvarints, encode_uvarints
+
+    data = (
+        values
+        if isinstance(values, bytes)  # any bytes: valid, truncated or too long
+        else encode_uvarints(np.asarray(values, dtype=np.int64))
+    )
+    try:
+        expected = _reference_decode_uvarints(data)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=str(exc)):
+            decode_uvarints(data)
+        return
+    got = decode_uvarints(data)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    if not isinstance(values, bytes):
+        assert got.tolist() == values
+
+
+def test_estimator_knobs_dumped_once_per_policy_object_are_each_ones_own_dump() -> None:
+    from engine.core.estimators import EstimatorParams
+    from engine.core.recommend import _estimator_doc
+
+    zero, negative = EstimatorParams(cpu_headroom=0.0), EstimatorParams(cpu_headroom=-0.0)
+    assert zero == negative  # equal params (0.0 == -0.0) that dump differently: never shared
+    for params in (zero, negative, zero, EstimatorParams(cpu_percentile=90)):
+        doc = _estimator_doc(params)
+        assert doc == params.model_dump(mode="json")
+        assert str(doc["cpu_headroom"]) == str(params.cpu_headroom)

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.model import MetricsBatch
-from engine.core.sketch import exact_quantile
-from engine.core.usage import MAX_RANGES, ContainerUsage, IngestResult, WindowedUsage
+from engine.core.sketch import QuantileSketch, encode_uvarints, exact_quantile, zigzag
+from engine.core.usage import MAX_RANGES, ContainerUsage, IngestResult, Window, WindowedUsage
 
 DAY = 86_400
 T0 = 1_750_032_000.0  # a UTC midnight
@@ -247,6 +247,54 @@ def test_state_written_in_the_v1_layout_is_still_read() -> None:
         )
     again = ContainerUsage.from_dict(json.loads(json.dumps(cu.to_dict())))
     assert again == cu and cu.to_dict()["v"] == 2
+
+
+def test_state_written_with_a_zlib_open_day_is_still_read() -> None:
+    """A changelog value written before the open day was stored without zlib (commit
+    824908d: ``o`` with header ``z``) recovers unchanged, and is rewritten in the new form."""
+    fixture = json.loads((Path(__file__).parent / "data" / "usage_v2_zlib_open.json").read_text())
+    assert {fixture["state"][r]["o"][0] for r in ("cpu", "memory")} == {"z"}
+    cu = ContainerUsage.from_dict(fixture["state"])
+    for r in ("cpu", "memory"):
+        assert cu.summary(r).model_dump(mode="json") == fixture["summary"][r]
+    now = cu.to_dict()
+    assert {now[r]["o"][0] for r in ("cpu", "memory")} == {"r"}
+    assert ContainerUsage.from_dict(json.loads(json.dumps(now))) == cu
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 2**40), max_size=300),
+    count=st.integers(0, 2**40),
+    zero=st.integers(0, 2**40),
+    min_key=st.integers(-(2**31), 2**31),
+)
+def test_a_window_encodes_to_the_zigzag_varints_of_its_whole_row(
+    counts: list[int], count: int, zero: int, min_key: int
+) -> None:
+    """``Window.encoded`` (head ints in Python, counts as ``2 * count``) gives byte for byte
+    what the generic zigzag + varint encoder gives for ``[count, zero, min_key, nbins, *counts]``
+    -- the layout every reader of codec v2 decodes."""
+    win = Window(QuantileSketch())
+    arr = np.asarray(counts, dtype=np.int64)
+    win.sketch._zero, win.sketch._min_key, win.sketch._counts = zero, min_key, arr
+    win.count = count
+    row = np.asarray([count, zero, min_key, arr.size, *counts], dtype=np.int64)
+    assert win.encoded() == encode_uvarints(zigzag(row))
+
+
+def test_the_open_day_is_stored_without_zlib_and_closed_days_with_it() -> None:
+    ts, cpu, mem = _series(2 * 1440 + 300, seed=13)
+    cu = _state_after(_chunks(ts, cpu, mem, 500))
+    doc = cu.to_dict()
+    for r in ("cpu", "memory"):
+        assert doc[r]["o"][0] == "r" and doc[r]["c"][0] == "z"
+    # a corrupt uncompressed open day is an error, not a silently different state
+    for bad in (doc["cpu"]["o"][:-4], doc["cpu"]["o"] + "AAAA", "r" + doc["cpu"]["o"][5:]):
+        broken = json.loads(json.dumps(doc))
+        broken["cpu"]["o"] = bad
+        with pytest.raises(ValueError):
+            ContainerUsage.from_dict(broken)
 
 
 def test_closed_days_are_packed_once_and_only_the_open_day_is_rewritten() -> None:
