@@ -43,6 +43,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,31 @@ class Profiler:
                 self.proc.wait()
 
 
+class RssByPhase:
+    """Samples the worker's VmRSS every 0.25 s and keeps the highest per phase (the VmHWM alone
+    does not say which phase made the peak)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.phase = pid, "start"
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                rss = proc_status(self.pid).get("VmRSS", 0) / MIB
+            except OSError:
+                return
+            self.peaks[self.phase] = max(rss, self.peaks.get(self.phase, 0.0))
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        return ", ".join(f"{k} {v:.0f}" for k, v in self.peaks.items())
+
+
 def heap_dump(args: argparse.Namespace, pid: int, when: str) -> None:
     """``--heap-dumps``: SIGUSR2 makes a worker started with
     ``KUBEFINOPS_DEBUG_TRACEMALLOC_FRAMES`` write a tracemalloc dump into its data dir (heap/)."""
@@ -435,7 +461,10 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     )
     t0 = time.monotonic()
     server, port = dep.start_worker("w0")
+    phases = RssByPhase(server.pid)
+    phases.phase = "recovery"
     dep.wait_ready(port, server=server, timeout=args.timeout)
+    phases.phase = "live ingest"
     ready_s = time.monotonic() - t0
     heap_dump(args, server.pid, "recovered")
     prog, _ = wait_ingested(port, total, 120, pid=server.pid, poll=1.0)
@@ -453,6 +482,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     )
 
     heap_dump(args, server.pid, "ingested")
+    phases.phase = "decisions"
     cycle = "bench-full"
     with Profiler(args.profile, server.pid, f"decisions-{n}"):
         acked, arrived = asyncio.run(
@@ -484,6 +514,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         f"usage changelog on disk {cl / MIB:.1f} MiB ({cl / (2 * n):,.0f} B per container)"
     )
     heap_dump(args, server.pid, "decided")
+    phases.phase = "idle"
     settled = None
     if args.settle > 0:  # idle, past the worker's next malloc_trim: what it holds between cycles
         time.sleep(args.settle)
@@ -501,6 +532,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         b_start, b_end = end + i * chunk_s, end + (i + 1) * chunk_s
         cycle = f"bench-burst-{i}"
         base = in_process_burst(wls[:burst], b_start, b_end, args, templates)
+        phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
@@ -526,6 +558,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
                 f"per workload (worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x; "
                 f"its decoded-state cache hit {base['cache_hit_rate']:.0%} of reads)"
             )
+    print(f"  MEASURED peak RSS by phase (MiB): {phases.stop()}")
     if args.bursts_only:
         dep.stop_all()
         return {"n": n, "bursts": bursts}
