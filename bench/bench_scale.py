@@ -209,6 +209,9 @@ def in_process_burst(
     from tests.fakes import FakeHistory, runtime
 
     rt = runtime(Services(history=FakeHistory()), now=time.time())  # the worker's settings
+    env = dict(kv.split("=", 1) for kv in getattr(args, "worker_env", []))
+    if "KUBEFINOPS_USAGE_CACHE_BYTES" in env:  # the worker's cache bound, when set for the run
+        rt.tables.usage.cache.max_bytes = int(env["KUBEFINOPS_USAGE_CACHE_BYTES"])
     rng = np.random.default_rng(3)
     conts = ["app", "sidecar"]
 
@@ -229,6 +232,8 @@ def in_process_burst(
                     await aggregator.ingest(rt, key, raw)
         msgs = burst_messages(wls, start, end, "baseline", rng)
         recs = rt.topics.recommendations
+        cache = rt.tables.usage.cache
+        cache.hits = cache.misses = 0
         t0 = time.perf_counter()
         for key, raw in msgs:
             await aggregator.ingest(rt, key, raw)
@@ -240,7 +245,13 @@ def in_process_burst(
     took = asyncio.run(go())
     decided = len(rt.topics.decisions.sent)  # type: ignore[attr-defined]
     assert decided == len(wls), f"in-process baseline: {decided} decisions of {len(wls)}"
-    return {"workloads": len(wls), "ms_per_workload": 1000 * took / len(wls)}
+    cache = rt.tables.usage.cache
+    return {
+        "workloads": len(wls),
+        "ms_per_workload": 1000 * took / len(wls),
+        # the decoded-state cache during the burst (its bound: the worker's usage_cache_bytes)
+        "cache_hit_rate": cache.hits / max(1, cache.hits + cache.misses),
+    }
 
 
 class Profiler:
@@ -499,7 +510,8 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
                 f"decision p50 {row['p50']:.2f}s p99 {row['p99']:.2f}s max {row['max']:.2f}s; "
                 f"{row['rate']:,.0f} decisions/s = {row['per_workload_ms']:.1f} ms per workload; "
                 f"in-process baseline just before, same burst: {base['ms_per_workload']:.2f} ms "
-                f"per workload (worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x)"
+                f"per workload (worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x; "
+                f"its decoded-state cache hit {base['cache_hit_rate']:.0%} of reads)"
             )
     if args.bursts_only:
         dep.stop_all()

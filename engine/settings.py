@@ -155,10 +155,14 @@ class Settings(BaseSettings):
     usage_window_seconds: PositiveInt = 86400
     # Decoded usage state kept in memory, least recently used dropped first (the table keeps
     # every container's compact value; a dropped one is decoded again when next needed). A
-    # cycle reads each container right after its chunk, so a small cache serves it: 16 MiB
-    # (~2,000 containers; ~24 MiB real, the estimate counts arrays, not every object) instead
-    # of 64 MiB (~93 MiB real), which at 10,000 workloads was the largest part that could go.
-    usage_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    # cycle reads each container right after its chunk, so a small cache serves the marker;
+    # but the chunk's own read hits only if the worker's containers fit, and a state decoded
+    # again must merge its closed days again for the summary.  24 MiB (~2,900 14-day
+    # containers by the estimate, ~8.5 KiB each; ~36 MiB real) holds a 1,000-workload worker:
+    # 16 MiB held 1,947 of its 2,000 containers, so in every cycle LRU evicted each one before
+    # its next read (0 hits) and a burst cost 1.6x the CPU (docs/benchmarks.md, "Burst").  At
+    # 64 MiB (~93 MiB real) it was the largest part of a 10,000-workload worker's memory.
+    usage_cache_bytes: Annotated[int, Field(ge=0)] = 24 * 1024 * 1024
     # Return freed heap memory to the OS this often (glibc malloc_trim, engine/memory.py); 0: off.
     malloc_trim_interval_seconds: Annotated[float, Field(ge=0)] = 60.0
     # Per-workload series on /metrics only for this many workloads (top by pending savings);

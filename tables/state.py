@@ -27,7 +27,7 @@ from engine.errors import InvalidPolicy
 from engine.metrics import USAGE_CACHE_BYTES, USAGE_CACHE_EVICTIONS
 from tables.cache import ByteLRU
 
-DEFAULT_USAGE_CACHE_BYTES = 16 * 1024 * 1024
+DEFAULT_USAGE_CACHE_BYTES = 24 * 1024 * 1024  # = Settings.usage_cache_bytes
 
 log = logging.getLogger("kubefinops.tables")
 
