@@ -287,6 +287,19 @@ class Profiler:
                 self.proc.wait()
 
 
+def cache_state(port: int) -> str:
+    """The worker's decoded-state cache from its /metrics: bytes held, evictions so far."""
+    try:
+        text = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    found = dict(
+        re.findall(r"^kubefinops_usage_cache_(bytes|evictions_total) ([0-9.e+]+)$", text, re.M)
+    )
+    held = float(found.get("bytes", "nan")) / MIB
+    return f"{held:.1f} MiB held, {float(found.get('evictions_total', 'nan')):,.0f} evictions"
+
+
 def usage_count(port: int, ns: str, wl: str) -> int | None:
     try:
         text = get_text(f"http://127.0.0.1:{port}/api/usage/{ns}/Deployment/{wl}", timeout=5)
@@ -492,6 +505,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
+        print(f"  worker's decoded-state cache after the burst: {cache_state(port)}")
         if lat.size:
             span = max(arrived.values()) - min(acked.values())
             row = {
