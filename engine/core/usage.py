@@ -121,16 +121,24 @@ class Window:
             self._raw = head + encode_uvarints(counts << 1)  # zigzag of a count >= 0
         return self._raw
 
-    def add(self, ts: FloatArray, values: FloatArray) -> None:
+    def add(
+        self,
+        ts: FloatArray,
+        values: FloatArray,
+        tmin: float | None = None,
+        tmax: float | None = None,
+    ) -> None:
+        """Samples (validated by ContainerUsage.ingest*); ``tmin``/``tmax``: ``ts.min()`` and
+        ``ts.max()`` when the caller has them already."""
         self._raw = None
         self.gen += 1
-        self.sketch.add_valid(values)  # validated by ContainerUsage.ingest*
+        self.sketch.add_valid(values)
         self.count += int(values.size)
         self.sum += float(values.sum())
         self.min = min(self.min, float(values.min()))
         self.max = max(self.max, float(values.max()))
-        self.first_ts = min(self.first_ts, float(ts.min()))
-        self.last_ts = max(self.last_ts, float(ts.max()))
+        self.first_ts = min(self.first_ts, float(ts.min()) if tmin is None else tmin)
+        self.last_ts = max(self.last_ts, float(ts.max()) if tmax is None else tmax)
 
     def merge(self, other: Window) -> None:
         self._raw = None
@@ -233,8 +241,21 @@ class WindowedUsage:
         if ts.size == 0:
             return 0
         w = self.window_seconds
-        newest = max(float(ts.max()), self.newest_ts or -math.inf)
+        tmin, tmax = float(ts.min()), float(ts.max())
+        newest = max(tmax, self.newest_ts or -math.inf)
         cutoff = newest - history_seconds
+        first = math.floor(tmin / w) * w
+        if first == math.floor(tmax / w) * w:
+            # every sample in one window (a chunk within a day: most of them): no per-sample
+            # window starts, the same window and the same expiry as the general path below
+            if first + w <= cutoff:
+                self.expire(newest, history_seconds)
+                return int(ts.size)
+            if self._lazy is not None and first < min(self._live, default=first):
+                self._materialize()  # a late sample for a packed (closed) window
+            self._live.setdefault(first, self._new_window()).add(ts, values, tmin, tmax)
+            self.expire(newest, history_seconds)
+            return 0
         starts = (np.floor(ts / w) * w).astype(np.int64)
         live = starts + w > cutoff
         expired = int(ts.size - np.count_nonzero(live))
@@ -248,7 +269,9 @@ class WindowedUsage:
             if first == last:
                 wins.setdefault(first, self._new_window()).add(ts, values)
             else:
-                for start in np.unique(starts).tolist():
+                # two windows (a chunk across midnight): their starts are known, no np.unique
+                spanned = (first, last) if last - first == w else np.unique(starts).tolist()
+                for start in spanned:
                     sel = starts == start
                     wins.setdefault(start, self._new_window()).add(ts[sel], values[sel])
         self.expire(newest, history_seconds)
