@@ -235,14 +235,17 @@ def in_process_burst(
         recs = rt.topics.recommendations
         cache = rt.tables.usage.cache
         cache.hits = cache.misses = 0
+        cpu[0] = time.process_time()
         t0 = time.perf_counter()
         for key, raw in msgs:
             await aggregator.ingest(rt, key, raw)
         sent = recs.sent  # type: ignore[attr-defined]
         for i in range(0, len(sent), gate.GATE_BATCH):
             await gate.handle_batch(rt, sent[i : i + gate.GATE_BATCH])
+        cpu[0] = time.process_time() - cpu[0]
         return time.perf_counter() - t0
 
+    cpu = [0.0]
     took = asyncio.run(go())
     decided = len(rt.topics.decisions.sent)  # type: ignore[attr-defined]
     assert decided == len(wls), f"in-process baseline: {decided} decisions of {len(wls)}"
@@ -250,6 +253,7 @@ def in_process_burst(
     return {
         "workloads": len(wls),
         "ms_per_workload": 1000 * took / len(wls),
+        "cpu_ms_per_workload": 1000 * cpu[0] / len(wls),
         # the decoded-state cache during the burst (its bound: the worker's usage_cache_bytes)
         "cache_hit_rate": cache.hits / max(1, cache.hits + cache.misses),
     }
@@ -320,6 +324,19 @@ def heap_dump(args: argparse.Namespace, pid: int, when: str) -> None:
         os.kill(pid, signal.SIGUSR2)
         time.sleep(3)  # the dump takes the worker a moment; not measured
         print(f"  heap dump: {when} (RSS {proc_status(pid).get('VmRSS', 0) / MIB:.0f} MiB)")
+
+
+def cache_state(port: int) -> str:
+    """The worker's decoded-state cache from its /metrics: bytes held, evictions so far."""
+    try:
+        text = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    found = dict(
+        re.findall(r"^kubefinops_usage_cache_(bytes|evictions_total) ([0-9.e+]+)$", text, re.M)
+    )
+    held = float(found.get("bytes", "nan")) / MIB
+    return f"{held:.1f} MiB held, {float(found.get('evictions_total', 'nan')):,.0f} evictions"
 
 
 def usage_count(port: int, ns: str, wl: str) -> int | None:
@@ -528,15 +545,31 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     # which the worker would dead-letter): one hour for one burst, half an hour each for two
     step = args.step
     chunk_s = max(step, min(3600, (int(time.time()) - 120 - end) // args.bursts) // step * step)
+    owed = reported  # decisions the reports in S3 should list before the next burst starts
     for i in range(args.bursts):
         b_start, b_end = end + i * chunk_s, end + (i + 1) * chunk_s
         cycle = f"bench-burst-{i}"
+        if i and not args.overlap:
+            # an hourly cycle starts once the previous one is applied and reported; back to
+            # back, the executor and the reporter of burst i-1 share the worker with burst i
+            # (the reporter alone was ~14 % of its samples during a second burst)
+            waited = time.monotonic()
+            _, listed = reports_in(s3, bucket)
+            while listed < owed and time.monotonic() - waited < args.apply_wait:
+                time.sleep(1)
+                _, listed = reports_in(s3, bucket)
+            print(
+                f"  burst {i}'s cycle applied and reported ({listed:,} of {owed:,} decisions "
+                f"in reports) after {time.monotonic() - waited:.0f}s; next burst"
+            )
         base = in_process_burst(wls[:burst], b_start, b_end, args, templates)
         phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
+        owed += len(arrived)
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
+        print(f"  worker's decoded-state cache after the burst: {cache_state(port)}")
         if lat.size:
             span = max(arrived.values()) - min(acked.values())
             row = {
@@ -555,7 +588,8 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
                 f"decision p50 {row['p50']:.2f}s p99 {row['p99']:.2f}s max {row['max']:.2f}s; "
                 f"{row['rate']:,.0f} decisions/s = {row['per_workload_ms']:.1f} ms per workload; "
                 f"in-process baseline just before, same burst: {base['ms_per_workload']:.2f} ms "
-                f"per workload (worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x; "
+                f"per workload, CPU {base['cpu_ms_per_workload']:.2f} ms "
+                f"(worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x; "
                 f"its decoded-state cache hit {base['cache_hit_rate']:.0%} of reads)"
             )
     print(f"  MEASURED peak RSS by phase (MiB): {phases.stop()}")
@@ -650,6 +684,12 @@ def main() -> None:
         action="store_true",
         help="SIGUSR2 the worker after recovery, ingest, decisions and settle (start it with "
         "--worker-env KUBEFINOPS_DEBUG_TRACEMALLOC_FRAMES=N: tracemalloc dumps in its data dir)",
+    )
+    ap.add_argument(
+        "--overlap",
+        action="store_true",
+        help="bursts back to back (before 16:20 UTC 2026-11-30 always): a burst shares the "
+        "worker with the apply and report of the one before; default: wait for its report",
     )
     ap.add_argument("--profile", metavar="DIR", help="py-spy the worker in each phase into DIR")
     ap.add_argument(
