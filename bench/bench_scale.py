@@ -688,7 +688,7 @@ def main() -> None:
     ap.add_argument(
         "--overlap",
         action="store_true",
-        help="bursts back to back (before 16:20 UTC 2026-11-30 always): a burst shares the "
+        help="bursts back to back (always, before 2026-11-30 16:13 UTC): a burst shares the "
         "worker with the apply and report of the one before; default: wait for its report",
     )
     ap.add_argument("--profile", metavar="DIR", help="py-spy the worker in each phase into DIR")
