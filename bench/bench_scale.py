@@ -43,6 +43,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -234,14 +235,17 @@ def in_process_burst(
         recs = rt.topics.recommendations
         cache = rt.tables.usage.cache
         cache.hits = cache.misses = 0
+        cpu[0] = time.process_time()
         t0 = time.perf_counter()
         for key, raw in msgs:
             await aggregator.ingest(rt, key, raw)
         sent = recs.sent  # type: ignore[attr-defined]
         for i in range(0, len(sent), gate.GATE_BATCH):
             await gate.handle_batch(rt, sent[i : i + gate.GATE_BATCH])
+        cpu[0] = time.process_time() - cpu[0]
         return time.perf_counter() - t0
 
+    cpu = [0.0]
     took = asyncio.run(go())
     decided = len(rt.topics.decisions.sent)  # type: ignore[attr-defined]
     assert decided == len(wls), f"in-process baseline: {decided} decisions of {len(wls)}"
@@ -249,6 +253,7 @@ def in_process_burst(
     return {
         "workloads": len(wls),
         "ms_per_workload": 1000 * took / len(wls),
+        "cpu_ms_per_workload": 1000 * cpu[0] / len(wls),
         # the decoded-state cache during the burst (its bound: the worker's usage_cache_bytes)
         "cache_hit_rate": cache.hits / max(1, cache.hits + cache.misses),
     }
@@ -285,6 +290,53 @@ class Profiler:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class RssByPhase:
+    """Samples the worker's VmRSS every 0.25 s and keeps the highest per phase (the VmHWM alone
+    does not say which phase made the peak)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.phase = pid, "start"
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                rss = proc_status(self.pid).get("VmRSS", 0) / MIB
+            except OSError:
+                return
+            self.peaks[self.phase] = max(rss, self.peaks.get(self.phase, 0.0))
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        return ", ".join(f"{k} {v:.0f}" for k, v in self.peaks.items())
+
+
+def heap_dump(args: argparse.Namespace, pid: int, when: str) -> None:
+    """``--heap-dumps``: SIGUSR2 makes a worker started with
+    ``KUBEFINOPS_DEBUG_TRACEMALLOC_FRAMES`` write a tracemalloc dump into its data dir (heap/)."""
+    if args.heap_dumps:
+        os.kill(pid, signal.SIGUSR2)
+        time.sleep(3)  # the dump takes the worker a moment; not measured
+        print(f"  heap dump: {when} (RSS {proc_status(pid).get('VmRSS', 0) / MIB:.0f} MiB)")
+
+
+def cache_state(port: int) -> str:
+    """The worker's decoded-state cache from its /metrics: bytes held, evictions so far."""
+    try:
+        text = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    found = dict(
+        re.findall(r"^kubefinops_usage_cache_(bytes|evictions_total) ([0-9.e+]+)$", text, re.M)
+    )
+    held = float(found.get("bytes", "nan")) / MIB
+    return f"{held:.1f} MiB held, {float(found.get('evictions_total', 'nan')):,.0f} evictions"
 
 
 def usage_count(port: int, ns: str, wl: str) -> int | None:
@@ -426,8 +478,12 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     )
     t0 = time.monotonic()
     server, port = dep.start_worker("w0")
+    phases = RssByPhase(server.pid)
+    phases.phase = "recovery"
     dep.wait_ready(port, server=server, timeout=args.timeout)
+    phases.phase = "live ingest"
     ready_s = time.monotonic() - t0
+    heap_dump(args, server.pid, "recovered")
     prog, _ = wait_ingested(port, total, 120, pid=server.pid, poll=1.0)
     while prog.done_at is None and time.monotonic() - t0 < args.timeout:
         before = prog.last  # go on while it moves; a stalled count is reported, not waited on
@@ -442,6 +498,8 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         f"start->all live samples ingested {ingest_s:.0f}s ({total / ingest_s:,.0f} samples/s)"
     )
 
+    heap_dump(args, server.pid, "ingested")
+    phases.phase = "decisions"
     cycle = "bench-full"
     with Profiler(args.profile, server.pid, f"decisions-{n}"):
         acked, arrived = asyncio.run(
@@ -472,11 +530,14 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         f"  MEASURED RSS after ingest+decisions {rss:.0f} MiB, peak {hwm:.0f} MiB; "
         f"usage changelog on disk {cl / MIB:.1f} MiB ({cl / (2 * n):,.0f} B per container)"
     )
+    heap_dump(args, server.pid, "decided")
+    phases.phase = "idle"
     settled = None
     if args.settle > 0:  # idle, past the worker's next malloc_trim: what it holds between cycles
         time.sleep(args.settle)
         settled = proc_status(server.pid).get("VmRSS", 0) / MIB
         print(f"  MEASURED RSS {args.settle:g}s later, idle (between cycles): {settled:.0f} MiB")
+        heap_dump(args, server.pid, "settled")
 
     burst = min(args.burst, n)
     bursts: list[dict[str, float]] = []
@@ -484,14 +545,31 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     # which the worker would dead-letter): one hour for one burst, half an hour each for two
     step = args.step
     chunk_s = max(step, min(3600, (int(time.time()) - 120 - end) // args.bursts) // step * step)
+    owed = reported  # decisions the reports in S3 should list before the next burst starts
     for i in range(args.bursts):
         b_start, b_end = end + i * chunk_s, end + (i + 1) * chunk_s
         cycle = f"bench-burst-{i}"
+        if i and not args.overlap:
+            # an hourly cycle starts once the previous one is applied and reported; back to
+            # back, the executor and the reporter of burst i-1 share the worker with burst i
+            # (the reporter alone was ~14 % of its samples during a second burst)
+            waited = time.monotonic()
+            _, listed = reports_in(s3, bucket)
+            while listed < owed and time.monotonic() - waited < args.apply_wait:
+                time.sleep(1)
+                _, listed = reports_in(s3, bucket)
+            print(
+                f"  burst {i}'s cycle applied and reported ({listed:,} of {owed:,} decisions "
+                f"in reports) after {time.monotonic() - waited:.0f}s; next burst"
+            )
         base = in_process_burst(wls[:burst], b_start, b_end, args, templates)
+        phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
+        owed += len(arrived)
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
+        print(f"  worker's decoded-state cache after the burst: {cache_state(port)}")
         if lat.size:
             span = max(arrived.values()) - min(acked.values())
             row = {
@@ -510,9 +588,11 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
                 f"decision p50 {row['p50']:.2f}s p99 {row['p99']:.2f}s max {row['max']:.2f}s; "
                 f"{row['rate']:,.0f} decisions/s = {row['per_workload_ms']:.1f} ms per workload; "
                 f"in-process baseline just before, same burst: {base['ms_per_workload']:.2f} ms "
-                f"per workload (worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x; "
+                f"per workload, CPU {base['cpu_ms_per_workload']:.2f} ms "
+                f"(worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x; "
                 f"its decoded-state cache hit {base['cache_hit_rate']:.0%} of reads)"
             )
+    print(f"  MEASURED peak RSS by phase (MiB): {phases.stop()}")
     if args.bursts_only:
         dep.stop_all()
         return {"n": n, "bursts": bursts}
@@ -535,21 +615,27 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     # a container restarted in the same pod (the same instance id) takes its partitions back at
     # once; 2nd: a new member (a replaced pod, or plain membership) waits until the killed
     # member's session times out.
-    for mode, instance in (("static member", "bench-worker-0"), ("new member", "")):
+    # The data dir goes with the pod (emptyDir): the container restarted in its pod finds the
+    # killed one's (with the RocksDB table store: its tables, so only the changelog's tail is
+    # replayed); a new pod starts with an empty one.
+    rss_after: dict[str, float] = {}
+    for mode, instance, data in (
+        ("static member", "bench-worker-0", str(dep.workdir / "w0")),
+        ("new member", "", str(dep.workdir / "w-new")),
+    ):
         server.kill()
         dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = instance
+        dep.extra_env["KUBEFINOPS_DATA_DIR"] = data
         marks, server, port = recover(dep, f"w-{len(rec) + 1}", port, probe, args.timeout)
         rec[mode] = marks
+        status = proc_status(server.pid)
+        rss_after[mode] = status.get("VmRSS", 0) / MIB
         print(
             f"  MEASURED recovery after SIGKILL ({mode}, session timeout "
             f"{args.session_timeout:g}s): process start -> correct /api/usage "
-            f"{show_recovery(marks)}"
+            f"{show_recovery(marks)}; RSS right after {rss_after[mode]:.0f} MiB, "
+            f"peak {status.get('VmHWM', 0) / MIB:.0f} MiB"
         )
-    status = proc_status(server.pid)
-    print(
-        f"  MEASURED RSS right after recovery {status.get('VmRSS', 0) / MIB:.0f} MiB, "
-        f"peak {status.get('VmHWM', 0) / MIB:.0f} MiB"
-    )
     dep.stop_all()
     return {
         "n": n,
@@ -562,6 +648,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "reports": (n_reports, reported, decided),
         "burst_p99": float(lat.max()) if lat.size else None,  # the worst burst's p99
         "recovery": rec,
+        "rss_after_restart": rss_after,
         "problems": problems,
     }
 
@@ -591,6 +678,18 @@ def main() -> None:
     ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
     ap.add_argument(
         "--bursts-only", action="store_true", help="stop after the bursts (no SIGKILL/recovery)"
+    )
+    ap.add_argument(
+        "--heap-dumps",
+        action="store_true",
+        help="SIGUSR2 the worker after recovery, ingest, decisions and settle (start it with "
+        "--worker-env KUBEFINOPS_DEBUG_TRACEMALLOC_FRAMES=N: tracemalloc dumps in its data dir)",
+    )
+    ap.add_argument(
+        "--overlap",
+        action="store_true",
+        help="bursts back to back (always, before 2026-11-30 16:13 UTC): a burst shares the "
+        "worker with the apply and report of the one before; default: wait for its report",
     )
     ap.add_argument("--profile", metavar="DIR", help="py-spy the worker in each phase into DIR")
     ap.add_argument(

@@ -47,6 +47,11 @@ class GitMode(StrEnum):
     BRANCH = "branch"
 
 
+class TableStore(StrEnum):
+    MEMORY = "memory"
+    ROCKSDB = "rocksdb"
+
+
 def _check_url(value: str, *, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
@@ -163,8 +168,25 @@ class Settings(BaseSettings):
     # its next read (0 hits) and a burst cost 1.6x the CPU (docs/benchmarks.md, "Burst").  At
     # 64 MiB (~93 MiB real) it was the largest part of a 10,000-workload worker's memory.
     usage_cache_bytes: Annotated[int, Field(ge=0)] = 24 * 1024 * 1024
+    # Where the tables keep their values (tables/store.py). ``memory``: every value decoded in the
+    # Python heap, rebuilt from the whole changelog on every start. ``rocksdb``: on disk under
+    # ``data_dir`` with bounded caches (the heap holds only ``usage_cache_bytes`` of decoded
+    # state), and a worker restarted on the same data dir replays only the changelog's tail.
+    # The chart uses rocksdb with an emptyDir (docs/deploy.md, "Table store").
+    table_store: TableStore = TableStore.MEMORY
+    # RocksDB memory, shared by every table partition of the worker (each partition is its own
+    # database): one LRU block cache and one write-buffer (memtable) budget. Faust's own defaults
+    # are 2 GiB of block cache and 3 x 64 MiB of memtables PER partition database.
+    rocksdb_block_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    rocksdb_write_buffer_bytes: Annotated[int, Field(ge=1024 * 1024)] = 16 * 1024 * 1024
     # Return freed heap memory to the OS this often (glibc malloc_trim, engine/memory.py); 0: off.
-    malloc_trim_interval_seconds: Annotated[float, Field(ge=0)] = 60.0
+    # 15 s, not 60: RSS comes down soon after a cycle instead of holding its peak for a minute
+    # (at 10,000 workloads 525 MiB right after the cycle, 422 MiB past a trim). A trim with
+    # nothing to give back costs ~10 ms, ~150 ms after a burst, in a thread (ctypes drops the GIL).
+    malloc_trim_interval_seconds: Annotated[float, Field(ge=0)] = 15.0
+    # Debug only: trace allocations with this many frames and write a heap dump to
+    # ``data_dir/heap`` on SIGUSR2 (engine/memory.HeapDumps); 0 (default): off.
+    debug_tracemalloc_frames: Annotated[int, Field(ge=0, le=100)] = 0
     # Per-workload series on /metrics only for this many workloads (top by pending savings);
     # per-namespace totals cover all of them, /api/usage and the reports every one.
     metrics_top_workloads: Annotated[int, Field(ge=0)] = 100

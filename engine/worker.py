@@ -20,6 +20,7 @@ from engine.settings import Settings
 
 if TYPE_CHECKING:
     from agents import Assembly
+    from engine.memory import HeapDumps
 
 log = logging.getLogger("kubefinops")
 
@@ -84,11 +85,20 @@ def build_services(settings: Settings) -> Services:
     return services
 
 
-def make_worker(app: Any, settings: Settings, redactor: logging.Filter) -> Any:
-    """A Faust worker whose log handlers (Faust installs its own) all redact secrets."""
+def make_worker(
+    app: Any, settings: Settings, redactor: logging.Filter, heap: HeapDumps | None = None
+) -> Any:
+    """A Faust worker whose log handlers (Faust installs its own) all redact secrets; with
+    ``heap`` (debug only), SIGUSR2 writes a heap dump instead of entering pdb (mode's default)."""
     import faust
 
     class Worker(faust.Worker):
+        def _on_sigusr2(self) -> None:
+            if heap is None:
+                super()._on_sigusr2()
+            else:
+                heap.dump()
+
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
             # No terminal spinner in a service: at a level of WARN or above Faust's spinner set
             # the root logger to DEBUG (and added a DEBUG handler), so every library's debug
@@ -117,9 +127,14 @@ def run_worker(
     """Pre-flight, assemble the app over ``services`` (default: the real adapters), run it until
     stopped; the services' clients are closed when the app stops."""
     from agents import assemble
+    from engine.memory import HeapDumps
 
+    heap = None
+    if settings.debug_tracemalloc_frames:
+        heap = HeapDumps(settings.data_dir / "heap", settings.debug_tracemalloc_frames)
+        heap.install()
     preflight(settings)
     assembly = assemble(settings, build_services(settings) if services is None else services)
     if customize is not None:
         customize(assembly)
-    make_worker(assembly.app, settings, redactor).execute_from_commandline()
+    make_worker(assembly.app, settings, redactor, heap).execute_from_commandline()

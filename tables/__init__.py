@@ -30,6 +30,7 @@ import faust
 
 from engine.settings import Settings
 from tables.state import Tables
+from tables.store import store_options, store_url
 
 
 def _json() -> faust.Schema[Any, Any]:
@@ -48,6 +49,9 @@ USAGE_CHANGELOG_CONFIG = {
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
     n = settings.topic_partitions
+    # the configured store (tables/store.py: memory, or RocksDB with bounded caches) for every
+    # partitioned table; the global policies table stays in memory (a few small values)
+    store: dict[str, Any] = {"store": store_url(settings), "options": store_options(settings)}
     return Tables.over(
         usage=app.Table(
             "usage",
@@ -55,21 +59,27 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             help="Windowed usage sketches per container",
             schema=_json(),
             extra_topic_configs=USAGE_CHANGELOG_CONFIG,
+            **store,
         ),
         workloads=app.Table(
-            "workloads", partitions=n, help="Latest spec per workload", schema=_json()
+            "workloads", partitions=n, help="Latest spec per workload", schema=_json(), **store
         ),
         last_action=app.Table(
-            "last-action", partitions=n, help="Last applied change per workload", schema=_json()
+            "last-action",
+            partitions=n,
+            help="Last applied change per workload",
+            schema=_json(),
+            **store,
         ),
         watermarks=app.Table(
-            "watermarks", partitions=1, help="Collector watermarks", schema=_json()
+            "watermarks", partitions=1, help="Collector watermarks", schema=_json(), **store
         ),
         verifications=app.Table(
             "verifications",
             partitions=1,  # written by the one-partition verifier (docs/verification.md)
             help="Watch of the last pushed change per workload",
             schema=_json(),
+            **store,
         ),
         policies=app.GlobalTable(
             "policies",
@@ -86,12 +96,17 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         usage_cache_bytes=settings.usage_cache_bytes,
         # written by the executor's stream of the one-partition decisions topic
         pending_cycles=app.Table(
-            "pending-cycles", partitions=1, help="Cycles waiting to be applied", schema=_json()
+            "pending-cycles",
+            partitions=1,
+            help="Cycles waiting to be applied",
+            schema=_json(),
+            **store,
         ),
         pending_decisions=app.Table(
             "pending-decisions",
             partitions=1,
             help="Decisions waiting for their cycle",
             schema=_json(),
+            **store,
         ),
     )

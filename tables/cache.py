@@ -5,8 +5,10 @@ decoded object the aggregator works on is several times larger.  Keeping every d
 would make memory grow with the fleet (1.6 GiB at 10,000 workloads was measured), so the decoded
 copies live here, bounded by ``usage_cache_bytes``: the least recently used ones are dropped and
 decoded again from the table when next needed.  An entry is valid only while the table still
-holds the very object it was decoded from (or written as): a value recovered from the changelog
-after a rebalance is a new object and is decoded again.
+holds the value it was decoded from (or written as): the very object (the memory store hands
+back what it holds), or an equal one (the RocksDB store decodes a new dict on every read, and
+comparing two ~4 KiB dicts of strings costs far less than decoding the state again).  A value
+replaced by a different one (recovered from the changelog after a rebalance) is decoded again.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class ByteLRU(Generic[V]):
     def get(self, key: str, stored: object) -> V | None:
         """The decoded value of ``stored`` if cached (marks it recently used), else None."""
         item = self._items.get(key)
-        if item is None or item[0] is not stored:
+        if item is None or (item[0] is not stored and item[0] != stored):
             self.misses += 1
             return None
         self._items.move_to_end(key)

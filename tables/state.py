@@ -3,8 +3,8 @@
 A :class:`TypedTable` wraps any mutable mapping — a Faust table in a worker, a plain ``dict`` in a
 unit test — with a codec, so handlers get and put models while the changelog stays JSON that
 kcat can read.  Decoded values are cached (:class:`tables.cache.ByteLRU`) and reused while the
-mapping still holds the very object that was decoded (or written) last: a value recovered from
-the changelog after a rebalance is a new object and is decoded again.  This is what makes reading
+mapping still holds the value that was decoded (or written) last — the very object, or an equal
+one (the RocksDB store decodes a new dict on every read).  This is what makes reading
 the usage sketches for every message affordable; the usage cache is bounded by
 ``usage_cache_bytes`` so memory does not grow with the fleet.
 """
@@ -28,6 +28,12 @@ from engine.metrics import USAGE_CACHE_BYTES, USAGE_CACHE_EVICTIONS
 from tables.cache import ByteLRU
 
 DEFAULT_USAGE_CACHE_BYTES = 24 * 1024 * 1024  # = Settings.usage_cache_bytes
+# Decoded specs / last actions / verifications kept per table (least recently used dropped and
+# decoded again from the table when next read: ~20-50 us each).  Unbounded, the workloads cache
+# held every workload's decoded spec: ~4.7 KB each, ~47 MiB at 10,000 workloads (tracemalloc of
+# a bench_scale worker, docs/benchmarks.md).  A cycle reads a workload's spec right after
+# writing it, so a small cache serves it.
+MODEL_CACHE_ENTRIES = 2048
 
 log = logging.getLogger("kubefinops.tables")
 
@@ -45,10 +51,13 @@ class Codec(Protocol[T]):
 
 
 class ModelCodec(Generic[B]):
-    """A pydantic model stored as its JSON-mode dict."""
+    """A pydantic model stored as its JSON-mode dict.  ``size``: what one decoded value counts
+    against its table's cache bound (0: not counted, for the few policies); the per-workload
+    tables count entries (1 each) so their caches stay bounded whatever the fleet size."""
 
-    def __init__(self, model: type[B]) -> None:
+    def __init__(self, model: type[B], size: int = 0) -> None:
         self.model = model
+        self._size = size
 
     def load(self, stored: Any) -> B:
         return self.model.model_validate(stored)
@@ -57,7 +66,7 @@ class ModelCodec(Generic[B]):
         return value.model_dump(mode="json")
 
     def size(self, value: B) -> int:
-        return 0  # small frozen models: cached without counting, one per key at most
+        return self._size
 
 
 class PolicyCodec(ModelCodec[Policy]):
@@ -224,13 +233,28 @@ class Tables:
     ) -> Tables:
         return cls(
             usage=UsageTable(usage, usage_cache_bytes),
-            workloads=TypedTable(workloads, ModelCodec(WorkloadSpec), "workloads"),
-            last_action=TypedTable(last_action, ModelCodec(LastAction), "last-action"),
+            workloads=TypedTable(
+                workloads,
+                ModelCodec(WorkloadSpec, size=1),
+                "workloads",
+                max_cache_bytes=MODEL_CACHE_ENTRIES,
+            ),
+            last_action=TypedTable(
+                last_action,
+                ModelCodec(LastAction, size=1),
+                "last-action",
+                max_cache_bytes=MODEL_CACHE_ENTRIES,
+            ),
             watermarks=watermarks,
             policies=TypedTable(policies, PolicyCodec(), "policies"),
             pending_cycles={} if pending_cycles is None else pending_cycles,
             pending_decisions={} if pending_decisions is None else pending_decisions,
-            verifications=TypedTable(verifications, ModelCodec(Verification), "verifications"),
+            verifications=TypedTable(
+                verifications,
+                ModelCodec(Verification, size=1),
+                "verifications",
+                max_cache_bytes=MODEL_CACHE_ENTRIES,
+            ),
         )
 
     @classmethod

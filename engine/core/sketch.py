@@ -29,6 +29,7 @@ import base64
 import functools
 import math
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -169,6 +170,23 @@ _VALUES: dict[LogarithmicMapping, dict[int, float]] = {}
 _VALUES_MAX = 65_536
 
 
+def _fold(spans: Iterable[tuple[int, IntArray]], floor_key: int, hi: int) -> tuple[int, IntArray]:
+    """Bins ``(min_key, counts)`` added into one array of keys ``floor_key..hi``, those below
+    ``floor_key`` folded into it (collapsing lowest); returned trimmed as ``(min_key, counts)``."""
+    out = np.zeros(hi - floor_key + 1, dtype=np.int64)
+    for start, cnt in spans:
+        if cnt.size == 0:
+            continue
+        cut = floor_key - start  # bins below floor_key fold into the first kept bin
+        if cut > 0:
+            out[0] += int(cnt[:cut].sum())
+            cnt = cnt[cut:]
+            start = floor_key
+        out[start - floor_key : start - floor_key + cnt.size] += cnt
+    nz = np.flatnonzero(out)
+    return floor_key + int(nz[0]), out[nz[0] : nz[-1] + 1]
+
+
 # --- the sketch -------------------------------------------------------------------------------
 
 
@@ -274,19 +292,8 @@ class QuantileSketch:
             new_lo = min(lo, self._min_key)
             new_hi = max(lo + counts.size, self._min_key + self._counts.size) - 1
         floor_key = max(new_lo, new_hi - self.bin_limit + 1)
-        out = np.zeros(new_hi - floor_key + 1, dtype=np.int64)
-        for start, cnt in ((self._min_key, self._counts), (lo, counts)):
-            if cnt.size == 0:
-                continue
-            cut = floor_key - start  # bins below floor_key fold into the first kept bin
-            if cut > 0:
-                out[0] += int(cnt[:cut].sum())
-                cnt = cnt[cut:]
-                start = floor_key
-            out[start - floor_key : start - floor_key + cnt.size] += cnt
-        nz = np.flatnonzero(out)
-        self._min_key = floor_key + int(nz[0])
-        self._counts = out[nz[0] : nz[-1] + 1]
+        spans = ((self._min_key, self._counts), (lo, counts))
+        self._min_key, self._counts = _fold(spans, floor_key, new_hi)
 
     def _check_mergeable(self, other: QuantileSketch) -> None:
         if (
@@ -377,18 +384,7 @@ class QuantileSketch:
             return
         lo = min(key for key, _ in spans)
         hi = max(key + counts.size - 1 for key, counts in spans)
-        floor_key = max(lo, hi - self.bin_limit + 1)
-        out = np.zeros(hi - floor_key + 1, dtype=np.int64)
-        for start, cnt in spans:
-            cut = floor_key - start  # bins below floor_key fold into the first kept bin
-            if cut > 0:
-                out[0] += int(cnt[:cut].sum())
-                cnt = cnt[cut:]
-                start = floor_key
-            out[start - floor_key : start - floor_key + cnt.size] += cnt
-        nz = np.flatnonzero(out)
-        self._min_key = floor_key + int(nz[0])
-        self._counts = out[nz[0] : nz[-1] + 1]
+        self._min_key, self._counts = _fold(spans, max(lo, hi - self.bin_limit + 1), hi)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: parameters + ``b`` = base64 of zigzag-varint [zero, min_key, counts...]."""

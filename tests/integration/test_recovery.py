@@ -32,7 +32,26 @@ def ingested(port: int) -> float:
     return float(found[0]) if found else 0.0
 
 
-def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
+def usage_replay_starts(log: str, prefix: str) -> list[int]:
+    """The changelog offsets Faust's recovery started reading the usage table's partitions at
+    (its "Reading Starts At - Active" log table; -1: from the start)."""
+    lines = log.split("Reading Starts At - Active", 1)[1].splitlines()
+    starts, topic = [], ""
+    for line in lines[3:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3:
+            break
+        topic = topic if cells[0] == "\u3003" else cells[0]  # ditto mark: the same topic
+        if topic == f"{prefix}-usage-changelog":
+            starts.append(int(cells[2]))
+    return starts
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path, store: str):
+    """With ``rocksdb`` (the chart's table store) the worker is restarted on the killed one's data
+    dir, as a container restarted in its pod (emptyDir): its tables are found on disk and only
+    the changelog's tail is replayed — the state must still equal a clean run's."""
     rng = np.random.default_rng(9)
     specs = [workload(f"api-{i}") for i in range(24)]
     stream = []
@@ -47,7 +66,13 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
     total_cpu = sum(len(b.samples["cpu"]) for b in stream)
 
     dep = Deployment(
-        kafka=kafka, workdir=tmp_path, extra_env={"KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9"}
+        kafka=kafka,
+        workdir=tmp_path,
+        extra_env={
+            "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",
+            "KUBEFINOPS_TABLE_STORE": store,
+            "KUBEFINOPS_DATA_DIR": str(tmp_path / "pod-data"),
+        },
     )
     try:
         server, port = dep.start_worker("w1")
@@ -78,6 +103,12 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path):
             time.sleep(0.1)
         assert 503 in early and set(early) <= {0, 503}, early
         dep.wait_ready(port, server=server, timeout=120)
+        starts = usage_replay_starts(server.log.read_text(), dep.prefix)
+        assert len(starts) == dep.partitions, starts
+        if store == "rocksdb":  # the tables were on disk: only the changelog's tail replayed
+            assert any(offset > 0 for offset in starts), starts
+        else:  # memory: every start replays the whole changelog
+            assert set(starts) == {-1}, starts
         # Re-deliver a third of the stream: duplicates must change nothing.
         asyncio.run(produce(kafka, dep.topic("metrics"), encode(stream[: len(stream) // 3])))
 

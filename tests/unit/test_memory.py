@@ -40,3 +40,20 @@ def test_after_signal_trims_whatever_the_signal_passes(monkeypatch: pytest.Monke
     monkeypatch.setattr(memory, "trim", lambda: calls.append(1) or True)
     memory.after_signal(object(), signal=object())
     assert calls == [1]
+
+
+def test_heap_dumps_show_what_stays_alive_between_two_dumps(tmp_path: Path) -> None:
+    dumps = memory.HeapDumps(tmp_path, frames=4, top=50)
+    import tracemalloc
+
+    tracemalloc.start(4)
+    try:
+        dumps.dump()
+        retained = [bytearray(4096) for _ in range(500)]  # ~2 MiB kept alive
+        second = dumps.dump().read_text()
+    finally:
+        tracemalloc.stop()
+    assert second.startswith("traced ") and "RSS" in second.splitlines()[0]
+    diff = second.split("differences to the previous dump", 1)[1]
+    assert "test_memory.py" in diff.splitlines()[1], diff[:500]  # the largest growth: ours
+    assert len(retained) == 500
