@@ -21,6 +21,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -92,6 +93,52 @@ def broker_credentials(
     )
 
 
+async def seek_to_committed_or_reset(
+    consumer: Any, reset: str, changelogs: Collection[str] = ()
+) -> dict[Any, int | None]:
+    """aiokafka's ``seek_to_committed``, then, with ``reset == "earliest"``, every assigned
+    partition that has no committed offset (or 0) sought to its beginning -- except the
+    tables' ``changelogs``, whose positions Faust's recovery sets itself (they are never
+    committed by the group; seeking them back would replay a standby or global table).
+
+    Faust re-reads what it fetched but did not process by seeking every partition back to its
+    committed offset after a rebalance or recovery (``Consumer.perform_seek``; also when records
+    arrive while its flow is stopped, which it then drops).  aiokafka seeks only partitions whose
+    committed offset is > 0, so a partition never committed kept the fetch position *past* the
+    records Faust had dropped: they were skipped until the next restart.  That was the stall of
+    a second worker in bench/bench_pipeline.py ``--cpu-workers 2`` (docs/benchmarks.md):
+    it took over a metrics partition the first worker had not committed yet, ingested one
+    record batch, and its fetch position stood at the partition's end with ~730 records never
+    processed.  Seeking such a partition to its beginning re-reads it: at-least-once, and the
+    aggregator's ingest is idempotent.  With ``latest`` nothing is re-read (as before)."""
+    committed: dict[Any, int | None] = dict(await consumer.seek_to_committed())
+    if reset == "earliest":
+        fresh = [tp for tp, off in committed.items() if not off and tp.topic not in changelogs]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+    return committed
+
+
+def _install_seek_reset(app: faust.App) -> None:
+    """Route Faust's seek-to-committed (its aiokafka consumer thread) through
+    :func:`seek_to_committed_or_reset`: a class-level override, installed once per process (a
+    worker runs one app), reading each app's own ``consumer_auto_offset_reset``."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = AIOKafkaConsumerThread.seek_to_committed
+    if getattr(original, "_kubefinops_reset", False):
+        return
+
+    async def seek_to_committed(self: Any) -> Any:
+        reset = str(self.app.conf.consumer_auto_offset_reset)
+        changelogs = set(self.app.tables.changelog_topics)
+        consumer = self._ensure_consumer()
+        return await self.call_thread(seek_to_committed_or_reset, consumer, reset, changelogs)
+
+    seek_to_committed._kubefinops_reset = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     request_timeout = max(40.0, settings.broker_session_timeout + 10)
@@ -133,6 +180,7 @@ def create_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         logging_config=None,
     )
+    _install_seek_reset(app)
     if settings.kafka_group_instance_id:
         # cast: mode types handlers with mypy_extensions' NamedArg, which no plain def matches
         app.on_before_shutdown.connect(cast(Any, leave_group_on_stop))

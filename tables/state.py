@@ -87,7 +87,9 @@ class UsageCodec:
     and reverted: with it, two workers sharing the metrics topic stalled in 2 of 3 benchmark
     runs (one stayed idle with a lag after the rebalance; bench/bench_pipeline.py
     ``--cpu-workers 2``), never without it, for no measurable gain (Faust's JSON codec is orjson
-    too).  Bytes still load, in case such a value is in a changelog."""
+    too).  The stall was later seen with JSON values too and traced to partitions never
+    committed (``engine.app.seek_to_committed_or_reset``), not to the serializer.  Bytes still
+    load, in case such a value is in a changelog."""
 
     def load(self, stored: Any) -> ContainerUsage:
         if isinstance(stored, bytes | bytearray | memoryview | str):
