@@ -49,9 +49,13 @@ USAGE_CHANGELOG_CONFIG = {
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
     n = settings.topic_partitions
-    # the configured store (tables/store.py: memory, or RocksDB with bounded caches) for every
-    # partitioned table; the global policies table stays in memory (a few small values)
+    # the configured store (tables/store.py: memory, or RocksDB with bounded caches) for the
+    # tables that grow with the fleet; in memory whatever the setting: the global policies (a few
+    # small values) and the executor's pending rows — emptied after every apply, read on every
+    # decision record, and ``len()`` of a RocksDB table iterates every key and every overwritten
+    # version still in its memtable (5 % of a worker's burst in py-spy, bench_scale 16:38)
     store: dict[str, Any] = {"store": store_url(settings), "options": store_options(settings)}
+    in_memory: dict[str, Any] = {"store": "memory://local"}
     return Tables.over(
         usage=app.Table(
             "usage",
@@ -100,13 +104,13 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             partitions=1,
             help="Cycles waiting to be applied",
             schema=_json(),
-            **store,
+            **in_memory,
         ),
         pending_decisions=app.Table(
             "pending-decisions",
             partitions=1,
             help="Decisions waiting for their cycle",
             schema=_json(),
-            **store,
+            **in_memory,
         ),
     )

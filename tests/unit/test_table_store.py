@@ -38,8 +38,10 @@ def test_rocksdb_setting_gives_the_partitioned_tables_the_bounded_rocksdb_store(
     _, tables = _tables(tmp_path, "rocksdb")
     for table in (tables.usage, tables.workloads, tables.last_action, tables.verifications):
         assert isinstance(table.store.data, Store), table.name
-    assert isinstance(tables.pending_decisions.data, Store)
-    assert isinstance(tables.policies.store.data, MemoryStore)  # global: stays in memory
+    # in memory whatever the setting: the global policies, the executor's transient pending rows
+    assert isinstance(tables.policies.store.data, MemoryStore)
+    assert isinstance(tables.pending_decisions.data, MemoryStore)
+    assert isinstance(tables.pending_cycles.data, MemoryStore)
     path = tables.usage.store.data.partition_path(1)  # under the worker's data dir
     assert path.name == "usage-1.db" and path.is_relative_to(tmp_path), path
 
