@@ -41,6 +41,21 @@ def trim() -> bool:
     return bool(libc.malloc_trim(0))
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def set_mmap_threshold(nbytes: int) -> bool:
+    """Serve blocks of ``nbytes`` and more with their own ``mmap`` (unmapped when freed) — a
+    fixed threshold, which also stops glibc from raising it (up to 32 MiB) each time such a
+    block is freed.  With the dynamic threshold the multi-MiB fetch responses and batches of a
+    cycle land in the heap and keep RSS at their high-water mark.  0: leave glibc's default.
+    True when glibc took it."""
+    libc = _libc()
+    if libc is None or nbytes <= 0:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(nbytes)))
+
+
 def after_signal(*_: object, **__: object) -> None:
     """``trim`` as a Faust/mode signal receiver (e.g. ``app.on_rebalance_complete``)."""
     trim()

@@ -188,6 +188,9 @@ class Settings(BaseSettings):
     # (at 10,000 workloads 525 MiB right after the cycle, 422 MiB past a trim). A trim with
     # nothing to give back costs ~10 ms, ~150 ms after a burst, in a thread (ctypes drops the GIL).
     malloc_trim_interval_seconds: Annotated[float, Field(ge=0)] = 15.0
+    # glibc's mmap threshold (engine/memory.set_mmap_threshold): blocks this big or bigger get
+    # their own mapping, given back when freed; 0: glibc's dynamic threshold.
+    malloc_mmap_threshold_bytes: Annotated[int, Field(ge=0, le=32 * 1024 * 1024)] = 0
     # Debug only: trace allocations with this many frames and write a heap dump to
     # ``data_dir/heap`` on SIGUSR2 (engine/memory.HeapDumps); 0 (default): off.
     debug_tracemalloc_frames: Annotated[int, Field(ge=0, le=100)] = 0

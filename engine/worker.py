@@ -127,8 +127,9 @@ def run_worker(
     """Pre-flight, assemble the app over ``services`` (default: the real adapters), run it until
     stopped; the services' clients are closed when the app stops."""
     from agents import assemble
-    from engine.memory import HeapDumps
+    from engine.memory import HeapDumps, set_mmap_threshold
 
+    set_mmap_threshold(settings.malloc_mmap_threshold_bytes)
     heap = None
     if settings.debug_tracemalloc_frames:
         heap = HeapDumps(settings.data_dir / "heap", settings.debug_tracemalloc_frames)
