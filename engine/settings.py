@@ -189,8 +189,13 @@ class Settings(BaseSettings):
     # nothing to give back costs ~10 ms, ~150 ms after a burst, in a thread (ctypes drops the GIL).
     malloc_trim_interval_seconds: Annotated[float, Field(ge=0)] = 15.0
     # glibc's mmap threshold (engine/memory.set_mmap_threshold): blocks this big or bigger get
-    # their own mapping, given back when freed; 0: glibc's dynamic threshold.
-    malloc_mmap_threshold_bytes: Annotated[int, Field(ge=0, le=32 * 1024 * 1024)] = 0
+    # their own mapping, given back when freed; 0: glibc's dynamic threshold, which rises to the
+    # largest block freed so far (up to 32 MiB): the multi-MiB fetch responses and batches of a
+    # cycle then land in the heap and hold RSS at their high-water mark. 1 MiB, 3,000 workloads
+    # on RocksDB (bench/bench_scale.py, 2026-11-30): decisions-phase peak 394 MiB against
+    # 411-428, right after the cycle 313 against 348-389 (docs/benchmarks.md "Memory: the
+    # decisions peak").
+    malloc_mmap_threshold_bytes: Annotated[int, Field(ge=0, le=32 * 1024 * 1024)] = 1024 * 1024
     # Debug only: trace allocations with this many frames and write a heap dump to
     # ``data_dir/heap`` on SIGUSR2 (engine/memory.HeapDumps); 0 (default): off.
     debug_tracemalloc_frames: Annotated[int, Field(ge=0, le=100)] = 0

@@ -57,3 +57,34 @@ def test_heap_dumps_show_what_stays_alive_between_two_dumps(tmp_path: Path) -> N
     diff = second.split("differences to the previous dump", 1)[1]
     assert "test_memory.py" in diff.splitlines()[1], diff[:500]  # the largest growth: ours
     assert len(retained) == 500
+
+
+def mmapped_bytes() -> int:
+    """glibc's mallinfo2().hblkhd: bytes in blocks served by their own mmap."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")]  # fmt: skip
+
+    libc = memory._libc()
+    assert libc is not None
+    libc.mallinfo2.restype = MallInfo2
+    return int(libc.mallinfo2().hblkhd)
+
+
+@pytest.mark.skipif(memory._libc() is None, reason="not glibc: no mmap threshold")
+def test_fixed_mmap_threshold_maps_big_blocks_that_the_dynamic_one_keeps_in_the_heap() -> None:
+    # glibc raises its dynamic threshold to the size of a freed mmapped block: after one 8 MB
+    # block, 4 MB blocks are carved from the heap (and stay in RSS after free until a trim)
+    big = bytearray(8 * 1024 * 1024)
+    del big
+    before = mmapped_bytes()
+    in_heap = bytearray(4 * 1024 * 1024)
+    assert mmapped_bytes() - before < 4 * 1024 * 1024
+    assert memory.set_mmap_threshold(1024 * 1024) is True
+    mapped = bytearray(4 * 1024 * 1024)
+    assert mmapped_bytes() - before >= 4 * 1024 * 1024
+    assert memory.set_mmap_threshold(0) is False  # 0: glibc's default left alone
+    del in_heap, mapped
