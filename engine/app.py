@@ -175,7 +175,6 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_linger=settings.kafka_producer_linger_ms / 1000,
         producer_max_batch_size=settings.kafka_producer_batch_bytes,
-        stream_buffer_maxsize=settings.stream_buffer_maxsize,
         table_standby_replicas=settings.table_standby_replicas,
         consumer_group_instance_id=settings.kafka_group_instance_id or None,
         stream_wait_empty=False,

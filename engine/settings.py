@@ -132,10 +132,6 @@ class Settings(BaseSettings):
     # flushed, whatever the linger.
     kafka_producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 20
     kafka_producer_batch_bytes: Annotated[int, Field(ge=16 * 1024, le=1024 * 1024)] = 16 * 1024
-    # Events Faust buffers per stream / topic partition before it pauses fetching (Faust's
-    # stream_buffer_maxsize, default 4096): bounds what a burst of cycle-end markers keeps in
-    # flight in one process (docs/benchmarks.md "Fleet scale", "Memory: the decisions peak").
-    stream_buffer_maxsize: Annotated[int, Field(ge=16)] = 4096
 
     # --- MongoDB -------------------------------------------------------------------------------
     mongodb_uri: SecretStr = SecretStr(f"mongodb://infra-mongodb.{_SVC}:27017")
