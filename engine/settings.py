@@ -189,7 +189,8 @@ class Settings(BaseSettings):
     # largest block freed so far (up to 32 MiB): the multi-MiB fetch responses and batches of a
     # cycle then land in the heap and hold RSS at their high-water mark. 1 MiB, 3,000 workloads
     # on RocksDB (bench/bench_scale.py, 2026-11-30): decisions-phase peak 394 MiB against
-    # 411-428, right after the cycle 313 against 348-389 (docs/benchmarks.md "Memory: the
+    # 411-428, right after the cycle 313 against 348-389; 10,000: right after the cycle 406 MiB
+    # against 529, idle 394 against 453, peak 766 against 810 (docs/benchmarks.md "Memory: the
     # decisions peak").
     malloc_mmap_threshold_bytes: Annotated[int, Field(ge=0, le=32 * 1024 * 1024)] = 1024 * 1024
     # Debug only: trace allocations with this many frames and write a heap dump to
