@@ -2,6 +2,7 @@
 
     python bench/bench_scale.py [--sizes 1000,3000] [--days 14] [--step 300] [--burst 1000]
                                 [--session-timeout 30] [--timeout 1800]
+                                [--bursts-only [--workers N]] [--cross-midnight]
 
 Starts a private Apache Kafka (KRaft, SASL_PLAINTEXT + SCRAM-SHA-256) and SecantusDB on loopback,
 then for each size (a fresh deployment: its own topics and app id):
@@ -197,13 +198,16 @@ def in_process_burst(
     end: int,
     args: argparse.Namespace,
     templates: list[bytes] | None,
+    live: list[tuple[int, int]] | None = None,
 ) -> dict[str, float]:
     """The baseline, measured in the same run next to each burst: the same burst (a chunk and a
     marker per workload) through the handlers themselves — aggregator ingest, recommender, gate
     in batches of ``GATE_BATCH`` with the history outbox — on in-memory tables and recording
     topics: what the workloads cost without Faust, Kafka, the executor or the event loop's
-    company.  The state is the worker's: the seeded templates (decoded before timing, as the
-    worker's cache holds them), or the run's ``days`` ingested here when nothing was seeded."""
+    company.  The state is the worker's: the seeded templates then the chunks it ingested since
+    (``live``: the live hours and the bursts before this one), decoded and summarized before
+    timing as the worker's cache holds them; or the run's ``days`` ingested here when nothing
+    was seeded."""
     from agents import aggregator, gate
     from engine.core.model import RESOURCES, container_id
     from engine.services import Services
@@ -222,7 +226,16 @@ def in_process_burst(
                 for j, c in enumerate(conts):
                     cid = container_id(ns, "Deployment", wl, c)
                     rt.tables.usage.store[cid] = templates[(2 * i + j) % len(templates)]
-                    usage = rt.tables.usage.get(cid)
+            # the hours the worker ingested live, so the burst's chunk follows on from the
+            # state as in the worker (without them it filled a gap, and crossed midnight
+            # whenever the live hours did: a baseline slower than the worker's real burst)
+            for s, e in live or []:
+                for ns, wl in wls:
+                    key, raw, _ = encode_chunk(rng, ns, wl, conts, s, e, step=args.step)
+                    await aggregator.ingest(rt, key, raw)
+            for ns, wl in wls:
+                for c in conts:
+                    usage = rt.tables.usage.get(container_id(ns, "Deployment", wl, c))
                     for res in RESOURCES if usage is not None else ():
                         usage.summary(res)  # warm, as the decisions phase left the worker's
         else:
@@ -449,6 +462,13 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     create_topics(stack.kafka, [dep.topic("metrics")], partitions=PARTITIONS)
     wls = workloads(n)
     end = int(time.time() // 3600 * 3600) - 3600
+    if args.cross_midnight:
+        # the history ends 30 min before a midnight UTC at least 2 h ago: the first burst's
+        # hour closes the day of every container at once, the second is within the next day
+        midnight = int(time.time()) // 86400 * 86400
+        if time.time() - midnight < 2 * 3600 + 300:
+            midnight -= 86400
+        end = midnight - 1800
     chunks = [(end - (k + 1) * CHUNK, end - k * CHUNK) for k in range(args.days * 4)][::-1]
     live = max(1, min(len(chunks), -(-args.live_hours * 3600 // CHUNK)))
     seeded, chunks = chunks[:-live], chunks[-live:]
@@ -478,16 +498,24 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     )
     t0 = time.monotonic()
     server, port = dep.start_worker("w0")
+    others: list[tuple[Any, int]] = []  # --workers: the others, each its own static member
+    for k in range(1, args.workers):
+        dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = f"bench-worker-{k}"
+        others.append(dep.start_worker(f"w{k}"))
+    dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = "bench-worker-0"
+    ports = [port] + [p for _, p in others]
     phases = RssByPhase(server.pid)
     phases.phase = "recovery"
     dep.wait_ready(port, server=server, timeout=args.timeout)
+    for other, other_port in others:
+        dep.wait_ready(other_port, server=other, timeout=args.timeout)
     phases.phase = "live ingest"
     ready_s = time.monotonic() - t0
     heap_dump(args, server.pid, "recovered")
-    prog, _ = wait_ingested(port, total, 120, pid=server.pid, poll=1.0)
+    prog, _ = wait_ingested(ports, total, 120, pid=server.pid, poll=1.0)
     while prog.done_at is None and time.monotonic() - t0 < args.timeout:
         before = prog.last  # go on while it moves; a stalled count is reported, not waited on
-        prog, _ = wait_ingested(port, total, 60, pid=server.pid, poll=1.0)
+        prog, _ = wait_ingested(ports, total, 60, pid=server.pid, poll=1.0)
         if prog.last == before:
             break
     if prog.done_at is None:
@@ -562,7 +590,8 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
                 f"  burst {i}'s cycle applied and reported ({listed:,} of {owed:,} decisions "
                 f"in reports) after {time.monotonic() - waited:.0f}s; next burst"
             )
-        base = in_process_burst(wls[:burst], b_start, b_end, args, templates)
+        before = chunks + [(end + k * chunk_s, end + (k + 1) * chunk_s) for k in range(i)]
+        base = in_process_burst(wls[:burst], b_start, b_end, args, templates, before)
         phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
@@ -691,6 +720,20 @@ def main() -> None:
         help="bursts back to back (always, before 2026-11-30 16:13 UTC): a burst shares the "
         "worker with the apply and report of the one before; default: wait for its report",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the partitions (with --bursts-only: the figures of "
+        "RSS, /metrics and the cache are the first worker's)",
+    )
+    ap.add_argument(
+        "--cross-midnight",
+        action="store_true",
+        help="end the history 30 min before midnight UTC: the first burst is the hourly cycle "
+        "that closes a day for every container (the day's most expensive), the second within "
+        "the day",
+    )
     ap.add_argument("--profile", metavar="DIR", help="py-spy the worker in each phase into DIR")
     ap.add_argument(
         "--worker-env", action="append", default=[], metavar="K=V", help="extra worker env"
@@ -699,6 +742,8 @@ def main() -> None:
     ap.add_argument("--apply-wait", type=float, default=120.0, help="max wait for reports")
     ap.add_argument("--timeout", type=float, default=1800.0)
     args = ap.parse_args()
+    if args.workers > 1 and not args.bursts_only:
+        ap.error("--workers > 1 needs --bursts-only (the recovery phase kills one worker)")
     STEP[0] = args.step
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,14 +156,20 @@ class Progress:
 
 
 def wait_ingested(
-    port: int, expect: float, timeout: float, pid: int | None = None, poll: float = 0.1
+    port: int | Sequence[int],
+    expect: float,
+    timeout: float,
+    pid: int | None = None,
+    poll: float = 0.1,
 ) -> tuple[Progress, int]:
-    """Poll /metrics until ``expect`` samples were ingested; also track peak RSS."""
+    """Poll /metrics until ``expect`` samples were ingested (summed over the workers when
+    ``port`` is several); also track peak RSS."""
     prog, peak = Progress(), 0
+    ports = [port] if isinstance(port, int) else list(port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            value = ingested(port)
+            value = sum(ingested(p) for p in ports)
         except OSError:
             value = prog.last
         now = time.monotonic()

@@ -306,3 +306,78 @@ def test_estimator_knobs_dumped_once_per_policy_object_are_each_ones_own_dump() 
         doc = _estimator_doc(params)
         assert doc == params.model_dump(mode="json")
         assert str(doc["cpu_headroom"]) == str(params.cpu_headroom)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_closing_day_is_spliced_into_the_packed_days_as_decoding_them_would_pack_it(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ~20 days of chunks of 1-30 hours, sometimes a gap of days (several days expire at once),
+    # some chunks all zero (windows without bins), small bin limits for some seeds (folding)
+    # through two states: ``fast`` as the worker runs it, ``slow`` decoded before every change
+    # and write (the path before the splice).  Every write and every summary must be the same.
+    rng = np.random.default_rng(seed)
+    day, history = 86400, 14 * 86400
+    limit = 24 if seed % 3 == 2 else 2048
+    fast = WindowedUsage(day, bin_limit=limit)
+    slow = WindowedUsage(day, bin_limit=limit)
+    taken: list[bool] = []
+    original = WindowedUsage._splice_closed
+
+    def counting(self: WindowedUsage, cutoff: float | None) -> bool:
+        taken.append(original(self, cutoff))
+        return taken[-1]
+
+    monkeypatch.setattr(WindowedUsage, "_splice_closed", counting)
+    t = 1_700_000_000.0 + float(rng.integers(0, day))
+    while t < 1_700_000_000.0 + 20 * day:
+        if rng.random() < 0.05:
+            t += float(rng.integers(2, 5)) * day  # the container stopped reporting for days
+        hours = int(rng.integers(1, 31))
+        ts = t + 60.0 * np.arange(1, hours * 60 + 1)
+        values = rng.lognormal(-2.0, 1.5, ts.size)
+        if rng.random() < 0.15:
+            values[:] = 0.0
+        t = float(ts[-1])
+        if rng.random() < 0.3:  # a state read back from its changelog value
+            fast = WindowedUsage.from_dict(fast.to_dict())
+        slow.windows  # noqa: B018 - decode the packed days
+        assert fast.add(ts, values, history_seconds=history) == slow.add(
+            ts, values, history_seconds=history
+        )
+        if rng.random() < 0.5:  # a summary between the ingest and the write, or after it
+            assert fast.summary() == slow.summary()
+        slow.windows  # noqa: B018
+        assert fast.to_dict() == slow.to_dict()
+        assert fast.summary() == slow.summary()
+        assert fast == slow
+    assert any(taken), "the splice never ran"
+
+
+def test_a_payload_the_splice_does_not_reproduce_is_decoded_as_before() -> None:
+    # a closed window whose bins are stored untrimmed (not what _pack writes): the splice
+    # declines, the general path decodes it, and the result is the same state either way
+    day = 86400
+    wu = WindowedUsage(day)
+    start = 1_700_000_000 // day * day
+    for d in range(3):
+        wu.add(np.array([start + d * day + 60.0]), np.array([0.5]), history_seconds=14 * day)
+    data = wu.to_dict()
+    text = data["c"]
+    odd = WindowedUsage(day)
+    wins: dict[int, Window] = {}
+    odd._unpack(text, 0, wins)
+    first = wins[min(wins)]
+    *_, counts = first.sketch.bins()
+    first.sketch._counts = np.concatenate([counts, [0]])  # untrimmed
+    first._raw = None
+    data["c"] = odd._pack(wins, sorted(wins))
+    a, b = WindowedUsage.from_dict(data), WindowedUsage.from_dict(data)
+    assert a._splice_closed(None) is False  # declined, nothing changed
+    assert a.to_dict() == b.to_dict()
+    b.windows  # noqa: B018
+    later = np.array([start + 20 * day + 60.0])
+    assert a.add(later, np.array([1.0]), history_seconds=14 * day) == b.add(
+        later, np.array([1.0]), history_seconds=14 * day
+    )
+    assert a.to_dict() == b.to_dict() and a.summary() == b.summary()
