@@ -200,6 +200,22 @@ def test_audit_snapshot_has_policies_decisions_and_sha() -> None:
     assert audit["decisions"][0]["containers"][0]["cpu_request"] == 0.25
 
 
+def test_json_documents_keep_the_indented_sorted_layout_with_non_ascii_as_utf8() -> None:
+    # rendered by orjson now (the stdlib's indenting encoder peaked at ~277 MiB for the audit
+    # of a 10,000-decision cycle): the layout json.dumps(indent=2, sort_keys=True) gave
+    report = make(
+        [dec("patient-api", reason="pic \u00e9t\u00e9 \u2014 m\u00e9moire"), dec("billing")],
+        ["smarthealth/Deployment/patient-api"],
+    )
+    for text in (rp.audit_snapshot(report), rp.render_json(report)):
+        doc = json.loads(text)
+        assert text == json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        assert "\u00e9t\u00e9" in text  # UTF-8, not \u escapes
+    objects = {o.key.rsplit("/", 1)[-1]: o.body for o in rp.documents(report)}
+    assert objects["audit.json"] == rp.audit_snapshot(report).encode()
+    assert objects["report.json"] == rp.render_json(report).encode()
+
+
 def test_report_from_summary_takes_held_workloads_from_the_execution_data() -> None:
     from engine.core.model import CycleSummary
 
