@@ -279,19 +279,40 @@ def audit_bytes(report: CycleReport) -> bytes:
         | {f"{k}@{v}" for k, v in report.policies.items()}
     )
     ex = report.execution
+    decisions = sorted(report.decisions, key=lambda d: (d.workload_id, d.id))
     doc = {
         "cycle": report.cycle_id,
         "generated_at": _iso(report.generated_at),
         "policy_versions": policies,
-        "decisions": [
-            d.model_dump(mode="json")
-            for d in sorted(report.decisions, key=lambda d: (d.workload_id, d.id))
-        ],
+        "decisions": _SPLICE if decisions else [],
         "held": dict(sorted(report.held.items())),
         "execution": None if ex is None else ex.model_dump(mode="json"),
         "commit_sha": None if ex is None else ex.commit_sha,
     }
-    return _json_bytes(doc)
+    if not decisions:
+        return _json_bytes(doc)
+    # The decisions rendered one at a time and spliced into their place: the same bytes as
+    # rendering ``[d.model_dump(mode="json") for d in decisions]`` in the document (items at
+    # depth 1 of an object: four more spaces on every line), without ~7.7 KB of dicts per
+    # decision alive at once — 77 MiB at 10,000 decisions, at the worker's peak of the cycle
+    # (tests/unit/test_report.py).  The marker is found on its key's line: a raw newline is
+    # structural in JSON (escaped inside strings), whatever the strings of the document hold.
+    key = b'\n  "decisions": '
+    head, sep, tail = _json_bytes(doc).partition(key + _json_bytes(_SPLICE)[:-1])
+    assert sep, "splice marker not rendered"
+    pieces = [head, key, b"[\n"]
+    for i, d in enumerate(decisions):
+        if i:
+            pieces.append(b",\n")
+        pieces.append(
+            b"    " + _json_bytes(d.model_dump(mode="json"))[:-1].replace(b"\n", b"\n    ")
+        )
+    pieces += (b"\n  ]", tail)
+    return b"".join(pieces)  # one copy of the document besides its pieces
+
+
+# stands for the decisions while the rest of the audit document is rendered (see audit_bytes)
+_SPLICE = "\u0000kubefinops-audit-decisions\u0000"
 
 
 def _md(text: object) -> str:

@@ -216,6 +216,23 @@ def test_json_documents_keep_the_indented_sorted_layout_with_non_ascii_as_utf8()
     assert objects["report.json"] == rp.render_json(report).encode()
 
 
+def test_audit_decisions_spliced_one_at_a_time_are_the_whole_document_rendered_at_once() -> None:
+    import orjson
+
+    opts = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+    marker = rp._SPLICE
+    for names in ([], ["a"], ["b", "a", "c"]):
+        report = make(
+            [dec(n, reason=f"\u00e9t\u00e9 {marker} \n  ") for n in names], ["x/Deployment/y"]
+        )
+        report = report.model_copy(update={"cycle_id": f"c-{len(names)}"})
+        doc = json.loads(rp.audit_snapshot(report))
+        assert [d["workload_id"] for d in doc["decisions"]] == sorted(
+            d.workload_id for d in report.decisions
+        )
+        assert rp.audit_bytes(report) == orjson.dumps(doc, option=opts)
+
+
 def test_report_from_summary_takes_held_workloads_from_the_execution_data() -> None:
     from engine.core.model import CycleSummary
 

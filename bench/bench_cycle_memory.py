@@ -1,0 +1,129 @@
+"""Memory of one apply cycle's executor and reporter steps at fleet size, in process (not a test).
+
+    python bench/bench_cycle_memory.py [--decisions 10000]
+
+Builds realistic decisions (50 workloads through the aggregator, recommender and gate on a few
+days of synthetic usage, then copied under new names to ``--decisions``), and runs the steps a
+cycle of that size takes after the gate, one at a time, each under ``tracemalloc``: the
+executor's pending rows and their decoding at apply, the cycle summary split into parts, the
+reporter's parse and join of the parts, and the four report documents.  Prints each step's
+peak and what it keeps; the worker holds the parsed report while it renders the documents, so
+those two add up at the cycle's peak.  Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.environ.get("ROOT") or str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from bench import bench_scale as bs
+from bench.common import encode_chunk
+
+
+def decisions(n: int) -> list[bytes]:
+    from agents import aggregator, gate
+    from engine.core.model import Decision
+    from engine.services import Services
+    from tests.fakes import FakeHistory, runtime
+
+    rt = runtime(Services(history=FakeHistory()), now=time.time())
+    rng = np.random.default_rng(3)
+    wls = bs.workloads(50)
+    end = int(time.time()) // 3600 * 3600 - 3600
+    six = 6 * 3600
+
+    async def go() -> None:
+        for k in range(12, 0, -1):
+            for ns, wl in wls:
+                start = end - k * six
+                key, raw, _ = encode_chunk(rng, ns, wl, ["app", "sidecar"], start, start + six)
+                await aggregator.ingest(rt, key, raw)
+        for key, raw in bs.markers(wls, "c1", time.time()):
+            await aggregator.ingest(rt, key, raw)
+        await gate.handle_batch(rt, rt.topics.recommendations.sent)  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    base = [Decision.model_validate_json(v) for _, v in rt.topics.decisions.sent]  # type: ignore[attr-defined]
+    out = []
+    for i in range(n):
+        d = base[i % len(base)]
+        name = d.workload_id.rsplit("/", 1)[1]
+        text = d.model_dump_json().replace(f'{name}"', f'{name}-x{i}"').replace(d.id, f"{d.id}x{i}")
+        out.append(text.encode())
+    return out
+
+
+def rss_mib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+
+def step(name: str, f: Callable[..., Any], *args: Any) -> Any:
+    gc.collect()
+    tracemalloc.start()
+    before = rss_mib()
+    out = f(*args)
+    kept, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(
+        f"{name:<38} peak {peak / 2**20:6.0f} MiB, kept {kept / 2**20:5.0f} MiB "
+        f"(RSS {before} -> {rss_mib()} MiB)"
+    )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--decisions", type=int, default=10_000)
+    args = ap.parse_args()
+    from engine.core.cycles import join_cycle, split_cycle
+    from engine.core.model import CycleSummary, Decision, Execution
+    from engine.core.report import CycleReport, documents
+
+    raws = decisions(args.decisions)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {len(raws):,} decisions, "
+        f"{sum(map(len, raws)) / len(raws):,.0f} B of JSON each"
+    )
+    rows = step(
+        "executor: pending rows (dicts)",
+        lambda: [Decision.model_validate_json(r).model_dump(mode="json") for r in raws],
+    )
+    decoded = step(
+        "executor: rows decoded at apply",
+        lambda rs: [Decision.model_validate(r) for r in rs],
+        rows,
+    )
+    applies = [d for d in decoded if d.action.value == "apply"]
+    ex = Execution.of("bench", applies, "pushed", executed_at=time.time(), commit_sha="a" * 40)
+    summary = CycleSummary(cycle="bench", decisions=decoded, execution=ex, policies={})
+    parts = step(
+        "executor: summary split into parts",
+        lambda s: [p.model_dump_json().encode() for p in split_cycle(s)],
+        summary,
+    )
+    del rows, decoded, summary, applies
+    whole = step(
+        "reporter: parts parsed and joined",
+        lambda: join_cycle([CycleSummary.model_validate_json(b) for b in parts]),
+    )
+    report = CycleReport.from_summary(whole, time.time(), [])
+    docs = step("reporter: the four documents", lambda: documents(report))
+    sizes = ", ".join(f"{o.key.rsplit('/', 1)[-1]} {len(o.body) / 2**20:.1f} MiB" for o in docs)
+    print(f"{len(parts)} parts, {sum(map(len, parts)) / 2**20:.1f} MiB; documents: {sizes}")
+
+
+if __name__ == "__main__":
+    main()
