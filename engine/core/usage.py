@@ -471,52 +471,36 @@ class WindowedUsage:
         if not live or (cutoff is not None and live[-1] + w <= cutoff):
             return False
         append = live[:-1]
-        raw = unpack_raw(self._lazy)
-        if len(raw) < 2:
-            return False
-        (n,) = struct.unpack_from("<H", raw)
-        head_end = 2 + 40 * n
-        if n == 0 or len(raw) < head_end:
-            return False
-        old_floats = struct.unpack_from(f"<{5 * n}d", raw, 2)
-        body = raw[head_end:]
-        try:
-            values = decode_uvarints(body)
+        records: list[tuple[int, int, int, int, IntArray, tuple[float, ...]]] = []
+        floats: list[float] = []
+        first_kept = -1  # index of the first kept record's step among the payload's ints
+        pos = 0
+        previous: int | None = None
+        try:  # what _records checks (ValueError: corrupt; the caller's decode raises it again)
+            raw = unpack_raw(self._lazy)
+            for start, count, zero, min_key, bins, old in self._raw_records(raw, 0):
+                if (previous is not None and start <= previous) or bins.size > self.bin_limit:
+                    return False  # starts not increasing, too many bins: as decoding does
+                previous = start
+                if bins.size and not (bins[0] > 0 and bins[-1] > 0):
+                    return False  # untrimmed bins (decoding would trim them)
+                if not bins.size and min_key != 0:
+                    return False  # decoding would reset the key of an empty sketch
+                if cutoff is None or start + w > cutoff:
+                    if first_kept < 0:
+                        first_kept = pos
+                    total, low, high, first, last = old
+                    kept = (total, low, high, start + first - start, start + last - start)
+                    floats += kept
+                    records.append((start, count, zero, min_key, bins, kept))
+                pos += 5 + int(bins.size)
         except ValueError:
             return False
+        (n,) = struct.unpack_from("<H", raw)
+        body = raw[2 + 40 * n :]
         octets = np.frombuffer(body, dtype=np.uint8)
         if bool(((octets[1:] == 0) & (octets[:-1] >= 0x80)).any()):
             return False  # a value not in its shortest form (not what _pack writes)
-        ints = unzigzag(values)
-        flat = ints.tolist()
-        negative = set(np.flatnonzero(ints < 0).tolist())  # only min_key fields may be
-        records: list[tuple[int, int, int, int, IntArray, tuple[float, ...]]] = []
-        floats: list[float] = []
-        first_kept = -1  # index in ``ints`` of the first kept record's step
-        pos = start = 0
-        for i in range(n):
-            if pos + 5 > len(flat):
-                return False
-            step, count, zero, min_key, nbins = flat[pos : pos + 5]
-            negative.discard(pos + 3)
-            if (i and step < 1) or count < 0 or zero < 0 or not 0 <= nbins <= self.bin_limit:
-                return False
-            end = pos + 5 + nbins
-            if end > len(flat) or (nbins and not (flat[pos + 5] > 0 and flat[end - 1] > 0)):
-                return False  # truncated, or untrimmed bins (decoding would trim them)
-            if nbins == 0 and min_key != 0:
-                return False  # decoding would reset the key of an empty sketch
-            start += step * w
-            if cutoff is None or start + w > cutoff:
-                if first_kept < 0:
-                    first_kept = pos
-                total, low, high, first, last = old_floats[5 * i : 5 * i + 5]
-                kept = (total, low, high, start + first - start, start + last - start)
-                floats += kept
-                records.append((start, count, zero, min_key, ints[pos + 5 : end], kept))
-            pos = end
-        if pos != len(flat) or negative:
-            return False
         parts: list[bytes] = []
         prev = 0
         if records:
@@ -583,7 +567,12 @@ class WindowedUsage:
     ) -> Iterator[tuple[int, int, int, int, IntArray, tuple[float, ...]]]:
         """The packed windows one by one: ``(start, count, zero, min_key, bins, (sum, min, max,
         first - start, last - start))``, checked as they are read (ValueError when corrupt)."""
-        raw = unpack_raw(text)
+        return self._raw_records(unpack_raw(text), start)
+
+    def _raw_records(
+        self, raw: bytes, start: int
+    ) -> Iterator[tuple[int, int, int, int, IntArray, tuple[float, ...]]]:
+        """:meth:`_records` of a payload already unpacked."""
         if len(raw) < 2:
             raise ValueError("corrupt windowed usage payload")
         (n,) = struct.unpack_from("<H", raw)
