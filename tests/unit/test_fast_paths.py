@@ -381,3 +381,51 @@ def test_a_payload_the_splice_does_not_reproduce_is_decoded_as_before() -> None:
         later, np.array([1.0]), history_seconds=14 * day
     )
     assert a.to_dict() == b.to_dict() and a.summary() == b.summary()
+
+
+@pytest.mark.parametrize("cut", [3, 10, 20, 45])
+def test_a_corrupt_packed_payload_at_a_day_close_raises_as_the_decode_did(
+    cut: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the splice declines a payload it cannot read; the general decode then raises its error
+    from engine.core.sketch import pack_raw, unpack_raw
+
+    day, history = 86400, 14 * 86400
+    wu = WindowedUsage(day)
+    t0 = 1_700_000_000.0 // day * day
+    for d in range(3):
+        wu.add(np.array([t0 + d * day + 60.0]), np.array([0.5]), history_seconds=history)
+    wu.to_dict()
+    assert wu._lazy is not None
+    raw = unpack_raw(wu._lazy)
+    original = WindowedUsage._splice_closed
+    declined: list[bool] = []
+
+    def spy(self: WindowedUsage, cutoff: float | None) -> bool:
+        declined.append(not original(self, cutoff))
+        return not declined[-1]
+
+    # the oldest day expires, the others stay: the splice reads the payload
+    newest = t0 + 15.5 * day  # cutoff 1.5 days after t0: day 0 expires, day 1 stays packed
+    for bad in (pack_raw(raw[:cut]), pack_raw(raw + b"\x05"), pack_raw(raw[:1])):
+        errors = []
+        for splice in (True, False):
+            state = WindowedUsage(day)
+            state._unpack(wu._pack_open(wu._live), 0, state._live)
+            state._lazy, state._lazy_oldest = bad, int(t0)
+            with monkeypatch.context() as m:
+                m.setattr(WindowedUsage, "_splice_closed", spy)
+                if not splice:  # the path before the splice: decode at once
+                    m.setattr(WindowedUsage, "_splice_closed", lambda self, cutoff: False)
+                with pytest.raises(ValueError) as exc:
+                    state.expire(newest, history)
+            errors.append(str(exc.value))
+        assert errors[0] == errors[1]
+    assert declined == [True, True, True]  # it ran on each corrupt payload, and declined
+    good = WindowedUsage(day)
+    good._unpack(wu._pack_open(wu._live), 0, good._live)
+    good._lazy, good._lazy_oldest = wu._lazy, int(t0)
+    with monkeypatch.context() as m:
+        m.setattr(WindowedUsage, "_splice_closed", spy)
+        assert good.expire(newest, history) == 0  # spliced: the packed day 0 dropped
+    assert declined[-1] is False and good._lazy_oldest == int(t0 + day)
