@@ -5,9 +5,10 @@
 Builds realistic decisions (50 workloads through the aggregator, recommender and gate on a few
 days of synthetic usage, then copied under new names to ``--decisions``), and runs the steps a
 cycle of that size takes after the gate, one at a time, each under ``tracemalloc``: the
-executor's pending rows and their decoding at apply, the cycle summary split into parts, the
-reporter's parse and join of the parts, and the four report documents.  Prints each step's
-peak and what it keeps; the worker holds the parsed report while it renders the documents, so
+executor's pending rows and their decoding at apply (parsed, as before, and into a
+``DecisionLog``, as now), the log split into parts, the reporter's join of the parts (parsed, as
+before, and as a log) and the four report documents from each.  Prints each step's peak, what it
+keeps and its CPU time; the worker holds the joined cycle while it renders the documents, so
 those two add up at the cycle's peak.  Figures are printed, never asserted.
 """
 
@@ -74,12 +75,14 @@ def step(name: str, f: Callable[..., Any], *args: Any) -> Any:
     gc.collect()
     tracemalloc.start()
     before = rss_mib()
+    t0 = time.process_time()
     out = f(*args)
+    cpu = time.process_time() - t0
     kept, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(
-        f"{name:<38} peak {peak / 2**20:6.0f} MiB, kept {kept / 2**20:5.0f} MiB "
-        f"(RSS {before} -> {rss_mib()} MiB)"
+        f"{name:<44} peak {peak / 2**20:6.0f} MiB, kept {kept / 2**20:5.0f} MiB, "
+        f"CPU {cpu:5.2f} s (RSS {before} -> {rss_mib()} MiB)"
     )
     return out
 
@@ -88,39 +91,57 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decisions", type=int, default=10_000)
     args = ap.parse_args()
-    from engine.core.cycles import join_cycle, split_cycle
+    from engine.core.cycles import join_cycle, join_cycle_log, split_log
+    from engine.core.decision_log import DecisionLog
     from engine.core.model import CycleSummary, Decision, Execution
     from engine.core.report import CycleReport, documents
 
     raws = decisions(args.decisions)
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {len(raws):,} decisions, "
-        f"{sum(map(len, raws)) / len(raws):,.0f} B of JSON each"
+        f"{sum(map(len, raws)) / len(raws):,.0f} B of JSON each; tracemalloc slows the CPU "
+        "figures (compare them within this run only)"
     )
     rows = step(
         "executor: pending rows (dicts)",
         lambda: [Decision.model_validate_json(r).model_dump(mode="json") for r in raws],
     )
-    decoded = step(
-        "executor: rows decoded at apply",
+    parsed = step(
+        "executor: rows decoded at apply, parsed",
         lambda rs: [Decision.model_validate(r) for r in rs],
         rows,
     )
-    applies = [d for d in decoded if d.action.value == "apply"]
-    ex = Execution.of("bench", applies, "pushed", executed_at=time.time(), commit_sha="a" * 40)
-    summary = CycleSummary(cycle="bench", decisions=decoded, execution=ex, policies={})
-    parts = step(
-        "executor: summary split into parts",
-        lambda s: [p.model_dump_json().encode() for p in split_cycle(s)],
-        summary,
+    del parsed
+    log = step(
+        "executor: rows decoded at apply, as a log",
+        lambda rs: DecisionLog(Decision.model_validate(r) for r in rs).sorted_by(
+            lambda r: r.workload_id
+        ),
+        rows,
     )
-    del rows, decoded, summary, applies
+    del rows
+    applies = list(log.where(lambda r: r.action.value == "apply"))
+    ex = Execution.of("bench", applies, "pushed", executed_at=time.time(), commit_sha="a" * 40)
+    header = CycleSummary(cycle="bench", decisions=[], execution=ex, policies={})
+    parts = step(
+        "executor: the log split into parts",
+        lambda lg: [p.model_dump_json().encode() for p in split_log(header, lg)],
+        log,
+    )
+    del log, applies
     whole = step(
-        "reporter: parts parsed and joined",
+        "reporter: parts parsed and joined (before)",
         lambda: join_cycle([CycleSummary.model_validate_json(b) for b in parts]),
     )
     report = CycleReport.from_summary(whole, time.time(), [])
-    docs = step("reporter: the four documents", lambda: documents(report))
+    step("reporter: the four documents (before)", lambda: documents(report))
+    del whole, report
+    joined, dlog = step(
+        "reporter: parts joined as a log",
+        lambda: join_cycle_log(CycleSummary.model_validate_json(b) for b in parts),
+    )
+    report = CycleReport.from_summary(joined, time.time(), [], decisions=dlog)
+    docs = step("reporter: the four documents from the log", lambda: documents(report))
     sizes = ", ".join(f"{o.key.rsplit('/', 1)[-1]} {len(o.body) / 2**20:.1f} MiB" for o in docs)
     print(f"{len(parts)} parts, {sum(map(len, parts)) / 2**20:.1f} MiB; documents: {sizes}")
 

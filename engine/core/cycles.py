@@ -11,17 +11,21 @@ inverse: same decisions in the same order, the execution's lists re-united.
 
 from __future__ import annotations
 
-from engine.core.model import CycleSummary, Decision, Execution
+from collections.abc import Iterable, Iterator, Sequence
+
+from engine.core.decision_log import DecisionLog, DecisionRef
+from engine.core.model import CycleSummary, Execution
 
 # Well under Kafka's 1 MiB default (message.max.bytes / max.request.size), leaving room for the
 # envelope, the execution and the policy map, and for a broker configured lower than the default.
 MAX_PART_BYTES = 256 * 1024
 
 
-def _share(execution: Execution, decisions: list[Decision], first: bool) -> Execution:
-    """The part of ``execution`` about ``decisions`` (generic detail text goes in part 0)."""
-    ids = {d.id for d in decisions}
-    wids = {d.workload_id for d in decisions}
+def _share(execution: Execution, refs: Sequence[DecisionRef], first: bool) -> Execution:
+    """The part of ``execution`` about the decisions of ``refs`` (generic detail text goes in
+    part 0)."""
+    ids = {r.id for r in refs}
+    wids = {r.workload_id for r in refs}
     pairs = [
         (w, d)
         for w, d in zip(execution.workload_ids, execution.decision_ids, strict=False)
@@ -42,28 +46,37 @@ def split_cycle(summary: CycleSummary, max_bytes: int = MAX_PART_BYTES) -> list[
 
     A single decision larger than ``max_bytes`` travels alone in its part.
     """
-    groups: list[list[Decision]] = [[]]
+    header = summary.model_copy(update={"decisions": []})
+    return list(split_log(header, DecisionLog(summary.decisions), max_bytes))
+
+
+def split_log(
+    header: CycleSummary, log: DecisionLog, max_bytes: int = MAX_PART_BYTES
+) -> Iterator[CycleSummary]:
+    """The parts of the cycle ``header`` (its decisions left out) with the decisions of ``log``,
+    made one at a time: only one part's decisions are decoded at once (the executor's way of
+    publishing a 10,000-decision cycle without holding it parsed)."""
+    groups: list[list[DecisionRef]] = [[]]
     size = 0
-    for d in summary.decisions:
-        n = len(d.model_dump_json())
+    for ref in log.refs:
+        n = len(ref.raw)
         if groups[-1] and size + n > max_bytes:
             groups.append([])
             size = 0
-        groups[-1].append(d)
+        groups[-1].append(ref)
         size += n
     if len(groups) == 1:
-        return [summary.model_copy(update={"part": 0, "parts": 1})]
-    return [
-        summary.model_copy(
+        yield header.model_copy(update={"decisions": list(log), "part": 0, "parts": 1})
+        return
+    for i, group in enumerate(groups):
+        yield header.model_copy(
             update={
-                "decisions": group,
-                "execution": _share(summary.execution, group, i == 0),
+                "decisions": [r.decision() for r in group],
+                "execution": _share(header.execution, group, i == 0),
                 "part": i,
                 "parts": len(groups),
             }
         )
-        for i, group in enumerate(groups)
-    ]
 
 
 class IncompleteCycle(ValueError):
@@ -105,3 +118,16 @@ def join_cycle(parts: list[CycleSummary]) -> CycleSummary:
             "parts": 1,
         }
     )
+
+
+def join_cycle_log(parts: Iterable[CycleSummary]) -> tuple[CycleSummary, DecisionLog]:
+    """:func:`join_cycle` for a cycle too big to hold parsed: the parts are read one at a time
+    (pass a generator that parses them), each part's decisions kept as JSON; returns the joined
+    cycle without its decisions and the decisions, in order, as a :class:`DecisionLog`."""
+    headers: list[CycleSummary] = []
+    logs: dict[int, DecisionLog] = {}
+    for part in parts:
+        logs[part.part] = DecisionLog(part.decisions)  # a re-delivered duplicate replaces it
+        headers.append(part.model_copy(update={"decisions": []}))
+    whole = join_cycle(headers)  # raises IncompleteCycle unless parts 0..n-1 of one cycle
+    return whole, DecisionLog.of_refs(r for i in sorted(logs) for r in logs[i].refs)

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from engine.core.cycles import MAX_PART_BYTES, IncompleteCycle, join_cycle, split_cycle
+from engine.core.cycles import (
+    MAX_PART_BYTES,
+    IncompleteCycle,
+    join_cycle,
+    join_cycle_log,
+    split_cycle,
+    split_log,
+)
+from engine.core.decision_log import DecisionLog
 from engine.core.model import Action, CycleSummary, Execution
 from tests.unit.test_report import T0, dec
 
@@ -89,7 +97,9 @@ def test_the_executor_publishes_a_big_cycle_in_parts_under_the_kafka_limit() -> 
     whole = big_cycle(5000)
     topics = SimpleNamespace(cycles=_Topic(), executions=_Topic())
     rt: Any = SimpleNamespace(topics=topics)
-    asyncio.run(publish(rt, list(whole.decisions), whole.execution))
+    log = DecisionLog(whole.decisions)
+    applies = [d for d in whole.decisions if d.action is Action.APPLY]
+    asyncio.run(publish(rt, log, applies, whole.execution))
     records = [CycleSummary.model_validate_json(v or b"") for _, v in topics.cycles.sent]
     assert len(records) > 1
     assert all(len(v or b"") < KAFKA_DEFAULT_LIMIT for _, v in topics.cycles.sent)
@@ -98,3 +108,18 @@ def test_the_executor_publishes_a_big_cycle_in_parts_under_the_kafka_limit() -> 
     assert [d.id for d in joined.decisions] == [d.id for d in whole.decisions]
     assert joined.execution.workload_ids == whole.execution.workload_ids
     assert len(topics.executions.sent) == len(whole.execution.workload_ids)
+
+
+def test_parts_made_from_a_log_are_the_parts_of_the_list_and_join_back_as_a_log() -> None:
+    whole = big_cycle(3000)
+    header = whole.model_copy(update={"decisions": []})
+    from_log = list(split_log(header, DecisionLog(whole.decisions), max_bytes=64 * 1024))
+    assert from_log == split_cycle(whole, max_bytes=64 * 1024)
+    assert len(from_log) > 5
+    shuffled = [*from_log, from_log[2]]  # any order, with a re-delivered duplicate
+    random.Random(5).shuffle(shuffled)
+    joined, log = join_cycle_log(iter(shuffled))
+    assert joined.decisions == []
+    assert joined.model_copy(update={"decisions": list(log)}) == whole
+    with pytest.raises(IncompleteCycle, match="missing parts"):
+        join_cycle_log(iter(from_log[1:]))
