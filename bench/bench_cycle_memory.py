@@ -90,6 +90,12 @@ def step(name: str, f: Callable[..., Any], *args: Any) -> Any:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decisions", type=int, default=10_000)
+    ap.add_argument(
+        "--s3",
+        action="store_true",
+        help="also write the report to a real S3 server (moto, started here): one put per "
+        "object against the multipart upload of large ones",
+    )
     args = ap.parse_args()
     from engine.core.cycles import join_cycle, join_cycle_log, split_log
     from engine.core.decision_log import DecisionLog
@@ -144,6 +150,45 @@ def main() -> None:
     docs = step("reporter: the four documents from the log", lambda: documents(report))
     sizes = ", ".join(f"{o.key.rsplit('/', 1)[-1]} {len(o.body) / 2**20:.1f} MiB" for o in docs)
     print(f"{len(parts)} parts, {sum(map(len, parts)) / 2**20:.1f} MiB; documents: {sizes}")
+    del docs
+    if args.s3:
+        write_to_s3(report)
+
+
+def write_to_s3(report: Any) -> None:
+    """The reporter's upload of the documents (rendered again inside ``write``, as the worker
+    does) to moto, with a single put per object (as before) and with large objects in parts."""
+    import tempfile
+
+    from engine.adapters.reports import ReportWriter
+    from engine.settings import load_settings
+    from tests.harness.s3 import start_s3, unique_bucket
+
+    with tempfile.TemporaryDirectory() as tmp:
+        info = start_s3(Path(tmp))
+        try:
+            for label, part_bytes in (("one put per object", 1 << 40), ("in 8 MiB parts", None)):
+                settings = load_settings(
+                    s3_endpoint_url=info.endpoint_url,
+                    s3_access_key=info.access_key,
+                    s3_secret_key=info.secret_key,
+                    s3_region=info.region,
+                    s3_bucket=unique_bucket("bench"),
+                    data_dir=tmp,
+                    kafka_username=None,
+                )
+                extra = {} if part_bytes is None else {"multipart_bytes": part_bytes}
+                writer = ReportWriter(settings, park_on_failure=False, **extra)
+
+                async def go(w: ReportWriter = writer) -> None:
+                    await w.write(report)
+                    await w.close()
+
+                warm = ReportWriter(settings, park_on_failure=False)  # bucket, client, imports
+                asyncio.run(go(warm))
+                step(f"reporter: render + write to S3, {label}", lambda g=go: asyncio.run(g()))
+        finally:
+            info.stop()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from engine.core.model import (
     ResourcePair,
     Savings,
 )
-from engine.core.report import CycleReport, report_keys
+from engine.core.report import CycleReport, documents, report_keys
 from engine.settings import Settings, load_settings
 from tests.harness.s3 import S3Info, unique_bucket
 
@@ -306,7 +306,9 @@ async def test_a_five_thousand_decision_cycle_gives_one_complete_report(
     parts = split_cycle(whole)
     assert len(parts) > 2
     order = [*parts[1:], parts[1], parts[0]]  # out of order, with a duplicate
-    writer = ReportWriter(settings_for(s3, tmp_path, bucket), park_on_failure=False)
+    writer = ReportWriter(
+        settings_for(s3, tmp_path, bucket), park_on_failure=False, multipart_bytes=5 * MIB
+    )  # S3's smallest part: the ~7.4 MB audit goes up in two
     results = [await writer.write_cycle(order[0])]
     opened = writer._s3
     results += [await writer.write_cycle(p) for p in order[1:]]
@@ -327,10 +329,16 @@ async def test_a_five_thousand_decision_cycle_gives_one_complete_report(
     assert report["totals"]["decisions"] == 5000
     assert report["totals"]["changed"] == applied
     assert report["totals"]["not_applied"] == 5000 - applied
-    audit = json.loads(
-        (await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[3]))["Body"].read()
-    )
-    assert len(audit["decisions"]) == 5000
+    obj = await asyncio.to_thread(s3c.get_object, Bucket=bucket, Key=keys[3])
+    body = obj["Body"].read()
+    assert len(json.loads(body)["decisions"]) == 5000
+    # the audit went up as a multipart upload: whole, in order, with the same type and metadata
+    # as a single put, and no upload left open
+    assert len(body) > writer.multipart_bytes and obj["ETag"].endswith('-2"')
+    assert obj["ContentType"] == "application/json" and obj["Metadata"]["cycle-id"] == "c1"
+    assert body == documents(CycleReport.from_summary(whole))[3].body
+    uploads = await asyncio.to_thread(s3c.list_multipart_uploads, Bucket=bucket)
+    assert not uploads.get("Uploads")
     listing = await asyncio.to_thread(s3c.list_objects_v2, Bucket=bucket)
     reports = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("report.json")]
     assert reports == [keys[0]]  # one report for the cycle
