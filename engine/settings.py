@@ -121,7 +121,11 @@ class Settings(BaseSettings):
     consumer_auto_offset_reset: str = "earliest"
     # Per-partition fetch size. Faust's 1 MiB default holds ~26 of our ~38 KB batches and left the
     # aggregator waiting on the network half the time (bench/bench_pipeline.py: 2.4x with 16 MiB).
-    kafka_max_fetch_bytes: PositiveInt = 16 * 1024 * 1024
+    # 4 MiB since 2026-12-01: ingest the same within noise (bench_pipeline, 2 runs each: 784-917k
+    # samples/s against 819-931k at 16 MiB), and the prefetched records of every partition of
+    # the worker (partitions x this) were the largest buffer of a 10,000-decision cycle: ~80 MiB
+    # less at its peak (docs/benchmarks.md, "The 10,000-decision cycle held as JSON").
+    kafka_max_fetch_bytes: PositiveInt = 4 * 1024 * 1024
     # Producer batching. The aggregator writes two changelog records per metrics record (one per
     # container); at Faust's linger of 0 nearly each went out as its own produce request (1.16
     # records per stored batch) and the socket writes alone were ~8 % of the worker's CPU. 20 ms:
