@@ -121,10 +121,12 @@ class Settings(BaseSettings):
     consumer_auto_offset_reset: str = "earliest"
     # Per-partition fetch size. Faust's 1 MiB default holds ~26 of our ~38 KB batches and left the
     # aggregator waiting on the network half the time (bench/bench_pipeline.py: 2.4x with 16 MiB).
-    # 4 MiB since 2026-12-01: ingest the same within noise (bench_pipeline, 2 runs each: 784-917k
-    # samples/s against 819-931k at 16 MiB), and the prefetched records of every partition of
-    # the worker (partitions x this) were the largest buffer of a 10,000-decision cycle: ~80 MiB
-    # less at its peak (docs/benchmarks.md, "The 10,000-decision cycle held as JSON").
+    # 4 MiB since 2026-12-01, a trade: the prefetched records of every partition of the worker
+    # (partitions x this) were the largest buffer of a 10,000-decision cycle, and with 16 MiB its
+    # peak was 504 MiB against 418-435 at 4 MiB (bar 500); ingest from a backlog costs more at
+    # 4 MiB: 700-917k samples/s (median 793k) against 819-936k (median 922k) at 16 MiB, 5 runs
+    # each, alternating (docs/benchmarks.md, "The 10,000-decision cycle held as JSON"). A worker
+    # with memory to spare that ingests long backlogs can set 16 MiB.
     kafka_max_fetch_bytes: PositiveInt = 4 * 1024 * 1024
     # Producer batching. The aggregator writes two changelog records per metrics record (one per
     # container); at Faust's linger of 0 nearly each went out as its own produce request (1.16
