@@ -71,9 +71,6 @@ class DecisionLog(Sequence[Decision]):
     def append(self, decision: Decision) -> None:
         self._refs.append(DecisionRef.of(decision))
 
-    def extend(self, decisions: Iterable[Decision]) -> None:
-        self._refs.extend(DecisionRef.of(d) for d in decisions)
-
     @property
     def refs(self) -> Sequence[DecisionRef]:
         """Every decision's bookkeeping fields and JSON, in order, nothing decoded."""

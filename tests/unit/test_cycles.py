@@ -110,12 +110,21 @@ def test_the_executor_publishes_a_big_cycle_in_parts_under_the_kafka_limit() -> 
     assert len(topics.executions.sent) == len(whole.execution.workload_ids)
 
 
-def test_parts_made_from_a_log_are_the_parts_of_the_list_and_join_back_as_a_log() -> None:
+def test_parts_made_from_a_log_are_full_bounded_parts_and_join_back_as_a_log() -> None:
     whole = big_cycle(3000)
     header = whole.model_copy(update={"decisions": []})
-    from_log = list(split_log(header, DecisionLog(whole.decisions), max_bytes=64 * 1024))
-    assert from_log == split_cycle(whole, max_bytes=64 * 1024)
+    limit = 64 * 1024
+    from_log = list(split_log(header, DecisionLog(whole.decisions), max_bytes=limit))
     assert len(from_log) > 5
+    assert [d for p in from_log for d in p.decisions] == whole.decisions  # same, in order
+    sizes = [[len(d.model_dump_json().encode()) for d in p.decisions] for p in from_log]
+    for i, (p, part_sizes) in enumerate(zip(from_log, sizes, strict=True)):
+        assert (p.part, p.parts) == (i, len(from_log))
+        assert sum(part_sizes) <= limit  # bounded ...
+        if i + 1 < len(from_log):  # ... and full: the next part's first decision did not fit
+            assert sum(part_sizes) + sizes[i + 1][0] > limit
+        assert set(p.execution.decision_ids) <= {d.id for d in p.decisions}
+        assert set(p.execution.held) <= {d.workload_id for d in p.decisions}
     shuffled = [*from_log, from_log[2]]  # any order, with a re-delivered duplicate
     random.Random(5).shuffle(shuffled)
     joined, log = join_cycle_log(iter(shuffled))
