@@ -32,7 +32,7 @@ from engine.core.apply_cycles import (
     ready_cycles,
 )
 from engine.core.cycles import split_log
-from engine.core.decision_log import DecisionLog, DecisionRef, as_log
+from engine.core.decision_log import DecisionLog, DecisionRef, as_log, identities
 from engine.core.model import Action, CycleSummary, Decision, Execution, Outcome
 from engine.errors import PermanentError, RetryableError
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES, RECORDS_PROCESSED, SAVINGS_REALISED
@@ -59,8 +59,9 @@ def _local(
     held: bool = False,
 ) -> Execution:
     """An execution decided here, without the writer (nothing to apply, no remote, refused)."""
-    why = {d.workload_id: detail for d in applies} if held else {}
-    return Execution.of(cycle, applies, outcome, executed_at=at, detail=detail, held=why)
+    ids = identities(applies)
+    why = {d.workload_id: detail for d in ids} if held else {}
+    return Execution.of(cycle, ids, outcome, executed_at=at, detail=detail, held=why)
 
 
 async def execute(rt: Runtime, decisions: DecisionLog, applies: Sequence[Decision]) -> Execution:
@@ -93,12 +94,16 @@ async def publish(
     rt: Runtime, decisions: DecisionLog, applies: Sequence[Decision], execution: Execution
 ) -> None:
     """One execution record per applied workload, and the cycle summary for the reporter."""
-    by_id = {d.id: d for d in applies}
+    delta = (
+        {r.id: r.monthly_delta for r in applies.refs}
+        if isinstance(applies, DecisionLog)
+        else {d.id: d.savings.monthly_delta for d in applies}
+    )
     for wid, did in zip(execution.workload_ids, execution.decision_ids, strict=False):
         one = execution.model_copy(update={"workload_ids": [wid], "decision_ids": [did]})
         await rt.topics.executions.send(key=wid.encode(), value=one.model_dump_json().encode())
-        if execution.applied and did in by_id:
-            SAVINGS_REALISED.inc(max(0.0, -by_id[did].savings.monthly_delta))
+        if execution.applied and did in delta:
+            SAVINGS_REALISED.inc(max(0.0, -delta[did]))
     policies = {r.policy_id: r.policy_version or 0 for r in decisions.refs if r.policy_id}
     header = CycleSummary(
         cycle=execution.cycle, decisions=[], execution=execution, policies=policies
@@ -114,13 +119,13 @@ async def publish(
 async def run_cycle(rt: Runtime, decisions: Sequence[Decision]) -> Execution | None:
     """Apply the decisions of one cycle: one commit, its execution records, its report parts.
 
-    Held as a :class:`DecisionLog` (JSON, decoded one at a time) but for the ones to apply, which
-    the Git writer needs parsed: a 10,000-decision cycle held parsed was 99 MiB of the worker's
-    peak (engine/core/decision_log.py)."""
+    Held as a :class:`DecisionLog` (JSON, decoded one at a time), the ones to apply too: the Git
+    writer decodes each while it writes its patch, so an all-apply cycle is not held parsed
+    (10,000 decisions parsed were 99 MiB of the worker's peak; engine/core/decision_log.py)."""
     if not decisions:
         return None
     log_ = as_log(decisions)
-    applies = list(log_.where(lambda r: r.action is Action.APPLY))
+    applies = log_.where(lambda r: r.action is Action.APPLY)
     execution = await execute(rt, log_, applies)
     log.info(
         "cycle %s: %s (%d decisions, %d applied, %d held) %s",

@@ -211,6 +211,10 @@ class Settings(BaseSettings):
     git_branch: str = "main"
     git_mode: GitMode = GitMode.DIRECT
     git_workdir: Path = Path("/var/lib/kubefinops/gitops")
+    # The Kustomize overlay the bot writes its patches into (its kubefinops/ component), from the
+    # repository root.  "{namespace}" in it gives each namespace its own overlay, e.g.
+    # "clusters/prod/{namespace}": what a large estate needs — kubectl kustomize is quadratic in
+    # the resources of one overlay (bench/bench_apply.py, docs/gitops.md "At fleet scale").
     gitops_overlay_path: str = "smarthealth-gitops/overlays/production"
     git_username: str = "kubefinops-bot"
     git_token: SecretStr | None = None
@@ -255,6 +259,17 @@ class Settings(BaseSettings):
         if value.startswith("file:///"):  # a local repository (the demo, tests)
             return value
         return _check_url(value, schemes=("http", "https"))
+
+    @field_validator("gitops_overlay_path")
+    @classmethod
+    def _overlay_path(cls, value: str) -> str:
+        rest = value.replace("{namespace}", "")
+        if "{" in rest or "}" in rest:
+            raise ValueError("the only placeholder it may hold is {namespace}")
+        parts = [p for p in value.strip("/").split("/") if p]
+        if not parts or value.startswith("/") or ".." in parts:
+            raise ValueError("must be a relative path inside the repository, without '..'")
+        return value
 
     @field_validator("mongodb_uri")
     @classmethod

@@ -36,6 +36,7 @@ class DecisionRef:
     decided_at: float
     policy_id: str | None
     policy_version: int | None
+    monthly_delta: float  # savings.monthly_delta: the executor counts realised savings with it
     raw: bytes  # Decision.model_dump_json() of the validated decision
 
     @classmethod
@@ -47,6 +48,7 @@ class DecisionRef:
             d.decided_at,
             d.policy_id,
             d.policy_version,
+            d.savings.monthly_delta,
             d.model_dump_json().encode(),
         )
 
@@ -129,3 +131,17 @@ class DecisionLog(Sequence[Decision]):
 def as_log(decisions: Sequence[Decision]) -> DecisionLog:
     """``decisions`` as a log (the same object when it already is one)."""
     return decisions if isinstance(decisions, DecisionLog) else DecisionLog(decisions)
+
+
+def identities(decisions: Sequence[Decision]) -> Sequence[DecisionRef] | Sequence[Decision]:
+    """What reads only ids (``id``, ``workload_id``, ``action``) iterates: a log's refs, nothing
+    decoded, or the decisions themselves."""
+    return decisions.refs if isinstance(decisions, DecisionLog) else decisions
+
+
+def select(decisions: Sequence[Decision], keep: Callable[[Decision], bool]) -> Sequence[Decision]:
+    """The decisions ``keep`` accepts, in order.  From a log a log: each decision is decoded
+    while it is tested and none is kept parsed; from anything else a list."""
+    if isinstance(decisions, DecisionLog):
+        return DecisionLog.of_refs(r for r in decisions.refs if keep(r.decision()))
+    return [d for d in decisions if keep(d)]

@@ -9,9 +9,9 @@ seconds (float, UTC).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -463,6 +463,16 @@ Outcome = Literal["committed", "pushed", "noop", "held", "failed"]
 APPLIED_OUTCOMES: frozenset[str] = frozenset({"pushed", "committed"})
 
 
+class Identified(Protocol):
+    """What names a decision: a :class:`Decision`, or its ref in a decision log."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def workload_id(self) -> str: ...
+
+
 class Execution(Wire):
     """What the executor did with one *apply cycle* (a batch of decisions, see
     :func:`agents.executor.apply_cycle_id`), not to be confused with the collection cycle."""
@@ -489,7 +499,7 @@ class Execution(Wire):
     def of(
         cls,
         cycle: str,
-        applied: Sequence[Decision],
+        applied: Iterable[Identified],
         outcome: Outcome,
         *,
         executed_at: float,
@@ -498,11 +508,13 @@ class Execution(Wire):
         commit_sha: str | None = None,
         branch: str | None = None,
     ) -> Execution:
-        """The execution of ``cycle`` that applied (or tried) ``applied``."""
+        """The execution of ``cycle`` that applied (or tried) ``applied`` (decisions, or their
+        refs in a :class:`~engine.core.decision_log.DecisionLog`: only the ids are read)."""
+        pairs = [(d.workload_id, d.id) for d in applied]
         return cls(
             cycle=cycle,
-            workload_ids=[d.workload_id for d in applied],
-            decision_ids=[d.id for d in applied],
+            workload_ids=[w for w, _ in pairs],
+            decision_ids=[i for _, i in pairs],
             outcome=outcome,
             commit_sha=commit_sha,
             branch=branch,

@@ -16,6 +16,7 @@ import pytest
 
 from engine.adapters.gitops import GitOpsWriter
 from engine.core import patches
+from engine.core.decision_log import DecisionLog
 from engine.core.model import (
     Action,
     ContainerRecommendation,
@@ -108,6 +109,11 @@ def three_decisions() -> list[Decision]:
     ]
 
 
+# The executor hands the writer its applies as a DecisionLog (JSON, decoded one at a time); the
+# writer takes any sequence.  The main paths run with both.
+HELD_AS = pytest.mark.parametrize("held_as", [list, DecisionLog], ids=["list", "log"])
+
+
 def _rejections() -> float:
     return REGISTRY.get_sample_value("kubefinops_git_pushes_total", {"outcome": "rejected"}) or 0.0
 
@@ -151,13 +157,14 @@ def human_commit(remote: GitRemote, tmp: Path, path: str, text: str, msg: str) -
     subprocess.run(["git", "push", "-q", "origin", "HEAD:main"], cwd=work, check=True)
 
 
+@HELD_AS
 async def test_one_commit_per_cycle_renders_valid_and_matches(
-    git_remote: GitRemote, tmp_path: Path
+    git_remote: GitRemote, tmp_path: Path, held_as: type
 ) -> None:
-    remote = git_remote.fresh("one-commit")
+    remote = git_remote.fresh(f"one-commit-{held_as.__name__}")
     before = remote.log()
     writer = GitOpsWriter(settings_for(remote, tmp_path / "wd"))
-    result = await writer.apply_cycle("cycle-001", three_decisions())
+    result = await writer.apply_cycle("cycle-001", held_as(three_decisions()))
     ex = result
     assert ex.outcome == "pushed", ex.detail
     after = remote.log()
@@ -261,10 +268,11 @@ async def _apply_with_stale_fetch(writer: GitOpsWriter, cycle: str, decisions: l
     return await writer.apply_cycle(cycle, decisions)
 
 
+@HELD_AS
 async def test_conflicting_human_edit_is_held_not_overwritten(
-    git_remote: GitRemote, tmp_path: Path
+    git_remote: GitRemote, tmp_path: Path, held_as: type
 ) -> None:
-    remote = git_remote.fresh("conflict")
+    remote = git_remote.fresh(f"conflict-{held_as.__name__}")
     writer = GitOpsWriter(settings_for(remote, tmp_path / "wd"))
     await writer.apply_cycle("c1", [decision("billing", "app", cpu=0.5, cur_cpu=0.75)])
     bot_file = f"{OVERLAY}/kubefinops/deployment-billing.yaml"
@@ -274,10 +282,12 @@ async def test_conflicting_human_edit_is_held_not_overwritten(
     ex_result = await _apply_result_stale(
         writer,
         "c2",
-        [
-            decision("billing", "app", cpu=0.4, cur_cpu=0.5),
-            decision("frontend", "nginx", cpu=0.1, cur_cpu=0.2),
-        ],
+        held_as(
+            [
+                decision("billing", "app", cpu=0.4, cur_cpu=0.5),
+                decision("frontend", "nginx", cpu=0.1, cur_cpu=0.2),
+            ]
+        ),
     )
     ex = ex_result
     assert ex.outcome == "pushed", ex.detail
@@ -384,7 +394,7 @@ async def test_crash_between_commit_and_push_pushes_exactly_once(
     local_sha = proc.stdout.strip()
     assert remote.log() == before  # committed locally, never pushed
     writer = GitOpsWriter(settings_for(remote, tmp_path / "wd"))
-    ex = await writer.apply_cycle("c-crash", decisions)
+    ex = await writer.apply_cycle("c-crash", DecisionLog(decisions))  # as the executor has them
     assert ex.outcome == "pushed" and ex.commit_sha == local_sha
     assert remote.log() == [local_sha, *before]
     again = await writer.apply_cycle("c-crash", decisions)
@@ -539,3 +549,157 @@ async def test_token_file_is_reread_so_rotation_needs_no_restart(
     token_file.write_text(remote.token + "\n")  # the mounted Secret was rotated
     ex = await writer.apply_cycle("c-rot", [decision("billing", "app", cpu=0.5)])
     assert ex.outcome == "pushed" and remote.log()[0] == ex.commit_sha
+
+
+FLEET_DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+        - name: app
+          image: registry.example/{name}:1.0.0
+          resources:
+            requests:
+              cpu: 500m
+              memory: 512Mi
+"""
+
+
+async def test_a_cycle_whose_commit_message_is_over_the_argument_limit(
+    git_remote: GitRemote, tmp_path: Path
+) -> None:
+    """480 workloads in one cycle: the commit message is over Linux's 128 KiB limit on one
+    argument, so ``git commit -m`` failed ("Argument list too long") for every cycle of more
+    than ~440 workloads (~300 bytes each here); the message now goes through a file.  The cycle
+    is handed over as the executor has it, a DecisionLog."""
+    remote = git_remote.fresh("big-cycle")
+    n = 480
+    names = [f"svc-{i:04d}" for i in range(n)]
+    base = "\n---\n".join(FLEET_DEPLOYMENT.format(name=name) for name in names)
+    human_commit(remote, tmp_path, "fleet/base/deployments.yaml", base, "feat: fleet base")
+    human_commit(
+        remote,
+        tmp_path,
+        "fleet/base/kustomization.yaml",
+        "resources:\n  - deployments.yaml\n",
+        "feat: fleet base kustomization",
+    )
+    human_commit(
+        remote,
+        tmp_path,
+        "fleet/overlay/kustomization.yaml",
+        "namespace: smarthealth\nresources:\n  - ../base\ncomponents:\n  - kubefinops\n",
+        "feat: fleet overlay",
+    )
+    human_commit(
+        remote,
+        tmp_path,
+        "fleet/overlay/kubefinops/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches: []\n",
+        "feat: fleet overlay, the bot's component",
+    )
+    before = remote.log()
+    settings = settings_for(remote, tmp_path / "wd", gitops_overlay_path="fleet/overlay")
+    given = DecisionLog(decision(name, "app", cpu=0.25, mem_mib=384) for name in names)
+    ex = await GitOpsWriter(settings).apply_cycle("c-big", given)
+    assert ex.outcome == "pushed", ex.detail
+    assert sorted(ex.workload_ids) == [f"smarthealth/Deployment/{name}" for name in names]
+    assert remote.log() == [ex.commit_sha, *before]
+    message = remote.log(fmt="%B")[0]
+    assert len(message.encode()) > 128 * 1024
+    trailers = patches.parse_trailers(message)
+    assert sorted(trailers["Kubefinops-Decision"]) == sorted(d.id for d in given.refs)
+    assert trailers["Kubefinops-Cycle"] == ["c-big"]
+    assert len(remote.changed_files("main")) == n + 1  # a patch per workload + the component
+    patch = remote.show("fleet/overlay/kubefinops/deployment-svc-0479.yaml")
+    assert "cpu: 250m" in patch and "memory: 384Mi" in patch
+    again = await GitOpsWriter(settings).apply_cycle("c-big", given)
+    assert again.outcome == "noop" and again.commit_sha == ex.commit_sha
+
+
+def _in_namespace(d: Decision, namespace: str) -> Decision:
+    return Decision.model_validate(
+        {**d.model_dump(), "namespace": namespace, "workload_id": f"{namespace}/{d.kind}/{d.name}"}
+    )
+
+
+async def test_one_overlay_per_namespace(git_remote: GitRemote, tmp_path: Path) -> None:
+    """``gitops_overlay_path`` with ``{namespace}``: each namespace's patches go into its own
+    overlay's component, in one commit; a namespace without an overlay is held, not failed."""
+    remote = git_remote.fresh("per-namespace")
+    for team in ("payments", "search"):
+        names = [f"{team}-{i}" for i in range(3)]
+        base = "\n---\n".join(FLEET_DEPLOYMENT.format(name=name) for name in names)
+        for path, text in (
+            (f"teams/{team}/deployments.yaml", base),
+            (
+                f"teams/{team}/kustomization.yaml",
+                f"namespace: {team}\nresources:\n  - deployments.yaml\ncomponents:\n"
+                "  - kubefinops\n",
+            ),
+            (
+                f"teams/{team}/kubefinops/kustomization.yaml",
+                "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches: []\n",
+            ),
+        ):
+            human_commit(remote, tmp_path, path, text, f"feat: {path}")
+    before = remote.log()
+    settings = settings_for(remote, tmp_path / "wd", gitops_overlay_path="teams/{namespace}")
+    given = DecisionLog(
+        [
+            _in_namespace(decision("payments-1", "app", cpu=0.25), "payments"),
+            _in_namespace(decision("search-0", "app", mem_mib=256), "search"),
+            _in_namespace(decision("search-2", "app", cpu=0.3), "search"),
+            _in_namespace(decision("ghost", "app", cpu=0.1), "nowhere"),
+        ]
+    )
+    ex = await GitOpsWriter(settings).apply_cycle("c-teams", given)
+    assert ex.outcome == "pushed", ex.detail
+    assert ex.workload_ids == [
+        "payments/Deployment/payments-1",
+        "search/Deployment/search-0",
+        "search/Deployment/search-2",
+    ]
+    why = "no overlay at teams/nowhere (gitops_overlay_path)"
+    assert ex.held == {"nowhere/Deployment/ghost": why}
+    assert remote.log() == [ex.commit_sha, *before]  # one commit for both overlays
+    assert sorted(remote.changed_files("main")) == [
+        "teams/payments/kubefinops/deployment-payments-1.yaml",
+        "teams/payments/kubefinops/kustomization.yaml",
+        "teams/search/kubefinops/deployment-search-0.yaml",
+        "teams/search/kubefinops/deployment-search-2.yaml",
+        "teams/search/kubefinops/kustomization.yaml",
+    ]
+    rendered = await asyncio.to_thread(_render_teams, remote, tmp_path)
+    for team, name, section in (
+        ("payments", "payments-1", {"cpu": "250m", "memory": "512Mi"}),
+        ("search", "search-0", {"cpu": "500m", "memory": "256Mi"}),
+        ("search", "search-2", {"cpu": "300m", "memory": "512Mi"}),
+        ("search", "search-1", {"cpu": "500m", "memory": "512Mi"}),  # untouched
+    ):
+        present = patches.workload_containers(patches.parse_yaml_all(rendered[team]))
+        assert present[(team, "Deployment", name)]["app"]["requests"] == section
+
+
+def _render_teams(remote: GitRemote, tmp: Path) -> dict[str, str]:
+    checkout = tmp / "render-teams"
+    subprocess.run(["git", "clone", "-q", str(remote.bare_path), str(checkout)], check=True)
+    return {
+        team: subprocess.run(
+            ["kubectl", "kustomize", str(checkout / "teams" / team)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for team in ("payments", "search")
+    }
