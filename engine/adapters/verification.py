@@ -47,17 +47,35 @@ log = logging.getLogger("kubefinops.verification")
 
 
 class ClusterTelemetry:
-    """:class:`Telemetry` from Prometheus (kube-state-metrics + cAdvisor)."""
+    """:class:`Telemetry` from Prometheus (kube-state-metrics + cAdvisor).
+
+    Identical queries within one tick are asked once: the rollout selector is the same for every
+    watch of a namespace and kind, the restarts query for every watch of a namespace pushed in
+    the same cycle — after a cycle of thousands of changes, one tick asked the same
+    whole-namespace selector once per watch.  The shared answers are kept for the tick's time
+    (``at``) only: the first rollout asked for a new tick drops them."""
 
     def __init__(self, client: PrometheusClient) -> None:
         self.client = client
+        self._tick: float | None = None
+        self._answers: dict[tuple[str, float], asyncio.Future[list[Series]]] = {}
+
+    async def _query(self, expr: str, at: float) -> list[Series]:
+        key = (expr, at)
+        shared = self._answers.get(key)
+        if shared is None:
+            shared = self._answers[key] = asyncio.ensure_future(self.client.query(expr, at))
+        # shield: one caller cancelled (a tick's task torn down) does not cancel the others'
+        return await asyncio.shield(shared)
 
     async def rollout(self, v: Verification, at: float) -> Rollout:
-        return parse_rollout(await self.client.query(rollout_expr(v), at), v)
+        if at != self._tick:
+            self._tick, self._answers = at, {}
+        return parse_rollout(await self._query(rollout_expr(v), at), v)
 
     async def signals(self, v: Verification, at: float) -> Signals:
         """Crash signals since the push; once live, throttling/readiness/SLOs since then."""
-        restarts = await self.client.query(restarts_expr(v, at - v.applied_at), at)
+        restarts = await self._query(restarts_expr(v, at - v.applied_at), at)
         if v.phase is not Phase.LIVE or v.live_at is None:
             return Signals(restarts=restarts_by_pod(restarts))
         live = await self._live_signals(v, at, at - v.live_at)
@@ -75,7 +93,7 @@ class ClusterTelemetry:
     async def _live_signals(self, v: Verification, at: float, window: float) -> Signals:
         unavailable = unavailable_expr(v, window, v.params.readiness_grace)
         throttling, ready, *slos = await asyncio.gather(
-            self.client.query(throttling_expr(v, window), at),
+            self._query(throttling_expr(v, window), at),
             self._optional(unavailable, at),
             *(self._optional(slo_expr(slo.expr, v), at, slo.name) for slo in v.params.slos),
         )
@@ -92,7 +110,7 @@ class ClusterTelemetry:
         if expr is None:
             return []
         try:
-            return await self.client.query(expr, at)
+            return await self._query(expr, at)
         except PermanentError as exc:  # a policy's SLO expression Prometheus refuses
             log.warning("verification query %s skipped: %s", name or expr[:80], exc)
             return []

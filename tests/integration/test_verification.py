@@ -18,6 +18,7 @@ from engine.adapters.gitops import GitOpsWriter
 from engine.adapters.prometheus import PrometheusClient
 from engine.adapters.verification import ClusterTelemetry, check, settle
 from engine.core import patches
+from engine.core.collect import Series
 from engine.core.guardrails import decide
 from engine.core.model import (
     Action,
@@ -32,6 +33,7 @@ from engine.core.model import (
     WorkloadSpec,
 )
 from engine.core.policy import validate_policy
+from engine.core.rollout import rollout_expr
 from engine.core.verification import (
     Phase,
     Verification,
@@ -308,3 +310,53 @@ def test_a_healthy_window_makes_no_commit(
     assert out.phase is Phase.HEALTHY, out.detail
     assert len(remote.log()) == 2  # the seed and the change: no revert
     assert "revert" not in remote.log(fmt="%s")[0]
+
+
+class CountingClient(PrometheusClient):
+    """The real client, recording every query it sends (to the real Prometheus)."""
+
+    asked: list[str]
+
+    async def query(self, expr: str, at: float) -> list[Series]:
+        self.asked = [*getattr(self, "asked", []), expr]
+        return await super().query(expr, at)
+
+
+def test_watches_of_one_namespace_share_a_ticks_queries(
+    prometheus_rw: LivePrometheus, tmp_path: Path
+) -> None:
+    """After a cycle of many changes one tick asked the same whole-namespace rollout selector
+    once per watch; now once per tick, with answers equal to unshared ones."""
+    sim = SimDeployment(prometheus_rw.writer)
+    sim.start(OLD)
+    pushed = time.time()
+    first = start(lowered_memory(), _execution(pushed), params())
+    billing = other_workload()
+    second = start(
+        billing,
+        _execution(pushed).model_copy(
+            update={"workload_ids": [billing.workload_id], "decision_ids": [billing.id]}
+        ),
+        params(),
+    )
+    assert first is not None and second is not None
+
+    async def scenario() -> tuple[list[Verification], list[Verification], list[str], list[str]]:
+        async with CountingClient(settings_for(prometheus_rw, None, tmp_path)) as client:
+            shared = ClusterTelemetry(client)
+            at = time.time()
+            together = [await check(shared, v, at, autopilot=True) for v in (first, second)]
+            one_tick = list(client.asked)
+            alone = [
+                await check(ClusterTelemetry(client), v, at, autopilot=True)
+                for v in (first, second)
+            ]
+            await check(shared, first, at + 1, autopilot=True)  # the next tick asks again
+            return together, alone, one_tick, client.asked[len(one_tick) :]
+
+    together, alone, one_tick, later = asyncio.run(scenario())
+    assert together == alone
+    assert rollout_expr(first) == rollout_expr(second)
+    assert one_tick.count(rollout_expr(first)) == 1
+    assert len(one_tick) == len(set(one_tick))  # the restarts query is shared too
+    assert later.count(rollout_expr(first)) == 3  # twice unshared, once in the next tick

@@ -194,3 +194,55 @@ def test_the_ledger_keeps_the_penalty_across_a_later_change() -> None:
     last = rt.tables.last_action.get(done.workload_id)
     assert last is not None and last.applied_at == T0 + 500
     assert last.penalty_until == done.penalty_until and last.penalty_cause == "oom"
+
+
+class CountingTelemetry(FakeTelemetry):
+    """Pending forever (never live): records which watches each tick checked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: list[str] = []
+
+    async def rollout(self, v: Verification, at: float) -> Any:
+        self.checked.append(v.workload_id)
+        return await super().rollout(v, at)
+
+
+def test_a_tick_checks_a_bounded_share_of_the_watches_the_longest_unchecked_first() -> None:
+    from engine.core.model import Decision, Execution
+
+    telemetry = CountingTelemetry()
+    rt = runtime(telemetry=telemetry)
+    rt.settings = rt.settings.model_copy(update={"verification_max_checks_per_tick": 2})
+    names = [f"svc-{i}" for i in range(5)]
+    for name in names:
+        doc = decision().model_dump()
+        d = Decision.model_validate(
+            {
+                **doc,
+                "id": f"dec-{name}",
+                "name": name,
+                "workload_id": f"{doc['namespace']}/Deployment/{name}",
+            }
+        )
+        ex = Execution.model_validate(
+            {**execution().model_dump(), "workload_ids": [d.workload_id], "decision_ids": [d.id]}
+        )
+        run(
+            verifier.handle(
+                rt, b"w", verifier.VerifyStart(decision=d, execution=ex).model_dump_json().encode()
+            )
+        )
+    rounds = []
+    for _ in range(3):
+        telemetry.checked.clear()
+        tick(rt)
+        rounds.append(sorted(n.rsplit("/", 1)[1] for n in telemetry.checked))
+    assert rounds[0] == ["svc-0", "svc-1"] and rounds[1] == ["svc-2", "svc-3"]
+    assert rounds[2] == ["svc-0", "svc-4"]  # svc-4 never checked yet, then the oldest check
+    assert all(not v.finished for _, v in rt.tables.verifications.items())
+    # 0 = every due watch in every tick
+    rt.settings = rt.settings.model_copy(update={"verification_max_checks_per_tick": 0})
+    telemetry.checked.clear()
+    tick(rt)
+    assert len(telemetry.checked) == 5
