@@ -44,6 +44,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ from bench.common import (
 from engine.core.model import ContainerSpec, CycleEnd, ResourcePair, WorkloadSpec
 from tables import USAGE_CHANGELOG_CONFIG
 from tests.harness.kafka import create_topics
-from tests.harness.proc import Server
+from tests.harness.proc import Server, free_port, port_open, wait_until
 from tests.harness.s3 import S3Info, start_s3, unique_bucket
 from tests.integration.workers import Deployment, http_json
 
@@ -448,6 +449,123 @@ def reports_in(s3: S3Info, bucket: str) -> tuple[int, int]:
     return len(keys), decisions
 
 
+ESTATE_DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+        - name: app
+          image: registry.example/{name}:1.0.0
+          resources:
+            requests:
+              cpu: 500m
+              memory: 512Mi
+        - name: sidecar
+          image: registry.example/proxy:2.1.0
+          resources:
+            requests:
+              cpu: 500m
+              memory: 512Mi
+"""
+
+
+ESTATES: list[Server] = []
+
+
+def start_estate(root: Path, wls: list[tuple[str, str]]) -> tuple[Server, dict[str, str]]:
+    """``--autopilot``: the bench's workloads as a GitOps estate, one overlay per namespace
+    (``gitops_overlay_path = overlays/{namespace}``), served by the tests' smart-HTTP remote
+    with basic auth; the worker's Git settings."""
+    from tests.harness.git_http import TOKEN_ENV
+
+    work = root / "estate"
+    by_ns: dict[str, list[str]] = {}
+    for ns, wl in wls:
+        by_ns.setdefault(ns, []).append(wl)
+    for ns, names in by_ns.items():
+        base = work / "base" / ns
+        base.mkdir(parents=True)
+        docs = "---\n".join(ESTATE_DEPLOYMENT.format(name=name) for name in names)
+        (base / "deployments.yaml").write_text(docs)
+        (base / "kustomization.yaml").write_text("resources:\n  - deployments.yaml\n")
+        overlay = work / "overlays" / ns
+        (overlay / "kubefinops").mkdir(parents=True)
+        (overlay / "kustomization.yaml").write_text(
+            f"namespace: {ns}\nresources:\n  - ../../base/{ns}\ncomponents:\n  - kubefinops\n"
+        )
+        (overlay / "kubefinops" / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches: []\n"
+        )
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x",
+               "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}  # fmt: skip
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "estate"]):
+        subprocess.run(["git", *cmd], cwd=work, check=True, env=git_env)
+    bare = root / "repos" / "estate.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    subprocess.run(["git", "config", "http.receivepack", "true"], cwd=bare, check=True)
+    port, token = free_port(), "bench-git-token"
+    server = Server(
+        "git-http",
+        [sys.executable, "-m", "tests.harness.git_http", "--root", str(root / "repos"),
+         "--port", str(port), "--user", "kubefinops-bot"],
+        log=root / "git-http.log",
+        env={TOKEN_ENV: token},
+        cwd=Path(__file__).resolve().parents[1],
+    ).start()  # fmt: skip
+    wait_until(lambda: port_open(port), 15, "git http server", server.log)
+    return server, {
+        "KUBEFINOPS_GIT_REMOTE_URL": f"http://127.0.0.1:{port}/estate.git",
+        "KUBEFINOPS_GIT_TOKEN": token,
+        "KUBEFINOPS_GIT_USERNAME": "kubefinops-bot",
+        "KUBEFINOPS_GIT_WORKDIR": str(root / "clone"),
+        "KUBEFINOPS_GITOPS_OVERLAY_PATH": "overlays/{namespace}",
+    }
+
+
+def put_autopilot_policy(mongo_uri: str, database: str, namespaces: list[str]) -> None:
+    from engine.adapters.mongo import PolicyStore, connect
+    from engine.core.policy import validate_policy
+    from engine.settings import load_settings
+
+    settings = load_settings(
+        mongodb_uri=mongo_uri, mongodb_database=database, kafka_security_protocol="PLAINTEXT"
+    )
+
+    async def put() -> None:
+        store = PolicyStore(connect(settings), validate=validate_policy)
+        await store.put(
+            {"id": "bench-autopilot", "name": "autopilot", "mode": "autopilot",
+             "selectors": {"namespaces": sorted(namespaces)}, "priority": 5},
+            by="bench",
+        )  # fmt: skip
+
+    asyncio.run(put())
+
+
+def estate_commits(root: Path) -> tuple[int, int]:
+    """(commits by the bot on the estate's main, workloads they changed)."""
+    out = subprocess.run(
+        ["git", "log", "--format=%B%x00", "main"],
+        cwd=root / "repos" / "estate.git",
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    bot = [m for m in out.split("\x00") if "Kubefinops-Cycle:" in m]
+    return len(bot), sum(m.count("Kubefinops-Workload:") for m in bot)
+
+
 def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict[str, Any]:
     assert stack.kafka is not None
     print(f"\n== {n:,} workloads x 2 containers x {args.days} days, {args.step}s samples")
@@ -463,10 +581,21 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "bench-worker-0",  # the chart's default: pod name
         "KUBEFINOPS_APPLY_BATCH_SECONDS": "5",
     }
+    wls = workloads(n)
+    estate_root = Path(tempfile.mkdtemp(prefix="kfo-estate-", dir=stack.workdir))
+    if args.autopilot:
+        # every decision can apply: an autopilot policy over every namespace, and a Git remote
+        # holding the workloads, one overlay per namespace
+        estate, git_env = start_estate(estate_root, wls)
+        env.update(git_env)
+        env["KUBEFINOPS_MONGODB_DATABASE"] = f"bench{int(time.time())}"
+        ESTATES.append(estate)  # stopped with the stack, whatever happens
+        put_autopilot_policy(
+            stack.mongo_uri, env["KUBEFINOPS_MONGODB_DATABASE"], [ns for ns, _ in wls]
+        )
     env.update(kv.split("=", 1) for kv in args.worker_env)  # e.g. PRODUCER_LINGER=0.01
     dep = stack.deployment(partitions=PARTITIONS, **env)
     create_topics(stack.kafka, [dep.topic("metrics")], partitions=PARTITIONS)
-    wls = workloads(n)
     end = int(time.time() // 3600 * 3600) - 3600
     if args.cross_midnight:
         # the history ends 30 min before a midnight UTC at least 2 h ago: the first burst's
@@ -553,6 +682,11 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         time.sleep(2)
         n_reports, reported = reports_in(s3, bucket)
     print(f"  reports in S3: {n_reports}, listing {reported:,} of {len(arrived):,} decisions")
+    if args.autopilot:
+        commits, changed = estate_commits(estate_root)
+        print(
+            f"  MEASURED Git: {commits} bot commit(s) on the estate, {changed:,} workloads changed"
+        )
     t_scrape = time.monotonic()
     scraped = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
     print(f"  MEASURED /metrics: {len(scraped) / 1024:.0f} KiB, "
@@ -746,6 +880,12 @@ def main() -> None:
     )
     ap.add_argument("--session-timeout", type=float, default=30.0, help="production default 30")
     ap.add_argument("--apply-wait", type=float, default=120.0, help="max wait for reports")
+    ap.add_argument(
+        "--autopilot",
+        action="store_true",
+        help="an autopilot policy and a Git estate of the workloads (one overlay per "
+        "namespace): the decisions cycle applies, committed and pushed by the executor",
+    )
     ap.add_argument("--timeout", type=float, default=1800.0)
     args = ap.parse_args()
     if args.workers > 1 and not args.bursts_only:
@@ -764,6 +904,8 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             results.append(one_size(stack, s3, n, args))
     finally:
+        for server in ESTATES:
+            server.stop()
         stack.close()
     results = [r for r in results if "recovery" in r]  # --bursts-only stops before these
     if not results:
