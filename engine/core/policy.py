@@ -256,6 +256,9 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
+_GOT_CHARS = 200  # of the offending value quoted in a rejection
+
+
 def validate_policy(doc: dict[str, Any]) -> Policy:
     """Validate a policy document or raise :class:`InvalidPolicy` naming the FIRST bad field.
 
@@ -277,7 +280,10 @@ def validate_policy(doc: dict[str, Any]) -> Policy:
         if first["type"] in _BOUND_ERRORS:
             message = _range_message(first["loc"]) or message
         if first["type"] not in ("missing", "extra_forbidden"):
-            message = f"{message} (got {first.get('input')!r})"
+            got = repr(first.get("input"))
+            if len(got) > _GOT_CHARS:  # a 10,000-item list is named, not echoed back
+                got = f"{got[:_GOT_CHARS]}... ({len(got):,} characters)"
+            message = f"{message} (got {got})"
         raise InvalidPolicy(field, message) from None
     size = len(policy.model_dump_json())
     if size > MAX_BODY_BYTES:

@@ -211,6 +211,16 @@ def test_invalid_policies_name_the_field(doc: dict[str, Any], field: str, fragme
     assert str(caught.value).startswith(f"{field}: ")
 
 
+def test_a_huge_offending_value_is_named_not_echoed() -> None:
+    """A selector of 10,000 namespaces is rejected with a message of bounded size."""
+    doc = {"id": "p", "selectors": {"namespaces": [f"ns{i}" for i in range(10_000)]}}
+    with pytest.raises(InvalidPolicy) as info:
+        validate_policy(doc)
+    text = str(info.value)
+    assert "selectors.namespaces" in text and "at most 256 items" in text
+    assert len(text) < 600 and "characters)" in text
+
+
 def test_not_a_document() -> None:
     with pytest.raises(InvalidPolicy) as caught:
         validate_policy(["id", "p"])  # type: ignore[arg-type]
