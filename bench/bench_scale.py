@@ -546,7 +546,7 @@ def put_autopilot_policy(mongo_uri: str, database: str, namespaces: list[str]) -
         store = PolicyStore(connect(settings), validate=validate_policy)
         await store.put(
             {"id": "bench-autopilot", "name": "autopilot", "mode": "autopilot",
-             "selectors": {"namespaces": sorted(namespaces)}, "priority": 5},
+             "selectors": {"namespaces": sorted(set(namespaces))}, "priority": 5},
             by="bench",
         )  # fmt: skip
 
