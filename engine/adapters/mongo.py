@@ -146,7 +146,7 @@ class PolicyStore:
                 stored.update(version=version, updated_by=by, updated_at=now)
                 self.validate(stored)  # raises InvalidPolicy before anything is written
                 await self._record(policy_id, version, "put", stored, by, now, session)
-                await self._replace(policy_id, version, stored, False, session)
+                await self._replace_or_unrecord(policy_id, version, stored, False, session)
                 return stored
 
     async def delete(self, policy_id: str, by: str) -> bool:
@@ -161,7 +161,7 @@ class PolicyStore:
                 now = self.clock()
                 doc = {**current["doc"], "version": version, "updated_by": by, "updated_at": now}
                 await self._record(policy_id, version, "delete", doc, by, now, session)
-                await self._replace(policy_id, version, doc, True, session)
+                await self._replace_or_unrecord(policy_id, version, doc, True, session)
                 return True
 
     async def _record(
@@ -184,6 +184,21 @@ class PolicyStore:
                 f"policy {policy_id!r} version {version} was written "
                 "concurrently; re-read and retry"
             ) from None
+
+    async def _replace_or_unrecord(
+        self, policy_id: str, version: int, doc: Doc, deleted: bool, session: Any
+    ) -> None:
+        """The row, or — when a concurrent writer's newer version got there first (409) — the
+        history entry just recorded taken back: the history lists only versions that were
+        stored.  Two concurrent PUTs could record both and answer one of them 409
+        (tests/integration/test_hostile.py, 20 concurrent PUTs: 7 versions for 6 answers 200)."""
+        try:
+            await self._replace(policy_id, version, doc, deleted, session)
+        except PolicyConflict:
+            await self.history_coll.delete_one(
+                {"policy_id": policy_id, "version": version}, session=session
+            )
+            raise
 
     async def _replace(
         self, policy_id: str, version: int, doc: Doc, deleted: bool, session: Any
