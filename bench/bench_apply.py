@@ -96,36 +96,20 @@ def namespace_of(i: int, namespaces: int) -> str:
     return NAMESPACE if namespaces <= 1 else f"{NAMESPACE}-{i % namespaces:03d}"
 
 
-def make_repo(root: Path, n: int, namespaces: int) -> str:
-    """A repository with ``n`` Deployments, in one overlay or one per namespace, pushed to a
-    bare remote under ``root/repos``; the overlay path (a template with ``{namespace}``)."""
-    work = root / "src"
+def make_repo(root: Path, n: int, namespaces: int) -> tuple[Any, str, str, str]:
+    """``n`` Deployments, in one overlay or one per namespace, on the tests' smart-HTTP remote
+    (bench.common.serve_estate): the server, its URL and token, and the overlay path (a
+    template with ``{namespace}``)."""
+    from bench.common import serve_estate
+
     groups: dict[str, list[str]] = {}
     for i in range(n):
-        groups.setdefault(namespace_of(i, namespaces), []).append(name_of(i))
-    for ns, names in groups.items():
-        base = work / "base" / ns
-        base.mkdir(parents=True)
-        (base / "deployments.yaml").write_text(
-            "---\n".join(DEPLOYMENT.format(name=name) for name in names)
+        groups.setdefault(namespace_of(i, namespaces), []).append(
+            DEPLOYMENT.format(name=name_of(i))
         )
-        (base / "kustomization.yaml").write_text("resources:\n  - deployments.yaml\n")
-        overlay = work / "overlays" / ns
-        (overlay / "kubefinops").mkdir(parents=True)
-        (overlay / "kustomization.yaml").write_text(
-            f"namespace: {ns}\nresources:\n  - ../../base/{ns}\ncomponents:\n  - kubefinops\n"
-        )
-        (overlay / "kubefinops" / "kustomization.yaml").write_text(
-            "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches: []\n"
-        )
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}  # fmt: skip
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "estate"]):
-        subprocess.run(["git", *args], cwd=work, check=True, env=env)
-    bare = root / "repos" / "fleet.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
-    subprocess.run(["git", "config", "http.receivepack", "true"], cwd=bare, check=True)
-    return "overlays/{namespace}" if namespaces > 1 else f"overlays/{NAMESPACE}"
+    server, url, token = serve_estate(root, groups, repo="fleet")
+    overlay = "overlays/{namespace}" if namespaces > 1 else f"overlays/{NAMESPACE}"
+    return server, url, token, overlay
 
 
 def make_decisions(n: int, applies: int, namespaces: int) -> list[Any]:
@@ -193,26 +177,13 @@ def measure(n: int, applies: int, namespaces: int = 1) -> dict[str, Any]:
     from engine.services import Services
     from engine.settings import load_settings
     from tests.fakes import runtime
-    from tests.harness.git_http import TOKEN_ENV
-    from tests.harness.proc import Server, free_port, port_open, wait_until
 
     tmp = Path(tempfile.mkdtemp(prefix="kfo-bench-apply-"))
     server = None
     try:
-        overlay = make_repo(tmp, n, namespaces)
-        # the tests' smart-HTTP remote with basic auth (tests/harness/git_http.py)
-        port, token = free_port(), "bench-token"
-        server = Server(
-            "git-http",
-            [sys.executable, "-m", "tests.harness.git_http", "--root", str(tmp / "repos"),
-             "--port", str(port), "--user", "kubefinops-bot"],
-            log=tmp / "git-http.log",
-            env={TOKEN_ENV: token},
-            cwd=ROOT,
-        ).start()  # fmt: skip
-        wait_until(lambda: port_open(port), 15, "git http server", server.log)
+        server, url, token, overlay = make_repo(tmp, n, namespaces)
         settings = load_settings(
-            git_remote_url=f"http://127.0.0.1:{port}/fleet.git",
+            git_remote_url=url,
             git_token=token,
             git_username="kubefinops-bot",
             git_workdir=tmp / "wd",
@@ -221,9 +192,8 @@ def measure(n: int, applies: int, namespaces: int = 1) -> dict[str, Any]:
             kafka_username=None,
         )
         writer = GitOpsWriter(settings)
-        log = DecisionLog(
-            make_decisions(n, applies, namespaces)
-        )  # as the executor reads its pending rows
+        # as the executor reads its pending rows
+        log = DecisionLog(make_decisions(n, applies, namespaces))
         rt = runtime(Services(git=writer), now=time.time())
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -63,13 +63,14 @@ from bench.common import (
     proc_status,
     produce_fast,
     seed_usage_changelog,
+    serve_estate,
     usage_templates,
     wait_ingested,
 )
 from engine.core.model import ContainerSpec, CycleEnd, ResourcePair, WorkloadSpec
 from tables import USAGE_CHANGELOG_CONFIG
 from tests.harness.kafka import create_topics
-from tests.harness.proc import Server, free_port, port_open, wait_until
+from tests.harness.proc import Server
 from tests.harness.s3 import S3Info, start_s3, unique_bucket
 from tests.integration.workers import Deployment, http_json
 
@@ -486,46 +487,13 @@ ESTATES: list[Server] = []
 def start_estate(root: Path, wls: list[tuple[str, str]]) -> tuple[Server, dict[str, str]]:
     """``--autopilot``: the bench's workloads as a GitOps estate, one overlay per namespace
     (``gitops_overlay_path = overlays/{namespace}``), served by the tests' smart-HTTP remote
-    with basic auth; the worker's Git settings."""
-    from tests.harness.git_http import TOKEN_ENV
-
-    work = root / "estate"
+    with basic auth (bench.common.serve_estate); the worker's Git settings."""
     by_ns: dict[str, list[str]] = {}
     for ns, wl in wls:
-        by_ns.setdefault(ns, []).append(wl)
-    for ns, names in by_ns.items():
-        base = work / "base" / ns
-        base.mkdir(parents=True)
-        docs = "---\n".join(ESTATE_DEPLOYMENT.format(name=name) for name in names)
-        (base / "deployments.yaml").write_text(docs)
-        (base / "kustomization.yaml").write_text("resources:\n  - deployments.yaml\n")
-        overlay = work / "overlays" / ns
-        (overlay / "kubefinops").mkdir(parents=True)
-        (overlay / "kustomization.yaml").write_text(
-            f"namespace: {ns}\nresources:\n  - ../../base/{ns}\ncomponents:\n  - kubefinops\n"
-        )
-        (overlay / "kubefinops" / "kustomization.yaml").write_text(
-            "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches: []\n"
-        )
-    git_env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x",
-               "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}  # fmt: skip
-    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "estate"]):
-        subprocess.run(["git", *cmd], cwd=work, check=True, env=git_env)
-    bare = root / "repos" / "estate.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
-    subprocess.run(["git", "config", "http.receivepack", "true"], cwd=bare, check=True)
-    port, token = free_port(), "bench-git-token"
-    server = Server(
-        "git-http",
-        [sys.executable, "-m", "tests.harness.git_http", "--root", str(root / "repos"),
-         "--port", str(port), "--user", "kubefinops-bot"],
-        log=root / "git-http.log",
-        env={TOKEN_ENV: token},
-        cwd=Path(__file__).resolve().parents[1],
-    ).start()  # fmt: skip
-    wait_until(lambda: port_open(port), 15, "git http server", server.log)
+        by_ns.setdefault(ns, []).append(ESTATE_DEPLOYMENT.format(name=wl))
+    server, url, token = serve_estate(root, by_ns)
     return server, {
-        "KUBEFINOPS_GIT_REMOTE_URL": f"http://127.0.0.1:{port}/estate.git",
+        "KUBEFINOPS_GIT_REMOTE_URL": url,
         "KUBEFINOPS_GIT_TOKEN": token,
         "KUBEFINOPS_GIT_USERNAME": "kubefinops-bot",
         "KUBEFINOPS_GIT_WORKDIR": str(root / "clone"),

@@ -509,3 +509,50 @@ async def seed_usage_changelog(
         return written, time.monotonic() - started
     finally:
         await producer.stop()
+
+
+def serve_estate(
+    root: Path, manifests: dict[str, list[str]], repo: str = "estate"
+) -> tuple[Server, str, str]:
+    """A GitOps estate for the benches: ``manifests`` (namespace -> its Deployments' YAML) as
+    ``base/<ns>`` and one overlay per namespace, ``overlays/<ns>``, with the bot's empty
+    ``kubefinops`` component; committed, cloned bare under ``root/repos/<repo>.git`` and served
+    by the tests' smart-HTTP remote with basic auth (tests/harness/git_http.py).  Returns the
+    server (stop it), the remote URL and its token."""
+    import subprocess
+
+    from tests.harness.git_http import TOKEN_ENV
+    from tests.harness.proc import free_port, port_open, wait_until
+
+    work = root / "src"
+    for ns, docs in manifests.items():
+        base = work / "base" / ns
+        base.mkdir(parents=True)
+        (base / "deployments.yaml").write_text("---\n".join(docs))
+        (base / "kustomization.yaml").write_text("resources:\n  - deployments.yaml\n")
+        overlay = work / "overlays" / ns
+        (overlay / "kubefinops").mkdir(parents=True)
+        (overlay / "kustomization.yaml").write_text(
+            f"namespace: {ns}\nresources:\n  - ../../base/{ns}\ncomponents:\n  - kubefinops\n"
+        )
+        (overlay / "kubefinops" / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches: []\n"
+        )
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}  # fmt: skip
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "estate"]):
+        subprocess.run(["git", *args], cwd=work, check=True, env=env)
+    bare = root / "repos" / f"{repo}.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    subprocess.run(["git", "config", "http.receivepack", "true"], cwd=bare, check=True)
+    port, token = free_port(), "bench-git-token"
+    server = Server(
+        "git-http",
+        [sys.executable, "-m", "tests.harness.git_http", "--root", str(root / "repos"),
+         "--port", str(port), "--user", "kubefinops-bot"],
+        log=root / "git-http.log",
+        env={TOKEN_ENV: token},
+        cwd=REPO,
+    ).start()  # fmt: skip
+    wait_until(lambda: port_open(port), 15, "git http server", server.log)
+    return server, f"http://127.0.0.1:{port}/{repo}.git", token
