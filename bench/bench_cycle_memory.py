@@ -1,15 +1,18 @@
 """Memory of one apply cycle's executor and reporter steps at fleet size, in process (not a test).
 
-    python bench/bench_cycle_memory.py [--decisions 10000]
+    python bench/bench_cycle_memory.py [--decisions 10000] [--apply] [--s3]
 
 Builds realistic decisions (50 workloads through the aggregator, recommender and gate on a few
 days of synthetic usage, then copied under new names to ``--decisions``), and runs the steps a
 cycle of that size takes after the gate, one at a time, each under ``tracemalloc``: the
 executor's pending rows and their decoding at apply (parsed, as before, and into a
 ``DecisionLog``, as now), the log split into parts, the reporter's join of the parts (parsed, as
-before, and as a log) and the four report documents from each.  Prints each step's peak, what it
-keeps and its CPU time; the worker holds the joined cycle while it renders the documents, so
-those two add up at the cycle's peak.  Figures are printed, never asserted.
+before, and as a log) and the four report documents from each (all at once, and one at a time as
+the reporter now stores them).  ``--apply`` makes every decision an apply (the default policy
+recommends, so the copies are holds): an applied cycle's report is about twice the size.
+Prints each step's peak, what it keeps and its CPU time; the worker holds the joined cycle while
+it renders the documents, so those two add up at the cycle's peak.
+Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import gc
 import os
+import re
 import sys
 import time
 import tracemalloc
@@ -96,13 +100,21 @@ def main() -> None:
         help="also write the report to a real S3 server (moto, started here): one put per "
         "object against the multipart upload of large ones",
     )
+    ap.add_argument(
+        "--apply", action="store_true", help="every decision an apply (an autopilot cycle)"
+    )
     args = ap.parse_args()
+    from engine.core import report as report_module
     from engine.core.cycles import join_cycle, join_cycle_log, split_log
     from engine.core.decision_log import DecisionLog
     from engine.core.model import CycleSummary, Decision, Execution
     from engine.core.report import CycleReport, documents
 
+    iter_documents = getattr(report_module, "iter_documents", None)
+
     raws = decisions(args.decisions)
+    if args.apply:
+        raws = [re.sub(rb'"action":"\w+"', b'"action":"apply"', r) for r in raws]
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {len(raws):,} decisions, "
         f"{sum(map(len, raws)) / len(raws):,.0f} B of JSON each; tracemalloc slows the CPU "
@@ -148,6 +160,11 @@ def main() -> None:
     )
     report = CycleReport.from_summary(joined, time.time(), [], decisions=dlog)
     docs = step("reporter: the four documents from the log", lambda: documents(report))
+    if iter_documents is not None:  # not in a checkout from before it (ROOT=...)
+        step(
+            "reporter: the same, one at a time",
+            lambda: sum(len(o.body) for o in iter_documents(report)),
+        )
     sizes = ", ".join(f"{o.key.rsplit('/', 1)[-1]} {len(o.body) / 2**20:.1f} MiB" for o in docs)
     print(f"{len(parts)} parts, {sum(map(len, parts)) / 2**20:.1f} MiB; documents: {sizes}")
     del docs

@@ -4,7 +4,7 @@ Plain S3 (endpoint URL + path-style addressing), so MinIO in production and any 
 Each report is four objects (``reports/YYYY/MM/DD/<cycle>/report.json|.md|.html|audit.json``)
 with content types and metadata (cycle id, commit sha).  Writes retry with exponential backoff;
 when S3 stays down the rendered objects go to ``<data_dir>/report-outbox/`` (one JSON file per
-report, written atomically) and :meth:`ReportWriter.flush` delivers them later, oldest first.
+object, written atomically) and :meth:`ReportWriter.flush` delivers them later, oldest first.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from engine.core.model import CycleSummary
 from engine.core.report import (
     CycleReport,
     ReportObject,
-    documents,
+    StreamedObject,
+    iter_documents,
     report_prefix,
     safe_cycle,
 )
@@ -51,16 +53,18 @@ class Pending:
 
     prefix: str
     metadata: dict[str, str]
-    objects: list[ReportObject]
+    objects: list[ReportObject | StreamedObject]
 
     def to_json(self) -> str:
+        """The outbox file's text (a streamed object is rendered whole for it)."""
+        wholes = (o if isinstance(o, ReportObject) else o.whole() for o in self.objects)
         return json.dumps(
             {
                 "prefix": self.prefix,
                 "metadata": self.metadata,
                 "objects": [
                     {"key": o.key, "content_type": o.content_type, "body": o.body.decode("utf-8")}
-                    for o in self.objects
+                    for o in wholes
                 ],
             },
             sort_keys=True,
@@ -69,7 +73,7 @@ class Pending:
     @classmethod
     def from_json(cls, text: str) -> Pending:
         raw = json.loads(text)
-        objects = [
+        objects: list[ReportObject | StreamedObject] = [
             ReportObject(o["key"], o["body"].encode("utf-8"), o["content_type"])
             for o in raw["objects"]
         ]
@@ -117,36 +121,51 @@ class ReportWriter:
         self._lock = asyncio.Lock()
         self._s3: Any = None
         self._s3_stack: contextlib.AsyncExitStack | None = None
-        REPORTS_PENDING.set(len(self.pending()))
+        REPORTS_PENDING.set(_reports(self.pending()))
 
     # --- public ------------------------------------------------------------------------------
     async def write(self, report: CycleReport) -> list[str]:
-        """Deliver a cycle report; on a persistent failure park it in the outbox.
+        """Deliver a cycle report; on a persistent failure park what is left in the outbox.
+
+        The four objects are rendered, stored and let go one at a time, so at most one of them
+        is held (with 10,000 applied decisions they are ~80 MiB together).  Each object is
+        retried on its own; when S3 stays down, the object that failed and the ones not stored
+        yet are parked, one outbox file each, and :meth:`flush` stores them later in order.
 
         Returns the object keys (where the report is, or will be once S3 is back).
         """
         ex = report.execution
-        pending = Pending(
-            prefix=report_prefix(report),
-            metadata={
-                "cycle-id": safe_cycle(report.cycle_id),
-                "commit-sha": (ex.commit_sha if ex and ex.commit_sha else "none"),
-            },
-            objects=documents(report),
-        )
+        metadata = {
+            "cycle-id": safe_cycle(report.cycle_id),
+            "commit-sha": (ex.commit_sha if ex and ex.commit_sha else "none"),
+        }
+        keys: list[str] = []
+        parking = False
+        group = _outbox_name(report_prefix(report))
         async with self._lock:
             if self.pending():
                 await self._flush_locked()
-            try:
-                await self._deliver(pending)
-                REPORTS_WRITTEN.labels(outcome="written").inc(len(pending.objects))
-            except (DependencyUnavailable, AuthenticationFailed) as exc:
-                if not self.park_on_failure:
-                    raise
-                log.warning("report %s parked in the outbox: %s", pending.prefix, exc)
-                self._park(pending)
-                REPORTS_WRITTEN.labels(outcome="queued").inc(len(pending.objects))
-        return [o.key for o in pending.objects]
+            for obj in iter_documents(report, streamed=True):
+                # one object per Pending: its outbox file is named after the object's key
+                pending = Pending(prefix=obj.key, metadata=metadata, objects=[obj])
+                keys.append(obj.key)
+                del obj  # the loop variable would hold it while the next one is rendered
+                if not parking:
+                    try:
+                        await self._deliver(pending)
+                        REPORTS_WRITTEN.labels(outcome="written").inc()
+                    except (DependencyUnavailable, AuthenticationFailed) as exc:
+                        if not self.park_on_failure:
+                            raise
+                        log.warning(
+                            "report %s parked in the outbox: %s", report_prefix(report), exc
+                        )
+                        parking = True
+                if parking:
+                    self._park(pending, group=group, index=len(keys) - 1)
+                    REPORTS_WRITTEN.labels(outcome="queued").inc()
+                del pending
+        return keys
 
     async def write_cycle(
         self,
@@ -265,18 +284,21 @@ class ReportWriter:
                 await stack.aclose()
 
     async def flush(self) -> int:
-        """Deliver parked reports, oldest first; stop at the first failure. Returns delivered."""
+        """Deliver parked objects, oldest first; stop at the first failure.  Returns how many
+        reports are now wholly delivered."""
         async with self._lock:
             return await self._flush_locked()
 
     def pending(self) -> list[Path]:
+        """The outbox files, oldest first (one per report object, or per report for files
+        parked before reports were written one object at a time)."""
         if not self.outbox.is_dir():
             return []
         return sorted(self.outbox.glob("*.json"), key=lambda p: (p.stat().st_mtime_ns, p.name))
 
     # --- internals ---------------------------------------------------------------------------
     async def _flush_locked(self) -> int:
-        delivered = 0
+        touched: set[str] = set()
         for path in self.pending():
             try:
                 pending = Pending.from_json(path.read_text(encoding="utf-8"))
@@ -290,14 +312,27 @@ class ReportWriter:
                 log.info("outbox flush stopped, S3 still failing: %s", exc)
                 break
             path.unlink()
-            delivered += 1
+            touched.add(_report_of(path))
             REPORTS_WRITTEN.labels(outcome="flushed").inc(len(pending.objects))
-        REPORTS_PENDING.set(len(self.pending()))
-        return delivered
+        left = self.pending()
+        REPORTS_PENDING.set(_reports(left))
+        return len(touched - {_report_of(p) for p in left})
 
-    def _park(self, pending: Pending) -> None:
+    def _park(self, pending: Pending, *, group: str | None = None, index: int = 0) -> None:
+        """Park ``pending`` in the outbox, atomically and durably.
+
+        A report's objects are ``<time_ns>-<hash of the report's prefix>-<n>.json``: the time
+        keeps them in the order they were rendered when their mtimes tie (a coarse clock), the
+        hash groups them per report (:func:`_report_of`), and parking the same object again
+        replaces its file.  Other parked writes (a cycle's part) are ``<hash of prefix>.json``.
+        """
         self.outbox.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(pending.prefix.encode()).hexdigest()[:16]
+        if group is None:
+            name = _outbox_name(pending.prefix)
+        else:
+            for old in self.outbox.glob(f"*-{group}-{index}.json"):
+                old.unlink()
+            name = f"{time.time_ns():020d}-{group}-{index}"
         target = self.outbox / f"{name}.json"
         tmp = self.outbox / f".{name}.tmp"
         with tmp.open("w", encoding="utf-8") as f:
@@ -311,7 +346,7 @@ class ReportWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        REPORTS_PENDING.set(len(self.pending()))
+        REPORTS_PENDING.set(_reports(self.pending()))
 
     async def _deliver(self, pending: Pending) -> None:
         retrying = AsyncRetrying(
@@ -329,6 +364,9 @@ class ReportWriter:
             s3 = await self._client()
             await self._ensure_bucket(s3)
             for obj in pending.objects:
+                if isinstance(obj, StreamedObject):
+                    await self._put_streamed(s3, obj, pending.metadata)
+                    continue
                 if len(obj.body) > self.multipart_bytes:
                     await self._put_in_parts(s3, obj, pending.metadata)
                     continue
@@ -353,37 +391,73 @@ class ReportWriter:
         ``put_object`` copies the whole body once more on its way out (aiohttp sends it through
         ``BytesIO.getbuffer()``): +42 MiB for the audit snapshot of a 10,000-decision cycle, at
         the worker's peak.  In parts, at most one part (``multipart_bytes``) is copied at a
-        time.  The object appears only when the upload completes, whole, as with ``put_object``
-        (a failed upload is aborted, and the retry starts a new one).
+        time.
         """
+        view = memoryview(obj.body)
+        step = self.multipart_bytes
+        chunks = (bytes(view[i : i + step]) for i in range(0, len(view), step))
+        await self._upload(s3, obj.key, obj.content_type, metadata, chunks)
+
+    async def _put_streamed(self, s3: Any, obj: StreamedObject, metadata: dict[str, str]) -> None:
+        """An object made while it is stored: one ``put_object`` when it is one chunk, else a
+        multipart upload of its chunks, each let go once sent — the audit snapshot of 10,000
+        applied decisions (~44 MiB) is never held whole (docs/benchmarks.md)."""
+        chunks = obj.chunks(self.multipart_bytes)
+        first = next(chunks, b"")
+        second = next(chunks, None)
+        if second is None:
+            await s3.put_object(
+                Bucket=self.bucket,
+                Key=obj.key,
+                Body=first,
+                ContentType=obj.content_type,
+                Metadata=metadata,
+            )
+            return
+
+        ahead = [first, second]
+        del first, second
+
+        def all_chunks() -> Iterator[bytes]:
+            while ahead:  # popped, so that neither is held once sent
+                yield ahead.pop(0)
+            yield from chunks
+
+        await self._upload(s3, obj.key, obj.content_type, metadata, all_chunks())
+
+    async def _upload(
+        self,
+        s3: Any,
+        key: str,
+        content_type: str,
+        metadata: dict[str, str],
+        chunks: Iterator[bytes],
+    ) -> None:
+        """A multipart upload of ``chunks`` (each ≥ 5 MiB but the last, as S3 wants), one part
+        at a time.  The object appears only when the upload completes, whole, as with
+        ``put_object`` (a failed upload is aborted, and the retry starts a new one)."""
         upload = await s3.create_multipart_upload(
-            Bucket=self.bucket, Key=obj.key, ContentType=obj.content_type, Metadata=metadata
+            Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata
         )
         upload_id = upload["UploadId"]
         try:
-            view = memoryview(obj.body)
             done = []
-            for number, start in enumerate(range(0, len(view), self.multipart_bytes), 1):
-                chunk = bytes(view[start : start + self.multipart_bytes])
+            for number, chunk in enumerate(chunks, 1):
                 part = await s3.upload_part(
-                    Bucket=self.bucket,
-                    Key=obj.key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=chunk,
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
                 )
                 done.append({"ETag": part["ETag"], "PartNumber": number})
                 del chunk
             await s3.complete_multipart_upload(
                 Bucket=self.bucket,
-                Key=obj.key,
+                Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": done},
             )
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: the bucket's lifecycle rule, if
                 await s3.abort_multipart_upload(  # any, removes what an abort could not
-                    Bucket=self.bucket, Key=obj.key, UploadId=upload_id
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
                 )
             raise
 
@@ -408,6 +482,20 @@ class ReportWriter:
                 if code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                     raise
         self._bucket_ready = True
+
+
+def _outbox_name(prefix: str) -> str:
+    return hashlib.sha256(prefix.encode()).hexdigest()[:16]
+
+
+def _report_of(path: Path) -> str:
+    """The report an outbox file belongs to: the hash in its name (see ``_park``)."""
+    parts = path.stem.split("-")
+    return parts[1] if len(parts) == 3 else path.stem
+
+
+def _reports(paths: Sequence[Path]) -> int:
+    return len({_report_of(p) for p in paths})
 
 
 def _translate(exc: ClientError) -> Exception:

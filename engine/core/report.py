@@ -14,9 +14,10 @@ import html
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -87,6 +88,21 @@ class ReportObject:
     key: str
     body: bytes
     content_type: str
+
+
+@dataclass(frozen=True)
+class StreamedObject:
+    """A report object made in chunks while it is stored (the audit snapshot of a large cycle).
+
+    ``chunks(n)`` renders it again on every call, in chunks of at least ``n`` bytes but the last.
+    """
+
+    key: str
+    content_type: str
+    chunks: Callable[[int], Iterator[bytes]]
+
+    def whole(self) -> ReportObject:
+        return ReportObject(self.key, b"".join(self.chunks(1 << 20)), self.content_type)
 
 
 def _iso(ts: float) -> str:
@@ -297,6 +313,31 @@ def audit_snapshot(report: CycleReport) -> str:
 
 def audit_bytes(report: CycleReport) -> bytes:
     """Everything needed to reconstruct why the cycle did what it did."""
+    # Written into one growing buffer: ``BytesIO.getvalue()`` hands over its buffer without a
+    # copy, so the document exists once at its peak (joining a list of pieces held both: +42 MiB
+    # at 10,000 decisions, the worker's largest transient allocation of the cycle).
+    out = io.BytesIO()
+    for piece in _audit_pieces(report):
+        out.write(piece)
+    return out.getvalue()
+
+
+def audit_chunks(report: CycleReport, size: int) -> Iterator[bytes]:
+    """:func:`audit_bytes` in chunks of at least ``size`` bytes (the last one may be smaller, and
+    is the only one when the whole is smaller), made as they are asked for: a writer that stores
+    each chunk and lets it go holds one chunk of the document, not the document (~44 MiB at
+    10,000 applied decisions)."""
+    out = io.BytesIO()
+    for piece in _audit_pieces(report):
+        out.write(piece)
+        if out.tell() >= size:
+            yield out.getvalue()
+            out = io.BytesIO()
+    if out.tell():
+        yield out.getvalue()
+
+
+def _audit_pieces(report: CycleReport) -> Iterator[bytes]:
     decisions = _ordered(report.decisions)
     if isinstance(decisions, DecisionLog):  # from the refs, and the dicts from the JSON as is
         versions = {
@@ -320,7 +361,8 @@ def audit_bytes(report: CycleReport) -> bytes:
         "commit_sha": None if ex is None else ex.commit_sha,
     }
     if not decisions:
-        return _json_bytes(doc)
+        yield _json_bytes(doc)
+        return
     # The decisions rendered one at a time and spliced into their place: the same bytes as
     # rendering ``[d.model_dump(mode="json") for d in decisions]`` in the document (items at
     # depth 1 of an object: four more spaces on every line), without ~7.7 KB of dicts per
@@ -330,17 +372,10 @@ def audit_bytes(report: CycleReport) -> bytes:
     key = b'\n  "decisions": '
     head, sep, tail = _json_bytes(doc).partition(key + _json_bytes(_SPLICE)[:-1])
     assert sep, "splice marker not rendered"
-    # Written into one growing buffer: ``BytesIO.getvalue()`` hands over its buffer without a
-    # copy, so the document exists once at its peak (joining a list of pieces held both: +42 MiB
-    # at 10,000 decisions, the worker's largest transient allocation of the cycle).
-    out = io.BytesIO()
-    out.write(head + key + b"[\n")
+    yield head + key + b"[\n"
     for i, one in enumerate(docs):
-        if i:
-            out.write(b",\n")
-        out.write(b"    " + _json_bytes(one)[:-1].replace(b"\n", b"\n    "))
-    out.write(b"\n  ]" + tail)
-    return out.getvalue()
+        yield (b",\n    " if i else b"    ") + _json_bytes(one)[:-1].replace(b"\n", b"\n    ")
+    yield b"\n  ]" + tail
 
 
 # stands for the decisions while the rest of the audit document is rendered (see audit_bytes)
@@ -358,10 +393,15 @@ def _money(value: float, currency: str) -> str:
 
 def render_markdown(report: CycleReport, s: dict[str, Any] | None = None) -> str:
     """The report for people, as Markdown (``s``: :func:`summarize` of it, if already made)."""
+    return "\n".join(_markdown_lines(report, s)) + "\n"
+
+
+def _markdown_lines(report: CycleReport, s: dict[str, Any] | None = None) -> Iterator[str]:
+    """The Markdown report's lines, one at a time (joined with newlines, one at the end)."""
     s = summarize(report) if s is None else s
     t, cur = s["totals"], s["currency"]
     ex = s["execution"] or {}
-    lines = [
+    yield from [
         f"# KubeFinOps cycle report {_md(s['cycle'])}",
         "",
         f"Generated {s['generated_at']} · {t['changed']} changed · {t['not_applied']} "
@@ -383,49 +423,54 @@ def render_markdown(report: CycleReport, s: dict[str, Any] | None = None) -> str
         "",
     ]
     if s["changed"]:
-        lines += ["| workload | changes | why | monthly delta |", "|---|---|---|---|"]
+        yield from ["| workload | changes | why | monthly delta |", "|---|---|---|---|"]
         for c in s["changed"]:
             why = "; ".join([c["reason"], *c["reasons"]])
-            lines.append(
+            yield (
                 f"| {_md(c['workload'])} | {_md('; '.join([*c['changes'], *c['targets']]))} | "
                 f"{_md(why)} | {_money(c['monthly_delta'], cur)} |"
             )
     else:
-        lines.append("Nothing changed this cycle.")
-    lines += ["", "## Risks (increases)", ""]
+        yield "Nothing changed this cycle."
+    yield from ["", "## Risks (increases)", ""]
     if s["increases"]:
         for r in s["increases"]:
-            lines.append(
+            yield (
                 f"- {_md(r['workload'])}: {_md('; '.join(r['changes']) or 'cost up')} "
                 f"(+{_money(r['monthly_increase'], cur)}): {_md(r['reason'])}"
             )
     else:
-        lines.append("No increases.")
-    lines += ["", "## Held and skipped", ""]
+        yield "No increases."
+    yield from ["", "## Held and skipped", ""]
     if s["not_applied"]:
-        lines += ["| workload | action | guardrail | reason |", "|---|---|---|---|"]
+        yield from ["| workload | action | guardrail | reason |", "|---|---|---|---|"]
         for h in s["not_applied"]:
-            lines.append(
+            yield (
                 f"| {_md(h['workload'])} | {_md(h['action'])} | "
                 f"{_md(h['guardrail'])} | {_md(h['reason'])} |"
             )
     else:
-        lines.append("Nothing held or skipped.")
+        yield "Nothing held or skipped."
     if s["verifications"]:
-        lines += ["", "## Verified apply: earlier changes", ""]
-        lines += ["| " + " | ".join(_VERIFICATION_HEADERS) + " |", "|---|---|---|---|---|"]
-        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in _verification_rows(s)]
-    return "\n".join(lines) + "\n"
+        yield from ["", "## Verified apply: earlier changes", ""]
+        yield from ["| " + " | ".join(_VERIFICATION_HEADERS) + " |", "|---|---|---|---|---|"]
+        yield from ("| " + " | ".join(_md(c) for c in row) + " |" for row in _verification_rows(s))
 
 
 def _h(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
+    return "".join(_table_parts(headers, rows))
+
+
+def _table_parts(headers: list[str], rows: Iterable[list[str]]) -> Iterator[str]:
     head = "".join(f"<th>{_h(x)}</th>" for x in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    yield f"<table><thead><tr>{head}</tr></thead><tbody>"
+    for row in rows:
+        yield "<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>"
+    yield "</tbody></table>"
 
 
 MAX_CHARTED = 20  # changed workloads drawn (largest |monthly delta| first); the table lists all
@@ -528,12 +573,19 @@ def _charts_html(report: CycleReport) -> str:
 
 def render_html(report: CycleReport, s: dict[str, Any] | None = None) -> str:
     """The report for people, as HTML with charts (``s``: :func:`summarize` of it, if made)."""
+    return "".join(_html_parts(report, s))
+
+
+def _html_parts(report: CycleReport, s: dict[str, Any] | None = None) -> Iterator[str]:
+    """The HTML report in pieces (a table row each), so that it can be encoded as it is made:
+    joined whole, the tables of 10,000 changed workloads were ~33 MiB at once, more than twice
+    the bytes they encode to (docs/benchmarks.md)."""
     s = summarize(report) if s is None else s
     t, cur = s["totals"], s["currency"]
     ex = s["execution"] or {}
-    changed = _table(
+    changed = _table_parts(
         ["workload", "changes", "why", "monthly delta"],
-        [
+        (
             [
                 c["workload"],
                 "; ".join([*c["changes"], *c["targets"]]),
@@ -541,11 +593,11 @@ def render_html(report: CycleReport, s: dict[str, Any] | None = None) -> str:
                 _money(c["monthly_delta"], cur),
             ]
             for c in s["changed"]
-        ],
+        ),
     )
-    risks = _table(
+    risks = _table_parts(
         ["workload", "increases", "monthly increase", "why"],
-        [
+        (
             [
                 r["workload"],
                 "; ".join(r["changes"]) or "cost up",
@@ -553,11 +605,11 @@ def render_html(report: CycleReport, s: dict[str, Any] | None = None) -> str:
                 r["reason"],
             ]
             for r in s["increases"]
-        ],
+        ),
     )
-    held = _table(
+    held = _table_parts(
         ["workload", "action", "guardrail", "reason"],
-        [[h["workload"], h["action"], h["guardrail"], h["reason"]] for h in s["not_applied"]],
+        ([h["workload"], h["action"], h["guardrail"], h["reason"]] for h in s["not_applied"]),
     )
     verified = (
         f"<h2>Verified apply: earlier changes ({len(s['verifications'])})</h2>\n"
@@ -568,7 +620,7 @@ def render_html(report: CycleReport, s: dict[str, Any] | None = None) -> str:
     title = f"KubeFinOps cycle report {s['cycle']}"
     commit = _h(ex.get("commit_sha") or "none")
     saved = _h(_money(t["monthly_savings"], cur))
-    return f"""<!DOCTYPE html>
+    yield f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -590,27 +642,59 @@ th {{ background: #f0f4f8; }}
 <p>Monthly increase (risks removed): {_h(_money(t["monthly_increase"], cur))} ·
 net monthly delta: {_h(_money(t["monthly_delta"], cur))}</p>
 <h2>What changed and why ({t["changed"]})</h2>
-<div id="changed">{changed}</div>
-<h2>Risks (increases)</h2>
-<div id="increases">{risks}</div>
-<h2>Held and skipped ({t["not_applied"]})</h2>
-<div id="held">{held}</div>
-{verified}{_charts_html(report)}</body>
-</html>
-"""
+<div id="changed">"""
+    yield from changed
+    yield '</div>\n<h2>Risks (increases)</h2>\n<div id="increases">'
+    yield from risks
+    yield f'</div>\n<h2>Held and skipped ({t["not_applied"]})</h2>\n<div id="held">'
+    yield from held
+    yield f"</div>\n{verified}{_charts_html(report)}</body>\n</html>\n"
+
+
+def render_html_bytes(report: CycleReport, s: dict[str, Any] | None = None) -> bytes:
+    """:func:`render_html` encoded as UTF-8, one piece at a time (the same bytes)."""
+    return _encoded(_html_parts(report, s))
+
+
+def render_markdown_bytes(report: CycleReport, s: dict[str, Any] | None = None) -> bytes:
+    """:func:`render_markdown` encoded as UTF-8, one line at a time (the same bytes)."""
+    return _encoded(line + "\n" for line in _markdown_lines(report, s))
+
+
+def _encoded(pieces: Iterable[str]) -> bytes:
+    out = io.BytesIO()  # getvalue() hands its buffer over without a copy
+    for piece in pieces:
+        out.write(piece.encode())
+    return out.getvalue()
+
+
+def iter_documents(
+    report: CycleReport, *, streamed: bool = False
+) -> Iterator[ReportObject | StreamedObject]:
+    """The four objects of a cycle report, in a fixed order, each rendered when it is asked for.
+
+    A caller that stores each object and lets it go before asking for the next holds one at a
+    time: with 10,000 applied decisions the four are ~80 MiB together (the audit alone ~44 MiB)
+    on top of the summary the three views share, and holding them all at once was the worker's
+    peak of the cycle (docs/benchmarks.md).  The summary is dropped before the audit, which does
+    not use it.  ``streamed``: the audit as a :class:`StreamedObject`, made while it is stored.
+    """
+    keys = report_keys(report)
+    s = summarize(report)  # once for the three views (a pass decodes every decision of a log)
+    yield ReportObject(keys["report.json"], _json_bytes(s), "application/json")
+    yield ReportObject(
+        keys["report.md"], render_markdown_bytes(report, s), "text/markdown; charset=utf-8"
+    )
+    yield ReportObject(
+        keys["report.html"], render_html_bytes(report, s), "text/html; charset=utf-8"
+    )
+    del s
+    if streamed:
+        yield StreamedObject(keys["audit.json"], "application/json", partial(audit_chunks, report))
+    else:
+        yield ReportObject(keys["audit.json"], audit_bytes(report), "application/json")
 
 
 def documents(report: CycleReport) -> list[ReportObject]:
-    """The four objects of a cycle report, in a fixed order."""
-    keys = report_keys(report)
-    s = summarize(report)  # once for the three views (a pass decodes every decision of a log)
-    return [
-        ReportObject(keys["report.json"], _json_bytes(s), "application/json"),
-        ReportObject(
-            keys["report.md"], render_markdown(report, s).encode(), "text/markdown; charset=utf-8"
-        ),
-        ReportObject(
-            keys["report.html"], render_html(report, s).encode(), "text/html; charset=utf-8"
-        ),
-        ReportObject(keys["audit.json"], audit_bytes(report), "application/json"),
-    ]
+    """The four objects of a cycle report, in a fixed order, all at once."""
+    return [o if isinstance(o, ReportObject) else o.whole() for o in iter_documents(report)]

@@ -23,6 +23,7 @@ from engine.core.model import (
     Savings,
 )
 from engine.core.report import CycleReport, documents, report_keys
+from engine.metrics import REGISTRY
 from engine.settings import Settings, load_settings
 from tests.harness.s3 import S3Info, unique_bucket
 
@@ -146,13 +147,14 @@ async def test_s3_outage_goes_to_outbox_and_flush_delivers(
     try:
         keys = await writer.write(sample_report("cycle-outage"))
         keys2 = await writer.write(sample_report("cycle-outage-2", "frontend"))
-        assert len(writer.pending()) == 2
+        assert len(writer.pending()) == 8  # each report's four objects, one file each
         assert await writer.flush() == 0  # still down: nothing lost, nothing delivered
-        assert len(ReportWriter(settings).pending()) == 2  # durable: a new process sees them
+        assert len(ReportWriter(settings).pending()) == 8  # durable: a new process sees them
+        assert REGISTRY.get_sample_value("kubefinops_reports_pending") == 2
     finally:
         s3_info.start()
-    for path in writer.pending():
-        assert json.loads(path.read_text())["prefix"].startswith("reports/")
+    parked = [json.loads(path.read_text())["prefix"] for path in writer.pending()]
+    assert parked == [*keys, *keys2]  # flushed in the order they were rendered
     restarted = ReportWriter(settings)  # e.g. after a worker restart
     assert await restarted.flush() == 2
     assert restarted.pending() == []

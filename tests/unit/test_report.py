@@ -233,6 +233,35 @@ def test_audit_decisions_spliced_one_at_a_time_are_the_whole_document_rendered_a
         assert rp.audit_bytes(report) == orjson.dumps(doc, option=opts)
 
 
+def test_audit_in_chunks_is_the_audit_cut_where_a_chunk_reaches_its_size() -> None:
+    report = make([dec(n) for n in "abcdefgh"], ["smarthealth/Deployment/a"])
+    whole = rp.audit_bytes(report)
+    for size in (1, 500, 3000, len(whole) - 1, len(whole), 10 * len(whole)):
+        chunks = list(rp.audit_chunks(report, size))
+        assert b"".join(chunks) == whole
+        assert all(len(c) >= size for c in chunks[:-1]) and all(chunks)
+        assert len(chunks) == 1 or size < len(whole)
+    assert len(list(rp.audit_chunks(report, 3000))) > 2  # one decision is ~1.3 KB
+
+
+def test_documents_one_at_a_time_are_the_documents_with_the_audit_streamed() -> None:
+    """The reporter stores the objects one at a time, the audit as it is made: the same keys,
+    types and bytes as the four documents rendered at once (markdown and HTML are encoded a
+    line or a table row at a time)."""
+    decisions = [dec("b"), dec("a", reason="été | <b>")]
+    report = make(decisions, ["smarthealth/Deployment/a"])
+    whole = rp.documents(report)
+    assert whole[1].body == rp.render_markdown(report).encode()
+    assert whole[2].body == rp.render_html(report).encode()
+    streamed = list(rp.iter_documents(report, streamed=True))
+    assert [type(o) for o in streamed] == [rp.ReportObject] * 3 + [rp.StreamedObject]
+    assert [o.key for o in streamed] == [o.key for o in whole]
+    assert streamed[:3] == whole[:3]
+    audit = streamed[3]
+    assert isinstance(audit, rp.StreamedObject) and audit.whole() == whole[3]
+    assert b"".join(audit.chunks(100)) == whole[3].body == rp.audit_bytes(report)
+
+
 def test_report_from_summary_takes_held_workloads_from_the_execution_data() -> None:
     from engine.core.model import CycleSummary
 
