@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.adapters.reports import ReportWriter
+from engine.adapters.reports import Pending, ReportWriter
 from engine.core.model import (
     Action,
     ContainerRecommendation,
@@ -161,6 +161,39 @@ async def test_s3_outage_goes_to_outbox_and_flush_delivers(
     s3 = client(s3_info)
     for key in [*keys, *keys2]:
         head = await asyncio.to_thread(s3.head_object, Bucket="reports-b", Key=key)
+        assert head["ContentLength"] > 0
+
+
+async def test_an_outage_in_the_middle_of_a_report_parks_the_objects_not_stored(
+    s3_outage: S3Info, tmp_path: Path
+) -> None:
+    """The objects are stored one at a time: S3 going down after the first parks the other
+    three (in render order), and a flush completes the report."""
+    s3_info = s3_outage
+    settings = settings_for(s3_info, tmp_path, "reports-c")
+    stored: list[str] = []
+
+    class DownAfterTheFirst(ReportWriter):
+        async def _deliver(self, pending: Pending) -> None:
+            await super()._deliver(pending)
+            stored.append(pending.prefix)
+            if len(stored) == 1:  # the first object is really in S3; then the outage
+                s3c = client(s3_info)
+                await asyncio.to_thread(s3c.head_object, Bucket="reports-c", Key=pending.prefix)
+                await asyncio.to_thread(s3_info.stop)
+
+    writer = DownAfterTheFirst(settings, attempts=2, backoff_seconds=0.05, timeout_seconds=1.0)
+    try:
+        keys = await writer.write(sample_report("cycle-mid"))
+        assert stored == keys[:1]
+        parked = [json.loads(path.read_text())["prefix"] for path in writer.pending()]
+        assert parked == keys[1:]
+        assert REGISTRY.get_sample_value("kubefinops_reports_pending") == 1
+    finally:
+        s3_info.start()  # a fresh moto: what was stored before the outage is gone with it
+    assert await ReportWriter(settings).flush() == 1  # the report is whole again
+    for key in keys[1:]:
+        head = await asyncio.to_thread(client(s3_info).head_object, Bucket="reports-c", Key=key)
         assert head["ContentLength"] > 0
 
 
