@@ -25,8 +25,10 @@ then for each size (a fresh deployment: its own topics and app id):
 5. **Recovery**: SIGKILL, then a new worker process; the time from process start until
    ``/api/usage`` answers the pre-kill counts for a sample of workloads: as the same static member
    (the same ``KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID``: the chart's default is the pod name, so a
-   container restarted in its pod), then as a new member (a replaced pod, or plain membership:
-   the group waits for the killed member's session to time out), split into: web up, partitions
+   container restarted in its pod), as the same static member with an empty data dir (a pod
+   replaced under the same name, as a StatefulSet's is), then as a new member (a Deployment's
+   replaced pod, or plain membership: the group waits for the killed member's session to time
+   out), split into: web up, partitions
    assigned (group join), tables recovered (``/ready``), correct answers.
 
 Figures are printed, never asserted.  The producer runs before the worker starts (ingest) or
@@ -750,14 +752,17 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     rec: dict[str, dict[str, float] | None] = {}
     # The worker so far is a static member (the chart's default: its pod name). 1st restart:
     # a container restarted in the same pod (the same instance id) takes its partitions back at
-    # once; 2nd: a new member (a replaced pod, or plain membership) waits until the killed
-    # member's session times out.
+    # once; 2nd: the same instance id with an empty data dir (a pod replaced under the same name,
+    # as a StatefulSet's would be: no wait, the whole changelog replayed); 3rd: a new member (a
+    # Deployment's replaced pod, or plain membership) waits until the killed member's session
+    # times out.
     # The data dir goes with the pod (emptyDir): the container restarted in its pod finds the
     # killed one's (with the RocksDB table store: its tables, so only the changelog's tail is
     # replayed); a new pod starts with an empty one.
     rss_after: dict[str, float] = {}
     for mode, instance, data in (
         ("static member", "bench-worker-0", str(dep.workdir / "w0")),
+        ("same name, empty data", "bench-worker-0", str(dep.workdir / "w-same")),
         ("new member", "", str(dep.workdir / "w-new")),
     ):
         server.kill()
@@ -880,13 +885,13 @@ def main() -> None:
         return
     print(
         "\nworkloads | RSS after ingest+decisions | peak | changelog | decisions/s | "
-        "recovery static / new member (s) | crashes | reported/decided"
+        "recovery static / same name, empty data / new member (s) | crashes | reported/decided"
     )
     for r in results:
         rec = r["recovery"]
         times = " / ".join(
             "-" if rec.get(m) is None else f"{rec[m]['answers']:.1f}"
-            for m in ("static member", "new member")
+            for m in ("static member", "same name, empty data", "new member")
         )
         dps = "-" if r["decisions_per_s"] is None else f"{r['decisions_per_s']:.0f}"
         print(
