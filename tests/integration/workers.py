@@ -190,16 +190,21 @@ async def consumer_lag(info: KafkaInfo, group: str, topic: str) -> int:
 def wait_consumed(info: KafkaInfo, group: str, topic: str, timeout: float = 120.0) -> None:
     """Wait until the group committed every record on ``topic`` (an observable end, instead of
     sleeping while re-deliveries may still be in flight)."""
-    lag: list[int] = []
-
-    def done() -> bool:
-        lag.append(asyncio.run(consumer_lag(info, group, topic)))
-        if lag[-1] == 0:
-            return True
+    deadline = time.monotonic() + timeout
+    last: object = "never measured"
+    while time.monotonic() < deadline:
+        try:
+            lag = asyncio.run(consumer_lag(info, group, topic))
+        except Exception as exc:  # the admin client failed this time: say how, and retry
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if lag == 0:
+                return
+            last = f"{lag} records"
         time.sleep(0.5)
-        return False
-
-    wait_until(done, timeout, f"{group} to consume {topic} (lag {lag[-1:]})")
+    # the last figure, not the one when the wait began (an f-string passed to wait_until was
+    # evaluated before the first check, so a timeout always said "lag []")
+    raise TimeoutError(f"{group} to consume {topic}: lag not 0 after {timeout}s (last: {last})")
 
 
 async def produce(
