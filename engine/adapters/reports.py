@@ -33,7 +33,7 @@ from engine.core.report import (
     CycleReport,
     ReportObject,
     StreamedObject,
-    iter_documents,
+    report_objects,
     report_prefix,
     safe_cycle,
 )
@@ -141,12 +141,13 @@ class ReportWriter:
         }
         keys: list[str] = []
         parking = False
-        group = _outbox_name(report_prefix(report))
+        prefix = report_prefix(report)
+        group = _outbox_name(prefix)
         async with self._lock:
             if self.pending():
                 await self._flush_locked()
-            for obj in iter_documents(report, streamed=True):
-                # one object per Pending: its outbox file is named after the object's key
+            for obj in report_objects(report):
+                # one object per Pending (parked, its file is named after the report and n)
                 pending = Pending(prefix=obj.key, metadata=metadata, objects=[obj])
                 keys.append(obj.key)
                 del obj  # the loop variable would hold it while the next one is rendered
@@ -157,9 +158,7 @@ class ReportWriter:
                     except (DependencyUnavailable, AuthenticationFailed) as exc:
                         if not self.park_on_failure:
                             raise
-                        log.warning(
-                            "report %s parked in the outbox: %s", report_prefix(report), exc
-                        )
+                        log.warning("report %s parked in the outbox: %s", prefix, exc)
                         parking = True
                 if parking:
                     self._park(pending, group=group, index=len(keys) - 1)

@@ -668,19 +668,34 @@ def _encoded(pieces: Iterable[str]) -> bytes:
     return out.getvalue()
 
 
-def iter_documents(
-    report: CycleReport, *, streamed: bool = False
-) -> Iterator[ReportObject | StreamedObject]:
-    """The four objects of a cycle report, in a fixed order, each rendered when it is asked for.
+def report_objects(report: CycleReport) -> Iterator[ReportObject | StreamedObject]:
+    """The four objects of a cycle report, in a fixed order, each rendered when it is asked for,
+    the audit as a :class:`StreamedObject` (made while it is stored).
 
     A caller that stores each object and lets it go before asking for the next holds one at a
     time: with 10,000 applied decisions the four are ~80 MiB together (the audit alone ~44 MiB)
     on top of the summary the three views share, and holding them all at once was the worker's
-    peak of the cycle (docs/benchmarks.md).  The summary is dropped before the audit, which does
-    not use it.  ``streamed``: the audit as a :class:`StreamedObject`, made while it is stored.
+    peak of the cycle (docs/benchmarks.md).  The summary goes with the views, before the audit,
+    which does not use it.
     """
     keys = report_keys(report)
-    s = summarize(report)  # once for the three views (a pass decodes every decision of a log)
+    yield from _views(report, keys)
+    yield StreamedObject(keys["audit.json"], "application/json", partial(audit_chunks, report))
+
+
+def documents(report: CycleReport) -> list[ReportObject]:
+    """The four objects of a cycle report, in a fixed order, all at once."""
+    keys = report_keys(report)
+    return [
+        *_views(report, keys),
+        ReportObject(keys["audit.json"], audit_bytes(report), "application/json"),
+    ]
+
+
+def _views(report: CycleReport, keys: dict[str, str]) -> Iterator[ReportObject]:
+    """report.json, .md and .html, one at a time, from one summary (a pass over a log decodes
+    every decision) that is let go with the generator."""
+    s = summarize(report)
     yield ReportObject(keys["report.json"], _json_bytes(s), "application/json")
     yield ReportObject(
         keys["report.md"], render_markdown_bytes(report, s), "text/markdown; charset=utf-8"
@@ -688,13 +703,3 @@ def iter_documents(
     yield ReportObject(
         keys["report.html"], render_html_bytes(report, s), "text/html; charset=utf-8"
     )
-    del s
-    if streamed:
-        yield StreamedObject(keys["audit.json"], "application/json", partial(audit_chunks, report))
-    else:
-        yield ReportObject(keys["audit.json"], audit_bytes(report), "application/json")
-
-
-def documents(report: CycleReport) -> list[ReportObject]:
-    """The four objects of a cycle report, in a fixed order, all at once."""
-    return [o if isinstance(o, ReportObject) else o.whole() for o in iter_documents(report)]

@@ -253,7 +253,7 @@ def test_documents_one_at_a_time_are_the_documents_with_the_audit_streamed() -> 
     whole = rp.documents(report)
     assert whole[1].body == rp.render_markdown(report).encode()
     assert whole[2].body == rp.render_html(report).encode()
-    streamed = list(rp.iter_documents(report, streamed=True))
+    streamed = list(rp.report_objects(report))
     assert [type(o) for o in streamed] == [rp.ReportObject] * 3 + [rp.StreamedObject]
     assert [o.key for o in streamed] == [o.key for o in whole]
     assert streamed[:3] == whole[:3]
