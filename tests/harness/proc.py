@@ -31,8 +31,14 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+    check: Callable[[], bool],
+    timeout: float,
+    what: str | Callable[[], str],
+    log: Path | None = None,
 ) -> None:
+    """Poll ``check`` until it is true (its exceptions count as false).  ``what`` names what was
+    waited for in the timeout's message; a callable is asked then, so it can say the last state
+    seen rather than the one before the first check."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
@@ -42,7 +48,8 @@ def wait_until(
     tail = ""
     if log is not None and log.exists():
         tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-    raise TimeoutError(f"{what} not ready after {timeout}s{tail}")
+    said = what() if callable(what) else what
+    raise TimeoutError(f"{said} not ready after {timeout}s{tail}")
 
 
 def wait_for(

@@ -190,21 +190,23 @@ async def consumer_lag(info: KafkaInfo, group: str, topic: str) -> int:
 def wait_consumed(info: KafkaInfo, group: str, topic: str, timeout: float = 120.0) -> None:
     """Wait until the group committed every record on ``topic`` (an observable end, instead of
     sleeping while re-deliveries may still be in flight)."""
-    deadline = time.monotonic() + timeout
-    last: object = "never measured"
-    while time.monotonic() < deadline:
+    last = ["never measured"]
+
+    def done() -> bool:
         try:
             lag = asyncio.run(consumer_lag(info, group, topic))
-        except Exception as exc:  # the admin client failed this time: say how, and retry
-            last = f"{type(exc).__name__}: {exc}"
-        else:
-            if lag == 0:
-                return
-            last = f"{lag} records"
+        except Exception as exc:  # the admin client failed this time: said if it times out
+            last[0] = f"{type(exc).__name__}: {exc}"
+            raise
+        last[0] = f"{lag} records"
+        if lag == 0:
+            return True
         time.sleep(0.5)
-    # the last figure, not the one when the wait began (an f-string passed to wait_until was
-    # evaluated before the first check, so a timeout always said "lag []")
-    raise TimeoutError(f"{group} to consume {topic}: lag not 0 after {timeout}s (last: {last})")
+        return False
+
+    # the last lag seen, asked at the timeout (a message formatted before the first check
+    # always said "lag []")
+    wait_until(done, timeout, lambda: f"{group} to consume {topic} (last lag: {last[0]})")
 
 
 async def produce(
