@@ -178,13 +178,13 @@ def confidence(
 # --- CPU -----------------------------------------------------------------------------------------
 
 
-_ADAPTIVE_PERCENTILES = (90.0, 95.0, 97.0, 98.0, 99.0, 100.0)
+ADAPTIVE_PERCENTILES = (90.0, 95.0, 97.0, 98.0, 99.0, 100.0)
 
 
 def adaptive_percentile(summary: UsageSummary, params: EstimatorParams) -> tuple[float, str]:
     """The percentile p minimising ``value(p) + cpu_burst_cost * (1 - p/100)`` (see params)."""
     best: tuple[float, float, str] | None = None
-    for p in (q for q in _ADAPTIVE_PERCENTILES if q >= params.cpu_percentile - 5):
+    for p in (q for q in ADAPTIVE_PERCENTILES if q >= params.cpu_percentile - 5):
         value, label = quantile(summary, p)
         score = value * (1 + params.cpu_headroom) + params.cpu_burst_cost * (1 - p / 100)
         if best is None or score < best[0] - 1e-12:

@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 
 from engine.adapters.prometheus import Collector, PrometheusClient
 from engine.core.collect import plan_chunks
-from engine.core.estimators import cpu_request_base
+from engine.core.estimators import ADAPTIVE_PERCENTILES, cpu_request_base, quantile
 from engine.core.model import UsageSummary
 from engine.core.policy import DEFAULT_POLICY
 from engine.core.quantity import ceil_cpu
@@ -121,11 +121,30 @@ def truth_rates(
     return out
 
 
-def expected_cpu(rates: list[float], current: float | None) -> float:
+# The sketch's quantiles are within ~1.5 % of the exact ones (docs/recommendations.md), at a rank
+# within RANK_SLACK percentile points: in a sparse tail neighbouring order statistics differ by
+# more than the sketch's value error, and "the P99" depends on the rank convention.
+SKETCH_ERROR = 0.015
+RANK_SLACK = 0.1
+
+
+def expected_cpus(rates: list[float], current: float | None) -> set[float]:
     """The default policy's chain for CPU on the ground-truth quantiles: the (adaptive)
-    percentile x (1 + headroom), max step, millicores, floor."""
+    percentile x (1 + headroom), max step, millicores, floor.
+
+    The adaptive rule picks the percentile with the lowest ``value x (1 + headroom) + burst cost
+    x share above``.  When two percentiles score within the sketch's error of each other (the
+    exact P99 of a sparse tail moves by a few % as the window slides a minute), either is the
+    right answer for quantiles known to ~1 %: every such percentile's target is returned, for
+    the exact quantiles and those RANK_SLACK points either side."""
+    return set().union(
+        *(_expected_cpus(rates, current, shift) for shift in (-RANK_SLACK, 0, RANK_SLACK))
+    )
+
+
+def _expected_cpus(rates: list[float], current: float | None, shift: float) -> set[float]:
     params = DEFAULT_POLICY.estimator
-    q = np.percentile(rates, [50, 90, 95, 99], method="lower")
+    q = np.percentile(rates, [min(100.0, p + shift) for p in (50, 90, 95, 99)], method="lower")
     truth = UsageSummary(
         p50=q[0],
         p90=q[1],
@@ -136,10 +155,23 @@ def expected_cpu(rates: list[float], current: float | None) -> float:
         first_ts=0.0,
         last_ts=float(params.min_history),
     )
-    target = cpu_request_base(truth, params).value or 0.0
-    if current and params.max_step:
-        target = min(max(target, current / params.max_step), current * params.max_step)
-    return max(ceil_cpu(target), params.cpu_floor)
+    best = cpu_request_base(truth, params).value or 0.0
+    candidates = {best}
+    if params.cpu_percentile_mode == "adaptive":
+        scored = []
+        for pct in (p for p in ADAPTIVE_PERCENTILES if p >= params.cpu_percentile - 5):
+            value, _ = quantile(truth, pct)
+            score = value * (1 + params.cpu_headroom) + params.cpu_burst_cost * (1 - pct / 100)
+            scored.append((score, value * (1 + params.cpu_headroom)))
+        low = min(score + SKETCH_ERROR * target for score, target in scored)
+        candidates |= {t for score, t in scored if score - SKETCH_ERROR * t <= low}
+
+    def chain(target: float) -> float:
+        if current and params.max_step:
+            target = min(max(target, current / params.max_step), current * params.max_step)
+        return max(ceil_cpu(target), params.cpu_floor)
+
+    return {chain(t) for t in candidates}
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +214,9 @@ def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(
         assert c["confidence"] != "none", (cid, c["reasons"])
         p95 = float(np.percentile(rates[cid], 95))
         current = c["current"]["requests"]["cpu"]
-        want = expected_cpu(rates[cid], current)
-        assert abs(c["cpu_request"] - want) <= 0.01 * want + 0.001, (cid, c["cpu_request"], want)
+        wants = expected_cpus(rates[cid], current)
+        ok = any(abs(c["cpu_request"] - w) <= SKETCH_ERROR * w + 0.001 for w in wants)
+        assert ok, (cid, c["cpu_request"], sorted(wants), c["reasons"])
         assert c["usage"]["cpu"]["p95"] == pytest.approx(p95, rel=0.015), cid
         if not any("max step: cpu" in r for r in c["reasons"]):
             unbound += 1
