@@ -16,10 +16,22 @@ the harness's ground truth)::
 
 with ``S`` = ``namespace="N",pod=~"P1|P2",container="C"``.
 
-Prometheus 2.x counts only a subquery's output points in ``totalQueryableSamples``, not the
-samples its inner ``rate()`` windows read: the bench also runs each KRR subquery's inner
-expression as the equivalent range query (same steps, same windows) and reports that count as
-"KRR unrolled" — what KRR's queries really make Prometheus read.  Both are printed.
+Prometheus 2.x (and 3.x before 3.16) counts only a subquery's output points in
+``totalQueryableSamples``, not the samples its inner ``rate()`` windows read: the bench also runs
+each KRR subquery's inner expression as the equivalent range query (same steps, same windows) and
+reports that count as "KRR unrolled" — what KRR's queries really make Prometheus read.  Both are
+printed.  ``--prometheus PATH`` runs another server binary on the same blocks:
+``--prometheus "$(scripts/prometheus3.sh)"`` builds Prometheus 3.16, whose own
+``totalQueryableSamples`` counts subqueries' inner samples (prometheus#19165) and whose
+``samplesRead`` counts storage reads (each sample once per selector); both are printed for both
+sides.
+
+Prometheus and the client each get a core of their own (``os.sched_setaffinity``: the server
+inherits CPU 0, the bench then moves to CPU 1) when the machine has two or more, as in a
+cluster, where Prometheus runs on its node and ``recommend --once`` (or KRR) on an operator's
+machine; on a shared core the side that computes client-side (the one-shot) pays for the
+server's time as well, and the one that asks Prometheus to compute (KRR) does not.
+``--no-pin`` shares the cores as before.
 
 Both sides run with the same concurrency (3 queries in flight, the one-shot's prefetch), in
 alternating order (KRR first on even runs).  Wall time and Prometheus's own exec time: min /
@@ -28,17 +40,21 @@ warms the page cache and is discarded.  The load average is printed before and a
 machine is shared, compare ratios, not seconds.
 
     .venv/bin/python bench/bench_oneshot.py [--namespace smarthealth] [--repeat 5]
+        [--prometheus "$(scripts/prometheus3.sh)"]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +66,7 @@ from engine.oneshot import PREFETCH, run_once  # noqa: E402
 from engine.settings import load_settings  # noqa: E402
 from tests.harness.prometheus import (  # noqa: E402
     DAYS,
+    QueryCost,
     build_cluster_tsdb,
     query_cost,
     query_log_size,
@@ -106,14 +123,22 @@ async def run_unrolled(url: str, inners: list[str], at: float, days: int) -> Non
             await client.query_range(q, start, at, KRR_STEP)
 
 
-def measure(log: Path, run: object) -> tuple[float, int, int, float]:
+def measure(log: Path, run: object) -> tuple[float, QueryCost]:
     before = query_log_size(log)
     started = time.perf_counter()
     asyncio.run(run())  # type: ignore[operator]
     seconds = time.perf_counter() - started
     time.sleep(0.2)  # the query log is written after the answer
-    cost = query_cost(log, before)
-    return seconds, cost.samples, cost.queries, cost.seconds
+    return seconds, query_cost(log, before)
+
+
+def server_version(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/api/v1/status/buildinfo", timeout=5) as resp:
+        return str(json.loads(resp.read())["data"].get("version") or "?")
+
+
+def read_count(n: int | None) -> str:
+    return f"{n:,}" if n is not None else "n/a"
 
 
 def load_avg() -> str:
@@ -128,15 +153,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--namespace", default="smarthealth")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--prometheus",
+        default="prometheus",
+        help="server binary (default: Debian 2.42 on PATH; scripts/prometheus3.sh builds 3.16)",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="share the cores between server and client"
+    )
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = not args.no_pin and len(cpus) >= 2
 
     cache = Path.home() / ".cache" / "kubefinops-tests"
     cache.mkdir(parents=True, exist_ok=True)
     blocks, truth, _, end_ts = build_cluster_tsdb(cache)
     work = Path(tempfile.mkdtemp(prefix="kfo-bench-oneshot-"))
     shutil.copytree(blocks, work / "tsdb", ignore=shutil.ignore_patterns("done"))
-    server, url = start_prometheus(work / "tsdb", work)
+    if pinned:
+        os.sched_setaffinity(0, {cpus[0]})  # the server (a child) inherits it
+    server, url = start_prometheus(work / "tsdb", work, binary=args.prometheus)
+    if pinned:
+        os.sched_setaffinity(0, {cpus[1]})
     log = work / "query.log"
+    version = server_version(url)
     days = DAYS
     settings = load_settings(
         prometheus_url=url,
@@ -163,32 +203,43 @@ def main() -> None:
                 return run_unrolled(url, [i for _, i in krr], now, days)
 
             o_times, k_times, o_prom, k_prom = [], [], [], []
-            o_samples = k_samples = o_queries = k_queries = 0
+            o = k = QueryCost(0, 0, ())
             for i in range(args.repeat + 1):  # run 0 warms the page cache
                 # alternating order: neither side always runs right after the other
                 for side in ("ours", "theirs") if i % 2 else ("theirs", "ours"):
                     if side == "ours":
-                        t, o_samples, o_queries, p = measure(log, ours)
+                        t, o = measure(log, ours)
                         if i:
                             o_times.append(t)
-                            o_prom.append(p)
+                            o_prom.append(o.seconds)
                     else:
-                        t, k_samples, k_queries, p = measure(log, theirs)
+                        t, k = measure(log, theirs)
                         if i:
                             k_times.append(t)
-                            k_prom.append(p)
-            _, u_samples, _, _ = measure(log, unrolled)
-            rows.append(
-                (label, o_samples, o_queries, k_samples, u_samples, k_queries, o_times, k_times,
-                 o_prom, k_prom)
-            )  # fmt: skip
-        print(f"Prometheus 2.x, {days} days of the harness cluster at 30 s, {args.repeat} runs")
+                            k_prom.append(k.seconds)
+            _, u = measure(log, unrolled)
+            rows.append((label, o, k, u, o_times, k_times, o_prom, k_prom))
+        print(
+            f"Prometheus {version}, {days} days of the harness cluster at 30 s, {args.repeat} runs"
+        )
+        where = f"server on CPU {cpus[0]}, client on CPU {cpus[1]}" if pinned else "shared"
+        print(f"cores: {where}")
         print(f"load average: {load_before} before, {load_avg()} after")
-        for label, o_s, o_q, k_s, u_s, k_q, o_t, k_t, o_p, k_p in rows:
+        for label, o, k, u, o_t, k_t, o_p, k_p in rows:
+            o_s, k_s, u_s = o.samples, k.samples, u.samples
             print(f"\n== {label}   (min / median / max)")
-            print(f"  one-shot       samples {o_s:>10,}  queries {o_q:>4}  wall s {spread(o_t)}")
-            print(f"  KRR (logged)   samples {k_s:>10,}  queries {k_q:>4}  wall s {spread(k_t)}")
+            print(
+                f"  one-shot       samples {o_s:>10,}  queries {o.queries:>4}  wall s {spread(o_t)}"
+            )
+            print(
+                f"  KRR (logged)   samples {k_s:>10,}  queries {k.queries:>4}  wall s {spread(k_t)}"
+            )
             print(f"  KRR (unrolled) samples {u_s:>10,}  (the same windows as range queries)")
+            print(
+                f"  samplesRead (storage reads, Prometheus >= 3.13): one-shot "
+                f"{read_count(o.samples_read)}, KRR {read_count(k.samples_read)}, KRR unrolled "
+                f"{read_count(u.samples_read)}"
+            )
             print(
                 f"  Prometheus exec time, summed over queries (s): one-shot {spread(o_p)}, "
                 f"KRR {spread(k_p)}"
@@ -197,9 +248,11 @@ def main() -> None:
             per_run = sorted(o / k for o, k in pairs)
             prom_run = sorted(o / k for o, k in zip(o_p, k_p, strict=True))
             print(
-                f"  ratio one-shot/KRR: samples {o_s / k_s:.2f} logged, {o_s / u_s:.2f} actually "
-                "read (the one-shot asks no subquery: its logged samples are all it reads)"
+                f"  ratio one-shot/KRR: samples {o_s / k_s:.2f} logged, {o_s / u_s:.2f} of KRR "
+                "unrolled (the one-shot asks no subquery: its logged samples are all it reads)"
             )
+            if o.samples_read is not None and k.samples_read:
+                print(f"    samplesRead: {o.samples_read / k.samples_read:.2f}")
             print(
                 f"    wall time: medians {statistics.median(o_t) / statistics.median(k_t):.2f}, "
                 f"per run {per_run[0]:.2f}-{per_run[-1]:.2f}; Prometheus exec: medians "

@@ -483,8 +483,14 @@ def build_cluster_tsdb(cache_root: Path, now: float | None = None) -> tuple[Path
 
 
 def start_prometheus(
-    tsdb_dir: Path, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+    tsdb_dir: Path,
+    workdir: Path,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    binary: str = "prometheus",
 ) -> tuple[Server, str]:
+    """A Prometheus on ``tsdb_dir`` logging every query; ``binary`` is the Debian package's 2.42
+    unless told otherwise (``scripts/prometheus3.sh`` builds a 3.x for the one-shot bench)."""
     port = port or free_port()
     config = workdir / "prometheus.yml"
     # Prometheus's own query log: what every query cost it (stats.samples.totalQueryableSamples)
@@ -495,7 +501,7 @@ def start_prometheus(
     server = Server(
         "prometheus",
         [
-            "prometheus",
+            binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={tsdb_dir}",
             "--storage.tsdb.retention.time=30d",
@@ -521,6 +527,9 @@ class QueryCost:
     samples: int  # sum of stats.samples.totalQueryableSamples
     exprs: tuple[str, ...]
     seconds: float = 0.0  # sum of stats.timings.execTotalTime: Prometheus's own time
+    # sum of stats.samples.samplesRead (Prometheus >= 3.13: storage reads, each sample once per
+    # selector however many windows reuse it); None when the server does not report it
+    samples_read: int | None = None
 
 
 def query_log_size(log: Path) -> int:
@@ -534,11 +543,13 @@ def query_cost(log: Path, since: int = 0) -> QueryCost:
     with log.open("rb") as fh:
         fh.seek(since)
         entries = [json.loads(line) for line in fh.read().splitlines() if line.strip()]
+    read = [e["stats"]["samples"].get("samplesRead") for e in entries]
     return QueryCost(
         len(entries),
         sum(int(e["stats"]["samples"]["totalQueryableSamples"]) for e in entries),
         tuple(str(e["params"]["query"]) for e in entries),
         sum(float(e["stats"]["timings"].get("execTotalTime", 0.0)) for e in entries),
+        sum(int(r) for r in read) if read and None not in read else None,
     )
 
 
