@@ -139,6 +139,41 @@ def _install_seek_reset(app: faust.App) -> None:
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
 
 
+def _install_keep_queued_on_resume() -> None:
+    """Make ``FlowControlEvent.resume`` leave the agents' queues as they are when the flow
+    already runs (a class-level patch, installed once per process: a worker runs one app).
+
+    Faust clears every agent queue on *each* ``resume()``.  At the end of a table recovery
+    (``Recovery.on_recovery_completed``) it resumes the stream partitions, seeks them to their
+    committed offsets, then calls ``resume()`` again -- while the consumer's flow has been
+    running since the restore began.  Records fetched after the seek can already be in an
+    agent's queue then: the clear drops them and the fetch position is past them.  Nothing
+    tracked them as unacked, and Faust's ``Consumer._new_offset`` accepts acked offsets that
+    start one past the committed one: one dropped record is committed over -- lost; two or more
+    stop the partition's commits for good.  Both were seen in CI, once each:
+    ``test_topics_cli`` (a restarted worker's aggregator never ingested the first record after
+    its committed offset; the cycle-end behind it was recommended without it) and
+    ``test_recovery``'s SIGKILL restart (the committed offsets never reached the end).
+    Stale records are dropped where it matters already: a revocation suspends the flow and
+    clears the queues, and the streams skip an event of another consumer generation.  Keeping
+    what was queued while the flow ran can deliver a record fetched before the seek a second
+    time (after it): at-least-once, which the handlers are built for (idempotent ingest, the
+    same recommendation id for a recomputed cycle-end, one commit per cycle)."""
+    from mode.utils.queues import FlowControlEvent
+
+    original = FlowControlEvent.resume
+    if getattr(original, "_kubefinops_keep_queued", False):
+        return
+
+    def resume(self: FlowControlEvent) -> None:
+        if self.is_active():
+            return
+        original(self)
+
+    resume._kubefinops_keep_queued = True  # type: ignore[attr-defined]
+    FlowControlEvent.resume = resume  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     request_timeout = max(40.0, settings.broker_session_timeout + 10)
@@ -181,6 +216,7 @@ def create_app(settings: Settings) -> faust.App:
         logging_config=None,
     )
     _install_seek_reset(app)
+    _install_keep_queued_on_resume()
     if settings.kafka_group_instance_id:
         # cast: mode types handlers with mypy_extensions' NamedArg, which no plain def matches
         app.on_before_shutdown.connect(cast(Any, leave_group_on_stop))
