@@ -178,15 +178,26 @@ def confidence(
 # --- CPU -----------------------------------------------------------------------------------------
 
 
-ADAPTIVE_PERCENTILES = (90.0, 95.0, 97.0, 98.0, 99.0, 100.0)
+_ADAPTIVE_PERCENTILES = (90.0, 95.0, 97.0, 98.0, 99.0, 100.0)
+
+
+def adaptive_candidates(
+    summary: UsageSummary, params: EstimatorParams
+) -> list[tuple[float, float, str]]:
+    """``(score, value, label)`` of every percentile p the adaptive rule weighs, in rising p:
+    the score is ``value(p) x (1 + headroom) + cpu_burst_cost x (1 - p/100)``."""
+    out = []
+    for p in (q for q in _ADAPTIVE_PERCENTILES if q >= params.cpu_percentile - 5):
+        value, label = quantile(summary, p)
+        score = value * (1 + params.cpu_headroom) + params.cpu_burst_cost * (1 - p / 100)
+        out.append((score, value, label))
+    return out
 
 
 def adaptive_percentile(summary: UsageSummary, params: EstimatorParams) -> tuple[float, str]:
-    """The percentile p minimising ``value(p) + cpu_burst_cost * (1 - p/100)`` (see params)."""
+    """The percentile p with the lowest score (:func:`adaptive_candidates`; see params)."""
     best: tuple[float, float, str] | None = None
-    for p in (q for q in ADAPTIVE_PERCENTILES if q >= params.cpu_percentile - 5):
-        value, label = quantile(summary, p)
-        score = value * (1 + params.cpu_headroom) + params.cpu_burst_cost * (1 - p / 100)
+    for score, value, label in adaptive_candidates(summary, params):
         if best is None or score < best[0] - 1e-12:
             best = (score, value, label)
     assert best is not None

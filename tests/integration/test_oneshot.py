@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 
 from engine.adapters.prometheus import Collector, PrometheusClient
 from engine.core.collect import plan_chunks
-from engine.core.estimators import ADAPTIVE_PERCENTILES, cpu_request_base, quantile
+from engine.core.estimators import adaptive_candidates, cpu_request_base
 from engine.core.model import UsageSummary
 from engine.core.policy import DEFAULT_POLICY
 from engine.core.quantity import ceil_cpu
@@ -158,11 +158,10 @@ def _expected_cpus(rates: list[float], current: float | None, shift: float) -> s
     best = cpu_request_base(truth, params).value or 0.0
     candidates = {best}
     if params.cpu_percentile_mode == "adaptive":
-        scored = []
-        for pct in (p for p in ADAPTIVE_PERCENTILES if p >= params.cpu_percentile - 5):
-            value, _ = quantile(truth, pct)
-            score = value * (1 + params.cpu_headroom) + params.cpu_burst_cost * (1 - pct / 100)
-            scored.append((score, value * (1 + params.cpu_headroom)))
+        scored = [
+            (score, value * (1 + params.cpu_headroom))
+            for score, value, _ in adaptive_candidates(truth, params)
+        ]
         low = min(score + SKETCH_ERROR * target for score, target in scored)
         candidates |= {t for score, t in scored if score - SKETCH_ERROR * t <= low}
 
