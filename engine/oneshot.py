@@ -46,6 +46,7 @@ from engine.core.selection import (
     Selection,
     counter_rate_arrays,
     join_matchers,
+    left_open_ranges,
     max_per_time,
     pod_matcher,
     window_maxima,
@@ -86,6 +87,7 @@ class Fold:
                 clean,
                 history_seconds=self.history_seconds,
                 window_seconds=self.window_seconds,
+                validated=True,  # validate_arrays' checks include ingest's own
             )
             self.samples += result.accepted
             for reason, n in result.rejected:
@@ -153,7 +155,12 @@ def recommend_all(
 
 
 ONESHOT_CHUNK_SECONDS = 43200  # 2 chunks a day: Python folds one while Prometheus reads the next
-PREFETCH = 3  # chunks in flight while the previous ones are folded (in order)
+PREFETCH = 3  # chunks asked for or parsed ahead of the fold (in order): bounds the memory
+# Queries awaiting Prometheus at once (not their parsing): two chunks' CPU and memory.  Fewer
+# than every prefetched chunk's, so the server answers the chunks about in order and each is
+# parsed and folded while the next ones are computed; more than one chunk's, so the server
+# never waits for a request while the client parses (bench/bench_oneshot.py, pinned cores).
+IN_FLIGHT = 4
 Progress = Callable[[int, int], None]
 
 
@@ -183,10 +190,22 @@ def cpu_counter_expr(matchers: str) -> str:
 
 def memory_raw_expr(matchers: str, seconds: int) -> str:
     """Every raw working-set sample of the last ``seconds`` (an instant range selector: no
-    per-step evaluation, the cheapest read Prometheus has); the client takes the per-step peaks
-    the worker's ``max_over_time(...[step])`` takes."""
+    per-step evaluation, the cheapest read Prometheus 2.x has); the client takes the per-step
+    peaks the worker's ``max_over_time(...[step])`` takes (:func:`memory_peaks`)."""
     sel = join_matchers('container!=""', 'container!="POD"', matchers)
     return f"container_memory_working_set_bytes{{{sel}}}[{seconds}s]"
+
+
+def memory_peak_expr(matchers: str, step: int) -> str:
+    """The worker's own memory query (:func:`engine.core.collect.memory_expr`) with the
+    selection's matchers, for a server whose range selectors are left-open (Prometheus >= 3):
+    there it reads each raw sample exactly once, as the raw read does, and sends one point per
+    step instead of every sample (half the numbers to parse at a 30 s scrape)."""
+    sel = join_matchers('container!=""', 'container!="POD"', matchers)
+    return (
+        "max by (namespace, pod, container) (max_over_time(container_memory_working_set_bytes"
+        f"{{{sel}}}[{step}s]))"
+    )
 
 
 def group_by_container(
@@ -280,8 +299,13 @@ async def collect(
     client: PrometheusClient,
     selection: Selection = Selection(),
     progress: Progress | None = None,
+    left_open: bool | None = None,
 ) -> list[WorkloadSpec]:
-    """Read every chunk of the history window into ``fold``; return the specs at its end."""
+    """Read every chunk of the history window into ``fold``; return the specs at its end.
+
+    ``left_open``: whether the server reads range selectors left-open, which picks how memory
+    peaks are read (:func:`memory_peak_expr` or :func:`memory_raw_expr`); None asks the
+    server's build info (:func:`left_open_ranges`)."""
     step = oneshot_step(settings)
     chunks = plan_chunks(
         None,
@@ -296,6 +320,10 @@ async def collect(
     window = (chunks[0][0], chunks[-1][1])
     at = window[1]
     ns = selection.namespace_matcher()
+    if left_open is None:
+        # The server's version picks the memory query's shape: one round trip to an idle
+        # server (~1 ms), before the queries that would delay its answer.
+        left_open = left_open_ranges(await client.build_version())
     pending: list[asyncio.Future[Any]] = []
     # Round trips overlap: the owners (index only), the specs at the window's end and the first
     # chunks are asked for at once; only a label selector needs its pods before the usage.
@@ -319,22 +347,32 @@ async def collect(
     )
     steps = rate_steps(settings)
     cpu_q = cpu_counter_expr(matchers)
-    gate = asyncio.Semaphore(PREFETCH)
+    ahead = asyncio.Semaphore(PREFETCH)  # released by the fold of the chunk that took it
+
+    async def peaks_of(first: float, end: float) -> list[SeriesArrays]:
+        """The worker's memory samples (per-step peaks) of the chunk evaluated ``first..end``."""
+        if left_open:
+            # Prometheus >= 3: the worker's own query, each raw sample read once
+            return await client.query_range_arrays(
+                memory_peak_expr(matchers, step), first, end, step
+            )
+        # 2.x: the raw samples from the first window's left end ([t - step, t] is closed
+        # there), the peaks taken here as the worker's 2.x windows take them
+        raw = await client.query_arrays(memory_raw_expr(matchers, int(end - first) + step), end)
+        return memory_peaks(raw, first, end, step)
 
     async def fetch(start: float, end: float) -> list[ContainerArrays]:
+        await ahead.acquire()
         first = eval_start(start, end, step)
         if first is None:
             return []
-        async with gate:  # coroutines made here, awaited at once: none left unawaited
-            counters, memory = await asyncio.gather(
-                # the counter from one rate window before the chunk: its first rate is whole
-                client.query_range_arrays(cpu_q, first - steps * step, end, step),
-                # raw samples from the first window's left end ([t - step, t] is closed)
-                client.query_arrays(memory_raw_expr(matchers, int(end - first) + step), end),
-            )
+        counters, peaks = await asyncio.gather(  # coroutines made here, awaited at once
+            # the counter from one rate window before the chunk: its first rate is whole
+            client.query_range_arrays(cpu_q, first - steps * step, end, step),
+            peaks_of(first, end),
+        )
         owners, _ = await owners_ready
         cpu = cpu_rates(counters, step, steps)
-        peaks = memory_peaks(memory, first, end, step)
         return build_batch_arrays(cpu, peaks, owners, start, end)
 
     tasks = [asyncio.ensure_future(fetch(start, end)) for start, end in chunks]
@@ -342,7 +380,10 @@ async def collect(
     try:
         await owners_ready  # a selection matching nothing fails here, before any folding
         for i, task in enumerate(tasks, 1):
-            fold.add(await task, now)  # in chunk order: the fold keeps per-container marks
+            try:
+                fold.add(await task, now)  # in chunk order: the fold keeps per-container marks
+            finally:
+                ahead.release()
             if progress is not None:
                 progress(i, len(chunks))
             log.debug("chunk %d/%d: %d containers", i, len(chunks), len(fold.usage))
@@ -407,7 +448,7 @@ async def run_once(
         namespaces=frozenset(selection.namespaces),
     )
     owned = client is None
-    client = client or PrometheusClient(settings, compress=False)
+    client = client or PrometheusClient(settings, compress=False, max_in_flight=IN_FLIGHT)
     try:
         specs = await collect(
             settings, fold, now=now, client=client, selection=selection, progress=progress

@@ -11,6 +11,7 @@ functions of :mod:`engine.core.collect`; the watermarks live with the caller (a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -81,6 +82,7 @@ class PrometheusClient:
         backoff_max: float = 8.0,
         session: aiohttp.ClientSession | None = None,
         compress: bool = True,
+        max_in_flight: int | None = None,
     ) -> None:
         self.base_url = settings.prometheus_url.rstrip("/")
         # ``compress=False`` asks for identity encoding: gzipping a large matrix costs Prometheus
@@ -94,6 +96,10 @@ class PrometheusClient:
         self._session = session
         self._own_session = session is None
         self._where = redact_url(self.base_url)
+        # ``max_in_flight``: requests awaiting their answer at once (not their parsing).  A
+        # server given fewer queries at a time finishes the first ones sooner, so the caller
+        # can parse one answer while the next is computed (the one-shot's pipeline).
+        self._in_flight = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
     async def __aenter__(self) -> PrometheusClient:
         return self
@@ -152,6 +158,24 @@ class PrometheusClient:
         form += [("start", f"{start:.3f}"), ("end", f"{end:.3f}")]
         return await self._call("/api/v1/series", form, "series")
 
+    async def build_version(self) -> str | None:
+        """The server's version from ``/api/v1/status/buildinfo``, or None when it does not say
+        (a Prometheus-compatible store without that endpoint, an unreachable server: the queries
+        that follow report those).  One attempt, no retries: callers only pick a query shape
+        by it, and every shape is correct PromQL."""
+        try:
+            async with self._client().get(
+                self.base_url + "/api/v1/status/buildinfo", headers=self._headers
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                doc: Any = orjson.loads(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return None
+        data = doc.get("data") if isinstance(doc, dict) else None
+        version = data.get("version") if isinstance(data, dict) else None
+        return version if isinstance(version, str) else None
+
     async def query(self, expr: str, at: float) -> list[Series]:
         form = {"query": expr, "time": f"{at:.3f}", "timeout": f"{self.timeout:g}s"}
         return await self._call("/api/v1/query", form, "vector")
@@ -180,15 +204,21 @@ class PrometheusClient:
     async def _once(
         self, path: str, form: dict[str, str] | list[tuple[str, str]], expect: str
     ) -> Any:
+        slot = self._in_flight or contextlib.nullcontext()
         try:
-            async with self._client().post(
-                self.base_url + path, data=form, headers=self._headers
-            ) as resp:
+            async with (
+                slot,
+                self._client().post(self.base_url + path, data=form, headers=self._headers) as resp,
+            ):
                 body = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             PROMETHEUS_QUERIES.labels(outcome="retry").inc()
             raise _Transient(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        if self._in_flight is not None:
+            # let a request waiting for this slot go out before this body is parsed (the
+            # parse holds the loop): the server computes it meanwhile instead of idling
+            await asyncio.sleep(0)
         if status >= 500 or status == 429:
             PROMETHEUS_QUERIES.labels(outcome="retry").inc()
             raise _Transient(f"HTTP {status}")

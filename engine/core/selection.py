@@ -198,14 +198,18 @@ def counter_rate_arrays(
     if steps == 1:
         return t[1:][ok], increase[ok] / dt[ok]
 
-    def window_sum(x: FloatArray) -> FloatArray:
-        summed: FloatArray = np.lib.stride_tricks.sliding_window_view(x, steps).sum(axis=1)
-        return summed
-
-    full = np.lib.stride_tricks.sliding_window_view(ok, steps).all(axis=1)
-    inc = window_sum(np.where(ok, increase, 0.0))[full]
-    span = window_sum(np.where(ok, dt, 0.0))[full]
-    return t[steps:][full], inc / span
+    # Window sums as ``steps`` shifted slices added in order (a strided window view costs
+    # ~15 µs a call in setup alone, most of it for the usual 2-step window).
+    n = ok.size - steps + 1
+    full = ok[:n].copy()
+    inc = np.where(ok, increase, 0.0)
+    span = np.where(ok, dt, 0.0)
+    inc_sum, span_sum = inc[:n].copy(), span[:n].copy()
+    for i in range(1, steps):
+        full &= ok[i : n + i]
+        inc_sum += inc[i : n + i]
+        span_sum += span[i : n + i]
+    return t[steps:][full], inc_sum[full] / span_sum[full]
 
 
 def max_per_time(t: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -218,6 +222,18 @@ def max_per_time(t: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray]:
     starts = np.flatnonzero(np.concatenate(([True], t[1:] != t[:-1])))
     peaks: FloatArray = np.maximum.reduceat(v, starts)
     return t[starts], peaks
+
+
+_VERSION = re.compile(r"v?(\d+)\.\d+")
+
+
+def left_open_ranges(version: str | None) -> bool:
+    """Whether a server of this ``buildinfo`` version reads range selectors left-open
+    (``(t - r, t]``: Prometheus 3.0 and later), so that ``max_over_time(x[step])`` at every step
+    reads each raw sample once; Prometheus 2.x reads ``[t - r, t]`` and counts a sample on a
+    boundary twice.  An unknown version counts as 2.x (the raw-sample read works on both)."""
+    found = _VERSION.match(version or "")
+    return found is not None and int(found.group(1)) >= 3
 
 
 def window_maxima(

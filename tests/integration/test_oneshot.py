@@ -361,10 +361,15 @@ def test_a_selection_matching_nothing_is_one_line_and_exit_5(
     assert named in lines[0]
 
 
-def test_the_recommendation_is_the_workers(prometheus: PromInfo) -> None:
+@pytest.mark.parametrize("left_open", [False, True], ids=["raw-memory", "memory-peaks"])
+def test_the_recommendation_is_the_workers(prometheus: PromInfo, left_open: bool) -> None:
     """The one-shot's targets and usage percentiles equal the worker's (its collector's queries,
     chunks and step, folded by the aggregator's checks and ingest) on the same Prometheus and
-    window, within the sketch's relative accuracy (1%) and the rounding to 1m / 1Mi."""
+    window, within the sketch's relative accuracy (1%) and the rounding to 1m / 1Mi.
+
+    Both memory reads: the raw samples peaked client-side (what it reads from Prometheus 2.x,
+    the harness's server) and the worker's own peak query (what it reads from Prometheus 3,
+    whose left-open windows read each raw sample once)."""
     s = load_settings(
         prometheus_url=prometheus.url,
         history_days=HISTORY_DAYS,
@@ -402,7 +407,7 @@ def test_the_recommendation_is_the_workers(prometheus: PromInfo) -> None:
     async def oneshot() -> list[Any]:
         fold = Fold(history_seconds=s.history_seconds, window_seconds=s.usage_window_seconds)
         async with PrometheusClient(s, compress=False) as client:
-            specs = await collect(s, fold, now=now, client=client)
+            specs = await collect(s, fold, now=now, client=client, left_open=left_open)
         return recommend_all(specs, fold, s, now=now)[0]
 
     def by_container(recs: list[Any]) -> dict[str, Any]:

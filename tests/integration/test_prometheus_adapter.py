@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from engine.adapters.prometheus import BadQuery, Collector, PrometheusClient
 from engine.core.collect import count_samples, cpu_expr, plan_chunks
 from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
 from engine.core.samples import validate_chunk
+from engine.core.selection import left_open_ranges
 from engine.errors import DependencyUnavailable
 from engine.settings import Settings, load_settings
 from tests.harness.proc import free_port
@@ -224,6 +226,21 @@ async def test_hourly_cycle_reads_a_fraction_of_a_full_requery(
     assert count_samples(batches) == full.samples_read
     assert collector.samples_read * 40 < full.samples_read
     assert len(specs) == len(CLUSTER)
+
+
+async def test_build_version_reads_buildinfo_or_says_none(
+    prometheus: PromInfo, flaky: tuple[str, list[str], dict[str, Any]]
+) -> None:
+    """The real server's version (the harness runs Debian's 2.x: closed range windows); a
+    server without the endpoint and a closed port both give None, never an error."""
+    async with _client(prometheus.url) as client:
+        version = await client.build_version()
+    assert version is not None and re.match(r"\d+\.\d+\.\d+", version), version
+    assert left_open_ranges(version) is (int(version.split(".")[0]) >= 3)
+    async with _client(flaky[0]) as client:
+        assert await client.build_version() is None
+    async with _client(f"http://127.0.0.1:{free_port()}") as client:
+        assert await client.build_version() is None
 
 
 async def test_bad_query_is_permanent(prometheus: PromInfo) -> None:

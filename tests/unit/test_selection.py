@@ -9,6 +9,7 @@ from engine.core.selection import (
     Selection,
     counter_rate_arrays,
     counter_rates,
+    left_open_ranges,
     max_per_time,
     parse_selector,
     pod_matcher,
@@ -77,6 +78,46 @@ def test_counter_rates_over_two_steps_are_promql_rates_over_the_window() -> None
     assert list(zip(one_t.tolist(), one.tolist(), strict=True)) == counter_rates(
         list(zip(t.tolist(), v.tolist(), strict=True)), 60
     )
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5])
+def test_counter_rate_windows_of_any_length_match_a_plain_loop(steps: int) -> None:
+    """The shifted-slice window sums against the definition, on a counter with resets, gaps
+    (a missing step, a longer absence) and uneven scrapes."""
+    rng = np.random.default_rng(7)
+    t = np.cumsum(rng.choice([60.0, 60, 60, 61, 120, 300], size=400))
+    v = np.cumsum(rng.uniform(0, 30, size=400))
+    v[150:] -= v[150] - 2.0  # a reset
+    ts, rates = counter_rate_arrays(t, v, 60, steps)
+    want_t, want = [], []
+    for i in range(steps, t.size):
+        dts = [t[j] - t[j - 1] for j in range(i - steps + 1, i + 1)]
+        if all(0 < d <= 90 for d in dts):
+            incs = [
+                v[j] - v[j - 1] if v[j] >= v[j - 1] else v[j] for j in range(i - steps + 1, i + 1)
+            ]
+            want_t.append(t[i])
+            want.append(sum(incs) / sum(dts))
+    assert ts.tolist() == want_t
+    assert rates == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("version", "left_open"),
+    [
+        ("3.16.0", True),
+        ("3.0.0-rc.1", True),
+        ("v3.1.0", True),
+        ("10.2.1", True),
+        ("2.42.0", False),
+        ("2.55.1+dirty", False),
+        ("", False),
+        (None, False),
+        ("unknown", False),
+    ],
+)
+def test_left_open_ranges_from_prometheus_3(version: str | None, left_open: bool) -> None:
+    assert left_open_ranges(version) is left_open
 
 
 def test_window_maxima_are_max_over_time_of_closed_windows() -> None:
