@@ -28,6 +28,7 @@ from engine.core.collect import (
     OWNER_METRICS,
     ContainerArrays,
     Owners,
+    Series,
     SeriesArrays,
     build_batch_arrays,
     build_specs,
@@ -261,10 +262,12 @@ async def discover(
     the API server); raises :class:`NoMatch` when nothing is selected.
     """
     ns = selection.namespace_matcher()
-    owner_series = await asyncio.gather(
-        *(client.series([f"{m}{{{ns}}}"], start, end) for m in OWNER_METRICS)
-    )
-    owners = Owners.build(*owner_series)
+    # one request for the three owner metrics (each series carries its ``__name__``)
+    found_owners = await client.series([f"{m}{{{ns}}}" for m in OWNER_METRICS], start, end)
+    by_metric: dict[str, list[Series]] = {m: [] for m in OWNER_METRICS}
+    for s in found_owners:
+        by_metric.get(s.labels.get("__name__", ""), []).append(s)
+    owners = Owners.build(*(by_metric[m] for m in OWNER_METRICS))
     matchers = ns
     if selection.labels:
         sel = join_matchers(ns, selection.label_matchers())

@@ -141,7 +141,9 @@ class PrometheusClient:
     ) -> list[SeriesArrays]:
         """:meth:`query_range` with each series' samples as numpy arrays."""
         form = self._range_form(expr, start, end, step)
-        return await self._call("/api/v1/query_range", form, "matrix-arrays")
+        # the grid the answer's timestamps are on: Prometheus evaluates at start + k * step
+        grid = (float(form["start"]), step)
+        return await self._call("/api/v1/query_range", form, "matrix-arrays", grid)
 
     async def query_arrays(self, expr: str, at: float) -> list[SeriesArrays]:
         """An instant query whose answer is a matrix (a range selector: raw samples), each
@@ -181,7 +183,11 @@ class PrometheusClient:
         return await self._call("/api/v1/query", form, "vector")
 
     async def _call(
-        self, path: str, form: dict[str, str] | list[tuple[str, str]], expect: str
+        self,
+        path: str,
+        form: dict[str, str] | list[tuple[str, str]],
+        expect: str,
+        grid: tuple[float, int] | None = None,
     ) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
@@ -192,7 +198,7 @@ class PrometheusClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(path, form, expect)
+                    return await self._once(path, form, expect, grid)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             PROMETHEUS_QUERIES.labels(outcome="unavailable").inc()
@@ -202,7 +208,11 @@ class PrometheusClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(
-        self, path: str, form: dict[str, str] | list[tuple[str, str]], expect: str
+        self,
+        path: str,
+        form: dict[str, str] | list[tuple[str, str]],
+        expect: str,
+        grid: tuple[float, int] | None = None,
     ) -> Any:
         slot = self._in_flight or contextlib.nullcontext()
         try:
@@ -229,7 +239,7 @@ class PrometheusClient:
             )
         if expect == "matrix-arrays" and status < 400:
             try:
-                result: Any = parse_matrix_body(body, orjson.loads)
+                result: Any = parse_matrix_body(body, orjson.loads, grid)
             except ValueError:
                 PROMETHEUS_QUERIES.labels(outcome="retry").inc()
                 raise _Transient(f"HTTP {status} with a body that is not JSON") from None

@@ -280,7 +280,37 @@ def parse_matrix(doc: Any) -> list[SeriesArrays]:
 _VALUES = b'"values":['
 
 
-def parse_matrix_body(body: bytes, loads: Callable[[bytes], Any]) -> list[SeriesArrays]:
+def _grid_times(flat: list[Any], grid: tuple[float, int] | None) -> FloatArray | None:
+    """The timestamps of a series of ``flat`` ``[t0, v0, t1, v1, ...]`` when they are every
+    point of a range query's grid (``grid``: its start and step) from the first to the last,
+    computed instead of converted — in milliseconds, as Prometheus makes them, so each is the
+    float its text parses to; None when a point is missing or off the grid."""
+    if grid is None or len(flat) < 2:
+        return None
+    first, last = flat[0], flat[-2]
+    if not isinstance(first, int | float) or not isinstance(last, int | float):
+        return None
+    try:
+        start_ms, step_ms = round(grid[0] * 1000), int(grid[1]) * 1000
+        first_ms, last_ms = round(first * 1000), round(last * 1000)
+    except (OverflowError, ValueError):  # an infinite or NaN timestamp
+        return None
+    n = len(flat) // 2
+    if (
+        step_ms <= 0
+        or first_ms / 1000 != first  # whole milliseconds, as Prometheus writes them
+        or last_ms / 1000 != last
+        or (first_ms - start_ms) % step_ms
+        or last_ms - first_ms != (n - 1) * step_ms
+    ):
+        return None
+    times: FloatArray = (first_ms + np.arange(n, dtype=np.int64) * step_ms) / 1000.0
+    return times
+
+
+def parse_matrix_body(
+    body: bytes, loads: Callable[[bytes], Any], grid: tuple[float, int] | None = None
+) -> list[SeriesArrays]:
     """:func:`parse_matrix` of a raw matrix body without a Python list per sample.
 
     Prometheus writes each series' samples as ``"values":[[ts,"v"],...]``, numbers only: those
@@ -288,7 +318,9 @@ def parse_matrix_body(body: bytes, loads: Callable[[bytes], Any]) -> list[Series
     (``loads``, orjson in production: ~0.1 µs a number, half numpy's text parser); the rest, the
     labels, is decoded on its own.  A body of any other layout, or numbers that are not plain
     (``"NaN"``, ``"+Inf"``), take the checked path (``loads`` then :func:`parse_matrix`), so the
-    answer and the errors are the same.
+    answer and the errors are the same.  ``grid`` (a range query's start and step): a series
+    with every point of the grid between its first and last gets its timestamps computed, not
+    converted (:func:`_grid_times`: ~60 % of the conversion), the same floats either way.
     """
     parts: list[bytes] = []
     runs: list[bytes] = []
@@ -315,10 +347,21 @@ def parse_matrix_body(body: bytes, loads: Callable[[bytes], Any]) -> list[Series
         for series, run in zip(skeleton, runs, strict=True):
             # one series at a time: a Python float per number lives only that long
             numbers = run.translate(None, b'[]"')
-            flat = np.array(loads(b"[" + numbers + b"]"), dtype=np.float64)
-            if flat.ndim != 1 or flat.size != (2 * (run.count(b"],[") + 1) if run else 0):
+            items = loads(b"[" + numbers + b"]")
+            if not isinstance(items, list) or len(items) != (
+                2 * (run.count(b"],[") + 1) if run else 0
+            ):
                 raise MalformedResponse("layout")
-            ts, values = flat[0::2], flat[1::2]
+            times = _grid_times(items, grid)
+            if times is None:
+                flat = np.array(items, dtype=np.float64)
+                if flat.ndim != 1:
+                    raise MalformedResponse("layout")
+                ts, values = flat[0::2], flat[1::2]
+            else:
+                ts, values = times, np.array(items[1::2], dtype=np.float64)
+                if values.ndim != 1:
+                    raise MalformedResponse("layout")
             keep = np.isfinite(ts) & np.isfinite(values)
             if not keep.all():
                 ts, values = ts[keep], values[keep]

@@ -164,6 +164,36 @@ def test_the_matrix_body_parser_equals_the_checked_one(body: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("grid", "values"),
+    [
+        ((120.0, 60), '[120,"1"],[180,"2.5"],[240,"3"]'),  # every point: times computed
+        ((120.0, 60), '[180,"1"],[240,"2"]'),  # starts later, still whole
+        ((120.0, 60), '[120,"1"],[240,"3"]'),  # a point missing: converted
+        ((120.0, 60), '[150,"1"],[210,"2"]'),  # off the grid
+        ((0.5, 60), '[0.5,"1"],[60.5,"2"],[120.5,"4e-3"]'),  # a start with a fraction
+        ((1700000000.123, 30), '[1700000000.123,"7"],[1700000030.123,"8"]'),
+        ((120.0, 60), '[120,"1"],[180,"NaN"],[240,"+Inf"]'),  # non-finite: the checked path
+        ((120.0, 60), '[120,"1"]'),  # one point
+        ((120.0, 60), ""),  # none
+        ((120.0, 60), '[120.0004,"1"],[180.0004,"2"]'),  # not whole milliseconds
+    ],
+)
+def test_range_timestamps_computed_from_the_grid_equal_the_parsed_ones(
+    grid: tuple[float, int], values: str
+) -> None:
+    body = (
+        '{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"p":"a"},'
+        f'"values":[{values}]}},{{"metric":{{"p":"b"}},"values":[[120,"9"]]}}]}}}}'
+    ).encode()
+    want = parse_matrix(json.loads(body))
+    for loads in (json.loads, orjson.loads):
+        got = parse_matrix_body(body, loads, grid)
+        _same_arrays(got, want)
+        for g, w in zip(got, want, strict=True):  # the same floats, bit for bit
+            assert g.ts.tobytes() == w.ts.tobytes()
+
+
+@pytest.mark.parametrize(
     "body",
     [
         b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},'
@@ -551,3 +581,30 @@ def test_the_matrix_body_parser_agrees_on_any_series(
     body = json.dumps(doc, separators=(",", ":")).encode()
     for loads in (json.loads, orjson.loads):  # orjson refuses integers past 64 bits: fallback
         _same_arrays(parse_matrix_body(body, loads), parse_matrix(json.loads(body)))
+
+
+@given(
+    start_ms=st.integers(946_684_800_000, 4_102_444_800_000),
+    step=st.sampled_from([1, 15, 60, 300]),
+    present=st.lists(st.booleans(), min_size=1, max_size=40),
+    first=st.integers(0, 5),
+    values=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=40, max_size=40),
+)
+def test_grid_timestamps_equal_the_parsed_ones_with_any_gaps(
+    start_ms: int, step: int, present: list[bool], first: int, values: list[float]
+) -> None:
+    """A range answer's points on the grid from ``start`` (any millisecond), some missing: the
+    computed timestamps are the parsed floats bit for bit, and a gap falls back."""
+    start = start_ms / 1000
+    points = [
+        [(start_ms + (first + i) * step * 1000) / 1000, repr(v)]
+        for i, (keep, v) in enumerate(zip(present, values, strict=False))
+        if keep
+    ]
+    doc = {"status": "success", "data": {"resultType": "matrix", "result": []}}
+    doc["data"]["result"] = [{"metric": {"pod": "a"}, "values": points}]  # type: ignore[index]
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    want = parse_matrix(json.loads(body))
+    got = parse_matrix_body(body, orjson.loads, (start, step))
+    _same_arrays(got, want)
+    assert got[0].ts.tobytes() == want[0].ts.tobytes()
