@@ -33,6 +33,7 @@ from engine.core.collect import (
     build_batch_arrays,
     build_specs,
     eval_start,
+    memory_expr,
     plan_chunks,
     spec_expr,
 )
@@ -197,18 +198,6 @@ def memory_raw_expr(matchers: str, seconds: int) -> str:
     return f"container_memory_working_set_bytes{{{sel}}}[{seconds}s]"
 
 
-def memory_peak_expr(matchers: str, step: int) -> str:
-    """The worker's own memory query (:func:`engine.core.collect.memory_expr`) with the
-    selection's matchers, for a server whose range selectors are left-open (Prometheus >= 3):
-    there it reads each raw sample exactly once, as the raw read does, and sends one point per
-    step instead of every sample (half the numbers to parse at a 30 s scrape)."""
-    sel = join_matchers('container!=""', 'container!="POD"', matchers)
-    return (
-        "max by (namespace, pod, container) (max_over_time(container_memory_working_set_bytes"
-        f"{{{sel}}}[{step}s]))"
-    )
-
-
 def group_by_container(
     series: list[SeriesArrays],
 ) -> dict[tuple[str, str, str], list[SeriesArrays]]:
@@ -307,8 +296,8 @@ async def collect(
     """Read every chunk of the history window into ``fold``; return the specs at its end.
 
     ``left_open``: whether the server reads range selectors left-open, which picks how memory
-    peaks are read (:func:`memory_peak_expr` or :func:`memory_raw_expr`); None asks the
-    server's build info (:func:`left_open_ranges`)."""
+    peaks are read (:func:`~engine.core.collect.memory_expr`, the worker's, or
+    :func:`memory_raw_expr`); None asks the server's build info (:func:`left_open_ranges`)."""
     step = oneshot_step(settings)
     chunks = plan_chunks(
         None,
@@ -355,10 +344,10 @@ async def collect(
     async def peaks_of(first: float, end: float) -> list[SeriesArrays]:
         """The worker's memory samples (per-step peaks) of the chunk evaluated ``first..end``."""
         if left_open:
-            # Prometheus >= 3: the worker's own query, each raw sample read once
-            return await client.query_range_arrays(
-                memory_peak_expr(matchers, step), first, end, step
-            )
+            # Prometheus >= 3: the worker's own query with the selection; its left-open windows
+            # read each raw sample once (as the raw read does) and it sends one point per step
+            # instead of every sample (half the numbers to parse at a 30 s scrape)
+            return await client.query_range_arrays(memory_expr(step, matchers), first, end, step)
         # 2.x: the raw samples from the first window's left end ([t - step, t] is closed
         # there), the peaks taken here as the worker's 2.x windows take them
         raw = await client.query_arrays(memory_raw_expr(matchers, int(end - first) + step), end)

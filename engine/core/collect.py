@@ -116,11 +116,13 @@ def cpu_expr(rate_window: int) -> str:
     )
 
 
-def memory_expr(step: int) -> str:
-    """Max working set per step window, so the max over a chunk is the max of the raw samples."""
+def memory_expr(step: int, matchers: str = "") -> str:
+    """Max working set per step window, so the max over a chunk is the max of the raw samples
+    (``matchers``: more label matchers, e.g. the one-shot's selection)."""
+    sel = 'container!="",container!="POD"' + (f",{matchers}" if matchers else "")
     return (
         "max by (namespace, pod, container) (max_over_time(container_memory_working_set_bytes"
-        f'{{container!="",container!="POD"}}[{step}s]))'
+        f"{{{sel}}}[{step}s]))"
     )
 
 
