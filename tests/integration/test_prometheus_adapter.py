@@ -410,3 +410,41 @@ async def test_usage_state_fed_by_the_collector_agrees_with_promql(
         for b in (b for b in batches if b.container_id == cid):  # re-delivery changes nothing
             assert state.ingest(b).duplicates == count_samples([b])
         assert state.summary("cpu") == before
+
+
+async def test_max_in_flight_bounds_the_requests_awaiting_the_server() -> None:
+    """``max_in_flight``: however many queries are asked for at once, at most that many await
+    the server together (the one-shot's pipeline); every one is answered, in order of asking."""
+    active = peak = 0
+    order: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal active, peak
+        form = await request.post()
+        order.append(str(form.get("query")))
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(text=GOOD, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/query", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for limit, want in ((2, 2), (None, 6)):
+            active = peak = 0
+            order.clear()
+            async with PrometheusClient(_settings(url), max_in_flight=limit) as client:
+                answers = await asyncio.gather(*(client.query(f"up{i}", 1.0) for i in range(6)))
+            assert [a[0].values for a in answers] == [[(1.0, 2.0)]] * 6
+            assert peak == want, (limit, peak)
+            assert sorted(order) == [f"up{i}" for i in range(6)]
+            if limit is not None:  # bounded: sent in the order they were asked for
+                assert order == [f"up{i}" for i in range(6)]
+    finally:
+        await runner.cleanup()
