@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     # each, alternating (docs/benchmarks.md, "The 10,000-decision cycle held as JSON"). A worker
     # with memory to spare that ingests long backlogs can set 16 MiB.
     kafka_max_fetch_bytes: PositiveInt = 4 * 1024 * 1024
+    # How long the broker may hold the worker's fetch when there is nothing new (Faust's own
+    # consumer: 1,500 ms). The broker answers one connection's requests in order, so every offsets
+    # or metadata request the worker sends while its fetch waits queues behind it: a recovery
+    # makes three in a row, 1.5 s each (measured 2026-12-01, docs/benchmarks.md "Changelog
+    # preload"). 100 ms: ~10 empty fetches a second while idle.
+    kafka_fetch_max_wait_ms: Annotated[int, Field(ge=1, le=30_000)] = 100
     # Producer batching. The aggregator writes two changelog records per metrics record (one per
     # container); at Faust's linger of 0 nearly each went out as its own produce request (1.16
     # records per stored batch) and the socket writes alone were ~8 % of the worker's CPU. 20 ms:
@@ -185,6 +191,10 @@ class Settings(BaseSettings):
     # are 2 GiB of block cache and 3 x 64 MiB of memtables PER partition database.
     rocksdb_block_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
     rocksdb_write_buffer_bytes: Annotated[int, Field(ge=1024 * 1024)] = 16 * 1024 * 1024
+    # With rocksdb: a newly assigned table partition's changelog is read in bulk straight into its
+    # database before Faust's record-by-record recovery (tables/preload.py; a replaced pod's
+    # replay ~40x faster). false: Faust's recovery alone, as before.
+    table_preload: bool = True
     # Return freed heap memory to the OS this often (glibc malloc_trim, engine/memory.py); 0: off.
     # 15 s, not 60: RSS comes down soon after a cycle instead of holding its peak for a minute
     # (at 10,000 workloads 525 MiB right after the cycle, 422 MiB past a trim). A trim with
