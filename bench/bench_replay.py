@@ -109,11 +109,13 @@ def start_to_ready(dep: Any, port: int, timeout: float) -> dict[str, float]:
             if "changelog preload: " in line
         ]
         marks["preload_lines"] = float(len(preloaded))
-        for line in preloaded:
-            print(f"    worker log: changelog preload: {line}")
+        PRELOADED[:] = preloaded
     finally:
         server.stop()
     return marks
+
+
+PRELOADED: list[str] = []  # the last run's "changelog preload" log lines
 
 
 def main() -> None:
@@ -122,6 +124,7 @@ def main() -> None:
     ap.add_argument("--versions", type=int, default=2, help="values per container in the log")
     ap.add_argument("--runs", type=int, default=4, help="worker starts, alternating configs")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--configs", default="baseline,now", help="which of baseline,now to alternate")
     args = ap.parse_args()
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
@@ -176,10 +179,11 @@ def main() -> None:
             f"({size / MIB:.1f} MiB) in {took:.2f}s"
         )
         base_env = dict(dep.extra_env)
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
+        names = [n for n in args.configs.split(",") if n in CONFIGS]
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         port = 0
         for k in range(args.runs):
-            name = list(CONFIGS)[k % len(CONFIGS)]
+            name = names[k % len(names)]
             dep.extra_env.clear()
             dep.extra_env.update(base_env, **CONFIGS[name])
             shutil.rmtree(dep.workdir / "w0", ignore_errors=True)  # an empty data dir each time
@@ -195,8 +199,10 @@ def main() -> None:
                 f"{marks['ready'] - marks['assigned']:.2f}s), worker CPU {marks['cpu']:.2f}s, "
                 f"load {os.getloadavg()[0]:.1f}"
             )
+            for line in PRELOADED:
+                print(f"    worker log: changelog preload: {line}")
         done = {n: [m for m in ms if "ready" in m] for n, ms in results.items()}
-        if all(done.values()):
+        if len(done) == len(CONFIGS) and all(done.values()):
             med = {n: statistics.median(m["ready"] for m in ms) for n, ms in done.items()}
             rec = {
                 n: statistics.median(m["ready"] - m["assigned"] for m in ms)
