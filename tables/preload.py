@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,8 @@ class ChangelogPreload:
         self._consumer: AIOKafkaConsumer | None = None
         self._close_handle: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
+        self._warm: asyncio.Task[None] | None = None
+        self._warm_jobs: list[Callable[[], Awaitable[None]]] = []
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._close_handle is not None:
@@ -112,19 +114,50 @@ class ChangelogPreload:
             except Exception as exc:  # closing is best effort: nothing depends on it
                 log.debug("changelog preload consumer stop: %s", type(exc).__name__)
 
+    def warm_later(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Queue a table's warm-up (tables/store.py ``Store.warm``: every partition preloaded
+        before any is assigned); one task runs the queue in order, :meth:`stop_warm` cancels it."""
+        self._warm_jobs.append(job)
+        if self._warm is None or self._warm.done():
+            self._warm = asyncio.get_running_loop().create_task(self._run_warm())
+
+    async def _run_warm(self) -> None:
+        while self._warm_jobs:
+            await self._warm_jobs.pop(0)()
+
+    async def stop_warm(self) -> None:
+        """Cancel the warm-up, if it still runs, and wait until it has stopped: it must not
+        write a database while Faust's rebalance opens, reads or closes them."""
+        task = self._warm
+        self._warm_jobs.clear()
+        if task is None or task.done():
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():  # we ourselves are being cancelled
+                raise
+        except Exception as exc:  # the warm-up only saves time: never a reason to stop
+            log.warning("changelog warm-up failed (%s)", type(exc).__name__)
+
     async def load(
         self,
         db_for: Callable[[int], Any],
         persisted: Callable[[int], int | None],
         tps: Iterable[tuple[str, int]],
         still_current: Callable[[], bool] = lambda: True,
+        existing_only: bool = False,
     ) -> Loaded:
         """Read each (topic, partition) from past the offset its database holds to the end
         offset seen now, writing runs of records and the new offset in one batch each.
 
         ``db_for(partition)``: the partition's ``rocksdict.Rdict``; ``persisted(partition)``:
         the offset it holds (Faust's ``persisted_offset``); ``still_current()``: False once a
-        newer rebalance made this one moot (the preload stops, what it wrote stays valid)."""
+        newer rebalance made this one moot (the preload stops, what it wrote stays valid);
+        ``existing_only``: first ask which topics exist and skip the others — a plain consumer's
+        metadata request for an unknown topic asks the broker to create it, which a broker with
+        ``auto.create.topics.enable`` does with its default (not compacted) configuration."""
         wanted = sorted(set(tps))
         done = Loaded()
         if not wanted:
@@ -133,7 +166,14 @@ class ChangelogPreload:
         async with self._lock:
             try:
                 consumer = await self._started()
+                if existing_only:
+                    topics = await asyncio.wait_for(consumer.topics(), timeout=self._stall)
+                    wanted = [(t, p) for t, p in wanted if t in topics]
                 done = await self._read(consumer, db_for, persisted, wanted, still_current)
+            except asyncio.CancelledError:
+                # a warm-up stopped by the assignment (stop_warm): what it wrote is a prefix
+                await self.close()
+                raise
             except Exception as exc:
                 # Faust's recovery replays whatever is left: the database holds a consistent
                 # prefix (values and offset move together).  The exception's type only: its text
@@ -168,6 +208,8 @@ class ChangelogPreload:
         still_current: Callable[[], bool],
     ) -> Loaded:
         done = Loaded()
+        if not wanted:
+            return done
         tps = [TopicPartition(t, p) for t, p in wanted]
         consumer.assign(tps)
         consumer.pause(*tps)  # no fetch before the offsets are known (see fetch_max_wait_ms)

@@ -115,6 +115,39 @@ class Store(faust_rocksdb.Store):
         super().__init__(url, app, table, options=options, driver="rocksdict", **kwargs)
         self.rocksdb_options = BoundedOptions(cache_bytes, write_bytes)
         self.preload: ChangelogPreload | None = preload
+        self._warmed: set[int] = set()  # partitions the warm-up opened before any assignment
+
+    async def warm(self) -> None:
+        """Preload every partition of this table's changelog before the first assignment.
+
+        A new member waits for the group — a replaced pod ~26 s, until the killed member's session
+        expires — with nothing to do; what it preloads meanwhile, its recovery does not read after
+        the assignment.  Any partition database holding a prefix of the changelog and its offset
+        is a valid start for Faust's recovery, so reading partitions this worker will not get is
+        safe; their databases are closed at the assignment (see :meth:`on_rebalance`).  Started
+        when the store starts (:meth:`on_start`, before the worker joins its group), cancelled by
+        the first rebalance (``stop_warm``)."""
+        if self.preload is None or self.table.is_global:
+            return
+        topic = self.table.changelog_topic.get_topic_name()
+        partitions = range(self.table.partitions or self.app.conf.topic_partitions)
+        self._warmed |= {p for p in partitions if p not in self._dbs}
+
+        def persisted(partition: int) -> int | None:
+            return self.persisted_offset(TP(topic, partition))
+
+        await self.preload.load(
+            self._db_for_partition,
+            persisted,
+            {(topic, p) for p in partitions},
+            still_current=lambda: self.app.consumer_generation_id == 0,
+            existing_only=True,  # a first start: Faust has not created its changelogs yet
+        )
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.preload is not None and not self.table.is_global:
+            self.preload.warm_later(self.warm)
 
     async def on_rebalance(
         self,
@@ -127,11 +160,21 @@ class Store(faust_rocksdb.Store):
         assigned active changelog partitions preloaded in bulk (tables/preload.py): Faust's
         recovery, which reads each database's offset right after this, then only replays what
         the preload did not reach."""
+        if self.preload is not None:
+            await self.preload.stop_warm()
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        mine = self.table.changelog_topic.topics
+        if self._warmed:
+            # the warm-up's databases of partitions this worker did not get: closed, as Faust
+            # closes revoked ones (a read looks a key up in every open database)
+            held = {tp.partition for tp in assigned if tp.topic in mine}
+            dropped = [p for p in self._warmed - held if self._dbs.pop(p, None) is not None]
+            self._warmed.clear()
+            if dropped:
+                gc.collect()
         if self.preload is None or not newly_assigned:
             return
         standbys = self.app.assignor.assigned_standbys()
-        mine = self.table.changelog_topic.topics
         tps = {
             (tp.topic, tp.partition)
             for tp in newly_assigned
@@ -166,6 +209,7 @@ class Store(faust_rocksdb.Store):
 
     async def stop(self) -> None:
         if self.preload is not None:
+            await self.preload.stop_warm()
             await self.preload.close()
         await super().stop()
 

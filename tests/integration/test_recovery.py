@@ -193,3 +193,63 @@ def test_static_member_stays_on_a_crash_and_leaves_on_a_graceful_stop(
         assert members == 0, (state, members)
     finally:
         dep.stop_all()
+
+
+def test_a_new_member_preloads_the_changelogs_while_it_waits_for_the_group(
+    kafka: KafkaInfo, tmp_path: Path
+):
+    """A replaced pod (a new static member, an empty data dir) waits for the killed member's
+    session before it gets any partition.  Meanwhile it preloads every table partition's
+    changelog (tables/store.py ``warm``): the usage preload is logged before the assignment, and
+    the state it then serves equals what the killed worker held."""
+    rng = np.random.default_rng(3)
+    specs = [workload(f"warm-{i}") for i in range(8)]
+    stream = [b for spec in specs for b in batches(spec, rng, hours=6, pods=2)[0]]
+    clean: dict[str, ContainerUsage] = {}
+    for b in stream:
+        clean.setdefault(b.container_id, ContainerUsage()).ingest(b, history_seconds=14 * 86400)
+    total_cpu = sum(len(b.samples["cpu"]) for b in stream)
+    dep = Deployment(
+        kafka=kafka,
+        workdir=tmp_path,
+        extra_env={
+            "KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9",
+            "KUBEFINOPS_TABLE_STORE": "rocksdb",
+            "KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID": "pod-a",
+            "KUBEFINOPS_DATA_DIR": str(tmp_path / "pod-a-data"),
+            # the new member waits this long for the killed one: the window the warm-up uses
+            "KUBEFINOPS_BROKER_SESSION_TIMEOUT": "20",
+        },
+    )
+    try:
+        server, port = dep.start_worker("w1")
+        dep.wait_ready(port, server=server, timeout=120)
+        asyncio.run(produce(kafka, dep.topic("metrics"), encode(stream)))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and ingested(port) < total_cpu:
+            time.sleep(0.2)
+        assert ingested(port) == total_cpu
+        wait_consumed(kafka, dep.prefix, dep.topic("metrics"))
+        server.kill()  # lost without a stop: its session holds the partitions
+
+        dep.extra_env["KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID"] = "pod-b"
+        dep.extra_env["KUBEFINOPS_DATA_DIR"] = str(tmp_path / "pod-b-data")
+        server, port = dep.start_worker("w2")
+        dep.wait_ready(port, server=server, timeout=150)
+        log = server.log.read_text()
+        usage = f"{dep.prefix}-usage-changelog"
+        warmed = re.search(
+            rf"changelog preload: [1-9]\d* records, [\d.]+ MiB of [^\n]*{usage}", log
+        )
+        assigned = log.find("Executing _on_partitions_assigned")
+        assert warmed is not None and 0 <= warmed.start() < assigned, log[-3000:]
+        for spec in specs:
+            status, body = http_json(
+                f"http://127.0.0.1:{port}/api/usage/shop/Deployment/{spec.name}"
+            )
+            assert status == 200, (spec.name, status)
+            want = clean[spec.workload_id + "/app"].summary("cpu")
+            assert body["containers"]["app"]["cpu"]["count"] == want.count, spec.name
+            assert body["containers"]["app"]["cpu"]["p95"] == pytest.approx(want.p95, rel=1e-12)
+    finally:
+        dep.stop_all()

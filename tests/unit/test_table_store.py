@@ -148,3 +148,23 @@ async def test_the_worker_consumer_waits_on_an_empty_fetch_as_set(tmp_path: Path
             assert consumer._fetch_max_wait_ms == wait_ms
         finally:
             await consumer.stop()  # never started: only releases it
+
+
+async def test_the_warm_ups_databases_of_partitions_not_assigned_are_closed(
+    tmp_path: Path,
+) -> None:
+    """The warm-up opens every partition's database before the first assignment; those of
+    partitions another worker gets must not stay open (a read looks a key up in every open
+    database, and theirs stop at the warm-up)."""
+    from faust.types import TP
+
+    _, tables = _tables(tmp_path, "rocksdb")
+    store: Store = tables.usage.store.data
+    store.preload = None  # no broker here: the warm-up's effect is the open databases
+    changelog = tables.usage.store.changelog_topic.get_topic_name()
+    for partition in (0, 1):
+        store._db_for_partition(partition)
+    store._warmed = {0, 1}
+    mine = {TP(changelog, 1)}
+    await store.on_rebalance(mine, set(), mine, generation_id=1)
+    assert set(store._dbs) == {1} and store._warmed == set()
