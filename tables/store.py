@@ -133,16 +133,17 @@ class Store(faust_rocksdb.Store):
         partitions = range(self.table.partitions or self.app.conf.topic_partitions)
         self._warmed |= {p for p in partitions if p not in self._dbs}
 
-        def persisted(partition: int) -> int | None:
-            return self.persisted_offset(TP(topic, partition))
-
         await self.preload.load(
             self._db_for_partition,
-            persisted,
+            self._persisted,
             {(topic, p) for p in partitions},
             still_current=lambda: self.app.consumer_generation_id == 0,
             existing_only=True,  # a first start: Faust has not created its changelogs yet
         )
+
+    def _persisted(self, partition: int) -> int | None:
+        """The changelog offset this table's partition database holds (Faust's)."""
+        return self.persisted_offset(TP(self.table.changelog_topic.get_topic_name(), partition))
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -182,15 +183,10 @@ class Store(faust_rocksdb.Store):
         }
         if not tps:
             return
-        topic = self.table.changelog_topic.get_topic_name()
-
-        def persisted(partition: int) -> int | None:
-            return self.persisted_offset(TP(topic, partition))
-
         async with self.db_lock:
             await self.preload.load(
                 self._db_for_partition,
-                persisted,
+                self._persisted,
                 tps,
                 still_current=lambda: generation_id == self.app.consumer_generation_id,
             )
