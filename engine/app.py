@@ -21,7 +21,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -201,6 +201,140 @@ def _install_keep_queued_on_resume() -> None:
     FlowControlEvent.resume = resume  # type: ignore[method-assign]
 
 
+class SeekFence:
+    """Records fetched before a seek of their partition must not be handled after it.
+
+    Faust's fetcher loop (``Consumer._drain_messages``) hands records to the agents one at a time
+    and then raises the partition's *read offset* to the record's; a record below the read
+    offset is dropped as already read.  Faust seeks the stream partitions back to their
+    committed offsets after a rebalance or a table recovery (``perform_seek``) and lowers their
+    read offsets to match, so what was fetched but not processed is fetched again.  But the
+    consumer thread seeks while the fetcher loop runs: the rest of a batch fetched *before* the
+    seek was still handed out after it, and a record whose hand-over (an agent's full queue)
+    spanned the seek raised the read offset again after the seek had lowered it.  The records
+    fetched again from the committed offset were then dropped as read: never processed by this
+    worker, and the partition's commits stopped at the hole (``_new_offset`` never commits past
+    an offset that was not acked).  That was ``test_recovery``'s SIGKILL restart whose committed
+    offsets stayed 63 records short of the end in CI (2026-12-01, with a 100 ms fetch wait:
+    more fetches land around the seek).
+
+    The fence counts each partition's position resets in the consumer thread (aiokafka's
+    ``Fetcher.seek_to`` and ``request_offset_reset``, the only two ways a position is moved
+    back or forward on purpose) and tags each fetched batch with the counts it was read under.
+    A record whose partition was reset since is not handed out: the reset moved the position
+    to it or past it, so it is fetched again if it is still wanted.  A record handed out while
+    its partition was reset gets the read offset the reset set back, so what is fetched again
+    is delivered (at-least-once, which the handlers are built for).  The counts are plain ints
+    in dicts, written by the consumer thread and read by the event loop under the GIL; every
+    read is checked again after the hand-over, so a reset between a check and a hand-over is
+    caught by the second check."""
+
+    def __init__(self) -> None:
+        self.resets: dict[Any, int] = {}  # partition -> position resets so far
+        self.reset_to: dict[Any, int | None] = {}  # partition -> read offset after its reset
+        self.batch: dict[Any, int] = {}  # the last fetched batch: partition -> resets then
+
+    def on_reset(self, tp: Any, offset: int | None) -> None:
+        """The consumer thread moved ``tp``'s position (to ``offset``; None: to a reset
+        strategy's, found later).  The read offset Faust gives a seek: the offset, None for 0."""
+        self.reset_to[tp] = offset if offset else None
+        self.resets[tp] = self.resets.get(tp, 0) + 1
+
+    def on_fetched(self, tps: Collection[Any]) -> None:
+        self.batch = {tp: self.resets.get(tp, 0) for tp in tps}
+
+    async def guard(
+        self, records: AsyncIterator[tuple[Any, Any]], read_offset: MutableMapping[Any, Any]
+    ) -> AsyncIterator[tuple[Any, Any]]:
+        """``records`` (one fetched batch, as Faust's ``getmany`` yields it) without what a
+        reset made stale; ``read_offset``: the consumer's, put back after a spanning hand-over."""
+        tags: dict[Any, int] | None = None
+        for_tp = self.resets.get
+        skipped: dict[Any, int] = {}
+        spanned: set[Any] = set()
+        try:
+            async for tp, message in records:
+                if tags is None:
+                    tags = dict(self.batch)  # set by the consumer thread before returning them
+                tag = tags.get(tp)
+                if tag is None:  # not in the batch's tags (not expected): as Faust would
+                    tag = tags[tp] = for_tp(tp, 0)
+                if for_tp(tp, 0) != tag:
+                    # fetched before its partition's reset: fetched again if still wanted
+                    skipped[tp] = skipped.get(tp, 0) + 1
+                    continue
+                yield tp, message
+                if for_tp(tp, 0) != tag:  # reset while it was handed over (Faust set the
+                    read_offset[tp] = self.reset_to.get(tp)  # read offset after the reset's)
+                    spanned.add(tp)
+        finally:
+            if skipped or spanned:
+                log.info(
+                    "records fetched before a seek of their partition, to be fetched again: %s%s",
+                    ", ".join(f"{tp[0]}[{tp[1]}]: {n}" for tp, n in sorted(skipped.items())),
+                    "".join(f"; {tp[0]}[{tp[1]}]'s read offset put back" for tp in sorted(spanned)),
+                )
+
+
+def _fence_of(fetcher: Any) -> SeekFence:
+    fence = getattr(fetcher, "_kubefinops_fence", None)
+    if fence is None:
+        fence = fetcher._kubefinops_fence = SeekFence()
+    return cast(SeekFence, fence)
+
+
+def _install_seek_fence() -> None:
+    """Install :class:`SeekFence`: class-level wraps of aiokafka's ``Fetcher`` (its resets and
+    its fetched batches, in the consumer thread) and of Faust's ``Consumer.getmany`` (the
+    records it hands to the fetcher loop), once per process."""
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.consumer import Consumer
+
+    original_getmany = Consumer.getmany
+    if getattr(original_getmany, "_kubefinops_fence", False):
+        return
+    original_seek_to = Fetcher.seek_to
+    original_reset = Fetcher.request_offset_reset
+    original_fetched = Fetcher.fetched_records
+
+    def seek_to(self: Any, tp: Any, offset: int) -> None:
+        original_seek_to(self, tp, offset)
+        _fence_of(self).on_reset(tp, offset)
+
+    def request_offset_reset(self: Any, tps: Any, strategy: Any) -> Any:
+        tps = list(tps)
+        waiter = original_reset(self, tps, strategy)
+        fence = _fence_of(self)
+        for tp in tps:
+            fence.on_reset(tp, None)
+        return waiter
+
+    async def fetched_records(self: Any, *args: Any, **kwargs: Any) -> Any:
+        records = await original_fetched(self, *args, **kwargs)
+        _fence_of(self).on_fetched(records)
+        return records
+
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        records: Any = original_getmany(self, timeout)  # an async generator
+        thread = getattr(self, "_thread", None)
+        fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+        try:
+            if fetcher is None:  # not an aiokafka consumer thread: Faust's own behaviour
+                async for item in records:
+                    yield item
+            else:
+                async for item in _fence_of(fetcher).guard(records, self._read_offset):
+                    yield item
+        finally:
+            await records.aclose()
+
+    getmany._kubefinops_fence = True  # type: ignore[attr-defined]
+    Fetcher.seek_to = seek_to
+    Fetcher.request_offset_reset = request_offset_reset
+    Fetcher.fetched_records = fetched_records
+    Consumer.getmany = getmany  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     request_timeout = max(40.0, settings.broker_session_timeout + 10)
@@ -244,6 +378,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     _install_seek_reset(app)
     _install_keep_queued_on_resume()
+    _install_seek_fence()
     _install_fetch_max_wait()
     app.conf.kubefinops_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
     if settings.kafka_group_instance_id:
