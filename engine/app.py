@@ -202,41 +202,56 @@ def _install_keep_queued_on_resume() -> None:
 
 
 class SeekFence:
-    """Records fetched before a seek of their partition must not be handled after it.
+    """Keep Faust's *read offsets* in step with the consumer thread's seeks.
 
     Faust's fetcher loop (``Consumer._drain_messages``) hands records to the agents one at a time
-    and then raises the partition's *read offset* to the record's; a record below the read
-    offset is dropped as already read.  Faust seeks the stream partitions back to their
-    committed offsets after a rebalance or a table recovery (``perform_seek``) and lowers their
-    read offsets to match, so what was fetched but not processed is fetched again.  But the
-    consumer thread seeks while the fetcher loop runs: the rest of a batch fetched *before* the
-    seek was still handed out after it, and a record whose hand-over (an agent's full queue)
-    spanned the seek raised the read offset again after the seek had lowered it.  The records
-    fetched again from the committed offset were then dropped as read: never processed by this
-    worker, and the partition's commits stopped at the hole (``_new_offset`` never commits past
-    an offset that was not acked).  That was ``test_recovery``'s SIGKILL restart whose committed
-    offsets stayed 63 records short of the end in CI (2026-12-01, with a 100 ms fetch wait:
-    more fetches land around the seek).
+    and then raises the partition's read offset to the record's; a record below the read offset
+    is dropped as already read.  After a rebalance or a table recovery Faust seeks the stream
+    partitions back to their committed offsets (``perform_seek``): the consumer thread seeks
+    them one by one, each after its own committed-offset request, and only when the last has
+    answered does Faust lower the read offsets, all at once.  Meanwhile the fetcher loop runs on,
+    so three kinds of record went wrong:
+
+    - records fetched *after* their partition was sought, handed out before the read offsets
+      were lowered: below the read offset of records handed out before the seek, so dropped;
+    - the rest of a batch fetched *before* the seek, handed out after it;
+    - a record whose hand-over (an agent's full queue) spanned the seek, which raised the read
+      offset again after it was lowered.
+
+    The records fetched again were dropped as read.  Where the first copy had not reached a
+    handler either (an agent queue cleared when Faust resumes its flow, a stream skipping what
+    arrives while that flow is stopped for the recovery; neither acks), they were never processed
+    by this worker, and the partition's commits stopped at the hole (``_new_offset`` never
+    commits past two offsets that were not acked).  That was ``test_recovery``'s SIGKILL
+    restart whose committed offsets stayed 61-281 records short of the end: once in four CI runs
+    and once in 15 local runs with a 100 ms fetch wait (more fetches land between the seeks);
+    ``_install_keep_queued_on_resume`` describes an earlier form of it.
 
     The fence counts each partition's position resets in the consumer thread (aiokafka's
-    ``Fetcher.seek_to`` and ``request_offset_reset``, the only two ways a position is moved
-    back or forward on purpose) and tags each fetched batch with the counts it was read under.
-    A record whose partition was reset since is not handed out: the reset moved the position
-    to it or past it, so it is fetched again if it is still wanted.  A record handed out while
-    its partition was reset gets the read offset the reset set back, so what is fetched again
-    is delivered (at-least-once, which the handlers are built for).  The counts are plain ints
-    in dicts, written by the consumer thread and read by the event loop under the GIL; every
-    read is checked again after the hand-over, so a reset between a check and a hand-over is
-    caught by the second check."""
+    ``Fetcher.seek_to`` and ``request_offset_reset``, the only ways a position is moved on
+    purpose) and tags each fetched batch with the counts it was read under.  In the event loop:
+
+    - a record whose partition was reset since its batch was fetched is not handed out: the
+      reset moved the position to it or past it, so it is fetched again if still wanted;
+    - before the first record fetched after a reset is handed out, the partition's read offset
+      is set to what Faust sets for that seek (the offset; None for a reset to the beginning or
+      the end, which Faust's ``perform_seek`` gives a partition without a committed offset);
+    - a record handed out while its partition was reset gets that read offset put back after.
+
+    Nothing is dropped that was not fetched again: at-least-once, which the handlers are built
+    for.  The counts are ints in dicts, written by the consumer thread and read by the event
+    loop under the GIL; every check is made again after the hand-over, so a reset between a
+    check and a hand-over is caught by the second check."""
 
     def __init__(self) -> None:
         self.resets: dict[Any, int] = {}  # partition -> position resets so far
-        self.reset_to: dict[Any, int | None] = {}  # partition -> read offset after its reset
+        self.reset_to: dict[Any, int | None] = {}  # partition -> read offset for its last reset
         self.batch: dict[Any, int] = {}  # the last fetched batch: partition -> resets then
+        self.applied: dict[Any, int] = {}  # partition -> the reset its read offset was set for
 
     def on_reset(self, tp: Any, offset: int | None) -> None:
         """The consumer thread moved ``tp``'s position (to ``offset``; None: to a reset
-        strategy's, found later).  The read offset Faust gives a seek: the offset, None for 0."""
+        strategy's, found later)."""
         self.reset_to[tp] = offset if offset else None
         self.resets[tp] = self.resets.get(tp, 0) + 1
 
@@ -247,11 +262,11 @@ class SeekFence:
         self, records: AsyncIterator[tuple[Any, Any]], read_offset: MutableMapping[Any, Any]
     ) -> AsyncIterator[tuple[Any, Any]]:
         """``records`` (one fetched batch, as Faust's ``getmany`` yields it) without what a
-        reset made stale; ``read_offset``: the consumer's, put back after a spanning hand-over."""
+        reset made stale, with ``read_offset`` (the consumer's) kept in step with the resets."""
         tags: dict[Any, int] | None = None
         for_tp = self.resets.get
         skipped: dict[Any, int] = {}
-        spanned: set[Any] = set()
+        lowered: set[Any] = set()
         try:
             async for tp, message in records:
                 if tags is None:
@@ -263,17 +278,24 @@ class SeekFence:
                     # fetched before its partition's reset: fetched again if still wanted
                     skipped[tp] = skipped.get(tp, 0) + 1
                     continue
+                if tag and self.applied.get(tp) != tag:
+                    # the first record read after its partition's reset: the read offset Faust
+                    # gives that seek, before Faust itself gets to it
+                    read_offset[tp] = self.reset_to.get(tp)
+                    self.applied[tp] = tag
+                    lowered.add(tp)
                 yield tp, message
                 if for_tp(tp, 0) != tag:  # reset while it was handed over (Faust set the
                     read_offset[tp] = self.reset_to.get(tp)  # read offset after the reset's)
-                    spanned.add(tp)
+                    lowered.add(tp)
         finally:
-            if skipped or spanned:
+            if skipped:
                 log.info(
-                    "records fetched before a seek of their partition, to be fetched again: %s%s",
+                    "records fetched before a seek of their partition, to be fetched again: %s",
                     ", ".join(f"{tp[0]}[{tp[1]}]: {n}" for tp, n in sorted(skipped.items())),
-                    "".join(f"; {tp[0]}[{tp[1]}]'s read offset put back" for tp in sorted(spanned)),
                 )
+            if lowered:
+                log.debug("read offsets set for seeks of %s", sorted(lowered))
 
 
 def _fence_of(fetcher: Any) -> SeekFence:

@@ -86,6 +86,28 @@ async def test_without_the_fence_the_refetched_records_are_dropped_as_read() -> 
     assert dropped == [(A, 10), (A, 11), (A, 12)]
 
 
+async def test_records_read_after_a_seek_are_handed_out_before_faust_lowers_the_offset() -> None:
+    """The consumer thread seeks partition after partition; Faust lowers the read offsets only
+    when the last one answered.  Records of a partition already sought, fetched in between,
+    were below the read offset of what was handed out before the seek: dropped as read."""
+    fence, read_offset, delivered = SeekFence(), {}, []  # type: ignore[var-annotated]
+
+    async def deliver(tp: Any, offset: int) -> None:
+        delivered.append((tp, offset))
+
+    before = [(A, o) for o in range(10, 15)]
+    await drain(fence.guard(fetched(fence, before), read_offset), read_offset, deliver)
+    assert read_offset[A] == 14
+    fence.on_reset(A, 10)  # the thread sought A; B's committed offset is still being asked for
+    after = [(A, o) for o in range(10, 17)]
+    dropped = await drain(fence.guard(fetched(fence, after), read_offset), read_offset, deliver)
+    assert dropped == [] and delivered[5:] == after
+    read_offset[A] = 10  # perform_seek, at last: lowers it again, which re-reads nothing here
+    later = [(A, 17)]
+    dropped = await drain(fence.guard(fetched(fence, later), read_offset), read_offset, deliver)
+    assert dropped == [] and delivered[-1] == (A, 17) and read_offset[A] == 17
+
+
 async def test_a_record_handed_over_across_a_seek_gets_the_seeks_read_offset() -> None:
     """A full agent queue: the hand-over awaits while the seek lowers the read offset; without
     the fence the record's own offset (20) came back after it and 15-19 were dropped."""
