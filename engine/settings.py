@@ -131,13 +131,15 @@ class Settings(BaseSettings):
     # How long the broker may hold the worker's fetch when there is nothing new. The broker answers
     # one connection's requests in order, so every offsets or metadata request the worker sends
     # while its fetch waits queues behind it: a recovery makes three in a row, up to this long
-    # each (docs/benchmarks.md "Changelog preload": 100 ms cut ~3-4 s from every start). The
-    # default stays Faust's own 1,500 ms: at 100 ms one CI run (of four) of the memory-store
-    # SIGKILL test ended with the restarted worker's commits stuck 63 records short of the end —
-    # the state was exact, but the fetch timing around Faust's resume-then-seek is where records
-    # were dropped before (engine/app.py ``_install_keep_queued_on_resume``), and that was not
-    # ruled out in the time left; lower it once it is.
-    kafka_fetch_max_wait_ms: Annotated[int, Field(ge=1, le=30_000)] = 1500
+    # each. Faust's own 1,500 ms cost up to ~4.5 s of every start and rebalance, 100 ms ~0.3 s
+    # (docs/benchmarks.md "Changelog preload"); an idle worker then sends ~10 empty fetches a
+    # second instead of ~0.7, and the burst and ingest benchmarks did not tell the two apart.
+    # 100 ms was held back for a while: in one CI run of four the memory-store SIGKILL test's
+    # commits stayed short of the end. That was Faust dropping records fetched around its seek
+    # to the committed offsets (shorter waits put more fetches there), fixed at any wait by
+    # engine/app.py ``SeekFence``: 0 failures in 50 stress runs of that test at 100 ms with it,
+    # without it 1 in 15 (and 1 in 20 with a first fence that missed one of its three cases).
+    kafka_fetch_max_wait_ms: Annotated[int, Field(ge=1, le=30_000)] = 100
     # Producer batching. The aggregator writes two changelog records per metrics record (one per
     # container); at Faust's linger of 0 nearly each went out as its own produce request (1.16
     # records per stored batch) and the socket writes alone were ~8 % of the worker's CPU. 20 ms:
