@@ -180,7 +180,8 @@ def _install_keep_queued_on_resume() -> None:
     stop the partition's commits for good.  The first was seen in CI: ``test_topics_cli`` (a
     restarted worker's aggregator never ingested the first record after its committed offset;
     the cycle-end behind it was recommended without it).  ``test_recovery``'s SIGKILL restart
-    whose committed offsets never reached the end (about once in 6 runs) fits the second.
+    whose committed offsets never reached the end (about once in 6 runs) fits the second; what
+    was left of that stall was Faust's read offsets around the same seek (:class:`SeekFence`).
     Stale records are dropped where it matters already: a revocation suspends the flow and
     clears the queues, and the streams skip an event of another consumer generation.  Keeping
     what was queued while the flow ran can deliver a record fetched before the seek a second
