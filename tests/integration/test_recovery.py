@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from engine.core.model import RESOURCES
+from engine.core.model import RESOURCES, MetricsBatch
 from engine.core.usage import ContainerUsage
 from tests.harness.kafka import KafkaInfo
 from tests.integration.samples import batches, encode, workload
@@ -47,6 +47,15 @@ def usage_replay_starts(log: str, prefix: str) -> list[int]:
     return starts
 
 
+def clean_run(stream: list[MetricsBatch]) -> tuple[dict[str, ContainerUsage], int]:
+    """What a worker that ingests ``stream`` once, in order, must hold per container, and the
+    stream's CPU samples (what ``ingested`` counts)."""
+    clean: dict[str, ContainerUsage] = {}
+    for b in stream:
+        clean.setdefault(b.container_id, ContainerUsage()).ingest(b, history_seconds=14 * 86400)
+    return clean, sum(len(b.samples["cpu"]) for b in stream)
+
+
 @pytest.mark.parametrize("store", ["memory", "rocksdb", "rocksdb-new-pod"])
 def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path, store: str):
     """With ``rocksdb`` (the chart's table store) the worker is restarted on the killed one's data
@@ -63,10 +72,7 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path, stor
     rng.shuffle(stream)  # interleave workloads, keep each container's chunks in order below
     stream.sort(key=lambda b: b.start)
 
-    clean: dict[str, ContainerUsage] = {}
-    for b in stream:
-        clean.setdefault(b.container_id, ContainerUsage()).ingest(b, history_seconds=14 * 86400)
-    total_cpu = sum(len(b.samples["cpu"]) for b in stream)
+    clean, total_cpu = clean_run(stream)
 
     dep = Deployment(
         kafka=kafka,
@@ -205,10 +211,7 @@ def test_a_new_member_preloads_the_changelogs_while_it_waits_for_the_group(
     rng = np.random.default_rng(3)
     specs = [workload(f"warm-{i}") for i in range(8)]
     stream = [b for spec in specs for b in batches(spec, rng, hours=6, pods=2)[0]]
-    clean: dict[str, ContainerUsage] = {}
-    for b in stream:
-        clean.setdefault(b.container_id, ContainerUsage()).ingest(b, history_seconds=14 * 86400)
-    total_cpu = sum(len(b.samples["cpu"]) for b in stream)
+    clean, total_cpu = clean_run(stream)
     dep = Deployment(
         kafka=kafka,
         workdir=tmp_path,
