@@ -148,6 +148,15 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         # and once the tables are recovered: the replayed changelog's older versions are garbage
         app.on_rebalance_complete.connect(cast(Any, memory.after_signal))
 
+    if rt.settings.gc_freeze_when_ready:
+
+        @app.task
+        async def freeze_heap() -> None:
+            # once, when first ready: what is alive then lives as long as the process
+            if await wait_for_assignment(app, timeout=3600.0):
+                frozen = memory.freeze_heap()
+                log.info("garbage collector: %d objects alive at start frozen", frozen)
+
     @app.timer(interval=rt.settings.verification_interval_seconds, on_leader=True)
     async def verification_tick() -> None:
         if rt.settings.verification_enabled:

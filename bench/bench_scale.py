@@ -356,6 +356,33 @@ def cache_state(port: int) -> str:
     return f"{held:.1f} MiB held, {float(found.get('evictions_total', 'nan')):,.0f} evictions"
 
 
+def gc_pauses(port: int) -> dict[str, float]:
+    """The worker's garbage-collection totals from its /metrics: seconds and collections per
+    generation (``g0s``/``g0n`` ...), the longest full collection (``g2max``); {} if unreadable."""
+    try:
+        text = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for name, gen, value in re.findall(
+        r"^kubefinops_gc_(pause_seconds_total|collections_total|pause_max_seconds)"
+        r'\{generation="(\d)"\} ([0-9.e+-]+)$',
+        text,
+        re.M,
+    ):
+        key = {"pause_seconds_total": "s", "collections_total": "n", "pause_max_seconds": "max"}
+        out[f"g{gen}{key[name]}"] = float(value)
+    return out
+
+
+def gc_delta(before: dict[str, float], after: dict[str, float]) -> str:
+    if not before or not after:
+        return "unreadable"
+    secs = sum(after[f"g{g}s"] - before[f"g{g}s"] for g in range(3))
+    counts = "/".join(f"{after[f'g{g}n'] - before[f'g{g}n']:.0f}" for g in range(3))
+    return f"{secs:.2f}s in {counts} collections (young/middle/full)"
+
+
 def usage_count(port: int, ns: str, wl: str) -> int | None:
     try:
         text = get_text(f"http://127.0.0.1:{port}/api/usage/{ns}/Deployment/{wl}", timeout=5)
@@ -704,11 +731,14 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         base = in_process_burst(wls[:burst], b_start, b_end, args, templates, before)
         phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
+        gc_before = gc_pauses(port)
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
         owed += len(arrived)
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
         print(f"  worker's decoded-state cache after the burst: {cache_state(port)}")
+        gcs = gc_delta(gc_before, gc_pauses(port))
+        print(f"  worker's garbage collections in the burst: {gcs}")
         if lat.size:
             span = max(arrived.values()) - min(acked.values())
             row = {

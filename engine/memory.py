@@ -1,4 +1,8 @@
-"""Give freed heap memory back to the operating system (glibc ``malloc_trim``).
+"""The worker's memory: freed heap given back to the OS (glibc ``malloc_trim``), and CPython's
+cyclic garbage collector kept out of the way (:func:`tune_gc`, :func:`freeze_heap`,
+:class:`GcPauses`).
+
+Giving freed heap memory back to the operating system (glibc ``malloc_trim``):
 
 The worker frees a lot of memory in bursts — changelog records replayed at start, fetch buffers
 of an ingest backlog, a cycle's decisions — in blocks that CPython hands to glibc's ``malloc``
@@ -13,11 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
+import time
 import tracemalloc
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("kubefinops.memory")
 
@@ -59,6 +66,78 @@ def set_mmap_threshold(nbytes: int) -> bool:
 def after_signal(*_: object, **__: object) -> None:
     """``trim`` as a Faust/mode signal receiver (e.g. ``app.on_rebalance_complete``)."""
     trim()
+
+
+# --- CPython's cyclic garbage collector ------------------------------------------------------
+# A collection stops the worker's event loop while it walks every tracked object of its
+# generation.  With CPython's default thresholds (a young collection every 700 net allocations of
+# containers) a 1,000-workload burst ran ~400 young, ~35 middle and 2-3 full collections, the
+# full ones 120-250 ms each: 0.7-0.9 s of a 7.5-9 s burst, and pauses long enough to show in
+# every latency figure (docs/benchmarks.md, "Burst: the garbage collector").  Nearly all of the
+# worker's objects live as long as the process (modules, the app, the agents, the tables and
+# their decoded states), and the event-per-record pipeline allocates mostly acyclic, short-lived
+# objects that reference counting frees at once: a larger first threshold makes the young
+# collections rare, and freezing what is alive once the worker is ready takes the long-lived
+# objects out of every later full collection.
+
+
+def tune_gc(gen0_threshold: int) -> None:
+    """Collect the young generation after ``gen0_threshold`` net allocations instead of
+    CPython's 700; the older generations' thresholds stay.  0: leave CPython's."""
+    if gen0_threshold > 0:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
+def freeze_heap() -> int:
+    """Collect what is garbage now, then move every surviving object to the permanent generation
+    (``gc.freeze``), which no later collection walks; returns how many objects are frozen.
+
+    Once per process, when the worker first becomes ready: the objects alive then are the
+    process's own (modules, app, agents, recovered tables).  A frozen object is still freed by
+    reference counting; only a reference cycle among frozen objects that later becomes garbage
+    is never collected, which the collection just before the freeze keeps to the objects that
+    were alive at that moment."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+class GcPauses:
+    """Time spent in garbage collections, per generation (0 young, 1 middle, 2 full), from
+    ``gc.callbacks``.  Plain totals, read by the metrics collector at scrape time: a callback
+    runs inside whatever allocation triggered the collection, in any thread, so it takes no
+    lock and touches no Prometheus object.  The time is wall time: it includes finalizers that
+    the collection ran."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self.max_seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen = min(max(int(info.get("generation", 2)), 0), 2)
+        took = time.perf_counter() - self._started
+        self.seconds[gen] += took
+        self.collections[gen] += 1
+        if took > self.max_seconds[gen]:
+            self.max_seconds[gen] = took
+
+    def install(self) -> GcPauses:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+        return self
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+
+GC_PAUSES = GcPauses()  # the process's one meter; installed by the worker (engine/worker.py)
 
 
 def rss_bytes() -> int:

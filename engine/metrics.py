@@ -10,10 +10,14 @@ from __future__ import annotations
 import heapq
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from engine import memory
 from engine.core.model import Recommendation
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -346,6 +350,36 @@ class FleetGauges:
 
 
 FLEET = FleetGauges()
+
+
+class GcCollector(Collector):
+    """The garbage collector's pauses (``memory.GC_PAUSES``), read at scrape time: the rate of
+    ``kubefinops_gc_pause_seconds_total`` is the share of time the worker's loop stood still
+    for collections."""
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        pauses = memory.GC_PAUSES
+        seconds = CounterMetricFamily(
+            f"{_NS}_gc_pause_seconds",
+            "Time spent in garbage collections, by generation (2: full)",
+            labels=["generation"],
+        )
+        count = CounterMetricFamily(
+            f"{_NS}_gc_collections", "Garbage collections, by generation", labels=["generation"]
+        )
+        longest = GaugeMetricFamily(
+            f"{_NS}_gc_pause_max_seconds",
+            "The longest garbage collection since start, by generation",
+            labels=["generation"],
+        )
+        for gen in range(3):
+            seconds.add_metric([str(gen)], pauses.seconds[gen])
+            count.add_metric([str(gen)], pauses.collections[gen])
+            longest.add_metric([str(gen)], pauses.max_seconds[gen])
+        yield from (seconds, count, longest)
+
+
+REGISTRY.register(GcCollector())
 _SCRAPE_LOCK = threading.Lock()
 
 

@@ -215,6 +215,13 @@ class Settings(BaseSettings):
     # against 529, idle 394 against 453, peak 766 against 810 (docs/benchmarks.md "Memory: the
     # decisions peak").
     malloc_mmap_threshold_bytes: Annotated[int, Field(ge=0, le=32 * 1024 * 1024)] = 1024 * 1024
+    # CPython's garbage collector (engine/memory.py): collect the young generation after this many
+    # net allocations instead of 700 (0: CPython's thresholds), and freeze the objects alive when
+    # the worker first becomes ready so that no later full collection walks them. A 1,000-workload
+    # burst spent 0.7-0.9 s in collections with CPython's defaults (docs/benchmarks.md, "Burst:
+    # the garbage collector").
+    gc_gen0_threshold: Annotated[int, Field(ge=0)] = 50_000
+    gc_freeze_when_ready: bool = True
     # Debug only: trace allocations with this many frames and write a heap dump to
     # ``data_dir/heap`` on SIGUSR2 (engine/memory.HeapDumps); 0 (default): off.
     debug_tracemalloc_frames: Annotated[int, Field(ge=0, le=100)] = 0

@@ -127,9 +127,11 @@ def run_worker(
     """Pre-flight, assemble the app over ``services`` (default: the real adapters), run it until
     stopped; the services' clients are closed when the app stops."""
     from agents import assemble
-    from engine.memory import HeapDumps, set_mmap_threshold
+    from engine.memory import GC_PAUSES, HeapDumps, set_mmap_threshold, tune_gc
 
     set_mmap_threshold(settings.malloc_mmap_threshold_bytes)
+    tune_gc(settings.gc_gen0_threshold)
+    GC_PAUSES.install()
     heap = None
     if settings.debug_tracemalloc_frames:
         heap = HeapDumps(settings.data_dir / "heap", settings.debug_tracemalloc_frames)

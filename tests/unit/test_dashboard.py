@@ -72,6 +72,9 @@ def exported_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
                 out[name + suffix] = (kind, (*labels, "le") if suffix == "_bucket" else labels)
         else:
             out[name] = (kind, labels)
+    for family in metrics.GcCollector().collect():  # a collector's families, read at scrape
+        for sample in family.samples:
+            out[sample.name] = (family.type, tuple(sample.labels))
     return out
 
 
