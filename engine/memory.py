@@ -71,14 +71,14 @@ def after_signal(*_: object, **__: object) -> None:
 # --- CPython's cyclic garbage collector ------------------------------------------------------
 # A collection stops the worker's event loop while it walks every tracked object of its
 # generation.  With CPython's default thresholds (a young collection every 700 net allocations of
-# containers) a 1,000-workload burst ran ~400 young, ~35 middle and 2-3 full collections, the
-# full ones 120-250 ms each: 0.7-0.9 s of a 7.5-9 s burst, and pauses long enough to show in
-# every latency figure (docs/benchmarks.md, "Burst: the garbage collector").  Nearly all of the
-# worker's objects live as long as the process (modules, the app, the agents, the tables and
-# their decoded states), and the event-per-record pipeline allocates mostly acyclic, short-lived
-# objects that reference counting frees at once: a larger first threshold makes the young
-# collections rare, and freezing what is alive once the worker is ready takes the long-lived
-# objects out of every later full collection.
+# containers) a 1,000-workload burst ran ~155 young, ~15 middle and 1-2 full collections, the
+# full ones 120-250 ms each: 0.44-0.88 s of a 7-9 s burst (1.1 s in a 10,000-workload worker),
+# pauses that show in every latency figure (docs/benchmarks.md, "Burst: the garbage
+# collector").  Nearly all of the worker's objects live as long as the process (modules, the
+# app, the agents, the tables and their decoded states), and the event-per-record pipeline
+# allocates mostly acyclic, short-lived objects that reference counting frees at once: a larger
+# first threshold makes the young collections rare, and freezing what is alive once the worker
+# is ready takes the long-lived objects out of every later full collection.
 
 
 def tune_gc(gen0_threshold: int) -> None:

@@ -218,9 +218,11 @@ class Settings(BaseSettings):
     # CPython's garbage collector (engine/memory.py): collect the young generation after this many
     # net allocations instead of 700 (0: CPython's thresholds), and freeze the objects alive when
     # the worker first becomes ready so that no later full collection walks them. A 1,000-workload
-    # burst spent 0.7-0.9 s in collections with CPython's defaults (docs/benchmarks.md, "Burst:
-    # the garbage collector").
-    gc_gen0_threshold: Annotated[int, Field(ge=0)] = 50_000
+    # burst spent 0.44-0.88 s in collections with CPython's defaults, 0.06-0.10 s with these. 10,000
+    # rather than 50,000 (0.00-0.09 s): cyclic garbage waits for a collection, and at 50,000 the
+    # 10,000-workload worker's decisions peak was 446 MiB against 416 (default) and 438 (10,000),
+    # one run each (docs/benchmarks.md, "Burst: the garbage collector").
+    gc_gen0_threshold: Annotated[int, Field(ge=0)] = 10_000
     gc_freeze_when_ready: bool = True
     # Debug only: trace allocations with this many frames and write a heap dump to
     # ``data_dir/heap`` on SIGUSR2 (engine/memory.HeapDumps); 0 (default): off.
