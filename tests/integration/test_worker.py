@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -121,6 +122,12 @@ def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka
     assert usage["containers"]["app"]["cpu"]["count"] == cpu.size
     status, metrics = http_json(f"http://127.0.0.1:{port}/metrics")
     assert "kubefinops_dead_letters_total" in metrics
+    # the garbage collector tuned at start and frozen once ready (engine/memory.py)
+    assert 'kubefinops_gc_collections_total{generation="2"}' in metrics
+    frozen = re.findall(
+        r"garbage collector: (\d+) objects alive at start frozen", server.log.read_text()
+    )
+    assert len(frozen) == 1 and int(frozen[0]) > 10_000, frozen
 
 
 def test_wrong_password_exits_with_one_line(kafka: KafkaInfo, tmp_path: Path):
