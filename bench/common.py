@@ -11,8 +11,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -37,6 +39,10 @@ DAY = 86_400
 _INGESTED = re.compile(r"^kubefinops_samples_ingested_total\{[^}]*\}\s+([0-9.e+]+)$", re.M)
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @dataclass
 class Stack:
     """A private Kafka (SASL_PLAINTEXT + SCRAM-SHA-256) and SecantusDB, in a temp dir."""
@@ -48,7 +54,14 @@ class Stack:
     deployments: list[Deployment] = field(default_factory=list)
 
     def start(self) -> Stack:
-        """Start Kafka then SecantusDB; if anything fails, stop what did start, then raise."""
+        """Start Kafka then SecantusDB; if anything fails, stop what did start, then raise.
+
+        SIGTERM (``timeout``, ``kill``) becomes ``SystemExit`` from here on, so the benchmark's
+        ``finally`` stops every server it started then too: Python's default for SIGTERM is to
+        die on the spot, which left the Kafka JVM, SecantusDB and moto running."""
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             return self._start()
         except BaseException:
@@ -104,7 +117,10 @@ class Stack:
         return dep
 
     def close(self) -> None:
-        """Stop every process this stack started (idempotent, whatever failed before)."""
+        """Stop every process this stack started (idempotent, whatever failed before).  A SIGTERM
+        while stopping is ignored: it would end the stopping half-way (a JVM left running)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for dep in self.deployments:
             try:
                 dep.stop_all()
