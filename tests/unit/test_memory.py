@@ -63,6 +63,18 @@ def test_heap_dumps_show_what_stays_alive_between_two_dumps(tmp_path: Path) -> N
     assert len(retained) == 500
 
 
+def run_probe(code: str) -> list[str]:
+    """``code`` run in a fresh interpreter from the repository root; its stdout's words."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
+
+
 _MMAP_PROBE = r"""
 import ctypes, sys
 from engine import memory
@@ -92,14 +104,7 @@ def test_fixed_mmap_threshold_maps_big_blocks_that_the_dynamic_one_keeps_in_the_
     # block, 4 MB blocks are carved from the heap (and stay in RSS after free until a trim).
     # In a fresh interpreter: in this one, free heap chunks left by earlier tests can serve a
     # 4 MB block whatever the threshold (glibc only maps when no free chunk fits).
-    out = subprocess.run(
-        [sys.executable, "-c", _MMAP_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout.split()
+    out = run_probe(_MMAP_PROBE)
     after_raised, after_fixed = int(out[0]), int(out[1])
     assert after_raised < 4 * 1024 * 1024  # raised threshold: from the heap
     assert after_fixed >= 4 * 1024 * 1024  # fixed 1 MiB threshold: its own mapping
@@ -148,10 +153,13 @@ def test_gc_pauses_reach_the_metrics_endpoint() -> None:
         return float(found.group(1))
 
     memory.GC_PAUSES.install()
-    before = full_seconds()
-    gc.collect()
-    assert full_seconds() > before
-    assert 'kubefinops_gc_collections_total{generation="0"}' in metrics.scrape().decode()
+    try:
+        before = full_seconds()
+        gc.collect()
+        assert full_seconds() > before
+        assert 'kubefinops_gc_collections_total{generation="0"}' in metrics.scrape().decode()
+    finally:
+        memory.GC_PAUSES.uninstall()  # the rest of the session runs without the callback
 
 
 _FREEZE_PROBE = r"""
@@ -188,14 +196,7 @@ print(kept_ref() is None, len(alive))
 def test_freeze_heap_collects_then_takes_the_survivors_out_of_later_collections() -> None:
     # In a fresh interpreter: freezing this one would hide pytest's objects from every later
     # test's collections.
-    out = subprocess.run(
-        [sys.executable, "-c", _FREEZE_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout.split()
+    out = run_probe(_FREEZE_PROBE)
     # the garbage cycle made just before was collected, not frozen; >= 100k objects frozen,
     # and the collector's generations hold almost nothing afterwards
     assert out[:3] == ["True", "True", "True"], out
