@@ -222,7 +222,8 @@ class Settings(BaseSettings):
     # rather than 50,000 (0.00-0.09 s): cyclic garbage waits for a collection, and at 50,000 the
     # 10,000-workload worker's decisions peak was 446 MiB against 416 (default) and 438 (10,000),
     # one run each (docs/benchmarks.md, "Burst: the garbage collector").
-    gc_gen0_threshold: Annotated[int, Field(ge=0)] = 10_000
+    # At most 100 million: CPython takes a C int, and a larger value raised OverflowError at start.
+    gc_gen0_threshold: Annotated[int, Field(ge=0, le=100_000_000)] = 10_000
     gc_freeze_when_ready: bool = True
     # Debug only: trace allocations with this many frames and write a heap dump to
     # ``data_dir/heap`` on SIGUSR2 (engine/memory.HeapDumps); 0 (default): off.

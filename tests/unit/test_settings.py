@@ -56,6 +56,8 @@ def test_plaintext_needs_no_password() -> None:
         ({"kafka_bootstrap_servers": "kafka-without-port"}, "kafka_bootstrap_servers"),
         ({"topic_partitions": 0}, "topic_partitions"),
         ({"git_mode": "yolo"}, "git_mode"),
+        ({"gc_gen0_threshold": 10**30}, "gc_gen0_threshold"),  # was an OverflowError at start
+        ({"gc_gen0_threshold": -1}, "gc_gen0_threshold"),
     ],
 )
 def test_malformed_values_name_the_setting(overrides: dict, setting: str) -> None:
