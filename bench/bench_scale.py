@@ -343,12 +343,19 @@ def heap_dump(args: argparse.Namespace, pid: int, when: str) -> None:
         print(f"  heap dump: {when} (RSS {proc_status(pid).get('VmRSS', 0) / MIB:.0f} MiB)")
 
 
-def cache_state(port: int) -> str:
-    """The worker's decoded-state cache from its /metrics: bytes held, evictions so far."""
+def metrics_text(port: int) -> str:
+    """The worker's /metrics ("" if unreadable: every reading of it then says so)."""
     try:
-        text = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        return get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
     except OSError as exc:
-        return f"unreadable ({exc})"
+        print(f"  !! /metrics unreadable: {exc}")
+        return ""
+
+
+def cache_state(text: str) -> str:
+    """The worker's decoded-state cache from its /metrics text: bytes held, evictions so far."""
+    if not text:
+        return "unreadable"
     found = dict(
         re.findall(r"^kubefinops_usage_cache_(bytes|evictions_total) ([0-9.e+]+)$", text, re.M)
     )
@@ -356,13 +363,10 @@ def cache_state(port: int) -> str:
     return f"{held:.1f} MiB held, {float(found.get('evictions_total', 'nan')):,.0f} evictions"
 
 
-def gc_pauses(port: int) -> dict[str, float]:
-    """The worker's garbage-collection totals from its /metrics: seconds and collections per
-    generation (``g0s``/``g0n`` ...), the longest full collection (``g2max``); {} if unreadable."""
-    try:
-        text = get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
-    except OSError:
-        return {}
+def gc_pauses(text: str) -> dict[str, float]:
+    """The worker's garbage-collection totals from its /metrics text: seconds and collections
+    per generation (``g0s``/``g0n`` ...), the longest full collection (``g2max``); {} if
+    unreadable."""
     out: dict[str, float] = {}
     for name, gen, value in re.findall(
         r"^kubefinops_gc_(pause_seconds_total|collections_total|pause_max_seconds)"
@@ -731,13 +735,14 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         base = in_process_burst(wls[:burst], b_start, b_end, args, templates, before)
         phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
-        gc_before = gc_pauses(port)
+        gc_before = gc_pauses(metrics_text(port))
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
         owed += len(arrived)
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
-        print(f"  worker's decoded-state cache after the burst: {cache_state(port)}")
-        gcs = gc_delta(gc_before, gc_pauses(port))
+        scraped = metrics_text(port)  # one scrape for both readings
+        print(f"  worker's decoded-state cache after the burst: {cache_state(scraped)}")
+        gcs = gc_delta(gc_before, gc_pauses(scraped))
         print(f"  worker's garbage collections in the burst: {gcs}")
         if lat.size:
             span = max(arrived.values()) - min(acked.values())
