@@ -71,8 +71,8 @@ def after_signal(*_: object, **__: object) -> None:
 # --- CPython's cyclic garbage collector ------------------------------------------------------
 # A collection stops the worker's event loop while it walks every tracked object of its
 # generation.  With CPython's default thresholds (a young collection every 700 net allocations of
-# containers) a 1,000-workload burst ran ~155 young, ~15 middle and 1-2 full collections, the
-# full ones 120-250 ms each: 0.44-0.88 s of a 7-9 s burst (1.1 s in a 10,000-workload worker),
+# containers) a 1,000-workload burst ran 154-408 young, 14-37 middle and 1-3 full collections,
+# the full ones 120-250 ms each: 0.44-0.88 s of a 7-9 s burst (1.1 s in a 10,000-workload worker),
 # pauses that show in every latency figure (docs/benchmarks.md, "Burst: the garbage
 # collector").  Nearly all of the worker's objects live as long as the process (modules, the
 # app, the agents, the tables and their decoded states), and the event-per-record pipeline
@@ -120,7 +120,7 @@ class GcPauses:
         if phase == "start":
             self._started = time.perf_counter()
             return
-        gen = min(max(int(info.get("generation", 2)), 0), 2)
+        gen = info["generation"]  # CPython's: 0, 1 or 2
         took = time.perf_counter() - self._started
         self.seconds[gen] += took
         self.collections[gen] += 1
