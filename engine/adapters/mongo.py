@@ -4,7 +4,8 @@ Motor is deprecated in favour of :class:`pymongo.AsyncMongoClient`, which this u
 are ``async with client.start_session()`` (not awaited).  No multi-document transactions: the
 Bitnami chart runs a standalone ``mongod`` where they are unavailable, so ordering is kept by a
 unique ``(policy_id, version)`` index on the history instead (two concurrent writers of the same
-version: one gets :class:`PolicyConflict`).
+version: one gets :class:`PolicyConflict`), and a writer that finds another's version recorded
+but not yet stored gets it too, so the stored versions have no gap (``_next_version``).
 
 Collections (database ``settings.mongodb_database``):
 
@@ -19,6 +20,7 @@ Collections (database ``settings.mongodb_database``):
 from __future__ import annotations
 
 import builtins
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -94,8 +96,17 @@ def connect(settings: Settings, *, timeout_ms: int = 5000) -> AsyncDatabase[Doc]
     return mongo_client(settings, timeout_ms=timeout_ms)[settings.mongodb_database]
 
 
+# a history entry newer than the policy row, younger than this, is a write between its two
+# steps (PolicyStore._next_version); a write takes milliseconds, so this only delays the first
+# write after a crash mid-write (or a MongoDB outage between the steps) by at most this long.
+# Its age is read from the entry's ``claimed_at``: the wall clock of the writer (``time.time``,
+# not the store's injectable clock, which dates the versions), internal, never returned.
+IN_FLIGHT_SECONDS = 30.0
+_INTERNAL = ("_id", "claimed_at")
+
+
 def _strip(doc: Doc | None) -> Doc | None:
-    return None if doc is None else {k: v for k, v in doc.items() if k != "_id"}
+    return None if doc is None else {k: v for k, v in doc.items() if k not in _INTERNAL}
 
 
 class PolicyStore:
@@ -122,12 +133,30 @@ class PolicyStore:
         self._indexed = True
 
     async def _next_version(self, policy_id: str, session: Any) -> tuple[Doc | None, int]:
+        """The current row and the version a write takes: one past both the row and the history.
+
+        A history entry newer than the row is either a concurrent write between its two steps
+        (recorded, row not yet replaced) or a write that crashed there.  Building on an
+        in-flight one let both writers record a version and the older one then lose the row
+        (its entry taken back): the stored versions had a gap ([1, 2, 4]).  So an entry younger
+        than :data:`IN_FLIGHT_SECONDS` is a write in progress — 409, retry — and an older one is
+        an orphan of a crash, which the next write builds on (one version skipped, the orphan
+        kept in the history as written)."""
         current = await self.policies.find_one({"_id": policy_id}, session=session)
         last = await self.history_coll.find_one(
             {"policy_id": policy_id}, sort=[("version", DESCENDING)], session=session
         )
-        base = max(int(current["version"]) if current else 0, int(last["version"]) if last else 0)
-        return current, base + 1
+        stored = int(current["version"]) if current else 0
+        recorded = int(last["version"]) if last else 0
+        if last is not None and recorded > stored:
+            claimed = last.get("claimed_at")
+            age = time.time() - claimed if isinstance(claimed, int | float) else math.inf
+            if age < IN_FLIGHT_SECONDS:
+                raise PolicyConflict(
+                    f"policy {policy_id!r} version {recorded} is being written concurrently; "
+                    "re-read and retry"
+                )
+        return current, max(stored, recorded) + 1
 
     async def put(self, doc: Doc, by: str) -> Doc:
         """Validate and store a new version; returns the stored document (with its metadata)."""
@@ -176,6 +205,7 @@ class PolicyStore:
                     "doc": doc,
                     "by": by,
                     "at": datetime.fromtimestamp(now, UTC),
+                    "claimed_at": time.time(),
                 },
                 session=session,
             )

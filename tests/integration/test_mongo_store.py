@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from engine.adapters.mongo import (
+    IN_FLIGHT_SECONDS,
     PolicyConflict,
     PolicyStore,
     RecordStore,
@@ -142,6 +144,28 @@ async def test_a_write_interrupted_after_history_heals_on_next_put(policies: Pol
     )
     v3 = await policies.put(POLICY, by="bob")
     assert v3["version"] == 3
+
+
+async def test_a_write_in_progress_is_a_conflict_until_it_is_an_orphan(
+    policies: PolicyStore,
+) -> None:
+    """A history entry newer than the row, claimed moments ago, is another writer between its
+    two steps: building on it gave that writer's version to a gap.  Old enough, it is a crash's
+    orphan and the next write builds on it."""
+    await policies.put(POLICY, by="alice")
+    entry = {"policy_id": POLICY["id"], "version": 2, "op": "put", "doc": POLICY, "by": "x"}
+    await policies.history_coll.insert_one({**entry, "at": 0, "claimed_at": time.time()})
+    with pytest.raises(PolicyConflict, match="version 2 is being written concurrently"):
+        await policies.put(POLICY, by="bob")
+    assert (await policies.get(POLICY["id"]) or {})["version"] == 1
+    await policies.history_coll.update_one(
+        {"policy_id": POLICY["id"], "version": 2},
+        {"$set": {"claimed_at": time.time() - IN_FLIGHT_SECONDS - 1}},
+    )
+    assert (await policies.put(POLICY, by="bob"))["version"] == 3
+    history = await policies.history(POLICY["id"])
+    assert [h["version"] for h in history] == [1, 2, 3]
+    assert all("claimed_at" not in h for h in history)  # internal, never returned
 
 
 async def test_unique_id_index_exists(policies: PolicyStore) -> None:
