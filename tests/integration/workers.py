@@ -94,16 +94,30 @@ class Deployment:
         """Wait until the consumer group has ``members`` members, is ``Stable`` at the broker and
         every worker answers ``/ready`` with partitions assigned: a rebalance is over."""
         ports = [port for _, port in self.workers]
+        seen: dict[str, Any] = {}
 
         def stable() -> bool:
             state, count = asyncio.run(group_state(self.kafka, self.prefix))
+            seen.update(group=state, members=count)
             if state != "Stable" or count != members:
                 time.sleep(0.5)
                 return False
             readies = [http_json(f"http://127.0.0.1:{p}/ready")[1] for p in ports]
+            seen["ready"] = readies
             return all(r.get("ready") and r.get("assigned_partitions", 0) > 0 for r in readies)
 
-        wait_until(stable, timeout, f"consumer group {self.prefix} stable with {members} members")
+        def said() -> str:
+            """What was last seen, and each worker's last log lines: the timeout says why."""
+            tails = "".join(
+                f"\n--- {server.name} (alive: {server.alive()}) {server.log}:\n"
+                + "\n".join(server.log.read_text(errors="replace").splitlines()[-25:])
+                for server, _ in self.workers
+                if server.log.exists()
+            )
+            head = f"consumer group {self.prefix} stable with {members} members"
+            return f"{head} (last seen: {seen}){tails}"
+
+        wait_until(stable, timeout, said)
 
     def stop_all(self) -> None:
         for server, _ in self.workers:
