@@ -21,7 +21,8 @@ then for each size (a fresh deployment: its own topics and app id):
    counted in the worker log.
 4. **Burst**: a collector-shaped burst — one new hourly chunk for ``burst`` workloads, each
    followed by its cycle-end marker — and the latency from a workload's marker being
-   acknowledged by Kafka to its decision arriving (p50 / p99).
+   acknowledged by Kafka to its decision arriving (p50 / p99), and the CPU the worker processes
+   and the whole host used over the burst (``/proc``): whether the worker waited or computed.
 5. **Recovery**: SIGKILL, then a new worker process; the time from process start until
    ``/api/usage`` answers the pre-kill counts for a sample of workloads: as the same static member
    (the same ``KUBEFINOPS_KAFKA_GROUP_INSTANCE_ID``: the chart's default is the pod name, so a
@@ -62,6 +63,8 @@ from bench.common import (
     encode_batch,
     encode_chunk,
     get_text,
+    host_cpu_seconds,
+    proc_cpu_seconds,
     proc_status,
     produce_fast,
     seed_usage_changelog,
@@ -736,8 +739,25 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         gc_before = gc_pauses(metrics_text(port))
+        pids = [s.pid for s, _ in dep.workers]
+        worker_cpu0, (busy0, idle0), t_cpu = (
+            sum(proc_cpu_seconds(pid) for pid in pids),
+            host_cpu_seconds(),
+            time.monotonic(),
+        )
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
+        wall = time.monotonic() - t_cpu
+        worker_cpu = sum(proc_cpu_seconds(pid) for pid in pids) - worker_cpu0
+        busy1, idle1 = host_cpu_seconds()
+        host_busy, host_idle = busy1 - busy0, idle1 - idle0
+        print(
+            f"  CPU in the burst ({wall:.1f}s from its first record sent to its last decision "
+            f"read): worker{'s' if len(pids) > 1 else ''} {worker_cpu:.1f} CPU-s "
+            f"({worker_cpu / wall:.0%} of one core); the host {host_busy:.1f} busy and "
+            f"{host_idle:.1f} idle CPU-s over its {os.cpu_count()} cores (the rest of the busy "
+            "time: the broker, the other servers and this script)"
+        )
         owed += len(arrived)
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
         scraped = metrics_text(port)  # one scrape for both readings
