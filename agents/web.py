@@ -3,7 +3,8 @@
 * ``GET /health`` — liveness: the event loop answers.
 * ``GET /ready`` — readiness: connected to the broker, partitions assigned, tables recovered.
 * ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`, generated in a thread;
-  bounded at fleet scale (per-workload series for the top workloads only).
+  bounded at fleet scale (per-workload series for the top workloads only); ``?name[]=...``
+  (repeatable, prometheus-client's parameter) gives only those series.
 * ``GET /api/usage/{namespace}/{kind}/{name}`` — percentiles, max, count and span per container and
   resource; routed (Faust's ``route_topic_req``) to the worker that owns the workload's partition;
   503 until ``/ready``.  Behind the read token (``KUBEFINOPS_API_READ_TOKEN``, or the API token)
@@ -28,6 +29,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Literal
@@ -36,6 +38,7 @@ import faust
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
+from multidict import MultiMapping
 from pydantic import SecretStr
 
 from agents import collector
@@ -225,10 +228,25 @@ class Ready(RuntimeView):
         return self.json({"ready": ok, **state}, status=200 if ok else 503)
 
 
+# ``GET /metrics?name[]=a&name[]=b``: only those series (prometheus-client's own parameter), so
+# a poller of one counter does not pay for the whole exposition; bounded like any other input
+MAX_SCRAPE_NAMES = 64
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
+
+
 class Metrics(RuntimeView):
     async def get(self, request: Request) -> Response:
+        query = request.query  # aiohttp's MultiDict (Faust types it as a plain Mapping)
+        names = query.getall("name[]", []) if isinstance(query, MultiMapping) else []
+        if len(names) > MAX_SCRAPE_NAMES or not all(_METRIC_NAME.fullmatch(n) for n in names):
+            return self.error(
+                400,
+                f"name[]: at most {MAX_SCRAPE_NAMES} metric names, each matching "
+                f"{_METRIC_NAME.pattern}",
+            )
+        job = functools.partial(scrape, names=names or None)
         # In a thread: the event loop keeps consuming while the text is generated.
-        body = await asyncio.get_running_loop().run_in_executor(None, scrape)
+        body = await asyncio.get_running_loop().run_in_executor(None, job)
         # aiohttp adds "; charset=utf-8" itself and refuses it in content_type.
         return self.text(body.decode(), content_type=EXPOSITION)
 

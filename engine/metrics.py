@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -381,13 +381,27 @@ class GcCollector(Collector):
 
 REGISTRY.register(GcCollector())
 _SCRAPE_LOCK = threading.Lock()
+# the families FleetGauges.refresh rewrites: a scrape restricted to others skips the refresh
+_FLEET_FAMILIES = (
+    MONTHLY_COST_CURRENT, MONTHLY_COST_RECOMMENDED, REQUEST_CURRENT, REQUEST_RECOMMENDED,
+    USAGE_P95, NAMESPACE_COST_CURRENT, NAMESPACE_COST_RECOMMENDED, NAMESPACE_COST_TARGET,
+    NAMESPACE_REQUEST_RECOMMENDED, WORKLOADS_TRACKED,
+)  # fmt: skip
+_FLEET_NAMES = frozenset(m.name for family in _FLEET_FAMILIES for m in family.describe())
 
 
-def scrape(now: float | None = None) -> bytes:
+def scrape(now: float | None = None, names: Iterable[str] | None = None) -> bytes:
     """The exposition text, with the fleet's bounded series refreshed first.
 
+    ``names``: only these series (sample names, as prometheus-client's own ``name[]`` query
+    parameter: ``kubefinops_samples_ingested_total``, not the family's name) — a cheap scrape
+    for something polling one counter; the fleet's series are refreshed only when asked for.
     Blocking (CPU): the web endpoint runs it in a thread so a scrape never stalls the loop.
     """
+    wanted = None if names is None else frozenset(names)
     with _SCRAPE_LOCK:
-        FLEET.refresh(time.time() if now is None else now)
-        return generate_latest(REGISTRY)
+        if wanted is None or wanted & _FLEET_NAMES:
+            FLEET.refresh(time.time() if now is None else now)
+        if wanted is None:
+            return generate_latest(REGISTRY)
+        return generate_latest(REGISTRY.restricted_registry(wanted))

@@ -124,6 +124,13 @@ def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka
     assert "kubefinops_dead_letters_total" in metrics
     # the garbage collector tuned at start and frozen once ready (engine/memory.py)
     assert 'kubefinops_gc_collections_total{generation="2"}' in metrics
+    # one counter only (prometheus-client's name[] parameter), and a bad name is a 400
+    status, one = http_json(f"http://127.0.0.1:{port}/metrics?name[]=kubefinops_dead_letters_total")
+    lines = [line for line in one.splitlines() if line and not line.startswith("#")]
+    assert status == 200 and lines, one
+    assert all(line.startswith("kubefinops_dead_letters_total{") for line in lines), lines
+    status, bad = http_json(f"http://127.0.0.1:{port}/metrics?name[]=a%0Ab")
+    assert status == 400 and "name[]" in bad["error"], (status, bad)
     frozen = re.findall(
         r"garbage collector: (\d+) objects alive at start frozen", server.log.read_text()
     )

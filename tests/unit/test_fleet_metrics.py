@@ -124,6 +124,31 @@ def test_scrape_refreshes_the_module_fleet_first() -> None:
         FLEET.stale_seconds = saved
 
 
+def test_a_scrape_restricted_to_names_gives_those_and_skips_the_fleet() -> None:
+    """``scrape(names=...)`` (``/metrics?name[]=``): only the series asked for; the fleet's
+    per-workload series are refreshed only when one of theirs is asked for."""
+    from engine.metrics import FLEET, RECORDS_PROCESSED
+
+    RECORDS_PROCESSED.labels("aggregator").inc()
+    FLEET.observe(_rec(7), now=10.0)
+    saved = FLEET.stale_seconds
+    try:
+        FLEET.stale_seconds = -1.0  # a refresh would expire the entry
+        text = scrape(now=10.0, names=["kubefinops_records_processed_total"]).decode()
+        samples = [line for line in text.splitlines() if not line.startswith("#")]
+        assert samples and all(
+            line.startswith("kubefinops_records_processed_total{") for line in samples
+        ), samples
+        assert len(FLEET) == 1  # not refreshed: nothing asked for its series
+        text = scrape(now=10.0, names=["kubefinops_workloads_tracked"]).decode()
+        assert len(FLEET) == 0  # asked for one of the fleet's: refreshed (and expired)
+        assert 'kubefinops_workloads_tracked{scope="all"} 0.0' in text
+        assert "kubefinops_records_processed" not in text
+    finally:
+        FLEET.stale_seconds = saved
+        FLEET.refresh(10.0)
+
+
 def _ns_totals(text: str, name: str) -> dict[str, float]:
     pattern = rf'^{name}\{{namespace="([^"]+)"\}} (\S+)$'
     return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text, re.M)}
