@@ -346,10 +346,12 @@ def heap_dump(args: argparse.Namespace, pid: int, when: str) -> None:
         print(f"  heap dump: {when} (RSS {proc_status(pid).get('VmRSS', 0) / MIB:.0f} MiB)")
 
 
-def metrics_text(port: int) -> str:
-    """The worker's /metrics ("" if unreadable: every reading of it then says so)."""
+def metrics_text(port: int, *names: str) -> str:
+    """The worker's /metrics, only the series ``names`` when given ("" if unreadable: every
+    reading of it then says so)."""
+    query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
     try:
-        return get_text(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        return get_text(f"http://127.0.0.1:{port}/metrics{query}", timeout=30)
     except OSError as exc:
         print(f"  !! /metrics unreadable: {exc}")
         return ""
@@ -407,12 +409,21 @@ def changelog_bytes(stack: Stack, dep: Deployment) -> int:
     return total
 
 
-def log_problems(server: Server) -> dict[str, int]:
+def log_problems(server: Server, port: int) -> dict[str, int]:
     text = Path(server.log).read_text(errors="replace")
+    # Faust's "producer buffer full" line, one per wait, is thinned to one a minute since
+    # 2026-12-02: the waits are counted from the worker's counter (the log's lines, for a
+    # worker without it)
+    waits = text.count("producer buffer full")
+    counter = re.search(
+        r"^kubefinops_producer_buffer_waits_total (\S+)$",
+        metrics_text(port, "kubefinops_producer_buffer_waits_total"),
+        re.M,
+    )
     return {
         "agent crashes": len(re.findall(r"crashed|Traceback", text)),
         "MessageSizeTooLarge": text.count("MessageSizeTooLarge"),
-        "producer buffer full": text.count("producer buffer full"),
+        "producer buffer waits": int(float(counter.group(1))) if counter else waits,
         "timer overlapping": text.count("Timer commit is overlapping"),
     }
 
@@ -791,7 +802,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         dep.stop_all()
         return {"n": n, "bursts": bursts}
     lat = np.array([b["p99"] for b in bursts])
-    problems = log_problems(server)
+    problems = log_problems(server, port)
     print(f"  worker log: {problems}")
 
     probe = []

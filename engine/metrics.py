@@ -34,6 +34,12 @@ DEAD_LETTERS = Counter(
     ["agent", "reason"],
     registry=REGISTRY,
 )
+PRODUCER_BUFFER_WAITS = Counter(
+    f"{_NS}_producer_buffer_waits",
+    "Times a stream waited for Faust's producer buffer (table writes faster than the changelog "
+    "is sent): back-pressure, nothing lost",
+    registry=REGISTRY,
+)
 AGENT_FAILURES = Counter(
     f"{_NS}_agent_failures_total",
     "Records whose handler raised: dead-lettered by the guard, the agent went on.",
