@@ -147,7 +147,8 @@ def ingested(port: int) -> float:
 
     Only that counter (``name[]``): the whole exposition, polled every 0.1 s, was 2-3 % of the
     worker's samples during an ingest run (py-spy, 2026-12-02) — the benchmark slowing what it
-    measures, where Prometheus scrapes every 15-30 s.  A worker without the parameter answers
+    measures, where Prometheus scrapes every 15-30 s (no measurable effect on the rate, though:
+    docs/benchmarks.md "Ingest: the record's size").  A worker without the parameter answers
     everything, which this reads the same."""
     text = get_text(f"http://127.0.0.1:{port}/metrics?name[]=kubefinops_samples_ingested_total")
     return sum(float(v) for v in _INGESTED.findall(text))

@@ -100,7 +100,9 @@ def connect(settings: Settings, *, timeout_ms: int = 5000) -> AsyncDatabase[Doc]
 # steps (PolicyStore._next_version); a write takes milliseconds, so this only delays the first
 # write after a crash mid-write (or a MongoDB outage between the steps) by at most this long.
 # Its age is read from the entry's ``claimed_at``: the wall clock of the writer (``time.time``,
-# not the store's injectable clock, which dates the versions), internal, never returned.
+# not the store's injectable clock, which dates the versions), internal, never returned. Writers
+# on hosts whose clocks differ by more than this would misjudge each other's entries; NTP keeps
+# that to milliseconds.
 IN_FLIGHT_SECONDS = 30.0
 _INTERNAL = ("_id", "claimed_at")
 
