@@ -49,6 +49,7 @@ from bench.common import (
     consume_count,
     end_offsets,
     ingested,
+    proc_cpu_seconds,
     proc_status,
     produce_fast,
     samples_per_message,
@@ -284,12 +285,6 @@ def part_throughput(
         print_profile(prof)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (/proc/<pid>/stat, clock ticks -> seconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def part_cpu(
     stack: Stack,
     containers: int,
@@ -315,7 +310,7 @@ def part_cpu(
         dep.wait_ready(port, server=server, timeout=120)
     # a worker ready before the others ingests meanwhile: count only what is ingested after
     # the CPU reading (the CPU and the samples of the same interval)
-    cpu0 = sum(cpu_seconds(server.pid) for server, _ in procs)
+    cpu0 = sum(proc_cpu_seconds(server.pid) for server, _ in procs)
     before = sum(ingested(port) for _, port in procs)
     started = time.monotonic()
     done = before
@@ -325,7 +320,7 @@ def part_cpu(
             break
         time.sleep(0.2)
     wall = time.monotonic() - started
-    cpu = sum(cpu_seconds(server.pid) for server, _ in procs) - cpu0
+    cpu = sum(proc_cpu_seconds(server.pid) for server, _ in procs) - cpu0
     measured = done - before
     print(
         f"  {workers} worker(s): {done:,.0f}/{total:,} samples, {measured:,.0f} of them in "

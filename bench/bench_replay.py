@@ -32,7 +32,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_scale import CHUNK, PARTITIONS, workloads
-from bench.common import Stack, seed_usage_changelog, usage_changelog, usage_templates
+from bench.common import (
+    Stack,
+    proc_cpu_seconds,
+    seed_usage_changelog,
+    usage_changelog,
+    usage_templates,
+)
 from tables import USAGE_CHANGELOG_CONFIG
 from tests.harness.kafka import KafkaInfo, create_topics
 from tests.harness.s3 import start_s3, unique_bucket
@@ -76,11 +82,6 @@ async def plain_read(info: KafkaInfo, topic: str) -> tuple[int, int, float]:
         await consumer.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_to_ready(dep: Any, port: int, timeout: float) -> dict[str, float]:
     log = dep.workdir / "w0.log"
     offset = log.stat().st_size if log.exists() else 0  # the log is appended to across runs
@@ -100,7 +101,7 @@ def start_to_ready(dep: Any, port: int, timeout: float) -> dict[str, float]:
                     marks.setdefault("assigned", now)
                 if state.get("ready"):
                     marks["ready"] = now
-                    marks["cpu"] = cpu_seconds(server.pid)
+                    marks["cpu"] = proc_cpu_seconds(server.pid)
                     break
             time.sleep(0.05)
         preloaded = [
