@@ -64,6 +64,7 @@ from bench.common import (
     encode_chunk,
     get_text,
     host_cpu_seconds,
+    metrics_url,
     proc_cpu_seconds,
     proc_status,
     produce_fast,
@@ -349,9 +350,8 @@ def heap_dump(args: argparse.Namespace, pid: int, when: str) -> None:
 def metrics_text(port: int, *names: str) -> str:
     """The worker's /metrics, only the series ``names`` when given ("" if unreadable: every
     reading of it then says so)."""
-    query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
     try:
-        return get_text(f"http://127.0.0.1:{port}/metrics{query}", timeout=30)
+        return get_text(metrics_url(port, *names), timeout=30)
     except OSError as exc:
         print(f"  !! /metrics unreadable: {exc}")
         return ""
@@ -751,11 +751,9 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         gc_before = gc_pauses(metrics_text(port))
         pids = [s.pid for s, _ in dep.workers]
-        worker_cpu0, (busy0, idle0), t_cpu = (
-            sum(proc_cpu_seconds(pid) for pid in pids),
-            host_cpu_seconds(),
-            time.monotonic(),
-        )
+        worker_cpu0 = sum(proc_cpu_seconds(pid) for pid in pids)
+        busy0, idle0 = host_cpu_seconds()
+        t_cpu = time.monotonic()
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
             acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
         wall = time.monotonic() - t_cpu

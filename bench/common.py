@@ -142,6 +142,12 @@ def get_text(url: str, timeout: float = 10.0) -> str:
         return str(resp.read().decode())
 
 
+def metrics_url(port: int, *names: str) -> str:
+    """A worker's /metrics; only the series ``names`` when given (its ``name[]`` parameter)."""
+    query = "&".join(f"name[]={name}" for name in names)
+    return f"http://127.0.0.1:{port}/metrics" + (f"?{query}" if query else "")
+
+
 def ingested(port: int) -> float:
     """Sum of ``kubefinops_samples_ingested_total`` over resources on a worker's /metrics.
 
@@ -150,7 +156,7 @@ def ingested(port: int) -> float:
     measures, where Prometheus scrapes every 15-30 s (no measurable effect on the rate, though:
     docs/benchmarks.md "Ingest: the record's size").  A worker without the parameter answers
     everything, which this reads the same."""
-    text = get_text(f"http://127.0.0.1:{port}/metrics?name[]=kubefinops_samples_ingested_total")
+    text = get_text(metrics_url(port, "kubefinops_samples_ingested_total"))
     return sum(float(v) for v in _INGESTED.findall(text))
 
 
