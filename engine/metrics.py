@@ -264,6 +264,16 @@ class _Entry:
         return abs(self.current - self.recommended)
 
 
+# the families FleetGauges.refresh rewrites on every scrape: per namespace, per workload
+_NAMESPACE_FAMILIES = (
+    NAMESPACE_COST_CURRENT, NAMESPACE_COST_RECOMMENDED, NAMESPACE_COST_TARGET,
+    NAMESPACE_REQUEST_RECOMMENDED,
+)  # fmt: skip
+_WORKLOAD_FAMILIES = (
+    MONTHLY_COST_CURRENT, MONTHLY_COST_RECOMMENDED, REQUEST_CURRENT, REQUEST_RECOMMENDED, USAGE_P95,
+)  # fmt: skip
+
+
 class FleetGauges:
     """The money and request gauges of every workload this worker recommends, exported bounded.
 
@@ -323,9 +333,8 @@ class FleetGauges:
                 if new is not None:
                     req_rec[e.namespace, res] = req_rec.get((e.namespace, res), 0.0) + new
         top = heapq.nsmallest(self.top, entries, key=lambda kv: (-kv[1].pending, kv[0]))
-        for family in (NAMESPACE_COST_CURRENT, NAMESPACE_COST_RECOMMENDED, NAMESPACE_COST_TARGET):
+        for family in _NAMESPACE_FAMILIES:
             family.clear()
-        NAMESPACE_REQUEST_RECOMMENDED.clear()
         for ns, v in cost_cur.items():
             NAMESPACE_COST_CURRENT.labels(ns).set(v)
         for ns, v in cost_rec.items():
@@ -334,10 +343,7 @@ class FleetGauges:
             NAMESPACE_COST_TARGET.labels(ns).set(v)
         for (ns, res), v in req_rec.items():
             NAMESPACE_REQUEST_RECOMMENDED.labels(ns, res).set(v)
-        for family in (
-            MONTHLY_COST_CURRENT, MONTHLY_COST_RECOMMENDED, REQUEST_CURRENT,
-            REQUEST_RECOMMENDED, USAGE_P95,
-        ):  # fmt: skip
+        for family in _WORKLOAD_FAMILIES:
             family.clear()
         for _, e in top:
             w = (e.namespace, e.kind, e.name)
@@ -387,13 +393,12 @@ class GcCollector(Collector):
 
 REGISTRY.register(GcCollector())
 _SCRAPE_LOCK = threading.Lock()
-# the families FleetGauges.refresh rewrites: a scrape restricted to others skips the refresh
-_FLEET_FAMILIES = (
-    MONTHLY_COST_CURRENT, MONTHLY_COST_RECOMMENDED, REQUEST_CURRENT, REQUEST_RECOMMENDED,
-    USAGE_P95, NAMESPACE_COST_CURRENT, NAMESPACE_COST_RECOMMENDED, NAMESPACE_COST_TARGET,
-    NAMESPACE_REQUEST_RECOMMENDED, WORKLOADS_TRACKED,
-)  # fmt: skip
-_FLEET_NAMES = frozenset(m.name for family in _FLEET_FAMILIES for m in family.describe())
+# a scrape restricted to other series skips FleetGauges.refresh
+_FLEET_NAMES = frozenset(
+    m.name
+    for family in (*_NAMESPACE_FAMILIES, *_WORKLOAD_FAMILIES, WORKLOADS_TRACKED)
+    for m in family.describe()
+)
 
 
 def scrape(now: float | None = None, names: Iterable[str] | None = None) -> bytes:
