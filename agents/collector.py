@@ -22,7 +22,7 @@ import time
 
 from agents.runtime import Runtime
 from engine.core.apply_cycles import CycleManifest
-from engine.core.collect import plan_chunks, split_chunk
+from engine.core.collect import plan_chunks, plan_queries, split_chunk
 from engine.core.model import CycleEnd
 from engine.errors import RetryableError
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES
@@ -44,27 +44,44 @@ async def run_cycle(rt: Runtime, now: float) -> int:
         return 0
     s = rt.settings
     sent = 0
+    # The chunk length and the namespace shards from the series per namespace (one instant
+    # query): each range answer within the point budget, the records a day long if it can be.
+    plan = plan_queries(
+        await source.series_by_namespace(now),
+        longest=s.prometheus_chunk_seconds,
+        budget=s.prometheus_max_points_per_query,
+        step=s.prometheus_step_seconds,
+    )
     chunks = plan_chunks(
         rt.tables.watermarks.get(USAGE_WATERMARK),
         now,
         scrape_lag=s.scrape_lag_seconds,
         history=s.history_seconds,
-        chunk=s.prometheus_chunk_seconds,
+        chunk=plan.chunk,
         step=s.prometheus_step_seconds,
     )
     for i, (start, end) in enumerate(chunks, 1):
-        records = await source.collect_records(start, end)
-        futures = [
-            await rt.topics.metrics.send(key=r.workload_id.encode(), value=raw)
-            for r in records
-            for raw in split_chunk(r)  # one record per workload, unless over Kafka's limit
-        ]
+        futures = []
+        for shard in plan.shards:  # one answer held at a time; its records sent before the next
+            records = await source.collect_records(start, end, shard)
+            futures += [
+                await rt.topics.metrics.send(key=r.workload_id.encode(), value=raw)
+                for r in records
+                for raw in split_chunk(r)  # one record per workload, unless over Kafka's limit
+            ]
         for fut in futures:
             await fut  # the chunk counts as published only once Kafka acknowledged it
         rt.tables.watermarks[USAGE_WATERMARK] = end
         sent += len(futures)
         if len(chunks) > 1:
-            log.info("backfill %d/%d chunks (%s records)", i, len(chunks), len(futures))
+            log.info(
+                "backfill %d/%d chunks of %.0f h (%s records, %d shards)",
+                i,
+                len(chunks),
+                plan.chunk / 3600,
+                len(futures),
+                len(plan.shards),
+            )
     specs = await source.collect_specs(now)
     cycle = collection_cycle_id(now)
     for spec in specs:

@@ -50,11 +50,17 @@ class UsageSource(Protocol):
     async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
         """One batch per container for the time range ``(start, end]`` (in-process users)."""
 
-    async def collect_records(self, start: float, end: float) -> list[MetricsChunk]:
-        """One columnar record per workload for ``(start, end]``: what the collector sends."""
+    async def collect_records(
+        self, start: float, end: float, matchers: str = ""
+    ) -> list[MetricsChunk]:
+        """One columnar record per workload for ``(start, end]``: what the collector sends
+        (``matchers``: only the namespaces of one shard, ``engine.core.collect.QueryPlan``)."""
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         """Every workload's current spec."""
+
+    async def series_by_namespace(self, at: float) -> dict[str, int]:
+        """Series the range queries answer, per namespace: sizes the chunks and the shards."""
 
 
 class PolicySource(Protocol):

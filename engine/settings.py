@@ -170,7 +170,13 @@ class Settings(BaseSettings):
     prometheus_url: str = f"http://infra-monitoring-kube-prom-prometheus.{_SVC}:9090"
     prometheus_timeout_seconds: PositiveFloat = 30.0
     prometheus_step_seconds: PositiveInt = 60
-    prometheus_chunk_seconds: PositiveInt = 6 * 3600
+    # The longest chunk a cycle asks for, and the most points (series x steps) one range query
+    # may answer: the collector picks the longest chunk within both (engine/core/collect.py
+    # chunk_for).  3 M points is ~200 MiB held while one answer becomes records (~70 bytes a
+    # point); a day per chunk up to ~2,000 series (1,000 two-container workloads), 2 hours at
+    # 20,000 (docs/collector.md "Chunk length").  The backtest reads at most 6-hour chunks.
+    prometheus_chunk_seconds: PositiveInt = 24 * 3600
+    prometheus_max_points_per_query: PositiveInt = 3_000_000
     scrape_lag_seconds: Annotated[int, Field(ge=0)] = 120
     collect_interval_seconds: PositiveFloat = 3600.0
     collect_on_start: bool = True  # run a collection right after the first assignment

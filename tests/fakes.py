@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,9 @@ class FakeUsage(Failing):
         self.batches, self.specs = batches, specs
         self.chunks: list[tuple[float, float]] = []
         self._fail_at: tuple[int, Exception] | None = None
+        # what series_by_namespace says (None: the batches' containers per namespace)
+        self.series: dict[str, int] | None = None
+        self.shards: list[str] = []  # the matchers collect_records was asked with
 
     def fail_after(self, chunks: int, exc: Exception) -> None:
         self._fail_at = (len(self.chunks) + chunks, exc)
@@ -257,11 +261,31 @@ class FakeUsage(Failing):
         self.chunks.append((start, end))
         return [b for b in self.batches if start < b.end <= end]
 
-    async def collect_records(self, start: float, end: float) -> list[MetricsChunk]:
-        return chunks_from_batches(await self.collect_chunk(start, end))
+    async def collect_records(
+        self, start: float, end: float, matchers: str = ""
+    ) -> list[MetricsChunk]:
+        """The records of the chunk's batches, only the namespaces ``matchers`` selects (the
+        ``namespace=~"a|b"`` / ``namespace!~"a|b"`` shards the collector asks for)."""
+        self.shards.append(matchers)
+        batches = await self.collect_chunk(start, end)
+        if matchers:
+            found = re.fullmatch(r'namespace(=~|!~)"([^"]*)"', matchers)
+            assert found, matchers
+            names = set(found.group(2).split("|"))
+            inside = found.group(1) == "=~"
+            batches = [b for b in batches if (b.namespace in names) == inside]
+        return chunks_from_batches(batches)
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         return list(self.specs)
+
+    async def series_by_namespace(self, at: float) -> dict[str, int]:
+        if self.series is not None:
+            return dict(self.series)
+        found: dict[str, set[str]] = {}
+        for b in self.batches:
+            found.setdefault(b.namespace, set()).add(b.container_id)
+        return {ns: len(ids) for ns, ids in found.items()}
 
 
 def settings(tmp: Path | None = None, **overrides: Any) -> Settings:

@@ -43,6 +43,7 @@ from engine.core.collect import (
     parse_matrix_body,
     parse_result,
     parse_series,
+    series_count_expr,
     spec_expr,
 )
 from engine.core.model import MetricsBatch, MetricsChunk, WorkloadSpec
@@ -291,36 +292,87 @@ class Collector:
         # At least two scrapes of a 30 s cAdvisor interval fit in the window.
         self.rate_window = rate_window or max(2 * step, 60)
         self.samples_read = 0
+        # the owners of the chunk asked last: asked once per chunk, not once per shard
+        self._owners_of: tuple[tuple[float, float], Owners] | None = None
+
+    async def _owners(self, start: float, end: float) -> Owners:
+        window = int(end - start) + LOOKBACK_SECONDS
+        found = await asyncio.gather(
+            *(self.client.query(owner_expr(m, window), end) for m in OWNER_METRICS)
+        )
+        return Owners.build(*found)
+
+    def _count(self, read: int) -> None:
+        self.samples_read += read
+        PROMETHEUS_SAMPLES_READ.inc(read)
 
     async def _query_chunk(
         self, start: float, end: float
     ) -> tuple[list[Series], list[Series], Owners] | None:
         """The cpu and memory series of ``(start, end]`` and the pods' owners (None: the chunk
-        holds no evaluation time of the step)."""
+        holds no evaluation time of the step), each sample a tuple: the backtest's batches."""
         first = eval_start(start, end, self.step)
         if first is None:
             return None
-        window = int(end - start) + LOOKBACK_SECONDS
-        cpu, memory, *owners = await asyncio.gather(
+        cpu, memory, owners = await asyncio.gather(
             self.client.query_range(cpu_expr(self.rate_window), first, end, self.step),
             self.client.query_range(memory_expr(self.step), first, end, self.step),
-            *(self.client.query(owner_expr(m, window), end) for m in OWNER_METRICS),
+            self._owners(start, end),
         )
-        read = sum(len(s.values) for s in (*cpu, *memory))
-        self.samples_read += read
-        PROMETHEUS_SAMPLES_READ.inc(read)
-        return cpu, memory, Owners.build(*owners)
+        self._count(sum(len(s.values) for s in (*cpu, *memory)))
+        return cpu, memory, owners
+
+    async def _query_chunk_arrays(
+        self, start: float, end: float, matchers: str = ""
+    ) -> tuple[list[SeriesArrays], list[SeriesArrays], Owners] | None:
+        """:meth:`_query_chunk` with each series' samples as numpy arrays (~16 bytes a point
+        instead of ~110 as a tuple of floats; an answer parsed the tuple way peaked at ~600
+        bytes a point, bench/bench_collector_memory.py) and the two range queries one after the
+        other, so one answer's body is held at a time: the collector's records.  ``matchers``:
+        one shard of the cluster (:func:`~engine.core.collect.plan_queries`); the owners are
+        asked once per chunk, whatever the shards."""
+        first = eval_start(start, end, self.step)
+        if first is None:
+            return None
+        cpu_query = cpu_expr(self.rate_window, matchers)
+        if self._owners_of is not None and self._owners_of[0] == (start, end):
+            owners = self._owners_of[1]
+            cpu = await self.client.query_range_arrays(cpu_query, first, end, self.step)
+        else:
+            cpu, owners = await asyncio.gather(
+                self.client.query_range_arrays(cpu_query, first, end, self.step),
+                self._owners(start, end),
+            )
+            self._owners_of = ((start, end), owners)
+        memory = await self.client.query_range_arrays(
+            memory_expr(self.step, matchers), first, end, self.step
+        )
+        self._count(sum(s.values.size for s in (*cpu, *memory)))
+        return cpu, memory, owners
 
     async def collect_chunk(self, start: float, end: float) -> list[MetricsBatch]:
         """Every workload container's samples in ``(start, end]``; same chunk, same batches."""
         answer = await self._query_chunk(start, end)
         return [] if answer is None else build_batches(*answer, start, end)
 
-    async def collect_records(self, start: float, end: float) -> list[MetricsChunk]:
+    async def collect_records(
+        self, start: float, end: float, matchers: str = ""
+    ) -> list[MetricsChunk]:
         """Every workload's samples in ``(start, end]`` as one columnar record each (what the
-        collector sends on ``kubefinops.metrics``); same chunk, same records."""
-        answer = await self._query_chunk(start, end)
+        collector sends on ``kubefinops.metrics``); same chunk, same records.  ``matchers``:
+        only the series they select (a shard of namespaces)."""
+        answer = await self._query_chunk_arrays(start, end, matchers)
         return [] if answer is None else build_chunks(*answer, start, end, self.step)
+
+    async def series_by_namespace(self, at: float) -> dict[str, int]:
+        """How many series the range queries answer per namespace, counted at ``at`` (one
+        number per namespace; pods that came and went earlier are not in it)."""
+        found = await self.client.query(series_count_expr(), at)
+        return {
+            s.labels.get("namespace", ""): int(s.values[0][1])
+            for s in found
+            if s.values and s.labels.get("namespace")
+        }
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         return build_specs(await self.client.query(spec_expr(), at), at)

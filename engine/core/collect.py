@@ -95,6 +95,81 @@ def plan_chunks(
     return chunks
 
 
+# Backfill chunk lengths, longest first: each divides a day, so chunk boundaries (multiples of
+# the chunk in absolute time) fall on UTC midnights whatever length a cycle picks.
+CHUNK_CHOICES = (86_400, 43_200, 21_600, 14_400, 10_800, 7_200, 3_600, 1_800, 900)
+
+
+def chunk_for(series: int | None, *, longest: int, budget: int, step: int) -> int:
+    """The chunk length a cycle asks Prometheus for: the longest of :data:`CHUNK_CHOICES` up
+    to ``longest`` (``prometheus_chunk_seconds``; itself when it is not one of them) whose range
+    query answers at most ``budget`` points (``series`` x points per series), else the shortest.
+
+    Why: the collector's range queries are cluster-wide, so an answer holds ``series x points``
+    samples and the collector holds it whole while it builds the records (~70 bytes a point,
+    body included).  Longer chunks mean fewer, larger records, which the aggregator ingests
+    faster (a day per record: ~2x the samples per second of 6 hours); the budget keeps the
+    answer, and the collector's memory, bounded at any fleet size.  ``series`` None or 0
+    (unknown, an empty cluster): ``longest``."""
+    if step <= 0 or longest <= 0 or budget <= 0:
+        raise ValueError("step, longest and budget must be positive")
+    candidates = [longest, *(c for c in CHUNK_CHOICES if c < longest)]
+    if not series or series <= 0:
+        return longest
+    for chunk in candidates:
+        if series * max(1, chunk // step) <= budget:
+            return chunk
+    return candidates[-1]
+
+
+# A Kubernetes namespace name (an RFC 1123 DNS label): safe in a PromQL regex as it is.
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """How a cycle asks: chunks of ``chunk`` seconds, each asked once per shard (a label
+    matcher added to the range queries; ``""``: the whole cluster in one query)."""
+
+    chunk: int
+    shards: tuple[str, ...] = ("",)
+
+
+def plan_queries(series: Mapping[str, int], *, longest: int, budget: int, step: int) -> QueryPlan:
+    """The chunk length and the namespace shards of a cycle, from the series per namespace.
+
+    The whole cluster in one query when that already gets the longest chunk :func:`chunk_for`
+    allows (or sharding would not make it longer).  Otherwise the namespaces are packed, largest
+    first, into shards of at most ``budget`` points at the chunk the largest namespace alone
+    allows: every answer stays within the budget and the records stay a day long however many
+    workloads the cluster has, as long as no namespace is larger than ~2,000 series.  The last
+    shard is every namespace *not* named in the others (``namespace!~"..."``): one created
+    after the count, or missing from it, is still collected.  A namespace name that is not a
+    Kubernetes name (not from kube-state-metrics' cluster) keeps the one-query plan."""
+    total = sum(series.values())
+    whole = chunk_for(total, longest=longest, budget=budget, step=step)
+    if whole == longest or not series:
+        return QueryPlan(whole)
+    chunk = chunk_for(max(series.values()), longest=longest, budget=budget, step=step)
+    if chunk <= whole or not all(_NAMESPACE.fullmatch(ns) for ns in series):
+        return QueryPlan(whole)
+    capacity = max(1, budget // max(1, chunk // step))
+    shards: list[tuple[int, list[str]]] = []  # (series, namespaces)
+    for ns, count in sorted(series.items(), key=lambda item: (-item[1], item[0])):
+        for i, (load, names) in enumerate(shards):
+            if load + count <= capacity:
+                shards[i] = (load + count, [*names, ns])
+                break
+        else:
+            shards.append((count, [ns]))
+    if len(shards) < 2:
+        return QueryPlan(whole)
+    named = [sorted(names) for _, names in shards[:-1]]
+    matchers = [f'namespace=~"{"|".join(names)}"' for names in named]
+    matchers.append(f'namespace!~"{"|".join(sorted(ns for names in named for ns in names))}"')
+    return QueryPlan(chunk, tuple(matchers))
+
+
 def first_eval_time(start: float, step: int) -> float:
     """First step-aligned evaluation time strictly after ``start`` (chunks are left-open)."""
     return _floor(start, step) + step
@@ -109,10 +184,11 @@ def eval_start(start: float, end: float, step: int) -> float | None:
     return first if first <= end else None
 
 
-def cpu_expr(rate_window: int) -> str:
+def cpu_expr(rate_window: int, matchers: str = "") -> str:
+    sel = 'container!="",container!="POD"' + (f",{matchers}" if matchers else "")
     return (
         "sum by (namespace, pod, container) (rate(container_cpu_usage_seconds_total"
-        f'{{container!="",container!="POD"}}[{rate_window}s]))'
+        f"{{{sel}}}[{rate_window}s]))"
     )
 
 
@@ -123,6 +199,15 @@ def memory_expr(step: int, matchers: str = "") -> str:
     return (
         "max by (namespace, pod, container) (max_over_time(container_memory_working_set_bytes"
         f"{{{sel}}}[{step}s]))"
+    )
+
+
+def series_count_expr() -> str:
+    """The series :func:`memory_expr` answers at one instant, per namespace (sizes the chunks
+    and the shards: :func:`plan_queries`)."""
+    return (
+        "count by (namespace) (max by (namespace, pod, container) "
+        '(container_memory_working_set_bytes{container!="",container!="POD"}))'
     )
 
 
@@ -325,7 +410,7 @@ def parse_matrix_body(
     converted (:func:`_grid_times`: ~60 % of the conversion), the same floats either way.
     """
     parts: list[bytes] = []
-    runs: list[bytes] = []
+    runs: list[tuple[int, int]] = []  # where each run is: copied one series at a time below
     pos = 0
     while (at := body.find(_VALUES, pos)) >= 0:
         begin = at + len(_VALUES)
@@ -336,7 +421,7 @@ def parse_matrix_body(
             if stop < 0:
                 break
         parts.append(body[pos:begin])
-        runs.append(body[begin : stop + 1])
+        runs.append((begin, stop + 1))
         pos = stop + 1
     if not runs:
         return parse_matrix(loads(body))
@@ -346,8 +431,9 @@ def parse_matrix_body(
         skeleton = parse_matrix(loads(b"".join(parts)))
         if len(skeleton) != len(runs):
             raise MalformedResponse("layout")
-        for series, run in zip(skeleton, runs, strict=True):
-            # one series at a time: a Python float per number lives only that long
+        for series, (begin, stop) in zip(skeleton, runs, strict=True):
+            # one series at a time: its text and a Python float per number live only that long
+            run = body[begin:stop]
             numbers = run.translate(None, b'[]"')
             items = loads(b"[" + numbers + b"]")
             if not isinstance(items, list) or len(items) != (
@@ -543,17 +629,36 @@ def grid_rows(series: Iterable[Pairs], t0: float, step: float, n: int) -> np.nda
     values, NaN where a series has no sample (``null`` on the wire).  A series holding one
     timestamp several times (several pods merged) takes a row per repetition.  Points off the
     grid or outside it raise :class:`ValueError` (Prometheus' range queries never give any)."""
-    rows: list[np.ndarray] = []
+    arrays = []
     for pairs in series:
-        if not pairs:
+        if pairs:
+            arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+            arrays.append((arr[:, 0], arr[:, 1]))
+    return grid_rows_of(arrays, t0, step, n)
+
+
+def grid_rows_of(
+    series: Iterable[tuple[FloatArray, FloatArray]], t0: float, step: float, n: int
+) -> np.ndarray:
+    """:func:`grid_rows` of series given as ``(timestamps, values)`` arrays (the collector's
+    range answers, parsed without a Python object per sample)."""
+    rows: list[np.ndarray] = []
+    for ts, vals in series:
+        if not ts.size:
             continue
-        arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
-        pos = (arr[:, 0] - t0) / step
+        pos = (ts - t0) / step
         idx = np.rint(pos).astype(np.int64)
         if np.any(np.abs(pos - idx) > 1e-6) or idx.min() < 0 or idx.max() >= n:
             raise ValueError("a sample is not on the chunk's time grid")
+        if idx.size == 1 or bool((idx[1:] > idx[:-1]).all()):
+            # each grid point once and in order (one series of a range answer): one row, what
+            # the general path below gives without sorting and ranking
+            row = np.full(n, np.nan)
+            row[idx] = vals
+            rows.append(row)
+            continue
         order = np.argsort(idx, kind="stable")
-        idx, vals = idx[order], arr[order, 1]
+        idx, vals = idx[order], vals[order]
         # the k-th repetition of a grid point goes to the k-th row of this series
         first = np.r_[0, np.flatnonzero(np.diff(idx)) + 1]
         rank = np.arange(idx.size) - np.repeat(first, np.diff(np.r_[first, idx.size]))
@@ -569,27 +674,42 @@ def grid_of(start: float, end: float, step: int) -> tuple[float, int]:
     return t0, 0 if t0 > end else int((end - t0) // step) + 1
 
 
+def _in_chunk(s: Series | SeriesArrays, start: float, end: float) -> tuple[FloatArray, FloatArray]:
+    """A series' ``(timestamps, values)`` in ``(start, end]`` as arrays."""
+    if isinstance(s, SeriesArrays):
+        ts, vals = s.ts, s.values
+    elif s.values:
+        arr = np.asarray(s.values, dtype=np.float64).reshape(-1, 2)
+        ts, vals = arr[:, 0], arr[:, 1]
+    else:
+        return _EMPTY, _EMPTY
+    inside = (ts > start) & (ts <= end)
+    return (ts, vals) if inside.all() else (ts[inside], vals[inside])
+
+
 def build_chunks(
-    cpu: Iterable[Series],
-    memory: Iterable[Series],
+    cpu: Iterable[S],
+    memory: Iterable[S],
     owners: Owners,
     start: float,
     end: float,
     step: int,
 ) -> list[MetricsChunk]:
     """One columnar record per workload for chunk ``(start, end]``, every container and pod on
-    the query grid (one row per series), sorted by workload id; what the collector sends."""
+    the query grid (one row per series), sorted by workload id; what the collector sends.  The
+    series may be :class:`SeriesArrays` (what the collector reads) or :class:`Series`: the same
+    records either way."""
     t0, n = grid_of(start, end, step)
-    grouped: dict[tuple[str, str, str], dict[str, dict[str, list[Pairs]]]] = {}
+    grouped: dict[tuple[str, str, str], dict[str, dict[str, list[tuple[FloatArray, FloatArray]]]]]
+    grouped = {}
     for resource, (ns, kind, name, container), s in owned_series(cpu, memory, owners):
-        values = [(t, v) for t, v in s.values if start < t <= end]
         by_res = grouped.setdefault((ns, kind, name), {}).setdefault(container, {})
-        by_res.setdefault(resource, []).append(values)
+        by_res.setdefault(resource, []).append(_in_chunk(s, start, end))
     out = []
     for (ns, kind, name), containers in sorted(grouped.items()):
         try:
             rows = {
-                c: {r: grid_rows(res[r], t0, step, n) for r in RESOURCES if r in res}
+                c: {r: grid_rows_of(res[r], t0, step, n) for r in RESOURCES if r in res}
                 for c, res in sorted(containers.items())
             }
         except ValueError:

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from engine.adapters.prometheus import BadQuery, Collector, PrometheusClient
-from engine.core.collect import count_samples, cpu_expr, plan_chunks
+from engine.core.collect import count_samples, cpu_expr, memory_expr, plan_chunks
 from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
 from engine.core.samples import validate_chunk
 from engine.core.selection import left_open_ranges
@@ -149,6 +149,32 @@ async def test_recollecting_a_window_gives_identical_batches(
         again = await Collector(client, step=STEP).collect_chunk(start, end)
     assert again == [b for b in batches if b.start == start and b.end == end]
     assert again and all(b.samples["cpu"] and b.samples["memory"] for b in again)
+
+
+async def test_namespace_shards_give_the_records_of_one_query(
+    prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
+) -> None:
+    """The collector sizes its chunks by the series per namespace and may ask a chunk in
+    namespace shards: the shards' records are exactly the one query's, and the count per
+    namespace is what an answer holds (no pod churn in the synthetic cluster's last hour)."""
+    _, end, _ = two_days
+    start = end - 6 * H
+    async with _client(prometheus.url) as client:
+        collector = Collector(client, step=STEP)
+        counted = await collector.series_by_namespace(end)
+        whole = await collector.collect_records(start, end)
+        first = sorted(counted)[0]
+        shards = [f'namespace=~"{first}"', f'namespace!~"{first}"']
+        parts = [await collector.collect_records(start, end, m) for m in shards]
+        answer = await client.query_range_arrays(memory_expr(STEP), end - H + STEP, end, STEP)
+    assert len(counted) >= 2 and all(n > 0 for n in counted.values())
+    per_namespace: dict[str, int] = {}
+    for series in answer:
+        ns = series.labels["namespace"]
+        per_namespace[ns] = per_namespace.get(ns, 0) + 1
+    assert counted == per_namespace
+    assert parts[0] and parts[1] and {r.namespace for r in parts[0]} == {first}
+    assert sorted(r.encode() for p in parts for r in p) == sorted(r.encode() for r in whole)
 
 
 async def test_columnar_records_carry_the_samples_of_the_batches(

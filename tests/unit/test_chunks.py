@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,17 @@ from agents import aggregator
 from agents.runtime import Runtime
 from engine.core.bounds import MAX_SAMPLES
 from engine.core.collect import (
+    CHUNK_CHOICES,
     Owners,
+    QueryPlan,
     Series,
+    SeriesArrays,
     build_batches,
     build_chunks,
+    chunk_for,
     chunks_from_batches,
     grid_rows,
+    plan_queries,
     split_chunk,
 )
 from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
@@ -92,6 +98,103 @@ def test_one_record_per_workload_holds_every_container_and_pod_on_the_grid() -> 
     wire = parse_metrics_record(chunk.encode())
     assert isinstance(wire, MetricsChunk) and wire.sample_count() == chunk.sample_count()
     assert b"null" in chunk.encode() and b"NaN" not in chunk.encode()
+
+
+def _as_arrays(series: list[Series]) -> list[SeriesArrays]:
+    return [
+        SeriesArrays(
+            s.labels,
+            np.asarray([t for t, _ in s.values], dtype=np.float64),
+            np.asarray([v for _, v in s.values], dtype=np.float64),
+        )
+        for s in series
+    ]
+
+
+@pytest.mark.parametrize("pods", [1, 3])
+def test_the_collectors_arrays_give_the_records_of_the_tuples(pods: int) -> None:
+    """The collector reads answers as numpy arrays; the records are those the tuples give, byte
+    for byte (one pod, several, a pod's series repeating a time, samples outside the chunk)."""
+    cpu, mem = _series(np.random.default_rng(20 + pods), pods=pods, gaps=0.2)
+    # a merged series with a repeated time (two rows), and samples before and after the chunk
+    doubled = [*cpu[0].values, cpu[0].values[3]]
+    cpu[0] = Series(cpu[0].labels, [(START, 0.5), *doubled, (END + STEP, 0.5)])
+    old = build_chunks(cpu, mem, OWNERS, START, END, STEP)
+    new = build_chunks(_as_arrays(cpu), _as_arrays(mem), OWNERS, START, END, STEP)
+    assert [c.encode() for c in new] == [c.encode() for c in old] and old
+    assert len(new[0].containers["app"]["cpu"]) == pods + 1  # the repetition's own row
+
+
+def test_a_day_per_chunk_while_the_answer_fits_the_point_budget() -> None:
+    day = 86_400
+    assert chunk_for(2_000, longest=day, budget=3_000_000, step=60) == day  # 2.88 M points
+    assert chunk_for(2_100, longest=day, budget=3_000_000, step=60) == 43_200
+    assert chunk_for(20_000, longest=day, budget=3_000_000, step=60) == 7_200  # 2.4 M
+    assert chunk_for(10**9, longest=day, budget=3_000_000, step=60) == CHUNK_CHOICES[-1]
+    # never longer than the setting, which is tried first even when it is not a choice
+    assert chunk_for(1, longest=6 * 3600, budget=3_000_000, step=60) == 6 * 3600
+    assert chunk_for(1, longest=5_000, budget=3_000_000, step=60) == 5_000
+    assert chunk_for(100, longest=5_000, budget=5_000, step=60) == 1_800  # 100 x 83 > 5,000
+    # nothing known (or an empty cluster): the setting
+    assert chunk_for(None, longest=day, budget=10, step=60) == day
+    assert chunk_for(0, longest=day, budget=10, step=60) == day
+    with pytest.raises(ValueError, match="positive"):
+        chunk_for(1, longest=day, budget=0, step=60)
+    # every choice divides a day: chunk boundaries stay on UTC midnights whatever is chosen
+    assert all(day % c == 0 for c in CHUNK_CHOICES)
+
+
+def _shard_names(matcher: str) -> tuple[bool, set[str]]:
+    found = re.fullmatch(r'namespace(=~|!~)"([^"]*)"', matcher)
+    assert found, matcher
+    return found.group(1) == "=~", set(found.group(2).split("|"))
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True),
+        st.integers(1, 5_000),
+        min_size=1,
+        max_size=60,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_namespace_shards_cover_every_namespace_once_within_the_budget(
+    series: dict[str, int],
+) -> None:
+    budget, day = 3_000_000, 86_400
+    plan = plan_queries(series, longest=day, budget=budget, step=60)
+    points = plan.chunk // 60
+    whole = chunk_for(sum(series.values()), longest=day, budget=budget, step=60)
+    if plan.shards == ("",):  # one query: the whole cluster's own chunk
+        assert plan.chunk == whole
+        return
+    assert plan.chunk > whole  # sharding only when it makes the records longer
+    *named, rest = (_shard_names(m) for m in plan.shards)
+    assert all(inside for inside, _ in named) and not rest[0]
+    listed = [ns for _, names in named for ns in names]
+    assert len(listed) == len(set(listed)) and rest[1] == set(listed)  # the rest: all others
+    for _, names in [*named, (True, set(series) - set(listed))]:
+        assert sum(series[ns] for ns in names) * points <= budget or len(names) == 1
+
+
+def test_one_query_when_it_fits_or_when_a_namespace_is_too_large_to_shard() -> None:
+    day = 86_400
+    assert plan_queries({"a": 1_000, "b": 1_000}, longest=day, budget=3_000_000, step=60) == (
+        QueryPlan(day)
+    )
+    # 10,000 workloads in 50 namespaces: a day per chunk in shards of <= 2,083 series
+    fleet = {f"ns-{i}": 400 for i in range(50)}
+    plan = plan_queries(fleet, longest=day, budget=3_000_000, step=60)
+    assert plan.chunk == day and len(plan.shards) == 10  # 5 namespaces (2,000 series) each
+    # one namespace of 20,000 series: sharding by namespace cannot help
+    assert plan_queries({"big": 20_000, "small": 10}, longest=day, budget=3_000_000, step=60) == (
+        QueryPlan(7_200)
+    )
+    # a name that is not a Kubernetes namespace is never put in a regex
+    odd = {'a"|.*': 3_000, "b": 3_000}
+    assert plan_queries(odd, longest=day, budget=3_000_000, step=60).shards == ("",)
+    assert plan_queries({}, longest=day, budget=3_000_000, step=60) == QueryPlan(day)
 
 
 def test_a_chunk_gives_the_state_of_the_same_samples_sent_as_batches() -> None:

@@ -50,9 +50,9 @@ MIB = 2.0**20
 AUTOPILOT = {"id": "shop-autopilot", "selectors": {"namespaces": ["shop"]}, "mode": "autopilot"}
 
 
-def spec(name: str) -> WorkloadSpec:
+def spec(name: str, namespace: str = "shop") -> WorkloadSpec:
     return WorkloadSpec(
-        namespace="shop",
+        namespace=namespace,
         kind="Deployment",
         name=name,
         replicas=2,
@@ -318,10 +318,38 @@ def test_reporter_waits_out_an_s3_outage_and_parks_a_refused_report() -> None:
 # --- collector ----------------------------------------------------------------------------------
 
 
+def test_the_collector_asks_day_long_chunks_in_namespace_shards_within_the_point_budget() -> None:
+    """A fleet whose whole answer would be over the point budget: a day per chunk, asked in
+    namespace shards (each within the budget) whose records together are every workload's,
+    each sent once, the watermark a day at a time; a small fleet is one query, as before."""
+    specs = [spec(name, namespace=ns) for ns in ("a", "b", "c") for name in ("api", "web")]
+    batches = [b for s in specs for b in usage(s, hours=50)]
+    source = FakeUsage(batches, specs)
+    rt = runtime(
+        Services(usage=source), now=NOW, history_days=2, prometheus_max_points_per_query=3_000
+    )
+    source.series = {"a": 2, "b": 2, "c": 2}  # 6 x 1,440 points is over 3,000; 2 x 1,440 not
+    asyncio.run(collector.run_cycle(rt, NOW))
+    days = {(s, e) for s, e in source.chunks}
+    assert all(e - s <= 86_400 for s, e in days) and any(e - s == 86_400 for s, e in days)
+    assert source.shards[:3] == ['namespace=~"a"', 'namespace=~"b"', 'namespace!~"a|b"']
+    assert len(source.shards) == 3 * len(days)
+    records = [v for v in sent(rt, "metrics") if v.get("type") == "chunk"]
+    keys = [(r["namespace"], r["workload"], r["start"]) for r in records]
+    assert len(keys) == len(set(keys))  # no record twice
+    assert {(ns, w) for ns, w, _ in keys} == {(s.namespace, s.name) for s in specs}
+    assert rt.tables.watermarks["usage"] == max(e for _, e in days)
+
+    small = FakeUsage(batches, specs)
+    rt = runtime(Services(usage=small), now=NOW, history_days=2)  # the default budget: 3 M
+    asyncio.run(collector.run_cycle(rt, NOW))
+    assert set(small.shards) == {""} and len(small.shards) == len(small.chunks)
+
+
 def test_collector_moves_the_watermark_only_past_published_chunks() -> None:
     s = spec("api")
     source = FakeUsage(usage(s, hours=30), [s])
-    rt = runtime(Services(usage=source), now=NOW, history_days=1)
+    rt = runtime(Services(usage=source), now=NOW, history_days=1, prometheus_chunk_seconds=6 * 3600)
     source.fail_after(2, DependencyUnavailable("Prometheus went away"))
     assert asyncio.run(collector.on_tick(rt)) == 0  # the cycle is skipped, logged, not raised
     assert len(source.chunks) == 2
