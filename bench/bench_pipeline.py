@@ -16,8 +16,9 @@ SecantusDB on loopback, then, with its own topic prefix / app id per part:
    After the run: bytes per container-resource, from the ``<prefix>-usage-changelog`` values.
 2. **Backfill.**  Time and peak RSS (VmHWM of the worker process) to ingest ``days`` of 1-minute
    samples for each of ``backfill-containers`` container counts (a fresh worker each) in the
-   collector's 6-hour chunks, and an extrapolation to 14 days x 2,000 containers: time linear in
-   samples, peak RSS fitted as fixed + per-container (printed as such).
+   chunks the collector asks for that fleet (a day up to ~2,000 series), and an extrapolation
+   to 14 days x 2,000 containers: time linear in samples, peak RSS fitted as fixed +
+   per-container (printed as such).
 
 Figures are printed, never asserted.  Producing happens before the worker starts, so the worker's
 rate is not shared with the producer's CPU on a 2-core machine.
@@ -56,17 +57,30 @@ from bench.common import (
     state_bytes,
     wait_ingested,
 )
+from engine.core.collect import chunk_for
 from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
 from engine.core.samples import validate_batch, validate_chunk
 from engine.core.usage import ContainerUsage
+from engine.settings import Settings
 from tables.state import DEFAULT_USAGE_CACHE_BYTES, UsageTable
 from tests.harness.kafka import create_topics
 from tests.harness.proc import Server, free_port
 from tests.integration.workers import Deployment
 
 PARTITIONS = 4
-BACKFILL_CHUNK = 6 * 3600  # settings.prometheus_chunk_seconds default
 FULL_CONTAINERS, FULL_DAYS = 2000, 14
+
+
+def backfill_chunk(series: int) -> int:
+    """The chunk the collector asks for a fleet of ``series`` with the default settings
+    (engine/core/collect.py ``chunk_for``: a day up to ~2,000 series)."""
+    fields = Settings.model_fields
+    return chunk_for(
+        series,
+        longest=int(fields["prometheus_chunk_seconds"].default),
+        budget=int(fields["prometheus_max_points_per_query"].default),
+        step=int(fields["prometheus_step_seconds"].default),
+    )
 
 
 def pure_ingest(
@@ -374,19 +388,19 @@ def backfill_once(
     stack: Stack, containers: int, days: int, timeout: float, env: dict[str, str] | None
 ) -> dict[str, float] | None:
     assert stack.kafka is not None
-    chunks = days * 86_400 // BACKFILL_CHUNK
-    total = containers * chunks * samples_per_message(BACKFILL_CHUNK)
+    chunk = backfill_chunk(containers)
+    chunks = days * 86_400 // chunk
+    total = containers * chunks * samples_per_message(chunk)
     n_msgs = containers // 2 * chunks  # one columnar record per workload (2 containers) and chunk
     print(
-        f"-- {containers} containers x {days} days of 1-minute samples in 6h chunks = "
+        f"-- {containers} containers x {days} days of 1-minute samples in the collector's "
+        f"{chunk / 3600:g}h chunks = "
         f"{n_msgs:,} messages, {total:,} samples ({total // 2:,} per resource)"
     )
     dep = stack.deployment(partitions=PARTITIONS, **(env or {}))
     topic = precreate(stack, dep)
     sent, took = asyncio.run(
-        produce_fast(
-            stack.kafka, topic, build_messages(containers, chunks, BACKFILL_CHUNK, fmt="chunk")
-        )
+        produce_fast(stack.kafka, topic, build_messages(containers, chunks, chunk, fmt="chunk"))
     )
     print(f"  pre-produced in {took:.1f}s ({sent / took:,.0f} msg/s)")
     r = run_worker(dep, total, timeout)
@@ -469,8 +483,9 @@ def main() -> None:
         type=int,
         default=500,
         help="one-minute points per resource, container and record in parts 1 and the CPU "
-        "part: 500 (default, the figures since 2026-11-27), 360 = the collector's 6-hour "
-        "backfill chunk (prometheus_chunk_seconds), 60 = an hourly cycle",
+        "part: 500 (default, the figures since 2026-11-27), 1440 = the collector's backfill "
+        "record up to ~2,000 series (a day: engine/core/collect.py chunk_for), 720 = 12 h "
+        "(~2,100-4,200 series), 360 = 6 h (~4,200-8,300), 60 = an hourly cycle",
     )
     ap.add_argument(
         "--backfill-containers",
