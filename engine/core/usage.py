@@ -170,6 +170,7 @@ class WindowedUsage:
         "_closed_merged",
         "_closed_peaks",
         "_lazy",
+        "_lazy_newest",
         "_lazy_oldest",
         "_live",
         "alpha",
@@ -196,6 +197,9 @@ class WindowedUsage:
         self._live: dict[int, Window] = {}
         self._lazy: str | None = None  # packed closed windows, not decoded
         self._lazy_oldest = 0  # start of the oldest packed window (for expiry)
+        # start of the newest packed window, when this process packed them (None: read from a
+        # changelog value): lets a closing day be appended without reading the packed ones
+        self._lazy_newest: int | None = None
         self._closed_merged: Window | None = None  # merge of the packed windows, once needed
         self._closed_peaks: tuple[tuple[int, float], ...] = ()  # (start, max) of those windows
         # (identity of the closed windows, their packed text): see to_dict
@@ -211,6 +215,7 @@ class WindowedUsage:
         if self._lazy is None:
             return
         text, self._lazy, self._closed_merged = self._lazy, None, None
+        self._lazy_newest = None
         closed: dict[int, Window] = {}
         self._unpack(text, 0, closed)
         self._live = {**closed, **self._live}
@@ -444,6 +449,7 @@ class WindowedUsage:
             self._closed_merged = self._merge({s: wins[s] for s in closed})
             self._closed_peaks = tuple((s, wins[s].max) for s in closed)
             self._lazy, self._lazy_oldest = self._closed[1], closed[0]
+            self._lazy_newest = closed[-1]
             self._live = {s: wins[s] for s in open_}
         return out
 
@@ -471,6 +477,8 @@ class WindowedUsage:
         if not live or (cutoff is not None and live[-1] + w <= cutoff):
             return False
         append = live[:-1]
+        if cutoff is None and self._append_closed(append):
+            return True
         records: list[tuple[int, int, int, int, IntArray, tuple[float, ...]]] = []
         floats: list[float] = []
         first_kept = -1  # index of the first kept record's step among the payload's ints
@@ -524,8 +532,71 @@ class WindowedUsage:
             return False
         head = struct.pack("<H", len(records)) + struct.pack(f"<{len(floats)}d", *floats)
         self._lazy = pack_raw(head + b"".join(parts))
-        self._lazy_oldest = records[0][0]
+        self._lazy_oldest, self._lazy_newest = records[0][0], records[-1][0]
         self._closed_merged, self._closed_peaks = self._merge_records(records)
+        self._closed = None
+        for s in append:
+            del self._live[s]
+        return True
+
+    def _append_closed(self, append: list[int]) -> bool:
+        """:meth:`_splice_closed` when nothing expires (a history still filling: a backfill
+        closes a day with every record of day-long chunks) and this process packed the closed
+        windows and holds their merge: the new closed windows appended to the payload's bytes
+        as they are, and to the merge, without decoding the packed ones.  The same text, merge
+        and peaks as the general path, bit for bit (``tests/unit/test_fast_paths.py``): the
+        scalars are added in the same order; the bins of the merge so far and of the new days
+        are folded once, which is what folding them all gives (the floor depends only on the
+        largest key, and a folded merge's lowest bin is its floor); the kept records' floats
+        are the bytes the general path writes again (their offsets were exact differences).
+        False (nothing changed) when it does not apply."""
+        merged, newest, text = self._closed_merged, self._lazy_newest, self._lazy
+        if merged is None or newest is None or text is None or not append:
+            return False
+        if append[0] <= newest:
+            return False
+        w = self.window_seconds
+        raw = unpack_raw(text)
+        (n,) = struct.unpack_from("<H", raw)
+        head_end = 2 + 40 * n
+        total = self._new_window()
+        total.count, total.sum = merged.count, merged.sum
+        total.min, total.max = merged.min, merged.max
+        total.first_ts, total.last_ts = merged.first_ts, merged.last_ts
+        zero, min_key, bins = merged.sketch.bins()
+        spans: list[tuple[int, IntArray]] = [(min_key, bins)] if bins.size else []
+        peaks = list(self._closed_peaks)
+        floats: list[float] = []
+        parts: list[bytes] = []
+        prev = newest
+        for s in append:
+            win = self._live[s]
+            kept = (win.sum, win.min, win.max, win.first_ts - s, win.last_ts - s)
+            floats += kept
+            parts += (uvarint_zigzag((s - prev) // w), win.encoded())
+            prev = s
+            total.count += win.count
+            total.sum += kept[0]
+            total.min = min(total.min, kept[1])
+            total.max = max(total.max, kept[2])
+            total.first_ts = min(total.first_ts, s + kept[3])
+            total.last_ts = max(total.last_ts, s + kept[4])
+            total.gen += 1
+            peaks.append((s, kept[2]))
+            zeros, key, counts = win.sketch.bins()
+            zero += zeros
+            if counts.size and not (counts[0] > 0 and counts[-1] > 0):  # as _merge_records
+                nz = np.flatnonzero(counts)
+                if nz.size == 0:
+                    continue
+                key, counts = key + int(nz[0]), counts[nz[0] : nz[-1] + 1]
+            if counts.size:
+                spans.append((key, counts))
+        total.sketch.set_folded(zero, spans)
+        head = struct.pack("<H", n + len(append)) + raw[2:head_end]
+        tail = struct.pack(f"<{len(floats)}d", *floats) + raw[head_end:] + b"".join(parts)
+        self._lazy, self._lazy_newest = pack_raw(head + tail), prev
+        self._closed_merged, self._closed_peaks = total, tuple(peaks)
         self._closed = None
         for s in append:
             del self._live[s]

@@ -429,3 +429,47 @@ def test_a_corrupt_packed_payload_at_a_day_close_raises_as_the_decode_did(
         m.setattr(WindowedUsage, "_splice_closed", spy)
         assert good.expire(newest, history) == 0  # spliced: the packed day 0 dropped
     assert declined[-1] is False and good._lazy_oldest == int(t0 + day)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_closing_day_appended_to_the_packed_days_is_what_decoding_them_gives(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backfill: chunks of 1-30 hours (a day per record for some seeds), nothing expiring yet,
+    # some chunks all zero, a small bin limit for some seeds (merges that fold), sometimes a
+    # state read back from its changelog value.  ``fast`` is never decoded between writes (so a
+    # closing day is appended to the packed ones), ``slow`` before every change and write.
+    rng = np.random.default_rng(100 + seed)
+    day, history = 86400, 60 * 86400
+    limit = 24 if seed % 3 == 2 else 2048
+    fast = WindowedUsage(day, bin_limit=limit)
+    slow = WindowedUsage(day, bin_limit=limit)
+    appended: list[bool] = []
+    original = WindowedUsage._append_closed
+
+    def counting(self: WindowedUsage, starts: list[int]) -> bool:
+        appended.append(original(self, starts))
+        return appended[-1]
+
+    monkeypatch.setattr(WindowedUsage, "_append_closed", counting)
+    t = 1_700_000_000.0 + float(rng.integers(0, day))
+    while t < 1_700_000_000.0 + 25 * day:
+        hours = 24 if seed % 2 else int(rng.integers(1, 31))
+        ts = t + 60.0 * np.arange(1, hours * 60 + 1)
+        values = rng.lognormal(-2.0, 2.5, ts.size)  # a wide range: folding at the small limit
+        if rng.random() < 0.15:
+            values[:] = 0.0
+        t = float(ts[-1])
+        if rng.random() < 0.1:
+            fast = WindowedUsage.from_dict(fast.to_dict())
+        slow.windows  # noqa: B018 - decode the packed days
+        assert fast.add(ts, values, history_seconds=history) == slow.add(
+            ts, values, history_seconds=history
+        )
+        if rng.random() < 0.3:
+            assert fast.summary() == slow.summary()
+        slow.windows  # noqa: B018
+        assert fast.to_dict() == slow.to_dict()
+        assert fast.summary() == slow.summary()
+    assert sum(appended) >= 5, appended
+    assert fast.windows == slow.windows  # decoded at last: the same windows
