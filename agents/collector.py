@@ -61,25 +61,30 @@ async def run_cycle(rt: Runtime, now: float) -> int:
         step=s.prometheus_step_seconds,
     )
     for i, (start, end) in enumerate(chunks, 1):
-        futures = []
+        published = 0
         for shard in plan.shards:  # one answer held at a time; its records sent before the next
             records = await source.collect_records(start, end, shard)
-            futures += [
+            futures = [
                 await rt.topics.metrics.send(key=r.workload_id.encode(), value=raw)
                 for r in records
                 for raw in split_chunk(r)  # one record per workload, unless over Kafka's limit
             ]
-        for fut in futures:
-            await fut  # the chunk counts as published only once Kafka acknowledged it
+            del records
+            for fut in futures:
+                # acknowledged before the next shard is read: the producer holds one shard's
+                # records (<= the point budget) at a time, not a whole day of a large fleet
+                await fut
+            published += len(futures)
+        # the chunk counts as published only once Kafka acknowledged every shard of it
         rt.tables.watermarks[USAGE_WATERMARK] = end
-        sent += len(futures)
+        sent += published
         if len(chunks) > 1:
             log.info(
                 "backfill %d/%d chunks of %.0f h (%s records, %d shards)",
                 i,
                 len(chunks),
                 plan.chunk / 3600,
-                len(futures),
+                published,
                 len(plan.shards),
             )
     specs = await source.collect_specs(now)
