@@ -171,10 +171,12 @@ class Settings(BaseSettings):
     prometheus_timeout_seconds: PositiveFloat = 30.0
     prometheus_step_seconds: PositiveInt = 60
     # The longest chunk a cycle asks for, and the most points (series x steps) one range query
-    # may answer: the collector picks the longest chunk within both (engine/core/collect.py
-    # chunk_for).  3 M points is ~200 MiB held while one answer becomes records (~70 bytes a
-    # point); a day per chunk up to ~2,000 series (1,000 two-container workloads), 2 hours at
-    # 20,000 (docs/collector.md "Chunk length").  The backtest reads at most 6-hour chunks.
+    # may answer: the collector picks the longest chunk within both, asking a large fleet in
+    # namespace shards (engine/core/collect.py plan_queries).  3 M points is at most ~200 MiB
+    # held while one answer becomes records; a day per chunk for up to ~2,000 series per query
+    # (1,000 two-container workloads), so for 10,000 workloads spread over namespaces too;
+    # 2 hours for 20,000 series in one namespace (docs/collector.md "Chunk length and
+    # shards").  The backtest reads at most 6-hour chunks.
     prometheus_chunk_seconds: PositiveInt = 24 * 3600
     prometheus_max_points_per_query: PositiveInt = 3_000_000
     scrape_lag_seconds: Annotated[int, Field(ge=0)] = 120
