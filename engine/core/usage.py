@@ -559,13 +559,12 @@ class WindowedUsage:
         raw = unpack_raw(text)
         (n,) = struct.unpack_from("<H", raw)
         head_end = 2 + 40 * n
-        total = self._new_window()
-        total.count, total.sum = merged.count, merged.sum
-        total.min, total.max = merged.min, merged.max
-        total.first_ts, total.last_ts = merged.first_ts, merged.last_ts
+        # the merge so far as the first record (at start 0: ``0 + first_ts`` is first_ts
+        # exactly), then the new days: :meth:`_merge_records` adds them in the general path's
+        # order and folds the bins once
         zero, min_key, bins = merged.sketch.bins()
-        spans: list[tuple[int, IntArray]] = [(min_key, bins)] if bins.size else []
-        peaks = list(self._closed_peaks)
+        so_far = (merged.sum, merged.min, merged.max, merged.first_ts, merged.last_ts)
+        records = [(0, merged.count, zero, min_key, bins, so_far)]
         floats: list[float] = []
         parts: list[bytes] = []
         prev = newest
@@ -575,28 +574,12 @@ class WindowedUsage:
             floats += kept
             parts += (uvarint_zigzag((s - prev) // w), win.encoded())
             prev = s
-            total.count += win.count
-            total.sum += kept[0]
-            total.min = min(total.min, kept[1])
-            total.max = max(total.max, kept[2])
-            total.first_ts = min(total.first_ts, s + kept[3])
-            total.last_ts = max(total.last_ts, s + kept[4])
-            total.gen += 1
-            peaks.append((s, kept[2]))
-            zeros, key, counts = win.sketch.bins()
-            zero += zeros
-            if counts.size and not (counts[0] > 0 and counts[-1] > 0):  # as _merge_records
-                nz = np.flatnonzero(counts)
-                if nz.size == 0:
-                    continue
-                key, counts = key + int(nz[0]), counts[nz[0] : nz[-1] + 1]
-            if counts.size:
-                spans.append((key, counts))
-        total.sketch.set_folded(zero, spans)
+            records.append((s, win.count, *win.sketch.bins(), kept))
+        total, peaks = self._merge_records(records)
         head = struct.pack("<H", n + len(append)) + raw[2:head_end]
         tail = struct.pack(f"<{len(floats)}d", *floats) + raw[head_end:] + b"".join(parts)
         self._lazy, self._lazy_newest = pack_raw(head + tail), prev
-        self._closed_merged, self._closed_peaks = total, tuple(peaks)
+        self._closed_merged, self._closed_peaks = total, (*self._closed_peaks, *peaks[1:])
         self._closed = None
         for s in append:
             del self._live[s]
