@@ -22,9 +22,9 @@ import time
 
 from agents.runtime import Runtime
 from engine.core.apply_cycles import CycleManifest
-from engine.core.collect import plan_chunks, plan_queries, split_chunk
+from engine.core.collect import plan_chunks, plan_queries, split_chunk, split_range
 from engine.core.model import CycleEnd
-from engine.errors import RetryableError
+from engine.errors import AnswerTooLarge, RetryableError
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES
 
 log = logging.getLogger("kubefinops.collector")
@@ -63,18 +63,7 @@ async def run_cycle(rt: Runtime, now: float) -> int:
     for i, (start, end) in enumerate(chunks, 1):
         published = 0
         for shard in plan.shards:  # one answer held at a time; its records sent before the next
-            records = await source.collect_records(start, end, shard)
-            futures = [
-                await rt.topics.metrics.send(key=r.workload_id.encode(), value=raw)
-                for r in records
-                for raw in split_chunk(r)  # one record per workload, unless over Kafka's limit
-            ]
-            del records
-            for fut in futures:
-                # acknowledged before the next shard is read: the producer holds one shard's
-                # records (<= the point budget) at a time, not a whole day of a large fleet
-                await fut
-            published += len(futures)
+            published += await publish_shard(rt, start, end, shard)
         # the chunk counts as published only once Kafka acknowledged every shard of it
         rt.tables.watermarks[USAGE_WATERMARK] = end
         sent += published
@@ -103,6 +92,50 @@ async def run_cycle(rt: Runtime, now: float) -> int:
     return sent
 
 
+async def publish_shard(rt: Runtime, start: float, end: float, shard: str) -> int:
+    """One shard of one chunk: its records sent and acknowledged; returns how many.
+
+    An answer well over the point budget (the plan's count missed series: workloads scaled up
+    earlier in the chunk, pods that came and went) is refused while it is read, and the two
+    halves of the range are asked instead, down to 15 minutes: the collector's memory stays
+    bounded whatever the count said.  Raises :class:`AnswerTooLarge` when even that is over."""
+    source = rt.services.usage
+    assert source is not None
+    s = rt.settings
+    pending = [(start, end)]
+    published = 0
+    while pending:
+        a, b = pending.pop(0)
+        try:
+            records = await source.collect_records(
+                a, b, shard, max_points=s.prometheus_max_points_per_query
+            )
+        except AnswerTooLarge as exc:
+            halves = split_range(a, b, s.prometheus_step_seconds)
+            if halves is None:
+                raise
+            log.info(
+                "answer for %.0f s%s over the point budget (%s): asking for its halves",
+                b - a,
+                f" of shard {shard}" if shard else "",
+                exc,
+            )
+            pending[:0] = halves
+            continue
+        futures = [
+            await rt.topics.metrics.send(key=r.workload_id.encode(), value=raw)
+            for r in records
+            for raw in split_chunk(r)  # one record per workload, unless over Kafka's limit
+        ]
+        del records
+        for fut in futures:
+            # acknowledged before the next answer is read: the producer holds one answer's
+            # records (<= the point budget) at a time, not a whole day of a large fleet
+            await fut
+        published += len(futures)
+    return published
+
+
 async def on_tick(rt: Runtime) -> int:
     """A tick on ``collector-ticks``: run a cycle; a retryable failure skips it (logged)."""
     started = time.monotonic()
@@ -114,6 +147,15 @@ async def on_tick(rt: Runtime) -> int:
         # Watermark stays where the last published chunk ended: nothing skipped.
         CYCLE_FAILURES.labels(AGENT, "prometheus").inc()
         log.warning("collection cycle skipped: %s", exc)
+    except AnswerTooLarge as exc:
+        # Not even two steps of one shard fit the budget: nothing skipped either, and the
+        # next cycle asks again; the operator's lever is the budget.
+        CYCLE_FAILURES.labels(AGENT, "prometheus").inc()
+        log.error(
+            "collection cycle skipped: %s, even for the shortest range; raise "
+            "KUBEFINOPS_PROMETHEUS_MAX_POINTS_PER_QUERY (docs/collector.md)",
+            exc,
+        )
     CYCLE_DURATION.labels(AGENT).observe(time.monotonic() - started)
     return batches
 

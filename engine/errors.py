@@ -39,5 +39,10 @@ class DependencyUnavailable(RetryableError):
     """Prometheus, MongoDB, S3, Git or Kafka could not be reached or answered 5xx."""
 
 
+class AnswerTooLarge(PermanentError):
+    """An answer is over the size its caller bounded it to (the collector's point budget):
+    asking the same again gives the same answer, asking for less (a shorter range) may not."""
+
+
 class AuthenticationFailed(PermanentError):
     """Credentials were refused. Not retried: a wrong password does not heal itself."""

@@ -51,10 +51,11 @@ class UsageSource(Protocol):
         """One batch per container for the time range ``(start, end]`` (in-process users)."""
 
     async def collect_records(
-        self, start: float, end: float, matchers: str = ""
+        self, start: float, end: float, matchers: str = "", max_points: int | None = None
     ) -> list[MetricsChunk]:
         """One columnar record per workload for ``(start, end]``: what the collector sends
-        (``matchers``: only the namespaces of one shard, ``engine.core.collect.QueryPlan``)."""
+        (``matchers``: only the namespaces of one shard, ``engine.core.collect.QueryPlan``;
+        ``max_points``: raise ``AnswerTooLarge`` for an answer well over that many points)."""
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:
         """Every workload's current spec."""

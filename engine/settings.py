@@ -176,7 +176,9 @@ class Settings(BaseSettings):
     # held while one answer becomes records; a day per chunk for up to ~2,000 series per query
     # (1,000 two-container workloads), so for 10,000 workloads spread over namespaces too;
     # 2 hours for 20,000 series in one namespace (docs/collector.md "Chunk length and
-    # shards").  The backtest reads at most 6-hour chunks.
+    # shards").  An answer well over the budget (the count missed series) is refused while it is
+    # read and its halves asked instead (engine/core/collect.py answer_bytes_cap, split_range).
+    # The backtest reads at most 6-hour chunks.
     prometheus_chunk_seconds: PositiveInt = 24 * 3600
     prometheus_max_points_per_query: PositiveInt = 3_000_000
     scrape_lag_seconds: Annotated[int, Field(ge=0)] = 120

@@ -36,6 +36,7 @@ from engine.core.recommend import recommend
 from engine.core.report import CycleReport, documents
 from engine.core.rollout import PodState, Rollout, Signals
 from engine.core.verification import Verification
+from engine.errors import AnswerTooLarge
 from engine.services import Services
 from engine.settings import Settings, load_settings
 from tables.state import Tables
@@ -249,6 +250,7 @@ class FakeUsage(Failing):
         # what series_by_namespace says (None: the batches' containers per namespace)
         self.series: dict[str, int] | None = None
         self.shards: list[str] = []  # the matchers collect_records was asked with
+        self.refused: list[tuple[float, float, str]] = []  # asks over max_points
 
     def fail_after(self, chunks: int, exc: Exception) -> None:
         self._fail_at = (len(self.chunks) + chunks, exc)
@@ -262,10 +264,12 @@ class FakeUsage(Failing):
         return [b for b in self.batches if start < b.end <= end]
 
     async def collect_records(
-        self, start: float, end: float, matchers: str = ""
+        self, start: float, end: float, matchers: str = "", max_points: int | None = None
     ) -> list[MetricsChunk]:
         """The records of the chunk's batches, only the namespaces ``matchers`` selects (the
-        ``namespace=~"a|b"`` / ``namespace!~"a|b"`` shards the collector asks for)."""
+        ``namespace=~"a|b"`` / ``namespace!~"a|b"`` shards the collector asks for).  Over
+        ``max_points`` samples of one resource (one range query's answer): AnswerTooLarge, as
+        the adapter raises for an answer over its byte cap (``self.refused`` lists them)."""
         self.shards.append(matchers)
         batches = await self.collect_chunk(start, end)
         if matchers:
@@ -274,6 +278,14 @@ class FakeUsage(Failing):
             names = set(found.group(2).split("|"))
             inside = found.group(1) == "=~"
             batches = [b for b in batches if (b.namespace in names) == inside]
+        if max_points is not None:
+            points: dict[str, int] = {}
+            for b in batches:
+                for resource, samples in b.samples.items():
+                    points[resource] = points.get(resource, 0) + len(samples)
+            if max(points.values(), default=0) > max_points:
+                self.refused.append((start, end, matchers))
+                raise AnswerTooLarge(f"{max(points.values())} points over {max_points}")
         return chunks_from_batches(batches)
 
     async def collect_specs(self, at: float) -> list[WorkloadSpec]:

@@ -32,6 +32,7 @@ from engine.core.collect import (
     Owners,
     Series,
     SeriesArrays,
+    answer_bytes_cap,
     build_batches,
     build_chunks,
     build_specs,
@@ -47,11 +48,17 @@ from engine.core.collect import (
     spec_expr,
 )
 from engine.core.model import MetricsBatch, MetricsChunk, WorkloadSpec
-from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
+from engine.errors import (
+    AnswerTooLarge,
+    AuthenticationFailed,
+    DependencyUnavailable,
+    PermanentError,
+)
 from engine.metrics import PROMETHEUS_QUERIES, PROMETHEUS_SAMPLES_READ
 from engine.settings import Settings
 
 LOOKBACK_SECONDS = 300  # Prometheus' default lookback delta
+READ_PIECE = 1 << 20  # a capped answer is read in pieces of this size
 
 
 class BadQuery(PermanentError):
@@ -138,13 +145,16 @@ class PrometheusClient:
         return await self._call("/api/v1/query_range", form, "matrix")
 
     async def query_range_arrays(
-        self, expr: str, start: float, end: float, step: int
+        self, expr: str, start: float, end: float, step: int, *, max_bytes: int | None = None
     ) -> list[SeriesArrays]:
-        """:meth:`query_range` with each series' samples as numpy arrays."""
+        """:meth:`query_range` with each series' samples as numpy arrays.  ``max_bytes``: an
+        answer longer than that (or one Prometheus refuses for loading too many samples) raises
+        :class:`~engine.errors.AnswerTooLarge` as soon as it is known, not retried: read no
+        further, ask for less."""
         form = self._range_form(expr, start, end, step)
         # the grid the answer's timestamps are on: Prometheus evaluates at start + k * step
         grid = (float(form["start"]), step)
-        return await self._call("/api/v1/query_range", form, "matrix-arrays", grid)
+        return await self._call("/api/v1/query_range", form, "matrix-arrays", grid, max_bytes)
 
     async def query_arrays(self, expr: str, at: float) -> list[SeriesArrays]:
         """An instant query whose answer is a matrix (a range selector: raw samples), each
@@ -189,6 +199,7 @@ class PrometheusClient:
         form: dict[str, str] | list[tuple[str, str]],
         expect: str,
         grid: tuple[float, int] | None = None,
+        max_bytes: int | None = None,
     ) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
@@ -199,7 +210,7 @@ class PrometheusClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(path, form, expect, grid)
+                    return await self._once(path, form, expect, grid, max_bytes)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             PROMETHEUS_QUERIES.labels(outcome="unavailable").inc()
@@ -214,6 +225,7 @@ class PrometheusClient:
         form: dict[str, str] | list[tuple[str, str]],
         expect: str,
         grid: tuple[float, int] | None = None,
+        max_bytes: int | None = None,
     ) -> Any:
         slot = self._in_flight or contextlib.nullcontext()
         try:
@@ -221,8 +233,11 @@ class PrometheusClient:
                 slot,
                 self._client().post(self.base_url + path, data=form, headers=self._headers) as resp,
             ):
-                body = await resp.read()
                 status = resp.status
+                if max_bytes is None or status >= 400:
+                    body = await resp.read()
+                else:
+                    body = await self._read_capped(resp, max_bytes)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             PROMETHEUS_QUERIES.labels(outcome="retry").inc()
             raise _Transient(f"{type(exc).__name__}: {str(exc)[:200]}") from None
@@ -255,8 +270,12 @@ class PrometheusClient:
             PROMETHEUS_QUERIES.labels(outcome="retry").inc()
             raise _Transient(f"HTTP {status} with a body that is not JSON") from None
         if status >= 400:
-            PROMETHEUS_QUERIES.labels(outcome="error").inc()
             err = doc.get("error", "") if isinstance(doc, dict) else ""
+            if max_bytes is not None and "too many samples" in str(err):
+                # Prometheus' own bound (query.max-samples) is a smaller one than the caller's
+                PROMETHEUS_QUERIES.labels(outcome="too-large").inc()
+                raise AnswerTooLarge(f"Prometheus refused the answer: {str(err)[:300]}")
+            PROMETHEUS_QUERIES.labels(outcome="error").inc()
             raise BadQuery(f"Prometheus rejected query (HTTP {status}): {str(err)[:300]}")
         try:
             if expect == "series":
@@ -270,6 +289,23 @@ class PrometheusClient:
             raise _Transient(f"malformed response: {exc}") from None
         PROMETHEUS_QUERIES.labels(outcome="ok").inc()
         return result
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+        """The body, or :class:`AnswerTooLarge` once more than ``max_bytes`` of it arrived (or
+        its declared length says so): what was read is dropped with the connection."""
+        declared = resp.content_length
+        if declared is not None and declared > max_bytes:
+            PROMETHEUS_QUERIES.labels(outcome="too-large").inc()
+            raise AnswerTooLarge(f"answer of {declared:,} bytes over the bound of {max_bytes:,}")
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in resp.content.iter_chunked(READ_PIECE):
+            size += len(piece)
+            if size > max_bytes:
+                PROMETHEUS_QUERIES.labels(outcome="too-large").inc()
+                raise AnswerTooLarge(f"answer over the bound of {max_bytes:,} bytes")
+            pieces.append(piece)
+        return b"".join(pieces)
 
 
 class Collector:
@@ -323,29 +359,29 @@ class Collector:
         return cpu, memory, owners
 
     async def _query_chunk_arrays(
-        self, start: float, end: float, matchers: str = ""
+        self, start: float, end: float, matchers: str = "", max_points: int | None = None
     ) -> tuple[list[SeriesArrays], list[SeriesArrays], Owners] | None:
         """:meth:`_query_chunk` with each series' samples as numpy arrays (~16 bytes a point
         instead of ~110 as a tuple of floats; an answer parsed the tuple way peaked at ~600
         bytes a point, bench/bench_collector_memory.py) and the two range queries one after the
         other, so one answer's body is held at a time: the collector's records.  ``matchers``:
         one shard of the cluster (:func:`~engine.core.collect.plan_queries`); the owners are
-        asked once per chunk, whatever the shards."""
+        asked once per chunk, whatever the shards.  ``max_points``: each answer is read up to
+        :func:`~engine.core.collect.answer_bytes_cap` of it (:class:`AnswerTooLarge` beyond)."""
         first = eval_start(start, end, self.step)
         if first is None:
             return None
+        cap = None if max_points is None else answer_bytes_cap(max_points)
         cpu_query = cpu_expr(self.rate_window, matchers)
+        cpu_answer = self.client.query_range_arrays(cpu_query, first, end, self.step, max_bytes=cap)
         if self._owners_of is not None and self._owners_of[0] == (start, end):
             owners = self._owners_of[1]
-            cpu = await self.client.query_range_arrays(cpu_query, first, end, self.step)
+            cpu = await cpu_answer
         else:
-            cpu, owners = await asyncio.gather(
-                self.client.query_range_arrays(cpu_query, first, end, self.step),
-                self._owners(start, end),
-            )
+            cpu, owners = await asyncio.gather(cpu_answer, self._owners(start, end))
             self._owners_of = ((start, end), owners)
         memory = await self.client.query_range_arrays(
-            memory_expr(self.step, matchers), first, end, self.step
+            memory_expr(self.step, matchers), first, end, self.step, max_bytes=cap
         )
         self._count(sum(s.values.size for s in (*cpu, *memory)))
         return cpu, memory, owners
@@ -356,12 +392,13 @@ class Collector:
         return [] if answer is None else build_batches(*answer, start, end)
 
     async def collect_records(
-        self, start: float, end: float, matchers: str = ""
+        self, start: float, end: float, matchers: str = "", max_points: int | None = None
     ) -> list[MetricsChunk]:
         """Every workload's samples in ``(start, end]`` as one columnar record each (what the
         collector sends on ``kubefinops.metrics``); same chunk, same records.  ``matchers``:
-        only the series they select (a shard of namespaces)."""
-        answer = await self._query_chunk_arrays(start, end, matchers)
+        only the series they select (a shard of namespaces); ``max_points``: the point budget
+        an answer was planned within (:class:`AnswerTooLarge` when one is well over it)."""
+        answer = await self._query_chunk_arrays(start, end, matchers, max_points)
         return [] if answer is None else build_chunks(*answer, start, end, self.step)
 
     async def series_by_namespace(self, at: float) -> dict[str, int]:

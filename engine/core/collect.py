@@ -122,6 +122,42 @@ def chunk_for(series: int | None, *, longest: int, budget: int, step: int) -> in
     return candidates[-1]
 
 
+# The bytes of a range query's JSON answer a point may take before the answer counts as over
+# the point budget (``answer_bytes_cap``).  Prometheus writes ~36-37 bytes a point, labels
+# included (``bench/bench_collector_memory.py``: 97.7 MiB for 2,000 series x 1,440 points,
+# 42.3 MiB for 20,000 x 60); 48 leaves ~30 % for longer label values, so an answer the plan
+# sized right is never refused.
+ANSWER_BYTES_PER_POINT = 48
+
+
+def answer_bytes_cap(budget: int) -> int:
+    """The most bytes the collector reads of one answer planned within ``budget`` points.
+
+    Why: the plan sizes chunks from a *count* of series (:func:`series_count_expr`), and an
+    answer can hold more points than the count says: workloads scaled up earlier in the chunk
+    than the count saw, series of pods that came and went.  Read without a bound, such an answer
+    is held whole while it becomes records, and a leader killed for its memory retries the same
+    chunk after its restart: collection stops for good.  Over the cap, the answer is refused
+    while it is read and the collector asks for the two halves of the chunk instead
+    (:func:`split_range`)."""
+    return max(1, budget) * ANSWER_BYTES_PER_POINT
+
+
+def split_range(start: float, end: float, step: int) -> tuple[tuple[float, float], ...] | None:
+    """``(start, end]`` in two halves on the step grid (``(start, mid]``, ``(mid, end]``), or None
+    when a half would be shorter than the shortest chunk (:data:`CHUNK_CHOICES`, 15 minutes)
+    or a step: an answer over the budget for that little time is not a miscount but a budget
+    too small for the shard.  Halves of a chunk that divides a day still fall within one day,
+    so the records stay one window each."""
+    span = end - start
+    if step <= 0 or span < 2 * max(step, CHUNK_CHOICES[-1]):
+        return None
+    mid = start + (span // 2 // step) * step
+    if not start < mid < end:
+        return None
+    return ((start, mid), (mid, end))
+
+
 # A Kubernetes namespace name (an RFC 1123 DNS label): safe in a PromQL regex as it is.
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -203,11 +239,17 @@ def memory_expr(step: int, matchers: str = "") -> str:
 
 
 def series_count_expr() -> str:
-    """The series :func:`memory_expr` answers at one instant, per namespace (sizes the chunks
-    and the shards: :func:`plan_queries`)."""
+    """The series :func:`memory_expr` answers at one instant, per namespace, at its highest of
+    the last day's hours (sizes the chunks and the shards: :func:`plan_queries`).
+
+    The peak, not the count at the query's instant: a fleet counted at its nightly low (scaled
+    in by HPAs, batch pods gone) answers a day-long query with its daytime series too, and the
+    plan would be that much over the point budget.  24 instant evaluations of the count
+    (a subquery at 1 h resolution), each reading one sample per series: cheap for Prometheus.
+    What the peak still misses is caught while the answer is read (:func:`answer_bytes_cap`)."""
     return (
-        "count by (namespace) (max by (namespace, pod, container) "
-        '(container_memory_working_set_bytes{container!="",container!="POD"}))'
+        "max_over_time((count by (namespace) (max by (namespace, pod, container) "
+        '(container_memory_working_set_bytes{container!="",container!="POD"})))[1d:1h])'
     )
 
 

@@ -13,11 +13,18 @@ import pytest
 from aiohttp import web
 
 from engine.adapters.prometheus import BadQuery, Collector, PrometheusClient
-from engine.core.collect import count_samples, cpu_expr, memory_expr, plan_chunks
+from engine.core.collect import (
+    count_samples,
+    cpu_expr,
+    memory_expr,
+    plan_chunks,
+    split_range,
+)
 from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
 from engine.core.samples import validate_chunk
 from engine.core.selection import left_open_ranges
-from engine.errors import DependencyUnavailable
+from engine.errors import AnswerTooLarge, DependencyUnavailable
+from engine.metrics import PROMETHEUS_QUERIES
 from engine.settings import Settings, load_settings
 from tests.harness.proc import free_port
 from tests.harness.prometheus import CLUSTER, MIB, PromInfo, instant, start_prometheus
@@ -175,6 +182,48 @@ async def test_namespace_shards_give_the_records_of_one_query(
     assert counted == per_namespace
     assert parts[0] and parts[1] and {r.namespace for r in parts[0]} == {first}
     assert sorted(r.encode() for p in parts for r in p) == sorted(r.encode() for r in whole)
+
+
+def _samples(records: list[MetricsChunk], end: float) -> list[tuple[str, str, float, float]]:
+    """Every (container, resource, ts, value) the records hold, as the aggregator reads them."""
+    out = []
+    for record in records:
+        checked = validate_chunk(record, now=end)
+        assert checked.reasons == []
+        for container, arrays in checked.arrays.items():
+            for resource, (ts, values) in arrays.items():
+                out += [
+                    (f"{record.workload_id}/{container}", resource, t, v)
+                    for t, v in zip(ts.tolist(), values.tolist(), strict=True)
+                ]
+    return sorted(out)
+
+
+async def test_an_answer_over_the_point_budget_is_refused_and_its_halves_hold_its_samples(
+    prometheus: PromInfo, two_days: tuple[list[MetricsBatch], float, int]
+) -> None:
+    """Read with a cap below its size, an answer raises AnswerTooLarge after one request (not
+    retried: the same query gives the same answer); the two halves the collector asks instead
+    hold exactly its samples; a cap it fits changes nothing."""
+    _, end, _ = two_days
+    start = end - 6 * H
+    refused = PROMETHEUS_QUERIES.labels(outcome="too-large")
+    async with _client(prometheus.url) as client:
+        collector = Collector(client, step=STEP)
+        whole = await collector.collect_records(start, end)
+        points = sum(1 for _, resource, _, _ in _samples(whole, end) if resource == "cpu")
+        fits = await collector.collect_records(start, end, max_points=10**9)
+        assert [r.encode() for r in fits] == [r.encode() for r in whole]
+        before = refused._value.get()
+        with pytest.raises(AnswerTooLarge, match="over the bound"):
+            # a cap of 24 bytes a point: under the ~36 Prometheus writes
+            await collector.collect_records(start, end, max_points=points // 2)
+        assert refused._value.get() == before + 1
+        halves = split_range(start, end, STEP)
+        assert halves is not None
+        parts = [await collector.collect_records(a, b) for a, b in halves]
+    assert parts[0] and parts[1]
+    assert _samples([r for p in parts for r in p], end) == _samples(whole, end)
 
 
 async def test_columnar_records_carry_the_samples_of_the_batches(
@@ -394,6 +443,26 @@ async def test_client_error_is_not_retried(flaky: tuple[str, list[str], dict[str
         with pytest.raises(BadQuery, match="parse error"):
             await client.query("sum(", 1.0)
     assert len(seen) == 1
+
+
+async def test_too_many_samples_is_an_answer_too_large_when_the_caller_bounds_it(
+    flaky: tuple[str, list[str], dict[str, Any]],
+) -> None:
+    """Prometheus' own bound (``query.max-samples``, HTTP 422): for a caller that bounds its
+    answers, AnswerTooLarge (ask for less), after one request; for any other, a bad query."""
+    url, seen, script = flaky
+    too_many = (
+        '{"status":"error","errorType":"execution","error":"query processing would load too '
+        'many samples into memory in query execution"}'
+    )
+    script["answers"] = [(422, too_many), (422, too_many)]
+    async with _client(url, attempts=4) as client:
+        with pytest.raises(AnswerTooLarge, match="too many samples"):
+            await client.query_range_arrays("up", 60.0, 3600.0, 60, max_bytes=1 << 20)
+        assert len(seen) == 1
+        with pytest.raises(BadQuery, match="too many samples"):
+            await client.query_range_arrays("up", 60.0, 3600.0, 60)
+    assert len(seen) == 2
 
 
 async def test_slow_answers_time_out_and_are_retried(

@@ -28,6 +28,7 @@ from engine.core.collect import (
     QueryPlan,
     Series,
     SeriesArrays,
+    answer_bytes_cap,
     build_batches,
     build_chunks,
     chunk_for,
@@ -35,6 +36,7 @@ from engine.core.collect import (
     grid_rows,
     plan_queries,
     split_chunk,
+    split_range,
 )
 from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
 from engine.core.samples import validate_batch, validate_chunk
@@ -450,3 +452,33 @@ def test_quantiles_through_chunks_stay_within_one_percent(
         exact = float(np.quantile(values, q, method="lower"))
         upper = float(np.quantile(values, q, method="higher"))
         assert exact * 0.99 <= got <= upper * 1.01
+
+
+@given(
+    day=st.integers(0, 40_000),
+    chunk=st.sampled_from(CHUNK_CHOICES),
+    index=st.integers(0, 95),
+    step=st.sampled_from([15, 30, 60, 300]),
+)
+def test_a_refused_range_splits_in_two_halves_on_the_step_grid_within_its_day(
+    day: int, chunk: int, index: int, step: int
+) -> None:
+    """What the collector asks instead of an answer over its budget: two halves that tile the
+    range, each on the step grid, in the same UTC day, none shorter than 15 minutes."""
+    start = day * 86_400 + (index % (86_400 // chunk)) * chunk
+    end = start + chunk
+    halves = split_range(start, end, step)
+    if chunk < 2 * max(step, CHUNK_CHOICES[-1]):
+        assert halves is None
+        return
+    assert halves is not None
+    (a, mid), (mid2, b) = halves
+    assert (a, b) == (start, end) and mid == mid2 and a < mid < b
+    assert (mid - a) % step == 0 and mid - a >= CHUNK_CHOICES[-1] and b - mid >= CHUNK_CHOICES[-1]
+    assert mid // 86_400 == start // 86_400 and (b - 1) // 86_400 == start // 86_400
+
+
+def test_the_answer_cap_is_the_budget_at_more_bytes_a_point_than_prometheus_writes() -> None:
+    # ~36-37 bytes a point measured (bench/bench_collector_memory.py): a planned answer fits
+    assert answer_bytes_cap(3_000_000) == 3_000_000 * 48 > 3_000_000 * 37
+    assert split_range(0, 899, 60) is None and split_range(0, 1_800, 60) == ((0, 900), (900, 1_800))

@@ -346,6 +346,59 @@ def test_the_collector_asks_day_long_chunks_in_namespace_shards_within_the_point
     assert set(small.shards) == {""} and len(small.shards) == len(small.chunks)
 
 
+def test_an_answer_over_the_point_budget_is_asked_again_in_halves() -> None:
+    """The count says 2 series, the answers hold 6 (workloads scaled up since, pods gone): the
+    day-long answer is refused and its halves asked, then theirs, until each fits the budget;
+    the samples sent are those of unsplit answers, each once, and the watermark moves a whole
+    day at a time."""
+    specs = [spec(name) for name in ("api", "web", "db", "cache", "queue", "auth")]
+    batches = [b for s in specs for b in usage(s, hours=50)]
+
+    def samples_sent(rt: Runtime) -> list[tuple[str, float, float]]:
+        out = []
+        for r in sent(rt, "metrics"):
+            if r.get("type") != "chunk":
+                continue
+            for res in r["containers"].values():
+                for row in res["cpu"]:
+                    out += [
+                        (r["workload"], r["t0"] + i * r["step"], v)
+                        for i, v in enumerate(row)
+                        if v is not None
+                    ]
+        return out
+
+    whole = FakeUsage(batches, specs)
+    control = runtime(Services(usage=whole), now=NOW, history_days=2)  # 3 M: nothing refused
+    asyncio.run(collector.run_cycle(control, NOW))
+    assert not whole.refused
+
+    source = FakeUsage(batches, specs)
+    rt = runtime(
+        Services(usage=source), now=NOW, history_days=2, prometheus_max_points_per_query=3_000
+    )
+    source.series = {"shop": 2}  # 2 x 1,440 fits 3,000: a day per chunk, one query
+    asyncio.run(collector.run_cycle(rt, NOW))
+    spans = {e - s for s, e, _ in source.refused}
+    assert {86_400, 43_200} <= spans  # 6 x 720 is still over 3,000: split again
+    refused = {(s, e) for s, e, _ in source.refused}
+    assert all(e - s < 43_200 for s, e in source.chunks if (s, e) not in refused)
+    got = samples_sent(rt)
+    assert len(got) == len(set(got))  # no sample twice
+    assert sorted(got) == sorted(samples_sent(control))  # and none missing
+    assert rt.tables.watermarks["usage"] == control.tables.watermarks["usage"]
+
+    # a budget not even 15 minutes of the shard fit: the cycle is skipped, nothing sent for it
+    tiny = FakeUsage(batches, specs)
+    rt = runtime(Services(usage=tiny), now=NOW, history_days=2, prometheus_max_points_per_query=50)
+    assert asyncio.run(collector.on_tick(rt)) == 0  # logged, not raised
+    assert min(e - s for s, e, _ in tiny.refused) < 1_800
+    # the watermark stops before the first chunk with samples (chunks before it were empty)
+    first = min(b.end for b in batches if b.end > tiny.chunks[0][0])
+    assert (rt.tables.watermarks.get("usage") or 0) < first
+    assert not samples_sent(rt)
+
+
 def test_collector_moves_the_watermark_only_past_published_chunks() -> None:
     s = spec("api")
     source = FakeUsage(usage(s, hours=30), [s])
