@@ -76,16 +76,22 @@ async def run_cycle(rt: Runtime, now: float) -> int:
                 published,
                 len(plan.shards),
             )
-    specs = await source.collect_specs(now)
     cycle = collection_cycle_id(now)
-    for spec in specs:
-        key = spec.workload_id.encode()
-        await rt.topics.workloads.send(key=key, value=spec.model_dump_json().encode())
-        marker = CycleEnd(cycle=cycle, spec=spec)
-        await rt.topics.metrics.send(key=key, value=marker.model_dump_json().encode())
+    workloads = 0
+    for shard in plan.shards:
+        # the specs in the usage's namespace shards too: one shard's kube-state-metrics series
+        # held at a time (~36 a workload), not the whole cluster's
+        specs = await source.collect_specs(now, shard)
+        for spec in specs:
+            key = spec.workload_id.encode()
+            await rt.topics.workloads.send(key=key, value=spec.model_dump_json().encode())
+            marker = CycleEnd(cycle=cycle, spec=spec)
+            await rt.topics.metrics.send(key=key, value=marker.model_dump_json().encode())
+        workloads += len(specs)
+        del specs
     # How many decisions make this cycle: the executor applies them as one commit, however far
     # apart they arrive (engine/core/apply_cycles.py).
-    manifest = CycleManifest(cycle=cycle, workloads=len(specs), at=now)
+    manifest = CycleManifest(cycle=cycle, workloads=workloads, at=now)
     await rt.topics.apply_control.send(
         key=cycle.encode(), value=manifest.model_dump_json().encode()
     )

@@ -57,8 +57,8 @@ class UsageSource(Protocol):
         (``matchers``: only the namespaces of one shard, ``engine.core.collect.QueryPlan``;
         ``max_points``: raise ``AnswerTooLarge`` for an answer well over that many points)."""
 
-    async def collect_specs(self, at: float) -> list[WorkloadSpec]:
-        """Every workload's current spec."""
+    async def collect_specs(self, at: float, matchers: str = "") -> list[WorkloadSpec]:
+        """Every workload's current spec (``matchers``: only the namespaces of one shard)."""
 
     async def series_by_namespace(self, at: float) -> dict[str, int]:
         """Series the range queries answer, per namespace: sizes the chunks and the shards."""

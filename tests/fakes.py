@@ -238,6 +238,15 @@ class FakePolicies(Failing):
         return self.docs.pop(policy_id, None) is not None
 
 
+def _in_shard(namespace: str, matchers: str) -> bool:
+    """Whether a ``namespace=~"a|b"`` / ``namespace!~"a|b"`` shard (or ``""``) selects it."""
+    if not matchers:
+        return True
+    found = re.fullmatch(r'namespace(=~|!~)"([^"]*)"', matchers)
+    assert found, matchers
+    return (namespace in set(found.group(2).split("|"))) == (found.group(1) == "=~")
+
+
 class FakeUsage(Failing):
     """Prometheus as the collector sees it: the batches of a chunk, the specs; ``fail_after(n,
     exc)`` lets ``n`` chunks through and then raises ``exc`` once (Prometheus went away)."""
@@ -251,6 +260,7 @@ class FakeUsage(Failing):
         self.series: dict[str, int] | None = None
         self.shards: list[str] = []  # the matchers collect_records was asked with
         self.refused: list[tuple[float, float, str]] = []  # asks over max_points
+        self.spec_shards: list[str] = []  # the matchers collect_specs was asked with
 
     def fail_after(self, chunks: int, exc: Exception) -> None:
         self._fail_at = (len(self.chunks) + chunks, exc)
@@ -272,12 +282,7 @@ class FakeUsage(Failing):
         the adapter raises for an answer over its byte cap (``self.refused`` lists them)."""
         self.shards.append(matchers)
         batches = await self.collect_chunk(start, end)
-        if matchers:
-            found = re.fullmatch(r'namespace(=~|!~)"([^"]*)"', matchers)
-            assert found, matchers
-            names = set(found.group(2).split("|"))
-            inside = found.group(1) == "=~"
-            batches = [b for b in batches if (b.namespace in names) == inside]
+        batches = [b for b in batches if _in_shard(b.namespace, matchers)]
         if max_points is not None:
             points: dict[str, int] = {}
             for b in batches:
@@ -288,8 +293,9 @@ class FakeUsage(Failing):
                 raise AnswerTooLarge(f"{max(points.values())} points over {max_points}")
         return chunks_from_batches(batches)
 
-    async def collect_specs(self, at: float) -> list[WorkloadSpec]:
-        return list(self.specs)
+    async def collect_specs(self, at: float, matchers: str = "") -> list[WorkloadSpec]:
+        self.spec_shards.append(matchers)
+        return [s for s in self.specs if _in_shard(s.namespace, matchers)]
 
     async def series_by_namespace(self, at: float) -> dict[str, int]:
         if self.series is not None:

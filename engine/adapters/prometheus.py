@@ -35,7 +35,7 @@ from engine.core.collect import (
     answer_bytes_cap,
     build_batches,
     build_chunks,
-    build_specs,
+    build_specs_by_name,
     cpu_expr,
     eval_start,
     memory_expr,
@@ -45,7 +45,7 @@ from engine.core.collect import (
     parse_result,
     parse_series,
     series_count_expr,
-    spec_expr,
+    spec_queries,
 )
 from engine.core.model import MetricsBatch, MetricsChunk, WorkloadSpec
 from engine.errors import (
@@ -328,14 +328,14 @@ class Collector:
         # At least two scrapes of a 30 s cAdvisor interval fit in the window.
         self.rate_window = rate_window or max(2 * step, 60)
         self.samples_read = 0
-        # the owners of the chunk asked last: asked once per chunk, not once per shard
-        self._owners_of: tuple[tuple[float, float], Owners] | None = None
 
-    async def _owners(self, start: float, end: float) -> Owners:
+    async def _owners(self, start: float, end: float, matchers: str = "") -> Owners:
+        """The owners of the pods seen in ``(start, end]`` (``matchers``: one shard's), one
+        answer at a time, each with only the labels an owner needs (:func:`owner_expr`)."""
         window = int(end - start) + LOOKBACK_SECONDS
-        found = await asyncio.gather(
-            *(self.client.query(owner_expr(m, window), end) for m in OWNER_METRICS)
-        )
+        found = [
+            await self.client.query(owner_expr(m, window, matchers), end) for m in OWNER_METRICS
+        ]
         return Owners.build(*found)
 
     def _count(self, read: int) -> None:
@@ -365,21 +365,18 @@ class Collector:
         instead of ~110 as a tuple of floats; an answer parsed the tuple way peaked at ~600
         bytes a point, bench/bench_collector_memory.py) and the two range queries one after the
         other, so one answer's body is held at a time: the collector's records.  ``matchers``:
-        one shard of the cluster (:func:`~engine.core.collect.plan_queries`); the owners are
-        asked once per chunk, whatever the shards.  ``max_points``: each answer is read up to
-        :func:`~engine.core.collect.answer_bytes_cap` of it (:class:`AnswerTooLarge` beyond)."""
+        one shard of the cluster (:func:`~engine.core.collect.plan_queries`), its owners too.
+        ``max_points``: each answer is read up to :func:`~engine.core.collect.answer_bytes_cap`
+        of it (:class:`AnswerTooLarge` beyond)."""
         first = eval_start(start, end, self.step)
         if first is None:
             return None
         cap = None if max_points is None else answer_bytes_cap(max_points)
         cpu_query = cpu_expr(self.rate_window, matchers)
-        cpu_answer = self.client.query_range_arrays(cpu_query, first, end, self.step, max_bytes=cap)
-        if self._owners_of is not None and self._owners_of[0] == (start, end):
-            owners = self._owners_of[1]
-            cpu = await cpu_answer
-        else:
-            cpu, owners = await asyncio.gather(cpu_answer, self._owners(start, end))
-            self._owners_of = ((start, end), owners)
+        cpu, owners = await asyncio.gather(
+            self.client.query_range_arrays(cpu_query, first, end, self.step, max_bytes=cap),
+            self._owners(start, end, matchers),
+        )
         memory = await self.client.query_range_arrays(
             memory_expr(self.step, matchers), first, end, self.step, max_bytes=cap
         )
@@ -411,5 +408,10 @@ class Collector:
             if s.values and s.labels.get("namespace")
         }
 
-    async def collect_specs(self, at: float) -> list[WorkloadSpec]:
-        return build_specs(await self.client.query(spec_expr(), at), at)
+    async def collect_specs(self, at: float, matchers: str = "") -> list[WorkloadSpec]:
+        """Every workload's spec at ``at`` (``matchers``: the namespaces of one shard), one
+        metric's answer at a time with only the labels a spec needs (:func:`spec_queries`)."""
+        by_name: dict[str, list[Series]] = {}
+        for name, expr in spec_queries(matchers):
+            by_name[name] = await self.client.query(expr, at)
+        return build_specs_by_name(by_name, at)

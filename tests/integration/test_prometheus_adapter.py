@@ -14,10 +14,16 @@ from aiohttp import web
 
 from engine.adapters.prometheus import BadQuery, Collector, PrometheusClient
 from engine.core.collect import (
+    OWNER_METRICS,
+    Owners,
+    build_specs,
     count_samples,
     cpu_expr,
     memory_expr,
+    owner_expr,
     plan_chunks,
+    spec_expr,
+    spec_queries,
     split_range,
 )
 from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
@@ -272,6 +278,66 @@ async def test_specs_reflect_the_cluster(prometheus: PromInfo) -> None:
     assert billing.oom_limit_bytes == 1536 * MIB and billing.restarts == 1 and billing.is_jvm
     assert specs["payments/StatefulSet/ledger"].containers[0].is_jvm
     assert specs["smarthealth/Deployment/patient-api"].containers[0].last_oom_at is None
+
+
+async def test_specs_asked_metric_by_metric_and_by_shard_are_those_of_one_selector(
+    prometheus: PromInfo,
+) -> None:
+    """The collector asks the spec metrics one at a time with only the labels a spec reads
+    (``spec_queries``), per namespace shard: the specs are exactly those built from the one
+    selector with every label, and the shards' together those of the whole cluster."""
+    at = float(prometheus.end_ts)
+    async with _client(prometheus.url) as client:
+        collector = Collector(client, step=STEP)
+        one = build_specs(await client.query(spec_expr(), at), at)
+        asked = await collector.collect_specs(at)
+        first = sorted({s.namespace for s in one})[0]
+        parts = [
+            await collector.collect_specs(at, m)
+            for m in (f'namespace=~"{first}"', f'namespace!~"{first}"')
+        ]
+        rs_all = await client.query("kube_replicaset_owner", at)
+        rs_asked = await client.query(dict(spec_queries())["kube_replicaset_owner"], at)
+    assert one and [s.model_dump() for s in asked] == [s.model_dump() for s in one]
+    assert parts[0] and parts[1] and {s.namespace for s in parts[0]} == {first}
+    together = sorted((s.model_dump() for p in parts for s in p), key=lambda d: str(d))
+    assert together == sorted((s.model_dump() for s in one), key=lambda d: str(d))
+    # only the ReplicaSets that own a pod now, each with the five labels a spec reads
+    assert 0 < len(rs_asked) <= len(rs_all)
+    assert all(
+        set(s.labels)
+        == {"namespace", "replicaset", "owner_kind", "owner_name", "owner_is_controller"}
+        for s in rs_asked
+    )
+
+
+async def test_owners_asked_lean_resolve_every_pod_as_with_every_label(
+    prometheus: PromInfo,
+) -> None:
+    """The owners the collector asks (``owner_expr``: the labels an owner needs, ReplicaSets
+    that owned a pod in the window, per shard) resolve every pod of the chunk to the workload
+    the raw ``last_over_time`` answers give."""
+    end, window = float(prometheus.end_ts), 2 * DAY
+    async with _client(prometheus.url) as client:
+        raw = Owners.build(
+            *[await client.query(f"last_over_time({m}[{window}s])", end) for m in OWNER_METRICS]
+        )
+        lean = Owners.build(
+            *[await client.query(owner_expr(m, window), end) for m in OWNER_METRICS]
+        )
+        first = sorted({ns for ns, _ in raw.pods})[0]
+        shard = Owners.build(
+            *[
+                await client.query(owner_expr(m, window, f'namespace=~"{first}"'), end)
+                for m in OWNER_METRICS
+            ]
+        )
+    assert raw.pods and lean.pods == raw.pods and lean.jobs == raw.jobs
+    assert len(lean.replicasets) <= len(raw.replicasets)
+    assert {p: lean.resolve(*p) for p in raw.pods} == {p: raw.resolve(*p) for p in raw.pods}
+    mine = [p for p in raw.pods if p[0] == first]
+    assert mine and {p: shard.resolve(*p) for p in mine} == {p: raw.resolve(*p) for p in mine}
+    assert all(ns == first for ns, _ in shard.pods)
 
 
 async def test_hourly_cycle_reads_a_fraction_of_a_full_requery(

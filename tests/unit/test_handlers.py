@@ -339,6 +339,13 @@ def test_the_collector_asks_day_long_chunks_in_namespace_shards_within_the_point
     assert len(keys) == len(set(keys))  # no record twice
     assert {(ns, w) for ns, w, _ in keys} == {(s.namespace, s.name) for s in specs}
     assert rt.tables.watermarks["usage"] == max(e for _, e in days)
+    # the specs asked in the same shards: each workload's marker once, the manifest counts all
+    assert source.spec_shards == source.shards[:3]
+    markers = [v["spec"]["namespace"] + "/" + v["spec"]["name"] for v in sent(rt, "metrics")
+               if v.get("type") == "cycle-end"]  # fmt: skip
+    assert sorted(markers) == sorted(f"{s.namespace}/{s.name}" for s in specs)
+    (manifest,) = sent(rt, "apply_control")
+    assert manifest["workloads"] == len(specs) == 6
 
     small = FakeUsage(batches, specs)
     rt = runtime(Services(usage=small), now=NOW, history_days=2)  # the default budget: 3 M
