@@ -308,6 +308,21 @@ class PrometheusClient:
         return b"".join(pieces)
 
 
+async def spec_series(
+    client: PrometheusClient, at: float, matchers: str = "", *, together: bool = False
+) -> dict[str, list[Series]]:
+    """The kube-state-metrics series of every spec metric at ``at``, by metric, each with only
+    the labels a spec reads (:func:`spec_queries`; for
+    :func:`~engine.core.collect.build_specs_by_name`): one answer at a time (the worker's
+    leader: the least memory), or ``together`` (the one-shot: the round trips overlap, as
+    many in flight as the client allows)."""
+    queries = spec_queries(matchers)
+    if together:
+        found = await asyncio.gather(*(client.query(expr, at) for _, expr in queries))
+        return {name: series for (name, _), series in zip(queries, found, strict=True)}
+    return {name: await client.query(expr, at) for name, expr in queries}
+
+
 class Collector:
     """Chunks into metrics batches and instants into workload specs (no state of its own)."""
 
@@ -411,7 +426,4 @@ class Collector:
     async def collect_specs(self, at: float, matchers: str = "") -> list[WorkloadSpec]:
         """Every workload's spec at ``at`` (``matchers``: the namespaces of one shard), one
         metric's answer at a time with only the labels a spec needs (:func:`spec_queries`)."""
-        by_name: dict[str, list[Series]] = {}
-        for name, expr in spec_queries(matchers):
-            by_name[name] = await self.client.query(expr, at)
-        return build_specs_by_name(by_name, at)
+        return build_specs_by_name(await spec_series(self.client, at, matchers), at)
