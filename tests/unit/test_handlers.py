@@ -353,6 +353,43 @@ def test_the_collector_asks_day_long_chunks_in_namespace_shards_within_the_point
     assert set(small.shards) == {""} and len(small.shards) == len(small.chunks)
 
 
+def test_prometheus_lost_between_spec_shards_sends_no_manifest_and_loses_nothing() -> None:
+    """Specs are asked shard by shard: Prometheus gone after the first shard's specs skips the
+    cycle (logged), the first shard's markers are out (their decisions are applied without a
+    manifest, after apply_batch_seconds), no manifest claims workloads that never came, and
+    the next cycle sends every workload's marker again under a new cycle id."""
+    specs = [spec(name, namespace=ns) for ns in ("a", "b", "c") for name in ("api", "web")]
+    batches = [b for s in specs for b in usage(s, hours=50)]
+
+    class SpecsFail(FakeUsage):
+        fail_at: int | None = 1
+
+        async def collect_specs(self, at: float, matchers: str = "") -> list[WorkloadSpec]:
+            if self.fail_at is not None and len(self.spec_shards) == self.fail_at:
+                self.fail_at = None
+                raise DependencyUnavailable("Prometheus went away")
+            return await super().collect_specs(at, matchers)
+
+    source = SpecsFail(batches, specs)
+    rt = runtime(
+        Services(usage=source), now=NOW, history_days=2, prometheus_max_points_per_query=3_000
+    )
+    source.series = {"a": 2, "b": 2, "c": 2}
+    assert asyncio.run(collector.on_tick(rt)) == 0  # skipped, not raised
+    first = [v["spec"]["namespace"] for v in sent(rt, "metrics") if v.get("type") == "cycle-end"]
+    assert first == ["a", "a"] and not sent(rt, "apply_control")
+    watermark = rt.tables.watermarks["usage"]
+
+    asyncio.run(collector.run_cycle(rt, NOW + 3600))
+    markers = [v for v in sent(rt, "metrics") if v.get("type") == "cycle-end"]
+    again = sorted(v["spec"]["namespace"] + "/" + v["spec"]["name"] for v in markers[2:])
+    assert again == sorted(f"{s.namespace}/{s.name}" for s in specs)
+    assert markers[2]["cycle"] != markers[0]["cycle"]
+    (manifest,) = sent(rt, "apply_control")
+    assert manifest["workloads"] == 6 and manifest["cycle"] == markers[2]["cycle"]
+    assert rt.tables.watermarks["usage"] >= watermark
+
+
 def test_an_answer_over_the_point_budget_is_asked_again_in_halves() -> None:
     """The count says 2 series, the answers hold 6 (workloads scaled up since, pods gone): the
     day-long answer is refused and its halves asked, then theirs, until each fits the budget;
