@@ -19,9 +19,11 @@ containers each, a Deployment keeping its last 10 ReplicaSets, the labels kube-s
 and the kube-prometheus-stack scrape put on each series): **one selector** (the collector
 before 2026-12-02: every spec metric's series with every label in one body, parsed at once)
 against **metric by metric** (now: ``spec_queries``, each metric's answer with only the labels
-a spec reads, the ReplicaSets that own a pod; one body parsed at a time, the parsed series of
-every metric held until ``build_specs_by_name``).  Both give the same specs (checked here; the
-real Prometheus equivalence is ``tests/integration/test_prometheus_adapter.py``).
+a spec reads, the ReplicaSets that own a pod; one body parsed at a time and folded into the
+specs by ``SpecBuilder`` as soon as what it needs is in: the collector's path), and the same
+answers all parsed before the build (**all held**: the one-shot's path).  All give the same
+specs (checked here; the real Prometheus equivalence is
+``tests/integration/test_prometheus_adapter.py``).
 
 Printed per path: the peak of Python's allocations while parsing and building (``tracemalloc``,
 which numpy reports its buffers to; the body itself, the same for both, is printed apart), the
@@ -50,6 +52,7 @@ from engine.core.collect import (
     OWNER_METRICS,
     SPEC_LABELS,
     Owners,
+    SpecBuilder,
     build_chunks,
     build_specs,
     build_specs_by_name,
@@ -186,6 +189,17 @@ def specs_one_selector(body: bytes) -> list[WorkloadSpec]:
 
 
 def specs_by_metric(bodies: list[tuple[str, bytes]]) -> list[WorkloadSpec]:
+    """The collector's path: each answer parsed and folded in (``SpecBuilder``) before the
+    next is read."""
+    builder = SpecBuilder(SPEC_AT)
+    for name, body in bodies:
+        builder.add(name, parse_result(orjson.loads(body), "vector"))
+    return builder.finish()
+
+
+def specs_by_metric_held(bodies: list[tuple[str, bytes]]) -> list[WorkloadSpec]:
+    """Every answer parsed first, then built (the one-shot's path, its queries in flight
+    together)."""
     by_name = {name: parse_result(orjson.loads(body), "vector") for name, body in bodies}
     return build_specs_by_name(by_name, SPEC_AT)
 
@@ -207,6 +221,7 @@ def measure_specs(workloads: int, repeat: int) -> None:
     got = {}
     for name, fn, arg in (
         ("one selector", specs_one_selector, body),
+        ("metric by metric, all held", specs_by_metric_held, bodies),
         ("metric by metric", specs_by_metric, bodies),
     ):
         gc.collect()
@@ -223,7 +238,8 @@ def measure_specs(workloads: int, repeat: int) -> None:
             specs = fn(arg)  # type: ignore[operator]
             best = min(best, time.process_time() - t)
         line += f" | {name}: peak {peak / 2**20:7.1f} MiB, {best:5.2f} CPU-s, {len(specs):,} specs"
-    assert got["one selector"] == got["metric by metric"], "the two paths disagree"
+    assert got["one selector"] == got["metric by metric"], "the paths disagree"
+    assert got["one selector"] == got["metric by metric, all held"], "the paths disagree"
     print(line + " | same specs", flush=True)
     # the owners a usage chunk needs (asked per chunk): the three answers with every label,
     # all parsed before Owners.build (as before) against owner_expr's lean answers

@@ -32,10 +32,10 @@ from engine.core.collect import (
     Owners,
     Series,
     SeriesArrays,
+    SpecBuilder,
     answer_bytes_cap,
     build_batches,
     build_chunks,
-    build_specs_by_name,
     cpu_expr,
     eval_start,
     memory_expr,
@@ -425,5 +425,9 @@ class Collector:
 
     async def collect_specs(self, at: float, matchers: str = "") -> list[WorkloadSpec]:
         """Every workload's spec at ``at`` (``matchers``: the namespaces of one shard), one
-        metric's answer at a time with only the labels a spec needs (:func:`spec_queries`)."""
-        return build_specs_by_name(await spec_series(self.client, at, matchers), at)
+        metric's answer at a time with only the labels a spec needs (:func:`spec_queries`),
+        each folded into the specs as soon as what it needs is in (:class:`SpecBuilder`)."""
+        builder = SpecBuilder(at)
+        for name, expr in spec_queries(matchers):
+            builder.add(name, await self.client.query(expr, at))
+        return builder.finish()

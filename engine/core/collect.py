@@ -1019,10 +1019,24 @@ class _Estate:
         at: float,
     ) -> None:
         """JVM image, restarts, and the last OOM kill with the memory limit it hit."""
+        self.add_images(by_name)
+        self.add_restarts(by_name)
+        self.add_oom_kills(by_name, pod_res, at)
+
+    def add_images(self, by_name: ByName) -> None:
         for s, _, c in self.each(by_name, "kube_pod_container_info"):
             c.is_jvm = c.is_jvm or bool(_JVM.search(s.labels.get("image", "")))
+
+    def add_restarts(self, by_name: ByName) -> None:
         for s, _, c in self.each(by_name, "kube_pod_container_status_restarts_total"):
             c.restarts += int(_last(s))
+
+    def add_oom_kills(
+        self,
+        by_name: ByName,
+        pod_res: Mapping[PodContainer, dict[str, dict[str, float]]],
+        at: float,
+    ) -> None:
         oom_ts = {
             (s.labels.get("namespace"), s.labels.get("pod"), s.labels.get("container")): _last(s)
             for s in by_name.get("kube_pod_container_status_last_terminated_timestamp", [])
@@ -1077,17 +1091,103 @@ def build_specs(series: Iterable[Series], at: float) -> list[WorkloadSpec]:
 
 def build_specs_by_name(series_of: ByName, at: float) -> list[WorkloadSpec]:
     """:func:`build_specs` of the series already grouped by metric (:func:`spec_queries`)."""
-    by_name: dict[str, list[Series]] = defaultdict(list, series_of)
-    estate = _Estate(
-        Owners.build(
-            by_name["kube_pod_owner"], by_name["kube_replicaset_owner"], by_name["kube_job_owner"]
-        )
-    )
-    pod_res = _pod_resources(by_name)
-    estate.add_resources(pod_res)
-    estate.add_runtime_facts(by_name, pod_res, at)
-    meta = _workload_meta(by_name)
-    hpas = _hpas(by_name)
+    builder = SpecBuilder(at)
+    for name, series in series_of.items():
+        builder.add(name, series)
+    return builder.finish()
+
+
+_RESOURCE_METRICS = ("kube_pod_container_resource_requests", "kube_pod_container_resource_limits")
+_OOM_METRICS = (
+    "kube_pod_container_status_last_terminated_reason",
+    "kube_pod_container_status_last_terminated_timestamp",
+)
+_HPA_METRICS = tuple(m for m in SPEC_METRICS if m.startswith("kube_horizontalpodautoscaler_"))
+_META_METRICS = tuple(
+    m
+    for m in SPEC_METRICS
+    if m.startswith(("kube_deployment_", "kube_statefulset_", "kube_daemonset_"))
+)
+
+
+class SpecBuilder:
+    """:func:`build_specs_by_name` fed one metric's series at a time (the collector asks them
+    so: :func:`spec_queries`): each step of the build runs as soon as the metrics it reads are
+    all in, and those series are dropped, so what is held is the compact state built so far
+    plus the metrics still waiting for theirs, not every series of every metric.
+
+    The steps, in their dependencies' order (each reads only its own metrics, so running one
+    early gives what running them all at the end gives): the owners (all three owner metrics);
+    requests and limits per pod container, then folded into the workloads (the owners); the
+    images and the restarts (the owners); the OOM kills (the folded limits, both OOM metrics);
+    the workloads' replicas, labels, annotations (their nine metrics); the HPAs (their four).
+    Metrics never added count as answered empty, as a missing metric always did."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self._waiting: dict[str, list[Series]] = defaultdict(list)
+        self._estate: _Estate | None = None
+        self._pod_res: dict[PodContainer, dict[str, dict[str, float]]] | None = None
+        self._done: set[str] = set()
+        self._meta: _Meta | None = None
+        self._hpas: dict[WorkloadKey, HpaSpec] | None = None
+
+    def add(self, name: str, series: list[Series]) -> None:
+        self._waiting[name] = series
+        self._step(final=False)
+
+    def _ready(self, names: Iterable[str], final: bool) -> bool:
+        return final or all(n in self._waiting for n in names)
+
+    def _take(self, names: Iterable[str]) -> None:
+        for n in names:
+            self._waiting.pop(n, None)
+
+    def _step(self, final: bool) -> None:
+        w = self._waiting
+        if self._estate is None and self._ready(OWNER_METRICS, final):
+            self._estate = _Estate(Owners.build(*(w.get(m, []) for m in OWNER_METRICS)))
+            self._take(OWNER_METRICS)
+        estate = self._estate
+        if estate is not None:
+            if self._pod_res is None and self._ready(_RESOURCE_METRICS, final):
+                self._pod_res = _pod_resources(w)
+                estate.add_resources(self._pod_res)
+                self._take(_RESOURCE_METRICS)
+            for metric, add in (
+                ("kube_pod_container_info", estate.add_images),
+                ("kube_pod_container_status_restarts_total", estate.add_restarts),
+            ):
+                if metric not in self._done and self._ready((metric,), final):
+                    add(w)
+                    self._done.add(metric)
+                    self._take((metric,))
+            if (
+                self._pod_res is not None
+                and "oom" not in self._done
+                and self._ready(_OOM_METRICS, final)
+            ):
+                estate.add_oom_kills(w, self._pod_res, self.at)
+                self._done.add("oom")
+                self._take(_OOM_METRICS)
+        if self._meta is None and self._ready(_META_METRICS, final):
+            self._meta = _workload_meta(w)
+            self._take(_META_METRICS)
+        if self._hpas is None and self._ready(_HPA_METRICS, final):
+            self._hpas = _hpas(w)
+            self._take(_HPA_METRICS)
+
+    def finish(self) -> list[WorkloadSpec]:
+        """The specs (every step not run yet runs now, its missing metrics empty)."""
+        self._step(final=True)
+        assert self._estate is not None and self._meta is not None and self._hpas is not None
+        self._waiting.clear()
+        return _assemble(self._estate, self._meta, self._hpas, self.at)
+
+
+def _assemble(
+    estate: _Estate, meta: _Meta, hpas: Mapping[WorkloadKey, HpaSpec], at: float
+) -> list[WorkloadSpec]:
     out = []
     for key in sorted(estate.containers):
         ns, kind, name = key

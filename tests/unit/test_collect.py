@@ -9,13 +9,15 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.collect import (
+    SPEC_METRICS,
     MalformedResponse,
     Owners,
     Series,
+    SpecBuilder,
     build_batches,
     build_specs,
     eval_start,
@@ -350,9 +352,10 @@ def _k(name: str, value: float = 1.0, **labels: str) -> Series:
     return _s(value, __name__=name, namespace="ns", **labels)
 
 
-def test_specs_from_kube_state_metrics() -> None:
+def _ksm_series() -> list[Series]:
+    """Every kind of spec series build_specs reads, for two workloads."""
     mib = 1024.0**2
-    series = [
+    return [
         _k("kube_pod_owner", pod="web-abc-1", owner_kind="ReplicaSet", owner_name="web-abc"),
         _k("kube_pod_owner", pod="web-abc-2", owner_kind="ReplicaSet", owner_name="web-abc"),
         _k(
@@ -460,6 +463,11 @@ def test_specs_from_kube_state_metrics() -> None:
             unit="core",
         ),
     ]
+
+
+def test_specs_from_kube_state_metrics() -> None:
+    mib = 1024.0**2
+    series = _ksm_series()
     specs = {s.workload_id: s for s in build_specs(series, at=5000.0)}
     assert set(specs) == {"ns/Deployment/web", "ns/Pod/bare"}
     web = specs["ns/Deployment/web"]
@@ -608,3 +616,19 @@ def test_grid_timestamps_equal_the_parsed_ones_with_any_gaps(
     got = parse_matrix_body(body, orjson.loads, (start, step))
     _same_arrays(got, want)
     assert got[0].ts.tobytes() == want[0].ts.tobytes()
+
+
+@given(order=st.permutations(list(SPEC_METRICS)), dropped=st.sets(st.sampled_from(SPEC_METRICS)))
+@settings(max_examples=60, deadline=None)
+def test_the_spec_builder_gives_build_specs_whatever_order_the_metrics_come_in(
+    order: list[str], dropped: set[str]
+) -> None:
+    """The collector folds each metric's answer in as it arrives (``SpecBuilder``): in any
+    order, with any metrics missing (answered empty), the specs are build_specs' of the same
+    series."""
+    series = [s for s in _ksm_series() if s.labels["__name__"] not in dropped]
+    builder = SpecBuilder(5000.0)
+    for name in order:
+        builder.add(name, [s for s in series if s.labels["__name__"] == name])
+    got = [s.model_dump() for s in builder.finish()]
+    assert got == [s.model_dump() for s in build_specs(series, at=5000.0)]
