@@ -11,7 +11,8 @@ in bounded chunks (the first one backfills ``history_days``), and the watermark 
 chunk only after the chunk's batches were sent — a restart resumes without a gap, and a chunk sent
 twice is dropped by the aggregator's per-key high-water mark.  After the usage, each workload's
 spec goes to ``kubefinops.workloads`` and a cycle-end marker follows its batches on the metrics
-partition so its recommendation is computed from complete state.
+partition so its recommendation is computed from complete state; the specs are read in the
+same namespace shards as the usage (docs/collector.md "Queries").
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ async def on_tick(rt: Runtime) -> int:
         CYCLE_FAILURES.labels(AGENT, "prometheus").inc()
         log.warning("collection cycle skipped: %s", exc)
     except AnswerTooLarge as exc:
-        # Not even two steps of one shard fit the budget: nothing skipped either, and the
-        # next cycle asks again; the operator's lever is the budget.
+        # Not even 15 minutes of one shard fit the budget: nothing skipped either (the
+        # watermark stays), the next cycle asks again; the operator's lever is the budget.
         CYCLE_FAILURES.labels(AGENT, "prometheus").inc()
         log.error(
             "collection cycle skipped: %s, even for the shortest range; raise "
