@@ -321,22 +321,31 @@ def spec_queries(matchers: str = "") -> list[tuple[str, str]]:
     ~220 MiB and ~3 s of CPU at 1,000 workloads, ~2 GiB extrapolated at 10,000, in the
     leader, every hour.  Asked this way, one metric's answer is held at a time, each with a
     handful of labels."""
-    sel = matchers
-    out = []
-    for name, labels in SPEC_LABELS.items():
-        picked = f"{name}{{{sel}}}" if sel else name
-        if labels is None:
-            out.append((name, picked))
-            continue
-        expr = f"max by ({', '.join(labels)}) ({picked})"
-        if name == "kube_replicaset_owner":
-            pods = 'kube_pod_owner{owner_kind="ReplicaSet"' + (f",{sel}" if sel else "") + "}"
-            expr += (
-                " and on (namespace, replicaset) "
-                f'label_replace({pods}, "replicaset", "$1", "owner_name", "(.+)")'
-            )
-        out.append((name, expr))
-    return out
+    return [(name, lean_expr(name, matchers)) for name in SPEC_LABELS]
+
+
+def lean_expr(metric: str, matchers: str = "", window: int | None = None) -> str:
+    """One kube-state-metrics metric with only the labels a spec or an owner reads
+    (:data:`SPEC_LABELS`; every label for the labels/annotations metrics), at an instant or,
+    with ``window``, its last value over the window (``last_over_time``: pods gone by its
+    end); ``matchers``: one shard's namespaces.  ReplicaSet owners only of ReplicaSets that
+    own a pod then, the other ~10 revisions a Deployment keeps being of no use."""
+
+    def picked(selector: str) -> str:
+        return f"last_over_time({selector}[{window}s])" if window is not None else selector
+
+    labels = SPEC_LABELS[metric]
+    sel = picked(f"{metric}{{{matchers}}}" if matchers else metric)
+    if labels is None:
+        return sel
+    expr = f"max by ({', '.join(labels)}) ({sel})"
+    if metric == "kube_replicaset_owner":
+        pods = 'kube_pod_owner{owner_kind="ReplicaSet"' + (f",{matchers}" if matchers else "") + "}"
+        expr += (
+            " and on (namespace, replicaset) "
+            f'label_replace({picked(pods)}, "replicaset", "$1", "owner_name", "(.+)")'
+        )
+    return expr
 
 
 def spec_expr(matchers: str = "") -> str:
@@ -349,20 +358,10 @@ def spec_expr(matchers: str = "") -> str:
 
 def owner_expr(metric: str, window: int, matchers: str = "") -> str:
     """Owners of every pod seen during a chunk, including pods gone by its end, with only the
-    labels :meth:`Owners.build` reads (``matchers``: the namespaces of one shard); ReplicaSets
-    only those that owned a pod in the window (the other ~10 revisions a Deployment keeps are
-    of no use).  Why lean: as :func:`spec_queries` — at 10,000 workloads the three answers with
+    labels :meth:`Owners.build` reads (:func:`lean_expr`; ``matchers``: the namespaces of one
+    shard).  Why lean: as :func:`spec_queries` — at 10,000 workloads the three answers with
     every label were ~130,000 series, ~6 KB each once parsed, for every chunk."""
-    sel = f"{{{matchers}}}" if matchers else ""
-    labels = ", ".join(SPEC_LABELS[metric] or ())
-    expr = f"max by ({labels}) (last_over_time({metric}{sel}[{window}s]))"
-    if metric == "kube_replicaset_owner":
-        pods = 'kube_pod_owner{owner_kind="ReplicaSet"' + (f",{matchers}" if matchers else "") + "}"
-        expr += (
-            " and on (namespace, replicaset) label_replace("
-            f'last_over_time({pods}[{window}s]), "replicaset", "$1", "owner_name", "(.+)")'
-        )
-    return expr
+    return lean_expr(metric, matchers, window)
 
 
 # --- parsing ------------------------------------------------------------------------------------
