@@ -204,14 +204,13 @@ def specs_by_metric_held(bodies: list[tuple[str, bytes]]) -> list[WorkloadSpec]:
     return build_specs_by_name(by_name, SPEC_AT)
 
 
-def items_of(workloads: int) -> list[dict[str, object]]:
-    return spec_series(workloads)
-
-
 def measure_specs(workloads: int, repeat: int) -> None:
     items = spec_series(workloads)
     body = vector(items)
     bodies = per_metric_bodies(items)
+    # the owner answers with every label, for the owners' line below (built once, here)
+    full = [vector([it for it in items if it["metric"]["__name__"] == m])  # type: ignore[index]
+            for m in OWNER_METRICS]  # fmt: skip
     del items
     line = (
         f"{workloads:6,} workloads: one selector {len(body) / 2**20:6.1f} MiB body, "
@@ -243,8 +242,6 @@ def measure_specs(workloads: int, repeat: int) -> None:
     print(line + " | same specs", flush=True)
     # the owners a usage chunk needs (asked per chunk): the three answers with every label,
     # all parsed before Owners.build (as before) against owner_expr's lean answers
-    full = [vector([it for it in items_of(workloads) if it["metric"]["__name__"] == m])  # type: ignore[index]
-            for m in OWNER_METRICS]  # fmt: skip
     lean = [b for name, b in bodies if name in OWNER_METRICS]
     line = f"{workloads:6,} workloads, owners of a chunk:"
     owners = {}
