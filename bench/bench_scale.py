@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     Stack,
+    all_end_offsets,
     container_names,
     encode_batch,
     encode_chunk,
@@ -183,6 +184,18 @@ async def decisions_of(
         await producer.stop()
         await consumer.stop()
     return acked, arrived
+
+
+def records_written(before: dict[str, int], after: dict[str, int], workloads: int) -> str:
+    """Records written to each topic between two snapshots of the end offsets, per workload
+    (the bench's own producer included: the metrics topic's chunk and marker), biggest first."""
+    grew = {t: after[t] - before.get(t, 0) for t in after if after[t] > before.get(t, 0)}
+    total = sum(grew.values()) / workloads
+    parts = ", ".join(
+        f"{re.sub(r'^[^.-]+[.-]', '', t)} {v / workloads:.2f}"
+        for t, v in sorted(grew.items(), key=lambda kv: -kv[1])
+    )
+    return f"{total:.2f} ({parts})"
 
 
 def burst_messages(
@@ -750,6 +763,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         gc_before = gc_pauses(metrics_text(port))
+        offsets0 = all_end_offsets(stack.kafka)
         pids = [s.pid for s, _ in dep.workers]
         worker_cpu0 = sum(proc_cpu_seconds(pid) for pid in pids)
         busy0, idle0 = host_cpu_seconds()
@@ -760,6 +774,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         worker_cpu = sum(proc_cpu_seconds(pid) for pid in pids) - worker_cpu0
         busy1, idle1 = host_cpu_seconds()
         host_busy, host_idle = busy1 - busy0, idle1 - idle0
+        written = records_written(offsets0, all_end_offsets(stack.kafka), burst)
         print(
             f"  CPU in the burst ({wall:.1f}s from its first record sent to its last decision "
             f"read): worker{'s' if len(pids) > 1 else ''} {worker_cpu:.1f} CPU-s "
@@ -767,6 +782,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
             f"{host_idle:.1f} idle CPU-s over its {os.cpu_count()} cores (the rest of the busy "
             "time: the broker, the other servers and this script)"
         )
+        print(f"  records written, burst start to last decision, per workload: {written}")
         owed += len(arrived)
         lat = np.array([arrived[w] - acked[w] for w in arrived if w in acked])
         scraped = metrics_text(port)  # one scrape for both readings
@@ -775,6 +791,17 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         print(f"  worker's garbage collections in the burst: {gcs}")
         if lat.size:
             span = max(arrived.values()) - min(acked.values())
+            t0 = min(acked.values())
+            acks = np.array(sorted(acked.values())) - t0
+            got = np.array(sorted(arrived.values())) - t0
+            # whether the latency is the worker's throughput (decisions spread from the first
+            # marker on) or its order (decisions bunched at the end)
+            print(
+                f"  timeline from the first record acknowledged: records acknowledged until "
+                f"+{acks[-1]:.2f}s; decisions arrived first +{got[0]:.2f}s, 10% +"
+                f"{np.percentile(got, 10):.2f}s, half +{np.percentile(got, 50):.2f}s, "
+                f"last +{got[-1]:.2f}s"
+            )
             row = {
                 "in_process_ms": base["ms_per_workload"],
                 "p50": float(np.percentile(lat, 50)),

@@ -449,6 +449,33 @@ def end_offsets(info: KafkaInfo, topic: str) -> int:
     return asyncio.run(go())
 
 
+def all_end_offsets(info: KafkaInfo) -> dict[str, int]:
+    """Every topic's end offset (summed over its partitions): the records written to each, for
+    a before/after difference."""
+
+    async def go() -> dict[str, int]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(**info.client_kwargs(), group_id=None)
+        await consumer.start()
+        try:
+            await consumer._client.force_metadata_update()
+            tps = [
+                TopicPartition(t, p)
+                for t in await consumer.topics()
+                if not t.startswith("__")
+                for p in consumer.partitions_for_topic(t) or set()
+            ]
+            out: dict[str, int] = {}
+            for tp, end in (await consumer.end_offsets(tps)).items():
+                out[tp.topic] = out.get(tp.topic, 0) + int(end)
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
 def state_bytes(latest: dict[bytes, bytes]) -> dict[str, Any]:
     """Bytes per container-resource from the usage changelog's latest values."""
     per_res: dict[str, list[int]] = {"cpu": [], "memory": []}
