@@ -147,7 +147,11 @@ class Settings(BaseSettings):
     # docs/benchmarks.md "Ingest: value codec and producer linger"). In the 1,000-workload burst
     # of bench/bench_scale.py 10 ms / 256 KiB gave 1.2-3.6x the in-process cost against 1.6-3.6x
     # at linger 0: no measurable latency cost. Offsets are committed only after the producer is
-    # flushed, whatever the linger.
+    # flushed, whatever the linger. 256 KiB batches cut a third of the CPU of bench/bench_floor.py
+    # (the burst's records with no handler work: aiokafka takes one batch per partition into a
+    # produce request, and 16 KiB holds two usage values) but nothing measurable in the real
+    # worker's burst, which writes at a third of that rate (10 vs 14 bursts, 2026-12-02): 16 KiB
+    # stays.
     kafka_producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 20
     kafka_producer_batch_bytes: Annotated[int, Field(ge=16 * 1024, le=1024 * 1024)] = 16 * 1024
 
