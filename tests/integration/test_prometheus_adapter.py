@@ -531,6 +531,50 @@ async def test_too_many_samples_is_an_answer_too_large_when_the_caller_bounds_it
     assert len(seen) == 2
 
 
+def _vector(series: int) -> str:
+    items = ",".join(
+        f'{{"metric":{{"pod":"p{i}","namespace":"n{i % 7}"}},"value":[1,"{i}.5"]}}'
+        for i in range(series)
+    )
+    return f'{{"status":"success","data":{{"resultType":"vector","result":[{items}]}}}}'
+
+
+async def test_a_large_answer_is_parsed_off_the_event_loop(
+    flaky: tuple[str, list[str], dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer over ``PARSE_IN_THREAD_BYTES`` is parsed in a worker thread (the loop keeps
+    serving heartbeats and probes meanwhile), a small one on the loop; either way the same
+    series, and a large malformed answer is still retried, then unavailable."""
+    import threading
+
+    import engine.adapters.prometheus as adapter
+
+    threads: list[str] = []
+    parse = adapter.parse_result
+
+    def recording(doc: Any, expect: str) -> Any:
+        threads.append(threading.current_thread().name)
+        return parse(doc, expect)
+
+    monkeypatch.setattr(adapter, "parse_result", recording)
+    url, seen, script = flaky
+    large = _vector(30_000)
+    assert len(large) > adapter.PARSE_IN_THREAD_BYTES
+    broken = large[:-200]  # cut short: not JSON
+    script["answers"] = [(200, large), (200, _vector(3)), (200, broken), (200, broken)]
+    loop_thread = threading.current_thread().name
+    async with _client(url, attempts=2) as client:
+        big = await client.query("up", 1.0)
+        small = await client.query("up", 1.0)
+        with pytest.raises(DependencyUnavailable, match="after 2 attempts"):
+            await client.query("up", 1.0)
+    assert len(big) == 30_000 and big[29_999].values == [(1.0, 29_999.5)]
+    assert big[5].labels == {"pod": "p5", "namespace": "n5"}
+    assert [x.values for x in small] == [[(1.0, 0.5)], [(1.0, 1.5)], [(1.0, 2.5)]]
+    assert threads[0] != loop_thread and threads[1] == loop_thread
+    assert len(seen) == 4
+
+
 async def test_slow_answers_time_out_and_are_retried(
     flaky: tuple[str, list[str], dict[str, Any]],
 ) -> None:
