@@ -260,6 +260,73 @@ def measure_specs(workloads: int, repeat: int) -> None:
     print(line + " | same resolution", flush=True)
 
 
+def measure_stall(series: int, points: int, repeat: int) -> None:
+    """The event loop's longest stall while the real client reads one range answer of
+    ``series`` x ``points`` from a local HTTP server: its parse on the loop (the bound set above
+    the answer) against in a worker thread (the shipped bound), alternating, same run."""
+    import asyncio
+
+    from aiohttp import web
+
+    import engine.adapters.prometheus as adapter
+    from engine.settings import load_settings
+    from tests.harness.proc import free_port
+
+    body = answer(series, points)
+    end = START + points * STEP
+
+    async def run(bound: int) -> tuple[float, float]:
+        async def handle(request: web.Request) -> web.Response:
+            return web.Response(body=body, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/api/v1/query_range", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        adapter.PARSE_IN_THREAD_BYTES = bound
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:  # what a heartbeat or a probe would wait for
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        settings = load_settings(prometheus_url=f"http://127.0.0.1:{port}", kafka_username=None)
+        try:
+            async with adapter.PrometheusClient(settings) as client:
+                t0 = time.perf_counter()
+                found = await client.query_range_arrays("up", START, end, STEP)
+                wall = time.perf_counter() - t0
+            assert len(found) == series
+        finally:
+            done.set()
+            await tick
+            await runner.cleanup()
+        return max(gaps), wall
+
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores; "
+        f"one range answer of {series:,} series x {points:,} points, "
+        f"{len(body) / 2**20:.1f} MiB, read by the real client from a local server"
+    )
+    shipped = adapter.PARSE_IN_THREAD_BYTES
+    for _ in range(repeat):
+        for label, bound in (("parsed on the loop", len(body) + 1), ("in a thread", shipped)):
+            stall, wall = asyncio.run(run(bound))
+            print(
+                f"  {label:18}: longest event-loop stall {stall * 1000:7.1f} ms, "
+                f"answer in {wall:.2f} s"
+            )
+    adapter.PARSE_IN_THREAD_BYTES = shipped
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", default="2000,20000")
@@ -267,7 +334,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--tuple-limit", type=int, default=8_000_000)
     ap.add_argument("--specs", default="", help="e.g. 1000,3000: the workload specs instead")
+    ap.add_argument(
+        "--stall",
+        action="store_true",
+        help="the event loop's longest stall while the client reads one answer of the first "
+        "--series x the last --points: parsed on the loop vs in a thread",
+    )
     args = ap.parse_args()
+    if args.stall:
+        points = [int(p) for p in args.points.split(",")]
+        measure_stall(int(args.series.split(",")[0]), points[-1], args.repeat)
+        return
     if args.specs:
         for n in (int(x) for x in args.specs.split(",")):
             measure_specs(n, args.repeat)
