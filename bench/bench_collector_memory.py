@@ -270,21 +270,15 @@ def measure_stall(series: int, points: int, repeat: int) -> None:
 
     import engine.adapters.prometheus as adapter
     from engine.settings import load_settings
-    from tests.harness.proc import free_port
+    from tests.harness.local_http import serving
 
     body = answer(series, points)
     end = START + points * STEP
 
-    async def run(bound: int) -> tuple[float, float]:
-        async def handle(request: web.Request) -> web.Response:
-            return web.Response(body=body, content_type="application/json")
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
 
-        app = web.Application()
-        app.router.add_post("/api/v1/query_range", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+    async def run(bound: int) -> tuple[float, float]:
         adapter.PARSE_IN_THREAD_BYTES = bound
         gaps: list[float] = []
         done = asyncio.Event()
@@ -297,18 +291,18 @@ def measure_stall(series: int, points: int, repeat: int) -> None:
                 gaps.append(now - last)
                 last = now
 
-        tick = asyncio.create_task(ticker())
-        settings = load_settings(prometheus_url=f"http://127.0.0.1:{port}", kafka_username=None)
-        try:
-            async with adapter.PrometheusClient(settings) as client:
-                t0 = time.perf_counter()
-                found = await client.query_range_arrays("up", START, end, STEP)
-                wall = time.perf_counter() - t0
-            assert len(found) == series
-        finally:
-            done.set()
-            await tick
-            await runner.cleanup()
+        async with serving({"/api/v1/query_range": handle}) as url:
+            tick = asyncio.create_task(ticker())
+            settings = load_settings(prometheus_url=url, kafka_username=None)
+            try:
+                async with adapter.PrometheusClient(settings) as client:
+                    t0 = time.perf_counter()
+                    found = await client.query_range_arrays("up", START, end, STEP)
+                    wall = time.perf_counter() - t0
+                assert len(found) == series
+            finally:
+                done.set()
+                await tick
         return max(gaps), wall
 
     print(

@@ -32,6 +32,7 @@ from engine.core.selection import left_open_ranges
 from engine.errors import AnswerTooLarge, DependencyUnavailable
 from engine.metrics import PROMETHEUS_QUERIES
 from engine.settings import Settings, load_settings
+from tests.harness.local_http import serving
 from tests.harness.proc import free_port
 from tests.harness.prometheus import CLUSTER, MIB, PromInfo, instant, start_prometheus
 
@@ -453,18 +454,8 @@ async def flaky() -> AsyncIterator[tuple[str, list[str], dict[str, Any]]]:
             status = 200
         return web.Response(status=status, text=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/api/v1/query", handle)
-    app.router.add_post("/api/v1/query_range", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{port}", seen, script
-    finally:
-        await runner.cleanup()
+    async with serving({"/api/v1/query": handle, "/api/v1/query_range": handle}) as url:
+        yield url, seen, script
 
 
 GOOD = (
@@ -633,14 +624,7 @@ async def test_max_in_flight_bounds_the_requests_awaiting_the_server() -> None:
         active -= 1
         return web.Response(text=GOOD, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/api/v1/query", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        url = f"http://127.0.0.1:{port}"
+    async with serving({"/api/v1/query": handle}) as url:
         for limit, want in ((2, 2), (None, 6)):
             active = peak = 0
             order.clear()
@@ -651,5 +635,3 @@ async def test_max_in_flight_bounds_the_requests_awaiting_the_server() -> None:
             assert sorted(order) == [f"up{i}" for i in range(6)]
             if limit is not None:  # bounded: sent in the order they were asked for
                 assert order == [f"up{i}" for i in range(6)]
-    finally:
-        await runner.cleanup()
