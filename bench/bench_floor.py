@@ -65,6 +65,18 @@ def is_marker(value: bytes) -> bool:
     return value.startswith(b'{"type":"cycle-end"')
 
 
+def recommendation_of(key: bytes, marker: bytes) -> bytes:
+    """A recommendation-sized record for a marker's workload and cycle."""
+    found = CYCLE.search(marker)
+    return padded(key, found.group(1) if found else b"?", REC_BYTES)
+
+
+def decision_of(recommendation: bytes) -> bytes:
+    """A decision-sized record from a recommendation (the same workload and cycle)."""
+    more = b"d" * max(0, DECISION_BYTES - len(recommendation))
+    return recommendation.replace(b'"pad":"', b'"pad":"' + more, 1)
+
+
 def serve_faust() -> None:
     """The Faust floor worker (its settings from the environment, as ``kubefinops worker``)."""
     from engine.app import create_app
@@ -97,11 +109,9 @@ def serve_faust() -> None:
         async for event in stream.events():
             key, value = event.key, event.value
             if is_marker(value):
-                found = CYCLE.search(value)
-                cycle = found.group(1) if found else b"?"
                 if tables:
                     workloads[key] = value
-                await recs.send(key=key, value=padded(key, cycle, REC_BYTES))
+                await recs.send(key=key, value=recommendation_of(key, value))
             elif tables:
                 usage[key + b"/app"] = state
                 usage[key + b"/sidecar"] = state
@@ -110,8 +120,7 @@ def serve_faust() -> None:
     async def gate(stream):
         async for events in stream.take_events(500, within=0.05):
             for e in events:
-                value = e.value.replace(b'"pad":"', b'"pad":"' + b"d" * 200, 1)
-                await decisions.send(key=e.key, value=value)
+                await decisions.send(key=e.key, value=decision_of(e.value))
 
     @app.agent(decisions, name="floor.executor")
     async def execute(stream):
@@ -156,16 +165,13 @@ async def serve_plain_async(prefix: str, client: dict[str, str]) -> None:
                 key, value = r.key, r.value
                 if tp.topic == metrics:
                     if is_marker(value):
-                        found = CYCLE.search(value)
-                        cycle = found.group(1) if found else b"?"
                         await producer.send(workloads, key=key, value=value)
-                        await producer.send(recs, key=key, value=padded(key, cycle, REC_BYTES))
+                        await producer.send(recs, key=key, value=recommendation_of(key, value))
                     else:
                         await producer.send(usage, key=key + b"/app", value=state)
                         await producer.send(usage, key=key + b"/sidecar", value=state)
                 elif tp.topic == recs:
-                    value = value.replace(b'"pad":"', b'"pad":"' + b"d" * 200, 1)
-                    await producer.send(decisions, key=key, value=value)
+                    await producer.send(decisions, key=key, value=decision_of(value))
                 else:
                     await producer.send(rows, key=b"c|" + key, value=value)
                     await producer.send(metas, key=b"c", value=META)

@@ -790,10 +790,10 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         gcs = gc_delta(gc_before, gc_pauses(scraped))
         print(f"  worker's garbage collections in the burst: {gcs}")
         if lat.size:
-            span = max(arrived.values()) - min(acked.values())
             t0 = min(acked.values())
             acks = np.array(sorted(acked.values())) - t0
             got = np.array(sorted(arrived.values())) - t0
+            span = float(got[-1])  # first record acknowledged -> last decision
             # whether the latency is the worker's throughput (decisions spread from the first
             # marker on) or its order (decisions bunched at the end)
             print(

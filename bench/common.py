@@ -432,26 +432,18 @@ async def consume_count(
 
 
 def end_offsets(info: KafkaInfo, topic: str) -> int:
-    async def go() -> int:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        consumer = AIOKafkaConsumer(**info.client_kwargs(), group_id=None)
-        await consumer.start()
-        try:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            ends = await consumer.end_offsets(tps)
-            return int(sum(ends.values()))
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
+    """One topic's end offset, summed over its partitions (0 for a topic not there)."""
+    return topic_end_offsets(info, [topic]).get(topic, 0)
 
 
 def all_end_offsets(info: KafkaInfo) -> dict[str, int]:
     """Every topic's end offset (summed over its partitions): the records written to each, for
     a before/after difference."""
+    return topic_end_offsets(info)
+
+
+def topic_end_offsets(info: KafkaInfo, topics: list[str] | None = None) -> dict[str, int]:
+    """End offsets summed per topic, of ``topics`` or of every topic but Kafka's own."""
 
     async def go() -> dict[str, int]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -460,9 +452,10 @@ def all_end_offsets(info: KafkaInfo) -> dict[str, int]:
         await consumer.start()
         try:
             await consumer._client.force_metadata_update()
+            names = topics if topics is not None else await consumer.topics()
             tps = [
                 TopicPartition(t, p)
-                for t in await consumer.topics()
+                for t in names
                 if not t.startswith("__")
                 for p in consumer.partitions_for_topic(t) or set()
             ]

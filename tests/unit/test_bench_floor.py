@@ -22,10 +22,14 @@ def test_the_floor_tells_markers_from_chunks_as_the_collector_writes_them() -> N
 
 
 def test_the_stand_in_records_carry_what_the_reader_reads_at_their_size() -> None:
-    value = floor.padded(b"ns0/Deployment/svc-0", b"c-1", floor.REC_BYTES)
-    doc = json.loads(value)
-    assert (doc["workload_id"], doc["collection_cycle"]) == ("ns0/Deployment/svc-0", "c-1")
-    assert len(value) == floor.REC_BYTES
+    bs.STEP[0] = 300
+    (_, marker), *_ = bs.markers([("ns0", "svc-0")], "c-1", 1.0)
+    rec = floor.recommendation_of(b"ns0/Deployment/svc-0", marker)
+    decision = floor.decision_of(rec)
+    for value, size in ((rec, floor.REC_BYTES), (decision, floor.DECISION_BYTES)):
+        doc = json.loads(value)
+        assert (doc["workload_id"], doc["collection_cycle"]) == ("ns0/Deployment/svc-0", "c-1")
+        assert len(value) == size
 
 
 def test_records_written_per_workload_counts_only_what_grew() -> None:
