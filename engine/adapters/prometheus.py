@@ -62,7 +62,7 @@ READ_PIECE = 1 << 20  # a capped answer is read in pieces of this size
 # An answer larger than this is parsed in a worker thread: the parse's Python part gives the
 # event loop the GIL back every few milliseconds (Python's switch interval) to serve heartbeats,
 # probes and the other agents; orjson's one C call does not (~0.3 s of a 98 MB answer). The
-# loop's longest stall reading a 98 MB range answer: 0.94-1.08 s parsed on the loop, 0.26-0.31 s
+# loop's longest stall reading a 98 MB range answer: 0.94-1.08 s parsed on the loop, 0.26-0.32 s
 # in a thread (bench_collector_memory.py --stall). Small answers, the many, stay on the loop.
 PARSE_IN_THREAD_BYTES = 1 << 20
 
