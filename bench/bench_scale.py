@@ -904,8 +904,8 @@ def main() -> None:
         "--settle",
         type=float,
         default=65.0,
-        help="seconds idle after the decisions before RSS is read again (past the worker's "
-        "60 s malloc_trim); 0: skip",
+        help="seconds idle after the decisions before RSS is read again (the default spans "
+        "several of the worker's malloc_trim runs, every 15 s by default); 0: skip",
     )
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
