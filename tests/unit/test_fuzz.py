@@ -88,9 +88,14 @@ def test_metrics_records(raw: bytes) -> None:
         return
     assert isinstance(record, MetricsBatch)
     checked = validate_batch(record, now=s.NOW)
+    given = sum(len(samples) for samples in record.samples.values())
+    valid = sum(len(samples) for samples in checked.batch.samples.values())
+    assert valid + sum(n for _, n in checked.reasons) == given  # each dropped one counted once
     usage = ContainerUsage()
     result = usage.ingest(checked.batch, arrays=checked.arrays)
-    assert result.accepted >= 0
+    # a fresh container, clean samples: each is stored or too old for the history, none is lost
+    assert result.duplicates == 0 and {r for r, _ in result.rejected} <= {"older-than-history"}
+    assert result.accepted + result.rejected_count == valid
     if usage.high_water is not None:
         assert usage.high_water <= s.NOW + FUTURE_SLACK_SECONDS
         assert result.accepted > 0  # the mark moved only because samples were stored

@@ -209,10 +209,12 @@ def test_hpa_rules(metrics: list[str], rule: str, action: Action, guardrail: str
     assert (d.action, d.guardrail) == (action, guardrail)
 
 
-def test_hpa_memory_only_with_only_cpu_change_skips() -> None:
+def test_hpa_memory_only_with_only_cpu_change_drops_cpu_then_holds_on_min_change() -> None:
     s = spec(cpu=1.0, mem=575 * MIB, hpa=HpaSpec(name="h", metrics=["cpu"]))
     _, d = run(s, policy())
-    # memory is unchanged (575Mi) so after dropping CPU there is nothing to do
+    # memory is unchanged (575Mi) so after dropping CPU there is nothing to do: the memory target
+    # is still a target (no hpa-conflict skip), and min-change holds it as no change
+    assert d.containers[0].cpu_request is None
     assert (d.action, d.guardrail) == (Action.HOLD, "min-change")
 
 

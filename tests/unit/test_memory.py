@@ -124,6 +124,8 @@ def test_tune_gc_raises_the_young_threshold_only_and_zero_leaves_it() -> None:
 
 
 def test_gc_pauses_are_counted_per_generation_until_uninstalled() -> None:
+    enabled = gc.isenabled()
+    gc.disable()  # only the explicit collections below run: exact counts
     pauses = memory.GcPauses().install()
     try:
         pauses.install()  # twice: still one callback
@@ -133,9 +135,10 @@ def test_gc_pauses_are_counted_per_generation_until_uninstalled() -> None:
         gc.collect(2)
     finally:
         pauses.uninstall()
+        if enabled:
+            gc.enable()
     assert pauses._callback not in gc.callbacks
-    assert pauses.collections[0] >= 1 and pauses.collections[2] >= 2
-    assert pauses.seconds[2] > 0 and 0 < pauses.max_seconds[2] <= pauses.seconds[2]
+    assert pauses.collections == [1, 0, 2]  # each counted once, in its own generation
     n = list(pauses.collections)
     gc.collect()
     assert pauses.collections == n  # uninstalled: no longer counted
@@ -144,22 +147,25 @@ def test_gc_pauses_are_counted_per_generation_until_uninstalled() -> None:
 def test_gc_pauses_reach_the_metrics_endpoint() -> None:
     from engine import metrics
 
-    def full_seconds() -> float:
+    def full_collections() -> float:
         text = metrics.scrape().decode()
-        found = re.search(
-            r'^kubefinops_gc_pause_seconds_total\{generation="2"\} (\S+)$', text, re.M
-        )
+        assert 'kubefinops_gc_pause_seconds_total{generation="2"}' in text, text[-2000:]
+        found = re.search(r'^kubefinops_gc_collections_total\{generation="2"\} (\S+)$', text, re.M)
         assert found, text[-2000:]
         return float(found.group(1))
 
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic full collection between the two scrapes
     memory.GC_PAUSES.install()
     try:
-        before = full_seconds()
+        before = full_collections()
         gc.collect()
-        assert full_seconds() > before
+        assert full_collections() == before + 1
         assert 'kubefinops_gc_collections_total{generation="0"}' in metrics.scrape().decode()
     finally:
         memory.GC_PAUSES.uninstall()  # the rest of the session runs without the callback
+        if enabled:
+            gc.enable()
 
 
 _FREEZE_PROBE = r"""

@@ -5,6 +5,7 @@ taken across partitions)."""
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from faust.streams import _current_event
 from engine.app import create_app
 from engine.settings import load_settings
 from tables import declare_tables
+from tables.state import TypedTable
 from tables.store import Store
 
 
@@ -45,9 +47,13 @@ def test_rocksdb_setting_gives_the_partitioned_tables_the_bounded_rocksdb_store(
 
 
 def test_memory_setting_keeps_every_table_in_memory(tmp_path: Path) -> None:
-    _, tables = _tables(tmp_path, "memory")
-    for table in (tables.usage, tables.workloads, tables.last_action, tables.policies):
-        assert isinstance(table.store.data, MemoryStore), table.name
+    app, tables = _tables(tmp_path, "memory")
+    # every table declare_tables returns, typed wrappers unwrapped to their Faust table
+    declared = [getattr(tables, f.name) for f in dataclasses.fields(tables)]
+    faust_tables = [t.store if isinstance(t, TypedTable) else t for t in declared]
+    assert {t.name for t in faust_tables} == set(app.tables)  # none missed, none extra
+    for table in faust_tables:
+        assert isinstance(table.data, MemoryStore), table.name
 
 
 class _Event:
