@@ -31,7 +31,7 @@ from engine.settings import load_settings
 from tests.harness.git_http import GitRemote
 from tests.harness.mongo import start_secantus
 from tests.harness.proc import free_port, wait_until
-from tests.integration.workers import Deployment, consume_all, produce
+from tests.integration.workers import Deployment, consume_all, produce, wait_consumed
 
 pytestmark = pytest.mark.integration
 
@@ -116,11 +116,6 @@ def test_mongodb_down_during_a_cycle(kafka, git_remote: GitRemote, tmp_path: Pat
             "every decision stored after MongoDB returned",
             server.log,
         )
-        time.sleep(3.0)  # anything stored twice would show up now
-        decisions = list(db["decisions"].find({}))
-        assert len(decisions) == len(specs)
-        assert {d["workload_id"] for d in decisions} == {s.workload_id for s in specs}
-        assert db["recommendations"].count_documents({}) == len(specs)
         # one commit for the cycle, carrying every applied workload
         commits = remote.log()[: len(remote.log()) - len(seeded)]
         assert len(commits) == 1, commits
@@ -138,6 +133,13 @@ def test_mongodb_down_during_a_cycle(kafka, git_remote: GitRemote, tmp_path: Pat
             "every execution stored after MongoDB returned",
             server.log,
         )
+        # the history writer stores a batch before it commits it: once the group has committed
+        # the whole history topic, anything stored twice would be in MongoDB now
+        wait_consumed(kafka, dep.prefix, dep.topic("history"), timeout=90)
+        decisions = list(db["decisions"].find({}))
+        assert len(decisions) == len(specs)
+        assert {d["workload_id"] for d in decisions} == {s.workload_id for s in specs}
+        assert db["recommendations"].count_documents({}) == len(specs)
         stored = sorted(tuple(e["workload_ids"]) for e in db["executions"].find({}))
         assert stored == wanted
         assert server.alive()

@@ -321,9 +321,18 @@ def test_git_children_get_a_minimal_environment(monkeypatch: pytest.MonkeyPatch,
     before = set(Path(tempfile.gettempdir()).glob("kubefinops-askpass-*"))
     environs: dict[int, dict[str, str]] = {}
 
+    # what the clone raised, read in this thread: a pytest.raises inside the thread would only
+    # warn when nothing is raised
+    outcome: list[BaseException | None] = []
+
     def open_repo() -> None:  # what a cycle does first: clone (hangs on the silent remote)
-        with writer._askpass(), pytest.raises(KubeFinOpsError):
-            writer._open()
+        try:
+            with writer._askpass():
+                writer._open()
+        except BaseException as exc:  # asserted below, in the test's thread
+            outcome.append(exc)
+        else:
+            outcome.append(None)
 
     thread = threading.Thread(target=open_repo)
     thread.start()
@@ -344,6 +353,8 @@ def test_git_children_get_a_minimal_environment(monkeypatch: pytest.MonkeyPatch,
         conn.close()
     listener.close()
     thread.join(timeout=30)
+    assert not thread.is_alive(), "the clone did not give up when its remote went away"
+    assert len(outcome) == 1 and isinstance(outcome[0], KubeFinOpsError), outcome
     assert environs, "no git child seen"
     for pid, env in environs.items():
         text = "\0".join(f"{k}={v}" for k, v in env.items())

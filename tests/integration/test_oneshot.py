@@ -50,6 +50,8 @@ pytestmark = pytest.mark.integration
 HISTORY_DAYS = 3
 ROOT = Path(__file__).resolve().parents[2]
 ALL_CONTAINERS = {f"{w.namespace}/{w.kind}/{w.name}/{c[0]}" for w in CLUSTER for c in w.containers}
+# No price is configured: the run prices requests at OpenCost's defaults (per core-hour, GiB-hour)
+CPU_CORE_HOUR, MEMORY_GIB_HOUR, HOURS_PER_MONTH = 0.031611, 0.004237, 730.0
 
 
 def run_cli(
@@ -184,6 +186,23 @@ def containers(recs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {f"{r['workload_id']}/{c['name']}": c for r in recs for c in r["containers"]}
 
 
+def expected_costs(rec: dict[str, Any]) -> tuple[float, float, float]:
+    """(current monthly cost, savings, increase) of a JSON recommendation, recomputed from its
+    requests: cores and GiB x unit price x replicas x 730 h, each container resource that goes
+    down a saving and each that goes up an increase (a missing request costs 0)."""
+    current = saved = increased = 0.0
+    for c in rec["containers"]:
+        for resource, price in (("cpu", CPU_CORE_HOUR), ("memory", MEMORY_GIB_HOUR / 1024**3)):
+            now = c["current"]["requests"][resource] or 0.0
+            target = c[f"{resource}_request"]
+            new = now if target is None else target
+            per_unit = price * rec["replicas"] * HOURS_PER_MONTH
+            current += now * per_unit
+            saved += max(0.0, (now - new) * per_unit)
+            increased += max(0.0, (new - now) * per_unit)
+    return current, saved, increased
+
+
 def test_json_covers_every_workload_with_savings(
     full_run: tuple[list[dict[str, Any]], str],
 ) -> None:
@@ -196,7 +215,11 @@ def test_json_covers_every_workload_with_savings(
         assert s["monthly_delta"] == pytest.approx(
             s["recommended_monthly"] - s["current_monthly"], abs=1e-5
         )
-        assert s["monthly_savings"] >= 0 and s["monthly_increase"] >= 0
+        current, saved, increased = expected_costs(rec)
+        assert (s["current_monthly"], s["monthly_savings"], s["monthly_increase"]) == (
+            pytest.approx((current, saved, increased), abs=1e-5)
+        ), rec["workload_id"]
+    assert any(r["savings"]["monthly_savings"] > 0 for r in recs)  # a saving was checked
 
 
 def test_cpu_requests_are_p95_of_the_ground_truth_plus_headroom(

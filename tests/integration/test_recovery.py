@@ -93,6 +93,7 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path, stor
         at_kill = ingested(port)
         server.kill()  # SIGKILL: no flush, no commit, no goodbye
         assert 0 < at_kill, "the worker never started ingesting"
+        assert at_kill < total_cpu, "killed after the whole stream: not a mid-stream kill"
 
         if store == "rocksdb-new-pod":
             dep.extra_env["KUBEFINOPS_DATA_DIR"] = str(tmp_path / "new-pod-data")

@@ -27,12 +27,16 @@ from engine.settings import load_settings
 from tests.harness.git_http import GitRemote
 from tests.harness.kafka import KafkaInfo
 from tests.harness.mongo import MongoInfo
+from tests.harness.proc import wait_for
 from tests.harness.remote_write import LivePrometheus
 from tests.integration.cluster_sim import SimDeployment
 from tests.integration.test_verification import NEW, OLD, lowered_memory
-from tests.integration.workers import Deployment, consume_all, produce
+from tests.integration.workers import Deployment, consume_all, counter, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+PROCESSED = "kubefinops_records_processed_total"
 
 
 def records(kafka: KafkaInfo, topic: str, expect: int, timeout: float = 5.0) -> list[dict]:
@@ -120,7 +124,14 @@ def test_sigkill_during_the_watch_resumes_it_and_reverts_once(
         dep.wait_ready(port, server=server, timeout=150)
         sim.oom(0)
         out = wait_phase(kafka, topic, "reverted", 90)
-        time.sleep(3)  # a few more ticks of the restarted worker: nothing more may happen
+        # three more ticks of the restarted worker handled after the revert: nothing more may
+        # happen (counted, not slept: on a loaded host a sleep may see none)
+        handled = counter(port, PROCESSED, agent="verifier")
+        wait_for(
+            lambda: counter(port, PROCESSED, agent="verifier") >= handled + 3,
+            60,
+            "three more verifier ticks after the revert",
+        )
         out = records(kafka, topic, expect=100, timeout=3.0)
 
         phases = [r["phase"] for r in out if r["workload_id"] == wid]
@@ -169,7 +180,17 @@ def test_sigkill_during_the_watch_resumes_it_and_reverts_once(
                 kafka, dep.topic("metrics"), [(wid.encode(), marker.model_dump_json().encode())]
             )
         )
-        time.sleep(2)  # the aggregator records the spec the gate reads
+        # The gate reads the spec the aggregator records for the marker; it records it before
+        # it sends its own recommendation for the marker's cycle, so that one's arrival says
+        # the spec is there (a fixed sleep was a race on a loaded host: "unknown workload").
+        wait_for(
+            lambda: any(
+                r.get("collection_cycle") == "c-next"
+                for r in records(kafka, dep.topic("recommendations"), expect=100, timeout=2.0)
+            ),
+            60,
+            "the aggregator's recommendation for the marker (its spec recorded)",
+        )
         asyncio.run(
             produce(
                 kafka,

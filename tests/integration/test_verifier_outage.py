@@ -21,11 +21,12 @@ import pytest
 
 from engine.core.model import CycleSummary, Execution
 from tests.harness.kafka import KafkaInfo
+from tests.harness.proc import wait_for
 from tests.harness.prometheus import start_prometheus
 from tests.harness.remote_write import start_live_prometheus
 from tests.integration.cluster_sim import SimDeployment
 from tests.integration.test_verification import NEW, OLD, lowered_memory
-from tests.integration.workers import Deployment, consume_all, produce, wait_consumed
+from tests.integration.workers import Deployment, consume_all, counter, produce, wait_consumed
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +34,9 @@ pytestmark = pytest.mark.integration
 def records(kafka: KafkaInfo, topic: str) -> list[dict]:
     got = asyncio.run(consume_all(kafka, topic, expect=1000, timeout=2.0))
     return [json.loads(v) for _, v in got if v]
+
+
+FAILURES = "kubefinops_cycle_failures_total"
 
 
 def wait_phase(kafka: KafkaInfo, topic: str, phase: str, timeout: float) -> list[dict]:
@@ -96,7 +100,13 @@ def test_prometheus_down_the_queue_drains_and_the_watch_resumes(
         assert [r["phase"] for r in records(kafka, verifications)] == ["pending"] * 5
 
         prom.server.stop()
-        time.sleep(8)  # several ticks meet the outage
+        # two rounds of failed checks of the five watches (the second after the backoff): the
+        # outage was met by more than one tick, and counted
+        wait_for(
+            lambda: counter(wport, FAILURES, agent="verifier") >= 2 * len(decisions),
+            90,
+            "two rounds of failed checks of every watch while Prometheus is down",
+        )
         wait_consumed(kafka, dep.prefix, queue, timeout=30)
         assert server.alive()
 

@@ -112,9 +112,16 @@ def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka
     assert app["usage"]["cpu"]["count"] == cpu.size
 
     letters = asyncio.run(consume_all(kafka, deployment.topic("deadletter"), expect=3, timeout=30))
-    reasons = [json.loads(v)["reason"] for _, v in letters]
-    assert any("MetricsBatch" in r or "JSON" in r.upper() for r in reasons), reasons
-    assert len(letters) >= 2
+    parked = [json.loads(v) for _, v in letters]
+    reasons = sorted(p["reason"] for p in parked)
+    # every bad record and bad sample said, each once: the record that is not JSON, and the
+    # batch's two bad samples (a timestamp of 0.5 s, a resource the tool does not know)
+    assert len(reasons) == 3, reasons
+    assert reasons[0].startswith("MetricsRecord: invalid JSON"), reasons
+    assert reasons[1:] == ["bad-timestamp: 1 samples", "unknown-resource: 1 samples"], reasons
+    assert {(p["agent"], p["topic"]) for p in parked} == {
+        ("aggregator", deployment.topic("metrics"))
+    }, parked
     assert server.alive(), "a malformed record must not crash the agent"
 
     status, usage = http_json(f"http://127.0.0.1:{port}/api/usage/shop/Deployment/checkout")
@@ -140,7 +147,6 @@ def test_worker_scram_pipeline_deadletter_and_kcat(deployment: Deployment, kafka
 def test_wrong_password_exits_with_one_line(kafka: KafkaInfo, tmp_path: Path):
     wrong = "definitely-Wrong-pa55word"
     dep = Deployment(kafka=kafka, workdir=tmp_path, extra_env={"KUBEFINOPS_KAFKA_PASSWORD": wrong})
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "engine.cli", "worker"],
         env={**__import__("os").environ, **dep.env(0, "bad")},
@@ -148,9 +154,8 @@ def test_wrong_password_exits_with_one_line(kafka: KafkaInfo, tmp_path: Path):
         text=True,
         timeout=60,
     )
-    elapsed = time.monotonic() - started
+    # bounded by the run's timeout (no wall-clock assertion: the host's speed is not the test)
     assert proc.returncode != 0
-    assert elapsed < 30
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "authentication failed" in lines[0]

@@ -147,6 +147,21 @@ def http_json(
     return asyncio.run(go())
 
 
+def counter(port: int, name: str, **labels: str) -> float:
+    """The sum of a worker's ``name`` samples (from its ``/metrics``) whose labels include
+    ``labels``; 0 when it has none yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = http_json(f"http://127.0.0.1:{port}/metrics?name[]={name}")
+    assert status == 200, (status, text)
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(str(text))
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def put_policy(port: int, policy_id: str, document: dict[str, Any], token: str) -> dict[str, Any]:
     """PUT a policy through the worker's API and wait until the worker's global table holds that
     version (the one the recommender and the gate read): the next cycle runs under it."""
