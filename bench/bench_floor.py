@@ -2,7 +2,7 @@
 does no work on them (not a test).
 
     python bench/bench_floor.py [--burst 1000] [--bursts 2] [--runs 2]
-                                [--kinds faust,faust-no-tables,plain]
+                                [--kinds faust,faust-no-tables,faust-minimal,plain]
 
 ``bench_scale.py`` measures the real worker's burst (a chunk and a cycle-end marker per workload
 → decision) and the same handlers in process; the difference is Faust, aiokafka, the broker and
@@ -21,6 +21,9 @@ SCRAM broker, alternating:
   committed every second after the producer is flushed): what the Kafka client and the broker
   cost without Faust.
 * **faust-no-tables** — the Faust worker without its table writes: what the changelogs cost.
+* **faust-minimal** — the fewest Faust records that per-container state in tables allows: the
+  two usage writes per workload, and the decision sent from the aggregator's stream (no spec
+  write, no recommendations hop, no executor writes; the executor still reads the decisions).
 
 Settings the worker reads (``KUBEFINOPS_*``, e.g. ``KUBEFINOPS_KAFKA_PRODUCER_BATCH_BYTES``) are
 passed through from the environment to the Faust floor worker.
@@ -103,12 +106,19 @@ def serve_faust() -> None:
     metas = app.Table("pending-cycles", partitions=1, **table)
     state = b"s" * USAGE_BYTES
     tables = os.environ.get("FLOOR_TABLES", "1") == "1"  # 0: the same hops, no table writes
+    # 1: only what per-container state needs (two usage writes a workload), the decision sent
+    # from the aggregator's stream: no spec, no recommendations hop, no executor
+    minimal = os.environ.get("FLOOR_MINIMAL", "0") == "1"
 
     @app.agent(metrics, name="floor.aggregator")
     async def aggregate(stream):
         async for event in stream.events():
             key, value = event.key, event.value
             if is_marker(value):
+                if minimal:
+                    rec = recommendation_of(key, value)
+                    await decisions.send(key=key, value=decision_of(rec))
+                    continue
                 if tables:
                     workloads[key] = value
                 await recs.send(key=key, value=recommendation_of(key, value))
@@ -125,7 +135,7 @@ def serve_faust() -> None:
     @app.agent(decisions, name="floor.executor")
     async def execute(stream):
         async for event in stream.events():
-            if tables:
+            if tables and not minimal:
                 rows[b"c|" + event.key] = event.value
                 metas[b"c"] = META
 
@@ -190,6 +200,8 @@ def start(stack: Any, kind: str) -> tuple[Any, Any]:
     env = {**dep.env(free_port(), kind), "KUBEFINOPS_LOG_LEVEL": "warning"}
     if kind == "faust-no-tables":
         kind, env["FLOOR_TABLES"] = "faust", "0"
+    if kind == "faust-minimal":
+        kind, env["FLOOR_MINIMAL"] = "faust", "1"
     if kind == "plain":  # the Faust worker creates its own (the worker's pre-flight)
         n = dep.partitions
         create_topics(stack.kafka, [dep.topic("metrics"), dep.topic("recommendations")], n)
@@ -219,7 +231,8 @@ def main() -> None:
         "--kinds",
         default="faust,faust-no-tables,plain",
         help="workers to alternate: faust, plain, faust-no-tables (Faust, the table writes left "
-        "out: what the changelogs cost)",
+        "out: what the changelogs cost), faust-minimal (only the two usage writes per workload, "
+        "the decision sent by the aggregator)",
     )
     ap.add_argument("--serve", choices=("faust", "plain"), help=argparse.SUPPRESS)
     args = ap.parse_args()
