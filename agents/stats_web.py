@@ -15,7 +15,9 @@ of it is behind the read token when one is set (the one decorator, ``bearer_requ
 
 from __future__ import annotations
 
+import math
 import mimetypes
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +32,7 @@ from engine.core.model import workload_id
 from engine.core.stats import daily_usage
 from engine.errors import DependencyUnavailable
 from engine.static import STATIC_DIR, page
+from engine.stats import MAX_PAGE
 
 UI_FILES = {
     "": "ui/index.html",
@@ -44,13 +47,43 @@ UI_FILES = {
 }
 
 
-def _float(value: str | None, name: str) -> float | None:
+_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")  # plain decimal seconds (no 1_0, nan, inf)
+
+
+def _time(value: str | None, name: str) -> float | None:
+    """A query parameter holding a Unix time (seconds), or None when absent."""
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value) if _NUMBER.fullmatch(value) else math.nan
     except ValueError:
-        raise ValueError(f"{name} must be a number") from None
+        number = math.nan
+    if not bounds.sane_time(number):
+        raise ValueError(
+            f"{name} must be a Unix time in seconds between {bounds.MIN_TIME:.0f} and "
+            f"{bounds.MAX_TIME:.0f}"
+        )
+    return number
+
+
+def _limit(value: str | None, default: int = 50) -> int:
+    """``limit``: an integer 1..MAX_PAGE (out of range is an error, not clamped)."""
+    if value is None or value == "":
+        return default
+    if not (value.isascii() and value.isdigit() and len(value) <= 4) or not (
+        1 <= int(value) <= MAX_PAGE
+    ):
+        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE}")
+    return int(value)
+
+
+def _cursor_id(value: str | None) -> str | None:
+    """``before_id``: the id half of the cursor (``next_before_id``), or None."""
+    if value is None or value == "":
+        return None
+    if len(value) > 300 or not value.isprintable():
+        raise ValueError("before_id must be the next_before_id of the previous page")
+    return value
 
 
 class StatsView(RuntimeView):
@@ -88,16 +121,24 @@ class Decisions(StatsView):
     async def get(self, request: Request) -> Response:
         q = request.query
         try:
-            limit = int(q.get("limit") or 50)
-            before = _float(q.get("before"), "before")
+            limit = _limit(q.get("limit"))
+            before = _time(q.get("before"), "before")
+            before_id = _cursor_id(q.get("before_id"))
         except ValueError as exc:
             return self.error(400, f"invalid query: {exc}")
+        if before_id is not None and before is None:
+            return self.error(400, "invalid query: before_id needs before (next_before)")
         action = q.get("action") or None
         if action not in (None, "apply", "hold", "skip"):
             return self.error(400, "action must be apply, hold or skip")
         return await self.answer(
             lambda svc: svc.decisions(
-                q.get("namespace"), q.get("workload"), action=action, limit=limit, before=before
+                q.get("namespace"),
+                q.get("workload"),
+                action=action,
+                limit=limit,
+                before=before,
+                before_id=before_id,
             )
         )
 

@@ -127,8 +127,10 @@ def _bearer(header: str) -> str | None:
 
 
 def _matches(given: str, token: SecretStr | None) -> bool:
+    # aiohttp decodes header bytes that are not UTF-8 as lone surrogates, which a plain encode
+    # refuses (that was a 500): encoded as they are, such a token is just wrong (401)
     return token is not None and hmac.compare_digest(
-        given.encode(), token.get_secret_value().encode()
+        given.encode("utf-8", "surrogatepass"), token.get_secret_value().encode()
     )
 
 
@@ -254,6 +256,9 @@ class Metrics(RuntimeView):
 class Usage(RuntimeView):
     @bearer_required("read")
     async def get(self, request: Request, namespace: str, kind: str, name: str) -> Response:
+        wid = workload_id(namespace, kind, name)
+        if not bounds.is_workload_id(wid):  # first: a retry after the 503 below would not help
+            return self.error(400, f"not a workload id: {wid[:300]!r}")
         ok, state = ready_state(self.app)
         if not ok:  # recovering tables answer with partial (or no) state: say so, not 200
             return self.json(
@@ -261,9 +266,6 @@ class Usage(RuntimeView):
                 status=503,
                 headers={"Retry-After": "2"},
             )
-        wid = workload_id(namespace, kind, name)
-        if not bounds.is_workload_id(wid):
-            return self.error(400, f"not a workload id: {wid[:300]!r}")
         try:  # the worker consuming the workload's metrics partition holds its usage state
             routed: Response = await self.app.router.route_topic_req(
                 self.topics.metrics, wid.encode(), self.web, request
@@ -318,6 +320,9 @@ class PolicyItem(RuntimeView):
         body = await json_body(request)
         if not isinstance(body, dict):
             return invalid(self, "body", "must be a JSON object")
+        if "id" in body and body["id"] != policy_id:  # not silently renamed to the path's id
+            why = f"the body's id must be the path's ({policy_id!r}) or absent"
+            return invalid(self, "id", why)
         try:
             stored = await store.put({**body, "id": policy_id}, by=who)
         except InvalidPolicy as exc:

@@ -378,6 +378,11 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's own /router and /table views answer without our tokens (a policy, any usage
+        # state) and 500 on an unknown name: off.  Requests for a key another worker owns are
+        # forwarded by ``app.router.route_topic_req``, which needs neither.
+        web_router_enabled=False,
+        web_tables_enabled=False,
         broker_session_timeout=settings.broker_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
         # The broker answers a JoinGroup only when every member rejoined or the rebalance timeout

@@ -45,8 +45,17 @@ class HistoryQueries(Protocol):
     async def latest(self, kind: str, match: Doc | None = None) -> list[Doc]: ...
 
     async def page(
-        self, kind: str, match: Doc, *, limit: int, before: float | None = None
-    ) -> list[Doc]: ...
+        self,
+        kind: str,
+        match: Doc,
+        *,
+        limit: int,
+        before: float | None = None,
+        before_id: str | None = None,
+    ) -> list[Doc]:
+        """Newest first (by time, then id), at most ``limit``, after the cursor: older than
+        ``before``, or as old with an id below ``before_id`` when that is given."""
+        ...
 
     async def group_count(self, kind: str, field: str) -> list[Doc]: ...
 
@@ -198,17 +207,25 @@ class StatsService:
         action: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        before_id: str | None = None,
     ) -> Doc:
+        """A page of decisions, newest first.  The cursor is the last item's time *and* id
+        (``next_before``, ``next_before_id``): decisions decided at the same instant are neither
+        skipped nor repeated across pages (with the time alone, a page ending inside such a group
+        lost the rest of it)."""
         match = workload_match(namespace, workload)
         if action:
             match["action"] = action
         limit = max(1, min(limit, MAX_PAGE))
-        items = await self.history.page("decisions", match, limit=limit, before=before)
-        more = len(items) == limit
+        items = await self.history.page(
+            "decisions", match, limit=limit, before=before, before_id=before_id
+        )
+        more = len(items) == limit and bool(items)
         return {
             "count": len(items),
             "items": items,
-            "next_before": float(items[-1]["at"]) if more and items else None,
+            "next_before": float(items[-1]["at"]) if more else None,
+            "next_before_id": str(items[-1].get("id", "")) if more else None,
         }
 
     async def workload_history(self, workload_id: str, *, limit: int = 20) -> Doc:

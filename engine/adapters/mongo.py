@@ -387,6 +387,16 @@ class RecordStore:
         return [r for r in (_strip(r) for r in rows) if r is not None]
 
 
+def cursor_query(before: float | None, before_id: str | None) -> Doc:
+    """The filter of a page after the cursor ``(before, before_id)``, newest first by time then
+    id (the demo's in-memory history reads the same shape)."""
+    if before is None:
+        return {}
+    if before_id is None:
+        return {"at": {"$lt": before}}
+    return {"$or": [{"at": {"$lt": before}}, {"at": before, "id": {"$lt": before_id}}]}
+
+
 def _clean(doc: Doc | None) -> Doc | None:
     """A stored record as the API shows it: no ``_id``, no ``stored_at`` (a TTL datetime)."""
     return None if doc is None else {k: v for k, v in doc.items() if k not in ("_id", "stored_at")}
@@ -415,14 +425,20 @@ class HistoryReader:
         return sorted((d for d in docs if d is not None), key=lambda d: str(d["workload_id"]))
 
     async def page(
-        self, kind: str, match: Doc, *, limit: int, before: float | None = None
+        self,
+        kind: str,
+        match: Doc,
+        *,
+        limit: int,
+        before: float | None = None,
+        before_id: str | None = None,
     ) -> builtins.list[Doc]:
-        """Newest first, at most ``limit``, strictly older than ``before`` (the cursor)."""
-        query = dict(match)
-        if before is not None:
-            query["at"] = {"$lt": before}
+        """Newest first (time, then id), at most ``limit``, after the cursor: strictly older
+        than ``before``, or as old with an id below ``before_id`` when that is given."""
+        query = {**match, **cursor_query(before, before_id)}
+        order = [("at", DESCENDING), ("id", DESCENDING)]
         with mongo_errors(f"{kind} page"):
-            rows = await self.db[kind].find(query).sort("at", DESCENDING).limit(limit).to_list()
+            rows = await self.db[kind].find(query).sort(order).limit(limit).to_list()
         return [r for r in (_clean(r) for r in rows) if r is not None]
 
     async def cycles(self, limit: int) -> builtins.list[Doc]:

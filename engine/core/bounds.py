@@ -169,6 +169,17 @@ def _charset(content_type: str) -> str | None:
     return None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: with a key twice, which one a reader keeps is
+    the parser's choice (``{"mode": "observe", "mode": "autopilot"}``), so it is refused."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BodyError(400, f"duplicate key {one_line(key, 80)!r} in a JSON object")
+        out[key] = value
+    return out
+
+
 def parse_json_body(
     raw: bytes,
     content_type: str | None,
@@ -200,6 +211,7 @@ def parse_json_body(
             parse_int=_check_int,
             parse_float=_check_float,
             parse_constant=_reject_constant,
+            object_pairs_hook=_unique_keys,
         )
     except BodyError:
         raise

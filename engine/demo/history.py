@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.adapters.mongo import _TIME_FIELD, RECORD_KINDS
+from engine.adapters.mongo import _TIME_FIELD, RECORD_KINDS, cursor_query
 from engine.core.model import history_key
 
 Doc = dict[str, Any]
@@ -23,6 +23,10 @@ Doc = dict[str, Any]
 
 def matches(doc: Doc, query: Doc) -> bool:
     for key, want in query.items():
+        if key == "$or":
+            if not any(matches(doc, alternative) for alternative in want):
+                return False
+            continue
         value = doc.get(key)
         if isinstance(want, dict):
             if "$in" in want and value not in want["$in"]:
@@ -74,7 +78,8 @@ class MemoryHistory:
     # --- the stats API's queries -----------------------------------------------------------
     def _newest_first(self, kind: str, match: Doc) -> list[Doc]:
         found = [d for d in self.rows[kind].values() if matches(d, match)]
-        return sorted(found, key=lambda d: d["at"], reverse=True)
+        # as MongoDB's pages: time, then id, newest first
+        return sorted(found, key=lambda d: (d["at"], str(d.get("id", ""))), reverse=True)
 
     async def latest(self, kind: str, match: Doc | None = None) -> list[Doc]:
         out: dict[str, Doc] = {}
@@ -83,12 +88,15 @@ class MemoryHistory:
         return [out[k] for k in sorted(out)]
 
     async def page(
-        self, kind: str, match: Doc, *, limit: int, before: float | None = None
+        self,
+        kind: str,
+        match: Doc,
+        *,
+        limit: int,
+        before: float | None = None,
+        before_id: str | None = None,
     ) -> list[Doc]:
-        query = dict(match)
-        if before is not None:
-            query["at"] = {"$lt": before}
-        return self._newest_first(kind, query)[:limit]
+        return self._newest_first(kind, {**match, **cursor_query(before, before_id)})[:limit]
 
     async def group_count(self, kind: str, field: str) -> list[Doc]:
         counts: dict[Any, int] = {}

@@ -63,6 +63,14 @@ def raw_request(url: str, method: str, body: bytes, headers: dict[str, str]) -> 
     return asyncio.run(go())
 
 
+def socket_status(port: int, request: bytes) -> int:
+    """The status of a request written byte for byte (headers no HTTP client would send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        head = conn.recv(64)
+    return int(head.split(b" ", 2)[1])
+
+
 def test_hostile_chunks_and_requests_against_one_worker(kafka: KafkaInfo, mongo, tmp_path: Path):
     database = f"hostile{int(time.time() * 1000)}"
     dep = Deployment(
@@ -145,6 +153,34 @@ def test_hostile_chunks_and_requests_against_one_worker(kafka: KafkaInfo, mongo,
         newline_user = {**json_headers, "X-Kubefinops-User": "bob<script>"}
         assert raw_request(f"{put}/p", "PUT", b"{}", newline_user)[0] == 400
         assert raw_request(f"{put}/p", "PUT", b"{}", {"Authorization": "Bearer "})[0] == 401
+        # a key twice: which one a reader keeps is the parser's choice, so it is refused
+        twice = b'{"mode": "observe", "mode": "autopilot"}'
+        status, text = raw_request(f"{put}/p", "PUT", twice, json_headers)
+        assert status == 400 and "duplicate key 'mode'" in text, (status, text)
+        # a body naming another policy is not silently stored under the path's id
+        status, text = raw_request(f"{put}/p", "PUT", b'{"id": "other"}', json_headers)
+        assert status == 400 and "path" in text, (status, text)
+        # a token that is not UTF-8 (header and cookie) is a wrong token, not a 500
+        for header in (b"Authorization: Bearer t\xf6k", b"Cookie: kubefinops_read=\xff"):
+            request = b"GET /api/stats HTTP/1.1\r\nHost: w\r\n" + header + b"\r\n\r\n"
+            assert socket_status(port, request) == 401, header
+        # Faust's own views are off: they answered without a token (a policy, any usage state)
+        for path in ("/router/", "/router/topics", "/table/", "/table/policies/race/"):
+            assert raw_request(base + path, "GET", b"", {})[0] == 404, path
+        # the decisions' query parameters: each error says which and what it takes
+        decisions = f"{base}/api/decisions"
+        read = {"Authorization": f"Bearer {READ_TOKEN}"}
+        for query, said in (
+            ("limit=abc", "limit must be an integer from 1 to 500"),
+            ("limit=0", "limit must be"),
+            ("limit=1000000", "limit must be"),
+            ("limit=" + "9" * 5000, "limit must be"),
+            ("before=nan", "before must be a Unix time"),
+            ("before=1e309", "before must be a Unix time"),
+            ("before_id=d1", "before_id needs before"),
+        ):
+            status, text = raw_request(f"{decisions}?{query}", "GET", b"", read)
+            assert status == 400 and said in text, (query, status, text)
 
         db = MongoClient(mongo.uri)[database]
         assert db["policies"].count_documents({}) == 0, "a refused policy was stored"

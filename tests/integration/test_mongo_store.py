@@ -13,6 +13,7 @@ from pymongo import AsyncMongoClient
 
 from engine.adapters.mongo import (
     IN_FLIGHT_SECONDS,
+    HistoryReader,
     PolicyConflict,
     PolicyStore,
     RecordStore,
@@ -208,6 +209,31 @@ async def test_records_upsert_by_id_and_read_newest_first(records: RecordStore) 
     assert await records.recent("decisions", "ns/Deployment/none") == []
     recent = await records.recent("decisions", "ns/Deployment/web")
     assert [r["id"] for r in recent] == ["d3", "d2", "d1"]
+
+
+async def test_pages_by_time_and_id_lose_no_record_decided_at_the_same_instant(
+    records: RecordStore,
+) -> None:
+    # five decisions at one instant between two others: pages of 2 must give all seven once
+    times = [300.0, *[200.0] * 5, 100.0]
+    await records.save_many(
+        "decisions", [_decision(i, Action.HOLD, t) for i, t in enumerate(times)]
+    )
+    reader = HistoryReader(records.db)
+    seen: list[str] = []
+    before: float | None = None
+    before_id: str | None = None
+    for _ in range(10):
+        page = await reader.page("decisions", {}, limit=2, before=before, before_id=before_id)
+        seen += [d["id"] for d in page]
+        if len(page) < 2:
+            break
+        before, before_id = page[-1]["at"], page[-1]["id"]
+    assert seen == ["d0", "d5", "d4", "d3", "d2", "d1", "d6"]
+    # the time alone (the cursor before): the rest of the group is skipped
+    first = await reader.page("decisions", {}, limit=2)
+    after = await reader.page("decisions", {}, limit=10, before=first[-1]["at"])
+    assert [d["id"] for d in after] == ["d6"]
 
 
 async def test_records_need_an_id_and_a_known_kind(records: RecordStore) -> None:

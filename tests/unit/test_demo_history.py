@@ -36,6 +36,29 @@ def test_matches_the_query_shapes_the_stats_api_uses() -> None:
     assert not matches(doc, {"workload_ids": "w3"})
 
 
+def test_a_cursor_of_time_and_id_pages_through_decisions_decided_at_one_instant() -> None:
+    async def run() -> list[list[str]]:
+        history = MemoryHistory(clock=lambda: 0.0)
+        base = rec("api", 1.0, 100, 80)
+        for i, at in enumerate([3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0]):
+            r = base.model_copy(update={"id": f"r{i}"})
+            await history.save_decision(decision(r, Action.HOLD, at))
+        svc = StatsService(load_settings(kafka_security_protocol="PLAINTEXT"), history)
+        pages, cursor = [], {}
+        for _ in range(10):
+            page = await svc.decisions(limit=2, **cursor)
+            pages.append([d["id"] for d in page["items"]])
+            if page["next_before"] is None:
+                break
+            cursor = {"before": page["next_before"], "before_id": page["next_before_id"]}
+        return pages
+
+    pages = asyncio.run(run())
+    assert pages == [["d-r0", "d-r5"], ["d-r4", "d-r3"], ["d-r2", "d-r1"], ["d-r6"]]
+    assert matches({"at": 2.0, "id": "b"}, {"$or": [{"at": {"$lt": 2.0}}, {"at": 2.0, "id": "b"}]})
+    assert not matches({"at": 2.0, "id": "c"}, {"$or": [{"at": {"$lt": 2.0}}, {"id": "b"}]})
+
+
 def test_stats_over_the_memory_history() -> None:
     async def run() -> dict:
         history = MemoryHistory(clock=lambda: 0.0)

@@ -238,12 +238,19 @@ def test_one_line() -> None:
         (b'{"a": Infinity}', None, 400),
         (b"\xff\xfe", None, 400),
         (b"{", None, 400),
+        (b'{"mode": "observe", "mode": "autopilot"}', None, 400),  # which would win?
+        (b'{"estimator": {"max_step": 0.5, "max_step": 5}}', None, 400),  # nested too
     ],
 )
 def test_malformed_bodies(raw: bytes, content_type: str | None, status: int) -> None:
     with pytest.raises(BodyError) as caught:
         parse_json_body(raw, content_type)
     assert caught.value.status == status
+
+
+def test_a_duplicate_key_is_named() -> None:
+    with pytest.raises(BodyError, match="duplicate key 'mode'"):
+        parse_json_body(b'{"mode": "observe", "mode": "observe"}', None)
 
 
 def test_a_good_body_parses() -> None:
@@ -336,3 +343,34 @@ def test_child_env_keeps_only_the_allow_list() -> None:
         TOKEN_ENV: "t",
         "EXTRA": "1",
     }
+
+
+# --- 6. the web API's query parameters and tokens (pure parts) ---------------------------------
+def test_decision_page_parameters_are_checked_not_clamped() -> None:
+    from agents.stats_web import _cursor_id, _limit, _time
+
+    assert _limit(None) == 50 and _limit("") == 50 and _limit("1") == 1 and _limit("500") == 500
+    for bad in ("0", "501", "-1", "abc", "1_0", " 5", "\u0665", "9" * 5000, "1.5"):
+        with pytest.raises(ValueError, match="limit must be an integer from 1 to 500"):
+            _limit(bad)
+    assert _time("1796000000.25", "before") == 1796000000.25 and _time(None, "before") is None
+    for bad in ("nan", "inf", "-inf", "1e309", "-1", "1_796_000_050", "12", "5000000000"):
+        with pytest.raises(ValueError, match="before must be a Unix time"):
+            _time(bad, "before")
+    assert _cursor_id("d-rec-1") == "d-rec-1" and _cursor_id("") is None
+    for bad in ("x" * 301, "a\nb"):
+        with pytest.raises(ValueError, match="before_id"):
+            _cursor_id(bad)
+
+
+def test_a_token_that_is_not_utf8_is_wrong_not_an_error() -> None:
+    from pydantic import SecretStr
+
+    from agents.web import auth_problem
+
+    token, read = SecretStr("write-token"), SecretStr("read-token")
+    # aiohttp hands header bytes that are not UTF-8 over as lone surrogates
+    for header in ("Bearer t\udcf6k", "Bearer \udcff", "Bearer \ud800"):
+        assert auth_problem("read", header, token, read) == (401, "missing or wrong bearer token")
+        assert auth_problem("write", header, token, read) == (401, "missing or wrong bearer token")
+    assert auth_problem("read", "Bearer read-token", token, read) is None
