@@ -15,6 +15,7 @@ governs a workload with a defined precedence (docs/policies.md):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -259,6 +260,13 @@ def _num(x: float) -> str:
 _GOT_CHARS = 200  # of the offending value quoted in a rejection
 
 
+def _json_value(value: Any) -> Any:
+    """What a YAML document holds beyond JSON (dates and times) as the JSON text of it."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
 def validate_policy(doc: dict[str, Any]) -> Policy:
     """Validate a policy document or raise :class:`InvalidPolicy` naming the FIRST bad field.
 
@@ -273,6 +281,10 @@ def validate_policy(doc: dict[str, Any]) -> Policy:
     clean = {k: v for k, v in doc.items() if k != "_id"}  # MongoDB's own key
     try:
         policy = Policy.model_validate(clean)
+        # Again, strictly, as the JSON it is: lax validation turned ``true`` into 1 (a 100 %
+        # headroom) and ``"95"`` into 95.0 and stored the document as sent; a number must be a
+        # number and a flag a flag.
+        Policy.model_validate_json(json.dumps(clean, default=_json_value), strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "policy"

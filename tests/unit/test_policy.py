@@ -201,6 +201,11 @@ def test_full_document_with_quantities_durations_and_iso_time() -> None:
             "'mon'",
         ),
         ({"id": "p", "schedule": {"windows": []}}, "schedule.windows", "at least 1 item"),
+        # a flag for a number, a number as text: refused, not coerced (true was 1.0: 100 %)
+        ({"id": "p", "priority": True}, "priority", "valid integer"),
+        ({"id": "p", "estimator": {"cpu_headroom": True}}, "estimator.cpu_headroom", "number"),
+        ({"id": "p", "estimator": {"max_step": True}}, "estimator.max_step", "number"),
+        ({"id": "p", "estimator": {"cpu_percentile": "95"}}, "estimator.cpu_percentile", "number"),
     ],
 )
 def test_invalid_policies_name_the_field(doc: dict[str, Any], field: str, fragment: str) -> None:
@@ -219,6 +224,16 @@ def test_a_huge_offending_value_is_named_not_echoed() -> None:
     text = str(info.value)
     assert "selectors.namespaces" in text and "at most 256 items" in text
     assert len(text) < 600 and "characters)" in text
+
+
+def test_numbers_stay_numbers_and_yaml_dates_are_read() -> None:
+    """Strict only about kinds: an integer where a fraction is allowed, an enum as its text, a
+    date parsed by a YAML reader all still validate."""
+    from datetime import UTC, datetime
+
+    doc = {"id": "p", "mode": "autopilot", "estimator": {"cpu_headroom": 1, "max_step": 2}}
+    policy = validate_policy({**doc, "updated_at": datetime(2026, 11, 1, 10, tzinfo=UTC)})
+    assert policy.estimator.cpu_headroom == 1.0 and policy.mode.value == "autopilot"
 
 
 def test_not_a_document() -> None:
