@@ -35,6 +35,7 @@ from engine.core.cycles import split_log
 from engine.core.decision_log import DecisionLog, DecisionRef, as_log, identities
 from engine.core.model import Action, CycleSummary, Decision, Execution, Outcome
 from engine.errors import PermanentError, RetryableError
+from engine.logs import redact
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES, RECORDS_PROCESSED, SAVINGS_REALISED
 
 log = logging.getLogger("kubefinops.executor")
@@ -85,7 +86,8 @@ async def execute(rt: Runtime, decisions: DecisionLog, applies: Sequence[Decisio
         )
     except PermanentError as exc:
         CYCLE_FAILURES.labels(AGENT, "git").inc()
-        return _local(cycle, applies, "failed", str(exc), rt.clock())
+        # the detail goes to the executions topic, MongoDB and the S3 report: masked like a log
+        return _local(cycle, applies, "failed", redact(str(exc)), rt.clock())
     CYCLE_DURATION.labels(AGENT).observe(time.monotonic() - started)
     return execution
 

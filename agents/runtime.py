@@ -18,6 +18,7 @@ from engine.core.cost import Prices
 from engine.core.model import DeadLetter, Wire, parse
 from engine.core.records import reason_class  # the metric's label = the CLI's and API's group
 from engine.errors import InvalidRecord
+from engine.logs import redact
 from engine.metrics import DEAD_LETTERS
 from engine.services import Services
 from engine.settings import Settings
@@ -92,6 +93,7 @@ async def park(
     else:
         text = (raw or "")[:MAX_PARKED_BYTES]
     key_text = key.decode("utf-8", errors="replace") if isinstance(key, bytes) else key
+    reason = redact(reason)  # an exception's text may quote what it was given
     letter = DeadLetter(
         topic=topic, key=key_text, reason=reason, value=text, rejected_at=time.time(), agent=agent
     )

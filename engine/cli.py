@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from engine.errors import AuthenticationFailed, ConfigError, DependencyUnavailable, PermanentError
-from engine.logs import setup_logging
+from engine.logs import redact, remember_secrets, setup_logging
 from engine.settings import Settings, load_settings
 
 EXIT_PERMANENT = 1
@@ -34,15 +34,17 @@ cli = typer.Typer(
 
 
 def fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"kubefinops: {message}", err=True)
+    typer.echo(f"kubefinops: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
 def settings_or_exit(**overrides: object) -> Settings:
     try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    remember_secrets(settings)  # every command's error line is masked, logging set up or not
+    return settings
 
 
 def operator_errors_exit(run: Callable[[], T]) -> T:

@@ -36,7 +36,27 @@ class RedactSecrets(logging.Filter):
                         logging.Formatter().formatException(record.exc_info)
                     )
                     record.exc_info = None
+            if record.stack_info:
+                record.stack_info = self.redact(record.stack_info)
         return True
+
+
+# The redactor of the running process (set by :func:`setup_logging`): texts that leave it by
+# another way than a log line — a dead letter's reason, an execution's detail, the CLI's error —
+# go through :func:`redact` too.
+_ACTIVE = RedactSecrets([])
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret of the running process's settings masked."""
+    return _ACTIVE.redact(text)
+
+
+def remember_secrets(settings: Settings) -> RedactSecrets:
+    """Make :func:`redact` mask ``settings``' secrets (the logging setup does it too)."""
+    global _ACTIVE
+    _ACTIVE = RedactSecrets(secret_values(settings))
+    return _ACTIVE
 
 
 class ProducerBackPressure(logging.Filter):
@@ -109,7 +129,7 @@ def setup_logging(settings: Settings, stream: TextIO | None = None) -> RedactSec
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    redactor = RedactSecrets(secret_values(settings))
+    redactor = remember_secrets(settings)
     handler.addFilter(redactor)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.core.cost import Prices
@@ -172,6 +179,11 @@ class Settings(BaseSettings):
 
     # --- Prometheus ----------------------------------------------------------------------------
     prometheus_url: str = f"http://infra-monitoring-kube-prom-prometheus.{_SVC}:9090"
+    # HTTP basic auth for a Prometheus behind a proxy (never in the URL: a URL is not a secret,
+    # it ends up in Deployment specs and settings reprs)
+    prometheus_username: str | None = None
+    prometheus_password: SecretStr | None = None
+    prometheus_password_file: Path | None = None
     prometheus_timeout_seconds: PositiveFloat = 30.0
     prometheus_step_seconds: PositiveInt = 60
     # The longest chunk a cycle asks for, and the most points (series x steps) one range query
@@ -290,7 +302,14 @@ class Settings(BaseSettings):
 
     @field_validator("prometheus_url", "s3_endpoint_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        parts = urlsplit(value)
+        if parts.username or parts.password:
+            instead = {
+                "prometheus_url": "KUBEFINOPS_PROMETHEUS_USERNAME and _PASSWORD",
+                "s3_endpoint_url": "KUBEFINOPS_S3_ACCESS_KEY and KUBEFINOPS_S3_SECRET_KEY",
+            }[str(info.field_name)]
+            raise ValueError(f"must not embed credentials; set {instead} instead")
         return _check_url(value, schemes=("http", "https"))
 
     @field_validator("git_remote_url")
@@ -340,6 +359,7 @@ class Settings(BaseSettings):
         "s3_access_key",
         "s3_secret_key",
         "kafka_ssl_key_password",
+        "prometheus_password",
     )
     @classmethod
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
@@ -368,6 +388,7 @@ class Settings(BaseSettings):
             ("s3_secret_key", "s3_secret_key_file"),
             ("git_token", "git_token_file"),
             ("mongodb_uri", "mongodb_uri_file"),
+            ("prometheus_password", "prometheus_password_file"),
         ):
             path: Path | None = getattr(self, file_field)
             if path is not None:
@@ -384,6 +405,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "kafka_password: required when SASL is on "
                 "(set KUBEFINOPS_KAFKA_PASSWORD or KUBEFINOPS_KAFKA_PASSWORD_FILE)"
+            )
+        if (self.prometheus_username is None) != (self.prometheus_password is None):
+            raise ValueError(
+                "prometheus_password: basic auth needs both a user and a password (set both "
+                "KUBEFINOPS_PROMETHEUS_USERNAME and KUBEFINOPS_PROMETHEUS_PASSWORD[_FILE])"
             )
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
             raise ValueError(

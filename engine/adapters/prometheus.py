@@ -99,6 +99,12 @@ class PrometheusClient:
         max_in_flight: int | None = None,
     ) -> None:
         self.base_url = settings.prometheus_url.rstrip("/")
+        password = settings.prometheus_password
+        self._auth = (
+            aiohttp.BasicAuth(settings.prometheus_username, password.get_secret_value())
+            if settings.prometheus_username is not None and password is not None
+            else None
+        )
         # ``compress=False`` asks for identity encoding: gzipping a large matrix costs Prometheus
         # ~10 µs a point (7-10x the query itself, bench/bench_oneshot.py) to save bandwidth a
         # loopback or in-cluster link does not need.
@@ -133,7 +139,9 @@ class PrometheusClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), auth=self._auth
+            )
             self._own_session = True
         return self._session
 

@@ -37,7 +37,7 @@ from engine.core.collect import (
 from engine.core.model import MetricsBatch, MetricsChunk, parse_metrics_record
 from engine.core.samples import validate_chunk
 from engine.core.selection import left_open_ranges
-from engine.errors import AnswerTooLarge, DependencyUnavailable
+from engine.errors import AnswerTooLarge, AuthenticationFailed, DependencyUnavailable
 from engine.metrics import PROMETHEUS_QUERIES
 from engine.settings import Settings, load_settings
 from tests.harness.local_http import serving
@@ -651,3 +651,30 @@ async def test_max_in_flight_bounds_the_requests_awaiting_the_server() -> None:
             assert sorted(order) == [f"up{i}" for i in range(6)]
             if limit is not None:  # bounded: sent in the order they were asked for
                 assert order == [f"up{i}" for i in range(6)]
+
+
+async def test_basic_auth_comes_from_its_settings_and_never_shows() -> None:
+    """A Prometheus behind a proxy with basic auth: the user and the password (a secret setting,
+    never in the URL) go in the Authorization header of every request; a 401 says so without
+    them."""
+    import base64
+
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if len(seen) > 1:
+            return web.Response(status=401, text="nope")
+        return web.Response(text=GOOD, content_type="application/json")
+
+    password = "Pr0m-pass-7x"
+    async with serving({"/api/v1/query": handle}) as url:
+        settings = _settings(url, prometheus_username="bot", prometheus_password=password)
+        async with PrometheusClient(settings, attempts=2, backoff_initial=0.01) as client:
+            (series,) = await client.query("up", 1.0)
+            assert series.values == [(1.0, 2.0)]
+            with pytest.raises(AuthenticationFailed) as caught:
+                await client.query("up", 1.0)
+    expected = "Basic " + base64.b64encode(f"bot:{password}".encode()).decode()
+    assert seen == [expected, expected]
+    assert password not in str(caught.value) and "bot" not in str(caught.value)

@@ -79,6 +79,30 @@ def test_secrets_never_appear_in_errors() -> None:
     assert secret not in str(err.value)
 
 
+def test_credentials_in_a_url_are_refused_and_basic_auth_is_a_secret(tmp_path: Path) -> None:
+    """A URL is not a secret (it is rendered into the Deployment, shown by ``repr``): user info
+    in the Prometheus or S3 URL is refused, naming what to set instead, without echoing it."""
+    secret = "PromPW-99-xyz"
+    for field, instead in (
+        ("prometheus_url", "KUBEFINOPS_PROMETHEUS_USERNAME"),
+        ("s3_endpoint_url", "KUBEFINOPS_S3_ACCESS_KEY"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_settings(kafka_password="x-1234", **{field: f"http://u:{secret}@host:9090"})
+        assert field in str(err.value) and instead in str(err.value)
+        assert secret not in str(err.value)
+    with pytest.raises(ConfigError, match="prometheus_password: basic auth needs both"):
+        load_settings(kafka_password="x-1234", prometheus_username="bot")
+    (tmp_path / "prom").write_text(f"{secret}\n")
+    s = load_settings(
+        kafka_password="x-1234",
+        prometheus_username="bot",
+        prometheus_password_file=tmp_path / "prom",
+    )
+    assert s.prometheus_password == SecretStr(secret)
+    assert secret not in repr(s) and secret in secret_values(s)  # hidden, and redacted in logs
+
+
 def test_secret_files_are_read(tmp_path: Path) -> None:
     (tmp_path / "kafka").write_text("from-a-file\n")
     (tmp_path / "token").write_text("pat-123\n")
@@ -206,3 +230,33 @@ def test_producer_back_pressure_is_counted_and_logged_once_a_minute() -> None:
     assert lines[1] == "something else the producer says"
     assert lines[2].startswith("producer buffer full size 150: ")
     assert "5 times in the last 100s" in lines[2]  # 4 thinned + this one, since the first line
+
+
+def test_texts_that_leave_by_other_ways_than_logs_are_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dead letter's reason, a failed cycle's detail and the CLI's error line quote exceptions,
+    and an exception may quote what it was given: they are masked like a log line."""
+    import asyncio
+    import json
+
+    from agents.runtime import park
+    from engine import logs
+    from engine.services import Services
+    from tests.fakes import runtime
+
+    monkeypatch.setattr(logs, "_ACTIVE", RedactSecrets([]))
+    settings = load_settings(kafka_password="kafka-PW-1234", git_token="git-TOKEN-5678")
+    logs.remember_secrets(settings)
+    assert logs.redact("push refused for git-TOKEN-5678") == "push refused for ****"
+    rt = runtime(Services(), now=1_796_000_000.0)
+    asyncio.run(
+        park(rt, topic="t", key=b"k", raw=b"x", reason="sasl: kafka-PW-1234 refused", agent="a")
+    )
+    (_, value), *_ = rt.topics.deadletter.sent  # type: ignore[attr-defined]
+    assert json.loads(value)["reason"] == "sasl: **** refused"
+    # a log record's stack is masked too
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "boom", (), None)
+    record.stack_info = "Stack (most recent call last):\n  token=git-TOKEN-5678"
+    logs._ACTIVE.filter(record)
+    assert "git-TOKEN-5678" not in record.stack_info

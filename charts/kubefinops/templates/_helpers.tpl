@@ -59,6 +59,7 @@ gitToken: git_token
 apiToken: api_token
 apiReadToken: api_read_token
 kafkaSslKeyPassword: kafka_ssl_key_password
+prometheusPassword: prometheus_password
 {{- end -}}
 
 {{- define "kubefinops.secretMountDir" -}}/var/run/secrets/kubefinops{{- end -}}
