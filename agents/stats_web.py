@@ -20,6 +20,7 @@ import mimetypes
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web as aioweb
 from faust.exceptions import SameNode
@@ -204,14 +205,27 @@ class Ui(RuntimeView):
             return self.error(404, "not found")
         settings = self.rt.settings
         token = request.query.get("token")
-        if token is not None and path in ("", "index.html"):
-            problem = auth_problem(
-                "read", f"Bearer {token}", settings.api_token, settings.api_read_token
+        if token is not None and (path == "" or path.endswith(".html")):
+            # the page again without the token in its address (history, proxies' logs)
+            rest = urlencode([(k, v) for k, v in request.query.items() if k != "token"])
+            resp = aioweb.Response(
+                status=303, headers={"Location": (path or "./") + (f"?{rest}" if rest else "")}
             )
+            if settings.api_read_token is None:  # reads are open: nothing to remember
+                return resp
+            # only the read token becomes a cookie: the API token can write, and a browser's
+            # cookie jar is no place for it (it still works as a bearer header)
+            problem = auth_problem("read", f"Bearer {token}", None, settings.api_read_token)
             if problem is not None:
-                return self.error(*problem)
-            resp = aioweb.Response(status=303, headers={"Location": "./"})
-            resp.set_cookie(READ_COOKIE, token, httponly=True, samesite="Strict", path="/")
+                return self.error(problem[0], "the UI takes the read token: " + problem[1])
+            resp.set_cookie(
+                READ_COOKIE,
+                token,
+                httponly=True,
+                samesite="Strict",
+                path="/",
+                secure=request.url.scheme == "https",
+            )
             return resp
         return await self.serve(request, rel=rel)
 

@@ -70,6 +70,9 @@ def _check_url(value: str, *, schemes: tuple[str, ...]) -> str:
     return value.rstrip("/")
 
 
+MIN_TOKEN_CHARS = 12  # the API's bearer tokens
+
+
 class Settings(BaseSettings):
     """Every knob of a worker, with defaults naming the in-cluster services of the seed."""
 
@@ -406,6 +409,13 @@ class Settings(BaseSettings):
                 "kafka_password: required when SASL is on "
                 "(set KUBEFINOPS_KAFKA_PASSWORD or KUBEFINOPS_KAFKA_PASSWORD_FILE)"
             )
+        for field in ("api_token", "api_read_token"):
+            token: SecretStr | None = getattr(self, field)
+            if token is not None and len(token.get_secret_value()) < MIN_TOKEN_CHARS:
+                # a bearer token anyone may guess at, and one too short to be masked in logs
+                raise ValueError(
+                    f"{field}: at least {MIN_TOKEN_CHARS} characters (e.g. openssl rand -hex 32)"
+                )
         if (self.prometheus_username is None) != (self.prometheus_password is None):
             raise ValueError(
                 "prometheus_password: basic auth needs both a user and a password (set both "

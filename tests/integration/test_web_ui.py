@@ -253,6 +253,10 @@ def test_read_token_is_required(fleet: dict[str, Any]) -> None:
         assert http_json(base + path)[0] == 401, path
         assert http_json(base + path, headers={"Authorization": "Bearer wrong"})[0] == 401, path
     assert http_json(base + "/ui/?token=wrong")[0] == 401
+    # the API token reads too (as a bearer header), but is never traded for a browser cookie
+    assert http_json(base + "/api/stats", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    status, said = http_json(base + f"/ui/?token={TOKEN}")
+    assert status == 401 and "the UI takes the read token" in said["error"], said
 
 
 async def check_page(page: Any, url: str, shot: Path) -> dict[str, Any]:

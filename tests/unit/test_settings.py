@@ -260,3 +260,14 @@ def test_texts_that_leave_by_other_ways_than_logs_are_masked(
     record.stack_info = "Stack (most recent call last):\n  token=git-TOKEN-5678"
     logs._ACTIVE.filter(record)
     assert "git-TOKEN-5678" not in record.stack_info
+
+
+@pytest.mark.parametrize("field", ["api_token", "api_read_token"])
+def test_a_short_api_token_is_a_settings_error(field: str, tmp_path: Path) -> None:
+    for given in ({field: "abc"}, {f"{field}_file": tmp_path / "t"}):
+        (tmp_path / "t").write_text("short-tok\n")
+        with pytest.raises(ConfigError) as err:
+            load_settings(kafka_password="x-1234", **given)
+        assert f"{field}: at least 12 characters" in str(err.value)
+        assert "abc" not in str(err.value) and "short-tok" not in str(err.value)
+    assert load_settings(kafka_password="x-1234", **{field: "a" * 12}) is not None
