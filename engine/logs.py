@@ -11,6 +11,7 @@ from typing import TextIO
 
 from pydantic import SecretStr
 
+from engine.core.bounds import one_line
 from engine.metrics import PRODUCER_BUFFER_WAITS
 from engine.settings import Settings
 
@@ -105,11 +106,60 @@ PRODUCER_LOGGER = "faust.transport.producer"
 _BACK_PRESSURE = ProducerBackPressure()
 
 
-def install_back_pressure_filter() -> None:
-    """On Faust's producer logger (idempotent; again after Faust's own logging setup)."""
-    logger = logging.getLogger(PRODUCER_LOGGER)
-    if _BACK_PRESSURE not in logger.filters:
-        logger.addFilter(_BACK_PRESSURE)
+class MalformedRequests(logging.Filter):
+    """aiohttp's "Error handling request" for a request it could not even parse (a line or a
+    header over its 8 KiB limit, bytes that are not HTTP): refused with a 400, and until now
+    logged as an ERROR with a traceback each time — anyone who can reach the port could fill
+    the log.  One WARNING line in ``every`` seconds says how many and the last reason; errors
+    in the worker's own handlers still go through as they were."""
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self.clock = clock
+        self.refused = 0  # since the last line that went out
+        self.since: float | None = None
+
+    @staticmethod
+    def _malformed(record: logging.LogRecord) -> BaseException | None:
+        exc = record.exc_info[1] if record.exc_info else None
+        # aiohttp.http_exceptions.HttpProcessingError and kin, told by shape (this module is
+        # imported by handlers that must not import aiohttp)
+        if (
+            exc is not None
+            and type(exc).__module__.startswith("aiohttp.")
+            and (getattr(exc, "code", None) == 400)
+        ):
+            return exc
+        return None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = self._malformed(record)
+        if exc is None:
+            return True
+        self.refused += 1
+        now = self.clock()
+        if self.since is not None and now - self.since < self.every:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "refused malformed HTTP requests with 400: %d since the last line; last: %s"
+        record.args = (self.refused, one_line(f"{type(exc).__name__}: {exc}", 200))
+        record.exc_info, record.exc_text = None, None
+        self.refused, self.since = 0, now
+        return True
+
+
+HTTP_SERVER_LOGGER = "aiohttp.server"
+_MALFORMED = MalformedRequests()
+
+
+def install_log_filters() -> None:
+    """The back-pressure filter on Faust's producer logger and the malformed-request filter on
+    aiohttp's server logger (idempotent; again after Faust's own logging setup)."""
+    for name, one in ((PRODUCER_LOGGER, _BACK_PRESSURE), (HTTP_SERVER_LOGGER, _MALFORMED)):
+        logger = logging.getLogger(name)
+        if one not in logger.filters:
+            logger.addFilter(one)
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -136,5 +186,5 @@ def setup_logging(settings: Settings, stream: TextIO | None = None) -> RedactSec
     root.setLevel(level)
     for noisy in ("aiokafka", "faust.transport", "mode"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    install_back_pressure_filter()
+    install_log_filters()
     return redactor

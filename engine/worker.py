@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.backoff import retry_sync
 from engine.errors import DependencyUnavailable
-from engine.logs import install_back_pressure_filter
+from engine.logs import install_log_filters
 from engine.services import Services
 from engine.settings import Settings
 
@@ -113,7 +113,7 @@ def make_worker(
             super()._setup_logging()
             for handler in logging.getLogger().handlers:
                 handler.addFilter(redactor)
-            install_back_pressure_filter()  # Faust's dictConfig ran in between
+            install_log_filters()  # Faust's dictConfig ran in between
 
     # redirect_stdouts=False: the demo prints its tables to the terminal, not into the log.
     return Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)

@@ -400,11 +400,12 @@ async def test_bad_query_is_permanent(prometheus: PromInfo) -> None:
 
 
 async def test_unreachable_prometheus_raises_dependency_unavailable_without_secrets() -> None:
-    url = f"http://bot:s3cr3t@127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"  # basic auth from its settings, never in the URL
+    settings = _settings(url, prometheus_username="bot", prometheus_password="s3cr3t-pw")
     plan = plan_chunks(None, 10 * DAY, scrape_lag=120, history=DAY, chunk=6 * H, step=STEP)
     watermarks: dict[str, float] = {}
     async with PrometheusClient(
-        _settings(url), attempts=3, backoff_initial=0.01, backoff_max=0.02
+        settings, attempts=3, backoff_initial=0.01, backoff_max=0.02
     ) as client:
         with pytest.raises(DependencyUnavailable, match="after 3 attempts") as info:
             for s, e in plan:

@@ -271,3 +271,52 @@ def test_a_short_api_token_is_a_settings_error(field: str, tmp_path: Path) -> No
         assert f"{field}: at least 12 characters" in str(err.value)
         assert "abc" not in str(err.value) and "short-tok" not in str(err.value)
     assert load_settings(kafka_password="x-1234", **{field: "a" * 12}) is not None
+
+
+def test_malformed_http_requests_are_one_warning_a_minute_not_a_traceback_each() -> None:
+    """A request line over aiohttp's limit was an ERROR with a traceback per request: anyone
+    reaching the port could fill the log.  Now one WARNING a minute counts them; any other
+    error of the HTTP server still goes through with its traceback."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    from engine.logs import MalformedRequests
+
+    now = [1000.0]
+    thinning = MalformedRequests(every=60.0, clock=lambda: now[0])
+    log = logging.getLogger("test.aiohttp.server")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.addFilter(thinning)
+    log.propagate = False
+
+    def refused(n: int) -> None:
+        try:
+            raise LineTooLong("x" * n, "8190")
+        except LineTooLong as exc:
+            log.exception("Error handling request from %s", "10.0.0.9", exc_info=exc)
+
+    try:
+        refused(100_000)
+        for _ in range(3):
+            now[0] += 10.0
+            refused(9_000)
+        try:
+            raise RuntimeError("a bug in a handler")
+        except RuntimeError:
+            log.exception("Error handling request from %s", "10.0.0.9")
+        now[0] += 60.0
+        refused(9_000)
+    finally:
+        log.removeHandler(handler)
+        log.removeFilter(thinning)
+    text = out.getvalue()
+    warnings = [line for line in text.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2, text
+    assert "refused malformed HTTP requests with 400: 1 since" in warnings[0]
+    assert "LineTooLong" in warnings[0] and "x" * 300 not in warnings[0]
+    assert "refused malformed HTTP requests with 400: 4 since" in warnings[1]
+    assert "ERROR Error handling request from 10.0.0.9" in text
+    assert "RuntimeError: a bug in a handler" in text  # its traceback kept
+    assert text.count("Traceback") == 1
