@@ -55,10 +55,7 @@ def _time(value: str | None, name: str) -> float | None:
     """A query parameter holding a Unix time (seconds), or None when absent."""
     if value is None or value == "":
         return None
-    try:
-        number = float(value) if _NUMBER.fullmatch(value) else math.nan
-    except ValueError:
-        number = math.nan
+    number = float(value) if _NUMBER.fullmatch(value) else math.nan
     if not bounds.sane_time(number):
         raise ValueError(
             f"{name} must be a Unix time in seconds between {bounds.MIN_TIME:.0f} and "

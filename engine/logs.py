@@ -60,7 +60,30 @@ def remember_secrets(settings: Settings) -> RedactSecrets:
     return _ACTIVE
 
 
-class ProducerBackPressure(logging.Filter):
+class OncePer(logging.Filter):
+    """A filter that lets one line of its kind out every ``every`` seconds and counts the rest;
+    subclasses say which records are of the kind and what the line says."""
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self.clock = clock
+        self.count = 0  # since the last line that went out
+        self.since: float | None = None  # when that line went out
+
+    def due(self) -> tuple[int, float | None, float] | None:
+        """Count one; ``(count, when the last line went out, now)`` when this one may go out
+        (the count then restarts), None while it is within ``every`` of the last line."""
+        self.count += 1
+        now = self.clock()
+        if self.since is not None and now - self.since < self.every:
+            return None
+        out = (self.count, self.since, now)
+        self.count, self.since = 0, now
+        return out
+
+
+class ProducerBackPressure(OncePer):
     """Faust's "producer buffer full size N" as a counter and one line a minute.
 
     Table writes are produced through Faust's producer buffer (100 messages); when a stream
@@ -73,24 +96,17 @@ class ProducerBackPressure(logging.Filter):
 
     PREFIX = "producer buffer full"
 
-    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.every = every
-        self.clock = clock
-        self.waits = 0  # since the last line that went out
-        self.since: float | None = None  # when that line went out
-
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if not message.startswith(self.PREFIX):
             return True
         PRODUCER_BUFFER_WAITS.inc()
-        self.waits += 1
-        now = self.clock()
-        if self.since is not None and now - self.since < self.every:
+        due = self.due()
+        if due is None:
             return False
-        if self.since is not None:
-            window = f"{self.waits} times in the last {now - self.since:.0f}s"
+        waits, since, now = due
+        if since is not None:
+            window = f"{waits} times in the last {now - since:.0f}s"
         else:
             window = "for the first time"
         record.msg = (
@@ -98,7 +114,6 @@ class ProducerBackPressure(logging.Filter):
             "(back-pressure, nothing lost; kubefinops_producer_buffer_waits_total counts them)"
         )
         record.args = ()
-        self.waits, self.since = 0, now
         return True
 
 
@@ -106,19 +121,12 @@ PRODUCER_LOGGER = "faust.transport.producer"
 _BACK_PRESSURE = ProducerBackPressure()
 
 
-class MalformedRequests(logging.Filter):
+class MalformedRequests(OncePer):
     """aiohttp's "Error handling request" for a request it could not even parse (a line or a
     header over its 8 KiB limit, bytes that are not HTTP): refused with a 400, and until now
     logged as an ERROR with a traceback each time — anyone who can reach the port could fill
     the log.  One WARNING line in ``every`` seconds says how many and the last reason; errors
     in the worker's own handlers still go through as they were."""
-
-    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.every = every
-        self.clock = clock
-        self.refused = 0  # since the last line that went out
-        self.since: float | None = None
 
     @staticmethod
     def _malformed(record: logging.LogRecord) -> BaseException | None:
@@ -137,15 +145,13 @@ class MalformedRequests(logging.Filter):
         exc = self._malformed(record)
         if exc is None:
             return True
-        self.refused += 1
-        now = self.clock()
-        if self.since is not None and now - self.since < self.every:
+        due = self.due()
+        if due is None:
             return False
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.msg = "refused malformed HTTP requests with 400: %d since the last line; last: %s"
-        record.args = (self.refused, one_line(f"{type(exc).__name__}: {exc}", 200))
+        record.args = (due[0], one_line(f"{type(exc).__name__}: {exc}", 200))
         record.exc_info, record.exc_text = None, None
-        self.refused, self.since = 0, now
         return True
 
 

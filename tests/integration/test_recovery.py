@@ -17,7 +17,14 @@ from engine.core.model import RESOURCES, MetricsBatch
 from engine.core.usage import ContainerUsage
 from tests.harness.kafka import KafkaInfo
 from tests.integration.samples import batches, encode, workload
-from tests.integration.workers import Deployment, group_state, http_json, produce, wait_consumed
+from tests.integration.workers import (
+    Deployment,
+    counter,
+    group_state,
+    http_json,
+    produce,
+    wait_consumed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,11 +32,7 @@ FIELDS = ("p50", "p90", "p95", "p99", "max", "count", "first_ts", "last_ts")
 
 
 def ingested(port: int) -> float:
-    status, text = http_json(f"http://127.0.0.1:{port}/metrics")
-    if status != 200:
-        return 0.0
-    found = re.findall(r'^kubefinops_samples_ingested_total\{resource="cpu"\} (\S+)$', text, re.M)
-    return float(found[0]) if found else 0.0
+    return counter(port, "kubefinops_samples_ingested_total", resource="cpu")
 
 
 def usage_replay_starts(log: str, prefix: str) -> list[int]:
