@@ -315,6 +315,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must not embed credentials; set {instead} instead")
         return _check_url(value, schemes=("http", "https"))
 
+    @field_validator("prometheus_username")
+    @classmethod
+    def _basic_auth_user(cls, value: str | None) -> str | None:
+        # HTTP basic auth puts "user:password" in one header: no colon, nothing unprintable
+        if value is not None and (not value or ":" in value or not value.isprintable()):
+            raise ValueError("must be a non-empty user name without ':' or control characters")
+        return value
+
     @field_validator("git_remote_url")
     @classmethod
     def _git_url(cls, value: str | None) -> str | None:

@@ -557,6 +557,10 @@ WRONG = {
         {"config": {"prometheus_url": "http://u:pw@prom:9090"}},
         "prometheus_url",
     ),
+    "a colon in the Prometheus user": (
+        {"config": {"prometheus_username": "bot:pw"}},
+        "prometheus_username",
+    ),
     "credentials in the S3 URL": (
         {"config": {"s3_endpoint_url": "http://key:secret@minio:9000"}},
         "s3_endpoint_url",

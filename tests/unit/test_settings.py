@@ -91,6 +91,11 @@ def test_credentials_in_a_url_are_refused_and_basic_auth_is_a_secret(tmp_path: P
             load_settings(kafka_password="x-1234", **{field: f"http://u:{secret}@host:9090"})
         assert field in str(err.value) and instead in str(err.value)
         assert secret not in str(err.value)
+    for user in ("", "a:b", "bot\nX-Evil: 1"):
+        with pytest.raises(ConfigError, match="prometheus_username"):
+            load_settings(
+                kafka_password="x-1234", prometheus_username=user, prometheus_password="pw"
+            )
     with pytest.raises(ConfigError, match="prometheus_password: basic auth needs both"):
         load_settings(kafka_password="x-1234", prometheus_username="bot")
     (tmp_path / "prom").write_text(f"{secret}\n")
