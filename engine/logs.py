@@ -3,11 +3,13 @@ record, whatever logger emitted it (ours, Faust's, aiokafka's, GitPython's)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
+from urllib.parse import quote, quote_plus, unquote
 
 from pydantic import SecretStr
 
@@ -16,10 +18,30 @@ from engine.metrics import PRODUCER_BUFFER_WAITS
 from engine.settings import Settings
 
 
+def written_forms(secret: str) -> set[str]:
+    """``secret`` as it may appear in a text: as is, percent-encoded (a password inside a URI —
+    the MongoDB URI's ``p%40ss`` — or one an HTTP client quoted into a URL) and decoded (the
+    password a URI carries encoded, as a driver's error may quote it)."""
+    forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
+    with contextlib.suppress(UnicodeDecodeError):
+        forms.add(unquote(secret, errors="strict"))
+    return forms
+
+
 class RedactSecrets(logging.Filter):
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.secrets: list[str] = []
+        self.learn(*secrets)
+
+    def learn(self, *secrets: str) -> None:
+        """Mask these too (a token read again from its mounted file after a rotation); the list
+        is replaced whole, so a log line formatted meanwhile in another thread sees one or the
+        other."""
+        known = set(self.secrets)
+        for secret in secrets:
+            known |= written_forms(secret)
+        self.secrets = sorted({s for s in known if len(s) >= 4}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -51,6 +73,12 @@ _ACTIVE = RedactSecrets([])
 def redact(text: str) -> str:
     """``text`` with every secret of the running process's settings masked."""
     return _ACTIVE.redact(text)
+
+
+def remember(secret: str) -> None:
+    """Mask ``secret`` from now on (one the process read after start: a rotated token file)."""
+    if secret and secret not in _ACTIVE.secrets:
+        _ACTIVE.learn(secret)
 
 
 def remember_secrets(settings: Settings) -> RedactSecrets:

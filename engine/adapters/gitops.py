@@ -45,6 +45,7 @@ from engine.core.decision_log import DecisionLog, as_log, identities, select
 from engine.core.model import Decision, Execution, Outcome
 from engine.core.verification import Verification, revert_message
 from engine.errors import AuthenticationFailed, DependencyUnavailable, PermanentError
+from engine.logs import remember
 from engine.metrics import GIT_PUSHES
 from engine.settings import GitMode, Settings
 
@@ -175,7 +176,9 @@ class GitOpsWriter:
         path = self.settings.git_token_file
         if path is not None:
             with contextlib.suppress(OSError):
-                return Path(path).read_text(encoding="utf-8").strip()
+                rotated = Path(path).read_text(encoding="utf-8").strip()
+                remember(rotated)  # a rotated token is masked in logs like the one read at start
+                return rotated
         token = self.settings.git_token
         return token.get_secret_value() if token is not None else None
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
+from engine import logs
 from engine.adapters.gitops import GitOpsWriter
 from engine.core import patches
 from engine.core.decision_log import DecisionLog
@@ -529,8 +530,9 @@ def test_estate_renders_and_passes_strict_validation(tmp_path: Path) -> None:
 
 
 async def test_token_file_is_reread_so_rotation_needs_no_restart(
-    git_remote: GitRemote, tmp_path: Path
+    git_remote: GitRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(logs, "_ACTIVE", logs.RedactSecrets([]))  # this test's secrets only
     remote = git_remote.fresh("rotate")
     token_file = tmp_path / "token"
     token_file.write_text("expired-token\n")
@@ -549,6 +551,8 @@ async def test_token_file_is_reread_so_rotation_needs_no_restart(
     token_file.write_text(remote.token + "\n")  # the mounted Secret was rotated
     ex = await writer.apply_cycle("c-rot", [decision("billing", "app", cpu=0.5)])
     assert ex.outcome == "pushed" and remote.log()[0] == ex.commit_sha
+    # the token read from the file is masked in what leaves the process from now on
+    assert logs.redact(f"push with {remote.token}") == "push with ****"
 
 
 FLEET_DEPLOYMENT = """\

@@ -183,6 +183,37 @@ def test_short_values_are_not_treated_as_secrets() -> None:
     assert RedactSecrets(["ab"]).redact("ab cd") == "ab cd"
 
 
+def test_secrets_are_masked_as_written_encoded_or_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A password quoted into a URL, or decoded from the MongoDB URI that carries it encoded, is
+    the same secret: every form of it is masked."""
+    from engine import logs
+
+    r = RedactSecrets(["p@ss/w rd+1"])
+    assert r.redact("url http://u:p%40ss%2Fw%20rd%2B1@h/") == "url http://u:****@h/"
+    assert r.redact("form p%40ss%2Fw+rd%2B1 sent") == "form **** sent"
+    assert r.redact("raw p@ss/w rd+1!") == "raw ****!"
+    monkeypatch.setattr(logs, "_ACTIVE", RedactSecrets([]))
+    settings = load_settings(
+        kafka_password="kafka-PW-1234", mongodb_uri="mongodb://bot:s%3Acr%40t-99@db:27017/kfo"
+    )
+    logs.remember_secrets(settings)
+    assert logs.redact("auth failed for s:cr@t-99") == "auth failed for ****"
+    assert logs.redact("uri bot:s%3Acr%40t-99@db") == "uri bot:****@db"
+
+
+def test_a_secret_read_after_start_is_masked_from_then_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine import logs
+
+    monkeypatch.setattr(logs, "_ACTIVE", RedactSecrets(["first-secret"]))
+    assert logs.redact("rotated-token-2") == "rotated-token-2"
+    logs.remember("rotated-token-2")
+    assert logs.redact("a rotated-token-2 and a first-secret") == "a **** and a ****"
+
+
 def test_cli_reports_a_bad_setting_in_one_line() -> None:
     env = {
         "PATH": "/usr/bin:/bin",
