@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 import faust
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
-from faust.web.exceptions import ServiceUnavailable
+from faust.web.exceptions import MethodNotAllowed, ServiceUnavailable, WebError
 from multidict import MultiMapping
 from pydantic import SecretStr
 
@@ -85,6 +85,28 @@ class RuntimeView(View):
             return self.error(409, str(exc))
         except DependencyUnavailable as exc:
             return self.error(503, str(exc))
+
+    async def head(self, request: Request, **kwargs: Any) -> Response:
+        """HEAD of a GET route is the GET's status and headers (RFC 9110 §9.3.2; aiohttp sends
+        no body for a HEAD request), so a monitor's HEAD probe sees what a GET would."""
+        if not self._defines("get"):
+            raise MethodNotAllowed("Method HEAD not allowed.")
+        response: Response = await self.get(request, **kwargs)
+        return response
+
+    def _defines(self, method: str) -> bool:
+        return getattr(type(self), method) is not getattr(View, method)
+
+    def allowed(self) -> str:
+        """The ``Allow`` header of a 405: the methods this view answers, written as aiohttp
+        writes it for the methods a route was not registered for (``GET,HEAD``)."""
+        methods = {m.upper() for m in ("get", "post", "put", "patch", "delete") if self._defines(m)}
+        return ",".join(sorted(methods | {"HEAD"} if "GET" in methods else methods))
+
+    async def on_request_error(self, request: Request, exc: WebError) -> Response:
+        if exc.code == 405:  # RFC 9110 §15.5.6: a 405 says which methods the resource takes
+            return self.error(405, exc.detail, headers={"Allow": self.allowed()})
+        return await super().on_request_error(request, exc)
 
     def policy_store(self) -> PolicySource:
         store = self.rt.services.policies
@@ -240,11 +262,13 @@ class Metrics(RuntimeView):
     async def get(self, request: Request) -> Response:
         query = request.query  # aiohttp's MultiDict (Faust types it as a plain Mapping)
         names = query.getall("name[]", []) if isinstance(query, MultiMapping) else []
-        if len(names) > MAX_SCRAPE_NAMES or not all(_METRIC_NAME.fullmatch(n) for n in names):
+        if len(names) > MAX_SCRAPE_NAMES:
+            return self.error(400, f"name[]: {len(names)} names, at most {MAX_SCRAPE_NAMES}")
+        bad = next((n for n in names if not _METRIC_NAME.fullmatch(n)), None)
+        if bad is not None:
             return self.error(
                 400,
-                f"name[]: at most {MAX_SCRAPE_NAMES} metric names, each matching "
-                f"{_METRIC_NAME.pattern}",
+                f"name[]: {bad[:80]!r} is not a metric name (it must match {_METRIC_NAME.pattern})",
             )
         job = functools.partial(scrape, names=names or None)
         # In a thread: the event loop keeps consuming while the text is generated.

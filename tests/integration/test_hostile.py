@@ -6,7 +6,8 @@
 * the policy API: a 1 MB policy gets 413 and nothing reaches MongoDB; nested bodies, unknown
   charsets, 2^64 integers, Infinity, ids like ``../../etc/passwd`` or with a newline, an 8 KB
   audit user get 400/413/415; concurrent PUTs on one id get 200 or 409, never 500;
-  ``/api/usage`` needs the read token once one is set;
+  ``/api/usage`` needs the read token once one is set; HEAD answers as GET without a body, a
+  405 names the methods a route takes;
 * an empty token is a settings error at start; a worker that cannot reach Kafka retries with one
   log line per attempt and exits non-zero when its budget is spent;
 * SASL_SSL + SCRAM against a broker with a TLS listener (client certificate required) works, and
@@ -59,6 +60,21 @@ def raw_request(url: str, method: str, body: bytes, headers: dict[str, str]) -> 
             ) as resp,
         ):
             return resp.status, await resp.text()
+
+    return asyncio.run(go())
+
+
+def head_of(url: str, method: str, headers: dict[str, str]) -> tuple[int, str | None, bytes]:
+    """The status, the ``Allow`` header and the body bytes of a body-less request."""
+
+    async def go() -> tuple[int, str | None, bytes]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method, url, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp,
+        ):
+            return resp.status, resp.headers.get("Allow"), await resp.read()
 
     return asyncio.run(go())
 
@@ -167,6 +183,19 @@ def test_hostile_chunks_and_requests_against_one_worker(kafka: KafkaInfo, mongo,
         # Faust's own views are off: they answered without a token (a policy, any usage state)
         for path in ("/router/", "/router/topics", "/table/", "/table/policies/race/"):
             assert raw_request(base + path, "GET", b"", {})[0] == 404, path
+        # HEAD of a GET route answers as the GET would, without a body (a monitor's probe);
+        # a method a route does not take is a 405 that says which ones it does
+        read = {"Authorization": f"Bearer {READ_TOKEN}"}
+        assert head_of(f"{base}/health", "HEAD", {}) == (200, None, b"")
+        assert head_of(f"{base}/api/stats", "HEAD", {})[0] == 401
+        assert head_of(f"{base}/api/stats", "HEAD", read) == (200, None, b"")
+        assert head_of(f"{base}/api/cycles", "HEAD", AUTH)[:2] == (405, "POST")
+        assert head_of(f"{base}/health", "DELETE", {})[:2] == (405, "GET,HEAD")
+        allowed = head_of(f"{put}/p", "PATCH", AUTH)[:2]
+        assert allowed == (405, "DELETE,GET,HEAD,PUT"), allowed
+        # a metric name that is not one: the 400 says which
+        status, text = raw_request(f"{base}/metrics?name[]=up&name[]=no-such!", "GET", b"", {})
+        assert status == 400 and "'no-such!' is not a metric name" in text, (status, text)
         # a request line over aiohttp's 8 KiB limit: a 400, and a warning line counting such
         # requests instead of an ERROR with a traceback for each (anyone could fill the log)
         too_long = b"GET /" + b"a" * 9_000 + b" HTTP/1.1\r\nHost: w\r\n\r\n"
@@ -179,7 +208,6 @@ def test_hostile_chunks_and_requests_against_one_worker(kafka: KafkaInfo, mongo,
         assert "Error handling request" not in server.log.read_text()
         # the decisions' query parameters: each error says which and what it takes
         decisions = f"{base}/api/decisions"
-        read = {"Authorization": f"Bearer {READ_TOKEN}"}
         for query, said in (
             ("limit=abc", "limit must be an integer from 1 to 500"),
             ("limit=0", "limit must be"),
