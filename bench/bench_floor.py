@@ -1,8 +1,8 @@
 """The transport floor of a burst: the records of a 1,000-workload burst through a worker that
 does no work on them (not a test).
 
-    python bench/bench_floor.py [--burst 1000] [--bursts 2] [--runs 2]
-                                [--kinds faust,faust-no-tables,faust-minimal,plain]
+    python bench/bench_floor.py [--burst 1000] [--bursts 2] [--runs 2] [--batch 100]
+                                [--kinds faust,faust-no-tables,faust-minimal,faust-batched,plain]
 
 ``bench_scale.py`` measures the real worker's burst (a chunk and a cycle-end marker per workload
 → decision) and the same handlers in process; the difference is Faust, aiokafka, the broker and
@@ -24,6 +24,12 @@ SCRAM broker, alternating:
 * **faust-minimal** — the fewest Faust records that per-container state in tables allows: the
   two usage writes per workload, and the decision sent from the aggregator's stream (no spec
   write, no recommendations hop, no executor writes; the executor still reads the decisions).
+* **faust-batched** — faust-minimal fed records that carry many workloads: the bench groups the
+  burst's chunks and markers per metrics partition (as the collector could: it knows the
+  partitioner) into records of at most ``--batch`` workloads, each with a JSON head naming its
+  workloads and the same payload bytes; the aggregator writes the two usage values per
+  workload and sends one decision record per workload.  What a redesign of the input contract
+  alone could reach (the decisions topic keeps one record per workload).
 
 Settings the worker reads (``KUBEFINOPS_*``, e.g. ``KUBEFINOPS_KAFKA_PRODUCER_BATCH_BYTES``) are
 passed through from the environment to the Faust floor worker.
@@ -109,11 +115,21 @@ def serve_faust() -> None:
     # 1: only what per-container state needs (two usage writes a workload), the decision sent
     # from the aggregator's stream: no spec, no recommendations hop, no executor
     minimal = os.environ.get("FLOOR_MINIMAL", "0") == "1"
+    batched = os.environ.get("FLOOR_BATCHED", "0") == "1"  # faust-minimal on batch records
 
     @app.agent(metrics, name="floor.aggregator")
     async def aggregate(stream):
         async for event in stream.events():
             key, value = event.key, event.value
+            if batched:
+                head = json.loads(value[: value.index(b"\n")])
+                cycle = head["cycle"].encode()
+                for wid in head["keys"]:
+                    k = wid.encode()
+                    usage[k + b"/app"] = state
+                    usage[k + b"/sidecar"] = state
+                    await decisions.send(key=k, value=padded(k, cycle, DECISION_BYTES))
+                continue
             if is_marker(value):
                 if minimal:
                     rec = recommendation_of(key, value)
@@ -202,6 +218,8 @@ def start(stack: Any, kind: str) -> tuple[Any, Any]:
         kind, env["FLOOR_TABLES"] = "faust", "0"
     if kind == "faust-minimal":
         kind, env["FLOOR_MINIMAL"] = "faust", "1"
+    if kind == "faust-batched":
+        kind, env["FLOOR_BATCHED"] = "faust", "1"
     if kind == "plain":  # the Faust worker creates its own (the worker's pre-flight)
         n = dep.partitions
         create_topics(stack.kafka, [dep.topic("metrics"), dep.topic("recommendations")], n)
@@ -217,6 +235,56 @@ def start(stack: Any, kind: str) -> tuple[Any, Any]:
     return dep, server
 
 
+def batched(
+    msgs: list[tuple[bytes, bytes]], partitions: int, size: int
+) -> list[tuple[int, bytes, list[str]]]:
+    """The burst's records grouped per metrics partition (aiokafka's default partitioner, the
+    one the workers' producers use) into records of at most ``size`` workloads: a JSON head
+    (cycle, workload ids) on the first line, then every grouped record's bytes; with each
+    record its partition and its workload ids."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    part = DefaultPartitioner()
+    everything = list(range(partitions))
+    groups: dict[int, list[tuple[bytes, list[bytes]]]] = {}
+    cycle = ""
+    for key, value in msgs:
+        if is_marker(value):
+            found = CYCLE.search(value)
+            cycle = found.group(1).decode() if found else cycle
+        group = groups.setdefault(part(key, everything, everything), [])
+        if not group or group[-1][0] != key:
+            group.append((key, []))
+        group[-1][1].append(value)
+    out = []
+    for p, items in sorted(groups.items()):
+        for i in range(0, len(items), size):
+            chunk = items[i : i + size]
+            wids = [k.decode() for k, _ in chunk]
+            head = json.dumps({"cycle": cycle, "keys": wids}).encode()
+            out.append((p, head + b"\n" + b"".join(b"".join(v) for _, v in chunk), wids))
+    return out
+
+
+def send(
+    kind: str,
+    dep: Any,
+    stack: Any,
+    cycle: str,
+    expect: int,
+    msgs: list[tuple[bytes, bytes]],
+    timeout: float,
+    grouped: list[tuple[int, bytes, list[str]]] | None = None,
+) -> Any:
+    """The burst as ``kind`` takes it: batch records for faust-batched, else one per record."""
+    from bench import bench_scale as bs
+
+    if kind != "faust-batched":
+        return bs.decisions_of(dep, stack, cycle, expect, msgs, timeout)
+    records = grouped if grouped is not None else batched(msgs, dep.partitions, 100)
+    return bs.decisions_of(dep, stack, cycle, expect, msgs, timeout, batches=records)
+
+
 def span(a: np.ndarray) -> str:
     return f"{a.min():.2f}-{a.max():.2f}"
 
@@ -227,12 +295,14 @@ def main() -> None:
     ap.add_argument("--bursts", type=int, default=2, help="bursts per worker and run")
     ap.add_argument("--runs", type=int, default=2, help="alternations faust/plain")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--batch", type=int, default=100, help="workloads per faust-batched record")
     ap.add_argument(
         "--kinds",
         default="faust,faust-no-tables,plain",
         help="workers to alternate: faust, plain, faust-no-tables (Faust, the table writes left "
         "out: what the changelogs cost), faust-minimal (only the two usage writes per workload, "
-        "the decision sent by the aggregator)",
+        "the decision sent by the aggregator), faust-batched (faust-minimal fed records of many "
+        "workloads)",
     )
     ap.add_argument("--serve", choices=("faust", "plain"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -265,7 +335,7 @@ def main() -> None:
                     # warm: the group joined and every hop flowing before anything is measured
                     rng = np.random.default_rng(1)
                     warm = bs.burst_messages(wls[:20], end - 1800, end - 900, "warm", rng)
-                    _, got = asyncio.run(bs.decisions_of(dep, stack, "warm", 20, warm, 90))
+                    _, got = asyncio.run(send(kind, dep, stack, "warm", 20, warm, 90))
                     if len(got) < 20:
                         tail = server.log.read_text()[-3000:]
                         raise SystemExit(f"the {kind} floor worker never answered:\n{tail}")
@@ -273,13 +343,14 @@ def main() -> None:
                         cycle, t = f"floor-{run}-{i}", end + i * 900
                         rng = np.random.default_rng(7 + i)
                         msgs = bs.burst_messages(wls, t, t + 900, cycle, rng)
+                        grouped = batched(msgs, dep.partitions, args.batch)  # before the clock
                         cpu0, busy0, t0 = (
                             proc_cpu_seconds(server.pid),
                             host_cpu_seconds()[0],
                             time.monotonic(),
                         )
                         acked, arrived = asyncio.run(
-                            bs.decisions_of(dep, stack, cycle, len(wls), msgs, args.timeout)
+                            send(kind, dep, stack, cycle, len(wls), msgs, args.timeout, grouped)
                         )
                         wall = time.monotonic() - t0
                         cpu = proc_cpu_seconds(server.pid) - cpu0

@@ -137,8 +137,11 @@ async def decisions_of(
     expect: int,
     send: list[tuple[bytes, bytes]],
     timeout: float,
+    batches: list[tuple[int, bytes, list[str]]] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Produce ``send`` (in order) while consuming decisions of ``cycle``.
+    """Produce ``send`` (in order) while consuming decisions of ``cycle``; or, given
+    ``batches``, those instead: records of many workloads, ``(partition, value, workload ids)``
+    (``bench_floor.py --kinds faust-batched``), a workload's ack being its record's.
 
     Returns (ack time per workload of its last record sent, arrival time per workload).
     """
@@ -170,6 +173,13 @@ async def decisions_of(
     await producer.start()
     task = asyncio.create_task(consume())
     try:
+        if batches is not None:
+            topic = dep.topic("metrics")
+            sent = [await producer.send(topic, value=v, partition=p) for p, v, _ in batches]
+            for (_, _, wids), fut in zip(batches, sent, strict=True):
+                await fut
+                acked.update(dict.fromkeys(wids, time.monotonic()))
+            send = []
         for i in range(0, len(send), 200):
             part = send[i : i + 200]
             futures = [await producer.send(dep.topic("metrics"), value=v, key=k) for k, v in part]
