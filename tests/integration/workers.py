@@ -205,12 +205,17 @@ async def consumer_lag(info: KafkaInfo, group: str, topic: str) -> int:
             TopicPartition(topic, p) for p in (await partitions(admin, [topic])).get(topic, [])
         ]
         assert parts, f"topic {topic} has no partitions"
+        starts = await consumer.beginning_offsets(parts)
         ends = await consumer.end_offsets(parts)
         committed = await admin.list_consumer_group_offsets(group, partitions=parts)
-        return sum(
-            max(0, end - (committed[tp].offset if tp in committed else 0))
-            for tp, end in ends.items()
-        )
+
+        def done(tp: TopicPartition) -> int:
+            # a partition the group never committed is reported at offset -1: nothing of it
+            # is consumed (counting from -1 made an empty partition one record behind for ever)
+            meta = committed.get(tp)
+            return meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+
+        return sum(max(0, end - done(tp)) for tp, end in ends.items())
     finally:
         await consumer.stop()
         await admin.close()
