@@ -230,6 +230,7 @@ def in_process_burst(
     args: argparse.Namespace,
     templates: list[bytes] | None,
     live: list[tuple[int, int]] | None = None,
+    fleet: int | None = None,
 ) -> dict[str, float]:
     """The baseline, measured in the same run next to each burst: the same burst (a chunk and a
     marker per workload) through the handlers themselves — aggregator ingest, recommender, gate
@@ -238,7 +239,11 @@ def in_process_burst(
     company.  The state is the worker's: the seeded templates then the chunks it ingested since
     (``live``: the live hours and the bursts before this one), decoded and summarized before
     timing as the worker's cache holds them; or the run's ``days`` ingested here when nothing
-    was seeded."""
+    was seeded.  ``fleet``: the worker's workload count.  When their decoded state is more than
+    the cache holds (the burst's decoded size per container times the fleet's containers), the
+    worker's cache has long dropped the burst's states by the time it comes back to them (each
+    chunk decodes its state, each marker merges the closed days again), so the baseline starts
+    cold too: without this, at 10,000 workloads it was a warm baseline against a cold worker."""
     from agents import aggregator, gate
     from engine.core.model import RESOURCES, container_id
     from engine.services import Services
@@ -278,6 +283,10 @@ def in_process_burst(
         msgs = burst_messages(wls, start, end, "baseline", rng)
         recs = rt.topics.recommendations
         cache = rt.tables.usage.cache
+        per_container = cache.bytes / max(1, len(cache))
+        if fleet is not None and per_container * 2 * fleet > cache.max_bytes:
+            cache.clear()  # as in the worker: the fleet's states do not fit its cache
+            cold[0] = True
         cache.hits = cache.misses = 0
         cpu[0] = time.process_time()
         t0 = time.perf_counter()
@@ -290,6 +299,7 @@ def in_process_burst(
         return time.perf_counter() - t0
 
     cpu = [0.0]
+    cold = [False]
     took = asyncio.run(go())
     decided = len(rt.topics.decisions.sent)  # type: ignore[attr-defined]
     assert decided == len(wls), f"in-process baseline: {decided} decisions of {len(wls)}"
@@ -300,6 +310,7 @@ def in_process_burst(
         "cpu_ms_per_workload": 1000 * cpu[0] / len(wls),
         # the decoded-state cache during the burst (its bound: the worker's usage_cache_bytes)
         "cache_hit_rate": cache.hits / max(1, cache.hits + cache.misses),
+        "cold": float(cold[0]),
     }
 
 
@@ -769,7 +780,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
                 f"in reports) after {time.monotonic() - waited:.0f}s; next burst"
             )
         before = chunks + [(end + k * chunk_s, end + (k + 1) * chunk_s) for k in range(i)]
-        base = in_process_burst(wls[:burst], b_start, b_end, args, templates, before)
+        base = in_process_burst(wls[:burst], b_start, b_end, args, templates, before, n)
         phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
         gc_before = gc_pauses(metrics_text(port))
@@ -830,7 +841,8 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
                 f"in-process baseline just before, same burst: {base['ms_per_workload']:.2f} ms "
                 f"per workload, CPU {base['cpu_ms_per_workload']:.2f} ms "
                 f"(worker {row['per_workload_ms'] / base['ms_per_workload']:.1f}x; "
-                f"its decoded-state cache hit {base['cache_hit_rate']:.0%} of reads)"
+                f"its decoded-state cache hit {base['cache_hit_rate']:.0%} of reads"
+                f"{', started cold as the fleet does not fit it' if base['cold'] else ''})"
             )
     print(f"  MEASURED peak RSS by phase (MiB): {phases.stop()}")
     if args.bursts_only:
