@@ -89,23 +89,24 @@ class RuntimeView(View):
     async def head(self, request: Request, **kwargs: Any) -> Response:
         """HEAD of a GET route is the GET's status and headers (RFC 9110 §9.3.2; aiohttp sends
         no body for a HEAD request), so a monitor's HEAD probe sees what a GET would."""
-        if not self._defines("get"):
+        if "GET" not in self.allowed():
             raise MethodNotAllowed("Method HEAD not allowed.")
         response: Response = await self.get(request, **kwargs)
         return response
 
-    def _defines(self, method: str) -> bool:
-        return getattr(type(self), method) is not getattr(View, method)
-
-    def allowed(self) -> str:
-        """The ``Allow`` header of a 405: the methods this view answers, written as aiohttp
-        writes it for the methods a route was not registered for (``GET,HEAD``)."""
-        methods = {m.upper() for m in ("get", "post", "put", "patch", "delete") if self._defines(m)}
-        return ",".join(sorted(methods | {"HEAD"} if "GET" in methods else methods))
+    def allowed(self) -> set[str]:
+        """The methods this view answers: Faust's (those it overrides, and HEAD), HEAD only
+        with a GET."""
+        methods = set(self.get_methods())
+        if "GET" not in methods:
+            methods.discard("HEAD")
+        return methods
 
     async def on_request_error(self, request: Request, exc: WebError) -> Response:
         if exc.code == 405:  # RFC 9110 §15.5.6: a 405 says which methods the resource takes
-            return self.error(405, exc.detail, headers={"Allow": self.allowed()})
+            # written as aiohttp writes it for a method a route was not registered for
+            allow = ",".join(sorted(self.allowed()))
+            return self.error(405, exc.detail, headers={"Allow": allow})
         return await super().on_request_error(request, exc)
 
     def policy_store(self) -> PolicySource:
