@@ -266,25 +266,6 @@ def batched(
     return out
 
 
-def send(
-    kind: str,
-    dep: Any,
-    stack: Any,
-    cycle: str,
-    expect: int,
-    msgs: list[tuple[bytes, bytes]],
-    timeout: float,
-    grouped: list[tuple[int, bytes, list[str]]] | None = None,
-) -> Any:
-    """The burst as ``kind`` takes it: batch records for faust-batched, else one per record."""
-    from bench import bench_scale as bs
-
-    if kind != "faust-batched":
-        return bs.decisions_of(dep, stack, cycle, expect, msgs, timeout)
-    records = grouped if grouped is not None else batched(msgs, dep.partitions, 100)
-    return bs.decisions_of(dep, stack, cycle, expect, msgs, timeout, batches=records)
-
-
 def span(a: np.ndarray) -> str:
     return f"{a.min():.2f}-{a.max():.2f}"
 
@@ -331,11 +312,14 @@ def main() -> None:
         for run in range(args.runs):
             for kind in kinds:
                 dep, server = start(stack, kind)
+                groups = kind == "faust-batched"
                 try:
                     # warm: the group joined and every hop flowing before anything is measured
                     rng = np.random.default_rng(1)
                     warm = bs.burst_messages(wls[:20], end - 1800, end - 900, "warm", rng)
-                    _, got = asyncio.run(send(kind, dep, stack, "warm", 20, warm, 90))
+                    # faust-batched takes the burst as records of many workloads
+                    one = batched(warm, dep.partitions, args.batch) if groups else None
+                    _, got = asyncio.run(bs.decisions_of(dep, stack, "warm", 20, warm, 90, one))
                     if len(got) < 20:
                         tail = server.log.read_text()[-3000:]
                         raise SystemExit(f"the {kind} floor worker never answered:\n{tail}")
@@ -343,14 +327,17 @@ def main() -> None:
                         cycle, t = f"floor-{run}-{i}", end + i * 900
                         rng = np.random.default_rng(7 + i)
                         msgs = bs.burst_messages(wls, t, t + 900, cycle, rng)
-                        grouped = batched(msgs, dep.partitions, args.batch)  # before the clock
+                        # before the clock: the collector would send them so
+                        grouped = batched(msgs, dep.partitions, args.batch) if groups else None
                         cpu0, busy0, t0 = (
                             proc_cpu_seconds(server.pid),
                             host_cpu_seconds()[0],
                             time.monotonic(),
                         )
                         acked, arrived = asyncio.run(
-                            send(kind, dep, stack, cycle, len(wls), msgs, args.timeout, grouped)
+                            bs.decisions_of(
+                                dep, stack, cycle, len(wls), msgs, args.timeout, grouped
+                            )
                         )
                         wall = time.monotonic() - t0
                         cpu = proc_cpu_seconds(server.pid) - cpu0

@@ -179,13 +179,14 @@ async def decisions_of(
             for (_, _, wids), fut in zip(batches, sent, strict=True):
                 await fut
                 acked.update(dict.fromkeys(wids, time.monotonic()))
-            send = []
-        for i in range(0, len(send), 200):
-            part = send[i : i + 200]
-            futures = [await producer.send(dep.topic("metrics"), value=v, key=k) for k, v in part]
-            for (k, _), fut in zip(part, futures, strict=True):
-                await fut
-                acked[k.decode()] = time.monotonic()
+        else:
+            for i in range(0, len(send), 200):
+                part = send[i : i + 200]
+                topic = dep.topic("metrics")
+                futures = [await producer.send(topic, value=v, key=k) for k, v in part]
+                for (k, _), fut in zip(part, futures, strict=True):
+                    await fut
+                    acked[k.decode()] = time.monotonic()
         await asyncio.wait_for(task, timeout)
     except TimeoutError:
         print(f"!! only {len(arrived)}/{expect} decisions of {cycle} within {timeout:.0f}s")
