@@ -55,7 +55,11 @@ async def policies(client: AsyncMongoClient[Doc]) -> PolicyStore:
 @pytest.fixture
 async def records(client: AsyncMongoClient[Doc]) -> RecordStore:
     store = RecordStore(
-        client[f"t_{uuid.uuid4().hex[:10]}"], retention_days=90, clock=lambda: 5_000.0
+        # stored now: a store time of 1970 is past the 90-day TTL, and the server's TTL sweep
+        # (every 60 s) deleted records between a test's writes and its count (280 of 500 left)
+        client[f"t_{uuid.uuid4().hex[:10]}"],
+        retention_days=90,
+        clock=time.time,
     )
     await store.ensure_indexes()
     return store
