@@ -328,6 +328,13 @@ class WorkloadSpec(Wire):
     def workload_id(self) -> str:
         return workload_id(self.namespace, self.kind, self.name)
 
+    def supersedes(self, stored: WorkloadSpec | None, refresh: float) -> bool:
+        """Whether this spec must be written over ``stored``: there is none, it differs in
+        anything but ``observed_at``, or it was observed ``refresh`` seconds or more after it."""
+        if stored is None or self.observed_at - stored.observed_at >= refresh:
+            return True
+        return stored.model_copy(update={"observed_at": self.observed_at}) != self
+
 
 class CycleEnd(Wire):
     """In-band marker on ``kubefinops.metrics``: every batch of this workload for the cycle has

@@ -131,6 +131,40 @@ def test_recommender_turns_the_cycle_end_into_a_recommendation_from_the_ingested
     assert usage_state is not None and usage_state.summary("cpu").count == 8 * 60
 
 
+def test_an_unchanged_spec_is_not_written_back_every_cycle_but_a_changed_one_at_once() -> None:
+    """One changelog record per workload and hourly cycle was ~15 % of a burst's CPU: the spec
+    is written when it changes, and an unchanged one again only after SPEC_REFRESH_SECONDS."""
+    from agents.recommender import SPEC_REFRESH_SECONDS
+
+    rt = with_autopilot(runtime(now=NOW))
+    table = rt.tables.workloads
+    writes: list[str] = []
+    store = table.store
+
+    class Counting(dict[Any, Any]):
+        def __setitem__(self, k: Any, v: Any) -> None:
+            writes.append(str(k))
+            super().__setitem__(k, v)
+
+    table.store = Counting(store)
+
+    async def marker(s: WorkloadSpec) -> None:
+        raw = CycleEnd(cycle="c", spec=s).model_dump_json().encode()
+        await aggregator.ingest(rt, key(s), raw)
+
+    first = spec("api")
+    asyncio.run(marker(first))
+    asyncio.run(marker(first.model_copy(update={"observed_at": NOW + 3600})))
+    assert len(writes) == 1 and table.get(first.workload_id) == first  # same spec: kept as is
+    scaled = first.model_copy(update={"observed_at": NOW + 7200, "replicas": 5})
+    asyncio.run(marker(scaled))
+    assert len(writes) == 2 and table.get(first.workload_id) == scaled  # changed: at once
+    later = scaled.model_copy(update={"observed_at": NOW + 7200 + SPEC_REFRESH_SECONDS})
+    asyncio.run(marker(later))
+    assert len(writes) == 3 and table.get(first.workload_id) == later  # refreshed
+    assert len(sent(rt, "recommendations")) == 4  # every marker still recommends
+
+
 def test_a_batch_redelivered_after_a_rebalance_is_not_counted_twice() -> None:
     rt = runtime(now=NOW)
     s = spec("api")

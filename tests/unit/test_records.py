@@ -79,3 +79,21 @@ def test_a_columnar_chunk_decodes_with_its_shape_and_sample_count() -> None:
         "2 series x 2 points every 30s, 3 samples"
     )
     assert decoded.value["containers"]["app"] == {"cpu": [[0.5, 0.7]], "memory": [[None, 1e8]]}
+
+
+def test_a_spec_supersedes_the_stored_one_when_it_changed_or_is_refreshed() -> None:
+    from engine.core.model import ContainerSpec, ResourcePair, WorkloadSpec
+
+    def at(t: float, cpu: float = 1.0, **kw: object) -> WorkloadSpec:
+        c = ContainerSpec(name="app", requests=ResourcePair(cpu=cpu, memory=2.0**30))
+        return WorkloadSpec(
+            namespace="shop", kind="Deployment", name="api", containers=[c], observed_at=t, **kw
+        )
+
+    assert at(10).supersedes(None, 100)
+    assert not at(50).supersedes(at(10), 100)  # only observed again
+    assert not at(5).supersedes(at(10), 100)  # an older marker re-delivered: the newer stays
+    assert at(110).supersedes(at(10), 100)  # refreshed: observed_at at most `refresh` stale
+    assert at(50, cpu=2.0).supersedes(at(10), 100)  # a request changed
+    assert at(50, replicas=3).supersedes(at(10), 100)
+    assert at(50, labels={"team": "a"}).supersedes(at(10), 100)
