@@ -9,16 +9,35 @@ that container's windowed state idempotently (the chunk is remembered per contai
 re-delivered after a rebalance changes nothing) and writes the value back so the changelog holds
 the complete state.  A ``cycle-end`` marker, which the collector sends after a workload's records
 on the same partition, triggers the recommendation for that workload from complete state.
+
+The collector sends these records in bundles (:mod:`engine.core.bundles`): many workloads' records
+of one partition in one value, to save Faust's per-event work.  Each member is handled as if it
+had come alone, under the guard: a bad member or one of another partition is dead-lettered
+alone (as its own record, keyed by its workload id) and the rest of the bundle goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
+from functools import partial
+
+import orjson
 
 from agents import recommender
+from agents.guard import guarded
 from agents.runtime import Runtime, park
-from engine.core.model import CycleEnd, MetricsBatch, MetricsChunk, parse_metrics_record
+from engine.core.bundles import partition_of
+from engine.core.model import (
+    CycleEnd,
+    MetricsBatch,
+    MetricsBundle,
+    MetricsChunk,
+    MetricsRecord,
+    parse_metrics_member,
+    parse_metrics_record,
+)
 from engine.core.samples import FloatArray, validate_batch, validate_chunk
 from engine.core.usage import ContainerUsage, IngestResult
 from engine.errors import InvalidRecord
@@ -33,14 +52,62 @@ def key_mismatch(key: bytes | None, expected: str) -> bool:
 
 
 async def ingest(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
-    """One ``kubefinops.metrics`` record: usage into the table, or a cycle-end marker."""
+    """One ``kubefinops.metrics`` record: usage into the table, a cycle-end marker, or a bundle
+    of them."""
     topic = rt.settings.topic("metrics")
     try:
         record = parse_metrics_record(raw)
     except InvalidRecord as exc:
         await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=AGENT)
         return
-    expected = record.spec.workload_id if isinstance(record, CycleEnd) else record.workload_id
+    if isinstance(record, MetricsBundle):
+        await _ingest_bundle(rt, record, key)
+    else:
+        await _ingest_record(rt, record, key, raw)
+
+
+def _workload_of(record: MetricsRecord) -> str:
+    return record.spec.workload_id if isinstance(record, CycleEnd) else record.workload_id
+
+
+async def _ingest_bundle(rt: Runtime, bundle: MetricsBundle, key: bytes | None) -> None:
+    """Each member as if it had come alone, on this partition (the bundle's key's)."""
+    topic = rt.settings.topic("metrics")
+    partitions = rt.settings.topic_partitions
+    home = None if key is None else partition_of(key, partitions)
+    for doc in bundle.records:
+        raw = orjson.dumps(doc)  # what the member's dead letter carries: the record alone
+        try:
+            record = parse_metrics_member(doc, lenient=bundle.lenient)
+        except InvalidRecord as exc:
+            reason = f"bundle member: {exc}"
+            await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
+            continue
+        wid = _workload_of(record).encode()
+        if home is None or partition_of(wid, partitions) != home:
+            # kept here, its state would be written by the wrong owner (see key_mismatch)
+            reason = (
+                f"partition-mismatch: bundle member {wid.decode()!r} keys partition "
+                f"{partition_of(wid, partitions)} of {partitions}, the bundle's key {home}"
+            )
+            await park(rt, topic=topic, key=wid, raw=raw, reason=reason, agent=AGENT)
+            continue
+        await guarded(
+            rt,
+            partial(_ingest_record, rt, record, wid, raw),
+            agent=AGENT,
+            topic=topic,
+            key=wid,
+            raw=raw,
+        )
+        await asyncio.sleep(0)  # one bundle is one event: let the web and timers in between
+
+
+async def _ingest_record(
+    rt: Runtime, record: MetricsRecord, key: bytes | None, raw: bytes | None
+) -> None:
+    topic = rt.settings.topic("metrics")
+    expected = _workload_of(record)
     if key_mismatch(key, expected):
         # On another key's partition it would be processed by the wrong owner of the state.
         reason = f"key-mismatch: record key is not its workload id {expected!r}"

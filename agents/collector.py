@@ -1,7 +1,9 @@
 """Collector: Prometheus -> ``kubefinops.metrics`` records and ``kubefinops.workloads`` specs.
 
 One columnar record (:class:`~engine.core.model.MetricsChunk`) per workload and chunk, every
-container and pod on the query's time grid (docs/collector.md "The metrics record").
+container and pod on the query's time grid (docs/collector.md "The metrics record"); the records
+of one answer (and the cycle-end markers of one shard) are sent bundled per partition
+(:mod:`engine.core.bundles`), many workloads to a Kafka record.
 
 A leader-only timer drops a tick on the one-partition ``collector-ticks`` topic every
 ``collect_interval_seconds``; the agent consuming it is therefore a single collector for the whole
@@ -23,6 +25,7 @@ import time
 
 from agents.runtime import Runtime
 from engine.core.apply_cycles import CycleManifest
+from engine.core.bundles import bundled
 from engine.core.collect import plan_chunks, plan_queries, split_chunk, split_range
 from engine.core.model import CycleEnd
 from engine.errors import AnswerTooLarge, RetryableError
@@ -83,13 +86,18 @@ async def run_cycle(rt: Runtime, now: float) -> int:
         # the specs in the usage's namespace shards too: one shard's kube-state-metrics series
         # held at a time (~36 a workload), not the whole cluster's
         specs = await source.collect_specs(now, shard)
+        markers: list[tuple[str, bytes]] = []
         for spec in specs:
             key = spec.workload_id.encode()
             await rt.topics.workloads.send(key=key, value=spec.model_dump_json().encode())
-            marker = CycleEnd(cycle=cycle, spec=spec)
-            await rt.topics.metrics.send(key=key, value=marker.model_dump_json().encode())
+            markers.append(
+                (spec.workload_id, CycleEnd(cycle=cycle, spec=spec).model_dump_json().encode())
+            )
+        # after every chunk of the cycle (sent and acknowledged above), bundled per partition
+        for key, value in bundled(markers, s.topic_partitions):
+            await rt.topics.metrics.send(key=key, value=value)
         workloads += len(specs)
-        del specs
+        del specs, markers
     # How many decisions make this cycle: the executor applies them as one commit, however far
     # apart they arrive (engine/core/apply_cycles.py).
     manifest = CycleManifest(cycle=cycle, workloads=workloads, at=now)
@@ -129,12 +137,14 @@ async def publish_shard(rt: Runtime, start: float, end: float, shard: str) -> in
             )
             pending[:0] = halves
             continue
-        futures = [
-            await rt.topics.metrics.send(key=r.workload_id.encode(), value=raw)
-            for r in records
-            for raw in split_chunk(r)  # one record per workload, unless over Kafka's limit
-        ]
+        # one record per workload (split only when over Kafka's limit), bundled per partition
+        members = [(r.workload_id, raw) for r in records for raw in split_chunk(r)]
         del records
+        futures = [
+            await rt.topics.metrics.send(key=key, value=value)
+            for key, value in bundled(members, s.topic_partitions)
+        ]
+        del members
         for fut in futures:
             # acknowledged before the next answer is read: the producer holds one answer's
             # records (<= the point budget) at a time, not a whole day of a large fleet

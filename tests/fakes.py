@@ -332,6 +332,15 @@ def sent(rt: Runtime, topic: str) -> list[dict[str, Any]]:
     return sink.values()
 
 
+def metrics_sent(rt: Runtime) -> list[dict[str, Any]]:
+    """The records sent to ``kubefinops.metrics``, bundles opened into their members, in order
+    (the collector bundles them per partition: engine/core/bundles.py)."""
+    out: list[dict[str, Any]] = []
+    for value in sent(rt, "metrics"):
+        out += value["records"] if value.get("type") == "bundle" else [value]
+    return out
+
+
 def dead_letters(rt: Runtime) -> list[DeadLetter]:
     return [DeadLetter.model_validate(v) for v in sent(rt, "deadletter")]
 

@@ -619,6 +619,30 @@ def _metrics_kind(value: Any) -> str:
     return str(getattr(value, "type", "usage"))
 
 
+class MetricsBundle(Wire):
+    """Many workloads' metrics records of ONE partition in one value (``type: "bundle"``,
+    :mod:`engine.core.bundles`).  Each member is a record as it would be sent alone (a chunk, a
+    usage batch or a cycle-end marker); members are validated one by one
+    (:func:`parse_metrics_member`), so a bad one costs only itself."""
+
+    type: Literal["bundle"]
+    records: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=b.MAX_BUNDLE_RECORDS)]
+    # the value needed pydantic's lenient JSON parser (NaN/Infinity tokens): so do its chunks
+    _lenient: bool = PrivateAttr(default=False)
+
+    @property
+    def lenient(self) -> bool:
+        return self._lenient
+
+    def kinds(self) -> dict[str, int]:
+        """How many members of each ``type`` (as they say; not validated)."""
+        out: dict[str, int] = {}
+        for doc in self.records:
+            kind = _metrics_kind(doc)
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+
 MetricsRecord = MetricsChunk | MetricsBatch | CycleEnd
 
 # A ``kubefinops.metrics`` value is a columnar chunk, a (v1) usage batch or a cycle-end marker:
@@ -629,6 +653,15 @@ _METRICS_RECORD: TypeAdapter[MetricsRecord] = TypeAdapter(
         Annotated[MetricsChunk, Tag("chunk")]
         | Annotated[MetricsBatch, Tag("usage")]
         | Annotated[CycleEnd, Tag("cycle-end")],
+        Discriminator(_metrics_kind),
+    ]
+)
+_METRICS_VALUE: TypeAdapter[MetricsRecord | MetricsBundle] = TypeAdapter(
+    Annotated[
+        Annotated[MetricsChunk, Tag("chunk")]
+        | Annotated[MetricsBatch, Tag("usage")]
+        | Annotated[CycleEnd, Tag("cycle-end")]
+        | Annotated[MetricsBundle, Tag("bundle")],
         Discriminator(_metrics_kind),
     ]
 )
@@ -645,8 +678,9 @@ def load_json(raw: bytes | str) -> tuple[Any, bool]:
         return from_json(raw), True
 
 
-def parse_metrics_record(raw: bytes | str | None) -> MetricsRecord:
-    """Validate a ``kubefinops.metrics`` value; :class:`InvalidRecord` with a one-line reason."""
+def parse_metrics_record(raw: bytes | str | None) -> MetricsRecord | MetricsBundle:
+    """Validate a ``kubefinops.metrics`` value; :class:`InvalidRecord` with a one-line reason.
+    A bundle's members are not validated here (:func:`parse_metrics_member`)."""
     if raw is None:
         raise InvalidRecord("empty value")
     try:
@@ -655,6 +689,20 @@ def parse_metrics_record(raw: bytes | str | None) -> MetricsRecord:
         document, lenient = load_json(raw)
     except ValueError as exc:
         raise InvalidRecord(f"MetricsRecord: invalid JSON: {exc}") from None
+    try:
+        record = _METRICS_VALUE.validate_python(document)
+    except ValidationError as exc:
+        raise _invalid("MetricsRecord", exc) from None
+    if lenient and isinstance(record, MetricsChunk):
+        record._nan_tokens = True
+    elif lenient and isinstance(record, MetricsBundle):
+        record._lenient = True
+    return record
+
+
+def parse_metrics_member(document: Any, *, lenient: bool = False) -> MetricsRecord:
+    """Validate one member of a :class:`MetricsBundle` (a decoded record; a bundle inside a
+    bundle is refused); :class:`InvalidRecord` with a one-line reason."""
     try:
         record = _METRICS_RECORD.validate_python(document)
     except ValidationError as exc:

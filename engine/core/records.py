@@ -120,6 +120,14 @@ def summarize(model: BaseModel) -> str:
         n = {r: len(v) for r, v in m.samples.items()}
         counts = ", ".join(f"{k} {v}" for k, v in sorted(n.items()))
         return f"usage {m.container_id} ({m.start:.0f}, {m.end:.0f}]: {counts} samples"
+    if name == "MetricsBundle":
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(m.kinds().items()))
+        first = m.records[0]
+        spec = first.get("spec") if isinstance(first.get("spec"), dict) else first
+        wid = "/".join(str(spec.get(f, "?")) for f in ("namespace", "kind", "name"))
+        if "workload" in first:
+            wid = "/".join(str(first.get(f, "?")) for f in ("namespace", "kind", "workload"))
+        return f"bundle of {len(m.records)} records ({kinds}), first {wid}"
     if name == "CycleEnd":
         return f"cycle-end {m.spec.workload_id} cycle {m.cycle}"
     if name == "WorkloadSpec":

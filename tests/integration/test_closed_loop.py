@@ -162,6 +162,27 @@ def test_closed_loop(
         ]
         applied = {d["workload_id"]: d for d in decisions if d["action"] == "apply"}
         assert applied, decisions
+        # The collector bundles records per partition (engine/core/bundles.py): frontend and
+        # patients-db key the same partition of 4, so their chunks and markers travelled in
+        # bundles through the broker, and both were decided like billing, which came alone.
+        metrics = [
+            json.loads(v)
+            for _, v in asyncio.run(
+                consume_all(kafka, dep.topic("metrics"), expect=10**6, timeout=5)
+            )
+        ]
+        bundles = [m for m in metrics if m.get("type") == "bundle"]
+        members = [r for b in bundles for r in b["records"]]
+        assert {r.get("type") for r in members} == {"chunk", "cycle-end"}, members
+        assert {r.get("workload") or r["spec"]["name"] for r in members} == {
+            "frontend",
+            "patients-db",
+        }
+        assert {d["workload_id"] for d in decisions} == {
+            "smarthealth/Deployment/billing",
+            "smarthealth/Deployment/frontend",
+            "smarthealth/StatefulSet/patients-db",
+        }
         for wid, decision in applied.items():
             _, kind, name = wid.split("/")
             patch = remote.show(

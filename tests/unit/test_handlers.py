@@ -18,6 +18,7 @@ from agents import aggregator, collector, executor, gate, ledger, policies, repo
 from agents import history as history_agent
 from agents.runtime import Runtime
 from engine.backoff import retry_forever
+from engine.core.bundles import partition_of
 from engine.core.model import (
     Action,
     ContainerSpec,
@@ -41,6 +42,7 @@ from tests.fakes import (
     FakeReports,
     FakeUsage,
     dead_letters,
+    metrics_sent,
     runtime,
     sent,
 )
@@ -368,14 +370,23 @@ def test_the_collector_asks_day_long_chunks_in_namespace_shards_within_the_point
     assert all(e - s <= 86_400 for s, e in days) and any(e - s == 86_400 for s, e in days)
     assert source.shards[:3] == ['namespace=~"a"', 'namespace=~"b"', 'namespace!~"a|b"']
     assert len(source.shards) == 3 * len(days)
-    records = [v for v in sent(rt, "metrics") if v.get("type") == "chunk"]
+    records = [v for v in metrics_sent(rt) if v.get("type") == "chunk"]
+    # bundled per partition: fewer Kafka records than workload records, each member at home
+    assert len(sent(rt, "metrics")) < len(metrics_sent(rt))
+    for k, value in rt.topics.metrics.sent:  # type: ignore[attr-defined]
+        doc = json.loads(value)
+        for m in doc["records"] if doc["type"] == "bundle" else [doc]:
+            s = m.get("spec", m)
+            wid = f"{s['namespace']}/{s['kind']}/{s.get('workload', s.get('name'))}"
+            n = rt.settings.topic_partitions
+            assert partition_of(wid.encode(), n) == partition_of(k, n)
     keys = [(r["namespace"], r["workload"], r["start"]) for r in records]
     assert len(keys) == len(set(keys))  # no record twice
     assert {(ns, w) for ns, w, _ in keys} == {(s.namespace, s.name) for s in specs}
     assert rt.tables.watermarks["usage"] == max(e for _, e in days)
     # the specs asked in the same shards: each workload's marker once, the manifest counts all
     assert source.spec_shards == source.shards[:3]
-    markers = [v["spec"]["namespace"] + "/" + v["spec"]["name"] for v in sent(rt, "metrics")
+    markers = [v["spec"]["namespace"] + "/" + v["spec"]["name"] for v in metrics_sent(rt)
                if v.get("type") == "cycle-end"]  # fmt: skip
     assert sorted(markers) == sorted(f"{s.namespace}/{s.name}" for s in specs)
     (manifest,) = sent(rt, "apply_control")
@@ -410,12 +421,12 @@ def test_prometheus_lost_between_spec_shards_sends_no_manifest_and_loses_nothing
     )
     source.series = {"a": 2, "b": 2, "c": 2}
     assert asyncio.run(collector.on_tick(rt)) == 0  # skipped, not raised
-    first = [v["spec"]["namespace"] for v in sent(rt, "metrics") if v.get("type") == "cycle-end"]
+    first = [v["spec"]["namespace"] for v in metrics_sent(rt) if v.get("type") == "cycle-end"]
     assert first == ["a", "a"] and not sent(rt, "apply_control")
     watermark = rt.tables.watermarks["usage"]
 
     asyncio.run(collector.run_cycle(rt, NOW + 3600))
-    markers = [v for v in sent(rt, "metrics") if v.get("type") == "cycle-end"]
+    markers = [v for v in metrics_sent(rt) if v.get("type") == "cycle-end"]
     again = sorted(v["spec"]["namespace"] + "/" + v["spec"]["name"] for v in markers[2:])
     assert again == sorted(f"{s.namespace}/{s.name}" for s in specs)
     assert markers[2]["cycle"] != markers[0]["cycle"]
@@ -434,7 +445,7 @@ def test_an_answer_over_the_point_budget_is_asked_again_in_halves() -> None:
 
     def samples_sent(rt: Runtime) -> list[tuple[str, float, float]]:
         out = []
-        for r in sent(rt, "metrics"):
+        for r in metrics_sent(rt):
             if r.get("type") != "chunk":
                 continue
             for res in r["containers"].values():
@@ -485,16 +496,16 @@ def test_collector_moves_the_watermark_only_past_published_chunks() -> None:
     assert asyncio.run(collector.on_tick(rt)) == 0  # the cycle is skipped, logged, not raised
     assert len(source.chunks) == 2
     assert rt.tables.watermarks["usage"] == source.chunks[-1][1]  # the last published chunk
-    published = len(sent(rt, "metrics"))
+    published = len(metrics_sent(rt))
     first, last = source.chunks[0][0], source.chunks[-1][1]
     assert published == sum(1 for b in source.batches if first < b.end <= last) > 0
 
     sent_before = published
     asyncio.run(collector.run_cycle(rt, NOW))  # resumes after the watermark: nothing twice
     assert source.chunks[2][0] == source.chunks[1][1]
-    markers = [v for v in sent(rt, "metrics") if v.get("type") == "cycle-end"]
+    markers = [v for v in metrics_sent(rt) if v.get("type") == "cycle-end"]
     assert [m["spec"]["name"] for m in markers] == ["api"]
-    batches_now = [v for v in sent(rt, "metrics") if v.get("type") != "cycle-end"]
+    batches_now = [v for v in metrics_sent(rt) if v.get("type") != "cycle-end"]
     ends = [b["end"] for b in batches_now]
     assert len(ends) == len(set(ends)) >= sent_before  # no chunk sent twice
     assert [v["name"] for v in sent(rt, "workloads")] == ["api"]

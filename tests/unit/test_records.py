@@ -40,6 +40,22 @@ def test_decode_known_unknown_and_tombstone() -> None:
     assert decode("somebody-elses", b"\xff\xfe").kind == "raw"
 
 
+def test_a_bundle_is_summarized_by_its_members() -> None:
+    from engine.core.bundles import bundle
+    from engine.core.model import CycleEnd, WorkloadSpec
+
+    end = CycleEnd(
+        cycle="c1", spec=WorkloadSpec(namespace="shop", kind="Deployment", name="checkout")
+    )
+    raw = bundle([BATCH.model_dump_json().encode()] * 2 + [end.model_dump_json().encode()])
+    got = decode("metrics", raw)
+    assert got.kind == "MetricsBundle" and got.error is None
+    assert got.summary == (
+        "bundle of 3 records (1 cycle-end, 2 usage), first shop/Deployment/checkout"
+    )
+    assert got.value["records"][2]["spec"]["name"] == "checkout"
+
+
 def test_group_dead_letters_counts_filters_and_samples() -> None:
     letters = [
         Letter(0, i, letter(f"MetricsRecord.usage.workload: Field required #{i}", "{}"))
