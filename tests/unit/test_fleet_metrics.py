@@ -129,9 +129,12 @@ def test_a_scrape_restricted_to_names_gives_those_and_skips_the_fleet() -> None:
     per-workload series are refreshed only when one of theirs is asked for."""
     from engine.metrics import FLEET, RECORDS_PROCESSED
 
+    saved = FLEET.stale_seconds
+    FLEET.stale_seconds = -1.0
+    FLEET.refresh(now=float("inf"))  # FLEET is the process's: drop what earlier tests left
+    FLEET.stale_seconds = saved
     RECORDS_PROCESSED.labels("aggregator").inc()
     FLEET.observe(_rec(7), now=10.0)
-    saved = FLEET.stale_seconds
     try:
         FLEET.stale_seconds = -1.0  # a refresh would expire the entry
         text = scrape(now=10.0, names=["kubefinops_records_processed_total"]).decode()
