@@ -175,7 +175,10 @@ async def decisions_of(
     try:
         if batches is not None:
             topic = dep.topic("metrics")
-            sent = [await producer.send(topic, value=v, partition=p) for p, v, _ in batches]
+            sent = [  # keyed by the first workload: the aggregator checks a bundle's members
+                await producer.send(topic, key=w[0].encode(), value=v, partition=p)
+                for p, v, w in batches
+            ]
             for (_, _, wids), fut in zip(batches, sent, strict=True):
                 await fut
                 acked.update(dict.fromkeys(wids, time.monotonic()))
@@ -224,6 +227,29 @@ def burst_messages(
 STEP = [300]  # the run's sample step (set from --step)
 
 
+def bundle_burst(
+    msgs: list[tuple[bytes, bytes]], partitions: int = PARTITIONS
+) -> list[tuple[int, bytes, list[str]]]:
+    """The burst as the collector sends it since 2026-12-03 (``--records bundled``): the same
+    records in the same order, bundled per partition (engine/core/bundles.py), as
+    ``decisions_of``'s batches: ``(partition, value, workload ids)``, a workload's ack being
+    that of the last bundle holding one of its records (its marker's)."""
+    from engine.core.bundles import bundled, partition_of
+
+    out = []
+    for key, value in bundled([(k.decode(), v) for k, v in msgs], partitions):
+        doc = json.loads(value)
+        members = doc["records"] if doc.get("type") == "bundle" else [doc]
+        wids = [
+            f"{d['spec']['namespace']}/Deployment/{d['spec']['name']}"
+            if "spec" in d
+            else f"{d['namespace']}/Deployment/{d['workload']}"
+            for d in members
+        ]
+        out.append((partition_of(key, partitions), value, wids))
+    return out
+
+
 def in_process_burst(
     wls: list[tuple[str, str]],
     start: int,
@@ -250,7 +276,8 @@ def in_process_burst(
     from engine.services import Services
     from tests.fakes import FakeHistory, runtime
 
-    rt = runtime(Services(history=FakeHistory()), now=time.time())  # the worker's settings
+    # the worker's settings (and its partition count: bundles are checked against it)
+    rt = runtime(Services(history=FakeHistory()), now=time.time(), topic_partitions=PARTITIONS)
     env = dict(kv.split("=", 1) for kv in getattr(args, "worker_env", []))
     if "KUBEFINOPS_USAGE_CACHE_BYTES" in env:  # the worker's cache bound, when set for the run
         rt.tables.usage.cache.max_bytes = int(env["KUBEFINOPS_USAGE_CACHE_BYTES"])
@@ -282,6 +309,8 @@ def in_process_burst(
                     key, raw, _ = encode_chunk(rng, ns, wl, conts, s, e, step=args.step)
                     await aggregator.ingest(rt, key, raw)
         msgs = burst_messages(wls, start, end, "baseline", rng)
+        if getattr(args, "records", "workload") == "bundled":  # what the worker is sent
+            msgs = [(wids[0].encode(), v) for _, v, wids in bundle_burst(msgs)]
         recs = rt.topics.recommendations
         cache = rt.tables.usage.cache
         per_container = cache.bytes / max(1, len(cache))
@@ -714,9 +743,11 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
     heap_dump(args, server.pid, "ingested")
     phases.phase = "decisions"
     cycle = "bench-full"
+    cycle_markers = markers(wls, cycle, time.time())
+    bundles = bundle_burst(cycle_markers) if args.records == "bundled" else None
     with Profiler(args.profile, server.pid, f"decisions-{n}"):
         acked, arrived = asyncio.run(
-            decisions_of(dep, stack, cycle, n, markers(wls, cycle, time.time()), args.timeout)
+            decisions_of(dep, stack, cycle, n, cycle_markers, args.timeout, bundles)
         )
     dps, decided = None, len(arrived)
     if arrived:
@@ -784,6 +815,7 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         base = in_process_burst(wls[:burst], b_start, b_end, args, templates, before, n)
         phases.phase = f"burst {i + 1}"
         msgs = burst_messages(wls[:burst], b_start, b_end, cycle, np.random.default_rng(5 + i))
+        bundles = bundle_burst(msgs) if args.records == "bundled" else None
         gc_before = gc_pauses(metrics_text(port))
         offsets0 = all_end_offsets(stack.kafka)
         pids = [s.pid for s, _ in dep.workers]
@@ -791,7 +823,9 @@ def one_size(stack: Stack, s3: S3Info, n: int, args: argparse.Namespace) -> dict
         busy0, idle0 = host_cpu_seconds()
         t_cpu = time.monotonic()
         with Profiler(args.profile, server.pid, f"burst-{n}-{i}"):
-            acked, arrived = asyncio.run(decisions_of(dep, stack, cycle, burst, msgs, args.timeout))
+            acked, arrived = asyncio.run(
+                decisions_of(dep, stack, cycle, burst, msgs, args.timeout, bundles)
+            )
         wall = time.monotonic() - t_cpu
         worker_cpu = sum(proc_cpu_seconds(pid) for pid in pids) - worker_cpu0
         busy1, idle1 = host_cpu_seconds()
@@ -931,6 +965,13 @@ def main() -> None:
         "several of the worker's malloc_trim runs, every 15 s by default); 0: skip",
     )
     ap.add_argument("--burst", type=int, default=1000)
+    ap.add_argument(
+        "--records",
+        choices=("bundled", "workload"),
+        default="bundled",
+        help="the burst's records bundled per partition, as the collector sends them since "
+        "2026-12-03 (default), or one record per workload's chunk and marker, as before",
+    )
     ap.add_argument("--bursts", type=int, default=2, help="bursts in a row (new hour each)")
     ap.add_argument(
         "--bursts-only", action="store_true", help="stop after the bursts (no SIGKILL/recovery)"
