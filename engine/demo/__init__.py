@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.app import wait_for_assignment
+from engine.core.bundles import bundled
 from engine.core.collect import chunks_from_batches, split_chunk
 from engine.core.cycles import join_cycle
 from engine.core.model import CycleEnd, CycleSummary
@@ -249,20 +250,25 @@ def install_feeder(assembly: Assembly, estate: Path, specs_at: float) -> None:
         specs = load_estate(estate, specs_at)
         sent = 0
         batches = usage_batches(specs, start=specs_at - 3 * 86400, end=specs_at)
+        partitions = rt.settings.topic_partitions
+        records: list[tuple[str, bytes]] = []
         for record in chunks_from_batches(batches):  # the collector's columnar records
-            for raw in split_chunk(record):
-                await rt.topics.metrics.send(key=record.workload_id.encode(), value=raw)
+            records += [(record.workload_id, raw) for raw in split_chunk(record)]
             sent += record.sample_count()
+        for key, value in bundled(records, partitions):  # bundled per partition, as it sends
+            await rt.topics.metrics.send(key=key, value=value)
         await asyncio.sleep(2.0)  # let the policy reach the global table
         cycle = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(specs_at))
+        markers: list[tuple[str, bytes]] = []
         for spec in specs:
             await rt.topics.workloads.send(
                 key=spec.workload_id.encode(), value=spec.model_dump_json().encode()
             )
-            await rt.topics.metrics.send(
-                key=spec.workload_id.encode(),
-                value=CycleEnd(cycle=cycle, spec=spec).model_dump_json().encode(),
+            markers.append(
+                (spec.workload_id, CycleEnd(cycle=cycle, spec=spec).model_dump_json().encode())
             )
+        for key, value in bundled(markers, partitions):
+            await rt.topics.metrics.send(key=key, value=value)
         print(
             f"demo: replayed {sent:,} usage samples of {len(specs)} SmartHealth workloads; "
             f"web UI http://127.0.0.1:{rt.settings.web_port}/ui/ "
