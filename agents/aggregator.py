@@ -75,10 +75,11 @@ async def _ingest_bundle(rt: Runtime, bundle: MetricsBundle, key: bytes | None) 
     topic = rt.settings.topic("metrics")
     partitions = rt.settings.topic_partitions
     home = None if key is None else partition_of(key, partitions)
+    lenient = bundle.lenient  # a pydantic private attribute: ~10 us a read
     for doc in bundle.records:
         raw = orjson.dumps(doc)  # what the member's dead letter carries: the record alone
         try:
-            record = parse_metrics_member(doc, lenient=bundle.lenient)
+            record = parse_metrics_member(doc, lenient=lenient)
         except InvalidRecord as exc:
             reason = f"bundle member: {exc}"
             await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
