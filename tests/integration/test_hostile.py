@@ -2,7 +2,9 @@
 
 * a chunk dated ten years ahead and a chunk on another workload's key, in the columnar format
   and in the per-container one before it, are dead-lettered with their reasons and leave the
-  container's data intact (exact sample count afterwards, old and new records mixed);
+  container's data intact (exact sample count afterwards, old and new records mixed); so are a
+  broken member of a bundle and a member of a workload on another partition, alone, while the
+  bundle's good members are ingested;
 * the policy API: a 1 MB policy gets 413 and nothing reaches MongoDB; nested bodies, unknown
   charsets, 2^64 integers, Infinity, ids like ``../../etc/passwd`` or with a newline, an 8 KB
   audit user get 400/413/415; concurrent PUTs on one id get 200 or 409, never 500;
@@ -36,6 +38,7 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 
+from engine.core.bundles import bundle, partition_of
 from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo, fetch_libs, start_kafka
 from tests.harness.proc import free_port, wait_for
@@ -120,20 +123,34 @@ def test_hostile_chunks_and_requests_against_one_worker(kafka: KafkaInfo, mongo,
         # upgrade), the later ones as the collector sends them now; hostile records in both
         (future_chunk,) = encode_chunks([future])
         (wrong_key,) = encode_chunks([late[0]])
+        # the later chunks in a bundle, as the collector sends them since 2026-12-03, with a
+        # broken member and one of a workload that keys another partition among them
+        home = partition_of(spec.workload_id.encode(), dep.partitions)
+        stranger = next(
+            w
+            for w in (workload(f"s{i}") for i in range(64))
+            if partition_of(w.workload_id.encode(), dep.partitions) != home
+        )
+        (stranger_chunk,) = encode_chunks(batches(stranger, np.random.default_rng(8), hours=1)[0])
+        members = [raw for _, raw in encode_chunks(late)]
+        late_bundle = bundle([*members[:1], b'{"type": "chunk"}', stranger_chunk[1], *members[1:]])
         records = [
             *encode(early),
             (spec.workload_id.encode(), future.model_dump_json().encode()),
             (spec.workload_id.encode(), future_chunk[1]),
             (other.workload_id.encode(), late[0].model_dump_json().encode()),  # wrong key
             (other.workload_id.encode(), wrong_key[1]),
-            *encode_chunks(late),
+            (spec.workload_id.encode(), late_bundle),
             *encode([CycleEnd(cycle="c1", spec=spec)]),
         ]
         asyncio.run(produce(kafka, dep.topic("metrics"), records))
-        letters = asyncio.run(consume_all(kafka, dep.topic("deadletter"), expect=4, timeout=60))
+        letters = asyncio.run(consume_all(kafka, dep.topic("deadletter"), expect=6, timeout=60))
         reasons = sorted(json.loads(v)["reason"] for _, v in letters)
         assert sum(r.startswith("future-chunk") for r in reasons) == 2, reasons
         assert sum(r.startswith("key-mismatch") for r in reasons) == 2, reasons
+        assert sum(r.startswith("bundle member: MetricsRecord.chunk.") for r in reasons) == 1
+        (moved,) = [json.loads(v) for _, v in letters if b"partition-mismatch" in v]
+        assert moved["key"] == stranger.workload_id and '"workload":"s' in moved["value"], moved
         recs = asyncio.run(consume_all(kafka, dep.topic("recommendations"), expect=1))
         assert len(recs) == 1
 
