@@ -4,9 +4,9 @@ Runs inside the aggregator's stream (same partition as the usage state), so the 
 includes every batch the collector sent for the cycle.  Also records the spec in the
 ``workloads`` table for the gate and the web API: when it changed, or when the stored one was
 observed :data:`SPEC_REFRESH_SECONDS` or more before (its ``observed_at`` is that stale at
-most).  Writing the same spec back every hour was one changelog record per workload and cycle,
-~15 % of the worker's CPU in a 1,000-workload burst (docs/benchmarks.md, "Fewer records per
-workload").
+most).  Writing the same spec back every hour was one changelog record per workload and cycle:
+leaving it out took a 1,000-workload burst from 4.1 to 3.5-3.6 CPU-s of the worker (single runs;
+docs/benchmarks.md, "Fewer records per workload").
 """
 
 from __future__ import annotations
