@@ -85,11 +85,12 @@ async def _ingest_bundle(rt: Runtime, bundle: MetricsBundle, key: bytes | None) 
             await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
             continue
         wid = _workload_of(record).encode()
-        if home is None or partition_of(wid, partitions) != home:
+        own = partition_of(wid, partitions)
+        if home is None or own != home:
             # kept here, its state would be written by the wrong owner (see key_mismatch)
             reason = (
                 f"partition-mismatch: bundle member {wid.decode()!r} keys partition "
-                f"{partition_of(wid, partitions)} of {partitions}, the bundle's key {home}"
+                f"{own} of {partitions}, the bundle's key {home}"
             )
             await park(rt, topic=topic, key=wid, raw=raw, reason=reason, agent=AGENT)
             continue

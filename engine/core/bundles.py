@@ -80,29 +80,28 @@ def bundled(
     members keep their order within a partition, and a group of one is the record itself.  A
     record alone over ``max_bytes`` stays alone (the caller's records are already split under
     it)."""
-    open_: dict[int, tuple[list[bytes], list[bytes], int]] = {}  # partition -> keys, raws, size
+    groups: dict[int, tuple[bytes, list[bytes]]] = {}  # partition -> first key, members
+    sizes: dict[int, int] = {}  # partition -> the bundle's bytes so far
     out: list[tuple[bytes, bytes]] = []
 
     def close(p: int) -> None:
-        keys, raws, _ = open_.pop(p)
-        out.append((keys[0], raws[0] if len(raws) == 1 else bundle(raws)))
+        key, raws = groups.pop(p)
+        out.append((key, raws[0] if len(raws) == 1 else bundle(raws)))
 
     overhead = len(_HEAD) + len(_TAIL)
     for wid, raw in records:
         key = wid.encode()
         p = partition_of(key, partitions)
-        group = open_.get(p)
-        if group is not None and (
-            len(group[1]) >= max_members or group[2] + 1 + len(raw) + overhead > max_bytes
+        if p in groups and (
+            len(groups[p][1]) >= max_members or sizes[p] + 1 + len(raw) + overhead > max_bytes
         ):
             close(p)
-            group = None
-        if group is None:
-            open_[p] = ([key], [raw], len(raw))
+        if p in groups:
+            groups[p][1].append(raw)
+            sizes[p] += 1 + len(raw)
         else:
-            group[0].append(key)
-            group[1].append(raw)
-            open_[p] = (group[0], group[1], group[2] + 1 + len(raw))
-    for p in list(open_):
+            groups[p] = (key, [raw])
+            sizes[p] = len(raw)
+    for p in list(groups):
         close(p)
     return out

@@ -689,24 +689,24 @@ def parse_metrics_record(raw: bytes | str | None) -> MetricsRecord | MetricsBund
         document, lenient = load_json(raw)
     except ValueError as exc:
         raise InvalidRecord(f"MetricsRecord: invalid JSON: {exc}") from None
+    return _validated(_METRICS_VALUE, document, lenient)
+
+
+def parse_metrics_member(document: Any, *, lenient: bool = False) -> MetricsRecord:
+    """Validate one member of a :class:`MetricsBundle` (a decoded record; a bundle inside a
+    bundle is refused); :class:`InvalidRecord` with a one-line reason."""
+    return _validated(_METRICS_RECORD, document, lenient)
+
+
+def _validated(adapter: TypeAdapter[M], document: Any, lenient: bool) -> M:
+    """A decoded metrics value validated; ``lenient`` (its JSON had NaN/Infinity tokens) is
+    remembered by a chunk (its bad samples are counted) or a bundle (for its chunks)."""
     try:
-        record = _METRICS_VALUE.validate_python(document)
+        record = adapter.validate_python(document)
     except ValidationError as exc:
         raise _invalid("MetricsRecord", exc) from None
     if lenient and isinstance(record, MetricsChunk):
         record._nan_tokens = True
     elif lenient and isinstance(record, MetricsBundle):
         record._lenient = True
-    return record
-
-
-def parse_metrics_member(document: Any, *, lenient: bool = False) -> MetricsRecord:
-    """Validate one member of a :class:`MetricsBundle` (a decoded record; a bundle inside a
-    bundle is refused); :class:`InvalidRecord` with a one-line reason."""
-    try:
-        record = _METRICS_RECORD.validate_python(document)
-    except ValidationError as exc:
-        raise _invalid("MetricsRecord", exc) from None
-    if lenient and isinstance(record, MetricsChunk):
-        record._nan_tokens = True
     return record
