@@ -25,7 +25,7 @@ from functools import partial
 
 import orjson
 
-from agents import recommender
+from agents import gate, recommender
 from agents.guard import guarded
 from agents.runtime import Runtime, park
 from engine.core.bundles import partition_of
@@ -60,17 +60,24 @@ async def ingest(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
     except InvalidRecord as exc:
         await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=AGENT)
         return
+    decided: list[gate.Decided] = []
     if isinstance(record, MetricsBundle):
-        await _ingest_bundle(rt, record, key)
+        await _ingest_bundle(rt, record, key, decided)
     else:
-        await _ingest_record(rt, record, key, raw)
+        await _ingest_record(rt, record, key, raw, decided)
+    await gate.archive(rt, decided)
 
 
 def _workload_of(record: MetricsRecord) -> str:
     return record.spec.workload_id if isinstance(record, CycleEnd) else record.workload_id
 
 
-async def _ingest_bundle(rt: Runtime, bundle: MetricsBundle, key: bytes | None) -> None:
+async def _ingest_bundle(
+    rt: Runtime,
+    bundle: MetricsBundle,
+    key: bytes | None,
+    decided: list[gate.Decided],
+) -> None:
     """Each member as if it had come alone, on this partition (the bundle's key's)."""
     topic = rt.settings.topic("metrics")
     partitions = rt.settings.topic_partitions
@@ -96,7 +103,7 @@ async def _ingest_bundle(rt: Runtime, bundle: MetricsBundle, key: bytes | None) 
             continue
         await guarded(
             rt,
-            partial(_ingest_record, rt, record, wid, raw),
+            partial(_ingest_record, rt, record, wid, raw, decided),
             agent=AGENT,
             topic=topic,
             key=wid,
@@ -106,7 +113,11 @@ async def _ingest_bundle(rt: Runtime, bundle: MetricsBundle, key: bytes | None) 
 
 
 async def _ingest_record(
-    rt: Runtime, record: MetricsRecord, key: bytes | None, raw: bytes | None
+    rt: Runtime,
+    record: MetricsRecord,
+    key: bytes | None,
+    raw: bytes | None,
+    decided: list[gate.Decided],
 ) -> None:
     topic = rt.settings.topic("metrics")
     expected = _workload_of(record)
@@ -116,7 +127,8 @@ async def _ingest_record(
         await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
         return
     if isinstance(record, CycleEnd):
-        await recommender.on_cycle_end(rt, record)
+        rec, rec_raw = await recommender.on_cycle_end(rt, record)
+        await gate.decide_made(rt, rec, rec_raw, decided)
         return
     if isinstance(record, MetricsChunk):
         await _ingest_chunk(rt, record, key, raw)

@@ -21,7 +21,7 @@ from agents.runtime import Runtime, park, parse_or_park
 from engine.backoff import retry_forever
 from engine.core import outbox
 from engine.core.model import HistoryKind, HistoryRecord
-from engine.core.outbox import history_raw, is_batch, pack_raw
+from engine.core.outbox import history_raw, history_raw_of, is_batch, pack_raw
 from engine.errors import InvalidRecord
 from engine.metrics import HISTORY_WRITES, RECORDS_PROCESSED
 
@@ -46,6 +46,19 @@ async def record_many(rt: Runtime, items: Sequence[tuple[HistoryKind, BaseModel,
     if rt.services.history is None or not items:
         return
     records = [history_raw(kind, item) for kind, item, _ in items]
+    key = items[0][2].encode()  # any key: upserts by id, so partition and order do not matter
+    for value in pack_raw(records):
+        await rt.topics.history.send(key=key, value=value)
+
+
+async def record_serialized(rt: Runtime, items: Sequence[tuple[HistoryKind, bytes, str]]) -> None:
+    """:func:`record_many` of records already serialized (kind, the model's JSON bytes, key):
+    the gate's recommendation and decision as they were sent, not dumped a second time.  Each
+    must be the ``model_dump_json()`` of a record with a non-empty string ``id``, as
+    :func:`engine.core.outbox.history_raw` requires."""
+    if rt.services.history is None or not items:
+        return
+    records = [history_raw_of(kind, raw) for kind, raw, _ in items]
     key = items[0][2].encode()  # any key: upserts by id, so partition and order do not matter
     for value in pack_raw(records):
         await rt.topics.history.send(key=key, value=value)

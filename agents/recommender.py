@@ -45,8 +45,9 @@ def usage_of(rt: Runtime, spec: WorkloadSpec) -> dict[str, dict[str, UsageSummar
     return out
 
 
-async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> Recommendation:
-    """A workload's cycle-end marker -> its recommendation on ``kubefinops.recommendations``."""
+async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> tuple[Recommendation, bytes]:
+    """A workload's cycle-end marker -> its recommendation on ``kubefinops.recommendations``
+    (returned with the bytes sent)."""
     spec = marker.spec
     if spec.supersedes(rt.tables.workloads.get(spec.workload_id), SPEC_REFRESH_SECONDS):
         rt.tables.workloads[spec.workload_id] = spec
@@ -54,8 +55,7 @@ async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> Recommendation:
     rec = recommend(spec, usage, policy_for(rt, spec), now=rt.clock(), prices=rt.prices)
     rec = rec.model_copy(update={"collection_cycle": marker.cycle})
     FLEET.observe(rec, rt.clock())
-    await rt.topics.recommendations.send(
-        key=spec.workload_id.encode(), value=rec.model_dump_json().encode()
-    )
+    raw = rec.model_dump_json().encode()
+    await rt.topics.recommendations.send(key=spec.workload_id.encode(), value=raw)
     RECORDS_PROCESSED.labels(AGENT).inc()
-    return rec
+    return rec, raw

@@ -111,11 +111,8 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         if await wait_for_assignment(app) and rt.settings.collect_on_start and app.is_leader():
             await collector.request_cycle(rt, "start")
 
-    @app.agent(topics.recommendations, name="kubefinops.agents.gate")
-    async def decide(stream: Any) -> None:
-        async for events in stream.take_events(gate.GATE_BATCH, within=gate.GATE_WITHIN):
-            # each record is decided under the guard inside (one bad member never costs the batch)
-            await gate.handle_batch(rt, [(e.key, e.value) for e in events])
+    # No agent reads kubefinops.recommendations: the gate decides each recommendation in the
+    # aggregator's pass (agents/gate.py).
 
     @app.timer(interval=max(0.5, rt.settings.apply_batch_seconds / 3))
     async def apply_tick() -> None:

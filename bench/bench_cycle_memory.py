@@ -38,7 +38,7 @@ from bench.common import encode_chunk
 
 
 def decisions(n: int) -> list[bytes]:
-    from agents import aggregator, gate
+    from agents import aggregator
     from engine.core.model import Decision
     from engine.services import Services
     from tests.fakes import FakeHistory, runtime
@@ -56,8 +56,7 @@ def decisions(n: int) -> list[bytes]:
                 key, raw, _ = encode_chunk(rng, ns, wl, ["app", "sidecar"], start, start + six)
                 await aggregator.ingest(rt, key, raw)
         for key, raw in bs.markers(wls, "c1", time.time()):
-            await aggregator.ingest(rt, key, raw)
-        await gate.handle_batch(rt, rt.topics.recommendations.sent)  # type: ignore[attr-defined]
+            await aggregator.ingest(rt, key, raw)  # recommended and decided in one pass
 
     asyncio.run(go())
     base = [Decision.model_validate_json(v) for _, v in rt.topics.decisions.sent]  # type: ignore[attr-defined]

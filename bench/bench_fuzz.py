@@ -8,11 +8,12 @@ then sends
 * ``--records`` hostile records drawn from the Hypothesis strategies of ``tests/strategies.py``
   (a valid record with a field replaced by NaN, 1e300, a 400-digit integer, a newline or U+202E
   in an id, a far-future time, deep nesting...; random JSON; bytes that are not JSON), spread over
-  the metrics, policies, recommendations, decisions, executions and cycles topics;
+  the metrics, policies, decisions, executions and cycles topics (not the recommendations topic:
+  the gate decides in the aggregator's pass and no agent reads that topic);
 
 and prints: records sent per topic, how many our own models refuse (what must be dead-lettered),
-dead letters by reason and by topic (a record refused downstream — a recommendation for a
-workload with no spec — is dead-lettered too, so there can be more letters than refusals), agent
+dead letters by reason and by topic (a record refused downstream, past its model's check, is
+dead-lettered too, so there can be more letters than refusals), agent
 crashes (Faust's ``Crashed reason=`` log lines; must be 0), whether the worker is still alive,
 and whether the valid traffic's results are exact afterwards (every valid sample counted exactly
 once in ``/api/usage``, one recommendation per valid workload).
@@ -45,7 +46,6 @@ from engine.core.model import (
     CycleSummary,
     Decision,
     Execution,
-    Recommendation,
     parse,
     parse_metrics_record,
 )
@@ -60,7 +60,6 @@ TOKEN = "bench-fuzz-token"
 TOPICS: dict[str, tuple[Any, Any]] = {  # topic -> (strategy, local parse)
     "metrics": (strat.metrics_records_at(time.time() - 600), parse_metrics_record),
     "policies": (strat.policy_records, parse_policy_record),
-    "recommendations": (strat.recommendation_records, lambda r: parse(Recommendation, r)),
     "decisions": (strat.decision_records, lambda r: parse(Decision, r)),
     "executions": (strat.execution_records, lambda r: parse(Execution, r)),
     "cycles": (strat.cycle_records, lambda r: parse(CycleSummary, r)),
@@ -68,7 +67,6 @@ TOPICS: dict[str, tuple[Any, Any]] = {  # topic -> (strategy, local parse)
 WEIGHTS = {
     "metrics": 4,
     "policies": 1,
-    "recommendations": 2,
     "decisions": 1,
     "executions": 1,
     "cycles": 1,

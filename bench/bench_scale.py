@@ -260,8 +260,8 @@ def in_process_burst(
     fleet: int | None = None,
 ) -> dict[str, float]:
     """The baseline, measured in the same run next to each burst: the same burst (a chunk and a
-    marker per workload) through the handlers themselves — aggregator ingest, recommender, gate
-    in batches of ``GATE_BATCH`` with the history outbox — on in-memory tables and recording
+    marker per workload) through the handlers themselves — aggregator ingest, recommender and gate
+    in one pass with the history outbox — on in-memory tables and recording
     topics: what the workloads cost without Faust, Kafka, the executor or the event loop's
     company.  The state is the worker's: the seeded templates then the chunks it ingested since
     (``live``: the live hours and the bursts before this one), decoded and summarized before
@@ -271,7 +271,7 @@ def in_process_burst(
     worker's cache has long dropped the burst's states by the time it comes back to them (each
     chunk decodes its state, each marker merges the closed days again), so the baseline starts
     cold too: without this, at 10,000 workloads it was a warm baseline against a cold worker."""
-    from agents import aggregator, gate
+    from agents import aggregator
     from engine.core.model import RESOURCES, container_id
     from engine.services import Services
     from tests.fakes import FakeHistory, runtime
@@ -311,7 +311,6 @@ def in_process_burst(
         msgs = burst_messages(wls, start, end, "baseline", rng)
         if getattr(args, "records", "workload") == "bundled":  # what the worker is sent
             msgs = [(wids[0].encode(), v) for _, v, wids in bundle_burst(msgs)]
-        recs = rt.topics.recommendations
         cache = rt.tables.usage.cache
         per_container = cache.bytes / max(1, len(cache))
         if fleet is not None and per_container * 2 * fleet > cache.max_bytes:
@@ -321,10 +320,7 @@ def in_process_burst(
         cpu[0] = time.process_time()
         t0 = time.perf_counter()
         for key, raw in msgs:
-            await aggregator.ingest(rt, key, raw)
-        sent = recs.sent  # type: ignore[attr-defined]
-        for i in range(0, len(sent), gate.GATE_BATCH):
-            await gate.handle_batch(rt, sent[i : i + gate.GATE_BATCH])
+            await aggregator.ingest(rt, key, raw)  # the gate decides in the same pass
         cpu[0] = time.process_time() - cpu[0]
         return time.perf_counter() - t0
 

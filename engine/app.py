@@ -494,7 +494,7 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("metrics", n, False, "aggregator"),
         TopicSpec("workloads", n, True),
         TopicSpec("policies", 1, True, "policy-sync"),
-        TopicSpec("recommendations", n, False, "gate"),
+        TopicSpec("recommendations", n, False),  # an output: the gate decides in the aggregator
         TopicSpec("decisions", 1, False, "executor"),
         TopicSpec("executions", n, False, "ledger"),
         TopicSpec("deadletter", 1, False),

@@ -48,7 +48,13 @@ def history_raw(kind: HistoryKind, item: BaseModel) -> bytes:
         return (
             HistoryRecord(kind=kind, record=item.model_dump(mode="json")).model_dump_json().encode()
         )
-    return b'{"kind":"' + kind.encode() + b'","record":' + item.model_dump_json().encode() + b"}"
+    return history_raw_of(kind, item.model_dump_json().encode())
+
+
+def history_raw_of(kind: HistoryKind, item_json: bytes) -> bytes:
+    """:func:`history_raw` of an item already serialized (its ``model_dump_json()``, with a
+    non-empty string ``id``)."""
+    return b'{"kind":"' + kind.encode() + b'","record":' + item_json + b"}"
 
 
 def pack_raw(raws: Sequence[bytes], max_bytes: int | None = None) -> list[bytes]:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.adapters.gitops import GitOpsWriter
 from engine.adapters.mongo import PolicyStore, connect
 from engine.core import patches
-from engine.core.model import CycleEnd, CycleSummary, Recommendation, Savings, WorkloadSpec
+from engine.core.model import CycleEnd, CycleSummary, MetricsBatch, WorkloadSpec
 from engine.core.policy import validate_policy
 from engine.settings import load_settings
 from tests.harness.git_http import GitRemote
@@ -30,6 +32,7 @@ from tests.harness.mongo import MongoInfo
 from tests.harness.proc import wait_for
 from tests.harness.remote_write import LivePrometheus
 from tests.integration.cluster_sim import SimDeployment
+from tests.integration.samples import encode, encode_chunks
 from tests.integration.test_verification import NEW, OLD, lowered_memory
 from tests.integration.workers import Deployment, consume_all, counter, produce
 
@@ -42,6 +45,34 @@ PROCESSED = "kubefinops_records_processed_total"
 def records(kafka: KafkaInfo, topic: str, expect: int, timeout: float = 5.0) -> list[dict]:
     got = asyncio.run(consume_all(kafka, topic, expect=expect, timeout=timeout))
     return [json.loads(v) for _, v in got if v]
+
+
+def low_usage(spec: WorkloadSpec, hours: int) -> list[MetricsBatch]:
+    """Hourly per-container batches of minute samples for the spec's first container: cpu
+    0.05-0.1 cores, memory 100-150 MiB, far below its requests."""
+    rng = np.random.default_rng(11)
+    end = math.floor(time.time() / 60) * 60 - 120
+    out = []
+    for h in range(hours, 0, -1):
+        t0, t1 = end - h * 3600, end - (h - 1) * 3600
+        ts = np.arange(t0 + 60, t1 + 1, 60, dtype=float).tolist()
+        cpu = rng.uniform(0.05, 0.1, len(ts)).tolist()
+        mem = (rng.uniform(100, 150, len(ts)) * 2**20).tolist()
+        out.append(
+            MetricsBatch(
+                namespace=spec.namespace,
+                kind=spec.kind,
+                workload=spec.name,
+                container=spec.containers[0].name,
+                start=t0,
+                end=t1,
+                samples={
+                    "cpu": list(zip(ts, cpu, strict=True)),
+                    "memory": list(zip(ts, mem, strict=True)),
+                },
+            )
+        )
+    return out
 
 
 def wait_phase(kafka: KafkaInfo, topic: str, phase: str, timeout: float) -> list[dict]:
@@ -163,50 +194,31 @@ def test_sigkill_during_the_watch_resumes_it_and_reverts_once(
             containers=[change.containers[0].current],
             observed_at=time.time(),
         )
+        # Usage far below the requests (memory 100-150 MiB against 512 MiB), then the cycle-end:
+        # the aggregator recommends a decrease and the gate decides it in the same pass.
+        usage = low_usage(spec, hours=8)
         marker = CycleEnd(cycle="c-next", spec=spec)
-        rec = Recommendation(
-            id="rec-next-decrease",
-            workload_id=wid,
-            namespace="smarthealth",
-            kind="Deployment",
-            name="patient-api",
-            replicas=2,
-            containers=change.containers,
-            savings=Savings(),
-            generated_at=time.time(),
-        )
         asyncio.run(
-            produce(
-                kafka, dep.topic("metrics"), [(wid.encode(), marker.model_dump_json().encode())]
-            )
+            produce(kafka, dep.topic("metrics"), [*encode_chunks(usage), *encode([marker])])
         )
-        # The gate reads the spec the aggregator records for the marker; it records it before
-        # it sends its own recommendation for the marker's cycle, so that one's arrival says
-        # the spec is there (a fixed sleep was a race on a loaded host: "unknown workload").
-        wait_for(
-            lambda: any(
-                r.get("collection_cycle") == "c-next"
-                for r in records(kafka, dep.topic("recommendations"), expect=100, timeout=2.0)
-            ),
-            60,
-            "the aggregator's recommendation for the marker (its spec recorded)",
-        )
-        asyncio.run(
-            produce(
-                kafka,
-                dep.topic("recommendations"),
-                [(wid.encode(), rec.model_dump_json().encode())],
-            )
-        )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         decided = []
         while time.monotonic() < deadline and not decided:
             decided = [
                 d
                 for d in records(kafka, dep.topic("decisions"), expect=100, timeout=2.0)
-                if d["recommendation_id"] == "rec-next-decrease"
+                if d.get("collection_cycle") == "c-next"
             ]
         assert decided, "the gate never decided the next recommendation"
-        assert (decided[0]["action"], decided[0]["guardrail"]) == ("hold", "penalty")
+        assert (decided[0]["action"], decided[0]["guardrail"]) == ("hold", "penalty"), decided
+        # what was held: the decreases the aggregator's recommendation made (dropped here)
+        assert decided[0]["reason"].startswith("penalty: a change regressed; no decrease until")
+        (rec,) = [
+            r
+            for r in records(kafka, dep.topic("recommendations"), expect=100, timeout=2.0)
+            if r["id"] == decided[0]["recommendation_id"]
+        ]
+        [target] = rec["containers"]
+        assert target["memory_request"] < target["current"]["requests"]["memory"]
     finally:
         dep.stop_all()

@@ -186,7 +186,7 @@ def test_stats_equal_the_records_and_both_workers_agree(fleet: dict[str, Any]) -
     assert executed and s["savings"]["realised_monthly"] == pytest.approx(realised, abs=0.01)
     assert s["cycles"] and s["cycles"][0]["commit_sha"] == executions[-1]["commit_sha"]
     assert s["cycles"][0]["duration_seconds"] > 0
-    assert set(s["pipeline"]["lag"]) >= {"aggregator", "gate", "executor"}
+    assert set(s["pipeline"]["lag"]) >= {"aggregator", "executor"}
 
     listed = get(fleet["bases"][1], "/api/recommendations")
     assert {r["workload_id"]: r["id"] for r in listed["items"]} == {

@@ -189,24 +189,54 @@ def test_a_record_on_the_wrong_key_is_dead_lettered_with_the_reason() -> None:
 # --- gate ---------------------------------------------------------------------------------------
 
 
-def test_gate_decides_sends_and_archives() -> None:
+def test_the_cycle_end_is_decided_in_the_same_pass_sent_and_archived() -> None:
+    """The marker's recommendation goes to the gate in the aggregator's pass (no topic hop):
+    the recommendation and its decision are both published, and archived together."""
     history = FakeHistory()
     rt = with_autopilot(runtime(Services(history=history), now=NOW))
     (rec,) = asyncio.run(recommend_for(rt, spec("api")))
-    raw = rec.model_dump_json().encode()
-    decision = asyncio.run(gate.handle(rt, key(spec("api")), raw))
-    assert decision is not None
+    [decision] = [Decision.model_validate(v) for v in sent(rt, "decisions")]
     assert (decision.action, decision.guardrail) == (Action.APPLY, "autopilot")
+    assert decision.recommendation_id == rec.id
     assert decision.collection_cycle == rec.collection_cycle
-    assert [Decision.model_validate(v) for v in sent(rt, "decisions")] == [decision]
+    assert dead_letters(rt) == []
     # the history goes through the outbox; the history writer stores it
     outbox = rt.topics.history.sent  # type: ignore[attr-defined]
-    [(_, batch)] = outbox  # the gate's batch in one outbox message
+    [(_, batch)] = outbox  # the marker's pair in one outbox message
     assert [m["kind"] for m in json.loads(batch)["records"]] == ["recommendations", "decisions"]
     assert history.saved == []
     asyncio.run(history_agent.write_batch(rt, outbox))
     assert [kind for kind, _ in history.saved] == ["recommendations", "decisions"]
     assert [doc["id"] for _, doc in history.saved] == [rec.id, decision.id]
+    # the record-level gate (a recommendation read as bytes) decides the same way
+    again = asyncio.run(gate.handle(rt, key(spec("api")), rec.model_dump_json().encode()))
+    assert again == decision
+
+
+def test_a_gate_failure_dead_letters_the_recommendation_not_the_marker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gate runs under its own guard inside the aggregator's pass: what it fails on is
+    dead-lettered as the gate would have (the recommendation, from the recommendations topic),
+    the recommendation is still published and the next workload is decided."""
+    rt = with_autopilot(runtime(now=NOW))
+    real = gate.decide
+
+    def flaky(rec: Recommendation, *args: Any, **kwargs: Any) -> Decision:
+        if rec.name == "api":
+            raise RuntimeError("boom")
+        return real(rec, *args, **kwargs)
+
+    monkeypatch.setattr(gate, "decide", flaky)
+    recs = asyncio.run(recommend_for(rt, spec("api"), spec("web")))
+    assert [r.name for r in recs] == ["api", "web"]
+    assert [Decision.model_validate(v).workload_id for v in sent(rt, "decisions")] == [
+        "shop/Deployment/web"
+    ]
+    [letter] = dead_letters(rt)
+    assert (letter.agent, letter.reason) == ("gate", "RuntimeError: boom")
+    assert letter.topic.endswith("recommendations") and letter.key == "shop/Deployment/api"
+    assert Recommendation.model_validate_json(letter.value) == recs[0]
 
 
 def test_gate_holds_inside_the_cooldown_of_the_last_applied_change() -> None:
@@ -255,8 +285,7 @@ def test_gate_parks_a_recommendation_for_an_unknown_workload_and_keeps_going() -
 
 
 async def decisions_for(rt: Runtime, *specs: WorkloadSpec) -> list[bytes]:
-    for rec in await recommend_for(rt, *specs):
-        await gate.handle(rt, rec.workload_id.encode(), rec.model_dump_json().encode())
+    await recommend_for(rt, *specs)  # the gate decides in the aggregator's pass
     return [v for _, v in rt.topics.decisions.sent if v is not None]  # type: ignore[attr-defined]
 
 
