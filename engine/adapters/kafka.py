@@ -81,16 +81,50 @@ async def preflight(settings: Settings, timeout: float = 25.0) -> None:
     raise DependencyUnavailable(f"Kafka at {where} unreachable: {text}")
 
 
+def partition_mismatches(settings: Settings, found: dict[str, int]) -> list[str]:
+    """What differs between the broker's partition counts (``found``: topic -> count, the
+    existing topics) and :func:`engine.app.topic_specs`, one phrase per topic."""
+    out = []
+    for spec in topic_specs(settings).values():
+        name = settings.topic(spec.name)
+        if name in found and found[name] != spec.partitions:
+            out.append(f"{name} has {found[name]} (expected {spec.partitions})")
+    return out
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
-    """Create every topic of :func:`engine.app.topic_specs` that does not exist yet.
+    """Create every topic of :func:`engine.app.topic_specs` that does not exist yet, and refuse
+    to start against existing ones with another partition count.
 
     Brokers run with ``auto.create.topics.enable=false`` in production: a produce-only topic
     such as the dead-letter one would otherwise never exist.  Returns the names created.
+
+    The partition counts are part of the design, not a tuning knob the broker may override: the
+    usage state, the specs and the last actions are co-partitioned with the metrics topic by
+    ``topic_partitions`` (the collector's bundles are grouped by it, so a metrics topic with
+    another count had every bundle member dead-lettered as ``partition-mismatch``), and the
+    one-partition topics are what makes the Git writer single.  A mismatch is a
+    :class:`ConfigError` naming each topic and the setting to change.
     """
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        ours = [settings.topic(s.name) for s in topic_specs(settings).values()]
+        present = [n for n in ours if n in existing]
+        found = {
+            meta["topic"]: len(meta.get("partitions", []))
+            for meta in (await admin.describe_topics(present) if present else [])
+            if meta.get("error_code", 0) == 0
+        }
+        mismatched = partition_mismatches(settings, found)
+        if mismatched:
+            raise ConfigError(
+                "topic partition counts differ from this worker's: "
+                + "; ".join(mismatched)
+                + f". KUBEFINOPS_TOPIC_PARTITIONS is {settings.topic_partitions}: set it to the "
+                "metrics topic's count, or recreate the topics (the tables are partitioned by it)"
+            )
         wanted = []
         for spec in topic_specs(settings).values():
             name = settings.topic(spec.name)

@@ -40,7 +40,7 @@ from pymongo import MongoClient
 
 from engine.core.bundles import bundle, partition_of
 from engine.core.model import CycleEnd
-from tests.harness.kafka import KafkaInfo, fetch_libs, start_kafka
+from tests.harness.kafka import KafkaInfo, create_topics, fetch_libs, start_kafka
 from tests.harness.proc import free_port, wait_for
 from tests.harness.tls import make_ca, make_tls
 from tests.integration.samples import batches, encode, encode_chunks, workload
@@ -293,6 +293,37 @@ def test_a_worker_waits_for_kafka_with_backoff_then_exits(tmp_path: Path):
     ]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "gave up after 4s" in lines[0], proc.stderr
+
+
+def test_a_metrics_topic_with_another_partition_count_is_a_settings_error(
+    kafka: KafkaInfo, tmp_path: Path
+):
+    """The tables are partitioned like the metrics topic: a worker whose
+    KUBEFINOPS_TOPIC_PARTITIONS differs from the broker's count refuses to start, in one line
+    naming the topic and both counts (before, every bundle member was dead-lettered as
+    partition-mismatch), and creates nothing."""
+    dep = Deployment(kafka=kafka, workdir=tmp_path, partitions=2)
+    create_topics(kafka, [dep.topic("metrics")], partitions=3)
+    env = dep.env(free_port(), "w1")
+    proc = run_worker({**env, "KUBEFINOPS_KAFKA_WAIT_SECONDS": "10"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert f"{dep.topic('metrics')} has 3 (expected 2)" in lines[0], lines
+    assert "KUBEFINOPS_TOPIC_PARTITIONS is 2" in lines[0], lines
+    assert kafka.password not in proc.stdout + proc.stderr
+    assert dep.topic("decisions") not in asyncio.run(topic_names(kafka))  # nothing created
+
+
+async def topic_names(kafka: KafkaInfo) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
 
 
 # --- Kafka over TLS -----------------------------------------------------------------------------
