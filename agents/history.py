@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
 
+from agents.guard import guarded
 from agents.runtime import Runtime, park, parse_or_park
 from engine.backoff import retry_forever
 from engine.core import outbox
@@ -45,10 +47,7 @@ async def record_many(rt: Runtime, items: Sequence[tuple[HistoryKind, BaseModel,
     (:func:`engine.core.outbox.pack_history`); never waits for MongoDB."""
     if rt.services.history is None or not items:
         return
-    records = [history_raw(kind, item) for kind, item, _ in items]
-    key = items[0][2].encode()  # any key: upserts by id, so partition and order do not matter
-    for value in pack_raw(records):
-        await rt.topics.history.send(key=key, value=value)
+    await _send_packed(rt, [history_raw(kind, item) for kind, item, _ in items], items[0][2])
 
 
 async def record_serialized(rt: Runtime, items: Sequence[tuple[HistoryKind, bytes, str]]) -> None:
@@ -58,10 +57,25 @@ async def record_serialized(rt: Runtime, items: Sequence[tuple[HistoryKind, byte
     :func:`engine.core.outbox.history_raw` requires."""
     if rt.services.history is None or not items:
         return
-    records = [history_raw_of(kind, raw) for kind, raw, _ in items]
-    key = items[0][2].encode()  # any key: upserts by id, so partition and order do not matter
+    await _send_packed(rt, [history_raw_of(kind, raw) for kind, raw, _ in items], items[0][2])
+
+
+async def _send_packed(rt: Runtime, records: list[bytes], key_text: str) -> None:
+    """``records`` in as few outbox messages as fit, each sent under the guard: a message the
+    producer refuses is dead-lettered whole (it is at most ``MAX_BATCH_BYTES``, what a dead
+    letter carries), never raised into the agent that made the records — the aggregator, whose
+    metrics record is already handled by then."""
+    key = key_text.encode()  # any key: upserts by id, so partition and order do not matter
+    topic = rt.settings.topic("history")
     for value in pack_raw(records):
-        await rt.topics.history.send(key=key, value=value)
+        await guarded(
+            rt,
+            partial(rt.topics.history.send, key=key, value=value),
+            agent=AGENT,
+            topic=topic,
+            key=key,
+            raw=value,
+        )
 
 
 async def write(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:

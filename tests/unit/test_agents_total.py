@@ -16,7 +16,7 @@ from agents.guard import failure_reason, guarded
 from agents.runtime import Runtime, Sinks
 from engine.core import outbox
 from engine.core.apply_cycles import CycleManifest
-from engine.core.model import Decision, HistoryRecord, WorkloadSpec
+from engine.core.model import Decision, HistoryRecord, Recommendation, Savings, WorkloadSpec
 from engine.errors import DependencyUnavailable
 from engine.services import Services
 from engine.settings import load_settings
@@ -164,6 +164,36 @@ async def test_an_output_the_producer_refuses_dead_letters_the_input() -> None:
     assert await gate.handle(rt, b"ns/Deployment/web", raw) is None  # the guard is inside
     [letter] = sinks["deadletter"].values()
     assert letter["reason"].startswith("MessageSizeTooLargeError"), letter
+
+
+async def test_an_outbox_message_the_producer_refuses_is_dead_lettered_whole() -> None:
+    """The history is archived after the decision went out: a refused outbox message is
+    dead-lettered (whole, so it can be replayed), the decision stays sent and nothing raises
+    into the agent that made it (the aggregator, since the gate runs in its pass)."""
+    rt, sinks, _ = runtime(history=Store())
+    spec = WorkloadSpec(namespace="ns", kind="Deployment", name="web")
+    rt.tables.workloads["ns/Deployment/web"] = spec
+    sinks["history"].fail = MessageSizeTooLargeError()
+    rec = Recommendation(
+        id="rec-1",
+        workload_id="ns/Deployment/web",
+        namespace="ns",
+        kind="Deployment",
+        name="web",
+        replicas=1,
+        containers=[],
+        savings=Savings(),
+        generated_at=T0,
+    )
+    made: list[gate.Decided] = []
+    await gate.decide_made(rt, rec, raw(rec), made)
+    await gate.archive(rt, made)
+    assert [d["recommendation_id"] for d in sinks["decisions"].values()] == ["rec-1"]
+    [letter] = sinks["deadletter"].values()
+    assert (letter["agent"], letter["topic"]) == ("history", "kubefinops.history"), letter
+    assert letter["reason"].startswith("MessageSizeTooLargeError"), letter
+    kinds = [r["kind"] for r in json.loads(letter["value"])["records"]]
+    assert kinds == ["recommendations", "decisions"]
 
 
 # --- apply cycles keyed by collection cycle -----------------------------------------------------
