@@ -415,6 +415,72 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+RECOVERY_STALL_SECONDS = 30.0
+
+
+def stalled_recovery(app: Any, now: float, after: float = RECOVERY_STALL_SECONDS) -> list[str]:
+    """One line per active changelog partition that a running table recovery still has to read
+    (its offset below its highwater) and that brought no record for ``after`` seconds (``now``
+    and Faust's times: ``time.monotonic()``): Faust's offset and highwater, the consumer's
+    position, pause and fetch status, Faust's read offset and :class:`SeekFence`'s counts.
+
+    Why: once in CI (2026-12-03, ``test_second_worker_splits_partitions_and_loses_nothing``) and
+    once in a local run before, a worker rebalanced seconds after its first writes never received
+    the records of two changelog partitions it had to recover, and stayed unready; Faust's own
+    warning ("No event received for active tp") names the partition but not the consumer's
+    state, and the stall did not come back in ~50 runs with diagnostics.  This is what the next
+    occurrence should leave in the log.  Reads Faust's and aiokafka's internals, so it never
+    raises: a line says what could not be read."""
+    try:
+        rec = app.tables.recovery
+        started = rec._recovery_started_at
+        if not app.in_recovery or started is None or now - started < after:
+            return []
+        received = rec._active_events_received_at
+        stalled = [
+            tp
+            for tp in sorted(rec.active_tps)
+            if now - received.get(tp, started) >= after
+            and _behind(rec.active_offsets.get(tp), rec.active_highwaters.get(tp))
+        ]
+    except Exception as exc:  # Faust changed: say so, once per call
+        return [f"recovery state unavailable ({type(exc).__name__})"]
+    out = []
+    for tp in stalled:
+        faust_part = (
+            f"{tp.topic}[{tp.partition}]: offset {rec.active_offsets.get(tp)} of highwater "
+            f"{rec.active_highwaters.get(tp)}, last record "
+            + (f"{now - received[tp]:.0f}s ago" if tp in received else "never")
+        )
+        try:
+            consumer = app.consumer
+            kafka = consumer._thread._consumer
+            state = kafka._subscription.subscription.assignment.state_value(tp)
+            fence = getattr(kafka._fetcher, "_kubefinops_fence", None)
+            detail = (
+                f"consumer position {getattr(state, '_position', None)}, paused "
+                f"{getattr(state, 'paused', None)}, status {getattr(state, '_status', None)}, "
+                f"reset {getattr(state, '_reset_strategy', None)}; Faust read offset "
+                f"{consumer._read_offset.get(tp)}; seek fence resets "
+                f"{fence.resets.get(tp) if fence else None} (to "
+                f"{fence.reset_to.get(tp) if fence else None}), applied "
+                f"{fence.applied.get(tp) if fence else None}, last batch "
+                f"{fence.batch.get(tp) if fence else None}"
+            )
+        except Exception as exc:
+            detail = f"consumer state unavailable ({type(exc).__name__})"
+        out.append(f"{faust_part}; {detail}")
+    return out
+
+
+def _behind(offset: int | None, highwater: int | None) -> bool:
+    """Faust's recovery offsets: ``highwater`` is the partition's last offset (-1: empty) and
+    ``offset`` the last one read (-1 or None: none)."""
+    if highwater is None or highwater < 0:
+        return False
+    return offset is None or offset < highwater
+
+
 def readiness(app: faust.types.AppT) -> tuple[bool, dict[str, Any]]:
     """Whether the worker can serve: partitions assigned, no rebalance, tables recovered — and,
     when it cannot, a ``reason``.  Total: while a worker starts (or stops) Faust's consumer
