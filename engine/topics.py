@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from engine.adapters.kafka import client_kwargs, preflight
+from engine.adapters.kafka import client_kwargs, partitions, preflight
 from engine.app import topic_specs
 from engine.core.model import DeadLetter, parse
 from engine.core.records import Decoded, Letter, decode, replay_check, short_name
@@ -91,15 +91,6 @@ def _config(resources: Any) -> dict[str, dict[str, str]]:
         for res in response.resources:
             _err, _msg, _type, name, entries = res[:5]
             out[name] = {e[0]: e[1] for e in entries}
-    return out
-
-
-async def partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, list[int]]:
-    """Partition numbers of each existing topic among ``names``."""
-    out: dict[str, list[int]] = {}
-    for meta in await admin.describe_topics(names):
-        if meta.get("error_code", 0) == 0:
-            out[meta["topic"]] = sorted(p["partition"] for p in meta.get("partitions", []))
     return out
 
 

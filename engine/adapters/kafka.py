@@ -81,6 +81,16 @@ async def preflight(settings: Settings, timeout: float = 25.0) -> None:
     raise DependencyUnavailable(f"Kafka at {where} unreachable: {text}")
 
 
+async def partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, list[int]]:
+    """Partition numbers of each existing topic among ``names`` (the pre-flight's check and
+    ``kubefinops topics``)."""
+    out: dict[str, list[int]] = {}
+    for meta in await admin.describe_topics(names) if names else []:
+        if meta.get("error_code", 0) == 0:
+            out[meta["topic"]] = sorted(p["partition"] for p in meta.get("partitions", []))
+    return out
+
+
 def partition_mismatches(settings: Settings, found: dict[str, int]) -> list[str]:
     """What differs between the broker's partition counts (``found``: topic -> count, the
     existing topics) and :func:`engine.app.topic_specs`, one phrase per topic."""
@@ -111,13 +121,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
     try:
         existing = set(await admin.list_topics())
         ours = [settings.topic(s.name) for s in topic_specs(settings).values()]
-        present = [n for n in ours if n in existing]
-        found = {
-            meta["topic"]: len(meta.get("partitions", []))
-            for meta in (await admin.describe_topics(present) if present else [])
-            if meta.get("error_code", 0) == 0
-        }
-        mismatched = partition_mismatches(settings, found)
+        parts = await partitions(admin, [n for n in ours if n in existing])
+        mismatched = partition_mismatches(settings, {t: len(p) for t, p in parts.items()})
         if mismatched:
             raise ConfigError(
                 "topic partition counts differ from this worker's: "

@@ -16,7 +16,7 @@ from agents.guard import failure_reason, guarded
 from agents.runtime import Runtime, Sinks
 from engine.core import outbox
 from engine.core.apply_cycles import CycleManifest
-from engine.core.model import Decision, HistoryRecord, Recommendation, Savings, WorkloadSpec
+from engine.core.model import Decision, HistoryRecord, Recommendation, WorkloadSpec
 from engine.errors import DependencyUnavailable
 from engine.services import Services
 from engine.settings import load_settings
@@ -144,23 +144,26 @@ async def test_cancellation_is_never_swallowed_and_a_dead_letter_failure_is_not_
     assert await guarded(rt, boom, agent="a", topic="t", key=None, raw=None) is False
 
 
+# a recommendation for ns/Deployment/web with nothing to change (the gate's outputs below)
+WEB_REC = {
+    "id": "rec-1",
+    "workload_id": "ns/Deployment/web",
+    "namespace": "ns",
+    "kind": "Deployment",
+    "name": "web",
+    "replicas": 1,
+    "containers": [],
+    "savings": {},
+    "generated_at": T0,
+}
+
+
 async def test_an_output_the_producer_refuses_dead_letters_the_input() -> None:
     rt, sinks, _ = runtime()
     spec = WorkloadSpec(namespace="ns", kind="Deployment", name="web")
     rt.tables.workloads["ns/Deployment/web"] = spec
     sinks["decisions"].fail = MessageSizeTooLargeError()
-    rec = {
-        "id": "rec-1",
-        "workload_id": "ns/Deployment/web",
-        "namespace": "ns",
-        "kind": "Deployment",
-        "name": "web",
-        "replicas": 1,
-        "containers": [],
-        "savings": {},
-        "generated_at": T0,
-    }
-    raw = json.dumps(rec).encode()
+    raw = json.dumps(WEB_REC).encode()
     assert await gate.handle(rt, b"ns/Deployment/web", raw) is None  # the guard is inside
     [letter] = sinks["deadletter"].values()
     assert letter["reason"].startswith("MessageSizeTooLargeError"), letter
@@ -174,17 +177,7 @@ async def test_an_outbox_message_the_producer_refuses_is_dead_lettered_whole() -
     spec = WorkloadSpec(namespace="ns", kind="Deployment", name="web")
     rt.tables.workloads["ns/Deployment/web"] = spec
     sinks["history"].fail = MessageSizeTooLargeError()
-    rec = Recommendation(
-        id="rec-1",
-        workload_id="ns/Deployment/web",
-        namespace="ns",
-        kind="Deployment",
-        name="web",
-        replicas=1,
-        containers=[],
-        savings=Savings(),
-        generated_at=T0,
-    )
+    rec = Recommendation.model_validate(WEB_REC)
     made: list[gate.Decided] = []
     await gate.decide_made(rt, rec, raw(rec), made)
     await gate.archive(rt, made)
