@@ -64,12 +64,25 @@ class Sinks:
         return cls(**{f.name: getattr(topics, f.name) for f in fields(cls)})
 
 
+class Liveness(Protocol):
+    """What ``GET /health`` asks: why the worker should be restarted, or None
+    (:class:`engine.app.RecoveryWatch` in a worker)."""
+
+    problem: str | None
+
+
+@dataclass
+class Alive:
+    problem: str | None = None
+
+
 @dataclass
 class Runtime:
     settings: Settings
     topics: Sinks
     tables: Tables
     services: Services = field(default_factory=Services)
+    liveness: Liveness = field(default_factory=Alive)
     clock: Callable[[], float] = time.time
     retry_first_seconds: float = 1.0  # the first backoff step (doubling, capped); tests shrink it
 

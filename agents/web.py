@@ -1,6 +1,6 @@
 """The web endpoint: probes, the autopilot's own metrics, the usage read API and the policy API.
 
-* ``GET /health`` — liveness: the event loop answers.
+* ``GET /health`` — liveness: the event loop answers, and no table recovery is stalled (503).
 * ``GET /ready`` — readiness: connected to the broker, partitions assigned, tables recovered.
 * ``GET /metrics`` — prometheus-client exposition of :mod:`engine.metrics`, generated in a thread;
   bounded at fleet scale (per-workload series for the top workloads only); ``?name[]=...``
@@ -244,6 +244,13 @@ def local_usage(rt: Runtime, wid: str) -> dict[str, Any] | None:
 
 class Health(RuntimeView):
     async def get(self, request: Request) -> Response:
+        # 503 when the worker cannot get better by itself (a stalled table recovery,
+        # engine/app.py RecoveryWatch): the liveness probe then restarts it
+        problem = self.rt.liveness.problem
+        if problem is not None:
+            return self.json(
+                {"status": "unhealthy", "reason": problem, "time": time.time()}, status=503
+            )
         return self.json({"status": "ok", "time": time.time()})
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
@@ -32,7 +31,7 @@ from agents import (
 from agents.guard import guarded
 from agents.runtime import Runtime
 from engine import memory
-from engine.app import Topics, stalled_recovery, wait_for_assignment
+from engine.app import RecoveryWatch, RecoveryWatchService, Topics, wait_for_assignment
 
 log = logging.getLogger("kubefinops.wiring")
 # Reconcile once the tables are recovered (the tombstones of ids MongoDB no longer has read the
@@ -97,11 +96,11 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
     for topic, name, handler, agent in record_handlers:
         per_event(app, topic, f"kubefinops.agents.{name}", handler, rt, agent)
 
-    @app.timer(interval=15.0)
-    async def recovery_watch() -> None:
-        # a recovery that stopped receiving records: the consumer's state, for the log
-        for line in stalled_recovery(app, time.monotonic()):
-            log.warning("table recovery stalled: %s", line)
+    # From the app's start: a stalled first recovery is the one that matters (engine/app.py)
+    stall = rt.settings.recovery_stall_seconds
+    watch = RecoveryWatch(after=stall, unhealthy_after=rt.settings.recovery_stall_unhealthy_seconds)
+    rt.liveness = watch
+    app.add_dependency(RecoveryWatchService(app, watch, interval=min(15.0, max(0.5, stall / 2))))
 
     @app.task
     async def reconcile_on_start() -> None:

@@ -29,6 +29,7 @@ from typing import Any, cast
 import faust
 from aiokafka.helpers import create_ssl_context
 from faust.types.auth import SASLMechanism
+from mode import Service
 
 from engine.settings import SecurityProtocol, Settings
 
@@ -408,6 +409,8 @@ def create_app(settings: Settings) -> faust.App:
     _install_keep_queued_on_resume()
     _install_seek_fence()
     _install_fetch_max_wait()
+    if settings.debug_lose_recovery_resume:
+        _install_lost_recovery_resume(settings.debug_lose_recovery_resume)
     app.conf.kubefinops_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
     if settings.kafka_group_instance_id:
         # cast: mode types handlers with mypy_extensions' NamedArg, which no plain def matches
@@ -418,35 +421,68 @@ def create_app(settings: Settings) -> faust.App:
 RECOVERY_STALL_SECONDS = 30.0
 
 
+def _install_lost_recovery_resume(mode: str) -> None:
+    """Fault injection (``debug_lose_recovery_resume``, tests only): Faust's
+    ``Consumer.resume_partitions`` loses the changelog partitions of a resume made during a
+    table recovery, and pauses them: the recovery stalls as the one :func:`stalled_recovery`
+    describes, for :class:`RecoveryWatch` to deal with.  ``once``: the first such resume only."""
+    from faust.transport.consumer import Consumer
+
+    original = Consumer.resume_partitions
+    lost = [0]
+
+    def resume_partitions(self: Any, tps: Any) -> None:
+        tps = set(tps)
+        changelog = {tp for tp in tps if self._is_changelog_tp(tp)}
+        if changelog and self.app.in_recovery and (mode == "always" or not lost[0]):
+            lost[0] += 1
+            log.warning("debug: recovery resume of %d changelog partitions lost", len(changelog))
+            original(self, tps - changelog)
+            self.pause_partitions(changelog)
+            return
+        original(self, tps)
+
+    Consumer.resume_partitions = resume_partitions  # type: ignore[method-assign]
+
+
+def _stalled_tps(app: Any, now: float, after: float) -> list[Any]:
+    """The active changelog partitions of a running table recovery that are behind their
+    highwater and brought no record for ``after`` seconds (``now``: ``time.monotonic()``)."""
+    rec = app.tables.recovery
+    started = rec._recovery_started_at
+    if not app.in_recovery or started is None or now - started < after:
+        return []
+    received = rec._active_events_received_at
+    return [
+        tp
+        for tp in sorted(rec.active_tps)
+        if now - received.get(tp, started) >= after
+        and _behind(rec.active_offsets.get(tp), rec.active_highwaters.get(tp))
+    ]
+
+
 def stalled_recovery(app: Any, now: float, after: float = RECOVERY_STALL_SECONDS) -> list[str]:
     """One line per active changelog partition that a running table recovery still has to read
     (its offset below its highwater) and that brought no record for ``after`` seconds (``now``
     and Faust's times: ``time.monotonic()``): Faust's offset and highwater, the consumer's
-    position, pause and fetch status, Faust's read offset and :class:`SeekFence`'s counts.
+    position, pause and fetch status (aiokafka's, then Faust's own pause set, the partitions its
+    ``getmany`` asks for and its flow), Faust's read offset and :class:`SeekFence`'s counts.
 
     Why: once in CI (2026-12-03, ``test_second_worker_splits_partitions_and_loses_nothing``) and
     once in a local run before, a worker rebalanced seconds after its first writes never received
     the records of two changelog partitions it had to recover, and stayed unready; Faust's own
     warning ("No event received for active tp") names the partition but not the consumer's
     state, and the stall did not come back in ~50 runs with diagnostics.  This is what the next
-    occurrence should leave in the log.  Reads Faust's and aiokafka's internals, so it never
-    raises: a line says what could not be read."""
+    occurrence should leave in the log (:class:`RecoveryWatch` also acts on it).  Reads Faust's
+    and aiokafka's internals, so it never raises: a line says what could not be read."""
     try:
+        stalled = _stalled_tps(app, now, after)
         rec = app.tables.recovery
-        started = rec._recovery_started_at
-        if not app.in_recovery or started is None or now - started < after:
-            return []
-        received = rec._active_events_received_at
-        stalled = [
-            tp
-            for tp in sorted(rec.active_tps)
-            if now - received.get(tp, started) >= after
-            and _behind(rec.active_offsets.get(tp), rec.active_highwaters.get(tp))
-        ]
     except Exception as exc:  # Faust changed: say so, once per call
         return [f"recovery state unavailable ({type(exc).__name__})"]
     out = []
     for tp in stalled:
+        received = rec._active_events_received_at
         faust_part = (
             f"{tp.topic}[{tp.partition}]: offset {rec.active_offsets.get(tp)} of highwater "
             f"{rec.active_highwaters.get(tp)}, last record "
@@ -457,10 +493,14 @@ def stalled_recovery(app: Any, now: float, after: float = RECOVERY_STALL_SECONDS
             kafka = consumer._thread._consumer
             state = kafka._subscription.subscription.assignment.state_value(tp)
             fence = getattr(kafka._fetcher, "_kubefinops_fence", None)
+            fetched = consumer._active_partitions
             detail = (
                 f"consumer position {getattr(state, '_position', None)}, paused "
                 f"{getattr(state, 'paused', None)}, status {getattr(state, '_status', None)}, "
-                f"reset {getattr(state, '_reset_strategy', None)}; Faust read offset "
+                f"reset {getattr(state, '_reset_strategy', None)}; Faust paused "
+                f"{tp in consumer._paused_partitions}, fetched "
+                f"{None if fetched is None else tp in fetched}, flow "
+                f"{'on' if consumer.can_resume_flow.is_set() else 'stopped'}; Faust read offset "
                 f"{consumer._read_offset.get(tp)}; seek fence resets "
                 f"{fence.resets.get(tp) if fence else None} (to "
                 f"{fence.reset_to.get(tp) if fence else None}), applied "
@@ -471,6 +511,105 @@ def stalled_recovery(app: Any, now: float, after: float = RECOVERY_STALL_SECONDS
             detail = f"consumer state unavailable ({type(exc).__name__})"
         out.append(f"{faust_part}; {detail}")
     return out
+
+
+class RecoveryWatch:
+    """What the worker does about a table recovery that stopped receiving records.
+
+    Faust's recovery can stall for good (faust-streaming issues #74, #155, #176, #651 describe
+    such hangs; here twice in ~60 runs of one rebalancing test, see :func:`stalled_recovery`):
+    the worker then stays unready, its partitions unprocessed, and nothing restarts it.  Every
+    check (the wiring's 15 s timer):
+
+    1. a partition stalled for ``after`` seconds is logged (:func:`stalled_recovery`) and,
+       once per recovery, *kicked*: taken out of Faust's pause set and put back in what its
+       ``getmany`` fetches (``resume_partitions``), and sought to the offset Faust's recovery
+       reads from (its last offset read; the start for none: what Faust's ``_seek_offsets``
+       does).  Both are what Faust does at a recovery's start, so a kick cannot lose a record:
+       at worst a record is read again, which a recovery applies again (the value of a key is
+       its last record's).  Not when a new rebalance has signalled the recovery to restart:
+       the restart seeks and resumes anyway.
+    2. a partition still stalled ``unhealthy_after`` seconds after its last record (or the
+       recovery's start) makes :attr:`problem` say so: ``GET /health`` then answers 503 and the
+       kubelet's liveness probe restarts the pod, which recovers from the changelog (0: never).
+
+    Reads and calls Faust's internals: a failure is a line in the log, never an exception."""
+
+    def __init__(self, *, after: float = RECOVERY_STALL_SECONDS, unhealthy_after: float) -> None:
+        self.after = after
+        self.unhealthy_after = unhealthy_after
+        self.problem: str | None = None
+        self._kicked: set[tuple[float, Any]] = set()  # (recovery start, partition)
+
+    async def check(self, app: Any, now: float) -> list[str]:
+        """One pass: the log lines (WARNING), kicks made, :attr:`problem` updated."""
+        found = stalled_recovery(app, now, self.after)
+        lines = [f"table recovery stalled: {line}" for line in found]
+        try:
+            stalled = _stalled_tps(app, now, self.after)
+            rec = app.tables.recovery
+            started = rec._recovery_started_at
+            received = rec._active_events_received_at
+        except Exception:
+            self.problem = None
+            return lines  # stalled_recovery's line already says the state was unavailable
+        self.problem = None
+        if self.unhealthy_after > 0:
+            stuck = [
+                tp for tp in stalled if now - received.get(tp, started) >= self.unhealthy_after
+            ]
+            if stuck:
+                names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stuck)
+                self.problem = (
+                    f"table recovery stalled: no record for {self.unhealthy_after:.0f}s or more "
+                    f"from {names}"
+                )
+        kick = [tp for tp in stalled if (started, tp) not in self._kicked]
+        if not kick or rec.signal_recovery_start.is_set():
+            # (a new rebalance is waiting to restart the recovery, which seeks and resumes
+            # again; ``app.rebalancing`` stays true until a recovery ends, so it cannot tell)
+            return lines
+        self._kicked.update((started, tp) for tp in kick)
+        offsets = {tp: max(0, rec.active_offsets.get(tp) or 0) for tp in kick}
+        try:
+            app.consumer.resume_partitions(kick)
+            await app.consumer.seek_wait(offsets)
+        except Exception as exc:
+            lines.append(f"table recovery stalled: the kick failed ({type(exc).__name__}: {exc})")
+            return lines
+        lines += [
+            f"table recovery stalled: kicked {tp.topic}[{tp.partition}]: resumed, sought to "
+            f"{offset}"
+            for tp, offset in offsets.items()
+        ]
+        return lines
+
+
+class RecoveryWatchService(Service):
+    """Runs :meth:`RecoveryWatch.check` every ``interval`` seconds from the app's start.
+
+    Not an ``app.timer``: Faust starts timers and tasks only once the first table recovery has
+    completed (``App.on_started``), so a timer never ran during the stall it was for.  A
+    dependency of the app starts with it, before the recovery; the web server, which answers
+    ``/health`` from the same state, is one too."""
+
+    def __init__(self, app: Any, watch: RecoveryWatch, interval: float) -> None:
+        super().__init__()
+        self.faust_app = app
+        self.watch = watch
+        self.interval = interval
+
+    @Service.task
+    async def _check(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            try:
+                lines = await self.watch.check(self.faust_app, time.monotonic())
+            except Exception:  # never the app's crash: the next check tries again
+                log.exception("table recovery watch failed")
+                continue
+            for line in lines:
+                log.warning("%s", line)
 
 
 def _behind(offset: int | None, highwater: int | None) -> bool:

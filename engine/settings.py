@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     # Standby copies of each table partition on other workers (Faust table_standby_replicas):
     # with 2+ workers a failover promotes a warm standby instead of replaying the changelog.
     table_standby_replicas: Annotated[int, Field(ge=0)] = 0
+    # A table recovery that receives no record from a partition it still has to read: kicked
+    # after recovery_stall_seconds (resumed and sought again, engine/app.py RecoveryWatch), and
+    # if still stalled recovery_stall_unhealthy_seconds after its last record, GET /health
+    # answers 503 so the liveness probe restarts the pod (0: never). 30 s / 180 s: far above a
+    # healthy recovery's quietest partition (records arrive every fetch; 10,000 workloads
+    # recover in ~30 s in all), and six checks after the kick before a restart.
+    recovery_stall_seconds: Annotated[float, Field(ge=1)] = 30.0
+    recovery_stall_unhealthy_seconds: Annotated[float, Field(ge=0)] = 180.0
     consumer_auto_offset_reset: str = "earliest"
     # Per-partition fetch size. Faust's 1 MiB default holds ~26 of our ~38 KB batches and left the
     # aggregator waiting on the network half the time (bench/bench_pipeline.py: 2.4x with 16 MiB).
@@ -257,6 +265,11 @@ class Settings(BaseSettings):
     # Debug only: trace allocations with this many frames and write a heap dump to
     # ``data_dir/heap`` on SIGUSR2 (engine/memory.HeapDumps); 0 (default): off.
     debug_tracemalloc_frames: Annotated[int, Field(ge=0, le=100)] = 0
+    # Fault injection for tests only: the table recovery's resume of its changelog partitions
+    # is lost (they stay paused): ``once`` (the first recovery's; RecoveryWatch's kick resumes
+    # them) or ``always`` (every resume during a recovery, the kick's too: the worker stays
+    # stalled and /health turns 503). Empty (default): off.
+    debug_lose_recovery_resume: Literal["", "once", "always"] = ""
     # Per-workload series on /metrics only for this many workloads (top by pending savings);
     # per-namespace totals cover all of them, /api/usage and the reports every one.
     metrics_top_workloads: Annotated[int, Field(ge=0)] = 100

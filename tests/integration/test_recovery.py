@@ -170,6 +170,77 @@ def test_sigkill_restart_equals_clean_run(kafka: KafkaInfo, tmp_path: Path, stor
         dep.stop_all()
 
 
+@pytest.mark.parametrize("lost", ["once", "always"])
+def test_a_recovery_that_stops_receiving_is_kicked_or_reported_unhealthy(
+    kafka: KafkaInfo, tmp_path: Path, lost: str
+):
+    """Faust's table recovery can stall for good (engine/app.py ``RecoveryWatch``); injected
+    here: the recovery's resume of its changelog partitions is lost, so they stay paused
+    (``debug_lose_recovery_resume``).  ``once``: the watch's kick resumes and seeks them, the
+    recovery completes with every record (each container's count is a clean run's) and the
+    worker is healthy.  ``always``: the kick's resume is lost too; ``/health`` turns 503 naming
+    the partitions, which is what makes a liveness probe restart the pod."""
+    rng = np.random.default_rng(11)
+    specs = [workload(f"api-{i}") for i in range(6)]
+    stream = [b for spec in specs for b in batches(spec, rng, hours=6, pods=1)[0]]
+    clean, total_cpu = clean_run(stream)
+    dep = Deployment(
+        kafka=kafka,
+        workdir=tmp_path,
+        extra_env={"KUBEFINOPS_PROMETHEUS_URL": "http://127.0.0.1:9"},
+    )
+    try:
+        server, port = dep.start_worker("w1")
+        dep.wait_ready(port, server=server)
+        asyncio.run(produce(kafka, dep.topic("metrics"), encode(stream)))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ingested(port) < total_cpu:
+            time.sleep(0.1)
+        assert ingested(port) == total_cpu
+        server.stop(timeout=60)  # the state is in the changelog; the next worker recovers it
+
+        dep.extra_env.update(
+            {
+                "KUBEFINOPS_DEBUG_LOSE_RECOVERY_RESUME": lost,
+                "KUBEFINOPS_RECOVERY_STALL_SECONDS": "2",
+                "KUBEFINOPS_RECOVERY_STALL_UNHEALTHY_SECONDS": "6",
+            }
+        )
+        server, port = dep.start_worker("w2")
+        base = f"http://127.0.0.1:{port}"
+        if lost == "once":
+            dep.wait_ready(port, server=server, timeout=90)
+            log = server.log.read_text()
+            assert "debug: recovery resume of" in log, "the fault was not injected"
+            assert re.search(r"kicked \S+-usage-changelog\[\d+\]: resumed, sought to 0", log)
+            for spec in specs:
+                status, body = http_json(f"{base}/api/usage/shop/Deployment/{spec.name}")
+                assert status == 200, (spec.name, status)
+                want = clean[spec.workload_id + "/app"].summary("cpu").count
+                assert body["containers"]["app"]["cpu"]["count"] == want, spec.name
+            assert http_json(f"{base}/health")[0] == 200
+        else:
+            health: tuple[int, dict] = (0, {})
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and server.alive():
+                try:
+                    health = http_json(f"{base}/health")
+                except aiohttp.ClientError:  # not listening yet
+                    pass
+                if health[0] == 503:
+                    break
+                time.sleep(0.5)
+            assert health[0] == 503, health
+            assert health[1]["status"] == "unhealthy"
+            assert re.search(
+                r"no record for 6s or more from \S+-usage-changelog\[", health[1]["reason"]
+            )
+            assert http_json(f"{base}/ready")[0] == 503  # and never ready meanwhile
+            assert "kicked" in server.log.read_text()
+    finally:
+        dep.stop_all()
+
+
 def test_static_member_stays_on_a_crash_and_leaves_on_a_graceful_stop(
     kafka: KafkaInfo, tmp_path: Path
 ):
