@@ -44,7 +44,13 @@ from tests.harness.kafka import KafkaInfo, create_topics, fetch_libs, start_kafk
 from tests.harness.proc import free_port, wait_for
 from tests.harness.tls import make_ca, make_tls
 from tests.integration.samples import batches, encode, encode_chunks, workload
-from tests.integration.workers import Deployment, consume_all, http_json, produce
+from tests.integration.workers import (
+    Deployment,
+    consume_all,
+    consume_placed,
+    http_json,
+    produce,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -151,8 +157,13 @@ def test_hostile_chunks_and_requests_against_one_worker(kafka: KafkaInfo, mongo,
         assert sum(r.startswith("bundle member: MetricsRecord.chunk.") for r in reasons) == 1
         (moved,) = [json.loads(v) for _, v in letters if b"partition-mismatch" in v]
         assert moved["key"] == stranger.workload_id and '"workload":"s' in moved["value"], moved
-        recs = asyncio.run(consume_all(kafka, dep.topic("recommendations"), expect=1))
-        assert len(recs) == 1
+        # what readers of the topics rely on: keyed by the workload, on its key's partition
+        # (murmur2, Kafka's default), the decision on the decisions topic's one partition
+        recs = asyncio.run(consume_placed(kafka, dep.topic("recommendations"), expect=1))
+        assert [(p, k) for p, k, _ in recs] == [(home, spec.workload_id.encode())]
+        decided = asyncio.run(consume_placed(kafka, dep.topic("decisions"), expect=1))
+        assert [(p, k) for p, k, _ in decided] == [(0, spec.workload_id.encode())]
+        assert json.loads(decided[0][2] or b"{}")["workload_id"] == spec.workload_id
 
         usage_url = f"{base}/api/usage/shop/Deployment/cart"
         assert http_json(usage_url)[0] == 401

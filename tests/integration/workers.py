@@ -259,6 +259,13 @@ async def consume_all(
     info: KafkaInfo, topic: str, *, expect: int, timeout: float = 60.0
 ) -> list[tuple[bytes | None, bytes | None]]:
     """Read from the beginning until ``expect`` records arrived or the timeout passed."""
+    return [(k, v) for _, k, v in await consume_placed(info, topic, expect=expect, timeout=timeout)]
+
+
+async def consume_placed(
+    info: KafkaInfo, topic: str, *, expect: int, timeout: float = 60.0
+) -> list[tuple[int, bytes | None, bytes | None]]:
+    """:func:`consume_all` with each record's partition: ``(partition, key, value)``."""
     consumer = AIOKafkaConsumer(
         **info.client_kwargs(),
         auto_offset_reset="earliest",
@@ -266,7 +273,7 @@ async def consume_all(
         group_id=None,
     )
     await consumer.start()
-    out: list[tuple[bytes | None, bytes | None]] = []
+    out: list[tuple[int, bytes | None, bytes | None]] = []
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and len(out) < expect:
@@ -280,7 +287,7 @@ async def consume_all(
                 await consumer.seek_to_beginning()
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
-                out.extend((r.key, r.value) for r in records)
+                out.extend((r.partition, r.key, r.value) for r in records)
     finally:
         await consumer.stop()
     return out
