@@ -519,7 +519,7 @@ class RecoveryWatch:
     Faust's recovery can stall for good (faust-streaming issues #74, #155, #176, #651 describe
     such hangs; here twice in ~60 runs of one rebalancing test, see :func:`stalled_recovery`):
     the worker then stays unready, its partitions unprocessed, and nothing restarts it.  Every
-    check (the wiring's 15 s timer):
+    check (:class:`RecoveryWatchService`, every 15 s or half of ``after`` if shorter):
 
     1. a partition stalled for ``after`` seconds is logged (:func:`stalled_recovery`) and,
        once per recovery, *kicked*: taken out of Faust's pause set and put back in what its
@@ -569,6 +569,8 @@ class RecoveryWatch:
             # (a new rebalance is waiting to restart the recovery, which seeks and resumes
             # again; ``app.rebalancing`` stays true until a recovery ends, so it cannot tell)
             return lines
+        # (only this recovery's kicks are remembered: a later one may kick the same partition)
+        self._kicked = {k for k in self._kicked if k[0] == started}
         self._kicked.update((started, tp) for tp in kick)
         offsets = {tp: max(0, rec.active_offsets.get(tp) or 0) for tp in kick}
         try:
