@@ -477,40 +477,46 @@ def stalled_recovery(app: Any, now: float, after: float = RECOVERY_STALL_SECONDS
     and aiokafka's internals, so it never raises: a line says what could not be read."""
     try:
         stalled = _stalled_tps(app, now, after)
-        rec = app.tables.recovery
     except Exception as exc:  # Faust changed: say so, once per call
-        return [f"recovery state unavailable ({type(exc).__name__})"]
-    out = []
-    for tp in stalled:
-        received = rec._active_events_received_at
-        faust_part = (
-            f"{tp.topic}[{tp.partition}]: offset {rec.active_offsets.get(tp)} of highwater "
-            f"{rec.active_highwaters.get(tp)}, last record "
-            + (f"{now - received[tp]:.0f}s ago" if tp in received else "never")
+        return [_unavailable(exc)]
+    return [_describe(app, tp, now) for tp in stalled]
+
+
+def _unavailable(exc: Exception) -> str:
+    return f"recovery state unavailable ({type(exc).__name__})"
+
+
+def _describe(app: Any, tp: Any, now: float) -> str:
+    """:func:`stalled_recovery`'s line for one stalled partition."""
+    rec = app.tables.recovery
+    received = rec._active_events_received_at
+    faust_part = (
+        f"{tp.topic}[{tp.partition}]: offset {rec.active_offsets.get(tp)} of highwater "
+        f"{rec.active_highwaters.get(tp)}, last record "
+        + (f"{now - received[tp]:.0f}s ago" if tp in received else "never")
+    )
+    try:
+        consumer = app.consumer
+        kafka = consumer._thread._consumer
+        state = kafka._subscription.subscription.assignment.state_value(tp)
+        fence = getattr(kafka._fetcher, "_kubefinops_fence", None)
+        fetched = consumer._active_partitions
+        detail = (
+            f"consumer position {getattr(state, '_position', None)}, paused "
+            f"{getattr(state, 'paused', None)}, status {getattr(state, '_status', None)}, "
+            f"reset {getattr(state, '_reset_strategy', None)}; Faust paused "
+            f"{tp in consumer._paused_partitions}, fetched "
+            f"{None if fetched is None else tp in fetched}, flow "
+            f"{'on' if consumer.can_resume_flow.is_set() else 'stopped'}; Faust read offset "
+            f"{consumer._read_offset.get(tp)}; seek fence resets "
+            f"{fence.resets.get(tp) if fence else None} (to "
+            f"{fence.reset_to.get(tp) if fence else None}), applied "
+            f"{fence.applied.get(tp) if fence else None}, last batch "
+            f"{fence.batch.get(tp) if fence else None}"
         )
-        try:
-            consumer = app.consumer
-            kafka = consumer._thread._consumer
-            state = kafka._subscription.subscription.assignment.state_value(tp)
-            fence = getattr(kafka._fetcher, "_kubefinops_fence", None)
-            fetched = consumer._active_partitions
-            detail = (
-                f"consumer position {getattr(state, '_position', None)}, paused "
-                f"{getattr(state, 'paused', None)}, status {getattr(state, '_status', None)}, "
-                f"reset {getattr(state, '_reset_strategy', None)}; Faust paused "
-                f"{tp in consumer._paused_partitions}, fetched "
-                f"{None if fetched is None else tp in fetched}, flow "
-                f"{'on' if consumer.can_resume_flow.is_set() else 'stopped'}; Faust read offset "
-                f"{consumer._read_offset.get(tp)}; seek fence resets "
-                f"{fence.resets.get(tp) if fence else None} (to "
-                f"{fence.reset_to.get(tp) if fence else None}), applied "
-                f"{fence.applied.get(tp) if fence else None}, last batch "
-                f"{fence.batch.get(tp) if fence else None}"
-            )
-        except Exception as exc:
-            detail = f"consumer state unavailable ({type(exc).__name__})"
-        out.append(f"{faust_part}; {detail}")
-    return out
+    except Exception as exc:
+        detail = f"consumer state unavailable ({type(exc).__name__})"
+    return f"{faust_part}; {detail}"
 
 
 class RecoveryWatch:
@@ -543,17 +549,15 @@ class RecoveryWatch:
 
     async def check(self, app: Any, now: float) -> list[str]:
         """One pass: the log lines (WARNING), kicks made, :attr:`problem` updated."""
-        found = stalled_recovery(app, now, self.after)
-        lines = [f"table recovery stalled: {line}" for line in found]
+        self.problem = None
         try:
             stalled = _stalled_tps(app, now, self.after)
             rec = app.tables.recovery
             started = rec._recovery_started_at
             received = rec._active_events_received_at
-        except Exception:
-            self.problem = None
-            return lines  # stalled_recovery's line already says the state was unavailable
-        self.problem = None
+        except Exception as exc:
+            return [f"table recovery stalled: {_unavailable(exc)}"]
+        lines = [f"table recovery stalled: {_describe(app, tp, now)}" for tp in stalled]
         if self.unhealthy_after > 0:
             stuck = [
                 tp for tp in stalled if now - received.get(tp, started) >= self.unhealthy_after
