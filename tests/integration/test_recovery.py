@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from engine.core.model import RESOURCES, MetricsBatch
+from engine.core.model import RESOURCES, MetricsBatch, WorkloadSpec
 from engine.core.usage import ContainerUsage
 from tests.harness.kafka import KafkaInfo
 from tests.integration.samples import batches, encode, workload
@@ -57,6 +57,46 @@ def clean_run(stream: list[MetricsBatch]) -> tuple[dict[str, ContainerUsage], in
     for b in stream:
         clean.setdefault(b.container_id, ContainerUsage()).ingest(b, history_seconds=14 * 86400)
     return clean, sum(len(b.samples["cpu"]) for b in stream)
+
+
+def fleet(
+    name: str, count: int, seed: int, pods: int
+) -> tuple[list[WorkloadSpec], list[MetricsBatch], dict[str, ContainerUsage], int]:
+    """``count`` workloads' six hours of chunks, workload by workload, with :func:`clean_run`'s
+    state and CPU samples."""
+    rng = np.random.default_rng(seed)
+    specs = [workload(f"{name}-{i}") for i in range(count)]
+    stream = [b for spec in specs for b in batches(spec, rng, hours=6, pods=pods)[0]]
+    return (specs, stream, *clean_run(stream))
+
+
+def ingest_all(
+    kafka: KafkaInfo,
+    dep: Deployment,
+    port: int,
+    stream: list[MetricsBatch],
+    total_cpu: int,
+    timeout: float,
+) -> None:
+    """Send ``stream`` and wait until the worker has ingested every CPU sample of it."""
+    asyncio.run(produce(kafka, dep.topic("metrics"), encode(stream)))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and ingested(port) < total_cpu:
+        time.sleep(0.1)
+    assert ingested(port) == total_cpu
+
+
+def assert_cpu_as_clean(
+    port: int, specs: list[WorkloadSpec], clean: dict[str, ContainerUsage]
+) -> None:
+    """Each workload's ``app`` container answers with the clean run's CPU sample count and
+    P95."""
+    for spec in specs:
+        status, body = http_json(f"http://127.0.0.1:{port}/api/usage/shop/Deployment/{spec.name}")
+        assert status == 200, (spec.name, status)
+        want = clean[spec.workload_id + "/app"].summary("cpu")
+        assert body["containers"]["app"]["cpu"]["count"] == want.count, spec.name
+        assert body["containers"]["app"]["cpu"]["p95"] == pytest.approx(want.p95, rel=1e-12)
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb", "rocksdb-new-pod"])
@@ -180,10 +220,7 @@ def test_a_recovery_that_stops_receiving_is_kicked_or_reported_unhealthy(
     recovery completes with every record (each container's count is a clean run's) and the
     worker is healthy.  ``always``: the kick's resume is lost too; ``/health`` turns 503 naming
     the partitions, which is what makes a liveness probe restart the pod."""
-    rng = np.random.default_rng(11)
-    specs = [workload(f"api-{i}") for i in range(6)]
-    stream = [b for spec in specs for b in batches(spec, rng, hours=6, pods=1)[0]]
-    clean, total_cpu = clean_run(stream)
+    specs, stream, clean, total_cpu = fleet("api", 6, seed=11, pods=1)
     dep = Deployment(
         kafka=kafka,
         workdir=tmp_path,
@@ -192,11 +229,7 @@ def test_a_recovery_that_stops_receiving_is_kicked_or_reported_unhealthy(
     try:
         server, port = dep.start_worker("w1")
         dep.wait_ready(port, server=server)
-        asyncio.run(produce(kafka, dep.topic("metrics"), encode(stream)))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and ingested(port) < total_cpu:
-            time.sleep(0.1)
-        assert ingested(port) == total_cpu
+        ingest_all(kafka, dep, port, stream, total_cpu, timeout=60)
         server.stop(timeout=60)  # the state is in the changelog; the next worker recovers it
 
         dep.extra_env.update(
@@ -213,11 +246,7 @@ def test_a_recovery_that_stops_receiving_is_kicked_or_reported_unhealthy(
             log = server.log.read_text()
             assert "debug: recovery resume of" in log, "the fault was not injected"
             assert re.search(r"kicked \S+-usage-changelog\[\d+\]: resumed, sought to 0", log)
-            for spec in specs:
-                status, body = http_json(f"{base}/api/usage/shop/Deployment/{spec.name}")
-                assert status == 200, (spec.name, status)
-                want = clean[spec.workload_id + "/app"].summary("cpu").count
-                assert body["containers"]["app"]["cpu"]["count"] == want, spec.name
+            assert_cpu_as_clean(port, specs, clean)
             assert http_json(f"{base}/health")[0] == 200
         else:
             health: tuple[int, dict] = (0, {})
@@ -283,10 +312,7 @@ def test_a_new_member_preloads_the_changelogs_while_it_waits_for_the_group(
     session before it gets any partition.  Meanwhile it preloads every table partition's
     changelog (tables/store.py ``warm``): the usage preload is logged before the assignment, and
     the state it then serves equals what the killed worker held."""
-    rng = np.random.default_rng(3)
-    specs = [workload(f"warm-{i}") for i in range(8)]
-    stream = [b for spec in specs for b in batches(spec, rng, hours=6, pods=2)[0]]
-    clean, total_cpu = clean_run(stream)
+    specs, stream, clean, total_cpu = fleet("warm", 8, seed=3, pods=2)
     dep = Deployment(
         kafka=kafka,
         workdir=tmp_path,
@@ -302,11 +328,7 @@ def test_a_new_member_preloads_the_changelogs_while_it_waits_for_the_group(
     try:
         server, port = dep.start_worker("w1")
         dep.wait_ready(port, server=server, timeout=120)
-        asyncio.run(produce(kafka, dep.topic("metrics"), encode(stream)))
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and ingested(port) < total_cpu:
-            time.sleep(0.2)
-        assert ingested(port) == total_cpu
+        ingest_all(kafka, dep, port, stream, total_cpu, timeout=90)
         wait_consumed(kafka, dep.prefix, dep.topic("metrics"))
         server.kill()  # lost without a stop: its session holds the partitions
 
@@ -321,13 +343,6 @@ def test_a_new_member_preloads_the_changelogs_while_it_waits_for_the_group(
         )
         assigned = log.find("Executing _on_partitions_assigned")
         assert warmed is not None and 0 <= warmed.start() < assigned, log[-3000:]
-        for spec in specs:
-            status, body = http_json(
-                f"http://127.0.0.1:{port}/api/usage/shop/Deployment/{spec.name}"
-            )
-            assert status == 200, (spec.name, status)
-            want = clean[spec.workload_id + "/app"].summary("cpu")
-            assert body["containers"]["app"]["cpu"]["count"] == want.count, spec.name
-            assert body["containers"]["app"]["cpu"]["p95"] == pytest.approx(want.p95, rel=1e-12)
+        assert_cpu_as_clean(port, specs, clean)
     finally:
         dep.stop_all()
