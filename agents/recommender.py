@@ -1,5 +1,9 @@
 """Recommender: on a workload's cycle-end marker, turn its usage state into a recommendation.
 
+Every recommendation is decided and archived; ``kubefinops.recommendations`` carries a
+workload's when it changed, and an unchanged one every ``recommendation_refresh_seconds``
+(:mod:`engine.core.published`).
+
 Runs inside the aggregator's stream (same partition as the usage state), so the state it reads
 includes every batch the collector sent for the cycle.  Also records the spec in the
 ``workloads`` table for the gate and the web API: when it changed, or when the stored one was
@@ -24,7 +28,7 @@ from engine.core.model import (
     container_id,
 )
 from engine.core.recommend import recommend
-from engine.metrics import FLEET, RECORDS_PROCESSED
+from engine.metrics import FLEET, RECOMMENDATIONS_PUBLISHED, RECORDS_PROCESSED
 
 log = logging.getLogger("kubefinops.recommender")
 AGENT = "recommender"
@@ -46,16 +50,23 @@ def usage_of(rt: Runtime, spec: WorkloadSpec) -> dict[str, dict[str, UsageSummar
 
 
 async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> tuple[Recommendation, bytes]:
-    """A workload's cycle-end marker -> its recommendation on ``kubefinops.recommendations``
-    (returned with the bytes sent)."""
+    """A workload's cycle-end marker -> its recommendation (returned with its bytes, which the
+    history archives), on ``kubefinops.recommendations`` when it changed
+    (:mod:`engine.core.published`)."""
     spec = marker.spec
     if spec.supersedes(rt.tables.workloads.get(spec.workload_id), SPEC_REFRESH_SECONDS):
         rt.tables.workloads[spec.workload_id] = spec
     usage = usage_of(rt, spec)
     rec = recommend(spec, usage, policy_for(rt, spec), now=rt.clock(), prices=rt.prices)
     rec = rec.model_copy(update={"collection_cycle": marker.cycle})
-    FLEET.observe(rec, rt.clock())
+    now = rt.clock()
+    FLEET.observe(rec, now)
     raw = rec.model_dump_json().encode()
-    await rt.topics.recommendations.send(key=spec.workload_id.encode(), value=raw)
+    if rt.published.due(rec, now):  # changed, or the last one published is stale
+        await rt.topics.recommendations.send(key=spec.workload_id.encode(), value=raw)
+        rt.published.published(rec, now)
+        RECOMMENDATIONS_PUBLISHED.labels("published").inc()
+    else:
+        RECOMMENDATIONS_PUBLISHED.labels("unchanged").inc()
     RECORDS_PROCESSED.labels(AGENT).inc()
     return rec, raw

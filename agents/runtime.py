@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from engine.core.cost import Prices
 from engine.core.model import DeadLetter, Wire, parse
+from engine.core.published import PublishedRecommendations
 from engine.core.records import reason_class  # the metric's label = the CLI's and API's group
 from engine.errors import InvalidRecord
 from engine.logs import redact
@@ -85,6 +86,11 @@ class Runtime:
     liveness: Liveness = field(default_factory=Alive)
     clock: Callable[[], float] = time.time
     retry_first_seconds: float = 1.0  # the first backoff step (doubling, capped); tests shrink it
+    # what this process last published on kubefinops.recommendations (agents/recommender.py)
+    published: PublishedRecommendations = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.published = PublishedRecommendations(self.settings.recommendation_refresh_seconds)
 
     @property
     def prices(self) -> Prices:

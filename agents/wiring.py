@@ -151,6 +151,10 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
         # and once the tables are recovered: the replayed changelog's older versions are garbage
         app.on_rebalance_complete.connect(cast(Any, memory.after_signal))
 
+    # a rebalance may have moved partitions to and from another worker: publish each
+    # workload's recommendation once more rather than trust what this process sent before
+    app.on_partitions_assigned.connect(cast(Any, rt.published.clear))
+
     if rt.settings.gc_freeze_when_ready:
 
         @app.task

@@ -189,6 +189,13 @@ SAVINGS_REALISED = Counter(
     "Monthly savings of changes pushed to Git (sum of deltas applied).",
     registry=REGISTRY,
 )
+RECOMMENDATIONS_PUBLISHED = Counter(
+    f"{_NS}_recommendations_published_total",
+    "Recommendations made, by whether they went on the recommendations topic (published: changed "
+    "or due for a refresh; unchanged: decided and archived, not published again).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 DECISIONS = Counter(
     f"{_NS}_decisions_total",
     "Decisions by outcome and the guardrail that decided.",
@@ -245,6 +252,8 @@ def init_series(agents: tuple[str, ...]) -> None:
             VERIFICATIONS.labels(outcome=outcome, cause=cause)
     for outcome in ("committed", "recommended", "failed"):
         REVERTS.labels(outcome=outcome)
+    for outcome in ("published", "unchanged"):
+        RECOMMENDATIONS_PUBLISHED.labels(outcome=outcome)
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,43 @@ def test_an_unchanged_spec_is_not_written_back_every_cycle_but_a_changed_one_at_
     later = scaled.model_copy(update={"observed_at": NOW + 7200 + SPEC_REFRESH_SECONDS})
     asyncio.run(marker(later))
     assert len(writes) == 3 and table.get(first.workload_id) == later  # refreshed
-    assert len(sent(rt, "recommendations")) == 4  # every marker still recommends
+    # every marker recommends and is decided; the topic has the changes (the scaled one)
+    assert len(sent(rt, "decisions")) == 4
+    assert [r["replicas"] for r in sent(rt, "recommendations")] == [2, 5]
+
+
+def test_an_unchanged_recommendation_is_decided_and_archived_but_published_once() -> None:
+    """The recommendations topic carries a workload's recommendation when it changed (or every
+    ``recommendation_refresh_seconds``); every cycle's is decided and archived in the history."""
+    now = [NOW]
+    rt = with_autopilot(runtime(Services(history=FakeHistory()), now=NOW))
+    rt.clock = lambda: now[0]
+    s = spec("api")
+
+    async def cycle(name: str, at: float) -> None:
+        now[0] = at
+        marker = CycleEnd(cycle=name, spec=s.model_copy(update={"observed_at": at}))
+        await aggregator.ingest(rt, key(s), marker.model_dump_json().encode())
+
+    (first,) = asyncio.run(recommend_for(rt, s))
+    asyncio.run(cycle("c2", NOW + 3600))  # the same usage: the same recommendation
+    assert len(sent(rt, "recommendations")) == 1
+    decisions = [Decision.model_validate(v) for v in sent(rt, "decisions")]
+    assert [d.recommendation_id for d in decisions] == [first.id, first.id]
+    assert [d.collection_cycle for d in decisions] == ["20261130T090000Z", "c2"]
+    outbox = rt.topics.history.sent  # type: ignore[attr-defined]
+    archived = [m for _, batch in outbox for m in json.loads(batch)["records"]]
+    assert [m["kind"] for m in archived].count("recommendations") == 2  # both cycles archived
+    asyncio.run(cycle("c3", NOW + rt.settings.recommendation_refresh_seconds))  # refreshed
+    asyncio.run(cycle("c4", NOW + rt.settings.recommendation_refresh_seconds + 1))
+    assert [r["collection_cycle"] for r in sent(rt, "recommendations")] == [
+        "20261130T090000Z",
+        "c3",
+    ]
+    rt.published.clear()  # a rebalance: every workload once more
+    asyncio.run(cycle("c5", NOW + rt.settings.recommendation_refresh_seconds + 2))
+    assert sent(rt, "recommendations")[-1]["collection_cycle"] == "c5"
+    assert sent(rt, "recommendations")[-1]["id"] == first.id  # unchanged content, same id
 
 
 def test_a_batch_redelivered_after_a_rebalance_is_not_counted_twice() -> None:
