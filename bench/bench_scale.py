@@ -74,6 +74,7 @@ from bench.common import (
     usage_templates,
     wait_ingested,
 )
+from engine.core.bundles import unbundled
 from engine.core.model import ContainerSpec, CycleEnd, ResourcePair, WorkloadSpec
 from tables import USAGE_CHANGELOG_CONFIG
 from tests.harness.kafka import create_topics
@@ -162,10 +163,10 @@ async def decisions_of(
             now = time.monotonic()
             for records in batch.values():
                 for r in records:
-                    doc = json.loads(r.value)
-                    # the collection cycle (``cycle`` in records written before issue 13)
-                    if doc.get("collection_cycle", doc.get("cycle")) == cycle:
-                        arrived.setdefault(doc["workload_id"], now)
+                    for doc in unbundled(r.value):  # the gate sends decisions in bundles
+                        # the collection cycle (``cycle`` in records written before issue 13)
+                        if doc.get("collection_cycle", doc.get("cycle")) == cycle:
+                            arrived.setdefault(doc["workload_id"], now)
 
     producer = AIOKafkaProducer(
         **stack.kafka.client_kwargs(), acks="all", linger_ms=2, max_request_size=8 << 20

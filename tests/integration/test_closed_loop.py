@@ -26,7 +26,7 @@ from tests.harness.git_http import GitRemote
 from tests.harness.proc import wait_for
 from tests.harness.prometheus import WorkloadDef, generate, promtool_backfill, start_prometheus
 from tests.harness.s3 import S3Info
-from tests.integration.workers import Deployment, consume_all, http_json
+from tests.integration.workers import Deployment, consume_all, consume_members, http_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -154,12 +154,9 @@ def test_closed_loop(
         changed = remote.changed_files()
         assert changed and all("overlays/production/kubefinops/" in f for f in changed), changed
 
-        decisions = [
-            json.loads(v)
-            for _, v in asyncio.run(
-                consume_all(kafka, dep.topic("decisions"), expect=3, timeout=30)
-            )
-        ]
+        decisions = asyncio.run(
+            consume_members(kafka, dep.topic("decisions"), expect=3, timeout=30)
+        )
         applied = {d["workload_id"]: d for d in decisions if d["action"] == "apply"}
         assert applied, decisions
         # The collector bundles records per partition (engine/core/bundles.py): frontend and
@@ -225,7 +222,7 @@ def test_closed_loop(
             lambda: (
                 len(
                     asyncio.run(
-                        consume_all(
+                        consume_members(
                             kafka, dep.topic("decisions"), expect=len(decisions) + 1, timeout=5
                         )
                     )
