@@ -328,7 +328,7 @@ def in_process_burst(
     cpu = [0.0]
     cold = [False]
     took = asyncio.run(go())
-    decided = len(rt.topics.decisions.sent)  # type: ignore[attr-defined]
+    decided = len(rt.topics.decisions.members())  # type: ignore[attr-defined]
     assert decided == len(wls), f"in-process baseline: {decided} decisions of {len(wls)}"
     cache = rt.tables.usage.cache
     return {
