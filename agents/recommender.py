@@ -57,9 +57,9 @@ async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> tuple[Recommendation, b
     if spec.supersedes(rt.tables.workloads.get(spec.workload_id), SPEC_REFRESH_SECONDS):
         rt.tables.workloads[spec.workload_id] = spec
     usage = usage_of(rt, spec)
-    rec = recommend(spec, usage, policy_for(rt, spec), now=rt.clock(), prices=rt.prices)
-    rec = rec.model_copy(update={"collection_cycle": marker.cycle})
     now = rt.clock()
+    rec = recommend(spec, usage, policy_for(rt, spec), now=now, prices=rt.prices)
+    rec = rec.model_copy(update={"collection_cycle": marker.cycle})
     FLEET.observe(rec, now)
     raw = rec.model_dump_json().encode()
     if rt.published.due(rec, now):  # changed, or the last one published is stale
