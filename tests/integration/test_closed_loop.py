@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine.adapters.mongo import PolicyStore, connect
+from engine.core.bundles import unbundled
 from engine.core.policy import validate_policy
 from engine.settings import load_settings
 from tests.harness.git_http import GitRemote
@@ -180,6 +181,19 @@ def test_closed_loop(
             "smarthealth/Deployment/frontend",
             "smarthealth/StatefulSet/patients-db",
         }
+        # ... and their two markers' decisions went out as one bundle (agents/gate.py publish),
+        # which the executor read member by member into the commit above; billing's alone
+        decision_values = [
+            v
+            for _, v in asyncio.run(
+                consume_all(kafka, dep.topic("decisions"), expect=10**6, timeout=5)
+            )
+            if v
+        ]
+        assert sorted(sorted(d["name"] for d in unbundled(v)) for v in decision_values) == [
+            ["billing"],
+            ["frontend", "patients-db"],
+        ]
         for wid, decision in applied.items():
             _, kind, name = wid.split("/")
             patch = remote.show(
