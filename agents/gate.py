@@ -34,6 +34,7 @@ from agents import history
 from agents.guard import failure_reason, guarded
 from agents.policies import policy_for
 from agents.runtime import Runtime, park, parse_or_park
+from engine.core.bounds import MAX_DECISION_BUNDLE_BYTES
 from engine.core.bundles import bundle, groups
 from engine.core.guardrails import decide
 from engine.core.model import Decision, HistoryKind, Recommendation
@@ -69,14 +70,15 @@ async def archive(rt: Runtime, made: Sequence[Decided]) -> None:
 
 async def publish(rt: Runtime, made: Sequence[Decided]) -> list[Decided]:
     """Send the decisions made on ``kubefinops.decisions``: in bundles (one record per up to
-    ``MAX_BUNDLE_RECORDS`` decisions within ``MAX_RECORD_BYTES``; one decision alone as itself),
+    ``MAX_BUNDLE_RECORDS`` decisions within ``MAX_DECISION_BUNDLE_BYTES``, ~24 decisions; one
+    decision alone as itself),
     which the executor, their one consumer, reads member by member.  A decision per record was a
     produce, a fetch, a Faust event and two executor table writes per workload.  A bundle the
     producer refuses is sent again one decision at a time, each under its own guard (what fails
     then is dead-lettered as its recommendation, as when deciding failed); returns what was
     sent, for :func:`archive`."""
     sent: list[Decided] = []
-    for group in groups([len(d.decision_raw) for d in made]):
+    for group in groups([len(d.decision_raw) for d in made], max_bytes=MAX_DECISION_BUNDLE_BYTES):
         members = [made[i] for i in group]
         first = members[0].decision.workload_id.encode()
         if len(members) == 1:

@@ -16,7 +16,7 @@ from agents.guard import failure_reason, guarded
 from agents.runtime import Runtime, Sinks
 from engine.core import outbox
 from engine.core.apply_cycles import CycleManifest
-from engine.core.bounds import MAX_RECORD_BYTES
+from engine.core.bounds import MAX_BUNDLE_RECORDS, MAX_DECISION_BUNDLE_BYTES
 from engine.core.bundles import bundle, unbundled
 from engine.core.model import Decision, HistoryRecord, Recommendation, WorkloadSpec
 from engine.errors import DependencyUnavailable
@@ -207,20 +207,24 @@ async def test_the_gate_publishes_a_records_decisions_in_bounded_bundles() -> No
     rt, sinks, _ = runtime()
     batch = made(250)
     assert await gate.publish(rt, batch) == batch
-    values = [v for _, v in sinks["decisions"].sent]
-    assert [len(unbundled(v or b"")) for v in values] == [100, 100, 50]  # MAX_BUNDLE_RECORDS
-    assert [k for k, _ in sinks["decisions"].sent] == [  # keyed by the first member
-        b"ns/Deployment/w000",
-        b"ns/Deployment/w100",
-        b"ns/Deployment/w200",
-    ]
-    members = [m for v in values for m in unbundled(v or b"")]
-    assert members == [json.loads(d.decision_raw) for d in batch]  # each as sent alone
-    big = made(5, size=400_000)  # ~400 KB each: two fit under MAX_RECORD_BYTES
+    values = [v or b"" for _, v in sinks["decisions"].sent]
+    groups = [unbundled(v) for v in values]
+    assert len(values) < len(batch) // 10  # bundles, not a record per decision
+    for value, group in zip(values, groups, strict=True):
+        assert len(group) <= MAX_BUNDLE_RECORDS and len(value) <= MAX_DECISION_BUNDLE_BYTES
+    for value, nxt in zip(values, groups[1:], strict=False):  # full: the next one did not fit
+        assert len(value) + 1 + len(json.dumps(nxt[0], separators=(",", ":"))) > (
+            MAX_DECISION_BUNDLE_BYTES
+        )
+    keys = [k for k, _ in sinks["decisions"].sent]  # keyed by the first member
+    assert keys == [f"ns/Deployment/{g[0]['name']}".encode() for g in groups]
+    members = [m for g in groups for m in g]
+    assert members == [json.loads(d.decision_raw) for d in batch]  # each as sent alone, in order
+    big = made(5, size=25_000)  # ~26 KB each: two fit in MAX_DECISION_BUNDLE_BYTES
     rt, sinks, _ = runtime()
     await gate.publish(rt, big)
     assert [len(unbundled(v or b"")) for _, v in sinks["decisions"].sent] == [2, 2, 1]
-    assert all(len(v or b"") <= MAX_RECORD_BYTES for _, v in sinks["decisions"].sent)
+    assert all(len(v or b"") <= MAX_DECISION_BUNDLE_BYTES for _, v in sinks["decisions"].sent)
     rt, sinks, _ = runtime()
     [one] = made(1)
     await gate.publish(rt, [one])
