@@ -65,8 +65,7 @@ async def ingest(rt: Runtime, key: bytes | None, raw: bytes | None) -> None:
         await _ingest_bundle(rt, record, key, decided)
     else:
         await _ingest_record(rt, record, key, raw, decided)
-    if decided:  # the markers' decisions, in bundles, then into the history
-        await gate.archive(rt, await gate.publish(rt, decided))
+    await gate.archive(rt, decided)
 
 
 def _workload_of(record: MetricsRecord) -> str:

@@ -1,10 +1,9 @@
 """Executor: the single Git writer.  Decisions -> one commit per apply cycle in smarthealth-gitops.
 
-Consumes the one-partition ``kubefinops.decisions`` topic (a decision per value, or the gate's
-bundles of them: :func:`decisions_in`), so exactly one worker writes to Git at a time.
-Decisions are grouped by their collection cycle (engine/core/apply_cycles.py), not by arrival:
-the collector's manifest says how many to wait for, so one collection cycle makes one commit
-whatever the arrival spread (a MongoDB outage, a rebalance); without a manifest a cycle is
+Consumes the one-partition ``kubefinops.decisions`` topic, so exactly one worker writes to Git at
+a time.  Decisions are grouped by their collection cycle (engine/core/apply_cycles.py), not by
+arrival: the collector's manifest says how many to wait for, so one collection cycle makes one
+commit whatever the arrival spread (a MongoDB outage, a rebalance); without a manifest a cycle is
 applied once ``apply_batch_seconds`` pass without a new decision of it.  Pending decisions live in
 changelog-backed tables until their cycle is applied.  The *apply cycle* id is derived from the
 decision ids, so a replay of the same decisions is the same cycle and the writer's idempotency
@@ -22,10 +21,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-import orjson
-
 from agents.guard import dead_letter
-from agents.runtime import Runtime, park, parse_or_park
+from agents.runtime import Runtime, parse_or_park
 from engine.backoff import retry_forever
 from engine.core.apply_cycles import (
     CycleManifest,
@@ -36,16 +33,8 @@ from engine.core.apply_cycles import (
 )
 from engine.core.cycles import split_log
 from engine.core.decision_log import DecisionLog, DecisionRef, as_log, identities
-from engine.core.model import (
-    Action,
-    CycleSummary,
-    Decision,
-    Execution,
-    Outcome,
-    parse_decision_member,
-    parse_decisions_value,
-)
-from engine.errors import InvalidRecord, PermanentError, RetryableError
+from engine.core.model import Action, CycleSummary, Decision, Execution, Outcome
+from engine.errors import PermanentError, RetryableError
 from engine.logs import redact
 from engine.metrics import CYCLE_DURATION, CYCLE_FAILURES, RECORDS_PROCESSED, SAVINGS_REALISED
 
@@ -158,8 +147,11 @@ async def handle_batch(rt: Runtime, raws: Sequence[bytes | None]) -> Execution |
     """Apply these ``kubefinops.decisions`` values as one cycle at once (bad ones dead-lettered):
     what :func:`flush` does for a ready cycle, for a caller that already has the cycle."""
     decisions: list[Decision] = []
+    topic = rt.settings.topic("decisions")
     for raw in raws:
-        decisions += await decisions_in(rt, None, raw)
+        decision = await parse_or_park(rt, Decision, raw, key=None, agent=AGENT, topic=topic)
+        if decision is not None:
+            decisions.append(decision)
     return await run_cycle(rt, decisions)
 
 
@@ -238,47 +230,19 @@ async def accept(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[Exec
             pending.expect(manifest, now)
             rt.tables.pending_cycles[manifest.cycle] = pending.meta()
     elif control is None:
-        touched: dict[str, PendingCycle] = {}
-        for decision in await decisions_in(rt, key, raw):
+        decision = await parse_or_park(rt, Decision, raw, key=key, agent=AGENT, topic=topic)
+        if decision is not None:
             ck = cycle_key(decision)
             row = f"{ck}{_SEP}{decision.workload_id}"
-            pending = touched.get(ck) or _cycle_meta(rt, ck)
-            touched[ck] = pending
+            pending = _cycle_meta(rt, ck)
             new = row not in rt.tables.pending_decisions  # a re-delivery replaces its row
-            # the rows first: a crash before the meta leaves the count short (made good by the
+            # the row first: a crash before the meta leaves the count short (made good by the
             # next recount), never long (which would apply the cycle without its last decision)
             rt.tables.pending_decisions[row] = decision.model_dump(mode="json")
             pending.add(decision, now)
             pending.stored += new
-        for ck, pending in touched.items():  # one meta per cycle and record, not per decision
             rt.tables.pending_cycles[ck] = pending.meta()
     return await flush(rt, now, recount=control is not None)
-
-
-async def decisions_in(rt: Runtime, key: bytes | None, raw: bytes | None) -> list[Decision]:
-    """A ``kubefinops.decisions`` value's decisions: itself, or a bundle's members
-    (:func:`agents.gate.publish`), each validated alone — a bad member is dead-lettered by
-    itself (keyed by its workload id when it has one) and the rest go on; a value that is
-    neither is dead-lettered whole."""
-    topic = rt.settings.topic("decisions")
-    try:
-        value = parse_decisions_value(raw)
-    except InvalidRecord as exc:
-        await park(rt, topic=topic, key=key, raw=raw, reason=str(exc), agent=AGENT)
-        return []
-    if isinstance(value, Decision):
-        return [value]
-    out: list[Decision] = []
-    for doc in value.records:
-        try:
-            out.append(parse_decision_member(doc))
-        except InvalidRecord as exc:
-            wid = doc.get("workload_id")
-            member_key = wid.encode() if isinstance(wid, str) else key
-            reason = f"bundle member: {exc}"
-            member = orjson.dumps(doc)
-            await park(rt, topic=topic, key=member_key, raw=member, reason=reason, agent=AGENT)
-    return out
 
 
 async def flush(rt: Runtime, now: float, *, recount: bool = False) -> list[Execution]:

@@ -59,7 +59,7 @@ def decisions(n: int) -> list[bytes]:
             await aggregator.ingest(rt, key, raw)  # recommended and decided in one pass
 
     asyncio.run(go())
-    base = [Decision.model_validate(m) for m in rt.topics.decisions.members()]  # type: ignore[attr-defined]
+    base = [Decision.model_validate_json(v) for _, v in rt.topics.decisions.sent]  # type: ignore[attr-defined]
     out = []
     for i in range(n):
         d = base[i % len(base)]

@@ -37,7 +37,6 @@ sys.path.insert(0, os.environ.get("ROOT") or str(Path(__file__).resolve().parent
 
 from bench import bench_scale as bs
 from bench.common import usage_templates
-from engine.core.bundles import unbundled
 
 CHUNK = 6 * 3600
 
@@ -97,18 +96,15 @@ def main() -> None:
         if prof:
             prof.disable()
         digest = hashlib.sha256()
-        # the decisions as sent one by one or in bundles (one per metrics record since
-        # 2026-12-03), each member as its bytes; the recommendations are in the history (the
-        # topic carries only the changed ones since then)
-        for _, value in rt.topics.decisions.sent:  # type: ignore[attr-defined]
-            for item in unbundled(value or b"{}"):
-                digest.update(json.dumps(item, sort_keys=True).encode())
+        for topic in (rt.topics.recommendations, rt.topics.decisions):
+            for _, value in topic.sent:  # type: ignore[attr-defined]
+                digest.update(value or b"")
         # the history's records, not how they were packed into outbox messages (per batch of
         # the gate before, per marker or bundle since it runs in the aggregator's pass)
         for _, value in rt.topics.history.sent:  # type: ignore[attr-defined]
             for item in json.loads(value or b"{}").get("records", []):
                 digest.update(json.dumps(item, sort_keys=True).encode())
-        assert len(rt.topics.decisions.members()) == len(wls)  # type: ignore[attr-defined]
+        assert len(rt.topics.decisions.sent) == len(wls)  # type: ignore[attr-defined]
         return t1 - t0, (t2 - t1) if apart else None, digest.hexdigest()[:16]
 
     runs = []

@@ -74,7 +74,6 @@ from bench.common import (
     usage_templates,
     wait_ingested,
 )
-from engine.core.bundles import unbundled
 from engine.core.model import ContainerSpec, CycleEnd, ResourcePair, WorkloadSpec
 from tables import USAGE_CHANGELOG_CONFIG
 from tests.harness.kafka import create_topics
@@ -163,10 +162,10 @@ async def decisions_of(
             now = time.monotonic()
             for records in batch.values():
                 for r in records:
-                    for doc in unbundled(r.value):  # the gate sends decisions in bundles
-                        # the collection cycle (``cycle`` in records written before issue 13)
-                        if doc.get("collection_cycle", doc.get("cycle")) == cycle:
-                            arrived.setdefault(doc["workload_id"], now)
+                    doc = json.loads(r.value)
+                    # the collection cycle (``cycle`` in records written before issue 13)
+                    if doc.get("collection_cycle", doc.get("cycle")) == cycle:
+                        arrived.setdefault(doc["workload_id"], now)
 
     producer = AIOKafkaProducer(
         **stack.kafka.client_kwargs(), acks="all", linger_ms=2, max_request_size=8 << 20
@@ -328,7 +327,7 @@ def in_process_burst(
     cpu = [0.0]
     cold = [False]
     took = asyncio.run(go())
-    decided = len(rt.topics.decisions.members())  # type: ignore[attr-defined]
+    decided = len(rt.topics.decisions.sent)  # type: ignore[attr-defined]
     assert decided == len(wls), f"in-process baseline: {decided} decisions of {len(wls)}"
     cache = rt.tables.usage.cache
     return {

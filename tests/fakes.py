@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents.runtime import Runtime, Sinks
-from engine.core.bundles import unbundled
 from engine.core.collect import chunks_from_batches
 from engine.core.cost import Prices
 from engine.core.model import (
@@ -58,10 +57,6 @@ class RecordingTopic:
 
     def values(self) -> list[dict[str, Any]]:
         return [json.loads(v) for _, v in self.sent if v is not None]
-
-    def members(self) -> list[dict[str, Any]]:
-        """The values sent, bundles opened into their members (engine/core/bundles.py)."""
-        return [m for _, v in self.sent if v is not None for m in unbundled(v)]
 
 
 def recording_sinks() -> Sinks:
@@ -340,16 +335,10 @@ def sent(rt: Runtime, topic: str) -> list[dict[str, Any]]:
 def metrics_sent(rt: Runtime) -> list[dict[str, Any]]:
     """The records sent to ``kubefinops.metrics``, bundles opened into their members, in order
     (the collector bundles them per partition: engine/core/bundles.py)."""
-    sink = rt.topics.metrics
-    assert isinstance(sink, RecordingTopic)
-    return sink.members()
-
-
-def decisions_sent(rt: Runtime) -> list[dict[str, Any]]:
-    """The decisions sent, bundles opened (the gate bundles them: agents/gate.py ``publish``)."""
-    sink = rt.topics.decisions
-    assert isinstance(sink, RecordingTopic)
-    return sink.members()
+    out: list[dict[str, Any]] = []
+    for value in sent(rt, "metrics"):
+        out += value["records"] if value.get("type") == "bundle" else [value]
+    return out
 
 
 def dead_letters(rt: Runtime) -> list[DeadLetter]:

@@ -54,11 +54,6 @@ MAX_RECORD_BYTES = 900 * 1024  # what the app produces per message (Kafka's defa
 # workloads' records in one metrics bundle (engine/core/bundles.py): the aggregator handles a
 # bundle as one event, ~2 ms a member at a cycle's end; 100 keeps one event near 0.2 s
 MAX_BUNDLE_RECORDS = 100
-# bytes of one decisions bundle (agents/gate.py publish): ~24 decisions of ~2.7 KB.  Bundles of
-# 100 (~270 KB values) took a 10,000-decision cycle's peak RSS from 391 to 579 MiB (bar 500):
-# values that size are heap blocks below glibc's mmap threshold (engine/memory.py), made and
-# copied several times on their way (bundle, producer batch, request, fetch, parse)
-MAX_DECISION_BUNDLE_BYTES = 64 * 1024
 
 NAMESPACE_RE = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 KIND_RE = r"^[A-Z][A-Za-z0-9]{0,62}$"

@@ -1,4 +1,4 @@
-"""Bundles: many workloads' records of ONE partition in one Kafka record (metrics, decisions).
+"""Bundles: many workloads' ``kubefinops.metrics`` records of ONE partition in one Kafka record.
 
 One record per workload and chunk, and one cycle-end marker per workload, each cost the worker
 Faust's per-event work (consume, dispatch, commit bookkeeping: ~0.25 ms), as much as the
@@ -15,11 +15,6 @@ record itself.  The aggregator checks every member's partition (a member of anot
 would be kept by the wrong owner) and handles each alone: a bad member is dead-lettered, the
 rest of the bundle goes on.
 
-The gate sends ``kubefinops.decisions`` the same way (:func:`groups`, :func:`bundle`): the
-decisions of one metrics record, up to ``MAX_BUNDLE_RECORDS`` a value, read member by member by
-the executor; that topic has one partition, so every bundle is in place.  Readers of either
-topic iterate :func:`unbundled`.
-
 The partition is Kafka's default: murmur2 of the key bytes, as the Java client and aiokafka
 compute it (``aiokafka.partitioner.murmur2``; the pure core imports no Kafka client, and the
 unit tests compare the two on random keys).
@@ -27,10 +22,7 @@ unit tests compare the two on random keys).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
-
-import orjson
+from collections.abc import Iterable
 
 from engine.core.bounds import MAX_BUNDLE_RECORDS, MAX_RECORD_BYTES
 
@@ -69,41 +61,6 @@ def murmur2(data: bytes) -> int:
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` among ``partitions``."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def unbundled(raw: bytes | str) -> list[Any]:
-    """A value's records, decoded: a bundle's members, or the value itself — what a reader of
-    ``kubefinops.metrics`` or ``kubefinops.decisions`` iterates.  :class:`ValueError` if it is
-    not JSON."""
-    doc = orjson.loads(raw)
-    if (
-        isinstance(doc, dict)
-        and doc.get("type") == "bundle"
-        and isinstance(doc.get("records"), list)
-    ):
-        return list(doc["records"])
-    return [doc]
-
-
-def groups(
-    sizes: Sequence[int],
-    *,
-    max_bytes: int = MAX_RECORD_BYTES,
-    max_members: int = MAX_BUNDLE_RECORDS,
-) -> list[range]:
-    """Consecutive members (their encoded ``sizes``) grouped into bundles within ``max_bytes``
-    and ``max_members``, in order; a member alone over ``max_bytes`` is a group of one."""
-    out: list[range] = []
-    start, size = 0, 0
-    overhead = len(_HEAD) + len(_TAIL)
-    for i, n in enumerate(sizes):
-        if i > start and (i - start >= max_members or size + 1 + n + overhead > max_bytes):
-            out.append(range(start, i))
-            start, size = i, 0
-        size += n + (1 if i > start else 0)
-    if start < len(sizes):
-        out.append(range(start, len(sizes)))
-    return out
 
 
 def bundle(members: Iterable[bytes]) -> bytes:

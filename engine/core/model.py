@@ -643,53 +643,6 @@ class MetricsBundle(Wire):
         return out
 
 
-class DecisionBundle(Wire):
-    """Many decisions in one ``kubefinops.decisions`` value (``type: "bundle"``, as a metrics
-    bundle: :mod:`engine.core.bundles`): the gate's decisions of one metrics record, at most
-    ``MAX_BUNDLE_RECORDS`` and ``MAX_RECORD_BYTES``.  Each member is a decision as it would be
-    sent alone; the executor validates them one by one (:func:`parse_decision_member`), so a bad
-    one costs only itself.  One decision alone is still sent as itself."""
-
-    type: Literal["bundle"]
-    records: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=b.MAX_BUNDLE_RECORDS)]
-
-    def actions(self) -> dict[str, int]:
-        """How many members of each action (as they say; not validated)."""
-        out: dict[str, int] = {}
-        for doc in self.records:
-            action = str(doc.get("action", "?"))
-            out[action] = out.get(action, 0) + 1
-        return out
-
-
-def parse_decisions_value(raw: bytes | str | None) -> Decision | DecisionBundle:
-    """A ``kubefinops.decisions`` value: one decision, or a bundle of them (members not validated
-    here: :func:`parse_decision_member`); :class:`InvalidRecord` with a one-line reason."""
-    if raw is None:
-        raise InvalidRecord("empty value")
-    if b"bundle" not in (raw.encode() if isinstance(raw, str) else raw):
-        return parse(Decision, raw)  # one decision: validated from its JSON in one step
-    try:
-        # a bundle's members may carry NaN tokens: each is refused alone, with the field
-        document, _ = load_json(raw)
-    except ValueError as exc:
-        raise InvalidRecord(f"Decision: invalid JSON: {exc}") from None
-    bundled = isinstance(document, dict) and document.get("type") == "bundle"
-    model: type[Decision] | type[DecisionBundle] = DecisionBundle if bundled else Decision
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        raise _invalid(model.__name__, exc) from None
-
-
-def parse_decision_member(document: Any) -> Decision:
-    """Validate one member of a :class:`DecisionBundle` (a decoded decision)."""
-    try:
-        return Decision.model_validate(document)
-    except ValidationError as exc:
-        raise _invalid("Decision", exc) from None
-
-
 MetricsRecord = MetricsChunk | MetricsBatch | CycleEnd
 
 # A ``kubefinops.metrics`` value is a columnar chunk, a (v1) usage batch or a cycle-end marker:

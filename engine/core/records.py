@@ -23,11 +23,11 @@ from pydantic import BaseModel
 from engine.core.model import (
     CycleSummary,
     DeadLetter,
+    Decision,
     Execution,
     Recommendation,
     WorkloadSpec,
     parse,
-    parse_decisions_value,
     parse_metrics_record,
 )
 from engine.core.policy import validate_policy
@@ -58,7 +58,7 @@ SCHEMAS: dict[str, Decoder] = {
     "workloads": _model(WorkloadSpec),
     "policies": _policy,
     "recommendations": _model(Recommendation),
-    "decisions": parse_decisions_value,
+    "decisions": _model(Decision),
     "executions": _model(Execution),
     "deadletter": _model(DeadLetter),
     "cycles": _model(CycleSummary),
@@ -128,10 +128,6 @@ def summarize(model: BaseModel) -> str:
         if "workload" in first:
             wid = "/".join(str(first.get(f, "?")) for f in ("namespace", "kind", "workload"))
         return f"bundle of {len(m.records)} records ({kinds}), first {wid}"
-    if name == "DecisionBundle":
-        actions = ", ".join(f"{n} {k}" for k, n in sorted(m.actions().items()))
-        first = m.records[0].get("workload_id", "?")
-        return f"bundle of {len(m.records)} decisions ({actions}), first {first}"
     if name == "CycleEnd":
         return f"cycle-end {m.spec.workload_id} cycle {m.cycle}"
     if name == "WorkloadSpec":

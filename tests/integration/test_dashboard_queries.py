@@ -37,7 +37,7 @@ from tests.harness.kafka import KafkaInfo
 from tests.harness.proc import Server, free_port, wait_for, wait_until
 from tests.harness.prometheus import start_prometheus
 from tests.harness.s3 import S3Info, unique_bucket
-from tests.integration.workers import Deployment, consume_members, http_json, produce
+from tests.integration.workers import Deployment, consume_all, http_json, produce
 from tests.unit.test_dashboard import dashboard_queries
 
 pytestmark = pytest.mark.integration
@@ -341,7 +341,13 @@ def cycle(prometheus: str, worker: Worker, kafka: KafkaInfo, s3: S3Info) -> Cycl
         log,
     )
     recs, decisions = (
-        asyncio.run(consume_members(kafka, dep.topic(t), expect=len(WORKLOADS), timeout=30))
+        [
+            json.loads(v)
+            for _, v in asyncio.run(
+                consume_all(kafka, dep.topic(t), expect=len(WORKLOADS), timeout=30)
+            )
+            if v
+        ]
         for t in ("recommendations", "decisions")
     )
     assert {r["workload_id"] for r in recs} == {f"{WORKLOAD_NS}/{k}/{n}" for k, n, *_ in WORKLOADS}

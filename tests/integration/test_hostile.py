@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 
-from engine.core.bundles import bundle, partition_of, unbundled
+from engine.core.bundles import bundle, partition_of
 from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo, create_topics, fetch_libs, start_kafka
 from tests.harness.proc import free_port, wait_for
@@ -163,7 +163,7 @@ def test_hostile_chunks_and_requests_against_one_worker(kafka: KafkaInfo, mongo,
         assert [(p, k) for p, k, _ in recs] == [(home, spec.workload_id.encode())]
         decided = asyncio.run(consume_placed(kafka, dep.topic("decisions"), expect=1))
         assert [(p, k) for p, k, _ in decided] == [(0, spec.workload_id.encode())]
-        assert [d["workload_id"] for d in unbundled(decided[0][2] or b"{}")] == [spec.workload_id]
+        assert json.loads(decided[0][2] or b"{}")["workload_id"] == spec.workload_id
 
         usage_url = f"{base}/api/usage/shop/Deployment/cart"
         assert http_json(usage_url)[0] == 401

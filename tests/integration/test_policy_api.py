@@ -4,6 +4,7 @@ workload, a DELETE reverts it, a bad document gets 400 and changes nothing, no t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -13,13 +14,7 @@ import pytest
 from engine.core.model import CycleEnd
 from tests.harness.kafka import KafkaInfo
 from tests.integration.samples import MiB, batches, encode, workload
-from tests.integration.workers import (
-    Deployment,
-    consume_members,
-    http_json,
-    produce,
-    put_policy,
-)
+from tests.integration.workers import Deployment, consume_all, http_json, produce, put_policy
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +29,8 @@ AUTOPILOT = {
 
 
 def decisions_for(kafka: KafkaInfo, dep: Deployment, expect: int) -> list[dict]:
-    return asyncio.run(consume_members(kafka, dep.topic("decisions"), expect=expect, timeout=60))
+    records = asyncio.run(consume_all(kafka, dep.topic("decisions"), expect=expect, timeout=60))
+    return [json.loads(v) for _, v in records]
 
 
 def test_policy_put_delete_validation_and_auth(kafka: KafkaInfo, mongo, tmp_path: Path):

@@ -13,6 +13,7 @@ with the default policy, and a PUT was never visible on it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from engine.settings import load_settings
 from tests.harness.kafka import KafkaInfo
 from tests.harness.proc import wait_for
 from tests.integration.samples import MiB, batches, encode, workload
-from tests.integration.workers import Deployment, consume_members, http_json, produce
+from tests.integration.workers import Deployment, consume_all, http_json, produce
 
 pytestmark = pytest.mark.integration
 
@@ -104,9 +105,9 @@ def test_two_workers_started_together_both_apply_the_reconciled_policy(
         ends = [CycleEnd(cycle="c1", spec=spec) for spec in specs]
         asyncio.run(produce(kafka, dep.topic("metrics"), encode([*sent, *ends])))
         found = asyncio.run(
-            consume_members(kafka, dep.topic("decisions"), expect=len(specs), timeout=120)
+            consume_all(kafka, dep.topic("decisions"), expect=len(specs), timeout=120)
         )
-        decisions = {d["workload_id"]: d for d in found}
+        decisions = {d["workload_id"]: d for d in (json.loads(v) for _, v in found)}
         assert set(decisions) == {s.workload_id for s in specs}, decisions.keys()
         for wid, d in decisions.items():
             assert (d["policy_id"], d["policy_version"]) == (POLICY["id"], 1), (wid, d)

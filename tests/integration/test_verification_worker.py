@@ -12,6 +12,7 @@ decrease of that workload.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from tests.harness.remote_write import LivePrometheus
 from tests.integration.cluster_sim import SimDeployment
 from tests.integration.samples import encode, encode_chunks
 from tests.integration.test_verification import NEW, OLD, lowered_memory
-from tests.integration.workers import Deployment, consume_members, counter, produce
+from tests.integration.workers import Deployment, consume_all, counter, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,7 +43,8 @@ PROCESSED = "kubefinops_records_processed_total"
 
 
 def records(kafka: KafkaInfo, topic: str, expect: int, timeout: float = 5.0) -> list[dict]:
-    return asyncio.run(consume_members(kafka, topic, expect=expect, timeout=timeout))
+    got = asyncio.run(consume_all(kafka, topic, expect=expect, timeout=timeout))
+    return [json.loads(v) for _, v in got if v]
 
 
 def low_usage(spec: WorkloadSpec, hours: int) -> list[MetricsBatch]:

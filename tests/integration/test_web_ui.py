@@ -17,6 +17,7 @@ two workers with a read token; one collection cycle that commits.  Then:
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import shutil
 import time
@@ -35,7 +36,7 @@ from tests.harness.git_http import GitRemote
 from tests.harness.prometheus import generate, promtool_backfill, start_prometheus
 from tests.harness.s3 import S3Info
 from tests.integration.test_closed_loop import SMARTHEALTH, s3_objects, wait_for
-from tests.integration.workers import Deployment, consume_members, http_json
+from tests.integration.workers import Deployment, consume_all, http_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -137,7 +138,10 @@ def fleet(
 
 def records(fleet: dict[str, Any], topic: str) -> list[dict[str, Any]]:
     dep: Deployment = fleet["dep"]
-    return asyncio.run(consume_members(dep.kafka, dep.topic(topic), expect=10**6, timeout=8))
+    return [
+        json.loads(v)
+        for _, v in asyncio.run(consume_all(dep.kafka, dep.topic(topic), expect=10**6, timeout=8))
+    ]
 
 
 def latest_by_workload(docs: list[dict[str, Any]], at: str) -> dict[str, dict[str, Any]]:

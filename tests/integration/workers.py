@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from engine.core.bundles import unbundled
 from engine.topics import partitions
 from tests.harness.kafka import KafkaInfo, kcat_args
 from tests.harness.proc import Server, free_port, wait_for, wait_until
@@ -263,27 +262,10 @@ async def consume_all(
     return [(k, v) for _, k, v in await consume_placed(info, topic, expect=expect, timeout=timeout)]
 
 
-async def consume_members(
-    info: KafkaInfo, topic: str, *, expect: int, timeout: float = 60.0
-) -> list[dict[str, Any]]:
-    """The records of ``topic`` (e.g. decisions) from the beginning, decoded, bundles opened into
-    their members (engine/core/bundles.py), until ``expect`` members or the timeout."""
-    placed = await consume_placed(
-        info, topic, expect=expect, timeout=timeout, count=lambda v: len(unbundled(v or b"{}"))
-    )
-    return [m for _, _, v in placed if v for m in unbundled(v)]
-
-
 async def consume_placed(
-    info: KafkaInfo,
-    topic: str,
-    *,
-    expect: int,
-    timeout: float = 60.0,
-    count: Callable[[bytes | None], int] = lambda _: 1,
+    info: KafkaInfo, topic: str, *, expect: int, timeout: float = 60.0
 ) -> list[tuple[int, bytes | None, bytes | None]]:
-    """:func:`consume_all` with each record's partition: ``(partition, key, value)``; ``count``:
-    how much a record counts towards ``expect``."""
+    """:func:`consume_all` with each record's partition: ``(partition, key, value)``."""
     consumer = AIOKafkaConsumer(
         **info.client_kwargs(),
         auto_offset_reset="earliest",
@@ -292,10 +274,9 @@ async def consume_placed(
     )
     await consumer.start()
     out: list[tuple[int, bytes | None, bytes | None]] = []
-    got = 0
     try:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and got < expect:
+        while time.monotonic() < deadline and len(out) < expect:
             parts = consumer.partitions_for_topic(topic)
             if not parts:
                 await asyncio.sleep(0.5)
@@ -307,7 +288,6 @@ async def consume_placed(
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
                 out.extend((r.partition, r.key, r.value) for r in records)
-                got += sum(count(r.value) for r in records)
     finally:
         await consumer.stop()
     return out

@@ -16,8 +16,6 @@ from agents.guard import failure_reason, guarded
 from agents.runtime import Runtime, Sinks
 from engine.core import outbox
 from engine.core.apply_cycles import CycleManifest
-from engine.core.bounds import MAX_BUNDLE_RECORDS, MAX_DECISION_BUNDLE_BYTES
-from engine.core.bundles import bundle, unbundled
 from engine.core.model import Decision, HistoryRecord, Recommendation, WorkloadSpec
 from engine.errors import DependencyUnavailable
 from engine.services import Services
@@ -182,100 +180,13 @@ async def test_an_outbox_message_the_producer_refuses_is_dead_lettered_whole() -
     rec = Recommendation.model_validate(WEB_REC)
     made: list[gate.Decided] = []
     await gate.decide_made(rt, rec, raw(rec), made)
-    await gate.archive(rt, await gate.publish(rt, made))
+    await gate.archive(rt, made)
     assert [d["recommendation_id"] for d in sinks["decisions"].values()] == ["rec-1"]
     [letter] = sinks["deadletter"].values()
     assert (letter["agent"], letter["topic"]) == ("history", "kubefinops.history"), letter
     assert letter["reason"].startswith("MessageSizeTooLargeError"), letter
     kinds = [r["kind"] for r in json.loads(letter["value"])["records"]]
     assert kinds == ["recommendations", "decisions"]
-
-
-def made(n: int, size: int = 0) -> list[gate.Decided]:
-    """``n`` decisions as the gate makes them (``size``: padded to about that many bytes)."""
-    out = []
-    for i in range(n):
-        d = decision(f"w{i:03d}")
-        if size:
-            d = d.model_copy(update={"reason": "x" * size})
-        rec = Recommendation.model_validate({**WEB_REC, "id": f"rec-w{i:03d}"})
-        out.append(gate.Decided(rec, raw(rec), d, raw(d)))
-    return out
-
-
-async def test_the_gate_publishes_a_records_decisions_in_bounded_bundles() -> None:
-    rt, sinks, _ = runtime()
-    batch = made(250)
-    assert await gate.publish(rt, batch) == batch
-    values = [v or b"" for _, v in sinks["decisions"].sent]
-    groups = [unbundled(v) for v in values]
-    assert len(values) < len(batch) // 10  # bundles, not a record per decision
-    for value, group in zip(values, groups, strict=True):
-        assert len(group) <= MAX_BUNDLE_RECORDS and len(value) <= MAX_DECISION_BUNDLE_BYTES
-    for value, nxt in zip(values, groups[1:], strict=False):  # full: the next one did not fit
-        assert len(value) + 1 + len(json.dumps(nxt[0], separators=(",", ":"))) > (
-            MAX_DECISION_BUNDLE_BYTES
-        )
-    keys = [k for k, _ in sinks["decisions"].sent]  # keyed by the first member
-    assert keys == [f"ns/Deployment/{g[0]['name']}".encode() for g in groups]
-    members = [m for g in groups for m in g]
-    assert members == [json.loads(d.decision_raw) for d in batch]  # each as sent alone, in order
-    big = made(5, size=25_000)  # ~26 KB each: two fit in MAX_DECISION_BUNDLE_BYTES
-    rt, sinks, _ = runtime()
-    await gate.publish(rt, big)
-    assert [len(unbundled(v or b"")) for _, v in sinks["decisions"].sent] == [2, 2, 1]
-    assert all(len(v or b"") <= MAX_DECISION_BUNDLE_BYTES for _, v in sinks["decisions"].sent)
-    rt, sinks, _ = runtime()
-    [one] = made(1)
-    await gate.publish(rt, [one])
-    assert sinks["decisions"].sent == [(b"ns/Deployment/w000", one.decision_raw)]  # alone
-
-
-async def test_a_refused_bundle_goes_out_one_by_one_and_only_what_fails_is_dead_lettered() -> None:
-    rt, sinks, _ = runtime()
-    batch = made(3)
-
-    class Refusing(Recorder):
-        async def send(self, *, key: bytes | None = None, value: bytes | None = None) -> Any:
-            if value and (b'"type":"bundle"' in value or b"w001" in value):
-                raise MessageSizeTooLargeError()
-            return await super().send(key=key, value=value)
-
-    sinks["decisions"] = Refusing()
-    rt = Runtime(rt.settings, Sinks(**sinks), rt.tables, rt.services, clock=rt.clock)  # type: ignore[arg-type]
-    sent = await gate.publish(rt, batch)
-    assert [d.decision.name for d in sent] == ["w000", "w002"]
-    assert [json.loads(v or b"")["name"] for _, v in sinks["decisions"].sent] == ["w000", "w002"]
-    [letter] = sinks["deadletter"].values()  # as its recommendation, as a failed decide is
-    assert (letter["agent"], letter["topic"], letter["key"]) == (
-        "gate",
-        "kubefinops.recommendations",
-        "ns/Deployment/w001",
-    )
-    assert json.loads(letter["value"])["id"] == "rec-w001"
-
-
-async def test_the_executor_reads_a_bundle_member_by_member() -> None:
-    """A bundle of decisions is the same cycle as its members sent alone; a bad member is
-    dead-lettered alone (keyed by its workload) and the rest applies."""
-    rt, sinks, clock = runtime()
-    good = [raw(decision(n)) for n in ("a", "b", "c")]
-    bad = raw(decision("d")).replace(b'"cpu_request":0.5', b'"cpu_request":NaN')
-    await executor.accept(rt, b"c1", raw(CycleManifest(cycle="c1", workloads=4, at=T0)))
-    value = bundle([good[0], bad, good[1], good[2]])
-    done = await executor.accept(rt, b"ns/Deployment/a", value)
-    assert done == []  # 3 of 4: the manifest's count is not reached
-    assert rt.tables.pending_cycles["c1"]["stored"] == 3  # one meta write for the three
-    [letter] = sinks["deadletter"].values()
-    assert letter["key"] == "ns/Deployment/d" and "cpu_request" in letter["reason"]
-    assert letter["reason"].startswith("bundle member: ")
-    assert json.loads(letter["value"].replace("NaN", "null"))["name"] == "d"
-    clock.now += 1000  # the cycle times out with what it has
-    [execution] = await executor.accept(rt, b"apply-tick", b'{"type":"apply-tick"}')
-    assert sorted(execution.workload_ids) == [f"ns/Deployment/{w}" for w in "abc"]
-    # not a bundle, not a decision: dead-lettered whole
-    await executor.accept(rt, b"k", b'{"type":"bundle","records":[]}')
-    assert sinks["deadletter"].values()[-1]["reason"].startswith("DecisionBundle")
 
 
 # --- apply cycles keyed by collection cycle -----------------------------------------------------

@@ -87,7 +87,7 @@ def test_a_batch_is_decided_record_by_record_and_archived_in_two_bulk_writes() -
     assert len(out) == n + 1
     assert out[-1] is None and out[-2] is None  # bad JSON; no spec
     assert all(isinstance(d, Decision) for d in out[:-2])
-    assert len(sinks["decisions"].members()) == n - 1 and len(sinks["deadletter"].sent) == 2
+    assert len(sinks["decisions"].sent) == n - 1 and len(sinks["deadletter"].sent) == 2
     assert store.calls == []  # the gate never waits on MongoDB
     asyncio.run(history.write_batch(rt, sinks["history"].sent))
     assert store.calls == [("recommendations", n - 1), ("decisions", n - 1)]

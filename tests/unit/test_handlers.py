@@ -42,7 +42,6 @@ from tests.fakes import (
     FakeReports,
     FakeUsage,
     dead_letters,
-    decisions_sent,
     metrics_sent,
     runtime,
     sent,
@@ -166,7 +165,7 @@ def test_an_unchanged_spec_is_not_written_back_every_cycle_but_a_changed_one_at_
     asyncio.run(marker(later))
     assert len(writes) == 3 and table.get(first.workload_id) == later  # refreshed
     # every marker recommends and is decided; the topic has the changes (the scaled one)
-    assert len(decisions_sent(rt)) == 4
+    assert len(sent(rt, "decisions")) == 4
     assert [r["replicas"] for r in sent(rt, "recommendations")] == [2, 5]
 
 
@@ -186,7 +185,7 @@ def test_an_unchanged_recommendation_is_decided_and_archived_but_published_once(
     (first,) = asyncio.run(recommend_for(rt, s))
     asyncio.run(cycle("c2", NOW + 3600))  # the same usage: the same recommendation
     assert len(sent(rt, "recommendations")) == 1
-    decisions = [Decision.model_validate(v) for v in decisions_sent(rt)]
+    decisions = [Decision.model_validate(v) for v in sent(rt, "decisions")]
     assert [d.recommendation_id for d in decisions] == [first.id, first.id]
     assert [d.collection_cycle for d in decisions] == ["20261130T090000Z", "c2"]
     outbox = rt.topics.history.sent  # type: ignore[attr-defined]
@@ -232,7 +231,7 @@ def test_the_cycle_end_is_decided_in_the_same_pass_sent_and_archived() -> None:
     history = FakeHistory()
     rt = with_autopilot(runtime(Services(history=history), now=NOW))
     (rec,) = asyncio.run(recommend_for(rt, spec("api")))
-    [decision] = [Decision.model_validate(v) for v in decisions_sent(rt)]
+    [decision] = [Decision.model_validate(v) for v in sent(rt, "decisions")]
     assert (decision.action, decision.guardrail) == (Action.APPLY, "autopilot")
     assert decision.recommendation_id == rec.id
     assert decision.collection_cycle == rec.collection_cycle
@@ -267,7 +266,7 @@ def test_a_gate_failure_dead_letters_the_recommendation_not_the_marker(
     monkeypatch.setattr(gate, "decide", flaky)
     recs = asyncio.run(recommend_for(rt, spec("api"), spec("web")))
     assert [r.name for r in recs] == ["api", "web"]
-    assert [Decision.model_validate(v).workload_id for v in decisions_sent(rt)] == [
+    assert [Decision.model_validate(v).workload_id for v in sent(rt, "decisions")] == [
         "shop/Deployment/web"
     ]
     [letter] = dead_letters(rt)

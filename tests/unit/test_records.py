@@ -56,25 +56,6 @@ def test_a_bundle_is_summarized_by_its_members() -> None:
     assert got.value["records"][2]["spec"]["name"] == "checkout"
 
 
-def test_a_decision_bundle_is_summarized_by_its_actions() -> None:
-    from engine.core.bundles import bundle, groups, unbundled
-    from tests.unit.test_agents_total import decision
-
-    members = [decision(n).model_dump_json().encode() for n in ("a", "b")]
-    hold = decision("c").model_copy(update={"action": "hold"}).model_dump_json().encode()
-    got = decode("decisions", bundle([*members, hold]))
-    assert got.kind == "DecisionBundle" and got.error is None
-    assert got.summary == "bundle of 3 decisions (2 apply, 1 hold), first ns/Deployment/a"
-    alone = decode("decisions", members[0])
-    assert alone.kind == "Decision" and alone.error is None  # one decision is sent as itself
-    assert [m["name"] for m in unbundled(bundle([*members, hold]))] == ["a", "b", "c"]
-    assert unbundled(members[0]) == [json.loads(members[0])]
-    # consecutive groups within the bounds; one member over the bytes stays alone
-    assert groups([10] * 5, max_members=2) == [range(0, 2), range(2, 4), range(4, 5)]
-    assert groups([10, 100, 10], max_bytes=60) == [range(0, 1), range(1, 2), range(2, 3)]
-    assert groups([]) == []
-
-
 def test_group_dead_letters_counts_filters_and_samples() -> None:
     letters = [
         Letter(0, i, letter(f"MetricsRecord.usage.workload: Field required #{i}", "{}"))
