@@ -18,7 +18,8 @@ whose figures move without moving a target ("14.1d of history"): they are at mos
 
 Why: a recommendation produced per workload and cycle was one of the four records a workload
 cost the worker in a collector burst; with the hourly data of ``bench_scale`` 87-88 % of them were
-unchanged from the hour before (docs/benchmarks.md, "Recommendations published when they change").
+unchanged from the hour before in process (docs/benchmarks.md, "Burst: recommendations when
+they change").
 """
 
 from __future__ import annotations
