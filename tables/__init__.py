@@ -30,7 +30,7 @@ import faust
 
 from engine.settings import Settings
 from tables.state import Tables
-from tables.store import store_options, store_url
+from tables.store import raw_access, store_options, store_url
 
 
 def _json() -> faust.Schema[Any, Any]:
@@ -97,6 +97,7 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
             recovery_buffer_size=1,
         ),
         usage_cache_bytes=settings.usage_cache_bytes,
+        raw_access=raw_access(settings),
         # written by the executor's stream of the one-partition decisions topic
         pending_cycles=app.Table(
             "pending-cycles",

@@ -6,8 +6,9 @@ would make memory grow with the fleet (1.6 GiB at 10,000 workloads was measured)
 copies live here, bounded by ``usage_cache_bytes``: the least recently used ones are dropped and
 decoded again from the table when next needed.  An entry is valid only while the table still
 holds the value it was decoded from (or written as): the very object (the memory store hands
-back what it holds), or an equal one (the RocksDB store decodes a new dict on every read, and
-comparing two ~4 KiB dicts of strings costs far less than decoding the state again).  A value
+back what it holds), or equal bytes (under RocksDB the typed tables read a value as the bytes
+the store holds, :class:`tables.store.RawValues`: comparing ~8 KiB of bytes is a memcmp, where
+decoding them is a JSON parse and a state decode).  A value
 replaced by a different one (recovered from the changelog after a rebalance) is decoded again.
 """
 

@@ -3,8 +3,8 @@
 A :class:`TypedTable` wraps any mutable mapping — a Faust table in a worker, a plain ``dict`` in a
 unit test — with a codec, so handlers get and put models while the changelog stays JSON that
 kcat can read.  Decoded values are cached (:class:`tables.cache.ByteLRU`) and reused while the
-mapping still holds the value that was decoded (or written) last — the very object, or an equal
-one (the RocksDB store decodes a new dict on every read).  This is what makes reading
+mapping still holds the value that was decoded (or written) last — the very object (the memory
+store), or the same bytes (RocksDB: :class:`RawAccess`).  This is what makes reading
 the usage sketches for every message affordable; the usage cache is bounded by
 ``usage_cache_bytes`` so memory does not grow with the fleet.
 """
@@ -12,7 +12,7 @@ the usage sketches for every message affordable; the usage cache is bounded by
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -39,6 +39,21 @@ log = logging.getLogger("kubefinops.tables")
 
 T = TypeVar("T")
 B = TypeVar("B", bound=BaseModel)
+
+
+class RawAccess(Protocol):
+    """A store that hands out a value as the bytes it holds (a RocksDB table,
+    :class:`tables.store.RawValues`): one read of the bytes, compared with those the cached
+    decoded value came from, instead of Faust's read (a lookup, then the read again) and JSON
+    decode of a ~8 KiB value and a comparison of two dicts on every cache hit."""
+
+    def get_raw(self, key: str) -> bytes | None: ...
+
+    def decode_raw(self, raw: bytes) -> Any:
+        """The stored value (a JSON dict) of ``raw``."""
+
+    def set_raw(self, key: str, stored: Any) -> bytes:
+        """Write ``stored`` (with its changelog record); return the bytes the store holds."""
 
 
 class Codec(Protocol[T]):
@@ -138,15 +153,19 @@ class TypedTable(Generic[T]):
         name: str = "",
         *,
         max_cache_bytes: int = UNBOUNDED,
+        raw: RawAccess | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
         self.name = name
         self.cache: ByteLRU[T] = ByteLRU(max_cache_bytes)
+        # the store's bytes (RocksDB): the cache keys a decoded value by the bytes it came from
+        self.raw = raw
 
     def get(self, key: str) -> T | None:
         """The value, or None when absent (or unreadable: logged, treated as absent)."""
-        stored = self.store.get(key)
+        raw = None
+        stored = self.store.get(key) if self.raw is None else (raw := self.raw.get_raw(key))
         if stored is None:
             self.cache.discard(key)
             return None
@@ -154,16 +173,21 @@ class TypedTable(Generic[T]):
         if cached is not None:
             return cached
         try:
+            if raw is not None:
+                stored = self.raw.decode_raw(raw)  # type: ignore[union-attr]
             value = self.codec.load(stored)
         except _UNREADABLE as exc:
             log.warning("table %s: ignoring unreadable value of %s: %s", self.name, key, exc)
             return None
-        self._remember(key, stored, value)
+        self._remember(key, stored if raw is None else raw, value)
         return value
 
     def __setitem__(self, key: str, value: T) -> None:
         stored = self.codec.dump(value)
-        self.store[key] = stored
+        if self.raw is None:
+            self.store[key] = stored
+        else:
+            stored = self.raw.set_raw(key, stored)
         self._remember(key, stored, value)
 
     def _remember(self, key: str, stored: Any, value: T) -> None:
@@ -190,8 +214,13 @@ class TypedTable(Generic[T]):
 class UsageTable(TypedTable[ContainerUsage]):
     """The ``usage`` table: decoded sketches bounded by bytes, with the cache's own metrics."""
 
-    def __init__(self, store: MutableMapping[Any, Any], max_cache_bytes: int) -> None:
-        super().__init__(store, UsageCodec(), "usage", max_cache_bytes=max_cache_bytes)
+    def __init__(
+        self,
+        store: MutableMapping[Any, Any],
+        max_cache_bytes: int,
+        raw: RawAccess | None = None,
+    ) -> None:
+        super().__init__(store, UsageCodec(), "usage", max_cache_bytes=max_cache_bytes, raw=raw)
 
     def _remember(self, key: str, stored: Any, value: ContainerUsage) -> None:
         before = self.cache.evictions
@@ -230,20 +259,28 @@ class Tables:
         usage_cache_bytes: int = DEFAULT_USAGE_CACHE_BYTES,
         pending_cycles: MutableMapping[Any, Any] | None = None,
         pending_decisions: MutableMapping[Any, Any] | None = None,
+        raw_access: Callable[[MutableMapping[Any, Any]], RawAccess] | None = None,
     ) -> Tables:
+        """``raw_access``: the typed tables' stores read as bytes (RocksDB, :class:`RawAccess`)."""
+
+        def raw(store: MutableMapping[Any, Any]) -> RawAccess | None:
+            return None if raw_access is None else raw_access(store)
+
         return cls(
-            usage=UsageTable(usage, usage_cache_bytes),
+            usage=UsageTable(usage, usage_cache_bytes, raw(usage)),
             workloads=TypedTable(
                 workloads,
                 ModelCodec(WorkloadSpec, size=1),
                 "workloads",
                 max_cache_bytes=MODEL_CACHE_ENTRIES,
+                raw=raw(workloads),
             ),
             last_action=TypedTable(
                 last_action,
                 ModelCodec(LastAction, size=1),
                 "last-action",
                 max_cache_bytes=MODEL_CACHE_ENTRIES,
+                raw=raw(last_action),
             ),
             watermarks=watermarks,
             policies=TypedTable(policies, PolicyCodec(), "policies"),
@@ -254,6 +291,7 @@ class Tables:
                 ModelCodec(Verification, size=1),
                 "verifications",
                 max_cache_bytes=MODEL_CACHE_ENTRIES,
+                raw=raw(verifications),
             ),
         )
 

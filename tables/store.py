@@ -33,6 +33,7 @@ from typing import Any
 
 import faust.stores
 import rocksdict
+from faust.exceptions import DecodeError
 from faust.stores import rocksdb as faust_rocksdb
 from faust.streams import current_event
 from faust.types import TP, CollectionT
@@ -234,6 +235,46 @@ class Store(faust_rocksdb.Store):
 
 
 faust.stores.STORES[SCHEME] = f"{__name__}:Store"
+
+
+class RawValues:
+    """A RocksDB-backed Faust table's values as the bytes its store holds
+    (:class:`tables.state.RawAccess`, what :class:`~tables.state.TypedTable` reads them by).
+
+    Faust's ``table.get(key)`` reads a key twice (``in``, then ``[]``: FastUserDict), decodes
+    the ~8 KiB JSON value, and the decoded-value cache then compared the two dicts: ~7 % of a
+    worker's burst in py-spy.  Here: one read, and the cache compares bytes.  A write is
+    Faust's ``table[key] = value`` (the changelog record, then the value encoded once into the
+    store), keeping the bytes.  The store is looked up on every call: Faust creates it lazily."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get_raw(self, key: str) -> bytes | None:
+        store = self.table.data
+        value: bytes | None = store._get(store._encode_key(key))
+        return value
+
+    def decode_raw(self, raw: bytes) -> Any:
+        try:
+            return self.table.data._decode_value(raw)
+        except DecodeError as exc:  # an unreadable value, as TypedTable says
+            raise ValueError(str(exc)) from None
+
+    def set_raw(self, key: str, stored: Any) -> bytes:
+        table = self.table
+        store = table.data
+        raw: bytes = store._encode_value(stored)
+        table.on_key_set(key, stored)  # the changelog record (ManagedUserDict.__setitem__)
+        store._set(store._encode_key(key), raw)
+        return raw
+
+
+def raw_access(settings: Settings) -> type[RawValues] | None:
+    """What :meth:`tables.state.Tables.over` reads the typed tables' bytes with (RocksDB)."""
+    return RawValues if settings.table_store is TableStore.ROCKSDB else None
 
 
 def store_url(settings: Settings) -> str:

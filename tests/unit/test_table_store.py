@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+import numpy as np
 from faust.stores.memory import Store as MemoryStore
 from faust.streams import _current_event
 
@@ -174,3 +175,54 @@ async def test_the_warm_ups_databases_of_partitions_not_assigned_are_closed(
     mine = {TP(changelog, 1)}
     await store.on_rebalance(mine, set(), mine, generation_id=1)
     assert set(store._dbs) == {1} and store._warmed == set()
+
+
+def test_rocksdb_typed_tables_read_the_stored_bytes_once_and_decode_them_on_a_change(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """Under RocksDB a typed table reads a value's bytes once (Faust's ``get`` reads twice and
+    decodes the JSON) and keeps its decoded value while the store holds the same bytes; other
+    bytes (a value recovered from the changelog) are decoded again, unreadable ones are absent.
+    A write goes through Faust's changelog hook and stores the bytes it keeps."""
+    from engine.core.usage import ContainerUsage
+
+    _, tables = _tables(tmp_path, "rocksdb")
+    usage = tables.usage
+    assert usage.raw is not None and tables.workloads.raw is not None
+    assert tables.policies.raw is None  # global, in memory
+    table = usage.store
+    store: Store = table.data
+    store._db_for_partition(0)
+    changelog: list[tuple[str, Any]] = []
+    table.on_key_set = lambda key, value: changelog.append((key, value))  # no producer here
+    token, event = _in_event_of(0)
+    try:
+        state = ContainerUsage()
+        usage["c1"] = state
+        held = store._get(b'"c1"')
+        assert held == store._encode_value(state.to_dict())  # Faust's own encoding of the value
+        assert changelog == [("c1", state.to_dict())]  # the changelog record, as Faust's set
+        assert usage.get("c1") is state  # the bytes did not change: the decoded value
+        hits = usage.cache.hits
+        assert usage.get("c1") is state and usage.cache.hits == hits + 1
+
+        other = ContainerUsage()
+        other.ingest_arrays(
+            0.0,
+            300.0,
+            {"cpu": (np.array([60.0]), np.array([0.5]))},
+            history_seconds=14 * 86400,
+            window_seconds=86400,
+        )
+        store._set(b'"c1"', store._encode_value(other.to_dict()))  # as a recovery writes it
+        read = usage.get("c1")
+        assert read is not state and read is not None
+        assert read.to_dict() == other.to_dict()
+
+        store._set(b'"c1"', b"{not json")
+        assert usage.get("c1") is None
+        assert "unreadable value of c1" in caplog.text
+        assert usage.get("missing") is None
+    finally:
+        _current_event.reset(token)
+    del event
