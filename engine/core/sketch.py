@@ -321,21 +321,54 @@ class QuantileSketch:
     # --- queries
     def quantiles(self, qs: list[float]) -> list[float | None]:
         """Value at each quantile (0..1); ``None`` when empty."""
+        return self.quantiles_of(self._zero, self._min_key, self._counts, qs)
+
+    def quantiles_of(
+        self, zero: int, min_key: int, counts: IntArray, qs: list[float]
+    ) -> list[float | None]:
+        """:meth:`quantiles` of a sketch with this one's mapping and bins ``(zero, min_key,
+        counts)`` (counts may carry zero bins at either end: the rank search skips them),
+        without building it (:meth:`merged_quantiles`)."""
         if any(not 0.0 <= q <= 1.0 for q in qs):
             raise ValueError(f"quantiles must be in [0, 1]: {qs}")
-        cum = np.cumsum(self._counts)
-        n = self._zero + (int(cum[-1]) if cum.size else 0)  # == self.count
+        cum = np.cumsum(counts)
+        n = zero + (int(cum[-1]) if cum.size else 0)  # == self.count
         if n == 0:
             return [None for _ in qs]
         ranks = [(n - 1) * q for q in qs]  # same float expression as numpy's method="lower"
         # one searchsorted for every quantile above the zero bucket
-        above = [r - self._zero for r in ranks if r >= self._zero]
+        above = [r - zero for r in ranks if r >= zero]
         found = iter(np.searchsorted(cum, above, side="right").tolist() if above else [])
         last = cum.size - 1
-        return [
-            0.0 if r < self._zero else self.value(self._min_key + min(next(found), last))
-            for r in ranks
+        return [0.0 if r < zero else self.value(min_key + min(next(found), last)) for r in ranks]
+
+    def merged_quantiles(self, other: QuantileSketch, qs: list[float]) -> list[float | None]:
+        """``quantiles`` of the merge of this sketch and ``other`` (a copy of this one merged
+        with ``other``), without the copy: the two bin arrays added into one and the lowest
+        folded as a merge folds them (collapsing depends only on the largest key).  A usage
+        summary's sketch is the closed days' merge plus the open day, every cycle."""
+        self._check_mergeable(other)
+        zero = self._zero + other._zero
+        spans = [
+            (k, c)
+            for k, c in ((self._min_key, self._counts), (other._min_key, other._counts))
+            if c.size
         ]
+        if len(spans) < 2:
+            key, counts = spans[0] if spans else (0, _EMPTY)
+            return self.quantiles_of(zero, key, counts, qs)
+        lo = min(spans[0][0], spans[1][0])
+        hi = max(key + counts.size - 1 for key, counts in spans)
+        floor_key = max(lo, hi - self.bin_limit + 1)
+        out = np.zeros(hi - floor_key + 1, dtype=np.int64)
+        for start, cnt in spans:
+            cut = floor_key - start  # bins below floor_key fold into the first kept bin
+            if cut > 0:
+                out[0] += int(cnt[:cut].sum())
+                cnt = cnt[cut:]
+                start = floor_key
+            out[start - floor_key : start - floor_key + cnt.size] += cnt
+        return self.quantiles_of(zero, floor_key, out, qs)
 
     def quantile(self, q: float) -> float | None:
         return self.quantiles([q])[0]

@@ -368,10 +368,38 @@ class WindowedUsage:
         return total, tuple(peaks)
 
     def summary(self) -> UsageSummary:
+        if self._lazy is not None and len(self._live) == 1:
+            return self._summary_of_open_day()
         total = self.merged()
         if total is None or total.count == 0:
             return UsageSummary()
         qs = total.sketch.quantiles(list(SUMMARY_QUANTILES))
+        return self._summary(total, qs)
+
+    def _summary_of_open_day(self) -> UsageSummary:
+        """:meth:`summary` of packed closed days and one open day (every hourly cycle's case)
+        without building their merged window: the scalars merged in :meth:`merged`'s order
+        with its expressions, the quantiles of the two sketches' bins added into one array
+        (``QuantileSketch.merged_quantiles``) — ~40 % of a summary was building the window,
+        the sketch and the copy of the closed days' bins (tests/unit/test_fast_paths.py)."""
+        if self._closed_merged is None:
+            self._closed_merged, self._closed_peaks = self._merge_packed(self._lazy or "")
+        closed = self._closed_merged
+        (open_,) = self._live.values()
+        total = Window(closed.sketch)  # the sketch is not read: merged_quantiles below
+        for w in (closed, open_):  # Window.merge's scalars, onto a new window's
+            total.count += w.count
+            total.sum += w.sum
+            total.min = min(total.min, w.min)
+            total.max = max(total.max, w.max)
+            total.first_ts = min(total.first_ts, w.first_ts)
+            total.last_ts = max(total.last_ts, w.last_ts)
+        if total.count == 0:
+            return UsageSummary()
+        qs = closed.sketch.merged_quantiles(open_.sketch, list(SUMMARY_QUANTILES))
+        return self._summary(total, qs)
+
+    def _summary(self, total: Window, qs: list[float | None]) -> UsageSummary:
         # The exact min/max bound every quantile: clamping can only shrink the error.
         p50, p90, p95, p99 = (min(max(q or 0.0, total.min), total.max) for q in qs)
         return UsageSummary(

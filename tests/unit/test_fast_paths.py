@@ -473,3 +473,42 @@ def test_a_closing_day_appended_to_the_packed_days_is_what_decoding_them_gives(
         assert fast.summary() == slow.summary()
     assert sum(appended) >= 5, appended
     assert fast.windows == slow.windows  # decoded at last: the same windows
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.floats(min_value=0.0, max_value=1e12) | st.sampled_from([0.0, 1e-12, 0.5]),
+            max_size=40,
+        ),
+        min_size=1,
+        max_size=14,
+    ),
+    st.lists(
+        st.floats(min_value=0.0, max_value=1e15) | st.sampled_from([0.0, 1e-12, 3.0]),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([4, 16, 64, 1024]),
+)
+def test_the_open_day_summary_is_the_merged_windows_summary(
+    days: list[list[float]], today: list[float], limit: int
+) -> None:
+    """The hourly cycle's summary (packed closed days + the open day, without building their
+    merged window) is field for field the summary of the merged window, bins folded alike."""
+    from engine.core.usage import SUMMARY_QUANTILES
+
+    wu = _windowed(days, limit)
+    ts = len(days) * 100 + np.linspace(1.0, 99.0, len(today))
+    wu.add(ts, np.asarray(today, dtype=np.float64), history_seconds=1e9)  # the open day
+    wu.to_dict()  # the closed days held packed, as after a changelog write
+    if wu._lazy is None or len(wu._live) != 1:
+        return
+    total = wu.merged()  # the general path
+    assert total is not None
+    want = wu._summary(total, total.sketch.quantiles(list(SUMMARY_QUANTILES)))
+    got = wu.summary()
+    assert got == want
+    for name in ("p50", "p90", "p95", "p99", "max", "mean", "first_ts", "last_ts"):
+        assert same(getattr(got, name), getattr(want, name)), name
