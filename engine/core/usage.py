@@ -228,6 +228,15 @@ class WindowedUsage:
     def _new_window(self) -> Window:
         return Window(self._new_sketch())
 
+    def _window(self, start: int) -> Window:
+        """The live window starting at ``start``, a new one when there is none (not
+        ``setdefault(start, self._new_window())``, which built a window and a sketch on every
+        add only to drop them: the open day exists on all but a day's first add)."""
+        win = self._live.get(start)
+        if win is None:
+            win = self._live[start] = self._new_window()
+        return win
+
     @property
     def newest_ts(self) -> float | None:
         # packed windows are all older than every decoded one: the decoded ones suffice
@@ -242,7 +251,7 @@ class WindowedUsage:
         self._live, self.window_seconds = {}, window_seconds
         for start in sorted(old):
             key = (start // window_seconds) * window_seconds
-            self._live.setdefault(key, self._new_window()).merge(old[start])
+            self._window(key).merge(old[start])
 
     def add(self, ts: FloatArray, values: FloatArray, *, history_seconds: float) -> int:
         """Add samples (validated, any order); return how many fell before the retention cutoff."""
@@ -261,7 +270,7 @@ class WindowedUsage:
                 return int(ts.size)
             if self._lazy is not None and first < min(self._live, default=first):
                 self._materialize()  # a late sample for a packed (closed) window
-            self._live.setdefault(first, self._new_window()).add(ts, values, tmin, tmax)
+            self._window(first).add(ts, values, tmin, tmax)
             self.expire(newest, history_seconds)
             return 0
         starts = (np.floor(ts / w) * w).astype(np.int64)
@@ -273,15 +282,14 @@ class WindowedUsage:
             first, last = int(starts.min()), int(starts.max())
             if self._lazy is not None and first < min(self._live, default=first):
                 self._materialize()  # a late sample for a packed (closed) window
-            wins = self._live
             if first == last:
-                wins.setdefault(first, self._new_window()).add(ts, values)
+                self._window(first).add(ts, values)
             else:
                 # two windows (a chunk across midnight): their starts are known, no np.unique
                 spanned = (first, last) if last - first == w else np.unique(starts).tolist()
                 for start in spanned:
                     sel = starts == start
-                    wins.setdefault(start, self._new_window()).add(ts[sel], values[sel])
+                    self._window(start).add(ts[sel], values[sel])
         self.expire(newest, history_seconds)
         return expired
 
