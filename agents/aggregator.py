@@ -127,8 +127,8 @@ async def _ingest_record(
         await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
         return
     if isinstance(record, CycleEnd):
-        rec, rec_raw = await recommender.on_cycle_end(rt, record)
-        await gate.decide_made(rt, rec, rec_raw, decided)
+        made = await recommender.on_cycle_end(rt, record)
+        await gate.decide_made(rt, made.rec, made.raw, decided, spec=made.spec)
         return
     if isinstance(record, MetricsChunk):
         await _ingest_chunk(rt, record, key, raw)

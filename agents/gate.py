@@ -32,7 +32,7 @@ from agents.guard import guarded
 from agents.policies import policy_for
 from agents.runtime import Runtime, park, parse_or_park
 from engine.core.guardrails import decide
-from engine.core.model import Decision, HistoryKind, Recommendation
+from engine.core.model import Decision, HistoryKind, Recommendation, WorkloadSpec
 from engine.core.verification import sync_hold
 from engine.metrics import DECISIONS, RECORDS_PROCESSED
 
@@ -105,15 +105,23 @@ async def _parse_and_decide(
         await _decide_into(into, rt, rec, rec.model_dump_json().encode(), key=key, raw=raw)
 
 
-async def decide_made(rt: Runtime, rec: Recommendation, raw: bytes, into: list[Decided]) -> None:
+async def decide_made(
+    rt: Runtime,
+    rec: Recommendation,
+    raw: bytes,
+    into: list[Decided],
+    *,
+    spec: WorkloadSpec | None = None,
+) -> None:
     """The recommender's ``rec`` (sent as ``raw``) decided in the same pass, under its own
     guard as if the gate had read it from the topic; what is decided is appended to ``into``
-    for :func:`archive`."""
+    for :func:`archive`.  ``spec``: the workload's as the recommender left it in the table (not
+    read from the table again)."""
     key = rec.workload_id.encode()
     before = len(into)
     await guarded(
         rt,
-        partial(_decide_into, into, rt, rec, raw, key=key, raw=raw),
+        partial(_decide_into, into, rt, rec, raw, key=key, raw=raw, spec=spec),
         agent=AGENT,
         topic=rt.settings.topic("recommendations"),
         key=key,
@@ -130,11 +138,14 @@ async def _decide_into(
     *,
     key: bytes | None,
     raw: bytes | None,
+    spec: WorkloadSpec | None = None,
 ) -> None:
     """``rec`` -> its decision, sent and appended to ``into``; ``key`` and ``raw`` are what a
-    dead letter carries (an unknown workload)."""
+    dead letter carries (an unknown workload).  ``spec``: the workload's stored spec when the
+    caller has it."""
     topic = rt.settings.topic("recommendations")
-    spec = rt.tables.workloads.get(rec.workload_id)
+    if spec is None:
+        spec = rt.tables.workloads.get(rec.workload_id)
     if spec is None:
         reason = "unknown workload: no spec recorded"
         await park(rt, topic=topic, key=key, raw=raw, reason=reason, agent=AGENT)
@@ -153,7 +164,6 @@ async def _decide_into(
         penalty_until=last.penalty_until if last else None,
         sync_hold=sync_hold(last.model_dump(), spec, now) if last else None,
     )
-    decision = decision.model_copy(update={"collection_cycle": rec.collection_cycle})
     DECISIONS.labels(decision.action.value, decision.guardrail).inc()
     decision_raw = decision.model_dump_json().encode()
     await rt.topics.decisions.send(key=rec.workload_id.encode(), value=decision_raw)

@@ -16,6 +16,7 @@ docs/benchmarks.md, "Fewer records per workload").
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from agents.policies import policy_for
 from agents.runtime import Runtime
@@ -49,17 +50,28 @@ def usage_of(rt: Runtime, spec: WorkloadSpec) -> dict[str, dict[str, UsageSummar
     return out
 
 
-async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> tuple[Recommendation, bytes]:
-    """A workload's cycle-end marker -> its recommendation (returned with its bytes, which the
-    history archives), on ``kubefinops.recommendations`` when it changed
-    (:mod:`engine.core.published`)."""
+class Made(NamedTuple):
+    """A recommendation made, with its bytes (which the history archives) and the workload's
+    spec as the ``workloads`` table now holds it (what the gate decides with)."""
+
+    rec: Recommendation
+    raw: bytes
+    spec: WorkloadSpec
+
+
+async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> Made:
+    """A workload's cycle-end marker -> its recommendation, on ``kubefinops.recommendations``
+    when it changed (:mod:`engine.core.published`)."""
     spec = marker.spec
-    if spec.supersedes(rt.tables.workloads.get(spec.workload_id), SPEC_REFRESH_SECONDS):
-        rt.tables.workloads[spec.workload_id] = spec
+    stored = rt.tables.workloads.get(spec.workload_id)
+    if spec.supersedes(stored, SPEC_REFRESH_SECONDS):
+        rt.tables.workloads[spec.workload_id] = stored = spec
+    assert stored is not None  # not superseded: a stored spec
     usage = usage_of(rt, spec)
     now = rt.clock()
-    rec = recommend(spec, usage, policy_for(rt, spec), now=now, prices=rt.prices)
-    rec = rec.model_copy(update={"collection_cycle": marker.cycle})
+    rec = recommend(
+        spec, usage, policy_for(rt, spec), now=now, prices=rt.prices, collection_cycle=marker.cycle
+    )
     FLEET.observe(rec, now)
     raw = rec.model_dump_json().encode()
     if rt.published.due(rec, now):  # changed, or the last one published is stale
@@ -69,4 +81,4 @@ async def on_cycle_end(rt: Runtime, marker: CycleEnd) -> tuple[Recommendation, b
     else:
         RECOMMENDATIONS_PUBLISHED.labels("unchanged").inc()
     RECORDS_PROCESSED.labels(AGENT).inc()
-    return rec, raw
+    return Made(rec, raw, stored)

@@ -393,6 +393,7 @@ def decide(
     sync_hold: str | None = None,
 ) -> Decision:
     """Apply, hold or skip ``rec`` under ``policy``; deterministic id for the same outcome.
+    The decision belongs to ``rec``'s collection cycle.
 
     Savings are recomputed with ``prices`` only when a guardrail changed the targets, e.g. the
     HPA rule dropped the CPU change.  ``penalty_until`` and ``sync_hold`` come from the
@@ -429,4 +430,5 @@ def decide(
             target_savings(containers, rec.replicas, prices) if changed else rec.target_savings
         ),
         decided_at=now,
+        collection_cycle=rec.collection_cycle,  # the cycle the recommendation was made in
     )

@@ -110,12 +110,13 @@ def recommend(
     *,
     now: float,
     prices: Prices = DEFAULT_PRICES,
+    collection_cycle: str = "",
 ) -> Recommendation:
     """Targets, confidence, reasons and savings for every container of ``spec``.
 
     ``usage`` maps container name -> resource (``"cpu"``/``"memory"``) -> history summary;
     containers without usage get ``Confidence.NONE`` and no targets.  ``prices`` defaults to
-    OpenCost's.
+    OpenCost's.  ``collection_cycle``: the collector's cycle that made it (the worker's).
     """
     containers = [
         recommend_container(spec, c.name, usage, policy, now=now) for c in spec.containers
@@ -131,4 +132,5 @@ def recommend(
         savings=savings(containers, spec.replicas, prices),
         target_savings=target_savings(containers, spec.replicas, prices),
         generated_at=now,
+        collection_cycle=collection_cycle,  # not in the id: the same targets every cycle
     )
