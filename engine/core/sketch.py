@@ -170,9 +170,9 @@ _VALUES: dict[LogarithmicMapping, dict[int, float]] = {}
 _VALUES_MAX = 65_536
 
 
-def _fold(spans: Iterable[tuple[int, IntArray]], floor_key: int, hi: int) -> tuple[int, IntArray]:
+def _add_spans(spans: Iterable[tuple[int, IntArray]], floor_key: int, hi: int) -> IntArray:
     """Bins ``(min_key, counts)`` added into one array of keys ``floor_key..hi``, those below
-    ``floor_key`` folded into it (collapsing lowest); returned trimmed as ``(min_key, counts)``."""
+    ``floor_key`` folded into it (collapsing lowest); untrimmed."""
     out = np.zeros(hi - floor_key + 1, dtype=np.int64)
     for start, cnt in spans:
         if cnt.size == 0:
@@ -183,6 +183,12 @@ def _fold(spans: Iterable[tuple[int, IntArray]], floor_key: int, hi: int) -> tup
             cnt = cnt[cut:]
             start = floor_key
         out[start - floor_key : start - floor_key + cnt.size] += cnt
+    return out
+
+
+def _fold(spans: Iterable[tuple[int, IntArray]], floor_key: int, hi: int) -> tuple[int, IntArray]:
+    """:func:`_add_spans`, returned trimmed as ``(min_key, counts)``."""
+    out = _add_spans(spans, floor_key, hi)
     nz = np.flatnonzero(out)
     return floor_key + int(nz[0]), out[nz[0] : nz[-1] + 1]
 
@@ -360,14 +366,7 @@ class QuantileSketch:
         lo = min(spans[0][0], spans[1][0])
         hi = max(key + counts.size - 1 for key, counts in spans)
         floor_key = max(lo, hi - self.bin_limit + 1)
-        out = np.zeros(hi - floor_key + 1, dtype=np.int64)
-        for start, cnt in spans:
-            cut = floor_key - start  # bins below floor_key fold into the first kept bin
-            if cut > 0:
-                out[0] += int(cnt[:cut].sum())
-                cnt = cnt[cut:]
-                start = floor_key
-            out[start - floor_key : start - floor_key + cnt.size] += cnt
+        out = _add_spans(spans, floor_key, hi)  # untrimmed: the rank search skips zero bins
         return self.quantiles_of(zero, floor_key, out, qs)
 
     def quantile(self, q: float) -> float | None:

@@ -145,6 +145,11 @@ class Window:
         self._raw = None
         self.gen += 1
         self.sketch.merge(other.sketch)
+        self.merge_scalars(other)
+
+    def merge_scalars(self, other: Window) -> None:
+        """:meth:`merge` of everything but the sketch (a summary reads the merged quantiles
+        from the two sketches' bins: ``QuantileSketch.merged_quantiles``)."""
         self.count += other.count
         self.sum += other.sum
         self.min = min(self.min, other.min)
@@ -395,13 +400,8 @@ class WindowedUsage:
         closed = self._closed_merged
         (open_,) = self._live.values()
         total = Window(closed.sketch)  # the sketch is not read: merged_quantiles below
-        for w in (closed, open_):  # Window.merge's scalars, onto a new window's
-            total.count += w.count
-            total.sum += w.sum
-            total.min = min(total.min, w.min)
-            total.max = max(total.max, w.max)
-            total.first_ts = min(total.first_ts, w.first_ts)
-            total.last_ts = max(total.last_ts, w.last_ts)
+        total.merge_scalars(closed)  # as merged() merges them into a new window
+        total.merge_scalars(open_)
         if total.count == 0:
             return UsageSummary()
         qs = closed.sketch.merged_quantiles(open_.sketch, list(SUMMARY_QUANTILES))
