@@ -164,8 +164,8 @@ class TypedTable(Generic[T]):
 
     def get(self, key: str) -> T | None:
         """The value, or None when absent (or unreadable: logged, treated as absent)."""
-        raw = None
-        stored = self.store.get(key) if self.raw is None else (raw := self.raw.get_raw(key))
+        raw = self.raw
+        stored = self.store.get(key) if raw is None else raw.get_raw(key)  # bytes under RocksDB
         if stored is None:
             self.cache.discard(key)
             return None
@@ -173,13 +173,11 @@ class TypedTable(Generic[T]):
         if cached is not None:
             return cached
         try:
-            if raw is not None:
-                stored = self.raw.decode_raw(raw)  # type: ignore[union-attr]
-            value = self.codec.load(stored)
+            value = self.codec.load(stored if raw is None else raw.decode_raw(stored))
         except _UNREADABLE as exc:
             log.warning("table %s: ignoring unreadable value of %s: %s", self.name, key, exc)
             return None
-        self._remember(key, stored if raw is None else raw, value)
+        self._remember(key, stored, value)
         return value
 
     def __setitem__(self, key: str, value: T) -> None:

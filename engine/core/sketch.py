@@ -355,17 +355,11 @@ class QuantileSketch:
         summary's sketch is the closed days' merge plus the open day, every cycle."""
         self._check_mergeable(other)
         zero = self._zero + other._zero
-        spans = [
-            (k, c)
-            for k, c in ((self._min_key, self._counts), (other._min_key, other._counts))
-            if c.size
-        ]
-        if len(spans) < 2:
-            key, counts = spans[0] if spans else (0, _EMPTY)
-            return self.quantiles_of(zero, key, counts, qs)
-        lo = min(spans[0][0], spans[1][0])
-        hi = max(key + counts.size - 1 for key, counts in spans)
-        floor_key = max(lo, hi - self.bin_limit + 1)
+        spans = [(self._min_key, self._counts), (other._min_key, other._counts)]
+        spans = [(key, counts) for key, counts in spans if counts.size]
+        if not spans:
+            return self.quantiles_of(zero, 0, _EMPTY, qs)
+        floor_key, hi = self._fold_range(spans)
         out = _add_spans(spans, floor_key, hi)  # untrimmed: the rank search skips zero bins
         return self.quantiles_of(zero, floor_key, out, qs)
 
@@ -414,9 +408,14 @@ class QuantileSketch:
         if not spans:
             self._min_key, self._counts = 0, _EMPTY
             return
+        self._min_key, self._counts = _fold(spans, *self._fold_range(spans))
+
+    def _fold_range(self, spans: list[tuple[int, IntArray]]) -> tuple[int, int]:
+        """``(floor_key, hi)`` of the merge of these (non-empty) spans: the largest key, and the
+        lowest one kept within ``bin_limit`` of it (those below fold into it)."""
         lo = min(key for key, _ in spans)
         hi = max(key + counts.size - 1 for key, counts in spans)
-        self._min_key, self._counts = _fold(spans, max(lo, hi - self.bin_limit + 1), hi)
+        return max(lo, hi - self.bin_limit + 1), hi
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: parameters + ``b`` = base64 of zigzag-varint [zero, min_key, counts...]."""

@@ -312,16 +312,21 @@ class WindowedUsage:
 
     def merged(self) -> Window | None:
         if self._lazy is not None:
-            if self._closed_merged is None:
-                self._closed_merged, self._closed_peaks = self._merge_packed(self._lazy)
             total = self._new_window()
-            total.merge(self._closed_merged)
+            total.merge(self._closed_window(self._lazy))
             for start in sorted(self._live):
                 total.merge(self._live[start])
             return total
         if not self._live:
             return None
         return self._merge(self._live)
+
+    def _closed_window(self, text: str) -> Window:
+        """The merge of the packed closed windows ``text`` (this state's ``_lazy``), merged once
+        and kept with their peaks until they change."""
+        if self._closed_merged is None:
+            self._closed_merged, self._closed_peaks = self._merge_packed(text)
+        return self._closed_merged
 
     def _merge(self, windows: dict[int, Window]) -> Window:
         total = self._new_window()
@@ -382,22 +387,21 @@ class WindowedUsage:
 
     def summary(self) -> UsageSummary:
         if self._lazy is not None and len(self._live) == 1:
-            return self._summary_of_open_day()
+            return self._summary_of_open_day(self._lazy)
         total = self.merged()
         if total is None or total.count == 0:
             return UsageSummary()
         qs = total.sketch.quantiles(list(SUMMARY_QUANTILES))
         return self._summary(total, qs)
 
-    def _summary_of_open_day(self) -> UsageSummary:
-        """:meth:`summary` of packed closed days and one open day (every hourly cycle's case)
-        without building their merged window: the scalars merged in :meth:`merged`'s order
-        with its expressions, the quantiles of the two sketches' bins added into one array
-        (``QuantileSketch.merged_quantiles``) — ~40 % of a summary was building the window,
-        the sketch and the copy of the closed days' bins (tests/unit/test_fast_paths.py)."""
-        if self._closed_merged is None:
-            self._closed_merged, self._closed_peaks = self._merge_packed(self._lazy or "")
-        closed = self._closed_merged
+    def _summary_of_open_day(self, packed: str) -> UsageSummary:
+        """:meth:`summary` of packed closed days (``packed``: ``_lazy``) and one open day (every
+        hourly cycle's case) without building their merged window: the scalars merged in
+        :meth:`merged`'s order with its expressions, the quantiles of the two sketches' bins
+        added into one array (``QuantileSketch.merged_quantiles``) — ~40 % of a summary was
+        building the window, the sketch and the copy of the closed days' bins
+        (tests/unit/test_fast_paths.py)."""
+        closed = self._closed_window(packed)
         (open_,) = self._live.values()
         total = Window(closed.sketch)  # the sketch is not read: merged_quantiles below
         total.merge_scalars(closed)  # as merged() merges them into a new window

@@ -184,18 +184,21 @@ def _same_window(a: Window, b: Window) -> None:
     assert (za, ka) == (zb, kb) and np.array_equal(ca, cb) and ca.dtype == cb.dtype
 
 
-@settings(max_examples=200, deadline=None)
-@given(
+# closed days' samples (a list per day, empty days included) and the sketches' bin limits: 4
+# and 16 make the merges fold their lowest bins
+CLOSED_DAYS = st.lists(
     st.lists(
-        st.lists(
-            st.floats(min_value=0.0, max_value=1e12) | st.sampled_from([0.0, 1e-12, 0.5]),
-            max_size=60,
-        ),
-        min_size=1,
-        max_size=16,
+        st.floats(min_value=0.0, max_value=1e12) | st.sampled_from([0.0, 1e-12, 0.5]),
+        max_size=60,
     ),
-    st.sampled_from([4, 16, 64, 1024]),
+    min_size=1,
+    max_size=16,
 )
+BIN_LIMITS = st.sampled_from([4, 16, 64, 1024])
+
+
+@settings(max_examples=200, deadline=None)
+@given(CLOSED_DAYS, BIN_LIMITS)
 def test_packed_closed_days_merge_as_one_array_like_day_by_day(
     days: list[list[float]], limit: int
 ) -> None:
@@ -477,20 +480,13 @@ def test_a_closing_day_appended_to_the_packed_days_is_what_decoding_them_gives(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(
-        st.lists(
-            st.floats(min_value=0.0, max_value=1e12) | st.sampled_from([0.0, 1e-12, 0.5]),
-            max_size=40,
-        ),
-        min_size=1,
-        max_size=14,
-    ),
+    CLOSED_DAYS,
     st.lists(
         st.floats(min_value=0.0, max_value=1e15) | st.sampled_from([0.0, 1e-12, 3.0]),
         min_size=1,
         max_size=40,
     ),
-    st.sampled_from([4, 16, 64, 1024]),
+    BIN_LIMITS,
 )
 def test_the_open_day_summary_is_the_merged_windows_summary(
     days: list[list[float]], today: list[float], limit: int
